@@ -1,0 +1,14 @@
+"""User-facing errors: one clear line naming the problem and the fix."""
+
+from __future__ import annotations
+
+
+class ScalelensError(Exception):
+    """A problem with the user's input or environment, reported as one line by the CLI.
+
+    The message should name the problem and, where there is one, the fix.
+    """
+
+
+class IncompatibleResumeError(ScalelensError):
+    """An existing output file was made with another model, probe spec or prompt set."""
