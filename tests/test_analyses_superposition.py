@@ -3,8 +3,6 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import ortho_group
-
 from scalelens.analyses.superposition import (
     mean_sq_overlap,
     random_overlap_moments,
@@ -13,6 +11,7 @@ from scalelens.analyses.superposition import (
     superposition,
 )
 from scalelens.errors import ScalelensError
+from scipy.stats import ortho_group
 
 
 def _unit_rows(n: int, m: int, seed: int) -> np.ndarray:

@@ -1,0 +1,172 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from scalelens.analyses.massive import (
+    ResidualSummary,
+    massive_activations,
+    massive_from_activations,
+    summarise_activations,
+)
+from scalelens.errors import ScalelensError
+
+DELIM = 13
+
+
+def _planted(seed: int = 0):
+    """4 prompts, 5 layers, noise of scale 0.1; massive values from layer 2 on.
+
+    Dim 7 at position 0 holds +-500 (ratio ~ 500 / 0.067 ~ 7400) and dim 3 at the
+    delimiter position holds 300, both in every prompt from layer 2.
+    """
+    rng = np.random.default_rng(seed)
+    n_p, n_l, seq, d = 4, 5, 12, 16
+    h = rng.normal(scale=0.1, size=(n_p, n_l, seq, d)).astype(np.float32)
+    lengths = np.array([12, 9, 10, 7])
+    tokens = rng.integers(20, 100, size=(n_p, seq))
+    delim_pos = np.array([5, 3, 8, 2])
+    tokens[np.arange(n_p), delim_pos] = DELIM
+    for p in range(n_p):
+        h[p, 2:, 0, 7] = 500.0 * (-1) ** p
+        h[p, 2:, delim_pos[p], 3] = 300.0
+        h[p, :, lengths[p] :, :] = 1e6  # padding must be ignored
+    return h, lengths, tokens, delim_pos
+
+
+def test_planted_massive_found_at_layer_dim_position():
+    h, lengths, tokens, delim_pos = _planted()
+    res = massive_from_activations(h, lengths, tokens, topk=8, delimiter_ids=[DELIM])
+    assert res.first_layer == 2
+    assert res.dims == [3, 7]
+    assert res.tokens == sorted({DELIM, *tokens[:, 0].tolist()})
+    assert set(res.positions) == {0, *delim_pos.tolist()}
+    assert len(res.massive) == 4 * 3 * 2
+    assert res.share_first_token == pytest.approx(0.5)
+    assert res.share_delimiter == pytest.approx(0.5)
+    assert not res.massive_truncated
+    for row in res.per_layer:
+        if row["layer"] >= 2:
+            assert (row["max_abs"], row["dim"], row["position"]) == (500.0, 7, 0)
+            assert row["token"] == tokens[row["prompt"], 0]
+            assert row["ratio_flag"] and row["ratio"] > 1000
+        else:
+            assert row["max_abs"] < 1.0 and not row["ratio_flag"]
+    assert res.ratio_layers == [2, 3, 4] and res.ratio_first_layer == 2
+    assert res.ratio_dims == [7] and res.ratio_positions == [0]
+
+
+def test_absolute_bar_separates_sun_rule_from_ratio_rule():
+    h, lengths, tokens, _ = _planted()
+    small = h / 10.0  # massive entries drop to 50 and 30: ratio kept, |a| < 100
+    res = massive_from_activations(small, lengths, tokens, delimiter_ids=[DELIM])
+    assert res.massive == [] and res.dims == [] and res.first_layer is None
+    assert res.share_first_token is None and res.share_delimiter is None
+    assert res.ratio_layers == [2, 3, 4]
+
+
+def test_ratios_exact_on_known_tensor():
+    # Every prompt/layer is all ones except one entry c[p, l]; median 1, ratio c.
+    c = np.array([[2.0, 40.0, 150.0], [4.0, 80.0, 250.0]])
+    n_p, n_l, seq, d = 2, 3, 3, 4
+    h = np.ones((n_p, n_l, seq, d))
+    for p in range(n_p):
+        for layer in range(n_l):
+            h[p, layer, 1 + p, layer] = -c[p, layer]
+    tokens = np.arange(n_p * seq).reshape(n_p, seq)
+    res = massive_from_activations(h, [seq, seq], tokens, topk=2, ratio_threshold=100)
+    ratios = [row["ratio"] for row in res.per_layer]
+    assert ratios == [3.0, 60.0, 200.0]
+    assert [row["ratio_max"] for row in res.per_layer] == [4.0, 80.0, 250.0]
+    assert [row["max_abs"] for row in res.per_layer] == [4.0, 80.0, 250.0]
+    assert [row["median_abs"] for row in res.per_layer] == [1.0, 1.0, 1.0]
+    assert [row["median_abs_pooled"] for row in res.per_layer] == [1.0, 1.0, 1.0]
+    assert [(row["prompt"], row["position"], row["dim"]) for row in res.per_layer] == [
+        (1, 2, 0),
+        (1, 2, 1),
+        (1, 2, 2),
+    ]
+    assert [row["token"] for row in res.per_layer] == [5, 5, 5]
+    assert res.ratio_layers == [2]
+    # 150 and 250 exceed 100 but 150/1 < 1000: no Sun entries.
+    assert res.massive == []
+
+
+def test_median_averaged_over_prompts_vs_pooled():
+    h = np.zeros((2, 1, 2, 2))
+    h[0, 0] = [[1.0, 1.0], [1.0, 9.0]]  # median 1
+    h[1, 0] = [[3.0, 3.0], [3.0, 30.0]]  # median 3
+    res = massive_from_activations(h, [2, 2], np.zeros((2, 2), dtype=int))
+    row = res.per_layer[0]
+    assert row["median_abs"] == 2.0
+    assert row["median_abs_pooled"] == 3.0  # sorted 1,1,1,3,3,3,9,30 -> (3 + 3) / 2
+    assert row["ratio"] == pytest.approx((9.0 + 10.0) / 2)
+    assert row["max_abs"] == 30.0
+
+
+def _device_like_summary(h, lengths, tokens, topk):
+    """An independent reduction written the way a torch probe would do it."""
+    t = torch.from_numpy(np.asarray(h, dtype=np.float64))
+    n_p, n_l, _, d = t.shape
+    vals = torch.full((n_p, n_l, topk), float("nan"), dtype=torch.float64)
+    pos = torch.full((n_p, n_l, topk), -1, dtype=torch.int64)
+    dim = torch.full_like(pos, -1)
+    tok = torch.full_like(pos, -1)
+    med = torch.empty(n_p, n_l, dtype=torch.float64)
+    for p in range(n_p):
+        for layer in range(n_l):
+            a = t[p, layer, : lengths[p]].abs().flatten()
+            v, i = torch.topk(a, min(topk, a.numel()))
+            k = v.numel()
+            vals[p, layer, :k], pos[p, layer, :k], dim[p, layer, :k] = v, i // d, i % d
+            tok[p, layer, :k] = torch.from_numpy(tokens[p])[i // d]
+            med[p, layer] = torch.quantile(a, 0.5)
+    return ResidualSummary(vals.numpy(), pos.numpy(), dim.numpy(), tok.numpy(), med.numpy())
+
+
+def test_summary_path_equals_full_path():
+    h, lengths, tokens, _ = _planted(seed=3)
+    full = massive_from_activations(h, lengths, tokens, topk=8, delimiter_ids=[DELIM])
+    summary = _device_like_summary(h, lengths, tokens, topk=8)
+    ref = summarise_activations(h, lengths, tokens, topk=8)
+    for name in ("top_pos", "top_dim", "top_token"):
+        assert np.array_equal(getattr(summary, name), getattr(ref, name))
+    np.testing.assert_allclose(summary.top_values, ref.top_values, rtol=1e-12)
+    np.testing.assert_allclose(summary.median_abs, ref.median_abs, rtol=1e-12)
+    streamed = massive_activations(summary, delimiter_ids=[DELIM])
+    a, b = full.to_dict(), streamed.to_dict()
+    for row_a, row_b in zip(a.pop("per_layer"), b.pop("per_layer"), strict=True):
+        assert row_b.pop("median_abs_pooled") is None
+        assert row_a.pop("median_abs_pooled") is not None
+        assert row_a == pytest.approx(row_b, rel=1e-12)
+    assert a == b
+
+
+def test_truncation_flag_and_padding_entries():
+    h, lengths, tokens, _ = _planted()
+    res = massive_from_activations(h, lengths, tokens, topk=2)
+    assert res.massive_truncated  # both kept entries are massive: there may be more
+    # A prompt shorter than topk entries pads with pos -1 / NaN and is not truncated.
+    tiny = np.full((1, 1, 1, 3), 0.001)
+    tiny[0, 0, 0, 1] = 500.0
+    summ = summarise_activations(tiny, [1], [[4]], topk=5)
+    assert summ.top_pos[0, 0].tolist() == [0, 0, 0, -1, -1]
+    assert summ.top_dim[0, 0, :3].tolist() == [1, 0, 2]  # ties broken by index
+    assert np.isnan(summ.top_values[0, 0, 3:]).all()
+    res2 = massive_activations(summ)
+    assert not res2.massive_truncated
+    assert [e["dim"] for e in res2.massive] == [1]
+    json.dumps(res2.to_dict(), allow_nan=False)
+
+
+def test_bad_inputs():
+    h, lengths, tokens, _ = _planted()
+    with pytest.raises(ScalelensError):
+        massive_from_activations(h[0], lengths, tokens)
+    with pytest.raises(ScalelensError):
+        massive_from_activations(h, [0, 1, 2, 3], tokens)
+    with pytest.raises(ScalelensError):
+        massive_from_activations(h, lengths, tokens[:, :3])
+    s = summarise_activations(h, lengths, tokens, topk=3)
+    with pytest.raises(ScalelensError):
+        ResidualSummary(s.top_values, s.top_pos[:, :2], s.top_dim, s.top_token, s.median_abs)
