@@ -1,0 +1,214 @@
+"""Streaming HDF5 writer with preallocated storage, per-batch progress and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from scalelens import __version__
+from scalelens.axes import Axis, axes_attr
+from scalelens.cache import schema
+from scalelens.errors import IncompatibleResumeError, ScalelensError
+from scalelens.probes.reduce import DatasetSpec
+
+CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What must match for a capture to resume into an existing file."""
+
+    model: dict[str, Any]
+    probes: str
+    prompts_sha256: str
+    capture: dict[str, Any]
+
+    def mismatch(self, attrs: h5py.AttributeManager) -> str | None:
+        """Name the first attribute that differs from ``attrs``, or None."""
+        checks = {
+            "model": json.dumps(self.model, sort_keys=True),
+            "probes": self.probes,
+            "prompts_sha256": self.prompts_sha256,
+            "capture": json.dumps(self.capture, sort_keys=True),
+        }
+        for key, want in checks.items():
+            have = attrs.get(key)
+            if key in ("model", "capture") and have is not None:
+                have = json.dumps(json.loads(have), sort_keys=True)
+            if have != want:
+                return key
+        return None
+
+
+def chunk_shape(shape: tuple[int, ...], rows: int, itemsize: int) -> tuple[int, ...]:
+    """Chunks of ``rows`` prompts, split along later axes until under CHUNK_BYTES."""
+    chunk = [max(1, min(rows, shape[0]))] + [max(1, s) for s in shape[1:]]
+    while np.prod(chunk) * itemsize > CHUNK_BYTES:
+        axis = int(np.argmax(chunk))
+        if chunk[axis] == 1:
+            break
+        chunk[axis] = (chunk[axis] + 1) // 2
+    return tuple(chunk)
+
+
+def _create_dataset(group: h5py.Group, spec: DatasetSpec, rows: int) -> None:
+    """Create a chunked dataset whose chunks are all allocated now (ALLOC_TIME_EARLY)."""
+    dtype = np.dtype(spec.dtype)
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_chunk(chunk_shape(spec.shape, rows, dtype.itemsize))
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    dcpl.set_obj_track_times(False)
+    space = h5py.h5s.create_simple(spec.shape)
+    tid = h5py.h5t.py_create(dtype, logical=True)
+    dsid = h5py.h5d.create(group.id, spec.name.encode(), tid, space, dcpl=dcpl)
+    ds = h5py.Dataset(dsid)
+    ds.attrs[schema.AXES_ATTR] = json.dumps(axes_attr(spec.axes))
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent
+    if not parent.exists():
+        raise ScalelensError(f"output directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise ScalelensError(f"output directory {parent} is not writable; choose another --out")
+
+
+class CaptureWriter:
+    """Writes one capture file batch by batch.
+
+    Use :meth:`open` to create a new file (or resume a compatible incomplete one),
+    :meth:`write` per batch (in prompt order), then :meth:`finish`.
+    """
+
+    def __init__(self, path: Path, f: h5py.File) -> None:
+        """Wrap an open file; use :meth:`open` instead."""
+        self.path, self._f = path, f
+
+    @property
+    def n_done(self) -> int:
+        """Prompts already written completely."""
+        return int(self._f[schema.PROGRESS][0])
+
+    @property
+    def complete(self) -> bool:
+        """Whether the file was finished."""
+        return bool(self._f[schema.PROGRESS][1])
+
+    @classmethod
+    def open(cls, path: str | Path, identity: FileIdentity, tokens: Any,
+             probes: dict[str, list[DatasetSpec]], batch_rows: int,
+             overwrite: bool = False) -> CaptureWriter:
+        """Create ``path`` (atomically, via a temporary file) or reopen it to resume.
+
+        Raises:
+            ScalelensError: if the directory is unwritable, or the file is complete
+                (without ``overwrite``) or belongs to another capture.
+        """
+        path = Path(path)
+        _check_writable(path)
+        if path.exists() and overwrite:
+            path.unlink()
+        if path.exists():
+            return cls._resume(path, identity)
+        tmp = path.with_name(path.name + ".creating")
+        try:
+            with h5py.File(tmp, "w") as f:
+                _write_header(f, identity, tokens)
+                for name, specs in probes.items():
+                    group = f.create_group(f"{schema.PROBES}/{name}")
+                    for spec in specs:
+                        _create_dataset(group, spec, batch_rows)
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise ScalelensError(f"cannot create {path}: {e.strerror or e}") from None
+        return cls(path, h5py.File(path, "r+", locking=False))
+
+    @classmethod
+    def _resume(cls, path: Path, identity: FileIdentity) -> CaptureWriter:
+        try:
+            f = h5py.File(path, "r+", locking=False)
+        except OSError as e:
+            raise ScalelensError(
+                f"{path} exists but is not a readable capture ({e}); delete it or pass --overwrite"
+            ) from None
+        version = f.attrs.get("schema_version")
+        if version != schema.SCHEMA_VERSION:
+            f.close()
+            raise ScalelensError(
+                f"{path} has schema version {version}, this scalelens writes "
+                f"{schema.SCHEMA_VERSION}; use another --out or --overwrite"
+            )
+        what = identity.mismatch(f.attrs)
+        writer = cls(path, f)
+        if what is not None:
+            f.close()
+            raise IncompatibleResumeError(
+                f"{path} holds a capture with a different {what}; use another --out or --overwrite"
+            )
+        if writer.complete:
+            f.close()
+            raise ScalelensError(f"{path} is already complete; pass --overwrite to redo it")
+        return writer
+
+    def write(self, start: int, arrays: dict[str, dict[str, np.ndarray]]) -> None:
+        """Write one batch starting at prompt ``start`` and advance progress."""
+        if start != self.n_done:
+            raise RuntimeError(f"batch starts at {start} but {self.n_done} prompts are done")
+        stop = start
+        for probe, data in arrays.items():
+            group = self._f[f"{schema.PROBES}/{probe}"]
+            for name, arr in data.items():
+                ds = group[name]
+                stop = start + arr.shape[0]
+                ds[start:stop] = _pad_to(arr, ds.shape[1:])
+        self._f.flush()
+        self._f[schema.PROGRESS][0] = stop
+        self._f.flush()
+
+    def finish(self) -> None:
+        """Mark the file complete and close it."""
+        self._f[schema.PROGRESS][1] = 1
+        self._f.flush()
+        self.close()
+
+    def close(self) -> None:
+        """Close the file (progress so far stays resumable)."""
+        if self._f.id.valid:
+            self._f.close()
+
+
+def _pad_to(arr: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
+    if arr.shape[1:] == tail:
+        return arr
+    pad = [(0, 0)] + [(0, t - s) for s, t in zip(arr.shape[1:], tail, strict=True)]
+    fill = -1 if np.issubdtype(arr.dtype, np.integer) else 0
+    return np.pad(arr, pad, constant_values=fill)
+
+
+def _write_header(f: h5py.File, identity: FileIdentity, tokens: Any) -> None:
+    f.attrs["schema_version"] = schema.SCHEMA_VERSION
+    f.attrs["scalelens_version"] = __version__
+    f.attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    f.attrs["model"] = json.dumps(identity.model, sort_keys=True)
+    f.attrs["probes"] = identity.probes
+    f.attrs["capture"] = json.dumps(identity.capture, sort_keys=True)
+    f.attrs["prompts_sha256"] = identity.prompts_sha256
+    f.attrs["segment_labels"] = json.dumps(list(tokens.labels))
+    P, S = Axis.PROMPT, Axis.SEQ
+    for name, arr, axes in (
+        (schema.TOKENS, tokens.ids, (P, S)),
+        (schema.SEGMENTS, tokens.segments, (P, S)),
+        (schema.LENGTHS, tokens.lengths, (P,)),
+    ):
+        ds = f.create_dataset(name, data=arr)
+        ds.attrs[schema.AXES_ATTR] = json.dumps(axes_attr(axes))
+    _create_dataset(f, DatasetSpec(schema.PROGRESS, (2,), "int64", (Axis.FIELD,)), 2)
+    f[schema.PROGRESS][...] = np.zeros(2, dtype=np.int64)

@@ -1,0 +1,231 @@
+"""Attach probes to a model and stream what they capture into an HDF5 file.
+
+with scalelens.attach(loaded, probes=[preset("resid"), preset("massive")], out="x.h5") as run:
+run.feed(["The quick brown fox", "jumps over the lazy dog"])
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scalelens.cache.writer import CaptureWriter, FileIdentity
+from scalelens.errors import ScalelensError
+from scalelens.hooks import native
+from scalelens.hooks.arch import arch_for, layer_part
+from scalelens.hooks.attention import attention_tap
+from scalelens.hooks.points import CapturePoint
+from scalelens.probes.prompts import Prompt, TokenizedPrompts, as_prompts, select_positions, tokenize
+from scalelens.probes.reduce import BatchContext, ProbeRuntime
+from scalelens.probes.spec import PositionKind, ProbeSpec, specs_to_json
+from tqdm.auto import tqdm
+
+BACKENDS = ("native", "nnsight", "transformer-lens")
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """How a capture runs.
+
+    Attributes:
+        batch_size: Prompts per forward pass (and per HDF5 write).
+        max_length: Longest prompt accepted, in tokens; default: the model's context.
+        backend: ``native`` (torch hooks), ``nnsight`` or ``transformer-lens``.
+        overwrite: Replace an existing output instead of resuming it.
+        progress: Show a progress bar.
+    """
+
+    batch_size: int = 8
+    max_length: int | None = None
+    backend: str = "native"
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ScalelensError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.backend not in BACKENDS:
+            raise ScalelensError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ScalelensError(f"max length must be >= 1, got {self.max_length}")
+
+
+def _as_loaded(model: Any, tokenizer: Any = None) -> Any:
+    if hasattr(model, "info") and hasattr(model, "tokenizer"):
+        return model
+    from scalelens.models.load import load_model
+
+    return load_model(model, tokenizer=tokenizer)
+
+
+class Capture:
+    """Probes attached to a model; hooks exist only between ``__enter__`` and ``__exit__``."""
+
+    def __init__(self, model: Any, probes: list[ProbeSpec], out: str | Path,
+                 settings: CaptureSettings | None = None, tokenizer: Any = None) -> None:
+        """Prepare a capture of ``probes`` on ``model`` (a LoadedModel or HF model) into ``out``."""
+        self.loaded = _as_loaded(model, tokenizer)
+        self.settings = settings or CaptureSettings()
+        self.out = Path(out)
+        info = self.loaded.info
+        arch_for(self.loaded.model)
+        names = [p.name for p in probes]
+        if not probes:
+            raise ScalelensError("no probes given; attach at least one probe")
+        if len(set(names)) != len(names):
+            raise ScalelensError(f"probe names must be unique, got {names}")
+        self.probes = [p.resolve(info.n_layers, info.n_heads) for p in probes]
+        self._stack: ExitStack | None = None
+        self._runtimes: list[ProbeRuntime] = []
+        self._ctx: BatchContext | None = None
+        self.attention_capture = "none"
+
+    # -- hooks -------------------------------------------------------------------
+    def __enter__(self) -> Capture:
+        model = self.loaded.model
+        if self.settings.backend != "native":
+            from scalelens.hooks.backends import check_backend
+
+            check_backend(self.settings.backend, model)
+        stack = ExitStack()
+        try:
+            residual = {(p.point, layer) for p in self.probes if p.point.is_residual_like
+                        for layer in p.layers or ()}
+            stack.enter_context(native.native_hooks(model, residual, self._on_residual))
+            tapped = sorted({layer for p in self.probes if p.point.from_attention_tap
+                             for layer in p.layers or ()})
+            if tapped:
+                modules = {layer: layer_part(model, layer, "attn") for layer in tapped}
+                inner = stack.enter_context(attention_tap(model, modules, self._on_attention))
+                self.attention_capture = f"rows recomputed from post-rotary q,k beside {inner}"
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def _on_residual(self, point: CapturePoint, layer: int, h: torch.Tensor) -> None:
+        if self._ctx is None:
+            return
+        for rt in self._runtimes:
+            if rt.spec.point is point and layer in rt.layer_index:
+                rt.on_residual(layer, h, self._ctx)
+
+    def _on_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, mask: Any,
+                      scaling: float, kwargs: dict[str, Any]) -> None:
+        if self._ctx is None:
+            return
+        for rt in self._runtimes:
+            if rt.spec.point.from_attention_tap and layer in rt.layer_index:
+                rt.on_attention(layer, q, k, mask, scaling, kwargs, self._ctx)
+
+    # -- feeding -----------------------------------------------------------------
+    def _identity(self, tok: TokenizedPrompts) -> FileIdentity:
+        capture = {
+            "batch_size": self.settings.batch_size,
+            "backend": self.settings.backend,
+            "attention_capture": self.attention_capture,
+            "n_prompts": int(tok.ids.shape[0]),
+            "seq": tok.seq_len,
+        }
+        return FileIdentity(self.loaded.info.to_dict(), specs_to_json(self.probes),
+                            tok.fingerprint(), capture)
+
+    def feed(self, prompts: list[str] | list[Prompt]) -> Path:
+        """Run every prompt through the model and write what the probes capture.
+
+        Resumes an incomplete compatible file; returns the output path.
+        """
+        if self._stack is None:
+            raise RuntimeError("use feed() inside `with attach(...) as run:`")
+        info = self.loaded.info
+        tok = tokenize(as_prompts(prompts), self.loaded.tokenizer,
+                       self.settings.max_length or info.max_position)
+        rows = {p.name: _rows_for(p, tok) for p in self.probes}
+        self._runtimes = [
+            ProbeRuntime(p, info.d_model, info.d_head, len(tok.lengths), tok.seq_len,
+                         rows[p.name].shape[1]) for p in self.probes
+        ]
+        layout = {rt.spec.name: rt.datasets() for rt in self._runtimes}
+        writer = CaptureWriter.open(self.out, self._identity(tok), tok, layout,
+                                    self.settings.batch_size, self.settings.overwrite)
+        try:
+            self._run_batches(writer, tok, rows)
+            writer.finish()
+        finally:
+            writer.close()
+            self._ctx = None
+        return self.out
+
+    def _run_batches(self, writer: CaptureWriter, tok: TokenizedPrompts,
+                     rows: dict[str, np.ndarray]) -> None:
+        n, bs = len(tok.lengths), self.settings.batch_size
+        bar = tqdm(total=n, initial=writer.n_done, unit="prompt", desc=f"capture {self.out.name}",
+                   disable=not self.settings.progress)
+        for start in range(writer.n_done, n, bs):
+            stop = min(n, start + bs)
+            arrays = self._run_batch(tok, rows, start, stop)
+            writer.write(start, arrays)
+            bar.update(stop - start)
+        bar.close()
+
+    def _run_batch(self, tok: TokenizedPrompts, rows: dict[str, np.ndarray], start: int,
+                   stop: int) -> dict[str, dict[str, np.ndarray]]:
+        device = self.loaded.model.device
+        width = int(tok.lengths[start:stop].max())
+        ids = torch.from_numpy(tok.ids[start:stop, :width].astype(np.int64)).to(device)
+        valid = ids >= 0
+        ids = ids.masked_fill(~valid, _pad_id(self.loaded.tokenizer))
+        batch_rows = {k: torch.from_numpy(v[start:stop]).to(device) for k, v in rows.items()}
+        self._ctx = BatchContext(ids=ids, valid=valid, rows=batch_rows,
+                                 lengths=tok.lengths[start:stop].tolist())
+        for rt in self._runtimes:
+            rt.start()
+        native.forward(self.loaded.model, ids, valid.long())
+        arrays = {}
+        for rt in self._runtimes:
+            arrays[rt.spec.name] = rt.finish()
+            if rt.selects_positions:
+                arrays[rt.spec.name]["query_pos"] = rows[rt.spec.name][start:stop]
+        return arrays
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _rows_for(spec: ProbeSpec, tok: TokenizedPrompts) -> np.ndarray:
+    """Positions each probe reads, (prompt, query) padded with -1."""
+    if spec.positions.kind is PositionKind.ALL:
+        idx = np.arange(tok.seq_len, dtype=np.int32)[None, :].repeat(len(tok.lengths), 0)
+        return np.where(idx < tok.lengths[:, None], idx, -1).astype(np.int32)
+    return select_positions(tok, spec.positions)
+
+
+def attach(model: Any, probes: list[ProbeSpec], out: str | Path, *, tokenizer: Any = None,
+           **settings: Any) -> Capture:
+    """Attach ``probes`` to ``model`` writing to ``out``; use as a context manager.
+
+    Keyword arguments are :class:`CaptureSettings` fields.
+    """
+    return Capture(model, probes, out, CaptureSettings(**settings), tokenizer=tokenizer)
+
+
+def capture(model: Any, probes: list[ProbeSpec], prompts: list[str] | list[Prompt],
+            out: str | Path, *, tokenizer: Any = None, **settings: Any) -> Path:
+    """One-call capture: attach, feed every prompt, detach. Returns the output path."""
+    with attach(model, probes, out, tokenizer=tokenizer, **settings) as run:
+        return run.feed(prompts)

@@ -1,0 +1,142 @@
+"""Read per-head queries, keys and attention probabilities while the model keeps its kernel.
+
+Fused attention (SDPA, flash) returns no attention weights. scalelens therefore
+registers a thin wrapper attention function with transformers' attention registry:
+it calls the model's own implementation for the output, unchanged, and hands the
+post-rotary query and key tensors to the active capture, which computes the
+probability rows a probe needs itself. The model's ``_attn_implementation`` is
+switched to the wrapper only inside :func:`attention_tap` and restored in ``finally``;
+the capture records ``attention_capture`` in the file attributes.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+TAP_PREFIX = "scalelens_"
+
+# attention module id -> (layer index, inner implementation, callback). The callback gets
+# (layer, query, key, mask, scaling, kwargs) and may return a replacement query tensor
+# (used by head ablation); None leaves the computation untouched.
+TapCallback = Callable[
+    [int, torch.Tensor, torch.Tensor, Any, float, dict[str, Any]], torch.Tensor | None
+]
+_ACTIVE: dict[int, tuple[int, str, TapCallback]] = {}
+
+
+def _inner_function(module: nn.Module, inner: str) -> Callable[..., Any]:
+    if inner == "eager":
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[inner]
+
+
+def _tapped_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, *args, **kwargs):
+    layer, inner, callback = _ACTIVE[id(module)]
+    attention_mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+    scaling = kwargs.get("scaling")
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    replaced = callback(layer, query, key, attention_mask, float(scaling), kwargs)
+    if replaced is not None:
+        query = replaced
+    return _inner_function(module, inner)(module, query, key, *args, **kwargs)
+
+
+def _register(inner: str) -> str:
+    name = TAP_PREFIX + inner
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(name, _tapped_attention)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])
+    return name
+
+
+@contextmanager
+def attention_tap(model: nn.Module, modules: dict[int, nn.Module], callback: TapCallback) -> Iterator[str]:
+    """Route ``modules`` (layer -> attention module) through ``callback`` while inside.
+
+    Yields the name of the inner implementation that still computes the outputs.
+    """
+    inner = model.config._attn_implementation or "eager"
+    if inner.startswith(TAP_PREFIX):
+        raise RuntimeError("attention tap is already active on this model")
+    name = _register(inner)
+    for layer, module in modules.items():
+        _ACTIVE[id(module)] = (layer, inner, callback)
+    model.set_attn_implementation(name)
+    try:
+        yield inner
+    finally:
+        model.set_attn_implementation(inner)
+        for module in modules.values():
+            _ACTIVE.pop(id(module), None)
+
+
+def _repeat_kv(key: torch.Tensor, n_heads: int) -> torch.Tensor:
+    groups = n_heads // key.shape[1]
+    return key if groups == 1 else key.repeat_interleave(groups, dim=1)
+
+
+def _masked_scores(
+    scores: torch.Tensor, rows: torch.Tensor, mask: Any, kwargs: dict[str, Any], offset: int
+) -> torch.Tensor:
+    """Apply the model's mask (or a causal one) to scores of shape (b, h, q, kv).
+
+    ``offset`` is the number of cached keys before the first query (decoding steps).
+    """
+    kv = scores.shape[-1]
+    if mask is not None and mask.dim() == 4:
+        picked = mask[:, :, :, :kv]
+        idx = rows.clamp(min=0)[:, None, :, None].expand(-1, picked.shape[1], -1, kv)
+        picked = picked.gather(2, idx)
+        if picked.dtype == torch.bool:
+            return scores.masked_fill(~picked, float("-inf"))
+        return scores + picked.to(scores.dtype)
+    keys = torch.arange(kv, device=scores.device)
+    pos = rows[:, :, None] + offset  # absolute position of each query row
+    blocked = keys[None, None, :] > pos
+    window = kwargs.get("sliding_window")
+    if window:
+        blocked |= keys[None, None, :] <= pos - window
+    return scores.masked_fill(blocked[:, None], float("-inf"))
+
+
+def attention_rows(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    rows: torch.Tensor,
+    mask: Any,
+    scaling: float,
+    kwargs: dict[str, Any],
+) -> torch.Tensor:
+    """Attention probabilities for selected query rows.
+
+    Args:
+        query: (batch, head, seq, d_head) post-rotary queries.
+        key: (batch, kv_head, kv_seq, d_head) post-rotary keys.
+        rows: (batch, n_rows) query indices into ``query``'s seq axis; -1 marks padding
+            (such rows come back as garbage for the caller to mask).
+        mask: The mask the model passed to its attention function (4-D or None).
+        scaling: Softmax scaling the model uses.
+        kwargs: The attention call's keyword arguments (``softcap``, ``sliding_window``).
+
+    Returns:
+        (batch, head, n_rows, kv_seq) float32 probabilities.
+    """
+    idx = rows.clamp(min=0)[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[-1])
+    q = query.gather(2, idx).float()
+    k = _repeat_kv(key, query.shape[1]).float()
+    scores = q @ k.transpose(-1, -2) * scaling
+    softcap = kwargs.get("softcap")
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = _masked_scores(scores, rows, mask, kwargs, key.shape[2] - query.shape[2])
+    return torch.softmax(scores, dim=-1).nan_to_num(0.0)

@@ -1,0 +1,56 @@
+"""Native backend: plain torch forward hooks on the unmodified HF modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from scalelens.hooks.arch import decoder_layers, layer_part
+from scalelens.hooks.points import CapturePoint
+from torch import nn
+
+Sink = Callable[[CapturePoint, int, torch.Tensor], None]
+
+
+def _first(output: object) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]
+
+
+def _module_and_kind(model: nn.Module, point: CapturePoint, layer: int) -> tuple[nn.Module, str]:
+    if point is CapturePoint.RESID_PRE:
+        return decoder_layers(model)[layer], "pre"
+    if point is CapturePoint.RESID_POST:
+        return decoder_layers(model)[layer], "post"
+    if point is CapturePoint.ATTN_OUT:
+        return layer_part(model, layer, "attn"), "post"
+    if point is CapturePoint.MLP_OUT:
+        return layer_part(model, layer, "mlp"), "post"
+    raise ValueError(f"{point} is not a module-output point")
+
+
+@contextmanager
+def native_hooks(model: nn.Module, wanted: set[tuple[CapturePoint, int]], sink: Sink) -> Iterator[None]:
+    """Register forward hooks for ``wanted`` (point, layer) pairs; remove them on exit."""
+    handles = []
+    try:
+        for point, layer in sorted(wanted):
+            module, kind = _module_and_kind(model, point, layer)
+            if kind == "pre":
+                def pre(_m, args, kwargs, p=point, i=layer):
+                    sink(p, i, args[0] if args else kwargs["hidden_states"])
+                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            else:
+                def post(_m, _args, output, p=point, i=layer):
+                    sink(p, i, _first(output))
+                handles.append(module.register_forward_hook(post))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    """Run the decoder stack (no LM head: captures never need logits)."""
+    with torch.inference_mode():
+        model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)

@@ -1,0 +1,170 @@
+"""Prompt sets: reading files, labelled segments, tokenisation and position selection."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scalelens.errors import ScalelensError
+from scalelens.probes.spec import PositionKind, Positions
+
+DEFAULT_LABEL = "text"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt made of labelled pieces of text, e.g. (("document", ...), ("question", ...)).
+
+    A plain prompt is a single piece labelled ``text``. Pieces are tokenised one by
+    one and concatenated, so every token carries its piece's label.
+    """
+
+    pieces: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, text: str) -> Prompt:
+        """A prompt with one piece labelled ``text``."""
+        return cls(((DEFAULT_LABEL, text),))
+
+    @property
+    def text(self) -> str:
+        """The whole prompt as one string."""
+        return "".join(t for _, t in self.pieces)
+
+
+def as_prompts(items: list[str] | list[Prompt]) -> list[Prompt]:
+    """Accept plain strings or Prompt objects."""
+    return [p if isinstance(p, Prompt) else Prompt.of(str(p)) for p in items]
+
+
+def _jsonl_prompt(line: str, where: str) -> Prompt:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ScalelensError(f"{where}: invalid JSON ({e.msg})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("segments"), list):
+        return Prompt(tuple((str(s["label"]), str(s["text"])) for s in obj["segments"]))
+    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+        return Prompt.of(obj["text"])
+    raise ScalelensError(f'{where}: expected an object with "text" or "segments"')
+
+
+def read_prompt_file(path: str | Path) -> list[Prompt]:
+    """Read prompts from ``.txt`` (one per line) or ``.jsonl`` (``text`` or ``segments``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScalelensError(f"prompt file {path} does not exist")
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ScalelensError(
+            f"prompt file {path} is not UTF-8 (bad byte at offset {e.start}); re-encode it as UTF-8"
+        ) from None
+    lines = [ln for ln in lines if ln.strip()]
+    if not lines:
+        raise ScalelensError(f"prompt file {path} has no prompts")
+    if path.suffix == ".jsonl":
+        return [_jsonl_prompt(ln, f"{path}:{i + 1}") for i, ln in enumerate(lines)]
+    return [Prompt.of(ln) for ln in lines]
+
+
+@dataclass(frozen=True)
+class TokenizedPrompts:
+    """Token ids and segment codes of a prompt set, padded to a common length.
+
+    Attributes:
+        ids: (prompt, seq) int32, padded with -1.
+        segments: (prompt, seq) int16 index into ``labels``, -1 on padding.
+        lengths: (prompt,) int32 number of real tokens.
+        labels: Segment label names.
+    """
+
+    ids: np.ndarray
+    segments: np.ndarray
+    lengths: np.ndarray
+    labels: tuple[str, ...]
+
+    @property
+    def seq_len(self) -> int:
+        """Padded length."""
+        return int(self.ids.shape[1])
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the token ids and segments (detects a changed prompt set on resume)."""
+        h = hashlib.sha256()
+        for arr in (self.ids, self.segments, self.lengths):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        h.update(json.dumps(self.labels).encode())
+        return h.hexdigest()
+
+
+def _encode_piece(tokenizer, text: str, first: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=first)["input_ids"])
+
+
+def tokenize(prompts: list[Prompt], tokenizer, max_length: int | None = None) -> TokenizedPrompts:
+    """Tokenise prompts piece by piece; raise if any is empty or longer than ``max_length``."""
+    if not prompts:
+        raise ScalelensError("no prompts to capture")
+    labels: list[str] = []
+    rows: list[tuple[list[int], list[int]]] = []
+    for n, prompt in enumerate(prompts):
+        ids: list[int] = []
+        seg: list[int] = []
+        for i, (label, text) in enumerate(prompt.pieces):
+            if label not in labels:
+                labels.append(label)
+            piece = _encode_piece(tokenizer, text, i == 0)
+            ids += piece
+            seg += [labels.index(label)] * len(piece)
+        if not ids:
+            raise ScalelensError(f"prompt {n} tokenises to nothing; remove empty prompts")
+        if max_length is not None and len(ids) > max_length:
+            raise ScalelensError(
+                f"prompt {n} has {len(ids)} tokens, more than the limit {max_length}; "
+                "shorten it or raise --max-length (up to the model's context)"
+            )
+        rows.append((ids, seg))
+    seq = max(len(r[0]) for r in rows)
+    ids_arr = np.full((len(rows), seq), -1, dtype=np.int32)
+    seg_arr = np.full((len(rows), seq), -1, dtype=np.int16)
+    for i, (ids, seg) in enumerate(rows):
+        ids_arr[i, : len(ids)] = ids
+        seg_arr[i, : len(seg)] = seg
+    lengths = np.array([len(r[0]) for r in rows], dtype=np.int32)
+    return TokenizedPrompts(ids_arr, seg_arr, lengths, tuple(labels))
+
+
+def select_positions(tok: TokenizedPrompts, positions: Positions) -> np.ndarray:
+    """Resolve positions per prompt: (prompt, query) int32, padded with -1."""
+    per: list[np.ndarray] = []
+    for i, n in enumerate(tok.lengths):
+        per.append(_positions_of(tok, i, int(n), positions))
+    width = max(1, max(len(p) for p in per))
+    out = np.full((len(per), width), -1, dtype=np.int32)
+    for i, p in enumerate(per):
+        out[i, : len(p)] = p
+    return out
+
+
+def _positions_of(tok: TokenizedPrompts, i: int, n: int, positions: Positions) -> np.ndarray:
+    if positions.kind is PositionKind.ALL:
+        return np.arange(n)
+    if positions.kind is PositionKind.LAST:
+        return np.array([n - 1])
+    if positions.kind is PositionKind.SEGMENT:
+        if positions.segment not in tok.labels:
+            raise ScalelensError(
+                f"segment {positions.segment!r} not in the prompts; labels: {', '.join(tok.labels)}"
+            )
+        code = tok.labels.index(positions.segment)
+        return np.flatnonzero(tok.segments[i, :n] == code)
+    idx = np.array(positions.indices)
+    idx = np.where(idx < 0, idx + n, idx)
+    if (idx < 0).any() or (idx >= n).any():
+        raise ScalelensError(f"position(s) {list(positions.indices)} out of range for prompt {i} "
+                             f"of {n} tokens")
+    return idx

@@ -1,0 +1,218 @@
+"""Probe specifications: what to capture, where, and how to reduce it on device."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from scalelens.errors import ScalelensError
+from scalelens.hooks.points import CapturePoint
+
+
+class Reduction(StrEnum):
+    """How a probe reduces a captured tensor before it leaves the device.
+
+    ``full`` keeps the tensor (at the chosen positions); ``massive`` keeps the
+    top-k |h| per layer with (position, dim, token) plus median |h|; ``top1`` keeps
+    the top-1 attended key (and its probability) per head for the chosen query
+    rows; ``norm`` keeps the L2 norm over ``d_model`` per position.
+    """
+
+    FULL = "full"
+    MASSIVE = "massive"
+    TOP1 = "top1"
+    NORM = "norm"
+
+
+class PositionKind(StrEnum):
+    """Which sequence positions a probe reads."""
+
+    ALL = "all"
+    LAST = "last"
+    INDICES = "indices"
+    SEGMENT = "segment"
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Sequence positions a probe reads.
+
+    Attributes:
+        kind: ``all``, ``last``, ``indices`` or ``segment``.
+        indices: Positions for ``indices``; negative counts from each prompt's end.
+        segment: Segment label for ``segment`` (every token of that labelled piece).
+    """
+
+    kind: PositionKind = PositionKind.ALL
+    indices: tuple[int, ...] = ()
+    segment: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", PositionKind(self.kind))
+        object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
+        if self.kind is PositionKind.INDICES and not self.indices:
+            raise ScalelensError("positions of kind 'indices' need at least one index")
+        if self.kind is PositionKind.SEGMENT and not self.segment:
+            raise ScalelensError("positions of kind 'segment' need a segment label")
+
+    @classmethod
+    def parse(cls, text: str) -> Positions:
+        """Parse ``all``, ``last``, ``segment:LABEL`` or comma-separated indices."""
+        if text in ("all", "last"):
+            return cls(PositionKind(text))
+        if text.startswith("segment:"):
+            return cls(PositionKind.SEGMENT, segment=text.split(":", 1)[1])
+        try:
+            return cls(PositionKind.INDICES, indices=tuple(int(t) for t in text.split(",")))
+        except ValueError:
+            raise ScalelensError(
+                f"bad positions {text!r}; use all, last, segment:LABEL or indices like 0,-1"
+            ) from None
+
+
+_DTYPES = ("float16", "bfloat16", "float32")
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One probe: a capture point, where to read it, and its on-device reduction.
+
+    Attributes:
+        name: Unique name; the HDF5 group is ``probes/<name>``.
+        point: The capture point read in every selected layer.
+        layers: Layer indices, or None for all layers.
+        heads: Head indices for per-head points, or None for all heads.
+        positions: Which query/sequence positions to keep.
+        reduction: The on-device reduction.
+        dtype: Storage dtype of float tensors kept by ``full`` (``float16``, ``bfloat16``
+            is stored as float32 since HDF5 lacks it, or ``float32``).
+        topk: How many entries the ``massive`` reduction keeps per layer.
+    """
+
+    name: str
+    point: CapturePoint
+    layers: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+    positions: Positions = field(default_factory=Positions)
+    reduction: Reduction = Reduction.FULL
+    dtype: str = "float16"
+    topk: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "point", CapturePoint(self.point))
+        object.__setattr__(self, "reduction", Reduction(self.reduction))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        if self.heads is not None:
+            object.__setattr__(self, "heads", tuple(int(x) for x in self.heads))
+        self._validate()
+
+    def _validate(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ScalelensError(f"bad probe name {self.name!r}: must be non-empty without '/'")
+        if self.dtype not in _DTYPES:
+            raise ScalelensError(f"probe dtype {self.dtype!r} not one of {', '.join(_DTYPES)}")
+        if self.heads is not None and not self.point.from_attention_tap:
+            raise ScalelensError(f"probe {self.name!r}: heads only apply to attn_pattern, q and k")
+        needs = {
+            Reduction.MASSIVE: self.point.is_residual_like,
+            Reduction.NORM: self.point.is_residual_like,
+            Reduction.TOP1: self.point is CapturePoint.ATTN_PATTERN,
+            Reduction.FULL: True,
+        }
+        if not needs[self.reduction]:
+            raise ScalelensError(
+                f"probe {self.name!r}: reduction {self.reduction.value!r} does not apply to "
+                f"point {self.point.value!r}"
+            )
+        if self.reduction is Reduction.MASSIVE and self.positions.kind is not PositionKind.ALL:
+            raise ScalelensError(f"probe {self.name!r}: the massive summary reads all positions")
+        if self.topk < 1:
+            raise ScalelensError(f"probe {self.name!r}: topk must be >= 1")
+
+    def resolve(self, n_layers: int, n_heads: int) -> ProbeSpec:
+        """Return a copy with explicit layers/heads, checked against the model."""
+        layers = tuple(range(n_layers)) if self.layers is None else self.layers
+        bad = [x for x in layers if not 0 <= x < n_layers]
+        if bad:
+            raise ScalelensError(
+                f"probe {self.name!r}: layer(s) {bad} out of range; the model has {n_layers} "
+                f"layers (0..{n_layers - 1})"
+            )
+        heads = self.heads
+        if self.point.from_attention_tap:
+            heads = tuple(range(n_heads)) if heads is None else heads
+            badh = [h for h in heads if not 0 <= h < n_heads]
+            if badh:
+                raise ScalelensError(
+                    f"probe {self.name!r}: head(s) {badh} out of range; the model has {n_heads} "
+                    f"heads (0..{n_heads - 1})"
+                )
+        return dataclasses.replace(self, layers=layers, heads=heads)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict (stored in every capture)."""
+        d = dataclasses.asdict(self)
+        d["point"] = self.point.value
+        d["reduction"] = self.reduction.value
+        d["positions"] = {
+            "kind": self.positions.kind.value,
+            "indices": list(self.positions.indices),
+            "segment": self.positions.segment,
+        }
+        d["layers"] = None if self.layers is None else list(self.layers)
+        d["heads"] = None if self.heads is None else list(self.heads)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeSpec:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored with a warning."""
+        import warnings
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            warnings.warn(f"ignoring unknown probe keys: {unknown}", stacklevel=2)
+        kw = {k: v for k, v in data.items() if k in names}
+        kw["positions"] = Positions(**data.get("positions", {}))
+        return cls(**kw)
+
+
+def specs_to_json(specs: list[ProbeSpec]) -> str:
+    """Serialise probe specs canonically (used to detect incompatible resumes)."""
+    return json.dumps([s.to_dict() for s in specs], sort_keys=True)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "resid": {"point": "resid_post"},
+    "resid_pre": {"point": "resid_pre"},
+    "attn_out": {"point": "attn_out"},
+    "mlp_out": {"point": "mlp_out"},
+    "attn": {"point": "attn_pattern", "dtype": "float32"},
+    "q": {"point": "q"},
+    "k": {"point": "k"},
+    "massive": {"point": "resid_post", "reduction": "massive"},
+    "top1": {"point": "attn_pattern", "reduction": "top1", "positions": Positions(PositionKind.LAST)},
+    "norms": {"point": "resid_post", "reduction": "norm"},
+}
+
+
+def preset(
+    name: str,
+    layers: tuple[int, ...] | None = None,
+    positions: Positions | None = None,
+    dtype: str | None = None,
+) -> ProbeSpec:
+    """Build a probe from a preset name used by the CLI (``resid``, ``attn``, ``massive``...)."""
+    if name not in PRESETS:
+        raise ScalelensError(f"unknown probe {name!r}; choose from: {', '.join(PRESETS)}")
+    kw = dict(PRESETS[name])
+    kw["point"] = CapturePoint(kw["point"])
+    if positions is not None and kw.get("reduction") != "massive":
+        kw["positions"] = positions
+    if dtype is not None and kw.get("reduction", "full") == "full":
+        kw["dtype"] = dtype
+    return ProbeSpec(name=name, layers=layers, **kw)

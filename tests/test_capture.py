@@ -1,0 +1,197 @@
+"""Captured tensors equal the model's own outputs, hooks are cleaned up, resume is exact."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from scalelens.cache.reader import CaptureFile
+from scalelens.capture import attach, capture
+from scalelens.errors import IncompatibleResumeError, ScalelensError
+from scalelens.hooks.arch import arch_for
+from scalelens.models.load import load_model
+from scalelens.probes.spec import Positions, ProbeSpec, preset
+from tiny_models import ARCHS, prompts, tiny_model, word_tokenizer
+
+
+def loaded(arch: str = "gpt_neox", attn: str = "sdpa"):
+    return load_model(tiny_model(arch, attn), tokenizer=word_tokenizer())
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._forward_pre_hooks_with_kwargs)
+        for m in model.modules()
+    )
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_resid_and_attention_match_hf_outputs(arch, tmp_path):
+    lm = loaded(arch)
+    out = capture(
+        lm,
+        [preset("resid", dtype="float32"), preset("attn")],
+        prompts(),
+        tmp_path / "c.h5",
+        batch_size=3,
+        progress=False,
+    )
+    ref = tiny_model(arch, "eager")
+    final_norm = ref.get_submodule(arch_for(ref).final_norm)
+    with CaptureFile(out) as f:
+        ids, lengths = f.read("tokens").data, f.read("lengths").data
+        resid, attn = f.read("values", "resid").data, f.read("values", "attn").data
+        assert f.read("values", "attn").axes == ("prompt", "layer", "head", "seq", "kv_seq")
+    for i, n in enumerate(lengths):
+        x = torch.tensor(ids[i, :n], dtype=torch.long)[None]
+        with torch.no_grad():
+            o = ref(x, output_hidden_states=True, output_attentions=True)
+            last = final_norm(torch.tensor(resid[i, -1, :n])[None])[0]
+        for layer in range(3):
+            want = o.hidden_states[layer + 1][0]
+            got = last if layer == 2 else torch.tensor(resid[i, layer, :n])
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                torch.tensor(attn[i, layer, :, :n, :n]),
+                o.attentions[layer][0],
+                atol=1e-5,
+                rtol=1e-4,
+            )
+        assert not resid[i, :, n:].any() and not attn[i, :, :, n:].any()
+
+
+def test_summary_probes_agree_with_full_tensors(tmp_path):
+    lm = loaded()
+    probes = [
+        preset("resid", dtype="float32"),
+        preset("attn"),
+        preset("massive"),
+        preset("top1"),
+        preset("norms"),
+    ]
+    out = capture(lm, probes, prompts(), tmp_path / "c.h5", batch_size=4, progress=False)
+    with CaptureFile(out) as f:
+        resid, attn = f.read("values", "resid").data, f.read("values", "attn").data
+        m, t1 = f.probe("massive"), f.probe("top1")
+        norms, lengths, ids = (
+            f.read("norm", "norms").data,
+            f.read("lengths").data,
+            f.read("tokens").data,
+        )
+    for i, n in enumerate(lengths):
+        a = np.abs(resid[i, :, :n])  # (layer, seq, d)
+        flat = a.reshape(a.shape[0], -1)
+        np.testing.assert_allclose(m["top_values"].data[i, :, 0], flat.max(1), rtol=1e-6)
+        pos, dim = m["top_pos"].data[i, :, 0], m["top_dim"].data[i, :, 0]
+        np.testing.assert_allclose(a[np.arange(3), pos, dim], flat.max(1), rtol=1e-6)
+        np.testing.assert_array_equal(m["top_token"].data[i, :, 0], ids[i, pos])
+        np.testing.assert_allclose(m["median_abs"].data[i], np.median(flat, axis=1), rtol=1e-6)
+        np.testing.assert_allclose(
+            norms[i, :, :n], np.linalg.norm(resid[i, :, :n], axis=-1), rtol=1e-5
+        )
+        assert t1["query_pos"].data[i, 0] == n - 1
+        np.testing.assert_array_equal(
+            t1["top1_key"].data[i, :, :, 0], attn[i, :, :, n - 1].argmax(-1)
+        )
+
+
+def test_segment_positions_and_heads(tmp_path):
+    from scalelens.probes.prompts import Prompt
+
+    ps = [Prompt((("doc", "w1 w2 w3 w4"), ("q", "w5 w6"))), Prompt((("doc", "w7 w8"), ("q", "w9")))]
+    spec = ProbeSpec(
+        "rows",
+        "attn_pattern",
+        heads=(1, 3),
+        positions=Positions("segment", segment="q"),
+        dtype="float32",
+    )
+    out = capture(loaded(), [spec, preset("attn")], ps, tmp_path / "s.h5", progress=False)
+    with CaptureFile(out) as f:
+        rows, qpos = f.read("values", "rows").data, f.read("query_pos", "rows").data
+        full = f.read("values", "attn").data
+        assert f.segment_labels == ["doc", "q"]
+    np.testing.assert_array_equal(qpos, [[4, 5], [2, -1]])
+    np.testing.assert_allclose(rows[0][:, :, :2], full[0][:, [1, 3]][:, :, [4, 5]], atol=1e-7)
+    assert not rows[1, :, :, 1].any()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_no_hooks_left(tmp_path, fail):
+    lm = loaded()
+    before = hook_count(lm.model)
+    impl = lm.model.config._attn_implementation
+    with pytest.raises(RuntimeError) if fail else _nullcontext():
+        with attach(
+            lm, [preset("resid"), preset("attn")], tmp_path / "h.h5", progress=False
+        ) as run:
+            assert hook_count(lm.model) > before
+            if fail:
+                raise RuntimeError("boom")
+            run.feed(prompts(3))
+    assert hook_count(lm.model) == before
+    assert lm.model.config._attn_implementation == impl
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_resume_is_exact(tmp_path):
+    lm = loaded()
+    probes = [preset("resid"), preset("massive"), preset("top1")]
+    ref = capture(lm, probes, prompts(9), tmp_path / "ref.h5", batch_size=2, progress=False)
+    out = tmp_path / "int.h5"
+    calls = {"n": 0}
+
+    def crash(*_):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    handle = lm.model.base_model.register_forward_pre_hook(crash)
+    with pytest.raises(KeyboardInterrupt):
+        capture(lm, probes, prompts(9), out, batch_size=2, progress=False)
+    handle.remove()
+    with CaptureFile(out) as f:
+        assert (f.n_done, f.complete) == (4, False)
+    capture(lm, probes, prompts(9), out, batch_size=2, progress=False)
+    with h5py.File(ref) as a, h5py.File(out) as b:
+        for probe in a["probes"]:
+            for name in a["probes"][probe]:
+                np.testing.assert_array_equal(
+                    a["probes"][probe][name][()], b["probes"][probe][name][()]
+                )
+        assert list(b["progress"][()]) == [9, 1]
+
+
+def test_resume_refuses_other_spec_and_complete_file(tmp_path):
+    lm = loaded()
+    out = capture(lm, [preset("resid")], prompts(3), tmp_path / "c.h5", progress=False)
+    with pytest.raises(ScalelensError, match="already complete"):
+        capture(lm, [preset("resid")], prompts(3), out, progress=False)
+    with pytest.raises(IncompatibleResumeError, match="probes"):
+        capture(lm, [preset("massive")], prompts(3), out, progress=False)
+    capture(lm, [preset("massive")], prompts(3), out, progress=False, overwrite=True)
+    with CaptureFile(out) as f:
+        assert f.probe_names == ["massive"]
+
+
+def test_bad_probe_inputs(tmp_path):
+    lm = loaded()
+    with pytest.raises(ScalelensError, match="layer"):
+        capture(lm, [preset("resid", layers=(7,))], prompts(2), tmp_path / "x.h5", progress=False)
+    with pytest.raises(ScalelensError, match="head"):
+        capture(lm, [ProbeSpec("a", "attn_pattern", heads=(9,))], prompts(2), tmp_path / "x.h5")
+    with pytest.raises(ScalelensError, match="unknown probe"):
+        preset("nope")
+    with pytest.raises(ScalelensError, match="batch size"):
+        capture(lm, [preset("resid")], prompts(2), tmp_path / "x.h5", batch_size=0)
+    with pytest.raises(ScalelensError, match="tokens, more than"):
+        capture(lm, [preset("resid")], prompts(2), tmp_path / "x.h5", max_length=3)
+    assert not (tmp_path / "x.h5").exists()
