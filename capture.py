@@ -13,16 +13,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
 from scalelens.cache.writer import CaptureWriter, FileIdentity
 from scalelens.errors import ScalelensError
-from scalelens.hooks import native
 from scalelens.hooks.arch import arch_for, layer_part
 from scalelens.hooks.attention import attention_tap
+from scalelens.hooks.backends import Backend, make_backend
 from scalelens.hooks.points import CapturePoint
 from scalelens.probes.prompts import Prompt, TokenizedPrompts, as_prompts, select_positions, tokenize
 from scalelens.probes.reduce import BatchContext, ProbeRuntime
 from scalelens.probes.spec import PositionKind, ProbeSpec, specs_to_json
-from tqdm.auto import tqdm
 
 BACKENDS = ("native", "nnsight", "transformer-lens")
 
@@ -80,6 +81,7 @@ class Capture:
             raise ScalelensError(f"probe names must be unique, got {names}")
         self.probes = [p.resolve(info.n_layers, info.n_heads) for p in probes]
         self._stack: ExitStack | None = None
+        self._backend: Backend
         self._runtimes: list[ProbeRuntime] = []
         self._ctx: BatchContext | None = None
         self.attention_capture = "none"
@@ -87,15 +89,13 @@ class Capture:
     # -- hooks -------------------------------------------------------------------
     def __enter__(self) -> Capture:
         model = self.loaded.model
-        if self.settings.backend != "native":
-            from scalelens.hooks.backends import check_backend
-
-            check_backend(self.settings.backend, model)
         stack = ExitStack()
         try:
             residual = {(p.point, layer) for p in self.probes if p.point.is_residual_like
                         for layer in p.layers or ()}
-            stack.enter_context(native.native_hooks(model, residual, self._on_residual))
+            backend = make_backend(self.settings.backend, model, self.loaded.tokenizer, residual,
+                                   self._on_residual)
+            self._backend = stack.enter_context(backend)
             tapped = sorted({layer for p in self.probes if p.point.from_attention_tap
                              for layer in p.layers or ()})
             if tapped:
@@ -190,7 +190,7 @@ class Capture:
                                  lengths=tok.lengths[start:stop].tolist())
         for rt in self._runtimes:
             rt.start()
-        native.forward(self.loaded.model, ids, valid.long())
+        self._backend.forward(ids, valid.long())
         arrays = {}
         for rt in self._runtimes:
             arrays[rt.spec.name] = rt.finish()

@@ -9,6 +9,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+
 from scalelens.cache import schema
 from scalelens.errors import ScalelensError
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+
 from scalelens import __version__
 from scalelens.axes import Axis, axes_attr
 from scalelens.cache import schema

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scalelens.errors import ScalelensError
 from torch import nn
+
+from scalelens.errors import ScalelensError
 
 
 @dataclass(frozen=True)

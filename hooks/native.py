@@ -6,9 +6,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+from torch import nn
+
 from scalelens.hooks.arch import decoder_layers, layer_part
 from scalelens.hooks.points import CapturePoint
-from torch import nn
 
 Sink = Callable[[CapturePoint, int, torch.Tensor], None]
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from scalelens.errors import ScalelensError
 from scalelens.probes.spec import PositionKind, Positions
 

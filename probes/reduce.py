@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from scalelens.axes import Axis
 from scalelens.hooks.attention import attention_rows
 from scalelens.hooks.points import CapturePoint

@@ -6,13 +6,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from tiny_models import ARCHS, prompts, tiny_model, word_tokenizer
+
 from scalelens.cache.reader import CaptureFile
 from scalelens.capture import attach, capture
 from scalelens.errors import IncompatibleResumeError, ScalelensError
 from scalelens.hooks.arch import arch_for
 from scalelens.models.load import load_model
 from scalelens.probes.spec import Positions, ProbeSpec, preset
-from tiny_models import ARCHS, prompts, tiny_model, word_tokenizer
 
 
 def loaded(arch: str = "gpt_neox", attn: str = "sdpa"):
