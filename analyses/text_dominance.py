@@ -1,0 +1,205 @@
+"""Text dominance of attention (Wu et al. 2025, "When Language Overrules").
+
+Array contract:
+    ``attn``: ``(prompt, layer, head, query, kv_seq)`` float, attention
+    probabilities from the answer / generated query tokens to every key;
+    ``query_valid``: ``(prompt, query)`` bool, which query rows are real (rows
+    are padded when prompts have different numbers of answer tokens);
+    ``key_groups``: ``(prompt, kv_seq)`` int, a group label per key;
+    ``group_kinds``: mapping from every label used to ``"text"``, ``"other"``,
+    ``"sink"`` or ``"ignore"`` (padding, answer tokens, anything not measured).
+
+Definitions, per layer, with the mass on a group summed over its keys and then
+averaged with equal weight over heads and over all valid (prompt, query) rows:
+    ``A_T`` = mass on text keys, ``A_O`` = mass on other keys,
+    ``A_sink`` = mass on sink keys (reported, never part of T or O);
+    ``|T|``, ``|O|`` = key counts per prompt, averaged over the same rows (so a
+    prompt counts in proportion to its valid query rows);
+    ``MDI = (A_T / |T|) / (A_O / |O|)``;
+    ``AEI_T = [A_T / (A_T + A_O)] / [|T| / (|T| + |O|)]``, ``AEI_O`` symmetric;
+    hence ``MDI = AEI_T / AEI_O`` exactly.
+
+The first-token attention sink: with ``first_token_sink=True`` (default) the
+first key of each prompt whose label is not ``"ignore"`` (position 0 for a
+right-padded prompt) is treated as ``"sink"`` whatever its label.
+
+Layer groups: early / middle / late are ``numpy.array_split(range(L), 3)``
+(earlier groups get the extra layers, e.g. 32 -> 11, 11, 10) and ``all`` is
+every layer; a group's ``A_*`` are the means of its layers' values and its
+indices are computed from those means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scalelens.analyses._common import as_array, check_shape, jsonable, layer_thirds
+from scalelens.errors import ScalelensError
+
+KINDS = ("text", "other", "sink", "ignore")
+
+
+@dataclass(frozen=True)
+class TextDominanceResult:
+    """Attention shares and dominance indices per layer and layer group.
+
+    Attributes:
+        per_layer: One dict per layer: ``layer, a_text, a_other, a_sink, mdi,
+            aei_text, aei_other``.
+        groups: ``early``, ``middle``, ``late`` (when there are >= 3 layers) and
+            ``all``: dicts with ``layers`` and the same statistics.
+        n_text: ``|T|``, key count averaged over valid query rows.
+        n_other: ``|O|``, likewise.
+        n_rows: Valid (prompt, query) rows averaged over.
+        n_prompts: Prompts with at least one valid row.
+        first_token_sink: Whether the first key was moved to the sink group.
+    """
+
+    per_layer: list[dict[str, Any]]
+    groups: dict[str, dict[str, Any]]
+    n_text: float
+    n_other: float
+    n_rows: int
+    n_prompts: int
+    first_token_sink: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the result as JSON-serialisable data (inf/NaN become None)."""
+        out: dict[str, Any] = jsonable(self)
+        return out
+
+
+def dominance_indices(a_text: float, a_other: float, n_text: float, n_other: float) -> dict[str, float]:
+    """MDI and AEI from attention masses and group sizes.
+
+    Args:
+        a_text: Attention mass on text keys, ``A_T``.
+        a_other: Attention mass on other keys, ``A_O``.
+        n_text: Number of text keys, ``|T|`` (> 0).
+        n_other: Number of other keys, ``|O|`` (> 0).
+
+    Returns:
+        ``{"mdi", "aei_text", "aei_other"}``; inf or NaN where a mass is zero.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mdi = np.float64(a_text / n_text) / np.float64(a_other / n_other)
+        share_t = np.float64(a_text) / np.float64(a_text + a_other)
+        size_t = n_text / (n_text + n_other)
+        aei_t = share_t / size_t
+        aei_o = (1.0 - share_t) / (1.0 - size_t)
+    return {"mdi": float(mdi), "aei_text": float(aei_t), "aei_other": float(aei_o)}
+
+
+def _kind_codes(key_groups: np.ndarray, group_kinds: Mapping[int, str]) -> np.ndarray:
+    bad = {k: v for k, v in group_kinds.items() if v not in KINDS}
+    if bad:
+        raise ScalelensError(f"group kinds must be one of {KINDS}, got {bad}")
+    labels = np.unique(key_groups)
+    missing = sorted(int(x) for x in labels if int(x) not in group_kinds)
+    if missing:
+        raise ScalelensError(f"key group labels {missing} have no kind in group_kinds")
+    codes = np.empty(key_groups.shape, dtype=np.int64)
+    for label in labels:
+        codes[key_groups == label] = KINDS.index(group_kinds[int(label)])
+    return codes
+
+
+def _move_first_to_sink(codes: np.ndarray) -> np.ndarray:
+    out = codes.copy()
+    ignore = KINDS.index("ignore")
+    for p in range(out.shape[0]):
+        kept = np.flatnonzero(out[p] != ignore)
+        if kept.size:
+            out[p, kept[0]] = KINDS.index("sink")
+    return out
+
+
+def _check(attn: Any, query_valid: Any, key_groups: Any) -> tuple[np.ndarray, ...]:
+    a = as_array("attn", attn, 5, "f")
+    valid = as_array("query_valid", query_valid, 2, "b")
+    groups = as_array("key_groups", key_groups, 2, "iu")
+    n_p, _, _, n_q, n_k = a.shape
+    check_shape("query_valid", valid, (n_p, n_q))
+    check_shape("key_groups", groups, (n_p, n_k))
+    if not valid.any():
+        raise ScalelensError("query_valid marks no valid query row")
+    return a, valid, groups
+
+
+def _layer_masses(a: np.ndarray, valid: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+    """Mean mass per kind for each layer, shape ``(layer, 4)``."""
+    weight = valid.astype(np.float64) / (valid.sum() * a.shape[2])
+    out = np.empty((a.shape[1], len(KINDS)))
+    for layer in range(a.shape[1]):
+        rows = np.asarray(a[:, layer], dtype=np.float64)  # (prompt, head, query, kv)
+        per_row = np.einsum("phqk,pkg->pqg", rows, onehot)  # summed over heads
+        out[layer] = np.einsum("pqg,pq->g", per_row, weight)
+    return out
+
+
+def _stats(masses: np.ndarray, n_text: float, n_other: float) -> dict[str, Any]:
+    a_t, a_o, a_s = (float(masses[KINDS.index(k)]) for k in ("text", "other", "sink"))
+    return {
+        "a_text": a_t,
+        "a_other": a_o,
+        "a_sink": a_s,
+        **dominance_indices(a_t, a_o, n_text, n_other),
+    }
+
+
+def text_dominance(
+    attn: Any,
+    query_valid: Any,
+    key_groups: Any,
+    group_kinds: Mapping[int, str],
+    *,
+    first_token_sink: bool = True,
+) -> TextDominanceResult:
+    """Compute attention shares, MDI and AEI per layer and per layer third.
+
+    Args:
+        attn: ``(prompt, layer, head, query, kv_seq)`` attention probabilities.
+        query_valid: ``(prompt, query)`` bool mask of real query rows.
+        key_groups: ``(prompt, kv_seq)`` int group label of each key.
+        group_kinds: Label -> ``"text" | "other" | "sink" | "ignore"``; every
+            label in ``key_groups`` must be present.
+        first_token_sink: Move each prompt's first non-ignored key to the sink.
+
+    Returns:
+        A :class:`TextDominanceResult`.
+
+    Raises:
+        ScalelensError: On shape or label problems, or when the valid rows see
+            no text key or no other key.
+    """
+    a, valid, groups = _check(attn, query_valid, key_groups)
+    codes = _kind_codes(groups, group_kinds)
+    if first_token_sink:
+        codes = _move_first_to_sink(codes)
+    onehot = (codes[:, :, None] == np.arange(len(KINDS))).astype(np.float64)
+    rows_per_prompt = valid.sum(axis=1).astype(np.float64)
+    counts = rows_per_prompt @ onehot.sum(axis=1) / rows_per_prompt.sum()
+    n_text, n_other = float(counts[0]), float(counts[1])
+    if n_text == 0 or n_other == 0:
+        raise ScalelensError(f"need text and other keys, got |T|={n_text}, |O|={n_other}")
+    masses = _layer_masses(a, valid, onehot)
+    per_layer = [{"layer": i, **_stats(m, n_text, n_other)} for i, m in enumerate(masses)]
+    parts = layer_thirds(len(masses)) if len(masses) >= 3 else {}
+    parts["all"] = list(range(len(masses)))
+    grouped = {
+        name: {"layers": idx, **_stats(masses[idx].mean(axis=0), n_text, n_other)}
+        for name, idx in parts.items()
+    }
+    return TextDominanceResult(
+        per_layer=per_layer,
+        groups=grouped,
+        n_text=n_text,
+        n_other=n_other,
+        n_rows=int(valid.sum()),
+        n_prompts=int((rows_per_prompt > 0).sum()),
+        first_token_sink=first_token_sink,
+    )

@@ -1,0 +1,125 @@
+import json
+
+import numpy as np
+import pytest
+
+from scalelens.analyses._common import layer_thirds
+from scalelens.analyses.text_dominance import dominance_indices, text_dominance
+from scalelens.errors import ScalelensError
+
+TEXT, OTHER, PAD = 1, 2, -1
+KINDS = {TEXT: "text", OTHER: "other", PAD: "ignore"}
+
+
+def _row(groups, shares):
+    """A row spreading each kind's share evenly over its keys; shares keyed by label."""
+    row = np.zeros(len(groups))
+    for label, share in shares.items():
+        idx = np.flatnonzero(groups == label)
+        row[idx] = share / idx.size
+    return row
+
+
+def _planted():
+    """2 prompts, 6 layers, 2 heads, 3 query rows (the last padded in prompt 1).
+
+    Keys: position 0 (sink, labelled text) + 6 text + 3 other in prompt 0;
+    prompt 1 has 4 text, 2 other, then 2 padding keys.
+    Head 0 puts (0.3 sink, 0.5 text, 0.2 other), head 1 (0.1, 0.3, 0.6) in layers
+    0-2; layers 3-5 swap text and other shares.
+    """
+    g0 = np.array([TEXT] * 7 + [OTHER] * 3)
+    g1 = np.array([TEXT] * 5 + [OTHER] * 2 + [PAD] * 3)
+    groups = np.stack([g0, g1])
+    attn = np.zeros((2, 6, 2, 3, 10))
+    heads = [(0.3, 0.5, 0.2), (0.1, 0.3, 0.6)]
+    for p, g in enumerate(groups):
+        for layer in range(6):
+            for h, (s, t, o) in enumerate(heads):
+                if layer >= 3:
+                    t, o = o, t
+                row = _row(np.where(np.arange(10) == 0, 99, g), {99: s, TEXT: t, OTHER: o})
+                attn[p, layer, h, :] = row
+    valid = np.array([[True, True, True], [True, True, False]])
+    attn[1, :, :, 2] = 0.0
+    attn[1, :, :, 2, 8] = 1.0  # garbage in the padded row must not count
+    return attn, valid, groups
+
+
+def test_planted_shares_give_exact_indices():
+    attn, valid, groups = _planted()
+    res = text_dominance(attn, valid, groups, KINDS)
+    # |T| and |O| weighted by valid rows: prompt 0 has 3 rows (6 T, 3 O), prompt 1 has 2 (4 T, 2 O).
+    n_t, n_o = (3 * 6 + 2 * 4) / 5, (3 * 3 + 2 * 2) / 5
+    assert (res.n_text, res.n_other, res.n_rows, res.n_prompts) == (n_t, n_o, 5, 2)
+    early = res.per_layer[0]
+    assert early["a_text"] == pytest.approx(0.4)
+    assert early["a_other"] == pytest.approx(0.4)
+    assert early["a_sink"] == pytest.approx(0.2)
+    assert early["mdi"] == pytest.approx((0.4 / n_t) / (0.4 / n_o))
+    assert early["aei_text"] == pytest.approx(0.5 / (n_t / (n_t + n_o)))
+    assert early["aei_other"] == pytest.approx(0.5 / (n_o / (n_t + n_o)))
+    late = res.groups["late"]
+    assert late["layers"] == [4, 5]
+    assert late["a_text"] == pytest.approx(0.4) and late["a_other"] == pytest.approx(0.4)
+    assert res.groups["middle"]["layers"] == [2, 3]
+    assert res.groups["all"]["a_sink"] == pytest.approx(0.2)
+    json.dumps(res.to_dict(), allow_nan=False)
+
+
+def test_asymmetric_shares_and_sink_kept_in_text_when_asked():
+    attn, valid, groups = _planted()
+    attn[:, :, 1] = attn[:, :, 0]  # both heads (0.3 sink, 0.5 text, 0.2 other) in layers 0-2
+    res = text_dominance(attn, valid, groups, KINDS)
+    row = res.per_layer[1]
+    assert (row["a_text"], row["a_other"]) == pytest.approx((0.5, 0.2))
+    n_t, n_o = res.n_text, res.n_other
+    assert row["mdi"] == pytest.approx((0.5 / n_t) / (0.2 / n_o))
+    assert row["aei_text"] == pytest.approx((0.5 / 0.7) / (n_t / (n_t + n_o)))
+    assert res.per_layer[4]["mdi"] == pytest.approx((0.2 / n_t) / (0.5 / n_o))
+    # Without the sink rule position 0 is an ordinary text key.
+    raw = text_dominance(attn, valid, groups, KINDS, first_token_sink=False)
+    assert raw.n_text == pytest.approx(n_t + 1)
+    assert raw.per_layer[1]["a_text"] == pytest.approx(0.8)
+    assert raw.per_layer[1]["a_sink"] == 0.0
+
+
+def test_sink_is_first_non_ignored_key_and_explicit_sink_label():
+    groups = np.array([[PAD, PAD, TEXT, TEXT, 5, OTHER]])
+    attn = np.zeros((1, 1, 1, 1, 6))
+    attn[..., :] = [0, 0, 0.5, 0.1, 0.2, 0.2]
+    res = text_dominance(attn, np.ones((1, 1), bool), groups, {**KINDS, 5: "sink"})
+    assert res.per_layer[0]["a_sink"] == pytest.approx(0.7)
+    assert (res.n_text, res.n_other) == (1.0, 1.0)
+    assert res.per_layer[0]["mdi"] == pytest.approx(0.5)
+    assert "early" not in res.groups and res.groups["all"]["layers"] == [0]
+
+
+def test_identity_and_zero_mass():
+    d = dominance_indices(0.3, 0.1, 10, 40)
+    assert d["mdi"] == pytest.approx(d["aei_text"] / d["aei_other"])
+    assert d["mdi"] == pytest.approx(12.0)
+    zero = dominance_indices(0.3, 0.0, 10, 40)
+    assert zero["mdi"] == float("inf") and zero["aei_other"] == 0.0
+
+
+def test_layer_thirds_split():
+    assert layer_thirds(6) == {"early": [0, 1], "middle": [2, 3], "late": [4, 5]}
+    assert [len(v) for v in layer_thirds(16).values()] == [6, 5, 5]
+    assert [len(v) for v in layer_thirds(32).values()] == [11, 11, 10]
+    with pytest.raises(ScalelensError):
+        layer_thirds(2)
+
+
+def test_bad_inputs():
+    attn, valid, groups = _planted()
+    with pytest.raises(ScalelensError, match="no kind"):
+        text_dominance(attn, valid, groups, {TEXT: "text", OTHER: "other"})
+    with pytest.raises(ScalelensError, match="one of"):
+        text_dominance(attn, valid, groups, {**KINDS, TEXT: "words"})
+    with pytest.raises(ScalelensError, match="need text and other"):
+        text_dominance(attn, valid, groups, {**KINDS, OTHER: "ignore"})
+    with pytest.raises(ScalelensError):
+        text_dominance(attn, valid[:, :2], groups, KINDS)
+    with pytest.raises(ScalelensError):
+        text_dominance(attn, np.zeros_like(valid), groups, KINDS)
