@@ -1,0 +1,236 @@
+"""Load and query the sweep's long-format metrics table (``RUN_DIR/metrics.csv``)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ScalelensError
+
+COLUMNS = (
+    "model",
+    "size",
+    "revision",
+    "step",
+    "n_params",
+    "n_params_non_embedding",
+    "analysis",
+    "metric",
+    "layer",
+    "head",
+    "value",
+)
+
+
+@dataclass(frozen=True, order=True)
+class Series:
+    """One model size of one model family: a line in every per-size plot."""
+
+    model: str
+    size: str
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One value of ``metrics.csv``; ``layer``/``head`` are None where not applicable."""
+
+    model: str
+    size: str
+    revision: str
+    step: int | None
+    n_params: float
+    n_params_non_embedding: float
+    analysis: str
+    metric: str
+    layer: int | None
+    head: int | None
+    value: float
+
+    @property
+    def key(self) -> str:
+        """Return the metric's full name, ``analysis.metric``."""
+        return f"{self.analysis}.{self.metric}"
+
+    @property
+    def series(self) -> Series:
+        """Return the (model, size) this value belongs to."""
+        return Series(self.model, self.size)
+
+    @property
+    def kind(self) -> str:
+        """Return ``scalar``, ``layer`` (one value per layer) or ``head`` (per layer and head)."""
+        if self.head is not None:
+            return "head"
+        return "layer" if self.layer is not None else "scalar"
+
+
+def _step_rank(step: int | None) -> float:
+    """Order checkpoints; a row without a step (e.g. ``main``) counts as the latest."""
+    return math.inf if step is None else float(step)
+
+
+@dataclass(frozen=True)
+class MetricTable:
+    """All rows of one run with the queries the report needs."""
+
+    rows: tuple[MetricRow, ...]
+
+    def series(self) -> list[Series]:
+        """Return every (model, size), smallest parameter count first."""
+        n_params = {r.series: r.n_params for r in self.rows}
+        return sorted(n_params, key=lambda s: (_nan_last(n_params[s]), s))
+
+    def label(self, series: Series) -> str:
+        """Return the legend label: the size alone unless the run mixes model families."""
+        if len({r.model for r in self.rows}) > 1:
+            return f"{series.model} {series.size}"
+        return series.size
+
+    def n_params(self, series: Series, x_name: str = "n_params") -> float:
+        """Return the parameter count (``n_params`` or ``n_params_non_embedding``)."""
+        for r in self.rows:
+            if r.series == series:
+                return float(getattr(r, x_name))
+        return math.nan
+
+    def steps(self, series: Series) -> list[int]:
+        """Return the sorted training steps measured for one series."""
+        return sorted({r.step for r in self.rows if r.series == series and r.step is not None})
+
+    def keys(self, kind: str) -> list[str]:
+        """Return the metric names of one kind (see `MetricRow.kind`) in order of appearance."""
+        return list(dict.fromkeys(r.key for r in self.rows if r.kind == kind))
+
+    def select(self, key: str, series: Series | None = None) -> list[MetricRow]:
+        """Return the rows of one metric, optionally of one series only."""
+        return [r for r in self.rows if r.key == key and (series is None or r.series == series)]
+
+    def latest(self, key: str, series: Series) -> list[MetricRow]:
+        """Return one metric's rows at the latest checkpoint that has it for this series."""
+        rows = self.select(key, series)
+        if not rows:
+            return []
+        last = max(_step_rank(r.step) for r in rows)
+        return [r for r in rows if _step_rank(r.step) == last]
+
+    def scalar(self, key: str, series: Series) -> float:
+        """Return a scalar metric at its latest checkpoint, NaN when absent."""
+        rows = self.latest(key, series)
+        return rows[-1].value if rows else math.nan
+
+    def over_steps(self, key: str, series: Series, layer: int | None = None) -> tuple:
+        """Return ``(steps, values)`` arrays of a scalar (or one layer's) metric over training."""
+        rows = [r for r in self.select(key, series) if r.step is not None and r.layer == layer]
+        rows.sort(key=lambda r: r.step)
+        return np.array([r.step for r in rows]), np.array([r.value for r in rows])
+
+    def by_layer(self, key: str, series: Series) -> tuple:
+        """Return ``(layers, values)`` arrays of a per-layer metric at the latest checkpoint."""
+        rows = sorted(self.latest(key, series), key=lambda r: r.layer or 0)
+        return np.array([r.layer for r in rows]), np.array([r.value for r in rows])
+
+    def head_matrix(self, key: str, series: Series) -> np.ndarray:
+        """Return a (layer, head) matrix at the latest checkpoint; NaN where nothing was stored."""
+        rows = [r for r in self.latest(key, series) if r.layer is not None and r.head is not None]
+        if not rows:
+            return np.zeros((0, 0))
+        out = np.full((max(r.layer for r in rows) + 1, max(r.head for r in rows) + 1), np.nan)
+        for r in rows:
+            out[r.layer, r.head] = r.value
+        return out
+
+
+def _nan_last(x: float) -> float:
+    return math.inf if math.isnan(x) else x
+
+
+def _optional_int(text: str, what: str, line: int) -> int | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return int(float(text))
+    except ValueError:
+        raise ScalelensError(
+            f"metrics.csv line {line}: {what}={text!r} is not an integer; "
+            "fix or regenerate the file with the sweep"
+        ) from None
+
+
+def _float(text: str, what: str, line: int) -> float:
+    text = text.strip()
+    if not text:
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise ScalelensError(
+            f"metrics.csv line {line}: {what}={text!r} is not a number; "
+            "fix or regenerate the file with the sweep"
+        ) from None
+
+
+def _parse_row(rec: dict[str, str], line: int) -> MetricRow:
+    return MetricRow(
+        model=rec["model"],
+        size=rec["size"],
+        revision=rec["revision"],
+        step=_optional_int(rec["step"], "step", line),
+        n_params=_float(rec["n_params"], "n_params", line),
+        n_params_non_embedding=_float(rec["n_params_non_embedding"], "n_params_non_embedding", line),
+        analysis=rec["analysis"],
+        metric=rec["metric"],
+        layer=_optional_int(rec["layer"], "layer", line),
+        head=_optional_int(rec["head"], "head", line),
+        value=_float(rec["value"], "value", line),
+    )
+
+
+def parse_metrics(lines: Iterable[str]) -> MetricTable:
+    """Parse metrics.csv text (header + rows) into a `MetricTable`.
+
+    Args:
+        lines: The CSV lines, header first.
+
+    Returns:
+        The parsed table.
+
+    Raises:
+        ScalelensError: A column is missing, a number does not parse, or there are no rows.
+    """
+    reader = csv.DictReader(lines)
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ScalelensError(
+            f"metrics.csv lacks column(s) {', '.join(missing)}; expected header "
+            f"'{','.join(COLUMNS)}' as written by the sweep"
+        )
+    rows = tuple(_parse_row(rec, i) for i, rec in enumerate(reader, start=2))
+    if not rows:
+        raise ScalelensError("metrics.csv has a header but no rows; run the sweep to fill it")
+    return MetricTable(rows)
+
+
+def load_metrics(path: Path) -> MetricTable:
+    """Read ``metrics.csv`` from disk.
+
+    Args:
+        path: Path of the CSV file.
+
+    Returns:
+        The parsed table.
+
+    Raises:
+        ScalelensError: The file is missing or malformed.
+    """
+    if not path.is_file():
+        raise ScalelensError(
+            f"no metrics.csv in {path.parent}; pass the output directory of a finished sweep"
+        )
+    with path.open(newline="", encoding="utf-8") as fh:
+        return parse_metrics(fh)

@@ -1,0 +1,159 @@
+"""Load the JSON files of a run: fits (`fits.json`) and run settings (`run.json`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ScalelensError
+
+SUPPORTED_VERSION = 1
+DEFAULT_DYNAMICS_METRIC = "massive_activations.ratio"
+
+
+@dataclass(frozen=True)
+class ScalingFit:
+    """One fit of a metric against parameter count.
+
+    ``form`` is ``power_law`` (y = a N^b) or ``saturating`` (y = C N^-alpha + y_inf);
+    ``ci`` maps parameter names to bootstrap confidence intervals.
+    """
+
+    metric: str
+    x_name: str
+    form: str
+    params: dict[str, float]
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    r2: float | None = None
+    loo_rel_error: float | None = None
+    n_points: int = 0
+    x: tuple[float, ...] = ()
+    y: tuple[float, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class DynamicsFit:
+    """A fit of f(t) = A exp(-lambda x) log(x) + K, x = gamma t + t0, for one size and layer."""
+
+    size: str
+    layer: int
+    params: dict[str, float]
+    r2: float | None = None
+    peak_step: float | None = None
+    metric: str = DEFAULT_DYNAMICS_METRIC
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Fits:
+    """Everything in fits.json; both lists are empty when the file is absent."""
+
+    scaling: tuple[ScalingFit, ...] = ()
+    dynamics: tuple[DynamicsFit, ...] = ()
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    out = float(value)
+    return None if math.isnan(out) else out
+
+
+def _scaling(entry: dict[str, Any]) -> ScalingFit:
+    return ScalingFit(
+        metric=str(entry["metric"]),
+        x_name=str(entry.get("x_name", "n_params")),
+        form=str(entry["form"]),
+        params={k: float(v) for k, v in entry["params"].items()},
+        ci={k: (float(v[0]), float(v[1])) for k, v in (entry.get("ci") or {}).items()},
+        r2=_num(entry.get("r2")),
+        loo_rel_error=_num(entry.get("loo_rel_error")),
+        n_points=int(entry.get("n_points") or len(entry.get("x") or ())),
+        x=tuple(float(v) for v in entry.get("x") or ()),
+        y=tuple(float(v) for v in entry.get("y") or ()),
+        note=str(entry.get("note") or ""),
+    )
+
+
+def _dynamics(entry: dict[str, Any]) -> DynamicsFit:
+    return DynamicsFit(
+        size=str(entry["size"]),
+        layer=int(entry["layer"]),
+        params={k: float(v) for k, v in entry["params"].items()},
+        r2=_num(entry.get("r2")),
+        peak_step=_num(entry.get("peak_step")),
+        metric=str(entry.get("metric") or DEFAULT_DYNAMICS_METRIC),
+        model=entry.get("model"),
+    )
+
+
+def _entries(doc: dict[str, Any], name: str, parse: Any, path: Path) -> tuple:
+    out = []
+    for i, entry in enumerate(doc.get(name) or []):
+        try:
+            out.append(parse(entry))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ScalelensError(
+                f"{path}: entry {i} of '{name}' is malformed ({type(exc).__name__}: {exc}); "
+                "regenerate fits.json with the sweep"
+            ) from None
+    return tuple(out)
+
+
+def load_fits(path: Path) -> Fits:
+    """Read ``fits.json``; a missing file means no fits.
+
+    Args:
+        path: Path of the JSON file.
+
+    Returns:
+        The parsed fits.
+
+    Raises:
+        ScalelensError: The file is not valid JSON, has a newer version, or an entry is malformed.
+    """
+    if not path.is_file():
+        return Fits()
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ScalelensError(f"{path} is not valid JSON ({exc}); regenerate it with the sweep") from None
+    if not isinstance(doc, dict):
+        raise ScalelensError(f"{path} must hold a JSON object; regenerate it with the sweep")
+    version = doc.get("version", SUPPORTED_VERSION)
+    if version != SUPPORTED_VERSION:
+        raise ScalelensError(
+            f"{path} has version {version!r}, this scalelens reads version {SUPPORTED_VERSION}; "
+            "use the scalelens version that wrote it"
+        )
+    return Fits(
+        scaling=_entries(doc, "fits", _scaling, path),
+        dynamics=_entries(doc, "dynamics", _dynamics, path),
+    )
+
+
+def load_run_info(path: Path) -> dict[str, Any] | None:
+    """Read the optional ``run.json``; None when absent.
+
+    Args:
+        path: Path of the JSON file.
+
+    Returns:
+        The decoded object, or None if the file does not exist.
+
+    Raises:
+        ScalelensError: The file exists but is not a JSON object.
+    """
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ScalelensError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
+    if not isinstance(doc, dict):
+        raise ScalelensError(f"{path} must hold a JSON object; fix or delete it")
+    return doc
