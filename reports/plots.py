@@ -1,0 +1,382 @@
+"""Small plotting functions: plain arrays in, a matplotlib Figure out (Agg, no pyplot state)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.axis import Axis
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+from . import curves
+from .runfiles import ScalingFit
+
+FIGSIZE = (5.0, 3.4)
+DPI = 110
+Color = tuple[float, float, float, float]
+XY = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Points:
+    """Measured points of one model family against parameter count, labelled by size."""
+
+    x: np.ndarray
+    y: np.ndarray
+    labels: Sequence[str]
+
+
+def new_figure(figsize: tuple[float, float] = FIGSIZE) -> tuple[Figure, Axes]:
+    """Return a figure with one axes and an Agg canvas attached."""
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.grid(True, which="major", alpha=0.3)
+    return fig, ax
+
+
+def to_data_uri(fig: Figure) -> str:
+    """Render a figure to a ``data:image/png;base64,...`` URI."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def palette(labels: Sequence[str]) -> dict[str, Color]:
+    """Assign ordered colours (small model = dark, large = light) to series labels."""
+    cmap = colormaps["viridis"]
+    stops = np.linspace(0.0, 0.85, max(len(labels), 2))
+    return {label: tuple(cmap(s)) for label, s in zip(labels, stops, strict=False)}
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    arr = np.asarray(values, dtype=float)
+    return arr[np.isfinite(arr)]
+
+
+def _wide_positive(values: np.ndarray, min_range: float = 1.0) -> bool:
+    """True when all values are positive and span more than ``min_range`` times."""
+    v = _finite(values)
+    return v.size > 0 and bool(np.all(v > 0)) and v.max() / v.min() > min_range
+
+
+def human(value: float, _pos: int | None = None) -> str:
+    """Format a count compactly: 14000000 -> '14M', 1.4e9 -> '1.4B'."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def _plain(value: float, _pos: int | None = None) -> str:
+    return f"{value:g}"
+
+
+def log_ticks(axis: Axis, values: np.ndarray, fmt: Callable[[float, int | None], str] = _plain) -> None:
+    """Label a log axis without clutter: linear-spaced ticks under one decade, 1-2-5 under two."""
+    v = _finite(values)
+    v = v[v > 0]
+    span = float(np.log10(v.max() / v.min())) if v.size else 0.0
+    if span < 1.0:
+        axis.set_major_locator(MaxNLocator(nbins=5))
+    else:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(fmt))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _step_axis(ax: Axes, steps: np.ndarray) -> None:
+    s = _finite(steps)
+    if s.size and s.min() <= 0:
+        ax.set_xscale("symlog", linthresh=1.0)
+    elif s.size:
+        ax.set_xscale("log")
+    ax.set_xlabel("training step")
+
+
+def _log_y_if_wide(ax: Axes, values: np.ndarray, min_range: float = 30.0) -> None:
+    """Use a log y axis for positive data spanning more than ``min_range`` times."""
+    if _wide_positive(values, min_range):
+        ax.set_yscale("log")
+        log_ticks(ax.yaxis, values)
+
+
+def _legend(ax: Axes, *, outside: bool = False) -> None:
+    if not ax.get_legend_handles_labels()[0]:
+        return
+    if outside:
+        ax.legend(fontsize="small", frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    else:
+        ax.legend(fontsize="small", frameon=False)
+
+
+def _fit_label(fit: ScalingFit) -> str:
+    r2 = "" if fit.r2 is None else f", R²={fit.r2:.3f}"
+    exp = curves.EXPONENT.get(fit.form)
+    value = "" if exp not in fit.params else f", {exp}={fit.params[exp]:.3g}"
+    return f"{fit.form}{value}{r2}"
+
+
+def _draw_fit(ax: Axes, fit: ScalingFit, grid: np.ndarray, color: str) -> None:
+    line = curves.evaluate(fit, grid)
+    if line is None:
+        return
+    ax.plot(grid, line, "--", color=color, lw=1.5, label=_fit_label(fit))
+    band = curves.exponent_band(fit, grid)
+    if band is not None:
+        ax.fill_between(grid, *band, color=color, alpha=0.15, lw=0, label="exponent CI band")
+    if fit.x:
+        ax.plot(fit.x, fit.y, "o", mfc="none", mec=color, ms=9, label=f"fit data (n={len(fit.x)})")
+
+
+def _grid(points: Mapping[str, Points], fits: Sequence[ScalingFit]) -> np.ndarray:
+    xs = np.concatenate([_finite(p.x) for p in points.values()] + [np.array(f.x) for f in fits])
+    xs = xs[xs > 0]
+    if xs.size == 0:
+        return np.array([])
+    return np.geomspace(xs.min() / 1.5, xs.max() * 1.5, 200)
+
+
+def scaling_plot(
+    points: Mapping[str, Points],
+    fits: Sequence[ScalingFit],
+    *,
+    x_label: str,
+    y_label: str,
+) -> Figure:
+    """Plot a metric against parameter count (log-log where possible) with fitted curves.
+
+    Args:
+        points: Measured points per model family (latest checkpoint of each size).
+        fits: Fits of this metric against the same x; each adds a curve and CI band.
+        x_label: Axis label for the parameter count.
+        y_label: Axis label for the metric.
+
+    Returns:
+        The figure.
+    """
+    fig, ax = new_figure()
+    fit_colors = ["black", "tab:red", "tab:blue", "tab:green"]
+    for (family, p), color in zip(points.items(), ["tab:blue", "tab:orange", "tab:green"] * 9, strict=False):
+        ax.plot(p.x, p.y, "o-", color=color, lw=1, ms=5, label=family if len(points) > 1 else None)
+        for x, y, text in zip(p.x, p.y, p.labels, strict=False):
+            if np.isfinite(x) and np.isfinite(y):
+                ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    grid = _grid(points, fits)
+    for fit, color in zip(fits, fit_colors * 4, strict=False):
+        if grid.size:
+            _draw_fit(ax, fit, grid, color)
+    ys = np.concatenate([_finite(p.y) for p in points.values()] + [np.array(f.y) for f in fits])
+    ax.set_xscale("log")
+    log_ticks(ax.xaxis, np.concatenate([grid] + [p.x for p in points.values()]), human)
+    if _wide_positive(ys):
+        ax.set_yscale("log")
+        log_ticks(ax.yaxis, ys)
+    ax.set(xlabel=x_label, ylabel=y_label, title=y_label)
+    _legend(ax)
+    return fig
+
+
+def steps_plot(lines: Mapping[str, XY], colors: Mapping[str, Color], *, y_label: str) -> Figure:
+    """Plot a scalar metric against training step, one line per size.
+
+    Args:
+        lines: ``(steps, values)`` per series label.
+        colors: Colour per series label.
+        y_label: Metric name.
+
+    Returns:
+        The figure.
+    """
+    fig, ax = new_figure()
+    for label, (steps, values) in lines.items():
+        ax.plot(steps, values, "o-", color=colors.get(label), ms=3, lw=1.2, label=label)
+    _step_axis(ax, np.concatenate([s for s, _ in lines.values()]))
+    _log_y_if_wide(ax, np.concatenate([v for _, v in lines.values()]))
+    ax.set(ylabel=y_label, title=y_label)
+    _legend(ax)
+    return fig
+
+
+def heatmap(
+    matrix: np.ndarray,
+    *,
+    title: str,
+    vmax: float | None = None,
+    threshold: float | None = None,
+    zero_white: bool = False,
+) -> Figure:
+    """Plot a (layer, head) matrix; NaN cells (not measured) are grey.
+
+    Args:
+        matrix: Values indexed ``[layer, head]``.
+        title: Plot title.
+        vmax: Upper end of the colour scale (shared across sizes); data max when None.
+        threshold: If given, the title counts the cells above it.
+        zero_white: Scores in [0, 1]: colour from 0 and show exact zeros white.
+
+    Returns:
+        The figure.
+    """
+    n_layers, n_heads = matrix.shape
+    fig, ax = new_figure((max(3.4, 1.6 + 0.22 * n_heads), max(2.6, 1.2 + 0.16 * n_layers)))
+    ax.grid(False)
+    values = _finite(matrix)
+    top = vmax if vmax is not None else (float(values.max()) if values.size else 1.0)
+    if zero_white:
+        cmap = colormaps["magma_r"].with_extremes(bad="lightgrey", under="white")
+        low, top = 1e-12, max(top, 1e-9)
+    else:
+        cmap = colormaps["viridis"].with_extremes(bad="lightgrey")
+        low = float(values.min()) if values.size else 0.0
+    im = ax.imshow(
+        np.ma.masked_invalid(matrix),
+        cmap=cmap,
+        origin="lower",
+        aspect="auto",
+        vmin=low,
+        vmax=max(top, low),
+        interpolation="nearest",
+    )
+    fig.colorbar(im, ax=ax, shrink=0.9)
+    if threshold is not None:
+        title = f"{title}: {int(np.sum(values > threshold))}/{matrix.size} heads > {threshold:g}"
+    ax.set(xlabel="head", ylabel="layer", title=title)
+    ax.title.set_fontsize("medium")
+    return fig
+
+
+def per_layer_plot(
+    lines: Mapping[str, XY],
+    colors: Mapping[str, Color],
+    *,
+    y_label: str,
+    reference: tuple[float, str] | None = None,
+) -> Figure:
+    """Plot a per-layer metric at the latest checkpoint, one line per size.
+
+    Args:
+        lines: ``(layers, values)`` per series label.
+        colors: Colour per series label.
+        y_label: Metric name.
+        reference: Optional ``(y, label)`` horizontal reference line.
+
+    Returns:
+        The figure.
+    """
+    fig, ax = new_figure()
+    for label, (layers, values) in lines.items():
+        ax.plot(layers, values, "o-", color=colors.get(label), ms=3, lw=1.2, label=label)
+    if reference is not None:
+        ax.axhline(reference[0], color="grey", ls=":", lw=1, label=reference[1])
+    _log_y_if_wide(ax, np.concatenate([v for _, v in lines.values()]))
+    ax.set(xlabel="layer", ylabel=y_label, title=y_label)
+    _legend(ax)
+    return fig
+
+
+def overlap_plot(points: Mapping[str, tuple[float, float, float]], colors: Mapping[str, Color]) -> Figure:
+    """Plot mean squared overlap of normalised unembedding rows against 1/m.
+
+    Args:
+        points: ``(inv_m, overlap, centered_overlap)`` per size; NaN where absent.
+        colors: Colour per size label.
+
+    Returns:
+        The figure.
+    """
+    fig, ax = new_figure()
+    for label, (inv_m, overlap, centered) in points.items():
+        ax.plot([inv_m], [overlap], "o", color=colors.get(label), ms=7, label=label)
+        if np.isfinite(centered):
+            ax.plot([inv_m], [centered], "s", mfc="none", mec=colors.get(label), ms=7)
+    xs = _finite(np.array([p[0] for p in points.values()]))
+    if xs.size and np.all(xs > 0):
+        ref = np.geomspace(xs.min() / 1.5, xs.max() * 1.5, 20)
+        ax.plot(ref, ref, color="grey", ls=":", lw=1, label="y = 1/m (random unit vectors)")
+        ax.plot([], [], "s", mfc="none", mec="grey", label="centred rows")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set(
+        xlabel="1/m (inverse width)",
+        ylabel="mean squared overlap",
+        title="superposition: overlap vs 1/m",
+    )
+    _legend(ax)
+    return fig
+
+
+def group_bars(
+    values: Mapping[str, Mapping[str, float]],
+    groups: Sequence[str],
+    colors: Mapping[str, Color],
+    *,
+    y_label: str,
+    reference: float | None = 1.0,
+) -> Figure:
+    """Grouped bar chart: one group per layer group, one bar per size.
+
+    Args:
+        values: ``{size label: {group: value}}``.
+        groups: Group names in display order (e.g. early, middle, late).
+        colors: Colour per size label.
+        y_label: Metric name.
+        reference: Optional horizontal line (1.0 = parity for MDI/AEI).
+
+    Returns:
+        The figure.
+    """
+    fig, ax = new_figure()
+    width = 0.8 / max(len(values), 1)
+    base = np.arange(len(groups))
+    for i, (label, by_group) in enumerate(values.items()):
+        heights = [by_group.get(g, np.nan) for g in groups]
+        ax.bar(base + i * width - 0.4 + width / 2, heights, width, color=colors.get(label), label=label)
+    if reference is not None:
+        ax.axhline(reference, color="grey", ls=":", lw=1, label=f"parity ({reference:g})")
+    all_values = np.array([v for d in values.values() for v in d.values()], dtype=float)
+    _log_y_if_wide(ax, all_values, 10.0)
+    ax.set_xticks(base, groups)
+    ax.set(ylabel=y_label, title=f"{y_label} by layer group")
+    _legend(ax, outside=True)
+    return fig
+
+
+def dynamics_plot(
+    observed: Mapping[int, XY], fitted: Mapping[int, dict[str, float]], *, title: str, y_label: str
+) -> Figure:
+    """Plot a per-layer metric over training with the fitted dynamics curves.
+
+    Args:
+        observed: ``(steps, values)`` per layer.
+        fitted: Fit parameters (A, lambda, gamma, t0, K) per layer.
+        title: Plot title.
+        y_label: Metric name.
+
+    Returns:
+        The figure.
+    """
+    fig, ax = new_figure()
+    layers = sorted(set(observed) | set(fitted))
+    colors = palette([str(layer) for layer in layers])
+    steps = np.concatenate([s for s, _ in observed.values()] + [np.array([0.0, 1.0])])
+    grid = np.unique(np.concatenate([np.linspace(0, steps.max(), 200), np.geomspace(1, steps.max(), 200)]))
+    for layer in layers:
+        color = colors[str(layer)]
+        if layer in observed:
+            ax.plot(*observed[layer], "o", color=color, ms=4, label=f"layer {layer}")
+        curve = curves.dynamics_from_params(grid, fitted.get(layer, {}))
+        if curve is not None:
+            ax.plot(grid, curve, "-", color=color, lw=1.2)
+    ax.plot([], [], "-", color="grey", label="fit A·e^(−λx)·log x + K")
+    _step_axis(ax, steps)
+    ax.set(ylabel=y_label, title=title)
+    _legend(ax)
+    return fig
