@@ -1,0 +1,165 @@
+"""Plan the sections dedicated to one analysis each (retrieval heads, massive activations, ...)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from . import plots
+from .rundir import Run
+from .sections import PlotJob, SectionPlan
+
+RETRIEVAL_SCORE = "retrieval_heads.score"
+RETRIEVAL_THRESHOLD = 0.1
+MASSIVE_RATIO = "massive_activations.ratio"
+MASSIVE_BAR = 1000.0
+MDI = "text_dominance.mdi"
+LAYER_GROUPS = ("early", "middle", "late", "all")  # "all" when a model is too shallow to split
+_GROUPED = re.compile(r"^text_dominance\.(.+)_(early|middle|late|all)$")
+
+# Per-layer / per-head metrics that a dedicated section already plots.
+HANDLED = {RETRIEVAL_SCORE, MASSIVE_RATIO, MDI}
+
+
+def _missing(analysis: str) -> str:
+    return f"No {analysis} results in this run."
+
+
+def plan_retrieval(run: Run) -> SectionPlan:
+    """Plan one (layer x head) retrieval-score heatmap per size, latest checkpoint."""
+    table = run.table
+    matrices = {s: table.head_matrix(RETRIEVAL_SCORE, s) for s in run.series()}
+    matrices = {s: m for s, m in matrices.items() if m.size}
+    finite = [np.nanmax(m) for m in matrices.values() if np.isfinite(m).any()]
+    vmax = max(finite + [2 * RETRIEVAL_THRESHOLD])
+    jobs = []
+    for s, matrix in matrices.items():
+        label = table.label(s)
+        caption = _retrieval_caption(
+            table.scalar("retrieval_heads.fraction", s),
+            table.scalar("retrieval_heads.fraction_zero", s),
+        )
+        jobs.append(
+            PlotJob(
+                f"retrieval scores, {label}",
+                lambda m=matrix, t=label: plots.heatmap(
+                    m, title=t, vmax=vmax, threshold=RETRIEVAL_THRESHOLD, zero_white=True
+                ),
+                caption,
+            )
+        )
+    return SectionPlan(
+        "retrieval",
+        "Retrieval heads",
+        "Retrieval score per head (share of needle tokens the head copy-pastes) at the latest "
+        "checkpoint; shared colour scale, white = exactly 0. Wu et al. 2024 call a head a "
+        "retrieval head above 0.1 and report 3–6% of heads above it, 45–73% at exactly 0.",
+        tuple(jobs),
+        _missing("retrieval-head"),
+    )
+
+
+def _retrieval_caption(fraction: float, zero: float) -> str:
+    parts = []
+    if math.isfinite(fraction):
+        parts.append(f"fraction > {RETRIEVAL_THRESHOLD:g}: {fraction:.1%}")
+    if math.isfinite(zero):
+        parts.append(f"exactly 0: {zero:.1%}")
+    return "; ".join(parts)
+
+
+def plan_massive(run: Run) -> SectionPlan:
+    """Plan the massive-activation ratio per layer, one line per size."""
+    table = run.table
+    lines = {table.label(s): table.by_layer(MASSIVE_RATIO, s) for s in run.series()}
+    lines = {k: v for k, v in lines.items() if v[0].size}
+    colors = run.colors()
+    jobs = (
+        (
+            PlotJob(
+                "massive-activation ratio by layer",
+                lambda: plots.per_layer_plot(
+                    lines,
+                    colors,
+                    y_label="max|h| / median|h|",
+                    reference=(MASSIVE_BAR, "ratio 1000 (Sun et al. bar)"),
+                ),
+            ),
+        )
+        if lines
+        else ()
+    )
+    return SectionPlan(
+        "massive",
+        "Massive activations",
+        "Ratio of the largest to the median absolute activation of each decoder layer's "
+        "output, latest checkpoint. Published final ratios: Pythia-14M about 83, "
+        "1.4B about 2350, 12B about 3200.",
+        jobs,
+        _missing("massive-activation"),
+    )
+
+
+def plan_superposition(run: Run) -> SectionPlan:
+    """Plan mean squared overlap of unembedding rows against 1/m, one point per size."""
+    table = run.table
+    points = {
+        table.label(s): (
+            table.scalar("superposition.inv_m", s),
+            table.scalar("superposition.mean_sq_overlap", s),
+            table.scalar("superposition.mean_sq_overlap_centered", s),
+        )
+        for s in run.series()
+    }
+    points = {k: v for k, v in points.items() if math.isfinite(v[0]) and math.isfinite(v[1])}
+    colors = run.colors()
+    jobs = (PlotJob("overlap vs 1/m", lambda: plots.overlap_plot(points, colors)),) if points else ()
+    return SectionPlan(
+        "superposition",
+        "Superposition",
+        "Mean squared overlap of the normalised LM-head rows (filled) and of the centred rows "
+        "(open squares) against 1/m for width m. Strong superposition tracks the dotted "
+        "y = 1/m line (Liu, Liu & Gore 2025).",
+        jobs,
+        _missing("superposition"),
+    )
+
+
+def plan_text_dominance(run: Run) -> SectionPlan:
+    """Plan MDI/AEI grouped bars by layer group, and MDI by layer, per size."""
+    table, colors = run.table, run.colors()
+    matches = [m for k in table.keys("scalar") if (m := _GROUPED.match(k))]
+    groups = tuple(g for g in LAYER_GROUPS if g in {m.group(2) for m in matches})
+    jobs = []
+    for prefix in dict.fromkeys(m.group(1) for m in matches):
+        values = {
+            table.label(s): {g: table.scalar(f"text_dominance.{prefix}_{g}", s) for g in groups}
+            for s in run.series()
+        }
+        values = {k: v for k, v in values.items() if any(map(math.isfinite, v.values()))}
+        jobs.append(
+            PlotJob(
+                f"{prefix} by layer group",
+                lambda v=values, p=prefix: plots.group_bars(v, groups, colors, y_label=p),
+            )
+        )
+    lines = {table.label(s): table.by_layer(MDI, s) for s in run.series()}
+    lines = {k: v for k, v in lines.items() if v[0].size}
+    if lines:
+        jobs.append(
+            PlotJob(
+                "MDI by layer",
+                lambda: plots.per_layer_plot(lines, colors, y_label="MDI", reference=(1.0, "parity (1)")),
+            )
+        )
+    return SectionPlan(
+        "text-dominance",
+        "Text dominance",
+        "MDI = (A_T/|T|)/(A_O/|O|) and AEI_T = [A_T/(A_T+A_O)]/[|T|/(|T|+|O|)] for the answer "
+        "tokens' attention, by layer group. 1 means attention in proportion to token counts; "
+        "LLaVA-1.5-7B middle layers reach MDI 10.23 (Wu et al. 2025).",
+        tuple(jobs),
+        _missing("text-dominance"),
+    )

@@ -1,0 +1,51 @@
+"""The ``report`` subcommand: ``scalelens report RUN_DIR [--out FILE.html]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``report`` subcommand to a top-level parser.
+
+    Args:
+        subparsers: The object returned by ``ArgumentParser.add_subparsers()``.
+
+    Returns:
+        The new subparser; its ``func`` default is `run`.
+    """
+    parser = subparsers.add_parser(
+        "report",
+        help="render a sweep's run directory into an HTML report and a Markdown summary",
+        description="Render RUN_DIR (metrics.csv, optional fits.json and run.json) into one "
+        "self-contained HTML file and a Markdown summary with the same base name.",
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="directory written by a sweep")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE.html",
+        default=None,
+        help="HTML file to write (default: RUN_DIR/report.html)",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Render the report for parsed ``report`` arguments.
+
+    Args:
+        args: Parsed arguments with ``run_dir`` and ``out``.
+
+    Returns:
+        The exit code (0). Input problems raise `scalelens.errors.ScalelensError`,
+        which the top-level CLI prints as one line.
+    """
+    from .render import render_report  # deferred: keeps `scalelens --help` fast
+
+    paths = render_report(args.run_dir, args.out)
+    print(f"wrote {paths.html}")
+    print(f"wrote {paths.markdown}")
+    return 0

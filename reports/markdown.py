@@ -1,0 +1,50 @@
+"""The Markdown summary written beside the HTML report."""
+
+from __future__ import annotations
+
+from .tables import Table
+
+_HTML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def escape(text: str) -> str:
+    """Escape text for Markdown: no raw HTML, no table-breaking pipes or newlines."""
+    text = text.translate(_HTML).replace("\\", "\\\\").replace("|", "\\|")
+    return text.replace("\n", " ")
+
+
+def table(t: Table) -> str:
+    """Render a `Table` as a GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(escape(c) for c in t.columns) + " |", "|" + "---|" * len(t.columns)]
+    lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in t.rows]
+    return "\n".join(lines)
+
+
+def _section(title: str, t: Table, empty: str) -> list[str]:
+    return [f"## {title}", "", table(t) if t.rows else f"_{empty}_", ""]
+
+
+def summary(title: str, html_name: str, tables: dict[str, Table]) -> str:
+    """Build the Markdown summary.
+
+    Args:
+        title: Document title.
+        html_name: File name of the full HTML report, linked relatively.
+        tables: Tables keyed by ``run``, ``sizes``, ``fits``, ``dynamics``, ``scalars``.
+
+    Returns:
+        The Markdown text.
+    """
+    lines = [
+        f"# {escape(title)}",
+        "",
+        f"Plots and the full report: [{escape(html_name)}]({html_name.replace(' ', '%20')}).",
+        "",
+    ]
+    if tables["run"].rows:
+        lines += _section("Run", tables["run"], "")
+    lines += _section("Sizes", tables["sizes"], "No sizes.")
+    lines += _section("Scaling fits", tables["fits"], "No scaling fits in fits.json.")
+    lines += _section("Training-dynamics fits", tables["dynamics"], "No training-dynamics fits in fits.json.")
+    lines += _section("Scalar metrics at the latest checkpoint", tables["scalars"], "No scalar metrics.")
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""Render a run directory into one self-contained HTML report plus a Markdown summary."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from ..errors import ScalelensError
+from . import analysis_sections as analyses
+from . import markdown, sections, tables
+from .rundir import Run, load_run
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+TEMPLATE = "report.html.j2"
+DEFAULT_NAME = "report.html"
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where a report was written."""
+
+    html: Path
+    markdown: Path
+
+
+def plan(run: Run) -> list[sections.SectionPlan]:
+    """Return every plot section of the report, in display order, not yet drawn."""
+    return [
+        sections.plan_scaling(run),
+        sections.plan_steps(run),
+        sections.plan_dynamics(run),
+        analyses.plan_retrieval(run),
+        analyses.plan_massive(run),
+        analyses.plan_superposition(run),
+        analyses.plan_text_dominance(run),
+        sections.plan_other(run, analyses.HANDLED),
+    ]
+
+
+def report_tables(run: Run) -> dict[str, tables.Table]:
+    """Return the tables keyed by ``run``, ``sizes``, ``fits``, ``dynamics``, ``scalars``."""
+    return {
+        "run": tables.info_table(run.info),
+        "sizes": tables.sizes_table(run),
+        "fits": tables.fits_table(run.fits.scaling),
+        "dynamics": tables.dynamics_table(run.fits.dynamics),
+        "scalars": tables.latest_scalars_table(run),
+    }
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _output_paths(run_dir: Path, out_html: Path | None) -> ReportPaths:
+    html = Path(out_html) if out_html is not None else run_dir / DEFAULT_NAME
+    if html.suffix.lower() == ".md":
+        raise ScalelensError(
+            f"--out {html} ends in .md, which is where the Markdown summary goes; pass an .html path"
+        )
+    if html.is_dir():
+        raise ScalelensError(f"--out {html} is a directory; pass a file path such as {html / DEFAULT_NAME}")
+    return ReportPaths(html=html, markdown=html.with_suffix(".md"))
+
+
+def render_report(
+    run_dir: Path, out_html: Path | None = None, *, progress: bool | None = None
+) -> ReportPaths:
+    """Render the per-scale report of a sweep's run directory.
+
+    Reads ``metrics.csv``, and ``fits.json`` and ``run.json`` where present, and writes
+    one self-contained HTML file (plots embedded as PNG data URIs) and a Markdown
+    summary with the same base name beside it.
+
+    Args:
+        run_dir: Directory written by a sweep.
+        out_html: HTML path to write; defaults to ``run_dir/report.html``.
+        progress: Show a progress bar over the plots; None shows one for many plots
+            when stderr is a terminal.
+
+    Returns:
+        The paths of the HTML report and the Markdown summary.
+
+    Raises:
+        ScalelensError: The inputs are missing or malformed, or ``out_html`` is unusable.
+    """
+    run = load_run(Path(run_dir))
+    paths = _output_paths(run.path, out_html)
+    drawn = sections.draw(plan(run), progress=progress)
+    tabs = report_tables(run)
+    title = f"scalelens report: {run.path.resolve().name}"
+    html = (
+        _environment()
+        .get_template(TEMPLATE)
+        .render(
+            title=title,
+            run_dir=str(run.path),
+            created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            sections=drawn,
+            tables=tabs,
+        )
+    )
+    paths.html.parent.mkdir(parents=True, exist_ok=True)
+    paths.html.write_text(html, encoding="utf-8")
+    paths.markdown.write_text(markdown.summary(title, paths.html.name, tabs), encoding="utf-8")
+    return paths

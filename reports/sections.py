@@ -1,0 +1,195 @@
+"""Plan the report's plot sections (lazily) and draw them into embedded PNGs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from . import plots
+from .rundir import Run
+
+# Show a progress bar when a report has at least this many plots.
+PROGRESS_MIN_PLOTS = 12
+
+
+@dataclass(frozen=True)
+class PlotJob:
+    """A plot to draw later: its title, a caption and a zero-argument figure factory."""
+
+    title: str
+    make: Callable[[], Figure]
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class SectionPlan:
+    """A report section before drawing; ``empty`` explains a section without plots."""
+
+    id: str
+    title: str
+    intro: str
+    jobs: tuple[PlotJob, ...] = ()
+    empty: str = ""
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A drawn plot: title, caption and a ``data:`` PNG URI."""
+
+    title: str
+    uri: str
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    """A drawn report section, ready for the template."""
+
+    id: str
+    title: str
+    intro: str
+    plots: tuple[Plot, ...]
+    empty: str = ""
+
+
+def plan_scaling(run: Run) -> SectionPlan:
+    """Plan one metric-vs-parameters plot per scalar metric and x variable with fits."""
+    jobs = []
+    for key in run.table.keys("scalar"):
+        fits = [f for f in run.fits.scaling if f.metric == key]
+        for x_name in dict.fromkeys([f.x_name for f in fits] or ["n_params"]):
+            chosen = tuple(f for f in fits if f.x_name == x_name)
+            jobs.append(PlotJob(f"{key} vs {x_name}", _scaling_job(run, key, x_name, chosen)))
+    return SectionPlan(
+        "scaling",
+        "Metrics vs parameter count",
+        "Each scalar metric at the latest checkpoint of every size, against parameter count, "
+        "with the fitted curve and the band from the exponent's bootstrap CI where fitted.",
+        tuple(jobs),
+        "No scalar metrics in this run.",
+    )
+
+
+def _scaling_job(run: Run, key: str, x_name: str, fits: Sequence) -> Callable[[], Figure]:
+    table = run.table
+    families: dict[str, list] = {}
+    for s in run.series():
+        families.setdefault(s.model, []).append(s)
+
+    def points() -> dict[str, plots.Points]:
+        return {
+            model: plots.Points(
+                x=np.array([table.n_params(s, x_name) for s in members]),
+                y=np.array([table.scalar(key, s) for s in members]),
+                labels=[s.size for s in members],
+            )
+            for model, members in families.items()
+        }
+
+    return lambda: plots.scaling_plot(points(), fits, x_label=x_name, y_label=key)
+
+
+def plan_steps(run: Run) -> SectionPlan:
+    """Plan one metric-vs-training-step plot per scalar metric (one line per size)."""
+    table, colors = run.table, run.colors()
+    multi = any(len(table.steps(s)) > 1 for s in run.series())
+    jobs = []
+    for key in table.keys("scalar") if multi else []:
+        lines = {table.label(s): table.over_steps(key, s) for s in run.series()}
+        lines = {k: v for k, v in lines.items() if v[0].size}
+        if lines:
+            jobs.append(
+                PlotJob(
+                    f"{key} over training",
+                    lambda lines=lines, key=key: plots.steps_plot(lines, colors, y_label=key),
+                )
+            )
+    return SectionPlan(
+        "steps",
+        "Metrics vs training step",
+        "Each scalar metric over the checkpoints of every size (log step axis, linear near step 0).",
+        tuple(jobs),
+        "Every size has a single checkpoint, so there is nothing to plot over training.",
+    )
+
+
+def plan_dynamics(run: Run) -> SectionPlan:
+    """Plan one plot per (size, metric) with fitted training dynamics per layer."""
+    by_target: dict[tuple, dict[int, dict[str, float]]] = {}
+    for fit in run.fits.dynamics:
+        for s in run.series():
+            if s.size == fit.size and fit.model in (None, s.model):
+                by_target.setdefault((s, fit.metric), {})[fit.layer] = fit.params
+    jobs = []
+    for (s, metric), fitted in by_target.items():
+        observed = {layer: run.table.over_steps(metric, s, layer) for layer in fitted}
+        observed = {k: v for k, v in observed.items() if v[0].size}
+        title = f"{run.table.label(s)}: {metric}"
+        jobs.append(
+            PlotJob(
+                title,
+                lambda o=observed, f=fitted, t=title, m=metric: plots.dynamics_plot(o, f, title=t, y_label=m),
+            )
+        )
+    return SectionPlan(
+        "dynamics",
+        "Training-dynamics fits",
+        "Per-layer values over training (dots) and the fitted "
+        "f(t) = A·exp(−λx)·log(x) + K, x = γt + t0 (lines).",
+        tuple(jobs),
+        "No training-dynamics fits in fits.json.",
+    )
+
+
+def plan_other(run: Run, handled: set[str]) -> SectionPlan:
+    """Plan generic plots for per-layer and per-head metrics no other section shows."""
+    table, colors = run.table, run.colors()
+    jobs = []
+    for key in (k for k in table.keys("layer") if k not in handled):
+        lines = {table.label(s): table.by_layer(key, s) for s in run.series()}
+        lines = {k: v for k, v in lines.items() if v[0].size}
+        jobs.append(
+            PlotJob(key, lambda lines=lines, key=key: plots.per_layer_plot(lines, colors, y_label=key))
+        )
+    for key in (k for k in table.keys("head") if k not in handled):
+        for s in run.series():
+            matrix = table.head_matrix(key, s)
+            if matrix.size:
+                title = f"{key}, {table.label(s)}"
+                jobs.append(PlotJob(title, lambda m=matrix, t=title: plots.heatmap(m, title=t)))
+    return SectionPlan(
+        "other",
+        "Other per-layer and per-head metrics",
+        "Metrics without a dedicated plot, at the latest checkpoint of each size.",
+        tuple(jobs),
+        "None: every metric in this run is shown above.",
+    )
+
+
+def draw(plans: Sequence[SectionPlan], progress: bool | None = None) -> list[Section]:
+    """Draw every planned plot into a PNG data URI.
+
+    Args:
+        plans: The planned sections.
+        progress: Show a tqdm bar; None shows it for many plots on a terminal.
+
+    Returns:
+        The drawn sections in the same order.
+    """
+    total = sum(len(p.jobs) for p in plans)
+    disable = (None if total >= PROGRESS_MIN_PLOTS else True) if progress is None else not progress
+    with tqdm(total=total, desc="report plots", unit="plot", disable=disable) as bar:
+        return [_draw_section(plan, bar) for plan in plans]
+
+
+def _draw_section(plan: SectionPlan, bar: tqdm) -> Section:
+    drawn = []
+    for job in plan.jobs:
+        fig = job.make()
+        drawn.append(Plot(job.title, plots.to_data_uri(fig), job.caption))
+        bar.update()
+    return Section(plan.id, plan.title, plan.intro, tuple(drawn), plan.empty)

@@ -1,0 +1,123 @@
+"""Tables of the report as plain strings, shared by the HTML and the Markdown output."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .rundir import Run
+from .runfiles import DynamicsFit, ScalingFit
+
+DASH = "—"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A header and rows of already formatted cells."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+def fmt(value: float | int | None) -> str:
+    """Format a number with 4 significant digits; None/NaN become a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4g}"
+
+
+def _params(params: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={fmt(v)}" for k, v in params.items()) or DASH
+
+
+def _ci(ci: Mapping[str, tuple[float, float]]) -> str:
+    return "; ".join(f"{k} ∈ [{fmt(lo)}, {fmt(hi)}]" for k, (lo, hi) in ci.items()) or DASH
+
+
+def fits_table(fits: Iterable[ScalingFit]) -> Table:
+    """Return the table of scaling fits (one row per fit)."""
+    rows = tuple(
+        (
+            f.metric,
+            f.x_name,
+            f.form,
+            _params(f.params),
+            _ci(f.ci),
+            fmt(f.r2),
+            fmt(f.loo_rel_error),
+            str(f.n_points),
+            f.note or DASH,
+        )
+        for f in fits
+    )
+    return Table(("metric", "x", "form", "params", "CI", "R²", "LOO rel. error", "n", "note"), rows)
+
+
+def dynamics_table(fits: Iterable[DynamicsFit]) -> Table:
+    """Return the table of training-dynamics fits (one row per size and layer)."""
+    rows = tuple(
+        (
+            f.size if f.model is None else f"{f.model} {f.size}",
+            str(f.layer),
+            f.metric,
+            _params(f.params),
+            fmt(f.r2),
+            fmt(f.peak_step),
+        )
+        for f in fits
+    )
+    return Table(("size", "layer", "metric", "params", "R²", "peak step"), rows)
+
+
+def sizes_table(run: Run) -> Table:
+    """Return one row per (model, size): parameter counts and checkpoints measured."""
+    t = run.table
+    rows = []
+    for s in run.series():
+        steps = t.steps(s)
+        rows.append(
+            (
+                s.model,
+                s.size,
+                fmt(t.n_params(s)),
+                fmt(t.n_params(s, "n_params_non_embedding")),
+                str(len({r.revision for r in t.rows if r.series == s})),
+                fmt(steps[-1]) if steps else DASH,
+            )
+        )
+    return Table(
+        ("model", "size", "params", "non-embedding params", "checkpoints", "latest step"),
+        tuple(rows),
+    )
+
+
+def latest_scalars_table(run: Run) -> Table:
+    """Return every scalar metric (rows) at the latest checkpoint of each size (columns)."""
+    t = run.table
+    series = run.series()
+    rows = tuple((key, *(fmt(t.scalar(key, s)) for s in series)) for key in t.keys("scalar"))
+    return Table(("metric", *(t.label(s) for s in series)), rows)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        return ", ".join(str(v) for v in value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def info_table(info: Mapping[str, Any] | None) -> Table:
+    """Return run.json as key/value rows (settings flattened one level)."""
+    rows: list[tuple[str, str]] = []
+    for key, value in (info or {}).items():
+        if key == "settings" and isinstance(value, Mapping):
+            rows.extend((f"settings.{k}", _cell(v)) for k, v in value.items())
+        else:
+            rows.append((key, _cell(value)))
+    return Table(("key", "value"), tuple(rows))
