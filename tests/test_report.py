@@ -1,0 +1,527 @@
+"""Report rendering on a synthetic but realistic sweep output (real files, real browser)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import io
+import json
+import math
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from scalelens.errors import ScalelensError
+from scalelens.reports import ReportPaths, render_report
+from scalelens.reports import cli as report_cli
+from scalelens.reports.curves import dynamics_from_params, evaluate, exponent_band
+from scalelens.reports.runfiles import ScalingFit
+
+COLUMNS = [
+    "model",
+    "size",
+    "revision",
+    "step",
+    "n_params",
+    "n_params_non_embedding",
+    "analysis",
+    "metric",
+    "layer",
+    "head",
+    "value",
+]
+# size: (layers, heads, d_model, total params, non-embedding params) -- Pythia configs
+SIZES = {
+    "14m": (6, 4, 128, 14_067_712, 1_189_888),
+    "70m": (6, 8, 512, 70_426_624, 18_915_328),
+    "160m": (12, 12, 768, 162_322_944, 85_056_000),
+    "410m": (24, 16, 1024, 405_334_016, 302_311_424),
+}
+STEPS = [0, 1000, 16000, 143000]
+DYN = {"A": 0.0, "lambda": 0.01, "gamma": 1e-3, "t0": 1.0, "K": 5.0}  # A set per layer
+LOSS = {"C": 25.0, "alpha": 0.2, "y_inf": 1.8}
+GROUPS = ("early", "middle", "late")
+NOTE = "bootstrap over sizes, 1000 resamples <b>raw</b> | piped"
+
+
+def _dyn(t: float, p: dict[str, float]) -> float:
+    x = p["gamma"] * t + p["t0"]
+    return p["A"] * math.exp(-p["lambda"] * x) * math.log(x) + p["K"]
+
+
+def _final_ratio(n_params: float, layer: int, n_layers: int) -> float:
+    peak = 83.0 * (n_params / 14e6) ** 0.5
+    depth = layer / max(n_layers - 1, 1)
+    return 5.0 + (peak - 5.0) * min(1.0, 4 * depth) * (0.6 if layer == n_layers - 1 else 1.0)
+
+
+def _layer_params(n_params: float, layer: int, n_layers: int) -> dict[str, float]:
+    final = DYN["K"] + 0.0
+    growth = (_final_ratio(n_params, layer, n_layers) - final) / _dyn(143000, {**DYN, "A": 1.0, "K": 0.0})
+    return {**DYN, "A": growth}
+
+
+def _size_rows(size: str, rng: np.random.Generator) -> list[dict]:
+    n_layers, n_heads, d_model, n_params, n_non_emb = SIZES[size]
+    rows: list[dict] = []
+    for step in STEPS:
+        progress = math.log1p(step) / math.log1p(STEPS[-1])
+
+        def add(analysis, metric, value, layer=None, head=None, _step=step):
+            rows.append(
+                dict(
+                    model="pythia",
+                    size=size,
+                    revision=f"step{_step}",
+                    step=_step,
+                    n_params=n_params,
+                    n_params_non_embedding=n_non_emb,
+                    analysis=analysis,
+                    metric=metric,
+                    layer="" if layer is None else layer,
+                    head="" if head is None else head,
+                    value=f"{value:.6g}",
+                )
+            )
+
+        # retrieval heads: most heads exactly 0, a few above 0.1, more with training and size
+        scale = progress * (0.8 + 0.2 * math.log10(n_params / 1e7))
+        scores = np.clip(rng.beta(0.5, 14.0, (n_layers, n_heads)) * scale, 0.0, 1.0)
+        scores[rng.random(scores.shape) < 0.6] = 0.0
+        for (layer, head), v in np.ndenumerate(scores):
+            add("retrieval_heads", "score", v, layer, head)
+        add("retrieval_heads", "fraction", float(np.mean(scores > 0.1)))
+        add("retrieval_heads", "fraction_zero", float(np.mean(scores == 0)))
+        # massive activations follow the published dynamics form per layer
+        ratios = [_dyn(step, _layer_params(n_params, i, n_layers)) for i in range(n_layers)]
+        for layer, r in enumerate(ratios):
+            median = 0.4 + 0.02 * layer
+            add("massive_activations", "ratio", r, layer)
+            add("massive_activations", "median_abs", median, layer)
+            add("massive_activations", "max_abs", r * median, layer)
+        add("massive_activations", "max_ratio", max(ratios))
+        add("massive_activations", "n_massive", 0)
+        # superposition: overlap tracks 1/m once trained
+        inv_m = 1.0 / d_model
+        add("superposition", "inv_m", inv_m)
+        add("superposition", "mean_sq_overlap", inv_m * (1.0 + 0.3 * progress))
+        add("superposition", "mean_sq_overlap_centered", inv_m * (1.0 + 0.05 * progress))
+        add("superposition", "phi_half", 1.0)
+        add("superposition", "phi_one", 0.5 + 0.4 * progress)
+        # text dominance: text over-attended in middle layers
+        mdi = [1.0 + progress * 6.0 * math.sin(math.pi * (i + 0.5) / n_layers) for i in range(n_layers)]
+        for layer, v in enumerate(mdi):
+            add("text_dominance", "mdi", v, layer)
+            add("text_dominance", "aei_text", 1.0 + 0.1 * v, layer)
+            add("text_dominance", "aei_other", 1.0 / (1.0 + 0.1 * v), layer)
+        for g, chunk in zip(GROUPS, np.array_split(np.array(mdi), 3), strict=True):
+            add("text_dominance", f"mdi_{g}", float(chunk.mean()))
+            add("text_dominance", f"aei_text_{g}", float(1.0 + 0.1 * chunk.mean()))
+        final_loss = LOSS["C"] * n_non_emb ** -LOSS["alpha"] + LOSS["y_inf"]
+        add("loss", "loss", 10.9 + (final_loss - 10.9) * progress)
+    return rows
+
+
+def _fits() -> dict:
+    xs = np.array([SIZES[s][3] for s in SIZES], dtype=float)
+    ys = np.array(
+        [
+            max(_final_ratio(n, i, SIZES[s][0]) for i in range(SIZES[s][0]))
+            for s, n in zip(SIZES, xs, strict=True)
+        ]
+    )
+    b, log_a = np.polyfit(np.log(xs), np.log(ys), 1)
+    non_emb = [float(SIZES[s][4]) for s in SIZES]
+    loss = [LOSS["C"] * n ** -LOSS["alpha"] + LOSS["y_inf"] for n in non_emb]
+    return {
+        "version": 1,
+        "fits": [
+            {
+                "metric": "massive_activations.max_ratio",
+                "x_name": "n_params",
+                "form": "power_law",
+                "params": {"a": float(np.exp(log_a)), "b": float(b)},
+                "ci": {"b": [b - 0.06, b + 0.06]},
+                "r2": 0.994,
+                "loo_rel_error": 0.071,
+                "n_points": 4,
+                "x": xs.tolist(),
+                "y": ys.tolist(),
+                "note": NOTE,
+            },
+            {
+                "metric": "loss.loss",
+                "x_name": "n_params_non_embedding",
+                "form": "saturating",
+                "params": dict(LOSS),
+                "ci": {"alpha": [0.17, 0.23], "y_inf": [1.7, 1.9]},
+                "r2": 0.999,
+                "loo_rel_error": None,
+                "n_points": 4,
+                "x": non_emb,
+                "y": loss,
+                "note": "",
+            },
+        ],
+        "dynamics": [
+            {
+                "size": "70m",
+                "layer": 3,
+                "params": _layer_params(SIZES["70m"][3], 3, 6),
+                "r2": 0.981,
+                "peak_step": 28000,
+            },
+        ],
+    }
+
+
+def write_run_dir(path: Path, seed: int = 0) -> Path:
+    """Write metrics.csv, fits.json and run.json the way a 4-size x 4-step sweep would."""
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with (path / "metrics.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        for size in SIZES:
+            writer.writerows(_size_rows(size, rng))
+    (path / "fits.json").write_text(json.dumps(_fits(), indent=1))
+    (path / "run.json").write_text(
+        json.dumps(
+            {
+                "models": ["pythia"],
+                "sizes": list(SIZES),
+                "analyses": ["retrieval_heads", "massive_activations", "superposition", "text_dominance"],
+                "created": "2025-01-01T00:00:00Z",
+                "settings": {"steps": STEPS, "n_prompts": 10, "dtype": "float32"},
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_run_dir(tmp_path_factory.mktemp("sweep") / "run")
+
+
+@pytest.fixture(scope="module")
+def report(run_dir: Path) -> ReportPaths:
+    return render_report(run_dir, progress=False)
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def _tags(html: str) -> list[tuple[str, dict[str, str | None]]]:
+    parser = _Collector()
+    parser.feed(html)
+    return parser.tags
+
+
+def test_writes_html_and_markdown_beside_it(run_dir: Path, report: ReportPaths) -> None:
+    assert report.html == run_dir / "report.html"
+    assert report.markdown == run_dir / "report.md"
+    assert report.html.stat().st_size > 10_000
+    assert report.markdown.read_text().startswith("# scalelens report: run")
+
+
+def test_html_is_self_contained(report: ReportPaths) -> None:
+    html = report.html.read_text()
+    refs = [
+        (tag, k, v)
+        for tag, attrs in _tags(html)
+        for k, v in attrs.items()
+        if k in ("src", "href", "srcset", "data", "poster", "action")
+    ]
+    assert refs, "expected images and in-page links"
+    external = [r for r in refs if not (r[2] or "").startswith(("data:", "#"))]
+    assert external == []
+    assert "<script" not in html.lower()
+    assert "url(" not in html and "@import" not in html
+
+
+def test_images_are_embedded_pngs(report: ReportPaths) -> None:
+    srcs = [attrs["src"] for tag, attrs in _tags(report.html.read_text()) if tag == "img"]
+    assert len(srcs) >= 30
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1])
+        assert matplotlib.image.imread(io.BytesIO(png), format="png").shape[0] > 100
+
+
+def _section_images(html: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    current = None
+    for tag, attrs in _tags(html):
+        if tag == "section":
+            current = attrs.get("id")
+            counts[current] = 0
+        elif tag == "img":
+            counts[current] += 1
+    return counts
+
+
+def test_every_section_present_with_its_plots(report: ReportPaths) -> None:
+    html = report.html.read_text()
+    counts = _section_images(html)
+    n_scalars = 16  # 3 retrieval/massive... see _size_rows
+    assert counts == {
+        "how-to-read": 0,
+        "run": 0,
+        "fits": 0,
+        "scaling": n_scalars,
+        "steps": n_scalars,
+        "dynamics": 1,
+        "retrieval": len(SIZES),
+        "massive": 1,
+        "superposition": 1,
+        "text-dominance": 3,  # mdi and aei_text by group, MDI by layer
+        "other": 4,  # max_abs, median_abs, aei_text, aei_other per layer
+        "scalars": 0,
+    }
+    for text in (
+        "How to read this report",
+        "Run settings (run.json)",
+        "Scaling fits",
+        "Training-dynamics fits",
+        "Retrieval heads",
+        "Massive activations",
+        "Superposition",
+        "Text dominance",
+        "massive_activations.max_ratio vs n_params",
+        "loss.loss vs n_params_non_embedding",
+        "pythia",
+    ):
+        assert text in html
+
+
+def test_text_is_escaped(report: ReportPaths) -> None:
+    html = report.html.read_text()
+    assert "&lt;b&gt;raw&lt;/b&gt;" in html
+    assert "<b>raw</b>" not in html
+
+
+def test_markdown_has_fits_tables(report: ReportPaths) -> None:
+    md = report.markdown.read_text()
+    assert "| metric | x | form | params | CI | R² | LOO rel. error | n | note |" in md
+    fits_rows = [
+        line for line in md.splitlines() if line.startswith("| massive_activations.max_ratio | n_params |")
+    ]
+    assert len(fits_rows) == 1 and "| power_law |" in fits_rows[0] and "b ∈ [" in fits_rows[0]
+    assert "&lt;b&gt;raw" in md and "<b>" not in md  # no raw HTML in the Markdown
+    assert "\\| piped" in md  # pipes escaped, cell count intact
+    assert fits_rows[0].count(" | ") == 8
+    assert any(
+        line.startswith("| loss.loss | n_params_non_embedding | saturating |") for line in md.splitlines()
+    )
+    assert "| 70m | 3 | massive_activations.ratio |" in md
+    assert "[report.html](report.html)" in md
+
+
+def test_missing_optional_inputs_still_render(tmp_path: Path) -> None:
+    run = write_run_dir(tmp_path / "run")
+    (run / "fits.json").unlink()
+    (run / "run.json").unlink()
+    lines = (run / "metrics.csv").read_text().splitlines()
+    keep = [
+        ln
+        for ln in lines
+        if ",superposition," not in ln
+        and ",text_dominance," not in ln
+        and (",step143000," in ln or ln.startswith("model,"))
+    ]
+    (run / "metrics.csv").write_text("\n".join(keep) + "\n")
+    paths = render_report(run, tmp_path / "out" / "r.html", progress=False)
+    html = paths.html.read_text()
+    assert paths.markdown == tmp_path / "out" / "r.md"
+    assert "No superposition results in this run." in html
+    assert "No text-dominance results in this run." in html
+    assert "No scaling fits in fits.json." in html
+    assert "Every size has a single checkpoint" in html
+    assert "Run settings" not in html
+    assert "_No scaling fits in fits.json._" in paths.markdown.read_text()
+
+
+def test_unknown_metrics_get_generic_plots(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [",".join(COLUMNS)]
+    for i, (size, n) in enumerate([("a", 1e6), ("b", 1e7)]):
+        rows += [
+            f"m,{size},main,,{n},{n / 2},newthing,widget,,,{i + 1}",
+            f"m,{size},main,,{n},{n / 2},newthing,per_layer,0,,{i}",
+            f"m,{size},main,,{n},{n / 2},newthing,per_head,0,1,0.5",
+        ]
+    (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    html = render_report(run, progress=False).html.read_text()
+    counts = _section_images(html)
+    assert counts["scaling"] == 1 and counts["other"] == 3 and counts["retrieval"] == 0
+    assert "newthing.widget vs n_params" in html
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: shutil.rmtree(d), "does not exist"),
+        (lambda d: (d / "metrics.csv").unlink(), "no metrics.csv"),
+        (lambda d: (d / "metrics.csv").write_text("model,size,value\nm,s,1\n"), "lacks column(s)"),
+        (lambda d: (d / "metrics.csv").write_text(",".join(COLUMNS) + "\n"), "no rows"),
+        (
+            lambda d: (d / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main,,1,1,a,b,,,oops\n"),
+            "line 2: value='oops'",
+        ),
+        (lambda d: (d / "fits.json").write_text("{not json"), "not valid JSON"),
+        (lambda d: (d / "fits.json").write_text('{"version": 2}'), "version 2"),
+        (lambda d: (d / "fits.json").write_text('{"fits": [{"metric": "x"}]}'), "entry 0 of 'fits'"),
+    ],
+)
+def test_bad_inputs_raise_one_line_errors(tmp_path: Path, mutate, message: str) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main,,1,1,a,b,,,1\n")
+    mutate(run)
+    with pytest.raises(ScalelensError, match=r"^[^\n]*$") as info:
+        render_report(run, progress=False)
+    assert message in str(info.value)
+
+
+def test_out_must_not_be_markdown(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ScalelensError, match="pass an .html path"):
+        render_report(run_dir, tmp_path / "x.md")
+
+
+def test_cli_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main,,1e6,1e5,loss,loss,,,3.1\n")
+    parser = argparse.ArgumentParser(prog="scalelens")
+    report_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["report", str(run), "--out", str(tmp_path / "o" / "rep.html")])
+    assert args.func(args) == 0
+    assert (tmp_path / "o" / "rep.html").is_file() and (tmp_path / "o" / "rep.md").is_file()
+    assert "rep.html" in capsys.readouterr().out
+
+
+def test_main_report_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scalelens.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main,,1e6,1e5,loss,loss,,,3.1\n")
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.html").is_file() and (run / "report.md").is_file()
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not exist" in err
+
+
+def test_dynamics_params_accept_lam_or_lambda() -> None:
+    t = np.array([0.0, 1e3, 1e5])
+    with_lambda = dynamics_from_params(t, DYN | {"A": 2.0})
+    with_lam = dynamics_from_params(
+        t, {k: v for k, v in DYN.items() if k != "lambda"} | {"A": 2.0, "lam": DYN["lambda"]}
+    )
+    assert np.allclose(with_lambda, with_lam)
+    assert np.isclose(with_lambda[0], DYN["K"])  # x = t0 = 1 -> log x = 0
+    assert dynamics_from_params(t, {"A": 1.0}) is None
+
+
+def test_exponent_band_brackets_the_fit() -> None:
+    fit = ScalingFit(
+        metric="m",
+        x_name="n_params",
+        form="power_law",
+        params={"a": 2.0, "b": 0.5},
+        ci={"b": (0.4, 0.6)},
+        x=(1e6, 1e8),
+        y=(1, 1),
+    )
+    n = np.geomspace(1e5, 1e9, 50)
+    line = evaluate(fit, n)
+    lo, hi = exponent_band(fit, n)
+    assert np.allclose(line, 2.0 * n**0.5)
+    assert np.all(lo <= line) and np.all(line <= hi)
+    pivot = np.argmin(np.abs(np.log(n) - np.log(1e7)))
+    assert (hi - lo)[pivot] / line[pivot] < 0.05 < (hi - lo)[0] / line[0]
+    sat = ScalingFit(
+        metric="m",
+        x_name="n_params",
+        form="saturating",
+        params={"C": 10.0, "alpha": 0.3, "y_inf": 1.0},
+        ci={"alpha": (0.25, 0.35)},
+    )
+    lo, hi = exponent_band(sat, n)
+    assert np.all(lo <= evaluate(sat, n)) and np.all(hi >= evaluate(sat, n)) and np.all(lo > 1.0)
+    assert exponent_band(ScalingFit("m", "n_params", "power_law", {"a": 1, "b": 1}), n) is None
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROME_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1400,1000",
+)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.fail(
+            f"{CHROMIUM} or {CHROMEDRIVER} is missing; install them with "
+            ".ci/install_browser.sh (Debian chromium + chromium-driver)",
+            pytrace=False,
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_report_renders_in_chromium(browser, report: ReportPaths, tmp_path: Path) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(report.html.resolve().as_uri())
+    WebDriverWait(browser, 20).until(
+        lambda d: d.execute_script(
+            "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"
+        )
+    )
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);"
+    )
+    assert len(images) >= 30
+    assert [img for img in images if not (img[1] and img[2] > 0)] == []
+    shot = tmp_path / "report.png"
+    assert browser.save_screenshot(str(shot))
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[0] >= 500 and pixels.shape[1] >= 1000
+    assert pixels.std() > 0.05, "screenshot is (nearly) blank"
