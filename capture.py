@@ -91,7 +91,7 @@ class Capture:
         model = self.loaded.model
         stack = ExitStack()
         try:
-            residual = {(p.point, layer) for p in self.probes if p.point.is_residual_like
+            residual = {(p.point, layer) for p in self.probes if p.point.is_module_output
                         for layer in p.layers or ()}
             backend = make_backend(self.settings.backend, model, self.loaded.tokenizer, residual,
                                    self._on_residual)
@@ -153,7 +153,7 @@ class Capture:
         rows = {p.name: _rows_for(p, tok) for p in self.probes}
         self._runtimes = [
             ProbeRuntime(p, info.d_model, info.d_head, len(tok.lengths), tok.seq_len,
-                         rows[p.name].shape[1]) for p in self.probes
+                         rows[p.name].shape[1], vocab=info.vocab_size) for p in self.probes
         ]
         layout = {rt.spec.name: rt.datasets() for rt in self._runtimes}
         writer = CaptureWriter.open(self.out, self._identity(tok), tok, layout,

@@ -49,7 +49,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         attn="attention",
         mlp="mlp",
         embed="gpt_neox.embed_in",
-        unembed="embed_out",
+        unembed="lm_head",
         final_norm="gpt_neox.final_layer_norm",
     ),
     "gpt2": ArchSpec(

@@ -56,7 +56,8 @@ class NativeBackend(Backend):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """Run the decoder stack once."""
-        native.forward(self.model, input_ids, attention_mask)
+        logits = any(p is CapturePoint.LOGITS for p, _ in self.wanted)
+        native.forward(self.model, input_ids, attention_mask, logits=logits)
 
 
 def _registry() -> dict[str, type[Backend]]:

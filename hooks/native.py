@@ -27,6 +27,8 @@ def _module_and_kind(model: nn.Module, point: CapturePoint, layer: int) -> tuple
         return layer_part(model, layer, "attn"), "post"
     if point is CapturePoint.MLP_OUT:
         return layer_part(model, layer, "mlp"), "post"
+    if point is CapturePoint.LOGITS:
+        return model.get_output_embeddings(), "post"
     raise ValueError(f"{point} is not a module-output point")
 
 
@@ -51,7 +53,9 @@ def native_hooks(model: nn.Module, wanted: set[tuple[CapturePoint, int]], sink: 
             handle.remove()
 
 
-def forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-    """Run the decoder stack (no LM head: captures never need logits)."""
+def forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            logits: bool = False) -> None:
+    """Run the decoder stack, and the LM head only when ``logits`` are wanted."""
     with torch.inference_mode():
-        model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        run = model if logits else model.base_model
+        run(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)

@@ -11,7 +11,8 @@ class CapturePoint(StrEnum):
     ``resid_pre``/``resid_post`` are the residual stream entering/leaving the layer;
     ``attn_out``/``mlp_out`` the outputs of the attention and MLP sub-modules;
     ``attn_pattern`` the per-head attention probabilities (query x key);
-    ``q``/``k`` the per-head queries and keys after rotary embedding.
+    ``q``/``k`` the per-head queries and keys after rotary embedding;
+    ``logits`` the LM head output (one pseudo-layer, index ``n_layers``).
     """
 
     RESID_PRE = "resid_pre"
@@ -21,11 +22,17 @@ class CapturePoint(StrEnum):
     ATTN_PATTERN = "attn_pattern"
     Q = "q"
     K = "k"
+    LOGITS = "logits"
 
     @property
     def is_residual_like(self) -> bool:
         """True for points shaped (batch, seq, d_model)."""
         return self in _RESIDUAL_LIKE
+
+    @property
+    def is_module_output(self) -> bool:
+        """True for points read by a hook on a module (residual-like points and logits)."""
+        return self.is_residual_like or self is CapturePoint.LOGITS
 
     @property
     def from_attention_tap(self) -> bool:

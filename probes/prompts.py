@@ -162,7 +162,8 @@ def _positions_of(tok: TokenizedPrompts, i: int, n: int, positions: Positions) -
                 f"segment {positions.segment!r} not in the prompts; labels: {', '.join(tok.labels)}"
             )
         code = tok.labels.index(positions.segment)
-        return np.flatnonzero(tok.segments[i, :n] == code)
+        idx = np.flatnonzero(tok.segments[i, :n] == code) + positions.offset
+        return idx[(idx >= 0) & (idx < n)]
     idx = np.array(positions.indices)
     idx = np.where(idx < 0, idx + n, idx)
     if (idx < 0).any() or (idx >= n).any():

@@ -70,9 +70,9 @@ class ProbeRuntime:
     """Buffers and reduces one probe's data for one batch at a time."""
 
     def __init__(self, spec: ProbeSpec, d_model: int, d_head: int, n_prompts: int, seq: int,
-                 n_query: int, topk: int | None = None) -> None:
+                 n_query: int, vocab: int = 0, topk: int | None = None) -> None:
         """Create the runtime for a resolved ``spec`` over ``n_prompts`` padded to ``seq``."""
-        self.spec = spec
+        self.spec, self.vocab = spec, vocab
         self.layer_index = {layer: i for i, layer in enumerate(spec.layers or ())}
         self.d_model, self.d_head = d_model, d_head
         self.n_prompts, self.seq, self.n_query = n_prompts, seq, n_query
@@ -103,7 +103,7 @@ class ProbeRuntime:
         return self._buf[name]
 
     def on_residual(self, layer: int, h: torch.Tensor, ctx: BatchContext) -> None:
-        """Consume a residual-like tensor (b, s, d_model) of ``layer``."""
+        """Consume a module output (b, s, d_model or vocab) of ``layer``."""
         li = self.layer_index[layer]
         red = self.spec.reduction
         if red is Reduction.MASSIVE:
@@ -111,7 +111,13 @@ class ProbeRuntime:
             return
         rows = ctx.rows[self.spec.name]
         sel = _gather_positions(h, rows, 1)
-        if red is Reduction.NORM:
+        if red is Reduction.TOP1:  # logits: the greedy prediction and its probability
+            p, token = torch.softmax(sel.float(), dim=-1).max(dim=-1)
+            tail, dev = (rows.shape[1],), h.device
+            token = token.masked_fill(rows < 0, -1)
+            self._slot("top1_token", h.shape[0], tail, torch.int32, dev, -1)[:, li] = token.int()
+            self._slot("top1_prob", h.shape[0], tail, torch.float32, dev)[:, li] = p * (rows >= 0)
+        elif red is Reduction.NORM:
             out = self._slot("norm", h.shape[0], (rows.shape[1],), torch.float32, h.device)
             out[:, li] = sel.float().norm(dim=-1)
         else:
@@ -188,10 +194,16 @@ def _datasets(rt: ProbeRuntime) -> list[DatasetSpec]:
         out.append(DatasetSpec("median_abs", (n, lay), "float32", (P, L)))
     elif spec.reduction is Reduction.NORM:
         out.append(DatasetSpec("norm", (n, lay, npos), "float32", (P, L, pos_axis)))
+    elif spec.reduction is Reduction.TOP1 and spec.point is CapturePoint.LOGITS:
+        out.append(DatasetSpec("top1_token", (n, lay, npos), "int32", (P, L, pos_axis)))
+        out.append(DatasetSpec("top1_prob", (n, lay, npos), "float32", (P, L, pos_axis)))
     elif spec.reduction is Reduction.TOP1:
         shape = (n, lay, nh, npos)
         out.append(DatasetSpec("top1_key", shape, "int32", (P, L, H, pos_axis)))
         out.append(DatasetSpec("top1_prob", shape, "float32", (P, L, H, pos_axis)))
+    elif spec.point is CapturePoint.LOGITS:
+        dt = _STORE_DTYPE[spec.dtype]
+        out.append(DatasetSpec("values", (n, lay, npos, rt.vocab), dt, (P, L, pos_axis, Axis.VOCAB)))
     elif spec.point.is_residual_like:
         dt = _STORE_DTYPE[spec.dtype]
         out.append(DatasetSpec("values", (n, lay, npos, rt.d_model), dt, (P, L, pos_axis, Axis.D_MODEL)))

@@ -18,7 +18,8 @@ class Reduction(StrEnum):
     ``full`` keeps the tensor (at the chosen positions); ``massive`` keeps the
     top-k |h| per layer with (position, dim, token) plus median |h|; ``top1`` keeps
     the top-1 attended key (and its probability) per head for the chosen query
-    rows; ``norm`` keeps the L2 norm over ``d_model`` per position.
+    rows, or for ``logits`` the top-1 token (the greedy prediction) and its probability;
+    ``norm`` keeps the L2 norm over ``d_model`` per position.
     """
 
     FULL = "full"
@@ -44,11 +45,14 @@ class Positions:
         kind: ``all``, ``last``, ``indices`` or ``segment``.
         indices: Positions for ``indices``; negative counts from each prompt's end.
         segment: Segment label for ``segment`` (every token of that labelled piece).
+        offset: Added to every ``segment`` position: ``-1`` selects the positions whose
+            next-token prediction is the segment (the rows that produce an answer).
     """
 
     kind: PositionKind = PositionKind.ALL
     indices: tuple[int, ...] = ()
     segment: str | None = None
+    offset: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", PositionKind(self.kind))
@@ -60,11 +64,15 @@ class Positions:
 
     @classmethod
     def parse(cls, text: str) -> Positions:
-        """Parse ``all``, ``last``, ``segment:LABEL`` or comma-separated indices."""
+        """Parse ``all``, ``last``, ``segment:LABEL[@OFFSET]`` or comma-separated indices."""
         if text in ("all", "last"):
             return cls(PositionKind(text))
         if text.startswith("segment:"):
-            return cls(PositionKind.SEGMENT, segment=text.split(":", 1)[1])
+            label, _, offset = text.split(":", 1)[1].partition("@")
+            try:
+                return cls(PositionKind.SEGMENT, segment=label, offset=int(offset or 0))
+            except ValueError:
+                raise ScalelensError(f"bad segment offset in {text!r}; use segment:LABEL@-1") from None
         try:
             return cls(PositionKind.INDICES, indices=tuple(int(t) for t in text.split(",")))
         except ValueError:
@@ -120,7 +128,7 @@ class ProbeSpec:
         needs = {
             Reduction.MASSIVE: self.point.is_residual_like,
             Reduction.NORM: self.point.is_residual_like,
-            Reduction.TOP1: self.point is CapturePoint.ATTN_PATTERN,
+            Reduction.TOP1: self.point in (CapturePoint.ATTN_PATTERN, CapturePoint.LOGITS),
             Reduction.FULL: True,
         }
         if not needs[self.reduction]:
@@ -135,6 +143,10 @@ class ProbeSpec:
 
     def resolve(self, n_layers: int, n_heads: int) -> ProbeSpec:
         """Return a copy with explicit layers/heads, checked against the model."""
+        if self.point is CapturePoint.LOGITS:
+            if self.layers not in (None, (n_layers,)):
+                raise ScalelensError(f"probe {self.name!r}: logits have no layers; drop --layers")
+            return dataclasses.replace(self, layers=(n_layers,))
         layers = tuple(range(n_layers)) if self.layers is None else self.layers
         bad = [x for x in layers if not 0 <= x < n_layers]
         if bad:
@@ -162,6 +174,7 @@ class ProbeSpec:
             "kind": self.positions.kind.value,
             "indices": list(self.positions.indices),
             "segment": self.positions.segment,
+            "offset": self.positions.offset,
         }
         d["layers"] = None if self.layers is None else list(self.layers)
         d["heads"] = None if self.heads is None else list(self.heads)
@@ -197,6 +210,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "massive": {"point": "resid_post", "reduction": "massive"},
     "top1": {"point": "attn_pattern", "reduction": "top1", "positions": Positions(PositionKind.LAST)},
     "norms": {"point": "resid_post", "reduction": "norm"},
+    "predictions": {"point": "logits", "reduction": "top1", "positions": Positions(PositionKind.LAST)},
 }
 
 

@@ -196,3 +196,30 @@ def test_bad_probe_inputs(tmp_path):
     with pytest.raises(ScalelensError, match="tokens, more than"):
         capture(lm, [preset("resid")], prompts(2), tmp_path / "x.h5", max_length=3)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_logit_predictions_and_segment_offset(tmp_path):
+    from scalelens.probes.prompts import Prompt
+
+    ps = [Prompt((("ctx", "w1 w2 w3 w4"), ("answer", "w5 w6"))),
+          Prompt((("ctx", "w7 w8 w9"), ("answer", "w3")))]
+    rows = Positions.parse("segment:answer@-1")
+    probes = [ProbeSpec("pred", "logits", reduction="top1", positions=rows),
+              ProbeSpec("t1", "attn_pattern", reduction="top1", positions=rows)]
+    lm = loaded()
+    out = capture(lm, probes, ps, tmp_path / "p.h5", progress=False)
+    with CaptureFile(out) as f:
+        qpos = f.read("query_pos", "pred").data
+        token, prob = f.read("top1_token", "pred").data, f.read("top1_prob", "pred").data
+        assert f.read("top1_key", "t1").axes == ("prompt", "layer", "head", "query")
+        ids = f.read("tokens").data
+    np.testing.assert_array_equal(qpos, [[3, 4], [2, -1]])
+    for i in range(2):
+        n = 6 if i == 0 else 4
+        with torch.no_grad():
+            logits = lm.model(torch.tensor(ids[i, :n], dtype=torch.long)[None]).logits[0]
+        q = qpos[i][qpos[i] >= 0]
+        np.testing.assert_array_equal(token[i, 0, : len(q)], logits[q].argmax(-1).numpy())
+        np.testing.assert_allclose(prob[i, 0, : len(q)], logits[q].softmax(-1).max(-1).values.numpy(),
+                                   rtol=1e-5)
+    assert token[1, 0, 1] == -1
