@@ -37,6 +37,8 @@ class CaptureSettings:
         max_length: Longest prompt accepted, in tokens; default: the model's context.
         backend: ``native`` (torch hooks), ``nnsight`` or ``transformer-lens``.
         overwrite: Replace an existing output instead of resuming it.
+        reuse_complete: Accept an existing complete compatible output as the result
+            (otherwise that is an error, so finished work is never silently redone).
         progress: Show a progress bar.
     """
 
@@ -44,6 +46,7 @@ class CaptureSettings:
     max_length: int | None = None
     backend: str = "native"
     overwrite: bool = False
+    reuse_complete: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -157,7 +160,11 @@ class Capture:
         ]
         layout = {rt.spec.name: rt.datasets() for rt in self._runtimes}
         writer = CaptureWriter.open(self.out, self._identity(tok), tok, layout,
-                                    self.settings.batch_size, self.settings.overwrite)
+                                    self.settings.batch_size, self.settings.overwrite,
+                                    self.settings.reuse_complete)
+        if writer.complete:
+            writer.close()
+            return self.out
         try:
             self._run_batches(writer, tok, rows)
             writer.finish()

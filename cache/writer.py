@@ -105,19 +105,22 @@ class CaptureWriter:
     @classmethod
     def open(cls, path: str | Path, identity: FileIdentity, tokens: Any,
              probes: dict[str, list[DatasetSpec]], batch_rows: int,
-             overwrite: bool = False) -> CaptureWriter:
+             overwrite: bool = False, reuse_complete: bool = False) -> CaptureWriter:
         """Create ``path`` (atomically, via a temporary file) or reopen it to resume.
+
+        A complete compatible file is an error unless ``reuse_complete`` (then the
+        returned writer is already :attr:`complete`).
 
         Raises:
             ScalelensError: if the directory is unwritable, or the file is complete
-                (without ``overwrite``) or belongs to another capture.
+                (without ``overwrite`` or ``reuse_complete``) or belongs to another capture.
         """
         path = Path(path)
         _check_writable(path)
         if path.exists() and overwrite:
             path.unlink()
         if path.exists():
-            return cls._resume(path, identity)
+            return cls._resume(path, identity, reuse_complete)
         tmp = path.with_name(path.name + ".creating")
         try:
             with h5py.File(tmp, "w") as f:
@@ -133,7 +136,7 @@ class CaptureWriter:
         return cls(path, h5py.File(path, "r+", locking=False))
 
     @classmethod
-    def _resume(cls, path: Path, identity: FileIdentity) -> CaptureWriter:
+    def _resume(cls, path: Path, identity: FileIdentity, reuse_complete: bool) -> CaptureWriter:
         try:
             f = h5py.File(path, "r+", locking=False)
         except OSError as e:
@@ -154,7 +157,7 @@ class CaptureWriter:
             raise IncompatibleResumeError(
                 f"{path} holds a capture with a different {what}; use another --out or --overwrite"
             )
-        if writer.complete:
+        if writer.complete and not reuse_complete:
             f.close()
             raise ScalelensError(f"{path} is already complete; pass --overwrite to redo it")
         return writer

@@ -39,22 +39,28 @@ def _inner_function(module: nn.Module, inner: str) -> Callable[..., Any]:
     return ALL_ATTENTION_FUNCTIONS[inner]
 
 
-def _tapped_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, *args, **kwargs):
-    layer, inner, callback = _ACTIVE[id(module)]
-    attention_mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-    scaling = kwargs.get("scaling")
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    replaced = callback(layer, query, key, attention_mask, float(scaling), kwargs)
-    if replaced is not None:
-        query = replaced
-    return _inner_function(module, inner)(module, query, key, *args, **kwargs)
+def _make_tapped(inner: str) -> Callable[..., Any]:
+    """The wrapper registered as ``scalelens_<inner>``: tap, then run ``inner`` unchanged."""
+
+    def tapped(module: nn.Module, query: torch.Tensor, key: torch.Tensor, *args, **kwargs):
+        entry = _ACTIVE.get(id(module))
+        if entry is not None:
+            layer, _, callback = entry
+            mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+            scaling = kwargs.get("scaling")
+            scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+            replaced = callback(layer, query, key, mask, float(scaling), kwargs)
+            if replaced is not None:
+                query = replaced
+        return _inner_function(module, inner)(module, query, key, *args, **kwargs)
+
+    return tapped
 
 
 def _register(inner: str) -> str:
     name = TAP_PREFIX + inner
     if name not in ALL_ATTENTION_FUNCTIONS:
-        AttentionInterface.register(name, _tapped_attention)
+        AttentionInterface.register(name, _make_tapped(inner))
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])
     return name
 

@@ -1,0 +1,127 @@
+"""``scalelens measure`` and ``scalelens analyze``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from scalelens.commands.capture import add_model_args, int_list, load_from_args
+from scalelens.errors import ScalelensError
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """Parse ``0.1,0.5`` (argparse type)."""
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_analysis_args(p: argparse.ArgumentParser) -> None:
+    """Options of the four analyses (shared by measure and sweep)."""
+    p.add_argument("--analyses", default="all",
+                   help="comma-separated: retrieval_heads, massive_activations, superposition, "
+                        "text_dominance (default all)")
+    g = p.add_argument_group("retrieval heads")
+    g.add_argument("--retrieval-mode", choices=("fast", "reference"), default="fast")
+    g.add_argument("--needles", default="auto", help="auto, english, synthetic or a .jsonl file")
+    g.add_argument("--haystack", help="text file of haystack sentences")
+    g.add_argument("--context-lengths", type=int_list, help="haystack sizes in tokens, e.g. 300,700")
+    g.add_argument("--depths", type=float_list, help="needle depths, e.g. 0.1,0.5,0.9 (default 10)")
+    g.add_argument("--n-needles", type=int, default=2)
+    g.add_argument("--threshold", type=float, default=0.1, help="retrieval-head score bar")
+    g.add_argument("--gate", type=float, default=0.5, help="ROUGE-1 recall a test must exceed")
+    g.add_argument("--ablation-k", type=int, default=5, help="heads masked in the ablation (0: skip)")
+    g = p.add_argument_group("massive activations")
+    g.add_argument("--text", help="text file for the probe sequences")
+    g.add_argument("--n-sequences", type=int, default=10)
+    g.add_argument("--seq-length", type=int, default=None)
+    g.add_argument("--ratio-threshold", type=float, default=100.0)
+    g = p.add_argument_group("text dominance")
+    g.add_argument("--dilutions", type=int_list, default=(1, 5, 10))
+    g.add_argument("--dominance-prompts", type=int, default=8)
+    g.add_argument("--batch-size", type=int, default=4)
+
+
+def settings_from_args(args: argparse.Namespace):
+    """Build MeasureSettings from parsed options."""
+    from scalelens.measure.dominance import DominanceSettings
+    from scalelens.measure.massive import MassiveSettings
+    from scalelens.measure.retrieval import RetrievalSettings
+    from scalelens.measure.run import MeasureSettings
+    from scalelens.probes.haystack import DEPTHS
+
+    if args.batch_size < 1:
+        raise ScalelensError(f"batch size must be >= 1, got {args.batch_size}")
+    retrieval = RetrievalSettings(
+        mode=args.retrieval_mode, needles=args.needles, haystack=args.haystack,
+        context_lengths=args.context_lengths, depths=args.depths or DEPTHS, n_needles=args.n_needles,
+        threshold=args.threshold, gate=args.gate, ablation_k=args.ablation_k, batch_size=args.batch_size)
+    massive = MassiveSettings(n_sequences=args.n_sequences, length=args.seq_length, text=args.text,
+                              ratio_threshold=args.ratio_threshold, batch_size=args.batch_size)
+    dominance = DominanceSettings(dilutions=args.dilutions, n_prompts=args.dominance_prompts,
+                                  batch_size=args.batch_size)
+    return MeasureSettings(retrieval, massive, dominance)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``measure`` and ``analyze``."""
+    p = sub.add_parser("measure", help="capture and run the analyses on one model; write results.json")
+    add_model_args(p)
+    add_analysis_args(p)
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.set_defaults(func=run_measure)
+    a = sub.add_parser("analyze", help="rerun analyses on existing captures (no model needed)")
+    a.add_argument("path", type=Path, help="a capture .h5 file or a measure output directory")
+    a.add_argument("--threshold", type=float, default=0.1)
+    a.add_argument("--gate", type=float, default=0.5)
+    a.set_defaults(func=run_analyze)
+
+
+def run_measure(args: argparse.Namespace) -> int:
+    """Handle ``scalelens measure``."""
+    from scalelens.measure.run import measure, parse_analyses
+
+    analyses = parse_analyses(args.analyses)
+    settings = settings_from_args(args)
+    if args.out.exists() and not args.out.is_dir():
+        raise ScalelensError(f"--out {args.out} exists and is not a directory")
+    loaded = load_from_args(args)
+    measure(loaded, analyses, args.out, settings)
+    print(f"wrote {args.out / 'results.json'}")
+    return 0
+
+
+def analyze_file(path: Path, threshold: float = 0.1, gate: float = 0.5) -> dict[str, Any]:
+    """Every analysis the probes in one capture file support."""
+    from scalelens.analyses import from_capture as fc
+    from scalelens.cache.reader import CaptureFile
+    from scalelens.measure.dominance import OTHER, TEXT
+
+    out: dict[str, Any] = {}
+    with CaptureFile(path) as f:
+        names = set(f.probe_names)
+        if set(fc.RETRIEVAL_PROBES) <= names:
+            out["retrieval_heads"] = fc.retrieval_from_capture(f, threshold, gate).to_dict()
+        if fc.MASSIVE_PROBE in names:
+            out["massive_activations"] = fc.massive_from_capture(f).to_dict()
+        if fc.DOMINANCE_PROBE in names:
+            out["text_dominance"] = fc.dominance_from_capture(f, TEXT, OTHER).to_dict()
+        if not out:
+            raise ScalelensError(
+                f"{path} holds none of the probes the analyses read ({', '.join(sorted(names))}); "
+                "capture with `scalelens measure`"
+            )
+    return out
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Handle ``scalelens analyze``."""
+    files = sorted(args.path.glob("*.h5")) if args.path.is_dir() else [args.path]
+    if not files:
+        raise ScalelensError(f"{args.path} holds no .h5 captures")
+    result = {f.name: analyze_file(f, args.threshold, args.gate) for f in files}
+    print(json.dumps(result, indent=1, default=str, allow_nan=True))
+    return 0

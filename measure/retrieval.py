@@ -1,0 +1,222 @@
+"""Retrieval heads on a live model: needle tests, fast and reference scoring, masking ablation."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from scalelens.analyses.from_capture import RETRIEVAL_PROBES, retrieval_from_capture
+from scalelens.analyses.retrieval import NeedleTest, RetrievalResult, retrieval_scores, rouge1_recall
+from scalelens.cache.reader import CaptureFile
+from scalelens.capture import capture
+from scalelens.errors import ScalelensError
+from scalelens.hooks.arch import layer_part
+from scalelens.hooks.attention import attention_rows, attention_tap
+from scalelens.probes.haystack import (
+    DEPTHS,
+    ENGLISH_HAYSTACK,
+    ENGLISH_NEEDLES,
+    HaystackTest,
+    Needle,
+    build_tests,
+    default_context_lengths,
+    read_needles,
+    split_sentences,
+    synthetic_material,
+)
+from scalelens.probes.prompts import Prompt, tokenize
+from scalelens.probes.spec import Positions, ProbeSpec
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """Settings of the retrieval-head measurement.
+
+    Attributes:
+        mode: ``fast`` (one teacher-forced pass) or ``reference`` (greedy decoding).
+        needles: ``auto``, ``english``, ``synthetic`` or a .jsonl file of needles.
+        haystack: A text file of haystack sentences, or None for the built-in one.
+        context_lengths: Haystack sizes in tokens; None: 3 sizes up to the context.
+        depths: Needle depths in [0, 1].
+        n_needles: Built-in needles to use.
+        threshold: Retrieval-head bar (score > threshold).
+        gate: ROUGE-1 recall a test must exceed to count.
+        ablation_k: Heads to mask in the ablation (0 skips it).
+        seed: Seed of the random heads in the ablation.
+        batch_size: Prompts per forward pass in fast mode.
+    """
+
+    mode: str = "fast"
+    needles: str = "auto"
+    haystack: str | None = None
+    context_lengths: tuple[int, ...] | None = None
+    depths: tuple[float, ...] = DEPTHS
+    n_needles: int = 2
+    threshold: float = 0.1
+    gate: float = 0.5
+    ablation_k: int = 5
+    seed: int = 0
+    batch_size: int = 4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("fast", "reference"):
+            raise ScalelensError(f"retrieval mode must be fast or reference, got {self.mode!r}")
+
+
+def _material(loaded: Any, s: RetrievalSettings) -> tuple[list[Needle], list[str]]:
+    kind = s.needles
+    if kind == "auto":
+        kind = "synthetic" if loaded.info.source_kind == "suite" else "english"
+    if kind == "synthetic":
+        needles, hay = synthetic_material(max(1, s.n_needles))
+    elif kind == "english":
+        needles, hay = list(ENGLISH_NEEDLES[: max(1, s.n_needles)]), split_sentences(ENGLISH_HAYSTACK)
+    else:
+        needles, hay = read_needles(kind), split_sentences(ENGLISH_HAYSTACK)
+    if s.haystack:
+        path = Path(s.haystack)
+        if not path.is_file():
+            raise ScalelensError(f"haystack file {path} does not exist")
+        hay = split_sentences(path.read_text(encoding="utf-8"))
+    return needles, hay
+
+
+def haystack_tests(loaded: Any, s: RetrievalSettings, with_answer: bool) -> list[HaystackTest]:
+    """Build the needle tests for ``loaded`` under settings ``s``."""
+    needles, hay = _material(loaded, s)
+    lengths = list(s.context_lengths or default_context_lengths(loaded.info.max_position))
+    return build_tests(needles, hay, loaded.tokenizer, lengths, s.depths, with_answer=with_answer)
+
+
+def retrieval_probes() -> list[ProbeSpec]:
+    """Top-1 key per head and the greedy prediction at every answer-producing row."""
+    rows = Positions.parse("segment:answer@-1")
+    return [ProbeSpec(RETRIEVAL_PROBES[0], "attn_pattern", reduction="top1", positions=rows),
+            ProbeSpec(RETRIEVAL_PROBES[1], "logits", reduction="top1", positions=rows)]
+
+
+def fast_scores(loaded: Any, s: RetrievalSettings, out: Path, overwrite: bool = False,
+                progress: bool = True) -> tuple[RetrievalResult, list[HaystackTest]]:
+    """Teacher-forced scoring: one capture pass, then scoring from the file."""
+    tests = haystack_tests(loaded, s, with_answer=True)
+    capture(loaded, retrieval_probes(), [t.prompt for t in tests], out, batch_size=s.batch_size,
+            overwrite=overwrite, reuse_complete=True,
+            progress=progress)
+    with CaptureFile(out) as f:
+        return retrieval_from_capture(f, s.threshold, s.gate), tests
+
+
+# -- reference mode: greedy decoding token by token -------------------------------------
+def _attn_modules(loaded: Any) -> dict[int, torch.nn.Module]:
+    return {i: layer_part(loaded.model, i, "attn") for i in range(loaded.info.n_layers)}
+
+
+def _greedy_top1(loaded: Any, ids: torch.Tensor, steps: int) -> tuple[np.ndarray, list[int]]:
+    """Decode ``steps`` tokens greedily; top-1 key of every head at every step."""
+    info = loaded.info
+    top1 = np.full((info.n_layers, info.n_heads, steps), -1, dtype=np.int64)
+    state = {"step": 0}
+
+    def tap(layer, q, k, mask, scaling, kwargs):
+        rows = torch.full((q.shape[0], 1), q.shape[2] - 1, device=q.device)
+        probs = attention_rows(q, k, rows, mask, scaling, kwargs)
+        top1[layer, :, state["step"]] = probs[0, :, 0].argmax(-1).cpu().numpy()
+
+    produced: list[int] = []
+    with attention_tap(loaded.model, _attn_modules(loaded), tap), torch.inference_mode():
+        for step in range(steps):
+            state["step"] = step
+            logits = loaded.model(input_ids=ids, use_cache=False).logits[0, -1]
+            produced.append(int(logits.argmax()))
+            ids = torch.cat([ids, ids.new_tensor([[produced[-1]]])], dim=1)
+    return top1, produced
+
+
+def reference_scores(loaded: Any, s: RetrievalSettings, progress: bool = True) -> RetrievalResult:
+    """The paper's procedure: greedy decoding, top-1 attention at every produced token."""
+    tests = haystack_tests(loaded, s, with_answer=True)
+    tok = tokenize([t.prompt for t in tests], loaded.tokenizer, loaded.info.max_position)
+    need, ans = tok.labels.index("needle_answer"), tok.labels.index("answer")
+    needle_tests = []
+    for i in tqdm(range(len(tests)), desc="retrieval (reference)", disable=not progress):
+        n = int(tok.lengths[i])
+        seg = tok.segments[i, :n]
+        start = int(np.flatnonzero(seg == ans)[0])
+        ids = torch.tensor(tok.ids[i, :start], dtype=torch.long, device=loaded.model.device)[None]
+        top1, produced = _greedy_top1(loaded, ids, n - start)
+        span = np.flatnonzero(seg == need)
+        needle_tests.append(NeedleTest(top1, tok.ids[i, :start], (int(span[0]), int(span[-1]) + 1),
+                                       np.array(produced)))
+    return retrieval_scores(needle_tests, threshold=s.threshold, gate=s.gate)
+
+
+# -- masking ablation ---------------------------------------------------------------
+@contextmanager
+def masked_heads(loaded: Any, heads: list[tuple[int, int]]) -> Iterator[None]:
+    """Make the listed heads attend uniformly (zeroed pre-softmax logits) while inside."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+    modules = {i: layer_part(loaded.model, i, "attn") for i in by_layer}
+
+    def zero_query(layer, q, k, mask, scaling, kwargs):
+        q = q.clone()
+        q[:, by_layer[layer]] = 0
+        return q
+
+    if not heads:
+        yield
+        return
+    with attention_tap(loaded.model, modules, zero_query):
+        yield
+
+
+def needle_recall(loaded: Any, prompts: list[Prompt], heads: list[tuple[int, int]]) -> float:
+    """Mean ROUGE-1 recall (token ids) of greedy answers with ``heads`` masked."""
+    tok = tokenize(prompts, loaded.tokenizer, loaded.info.max_position)
+    need, ans = tok.labels.index("needle_answer"), tok.labels.index("answer")
+    recalls = []
+    with masked_heads(loaded, heads), torch.inference_mode():
+        for i, n in enumerate(tok.lengths):
+            seg = tok.segments[i, :n]
+            start = int(np.flatnonzero(seg == ans)[0])
+            ids = torch.tensor(tok.ids[i, :start], dtype=torch.long, device=loaded.model.device)[None]
+            out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                        max_new_tokens=int(n - start), pad_token_id=_pad(loaded))
+            produced = out[0, start:].tolist()
+            recalls.append(rouge1_recall(produced, tok.ids[i, :n][seg == need].tolist()))
+    return float(np.mean(recalls))
+
+
+def _pad(loaded: Any) -> int:
+    tok = loaded.tokenizer
+    return int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
+
+
+def ablation(loaded: Any, result: RetrievalResult, tests: list[HaystackTest], k: int,
+             seed: int) -> dict[str, Any]:
+    """Needle recall with the top-``k`` retrieval heads masked vs ``k`` random other heads."""
+    info = loaded.info
+    k = min(k, info.n_layers * info.n_heads - 1)
+    top = result.top_heads(k)
+    others = [(a, b) for a in range(info.n_layers) for b in range(info.n_heads) if (a, b) not in top]
+    rand = random.Random(seed).sample(others, k)
+    prompts = [t.prompt for t in tests]
+    return {
+        "k": k,
+        "seed": seed,
+        "top_heads": [list(h) for h in top],
+        "random_heads": [list(h) for h in rand],
+        "recall_unmasked": needle_recall(loaded, prompts, []),
+        "recall_top_masked": needle_recall(loaded, prompts, top),
+        "recall_random_masked": needle_recall(loaded, prompts, rand),
+    }

@@ -1,0 +1,101 @@
+"""``measure``: capture what each analysis needs, analyse, and write results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from scalelens import __version__
+from scalelens.errors import ScalelensError
+from scalelens.measure.dominance import DominanceSettings, measure_dominance
+from scalelens.measure.massive import MassiveSettings, measure_massive
+from scalelens.measure.retrieval import RetrievalSettings, ablation, fast_scores, reference_scores
+from scalelens.measure.superposition import measure_superposition
+
+ANALYSES = ("retrieval_heads", "massive_activations", "superposition", "text_dominance")
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """Settings of every analysis of one ``measure`` run.
+
+    Attributes:
+        retrieval: Retrieval-head settings.
+        massive: Massive-activation settings.
+        dominance: Text-dominance settings.
+    """
+
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    massive: MassiveSettings = field(default_factory=MassiveSettings)
+    dominance: DominanceSettings = field(default_factory=DominanceSettings)
+
+
+def parse_analyses(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated analysis list (``all`` for every one)."""
+    names = ANALYSES if text.strip() == "all" else tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [n for n in names if n not in ANALYSES]
+    if bad or not names:
+        raise ScalelensError(
+            f"unknown analysis {', '.join(bad) or '(none)'}; choose from {', '.join(ANALYSES)}"
+        )
+    return names
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=False, default=str))
+    os.replace(tmp, path)
+
+
+def _retrieval(loaded: Any, s: RetrievalSettings, out: Path, progress: bool) -> dict[str, Any]:
+    if s.mode == "reference":
+        result, tests = reference_scores(loaded, s, progress), None
+    else:
+        result, tests = fast_scores(loaded, s, out / "retrieval.h5", progress=progress)
+    data = result.to_dict()
+    data["mode"] = s.mode
+    if s.ablation_k > 0 and result.n_tests_passed > 0:
+        from scalelens.measure.retrieval import haystack_tests
+
+        data["ablation"] = ablation(loaded, result, tests or haystack_tests(loaded, s, True),
+                                    s.ablation_k, s.seed)
+    return data
+
+
+def _massive(loaded: Any, s: MassiveSettings, out: Path, progress: bool) -> dict[str, Any]:
+    result, effect = measure_massive(loaded, s, out / "massive.h5", progress=progress)
+    data = result.to_dict()
+    data["intervention"] = effect
+    return data
+
+
+def measure(loaded: Any, analyses: tuple[str, ...], out: str | Path,
+            settings: MeasureSettings | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run ``analyses`` on ``loaded``; write ``out/*.h5`` and ``out/results.json``.
+
+    Captures already complete in ``out`` are reused, incomplete ones resumed.
+    """
+    s = settings or MeasureSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runners = {
+        "retrieval_heads": lambda: _retrieval(loaded, s.retrieval, out, progress),
+        "massive_activations": lambda: _massive(loaded, s.massive, out, progress),
+        "superposition": lambda: measure_superposition(loaded),
+        "text_dominance": lambda: measure_dominance(loaded, s.dominance, out, progress=progress),
+    }
+    results = {name: runners[name]() for name in analyses}
+    data = {
+        "scalelens_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": loaded.info.to_dict(),
+        "settings": asdict(s),
+        "analyses": results,
+    }
+    write_json(out / "results.json", data)
+    return data

@@ -1,0 +1,208 @@
+"""Needle-in-a-haystack stimuli (Wu et al. 2024) as labelled prompts.
+
+A test is a haystack of whole sentences with a needle sentence inserted at a
+sentence boundary at a given depth, followed by a question; the needle's answer
+is the piece the model must produce. Prompts are labelled pieces::
+
+    haystack | needle | needle_answer | needle | haystack | question | answer
+
+``needle_answer`` is the part of the needle sentence the answer repeats: its token
+span is the needle span of the retrieval score.
+The ``answer`` piece is present for teacher-forced (fast) scoring and left out
+for greedy decoding (the reference mode).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scalelens.errors import ScalelensError
+from scalelens.probes.prompts import Prompt
+
+DEPTHS = tuple(round(0.1 * i, 1) for i in range(10))
+
+
+@dataclass(frozen=True)
+class Needle:
+    """A needle sentence, the question asking for it, and the expected answer."""
+
+    needle: str
+    question: str
+    answer: str
+
+    def __post_init__(self) -> None:
+        if not (self.needle.strip() and self.question.strip() and self.answer.strip()):
+            raise ScalelensError("a needle needs non-empty 'needle', 'question' and 'answer'")
+        if self.answer.strip() not in self.needle:
+            raise ScalelensError(f"needle answer {self.answer!r} does not occur in its needle sentence")
+
+
+@dataclass(frozen=True)
+class HaystackTest:
+    """One test: where the needle went and the prompt pieces."""
+
+    needle: Needle
+    context_tokens: int
+    depth: float
+    prompt: Prompt
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable description (stored beside the capture)."""
+        return {"needle": self.needle.__dict__, "context_tokens": self.context_tokens,
+                "depth": self.depth}
+
+
+ENGLISH_NEEDLES = (
+    Needle("The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.",
+           "What is the best thing to do in San Francisco?",
+           "eat a sandwich and sit in Dolores Park on a sunny day"),
+    Needle("The secret ingredient of the soup is a spoon of smoked paprika from Seville.",
+           "What is the secret ingredient of the soup?", "a spoon of smoked paprika from Seville"),
+)
+
+ENGLISH_HAYSTACK = (
+    "The river runs slowly through the old town in the summer. Farmers bring vegetables to the "
+    "market every morning. Children play near the bridge while their parents talk. The library "
+    "opens at nine and closes late on Thursdays. A small bakery sells bread that smells of "
+    "cinnamon. The train to the coast leaves twice a day. Many visitors walk along the harbour "
+    "at sunset. The museum shows paintings of ships and storms. In winter the streets are quiet "
+    "and cold. The school has a garden where students grow herbs. An old clock tower stands in "
+    "the square. People meet in the cafe to read the newspaper. The hills behind the town are "
+    "covered with vineyards. A festival with music and lanterns takes place every autumn."
+)
+
+
+def read_needles(path: str | Path) -> list[Needle]:
+    """Read ``{"needle", "question", "answer"}`` objects, one per line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ScalelensError(f"needle file {p} does not exist")
+    needles = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            needles.append(Needle(str(obj["needle"]), str(obj["question"]), str(obj["answer"])))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ScalelensError(
+                f'{p}:{i + 1}: expected {{"needle": ..., "question": ..., "answer": ...}}'
+            ) from None
+    if not needles:
+        raise ScalelensError(f"needle file {p} has no needles")
+    return needles
+
+
+def synthetic_material(n_needles: int = 4, seed: int = 0) -> tuple[list[Needle], list[str]]:
+    """Needles and haystack sentences in the language of the built-in corpus.
+
+    Half the needles are key/value facts (``the code of X is N .``), half are word
+    lists to be repeated (``list : a b c .`` / ``again :``), the two recall formats
+    the mini suite was trained on. The haystack holds plain story sentences.
+    """
+    from scalelens.models.corpus import CorpusConfig, generate_documents
+
+    docs = generate_documents(CorpusConfig(n_docs=300, seed=seed))
+    lines = [ln for d in docs for ln in d.splitlines() if ln.strip()]
+    special = ("the code of", "what is", "list :", "again :")
+    story = [ln for ln in lines if not ln.startswith(special)]
+    names = sorted({ln.split()[3] for ln in lines if ln.startswith("the code of")})
+    words = sorted({w for ln in story for w in ln.split() if w.isalpha()})
+    rng = random.Random(seed + 1)
+    needles = []
+    for i in range(n_needles):
+        if i % 2 == 0:
+            name, value = rng.choice(names), str(rng.randint(100, 9999))
+            needles.append(Needle(f"the code of {name} is {value} .",
+                                  f"what is the code of {name} ?", f"{value} ."))
+        else:
+            span = " ".join(rng.choice(words) for _ in range(6))
+            needles.append(Needle(f"list : {span} .", "again :", f"{span} ."))
+    return needles, sorted(set(story), key=story.index)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split haystack text into sentences (lines, or '. '-separated prose)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 1:
+        return lines
+    parts = [p.strip() for p in text.replace("\n", " ").split(". ") if p.strip()]
+    return [p if p.endswith(".") else p + "." for p in parts]
+
+
+def _fill(sentences: list[str], tokenizer: Any, budget: int) -> list[tuple[str, int]]:
+    """Cycle through sentences until ``budget`` tokens; each with its token count."""
+    out: list[tuple[str, int]] = []
+    total, i = 0, 0
+    while total < budget:
+        s = sentences[i % len(sentences)]
+        n = len(tokenizer("\n" + s, add_special_tokens=False)["input_ids"])
+        if total + n > budget and out:
+            break
+        out.append((s, n))
+        total, i = total + n, i + 1
+    return out
+
+
+def build_tests(needles: list[Needle], haystack: list[str], tokenizer: Any,
+                context_lengths: list[int], depths: tuple[float, ...] = DEPTHS,
+                with_answer: bool = True) -> list[HaystackTest]:
+    """Build every (needle, context length, depth) test.
+
+    Args:
+        needles: The needles.
+        haystack: Haystack sentences (cycled to reach each length).
+        tokenizer: The model's tokenizer (lengths are counted in its tokens).
+        context_lengths: Haystack sizes in tokens.
+        depths: Needle depths in [0, 1] (0 = start, 1 = end of the haystack).
+        with_answer: Append the answer piece (teacher forcing).
+    """
+    if not haystack:
+        raise ScalelensError("the haystack has no sentences")
+    if any(not 0 <= d <= 1 for d in depths):
+        raise ScalelensError(f"depths must lie in [0, 1], got {list(depths)}")
+    tests = []
+    for length in context_lengths:
+        filled = _fill(haystack, tokenizer, length)
+        for needle in needles:
+            for depth in depths:
+                tests.append(HaystackTest(needle, length, depth, _prompt(filled, needle, depth, with_answer)))
+    return tests
+
+
+def _prompt(filled: list[tuple[str, int]], needle: Needle, depth: float, with_answer: bool) -> Prompt:
+    total = sum(n for _, n in filled)
+    cut, acc = len(filled), 0
+    for i, (_, n) in enumerate(filled):  # sentence boundary nearest depth * total
+        if acc >= depth * total:
+            cut = i
+            break
+        acc += n
+    before = "\n".join(s for s, _ in filled[:cut])
+    after = "\n".join(s for s, _ in filled[cut:])
+    pieces = [("haystack", before)] if before else []
+    head, _, tail = needle.needle.partition(needle.answer.strip())
+    head = ("\n" if before else "") + head
+    if head.strip():
+        pieces.append(("needle", head.rstrip()))
+    pieces.append(("needle_answer", (" " if head.strip() else "") + needle.answer.strip()))
+    if tail.strip():
+        pieces.append(("needle", tail))
+    if after:
+        pieces.append(("haystack", "\n" + after))
+    pieces.append(("question", "\n" + needle.question))
+    if with_answer:
+        pieces.append(("answer", " " + needle.answer.strip()))
+    return Prompt(tuple(pieces))
+
+
+def default_context_lengths(max_position: int, reserve: int = 64, n: int = 3) -> list[int]:
+    """``n`` haystack sizes evenly spaced up to the model's context minus ``reserve`` tokens."""
+    top = max_position - reserve
+    if top < 16:
+        raise ScalelensError(f"the model's context ({max_position}) is too short for haystack tests")
+    return sorted({max(16, top * (i + 1) // n) for i in range(n)})
