@@ -1,0 +1,79 @@
+"""Fit every scalar metric against parameter count, and massive-activation dynamics per size."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scalelens.analyses.dynamics import fit_dynamics_layers
+from scalelens.analyses.scaling import FitResult, fit_scaling, fits_to_json
+
+SATURATING = {"massive_activations.loss", "superposition.mean_sq_overlap"}
+X_NAMES = ("n_params", "n_params_non_embedding")
+MIN_DYNAMICS_POINTS = 6
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _final_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Rows of each size's last checkpoint."""
+    last: dict[str, int] = {}
+    for r in rows:
+        step = int(r["step"]) if r["step"] else 0
+        last[r["size"]] = max(last.get(r["size"], step), step)
+    return [r for r in rows if (int(r["step"]) if r["step"] else 0) == last[r["size"]]]
+
+
+def scaling_fits(rows: list[dict[str, str]], n_boot: int = 200) -> list[FitResult]:
+    """Power law (and saturating where a metric has an asymptote) for each scalar metric."""
+    by_metric: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+    for r in _final_rows(rows):
+        if r["layer"] == "" and r["head"] == "":
+            name = f"{r['analysis']}.{r['metric']}"
+            by_metric[name][r["size"]] = r  # type: ignore[assignment]
+    fits = []
+    for name, per_size in sorted(by_metric.items()):
+        if len(per_size) < 3:
+            continue
+        for x_name in X_NAMES:
+            x = np.array([float(v[x_name]) for v in per_size.values()])  # type: ignore[index]
+            y = np.array([float(v["value"]) for v in per_size.values()])  # type: ignore[index]
+            forms = ("power_law", "saturating") if name in SATURATING else ("power_law",)
+            fits += [fit_scaling(x, y, form=f, metric=name, x_name=x_name, n_boot=n_boot) for f in forms]
+    return fits
+
+
+def dynamics_fits(rows: list[dict[str, str]]) -> list[Any]:
+    """Per size and layer: the massive-activation ratio against training step."""
+    table: dict[str, dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        if r["analysis"] == "massive_activations" and r["metric"] == "ratio" and r["step"]:
+            table[r["size"]][int(r["step"])][int(r["layer"])] = float(r["value"])
+    out = []
+    for size, by_step in sorted(table.items()):
+        steps = sorted(by_step)
+        if len(steps) < MIN_DYNAMICS_POINTS:
+            continue
+        layers = sorted(by_step[steps[0]])
+        values = np.array([[by_step[s].get(layer, np.nan) for layer in layers] for s in steps])
+        if np.isnan(values).any():
+            continue
+        out += fit_dynamics_layers(np.array(steps, dtype=float), values, size=size)
+    return out
+
+
+def write_fits(run_dir: Path, n_boot: int = 200) -> dict[str, Any]:
+    """Write RUN_DIR/fits.json from RUN_DIR/metrics.csv."""
+    from scalelens.measure.run import write_json
+
+    rows = _read(run_dir / "metrics.csv")
+    data = fits_to_json(scaling_fits(rows, n_boot), dynamics_fits(rows))
+    write_json(run_dir / "fits.json", data)
+    return data

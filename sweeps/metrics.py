@@ -1,0 +1,115 @@
+"""Flatten per-task results.json files into metrics.csv rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("model", "size", "revision", "step", "n_params", "n_params_non_embedding", "analysis",
+           "metric", "layer", "head", "value")
+
+Row = tuple[str, str, Any, Any]  # (analysis, metric, layer, head) -> value appended
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _retrieval(a: dict[str, Any]) -> Iterator[tuple[str, Any, Any, Any]]:
+    yield "fraction", None, None, a.get("fraction")
+    yield "fraction_zero", None, None, a.get("fraction_zero")
+    yield "n_tests_passed", None, None, a.get("n_tests_passed")
+    for layer, row in enumerate(a.get("scores") or []):
+        for head, value in enumerate(row):
+            yield "score", layer, head, value
+    abl = a.get("ablation") or {}
+    for key in ("recall_unmasked", "recall_top_masked", "recall_random_masked"):
+        if key in abl:
+            yield key, None, None, abl[key]
+
+
+def _massive(a: dict[str, Any]) -> Iterator[tuple[str, Any, Any, Any]]:
+    ratios = []
+    for row in a.get("per_layer", []):
+        for key in ("ratio", "max_abs", "median_abs"):
+            yield key, row["layer"], None, row.get(key)
+        if _num(row.get("ratio")) is not None:
+            ratios.append(float(row["ratio"]))
+    if ratios:
+        yield "max_ratio", None, None, max(ratios)
+    yield "n_massive", None, None, len(a.get("massive", []))
+    effect = a.get("intervention") or {}
+    for key in ("loss", "delta_zero", "delta_mean"):
+        if key in effect:
+            yield key, None, None, effect[key]
+
+
+def _superposition(a: dict[str, Any]) -> Iterator[tuple[str, Any, Any, Any]]:
+    for key in ("mean_sq_overlap", "mean_sq_overlap_centered", "inv_m", "phi_half", "phi_one", "m", "n"):
+        yield key, None, None, a.get(key)
+
+
+def _dominance(a: dict[str, Any]) -> Iterator[tuple[str, Any, Any, Any]]:
+    for row in a.get("per_layer", []):
+        for key in ("mdi", "aei_text", "aei_other"):
+            yield key, row["layer"], None, row.get(key)
+    for group, stats in (a.get("groups") or {}).items():
+        for key in ("mdi", "aei_text", "aei_other"):
+            yield f"{key}_{group}", None, None, stats.get(key)
+    for d in a.get("dilution", []):
+        yield f"mdi_middle_x{d['factor']}", None, None, d.get("mdi_middle")
+
+
+FLATTENERS = {"retrieval_heads": _retrieval, "massive_activations": _massive,
+              "superposition": _superposition, "text_dominance": _dominance}
+
+
+def rows_of(results: dict[str, Any], size: str) -> Iterator[dict[str, Any]]:
+    """metrics.csv rows of one task's results.json (non-finite values are dropped)."""
+    m = results["model"]
+    base = {"model": m["name"], "size": size, "revision": m.get("revision") or "",
+            "step": "" if m.get("step") is None else m["step"], "n_params": m["n_params"],
+            "n_params_non_embedding": m["n_params_non_embedding"]}
+    for analysis, data in results["analyses"].items():
+        for metric, layer, head, value in FLATTENERS.get(analysis, lambda _: iter(()))(data):
+            v = _num(value)
+            if v is not None:
+                yield {**base, "analysis": analysis, "metric": metric,
+                       "layer": "" if layer is None else layer, "head": "" if head is None else head,
+                       "value": v}
+
+
+def write_metrics(run_dir: Path, tasks: list[tuple[str, Path]]) -> Path:
+    """Write RUN_DIR/metrics.csv (and .parquet if pyarrow is present) from finished tasks."""
+    rows = []
+    for size, results_path in tasks:
+        rows.extend(rows_of(json.loads(results_path.read_text()), size))
+    path = run_dir / "metrics.csv"
+    tmp = path.with_name("metrics.csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    _parquet(run_dir, rows)
+    return path
+
+
+def _parquet(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return
+    cols = {c: [str(r[c]) if c in ("layer", "head", "step") else r[c] for r in rows] for c in COLUMNS}
+    pq.write_table(pa.table(cols), run_dir / "metrics.parquet")

@@ -1,0 +1,62 @@
+"""A sweep: expand the spec, run or skip every task, then collect metrics and fits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from scalelens import __version__
+from scalelens.sweeps.executors import EXECUTORS
+from scalelens.sweeps.fits import write_fits
+from scalelens.sweeps.metrics import write_metrics
+from scalelens.sweeps.spec import SweepSpec, expand
+from scalelens.sweeps.tasks import TaskOutcome, is_done, task_dir
+
+
+@dataclass
+class SweepSummary:
+    """Outcome of a sweep run."""
+
+    run_dir: Path
+    outcomes: list[TaskOutcome] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        """Tasks with ``status`` (done, skipped, failed)."""
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[TaskOutcome]:
+        """The failed tasks."""
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def sweep(spec: SweepSpec, run_dir: str | Path, n_boot: int = 200) -> SweepSummary:
+    """Run ``spec`` into ``run_dir``: tasks, then metrics.csv, fits.json and run.json."""
+    from scalelens.measure.run import write_json
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tasks = expand(spec)
+    summary = SweepSummary(run_dir)
+    EXECUTORS[spec.executor](tasks, spec, run_dir, summary.outcomes.append)
+    finished = [(t.size, task_dir(run_dir, t) / "results.json") for t in tasks if is_done(run_dir, t)]
+    if finished:
+        write_metrics(run_dir, finished)
+        write_fits(run_dir, n_boot)
+    write_json(run_dir / "run.json", _run_info(spec, tasks, summary))
+    return summary
+
+
+def _run_info(spec: SweepSpec, tasks: list, summary: SweepSummary) -> dict[str, Any]:
+    return {
+        "scalelens_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "models": sorted({t.source for t in tasks}),
+        "sizes": list(dict.fromkeys(t.size for t in tasks)),
+        "analyses": list(spec.analyses),
+        "settings": spec.to_dict(),
+        "tasks": [{"key": o.key, "status": o.status, "attempts": o.attempts, "error": o.error}
+                  for o in summary.outcomes],
+    }

@@ -1,0 +1,88 @@
+"""Running one sweep task: load the checkpoint, measure it, write its results.json."""
+
+from __future__ import annotations
+
+import argparse
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scalelens.errors import ScalelensError
+from scalelens.sweeps.spec import SweepSpec, Task
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What happened to one task.
+
+    Attributes:
+        key: The task's key (``size/revision``).
+        status: ``done`` (ran now), ``skipped`` (finished earlier) or ``failed``.
+        attempts: Attempts made in this run.
+        error: The last error line, when failed.
+    """
+
+    key: str
+    status: str
+    attempts: int
+    error: str | None = None
+
+
+def measure_settings(options: dict[str, Any]):
+    """MeasureSettings from measure-CLI-style options (``{"n_needles": 1, ...}``)."""
+    from scalelens.commands.measure import add_analysis_args, settings_from_args
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_analysis_args(parser)
+    args = parser.parse_args([])
+    known = vars(args)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ScalelensError(
+            f"unknown sweep setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+        )
+    for key, value in options.items():
+        setattr(args, key, tuple(value) if isinstance(value, list) else value)
+    return settings_from_args(args)
+
+
+def task_dir(run_dir: Path, task: Task) -> Path:
+    """Where a task writes its captures and results.json."""
+    return run_dir / "tasks" / task.key
+
+
+def is_done(run_dir: Path, task: Task) -> bool:
+    """A task is finished when its results.json exists (it is written last, atomically)."""
+    return (task_dir(run_dir, task) / "results.json").is_file()
+
+
+def run_task(task: Task, spec: SweepSpec, run_dir: Path, progress: bool = False) -> dict[str, Any]:
+    """Load ``task``'s model and run the spec's analyses; raises on failure."""
+    from scalelens.measure.run import measure
+    from scalelens.models.load import load_model
+
+    settings = measure_settings(spec.settings)
+    loaded = load_model(task.source, revision=task.revision, device=spec.device)
+    out = task_dir(run_dir, task)
+    data = measure(loaded, tuple(spec.analyses), out, settings, progress=progress)
+    return {"size": task.size, "revision": task.revision, "step": task.step, **data["model"]}
+
+
+def attempt(task: Task, spec: SweepSpec, run_dir: Path, retries: int = 1) -> TaskOutcome:
+    """Run ``task`` unless done; retry a failure ``retries`` times; never raise."""
+    if is_done(run_dir, task):
+        return TaskOutcome(task.key, "skipped", 0)
+    error = None
+    for n in range(1, retries + 2):
+        try:
+            run_task(task, spec, run_dir)
+            return TaskOutcome(task.key, "done", n)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # reported per task; the sweep goes on
+            error = f"{type(e).__name__}: {e}".splitlines()[0]
+            log = task_dir(run_dir, task)
+            log.mkdir(parents=True, exist_ok=True)
+            (log / "error.log").write_text(traceback.format_exc())
+    return TaskOutcome(task.key, "failed", retries + 1, error)
