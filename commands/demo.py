@@ -1,0 +1,55 @@
+"""``scalelens demo``: the whole pipeline offline on the embedded mini suite."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+# Small settings so the demo fits in minutes on 2 CPU cores (see README).
+DEMO_SETTINGS: dict[str, Any] = {
+    "context_lengths": (48, 144),
+    "depths": (0.1, 0.3, 0.5, 0.7, 0.9),
+    "n_needles": 2,
+    "ablation_k": 3,
+    "n_sequences": 10,
+    "seq_length": 96,
+    "dilutions": (1, 5, 10),
+    "dominance_prompts": 4,
+    "batch_size": 10,
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``demo``."""
+    p = sub.add_parser("demo", help="offline end to end: mini suite -> sweep -> fits -> report")
+    p.add_argument("--out", type=Path, default=Path("scalelens_out/demo"), help="run directory")
+    p.add_argument("--suite", type=Path, help="mini suite directory (default: the cached one)")
+    p.add_argument("--preset", default="default", help="suite preset when building (default, micro)")
+    p.add_argument("--checkpoints", default="all", help="all, log, final or steps")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Build or reuse the suite, sweep it with all four analyses, fit, and render the report."""
+    from scalelens.models.suite import build_suite, default_suite_dir
+    from scalelens.reports.render import render_report
+    from scalelens.sweeps.cli import _checkpoints
+    from scalelens.sweeps.run import sweep
+    from scalelens.sweeps.spec import SweepSpec
+
+    start = time.monotonic()
+    suite = args.suite or default_suite_dir(args.preset)
+    print(f"suite: {suite} (built on first use, then reused)")
+    build_suite(suite, preset=args.preset)
+    spec = SweepSpec(suite=str(suite), checkpoints=_checkpoints(args.checkpoints),
+                     executor=args.executor, settings=dict(DEMO_SETTINGS))
+    summary = sweep(spec, args.out)
+    paths = render_report(args.out)
+    print(f"sweep: {summary.count('done')} done, {summary.count('skipped')} skipped, "
+          f"{summary.count('failed')} failed in {time.monotonic() - start:.0f} s")
+    print(f"report: {paths.html}")
+    print(f"summary: {paths.markdown}")
+    return 1 if summary.failed else 0
