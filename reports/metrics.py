@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
+from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,7 @@ class Series:
     size: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MetricRow:
     """One value of ``metrics.csv``; ``layer``/``head`` are None where not applicable."""
 
@@ -76,39 +78,61 @@ def _step_rank(step: int | None) -> float:
 
 @dataclass(frozen=True)
 class MetricTable:
-    """All rows of one run with the queries the report needs."""
+    """All rows of one run, indexed once by (metric, series) for the report's queries."""
 
     rows: tuple[MetricRow, ...]
+    _groups: dict[tuple[str, Series], list[MetricRow]] = field(init=False, repr=False)
+    _first: dict[Series, MetricRow] = field(init=False, repr=False)
+    _kinds: dict[str, dict[str, None]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        groups: dict[tuple[str, Series], list[MetricRow]] = defaultdict(list)
+        first: dict[Series, MetricRow] = {}
+        kinds: dict[str, dict[str, None]] = {"scalar": {}, "layer": {}, "head": {}}
+        for r in self.rows:
+            series, key = r.series, r.key
+            groups[key, series].append(r)
+            first.setdefault(series, r)
+            kinds[r.kind].setdefault(key)
+        object.__setattr__(self, "_groups", dict(groups))
+        object.__setattr__(self, "_first", first)
+        object.__setattr__(self, "_kinds", kinds)
 
     def series(self) -> list[Series]:
         """Return every (model, size), smallest parameter count first."""
-        n_params = {r.series: r.n_params for r in self.rows}
-        return sorted(n_params, key=lambda s: (_nan_last(n_params[s]), s))
+        return sorted(self._first, key=lambda s: (_nan_last(self._first[s].n_params), s))
 
     def label(self, series: Series) -> str:
         """Return the legend label: the size alone unless the run mixes model families."""
-        if len({r.model for r in self.rows}) > 1:
+        if len({s.model for s in self._first}) > 1:
             return f"{series.model} {series.size}"
         return series.size
 
     def n_params(self, series: Series, x_name: str = "n_params") -> float:
         """Return the parameter count (``n_params`` or ``n_params_non_embedding``)."""
-        for r in self.rows:
-            if r.series == series:
-                return float(getattr(r, x_name))
-        return math.nan
+        row = self._first.get(series)
+        return math.nan if row is None else float(getattr(row, x_name))
+
+    def _of_series(self, series: Series) -> list[MetricRow]:
+        return [r for (_, s), rows in self._groups.items() if s == series for r in rows]
 
     def steps(self, series: Series) -> list[int]:
         """Return the sorted training steps measured for one series."""
-        return sorted({r.step for r in self.rows if r.series == series and r.step is not None})
+        return sorted({r.step for r in self._of_series(series) if r.step is not None})
+
+    def revisions(self, series: Series) -> set[str]:
+        """Return the checkpoint revisions measured for one series."""
+        return {r.revision for r in self._of_series(series)}
 
     def keys(self, kind: str) -> list[str]:
         """Return the metric names of one kind (see `MetricRow.kind`) in order of appearance."""
-        return list(dict.fromkeys(r.key for r in self.rows if r.kind == kind))
+        return list(self._kinds.get(kind, {}))
 
     def select(self, key: str, series: Series | None = None) -> list[MetricRow]:
         """Return the rows of one metric, optionally of one series only."""
-        return [r for r in self.rows if r.key == key and (series is None or r.series == series)]
+        if series is not None:
+            return list(self._groups.get((key, series), ()))
+        return [r for (k, _), rows in self._groups.items() if k == key for r in rows]
 
     def latest(self, key: str, series: Series) -> list[MetricRow]:
         """Return one metric's rows at the latest checkpoint that has it for this series."""
@@ -175,19 +199,20 @@ def _float(text: str, what: str, line: int) -> float:
         ) from None
 
 
-def _parse_row(rec: dict[str, str], line: int) -> MetricRow:
+def _parse_row(rec: list[str], col: dict[str, int], line: int) -> MetricRow:
+    text = sys.intern  # model/size/analysis/metric repeat on every row
     return MetricRow(
-        model=rec["model"],
-        size=rec["size"],
-        revision=rec["revision"],
-        step=_optional_int(rec["step"], "step", line),
-        n_params=_float(rec["n_params"], "n_params", line),
-        n_params_non_embedding=_float(rec["n_params_non_embedding"], "n_params_non_embedding", line),
-        analysis=rec["analysis"],
-        metric=rec["metric"],
-        layer=_optional_int(rec["layer"], "layer", line),
-        head=_optional_int(rec["head"], "head", line),
-        value=_float(rec["value"], "value", line),
+        model=text(rec[col["model"]]),
+        size=text(rec[col["size"]]),
+        revision=text(rec[col["revision"]]),
+        step=_optional_int(rec[col["step"]], "step", line),
+        n_params=_float(rec[col["n_params"]], "n_params", line),
+        n_params_non_embedding=_float(rec[col["n_params_non_embedding"]], "n_params_non_embedding", line),
+        analysis=text(rec[col["analysis"]]),
+        metric=text(rec[col["metric"]]),
+        layer=_optional_int(rec[col["layer"]], "layer", line),
+        head=_optional_int(rec[col["head"]], "head", line),
+        value=_float(rec[col["value"]], "value", line),
     )
 
 
@@ -201,19 +226,31 @@ def parse_metrics(lines: Iterable[str]) -> MetricTable:
         The parsed table.
 
     Raises:
-        ScalelensError: A column is missing, a number does not parse, or there are no rows.
+        ScalelensError: A column is missing, a row is short, a number does not parse, or
+            there are no rows.
     """
-    reader = csv.DictReader(lines)
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    reader = csv.reader(lines)
+    header = [name.strip() for name in next(reader, [])]
+    missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise ScalelensError(
             f"metrics.csv lacks column(s) {', '.join(missing)}; expected header "
             f"'{','.join(COLUMNS)}' as written by the sweep"
         )
-    rows = tuple(_parse_row(rec, i) for i, rec in enumerate(reader, start=2))
+    col = {name: header.index(name) for name in COLUMNS}
+    rows = []
+    for line, rec in enumerate(reader, start=2):
+        if not rec:
+            continue
+        if len(rec) < len(header):
+            raise ScalelensError(
+                f"metrics.csv line {line} has {len(rec)} fields, the header {len(header)}; "
+                "fix or regenerate the file with the sweep"
+            )
+        rows.append(_parse_row(rec, col, line))
     if not rows:
         raise ScalelensError("metrics.csv has a header but no rows; run the sweep to fill it")
-    return MetricTable(rows)
+    return MetricTable(tuple(rows))
 
 
 def load_metrics(path: Path) -> MetricTable:
@@ -232,5 +269,5 @@ def load_metrics(path: Path) -> MetricTable:
         raise ScalelensError(
             f"no metrics.csv in {path.parent}; pass the output directory of a finished sweep"
         )
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         return parse_metrics(fh)

@@ -86,7 +86,7 @@ def sizes_table(run: Run) -> Table:
                 s.size,
                 fmt(t.n_params(s)),
                 fmt(t.n_params(s, "n_params_non_embedding")),
-                str(len({r.revision for r in t.rows if r.series == s})),
+                str(len(t.revisions(s))),
                 fmt(steps[-1]) if steps else DASH,
             )
         )

@@ -353,6 +353,19 @@ def test_missing_optional_inputs_still_render(tmp_path: Path) -> None:
     assert "_No scaling fits in fits.json._" in paths.markdown.read_text()
 
 
+def test_column_order_and_bom_do_not_matter(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    order = COLUMNS[::-1]
+    rows = [
+        dict(zip(COLUMNS, ["m", "s", "step5", "5", "1e6", "1e5", "loss", "loss", "", "", "3.5"], strict=True))
+    ]
+    text = ",".join(order) + "\n" + "\n".join(",".join(r[c] for c in order) for r in rows) + "\n"
+    (run / "metrics.csv").write_text("\ufeff" + text, encoding="utf-8")
+    md = render_report(run, progress=False).markdown.read_text()
+    assert "| loss.loss | 3.5 |" in md
+
+
 def test_unknown_metrics_get_generic_plots(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
@@ -381,6 +394,7 @@ def test_unknown_metrics_get_generic_plots(tmp_path: Path) -> None:
             lambda d: (d / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main,,1,1,a,b,,,oops\n"),
             "line 2: value='oops'",
         ),
+        (lambda d: (d / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main\n"), "line 2 has 3 fields"),
         (lambda d: (d / "fits.json").write_text("{not json"), "not valid JSON"),
         (lambda d: (d / "fits.json").write_text('{"version": 2}'), "version 2"),
         (lambda d: (d / "fits.json").write_text('{"fits": [{"metric": "x"}]}'), "entry 0 of 'fits'"),
