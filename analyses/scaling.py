@@ -1,0 +1,384 @@
+"""Scaling fits of a metric against parameter count (or training step).
+
+Array contract: ``x`` and ``y`` are 1-D, same length, one point per model
+(size or checkpoint); several points may share an ``x`` (e.g. seeds).
+
+Forms:
+    * ``power_law``: ``y = a * x**b``, fitted by OLS of ``log y`` on ``log x``
+      (statsmodels). ``r2`` is the OLS R^2 in log space. Needs ``x > 0``,
+      ``y > 0`` and at least 3 distinct ``x``; otherwise the fit is skipped:
+      ``params`` and ``ci`` are empty and ``note`` says why (a report can show
+      the reason instead of failing the whole sweep).
+    * ``saturating``: ``y = C * x**(-alpha) + y_inf``, least squares with
+      ``1e-4 <= alpha <= 10`` and ``C``, ``y_inf`` free (so both decaying and
+      rising curves fit). Given ``alpha`` the model is linear in ``C, y_inf``,
+      so the fit minimises the profile residual sum of squares over ``alpha``
+      alone (variable projection: a log grid, then bounded Brent search), on
+      ``x`` rescaled by its geometric mean. ``r2`` is in linear space. Needs
+      ``x > 0`` and at least 4 distinct ``x``.
+
+Confidence intervals: percentile intervals of a seeded pairs bootstrap
+(resample points with replacement, refit; resamples with too few distinct
+``x`` are redrawn), ``n_boot`` resamples at level ``ci_level``.
+
+Leave-one-out extrapolation: refit without the points at the largest ``x``
+and report ``|prediction - observed| / |observed|`` there (the mean observed
+value when several points share the largest ``x``); None when too few points
+remain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import statsmodels.api as sm
+from scipy.optimize import least_squares, minimize_scalar
+
+from scalelens.analyses._common import as_array, jsonable
+from scalelens.analyses.dynamics import DynamicsFit
+from scalelens.errors import ScalelensError
+
+Form = Literal["power_law", "saturating"]
+_MIN_DISTINCT = {"power_law": 3, "saturating": 4}
+_ALPHA_MAX = 10.0
+_ALPHA_GRID = np.geomspace(1e-4, _ALPHA_MAX, 241)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """One scaling fit of a metric against ``x``.
+
+    Attributes:
+        metric: Name of the fitted metric.
+        x_name: Name of the regressor (``n_params``, ``step``, ``width``, ...).
+        form: ``"power_law"`` (params ``a, b``) or ``"saturating"`` (params
+            ``C, alpha, y_inf``).
+        params: Fitted parameters; empty when the fit was skipped.
+        ci: Parameter name -> ``[lo, hi]`` bootstrap percentile interval.
+        r2: R^2 (log space for power_law, linear for saturating), None if skipped.
+        loo_rel_error: Relative error predicting the largest ``x`` from the
+            rest, or None.
+        n_points: Number of points.
+        x: The ``x`` values.
+        y: The ``y`` values.
+        note: Why the fit was skipped or what to keep in mind; "" otherwise.
+    """
+
+    metric: str
+    x_name: str
+    form: Form
+    params: dict[str, float]
+    ci: dict[str, list[float]]
+    r2: float | None
+    loo_rel_error: float | None
+    n_points: int
+    x: list[float]
+    y: list[float]
+    note: str
+
+    @property
+    def skipped(self) -> bool:
+        """True when no fit was made (see ``note``)."""
+        return not self.params
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Evaluate the fitted curve at ``x``."""
+        if self.skipped:
+            raise ScalelensError(f"fit of {self.metric!r} was skipped: {self.note}")
+        return _curve(self.form)(np.asarray(x, dtype=np.float64), self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fit as JSON-serialisable data (NaN becomes None)."""
+        out: dict[str, Any] = jsonable(self)
+        return out
+
+
+def power_law(x: np.ndarray, p: Mapping[str, float]) -> np.ndarray:
+    """``a * x**b``."""
+    return np.asarray(p["a"] * np.power(x, p["b"]))
+
+
+def saturating(x: np.ndarray, p: Mapping[str, float]) -> np.ndarray:
+    """``C * x**(-alpha) + y_inf``."""
+    return np.asarray(p["C"] * np.power(x, -p["alpha"]) + p["y_inf"])
+
+
+def _curve(form: Form) -> Callable[[np.ndarray, Mapping[str, float]], np.ndarray]:
+    return power_law if form == "power_law" else saturating
+
+
+def _points(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    xa = as_array("x", x, 1, "fiu").astype(np.float64)
+    ya = as_array("y", y, 1, "fiu").astype(np.float64)
+    if xa.shape != ya.shape:
+        raise ScalelensError(f"x {xa.shape} and y {ya.shape} must have the same length")
+    if not (np.isfinite(xa).all() and np.isfinite(ya).all()):
+        raise ScalelensError("x and y must be finite; drop missing points before fitting")
+    return xa, ya
+
+
+def _fit_power(x: np.ndarray, y: np.ndarray) -> tuple[dict[str, float], float]:
+    res = sm.OLS(np.log(y), sm.add_constant(np.log(x))).fit()
+    intercept, slope = (float(v) for v in res.params)
+    return {"a": float(np.exp(intercept)), "b": slope}, float(res.rsquared)
+
+
+def _linear_given_alpha(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares ``C, y_inf`` of ``y ~ C z + y_inf`` along the last axis."""
+    zc = z - z.mean(axis=-1, keepdims=True)
+    yc = y - y.mean(axis=-1, keepdims=True)
+    var = np.einsum("...i,...i->...", zc, zc)
+    c = np.einsum("...i,...i->...", zc, yc) / np.where(var > 0, var, np.inf)
+    return c, y.mean(axis=-1) - c * z.mean(axis=-1)
+
+
+def _profile_rss(alpha: np.ndarray, logu: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Residual sum of squares minimised over ``C, y_inf`` for each ``alpha``."""
+    z = np.exp(-np.multiply.outer(alpha, logu))
+    c, y_inf = _linear_given_alpha(z, y)
+    resid = c[..., None] * z + y_inf[..., None] - y
+    return np.asarray(np.einsum("...i,...i->...", resid, resid))
+
+
+def _fit_saturating(x: np.ndarray, y: np.ndarray) -> tuple[dict[str, float], float]:
+    """Variable projection: ``C, y_inf`` are linear given ``alpha``; search ``alpha``.
+
+    The profile RSS is scanned on a log grid of ``alpha`` in ``[1e-4, 10]`` and
+    refined by bounded Brent search between the best grid point's neighbours.
+    """
+    x_ref = float(np.exp(np.mean(np.log(x))))
+    logu = np.log(x / x_ref)
+    best = int(np.argmin(_profile_rss(_ALPHA_GRID, logu, y)))
+    lo, hi = _ALPHA_GRID[max(best - 1, 0)], _ALPHA_GRID[min(best + 1, _ALPHA_GRID.size - 1)]
+    res = minimize_scalar(
+        lambda a: float(_profile_rss(np.array(a), logu, y)),
+        bounds=(lo, hi),
+        method="bounded",
+        options={"xatol": 1e-10 * hi},
+    )
+    alpha = float(res.x)
+    c, y_inf = (float(v) for v in _linear_given_alpha(np.exp(-alpha * logu), y))
+    params = {"C": c * x_ref**alpha, "alpha": alpha, "y_inf": y_inf}
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    rss = float(_profile_rss(np.array(alpha), logu, y))
+    r2 = 1.0 - rss / ss_tot if ss_tot > 0 else float("nan")
+    return params, r2
+
+
+def fit_saturating_reference(x: Any, y: Any) -> dict[str, float]:
+    """Reference saturating fit: all three parameters by bounded least squares.
+
+    Slower than the variable-projection fit used by :func:`fit_scaling` and
+    kept to cross-check it: ``scipy.optimize.least_squares`` over
+    ``(C, alpha, y_inf)`` with the same bounds on ``alpha``, started from
+    log-log fits of ``|y - y_inf|`` for several asymptote guesses.
+
+    Args:
+        x: ``(point,)`` positive regressor.
+        y: ``(point,)`` metric.
+
+    Returns:
+        ``{"C", "alpha", "y_inf"}``.
+    """
+    xa, ya = _points(x, y)
+    x_ref = float(np.exp(np.mean(np.log(xa))))
+    u = xa / x_ref
+    lower, upper = [-np.inf, _ALPHA_GRID[0], -np.inf], [np.inf, _ALPHA_MAX, np.inf]
+    best = None
+    for theta0 in _sat_starts(u, ya):
+        res = least_squares(_sat_residuals, theta0, bounds=(lower, upper), args=(u, ya))
+        if best is None or res.cost < best.cost:
+            best = res
+    assert best is not None
+    c, alpha, y_inf = (float(v) for v in best.x)
+    return {"C": c * x_ref**alpha, "alpha": alpha, "y_inf": y_inf}
+
+
+def _sat_residuals(theta: np.ndarray, u: np.ndarray, y: np.ndarray) -> np.ndarray:
+    c, alpha, y_inf = theta
+    return np.asarray(c * np.power(u, -alpha) + y_inf - y)
+
+
+def _sat_starts(u: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    """Starts from log-log OLS of ``|y - y_inf|`` for several asymptote guesses."""
+    span = float(np.ptp(y)) or max(abs(float(y.mean())), 1.0)
+    rising = bool(np.ptp(y) > 0 and np.corrcoef(np.log(u), y)[0, 1] > 0)
+    sign = -1.0 if rising else 1.0
+    edge = float(y.max() if rising else y.min())
+    starts = []
+    for k in (0.01, 0.1, 0.5, 2.0, 10.0):
+        y_inf = edge - sign * k * span
+        slope, intercept = np.polyfit(np.log(u), np.log(sign * (y - y_inf)), 1)
+        alpha = float(np.clip(-slope, 1e-3, _ALPHA_MAX))
+        starts.append(np.array([sign * float(np.exp(intercept)), alpha, y_inf]))
+    return starts
+
+
+def _fitter(form: Form) -> Callable[[np.ndarray, np.ndarray], tuple[dict[str, float], float]]:
+    return _fit_power if form == "power_law" else _fit_saturating
+
+
+def _draw_indices(x: np.ndarray, need: int, n_boot: int, seed: int) -> np.ndarray:
+    """``(n_boot, n)`` resample indices, each with at least ``need`` distinct x."""
+    rng = np.random.default_rng(seed)
+    kept: list[np.ndarray] = []
+    for _ in range(50):
+        idx = rng.integers(x.size, size=(n_boot, x.size))
+        distinct = 1 + (np.diff(np.sort(x[idx], axis=1), axis=1) > 0).sum(axis=1)
+        kept.append(idx[distinct >= need])
+        if sum(len(k) for k in kept) >= n_boot:
+            break
+    return np.concatenate(kept)[:n_boot]
+
+
+def _boot_params(x: np.ndarray, y: np.ndarray, idx: np.ndarray, form: Form) -> dict[str, np.ndarray]:
+    if form == "power_law":  # closed-form OLS, all resamples at once
+        slope, intercept = _linear_given_alpha(np.log(x[idx]), np.log(y[idx]))
+        return {"a": np.exp(intercept), "b": slope}
+    fits = [_fit_saturating(x[row], y[row])[0] for row in idx]
+    return {name: np.array([f[name] for f in fits]) for name in ("C", "alpha", "y_inf")}
+
+
+def _bootstrap_ci(
+    x: np.ndarray, y: np.ndarray, form: Form, n_boot: int, level: float, seed: int
+) -> dict[str, list[float]]:
+    idx = _draw_indices(x, _MIN_DISTINCT[form], n_boot, seed)
+    if idx.shape[0] == 0:
+        return {}
+    tail = 50.0 * (1.0 - level)
+    return {
+        name: [float(v) for v in np.percentile(draws, [tail, 100.0 - tail])]
+        for name, draws in _boot_params(x, y, idx, form).items()
+    }
+
+
+def _loo_rel_error(x: np.ndarray, y: np.ndarray, form: Form) -> float | None:
+    top = x == x.max()
+    if np.unique(x[~top]).size < _MIN_DISTINCT[form]:
+        return None
+    params, _ = _fitter(form)(x[~top], y[~top])
+    observed = float(y[top].mean())
+    predicted = float(_curve(form)(np.array([x.max()]), params)[0])
+    return abs(predicted - observed) / abs(observed) if observed != 0 else float("inf")
+
+
+def _skip_reason(x: np.ndarray, y: np.ndarray, form: Form) -> str:
+    if np.any(x <= 0):
+        return f"skipped: {form} needs x > 0, min x = {x.min():g}"
+    if form == "power_law" and np.any(y <= 0):
+        return f"skipped: log-log power law needs y > 0, min y = {y.min():g}"
+    if np.unique(x).size < _MIN_DISTINCT[form]:
+        return f"skipped: {form} needs >= {_MIN_DISTINCT[form]} distinct x, got {np.unique(x).size}"
+    return ""
+
+
+def fit_scaling(
+    x: Any,
+    y: Any,
+    *,
+    form: Form = "power_law",
+    metric: str = "",
+    x_name: str = "n_params",
+    n_boot: int = 1000,
+    ci_level: float = 0.95,
+    seed: int = 0,
+) -> FitResult:
+    """Fit ``y`` against ``x`` in the given form, with bootstrap CIs and LOO error.
+
+    Args:
+        x: ``(point,)`` regressor, e.g. parameter count.
+        y: ``(point,)`` metric.
+        form: ``"power_law"`` or ``"saturating"``.
+        metric: Metric name recorded in the result.
+        x_name: Regressor name recorded in the result.
+        n_boot: Bootstrap resamples (0 skips the intervals).
+        ci_level: Confidence level of the percentile intervals, in (0, 1).
+        seed: Seed of the bootstrap generator.
+
+    Returns:
+        A :class:`FitResult`; skipped (empty params, reason in ``note``) when
+        the data cannot support the form.
+
+    Raises:
+        ScalelensError: On malformed input (shapes, NaN, unknown form or level).
+    """
+    if form not in _MIN_DISTINCT:
+        raise ScalelensError(f"form must be 'power_law' or 'saturating', got {form!r}")
+    if not 0 < ci_level < 1:
+        raise ScalelensError(f"ci_level must lie in (0, 1), got {ci_level}")
+    xa, ya = _points(x, y)
+    reason = _skip_reason(xa, ya, form)
+    params: dict[str, float] = {}
+    ci: dict[str, list[float]] = {}
+    r2: float | None = None
+    loo: float | None = None
+    if not reason:
+        params, r2 = _fitter(form)(xa, ya)
+        ci = _bootstrap_ci(xa, ya, form, n_boot, ci_level, seed) if n_boot > 0 else {}
+        loo = _loo_rel_error(xa, ya, form)
+    return FitResult(
+        metric=metric,
+        x_name=x_name,
+        form=form,
+        params=params,
+        ci=ci,
+        r2=r2,
+        loo_rel_error=loo,
+        n_points=int(xa.size),
+        x=xa.tolist(),
+        y=ya.tolist(),
+        note=reason,
+    )
+
+
+def fit_power_law(x: Any, y: Any, **kwargs: Any) -> FitResult:
+    """``fit_scaling(x, y, form="power_law", **kwargs)``: ``y = a * x**b``."""
+    return fit_scaling(x, y, form="power_law", **kwargs)
+
+
+def fit_saturating(x: Any, y: Any, **kwargs: Any) -> FitResult:
+    """``fit_scaling(x, y, form="saturating", **kwargs)``: ``y = C x**-alpha + y_inf``."""
+    return fit_scaling(x, y, form="saturating", **kwargs)
+
+
+def _dynamics_entry(item: DynamicsFit | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(item, DynamicsFit):
+        entry = {
+            "size": item.size,
+            "layer": item.layer,
+            "params": item.params,
+            "r2": item.r2,
+            "peak_step": item.peak_step,
+        }
+    else:
+        entry = dict(item)
+    missing = {"size", "layer", "params", "r2", "peak_step"} - set(entry)
+    if missing:
+        raise ScalelensError(f"dynamics entry lacks {sorted(missing)}")
+    out: dict[str, Any] = jsonable(entry)
+    return out
+
+
+def fits_to_json(
+    fits: Iterable[FitResult], dynamics: Iterable[DynamicsFit | Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    """Assemble the ``fits.json`` document.
+
+    Args:
+        fits: Scaling fits.
+        dynamics: Per (size, layer) dynamics fits: :class:`DynamicsFit` objects
+            (their ``size`` and ``layer`` fields are used) or mappings with
+            ``size, layer, params, r2, peak_step``.
+
+    Returns:
+        ``{"version": 1, "fits": [...], "dynamics": [{"size", "layer",
+        "params", "r2", "peak_step"}, ...]}``, JSON-serialisable.
+    """
+    return {
+        "version": 1,
+        "fits": [f.to_dict() for f in fits],
+        "dynamics": [_dynamics_entry(d) for d in dynamics],
+    }
