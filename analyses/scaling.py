@@ -123,7 +123,9 @@ def _points(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
 def _fit_power(x: np.ndarray, y: np.ndarray) -> tuple[dict[str, float], float]:
     res = sm.OLS(np.log(y), sm.add_constant(np.log(x))).fit()
     intercept, slope = (float(v) for v in res.params)
-    return {"a": float(np.exp(intercept)), "b": slope}, float(res.rsquared)
+    tss = float(res.centered_tss)
+    r2 = 1.0 - float(res.ssr) / tss if tss > 0 else float("nan")  # NaN for constant y
+    return {"a": float(np.exp(intercept)), "b": slope}, r2
 
 
 def _linear_given_alpha(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
