@@ -66,7 +66,7 @@ def _register(inner: str) -> str:
 
 
 @contextmanager
-def attention_tap(model: nn.Module, modules: dict[int, nn.Module], callback: TapCallback) -> Iterator[str]:
+def attention_tap(model: Any, modules: dict[int, nn.Module], callback: TapCallback) -> Iterator[str]:
     """Route ``modules`` (layer -> attention module) through ``callback`` while inside.
 
     Yields the name of the inner implementation that still computes the outputs.

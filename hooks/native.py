@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ def _first(output: object) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]
 
 
-def _module_and_kind(model: nn.Module, point: CapturePoint, layer: int) -> tuple[nn.Module, str]:
+def _module_and_kind(model: Any, point: CapturePoint, layer: int) -> tuple[nn.Module, str]:
     if point is CapturePoint.RESID_PRE:
         return decoder_layers(model)[layer], "pre"
     if point is CapturePoint.RESID_POST:
@@ -53,7 +54,7 @@ def native_hooks(model: nn.Module, wanted: set[tuple[CapturePoint, int]], sink: 
             handle.remove()
 
 
-def forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             logits: bool = False) -> None:
     """Run the decoder stack, and the LM head only when ``logits`` are wanted."""
     with torch.inference_mode():

@@ -30,7 +30,8 @@ def probe_sequences(loaded: Any, text_file: str | None, n: int, length: int) -> 
     tok = loaded.tokenizer
     out = []
     for i in range(n):
-        parts, count, j = [], 0, i * 7
+        parts: list[str] = []
+        count, j = 0, i * 7
         while count < length:
             s = sentences[j % len(sentences)]
             c = len(tok("\n" + s, add_special_tokens=False)["input_ids"])

@@ -209,10 +209,10 @@ def _datasets(rt: ProbeRuntime) -> list[DatasetSpec]:
         out.append(DatasetSpec("values", (n, lay, npos, rt.d_model), dt, (P, L, pos_axis, Axis.D_MODEL)))
     elif spec.point is CapturePoint.ATTN_PATTERN:
         dt = _STORE_DTYPE[spec.dtype]
-        shape = (n, lay, nh, npos, rt.seq)
-        out.append(DatasetSpec("values", shape, dt, (P, L, H, pos_axis, Axis.KV_SEQ)))
+        shape5: tuple[int, ...] = (n, lay, nh, npos, rt.seq)
+        out.append(DatasetSpec("values", shape5, dt, (P, L, H, pos_axis, Axis.KV_SEQ)))
     else:
         dt = _STORE_DTYPE[spec.dtype]
-        shape = (n, lay, nh, npos, rt.d_head)
-        out.append(DatasetSpec("values", shape, dt, (P, L, H, pos_axis, Axis.D_HEAD)))
+        shape5 = (n, lay, nh, npos, rt.d_head)
+        out.append(DatasetSpec("values", shape5, dt, (P, L, H, pos_axis, Axis.D_HEAD)))
     return out

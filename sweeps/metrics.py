@@ -91,7 +91,7 @@ def rows_of(results: dict[str, Any], size: str) -> Iterator[dict[str, Any]]:
 
 def write_metrics(run_dir: Path, tasks: list[tuple[str, Path]]) -> Path:
     """Write RUN_DIR/metrics.csv (and .parquet if pyarrow is present) from finished tasks."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for size, results_path in tasks:
         rows.extend(rows_of(json.loads(results_path.read_text()), size))
     path = run_dir / "metrics.csv"

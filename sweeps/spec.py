@@ -119,16 +119,16 @@ def _thin(steps: list[int], linear_points: int = 8) -> list[int]:
 def select_steps(available: list[int], checkpoints: str | tuple[int, ...]) -> list[int]:
     """Pick steps from ``available`` by ``log``/``all``/``final`` or an explicit list."""
     available = sorted(available)
+    if isinstance(checkpoints, tuple):
+        missing = sorted(set(checkpoints) - set(available))
+        if missing:
+            raise ScalelensError(f"checkpoint step(s) {missing} not available; available: {available}")
+        return sorted(checkpoints)
     if checkpoints == "all":
         return available
     if checkpoints == "final":
         return available[-1:]
-    if checkpoints == "log":
-        return _thin(available)
-    missing = sorted(set(checkpoints) - set(available))
-    if missing:
-        raise ScalelensError(f"checkpoint step(s) {missing} not available; available: {available}")
-    return sorted(checkpoints)
+    return _thin(available)
 
 
 def _suite_tasks(spec: SweepSpec) -> list[Task]:
