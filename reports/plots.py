@@ -12,6 +12,8 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
@@ -349,14 +351,21 @@ def group_bars(
     return fig
 
 
+MAX_LEGEND_LAYERS = 8
+_LAYER_CMAP = ListedColormap(colormaps["viridis"](np.linspace(0.0, 0.9, 256)))  # no pale yellow
+
+
 def dynamics_plot(
     observed: Mapping[int, XY], fitted: Mapping[int, dict[str, float]], *, title: str, y_label: str
 ) -> Figure:
     """Plot a per-layer metric over training with the fitted dynamics curves.
 
+    Layers are coloured by depth; beyond `MAX_LEGEND_LAYERS` layers a colour bar
+    replaces the per-layer legend.
+
     Args:
         observed: ``(steps, values)`` per layer.
-        fitted: Fit parameters (A, lambda, gamma, t0, K) per layer.
+        fitted: Fit parameters (A, lambda or lam, gamma, t0, K) per layer.
         title: Plot title.
         y_label: Metric name.
 
@@ -365,17 +374,20 @@ def dynamics_plot(
     """
     fig, ax = new_figure()
     layers = sorted(set(observed) | set(fitted))
-    colors = palette([str(layer) for layer in layers])
+    norm = Normalize(vmin=min(layers, default=0), vmax=max(max(layers, default=1), 1))
+    few = len(layers) <= MAX_LEGEND_LAYERS
     steps = np.concatenate([s for s, _ in observed.values()] + [np.array([0.0, 1.0])])
     grid = np.unique(np.concatenate([np.linspace(0, steps.max(), 200), np.geomspace(1, steps.max(), 200)]))
     for layer in layers:
-        color = colors[str(layer)]
+        color = _LAYER_CMAP(norm(layer))
         if layer in observed:
-            ax.plot(*observed[layer], "o", color=color, ms=4, label=f"layer {layer}")
+            ax.plot(*observed[layer], "o", color=color, ms=4, label=f"layer {layer}" if few else None)
         curve = curves.dynamics_from_params(grid, fitted.get(layer, {}))
         if curve is not None:
             ax.plot(grid, curve, "-", color=color, lw=1.2)
     ax.plot([], [], "-", color="grey", label="fit A·e^(−λx)·log x + K")
+    if not few:
+        fig.colorbar(ScalarMappable(norm, _LAYER_CMAP), ax=ax, label="layer", shrink=0.9)
     _step_axis(ax, steps)
     ax.set(ylabel=y_label, title=title)
     _legend(ax)

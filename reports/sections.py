@@ -125,7 +125,8 @@ def plan_dynamics(run: Run) -> SectionPlan:
             if s.size == fit.size and fit.model in (None, s.model):
                 by_target.setdefault((s, fit.metric), {})[fit.layer] = fit.params
     jobs = []
-    for (s, metric), fitted in by_target.items():
+    order = {s: i for i, s in enumerate(run.series())}
+    for (s, metric), fitted in sorted(by_target.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
         observed = {layer: run.table.over_steps(metric, s, layer) for layer in fitted}
         observed = {k: v for k, v in observed.items() if v[0].size}
         title = f"{run.table.label(s)}: {metric}"

@@ -138,9 +138,23 @@ def _fits() -> dict:
     b, log_a = np.polyfit(np.log(xs), np.log(ys), 1)
     non_emb = [float(SIZES[s][4]) for s in SIZES]
     loss = [LOSS["C"] * n ** -LOSS["alpha"] + LOSS["y_inf"] for n in non_emb]
+    skipped = {
+        "metric": "massive_activations.n_massive",
+        "x_name": "n_params",
+        "form": "power_law",
+        "params": {},
+        "ci": {},
+        "r2": None,
+        "loo_rel_error": None,
+        "n_points": 4,
+        "x": xs.tolist(),
+        "y": [0.0] * 4,
+        "note": "skipped: log-log power law needs y > 0",
+    }
     return {
         "version": 1,
         "fits": [
+            skipped,
             {
                 "metric": "massive_activations.max_ratio",
                 "x_name": "n_params",
@@ -176,8 +190,30 @@ def _fits() -> dict:
                 "r2": 0.981,
                 "peak_step": 28000,
             },
+            *_sweep_style_dynamics("410m"),
         ],
     }
+
+
+def _sweep_style_dynamics(size: str) -> list[dict]:
+    """Entries as sweeps/fits.py writes them: every layer, decay named 'lam', extra keys."""
+    n_layers, n_params = SIZES[size][0], SIZES[size][3]
+    out = []
+    for layer in range(n_layers):
+        params = _layer_params(n_params, layer, n_layers)
+        params["lam"] = params.pop("lambda")
+        out.append(
+            {
+                "size": size,
+                "layer": layer,
+                "params": params,
+                "r2": 0.97,
+                "peak_step": 28000.0,
+                "stderr": {k: 0.0 for k in params},
+                "n_points": 4,
+            }
+        )
+    return out
 
 
 def write_run_dir(path: Path, seed: int = 0) -> Path:
@@ -282,7 +318,7 @@ def test_every_section_present_with_its_plots(report: ReportPaths) -> None:
         "fits": 0,
         "scaling": n_scalars,
         "steps": n_scalars,
-        "dynamics": 1,
+        "dynamics": 2,  # 70m (one layer) and 410m (all 24 layers)
         "retrieval": len(SIZES),
         "massive": 1,
         "superposition": 1,
@@ -326,6 +362,8 @@ def test_markdown_has_fits_tables(report: ReportPaths) -> None:
         line.startswith("| loss.loss | n_params_non_embedding | saturating |") for line in md.splitlines()
     )
     assert "| 70m | 3 | massive_activations.ratio |" in md
+    assert "| 410m | 23 | massive_activations.ratio | A=" in md
+    assert "| massive_activations.n_massive | n_params | power_law | — | — | — | — | 4 | skipped:" in md
     assert "[report.html](report.html)" in md
 
 
