@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scalelens.analyses._common import as_array, jsonable
-from scalelens.errors import ScalelensError
 from scipy.optimize import least_squares
 from scipy.special import lambertw
+
+from scalelens.analyses._common import as_array, jsonable
+from scalelens.errors import ScalelensError
 
 PARAM_NAMES = ("A", "lam", "gamma", "t0", "K")
 _LAM_GRID = (0.05, 0.2, 1.0, 5.0)

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from scalelens.analyses._common import as_array, check_shape, jsonable
 from scalelens.errors import ScalelensError
 
@@ -153,9 +154,7 @@ def _check_full(h: Any, lengths: Any, token_ids: Any) -> tuple[np.ndarray, ...]:
     return arr, lens, toks
 
 
-def summarise_activations(
-    h: Any, lengths: Any, token_ids: Any, *, topk: int = 16
-) -> ResidualSummary:
+def summarise_activations(h: Any, lengths: Any, token_ids: Any, *, topk: int = 16) -> ResidualSummary:
     """Reduce full activations to the streamed summary (numpy reference).
 
     Args:

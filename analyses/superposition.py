@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from scalelens.analyses._common import as_array, jsonable
 from scalelens.errors import ScalelensError
 
@@ -124,6 +125,8 @@ def _normalised_block(block: np.ndarray, shift: np.ndarray | None) -> tuple[np.n
     if shift is not None:
         x -= shift
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    if not np.isfinite(norms).all():
+        raise ScalelensError("W contains NaN or inf; check the checkpoint or the dtype cast")
     nonzero = norms > 0
     return x[nonzero] / norms[nonzero, None], int((~nonzero).sum())
 
@@ -152,9 +155,7 @@ def _check_w(w: Any) -> np.ndarray:
     arr = as_array("W", w, 2, "f")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ScalelensError(f"W must have at least one row and one column, got {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ScalelensError("W contains NaN or inf; check the checkpoint or the dtype cast")
-    return arr
+    return arr  # NaN / inf are caught block by block in _normalised_block
 
 
 def _mean_row(w: np.ndarray, block_rows: int) -> np.ndarray:
@@ -200,8 +201,7 @@ def sq_overlaps_reference(w: Any, *, centered: bool = False) -> np.ndarray:
     arr = _check_w(w)
     if arr.shape[0] > _REFERENCE_MAX_ROWS:
         raise ScalelensError(
-            f"reference overlap is O(n^2); n={arr.shape[0]} > {_REFERENCE_MAX_ROWS}, "
-            "use mean_sq_overlap"
+            f"reference overlap is O(n^2); n={arr.shape[0]} > {_REFERENCE_MAX_ROWS}, use mean_sq_overlap"
         )
     shift = arr.astype(np.float64).mean(axis=0) if centered else None
     unit, _ = _normalised_block(arr, shift)
@@ -250,7 +250,10 @@ def _row_norms(w: np.ndarray, block_rows: int) -> np.ndarray:
     for start in range(0, w.shape[0], block_rows):
         x = w[start : start + block_rows].astype(np.float64)
         parts.append(np.sqrt(np.einsum("ij,ij->i", x, x)))
-    return np.concatenate(parts)
+    norms = np.concatenate(parts)
+    if not np.isfinite(norms).all():
+        raise ScalelensError("W contains NaN or inf; check the checkpoint or the dtype cast")
+    return norms
 
 
 def _norm_stats(norms: np.ndarray) -> RowNormStats:

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from scalelens.analyses.massive import (
     ResidualSummary,
     massive_activations,

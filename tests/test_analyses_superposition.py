@@ -3,6 +3,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import ortho_group
+
 from scalelens.analyses.superposition import (
     mean_sq_overlap,
     random_overlap_moments,
@@ -11,7 +13,6 @@ from scalelens.analyses.superposition import (
     superposition,
 )
 from scalelens.errors import ScalelensError
-from scipy.stats import ortho_group
 
 
 def _unit_rows(n: int, m: int, seed: int) -> np.ndarray:

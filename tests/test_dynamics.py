@@ -2,6 +2,8 @@ import json
 
 import numpy as np
 import pytest
+from scipy.optimize import minimize_scalar
+
 from scalelens.analyses.dynamics import (
     PARAM_NAMES,
     dynamics_curve,
@@ -10,7 +12,6 @@ from scalelens.analyses.dynamics import (
     stationary_x,
 )
 from scalelens.errors import ScalelensError
-from scipy.optimize import minimize_scalar
 
 # Pythia's checkpoints: step0, log-spaced 1..512, then every 1000 up to 143000.
 STEPS = np.array([0] + [2**i for i in range(10)] + list(range(1000, 143_001, 1000)), dtype=float)
