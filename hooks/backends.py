@@ -4,13 +4,15 @@ Every backend captures the same residual-like points (resid_pre, resid_post,
 attn_out, mlp_out) and calls ``sink(point, layer, tensor)`` with a (batch, seq,
 d_model) tensor for each wanted (point, layer) during :meth:`Backend.forward`.
 Per-head points (q, k, attention probabilities) come from the attention tap
-(``hooks/attention.py``), which works on the underlying HF model whatever runs it.
+(``hooks/attention.py``), which works on the underlying HF model under the native and
+nnsight backends; TransformerLens's bridge recomputes attention itself, so the
+transformer-lens backend refuses them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -22,6 +24,48 @@ from scalelens.hooks.points import CapturePoint
 
 Sink = Callable[[CapturePoint, int, torch.Tensor], None]
 Wanted = set[tuple[CapturePoint, int]]
+
+
+def _saved_state(obj: object) -> tuple[object, dict[str, Any], dict[str, Any]]:
+    attrs = dict(vars(obj))
+    contents = {k: v.copy() for k, v in attrs.items() if isinstance(v, (dict, set, list))}
+    return obj, attrs, contents
+
+
+def _put_back(obj: object, attrs: dict[str, Any], contents: dict[str, Any]) -> None:
+    current = vars(obj)
+    for key in [k for k in current if k not in attrs]:
+        del current[key]
+    for key, value in attrs.items():
+        if key in contents:  # in place, so handles holding the container stay valid
+            value.clear()
+            if isinstance(value, list):
+                value.extend(contents[key])
+            else:
+                value.update(contents[key])
+        current[key] = value
+
+
+@contextmanager
+def left_as_found(model: nn.Module, *others: object) -> Iterator[None]:
+    """On exit, put ``model`` (and ``others``, e.g. the tokenizer) back exactly as they were.
+
+    nnsight installs a controller as every module's instance ``forward``, TransformerLens's
+    ``TransformerBridge`` swaps bridge components into the module tree, transformers installs
+    output-recording hooks on first use; all of that is permanent by design. Backends built on
+    those libraries enter this before wrapping the model, so the wrapping lasts only while the
+    backend is open. Restores each module's, config's and other object's attribute bindings, and
+    the contents of its dict/set/list attributes (``_modules``, ``_parameters``, hook dicts) in
+    place. Tensor values are not copied: nothing here may write into weights.
+    """
+    objs: list[object] = list(model.modules())
+    configs = {id(c): c for m in objs if hasattr(c := vars(m).get("config"), "__dict__")}
+    saved = [_saved_state(o) for o in [*objs, *configs.values(), *others] if o is not None]
+    try:
+        yield
+    finally:
+        for obj, attrs, contents in saved:
+            _put_back(obj, attrs, contents)
 
 
 class Backend:
