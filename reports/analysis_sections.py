@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import partial
 
 import numpy as np
 
@@ -44,8 +45,13 @@ def plan_retrieval(run: Run) -> SectionPlan:
         jobs.append(
             PlotJob(
                 f"retrieval scores, {label}",
-                lambda m=matrix, t=label: plots.heatmap(
-                    m, title=t, vmax=vmax, threshold=RETRIEVAL_THRESHOLD, zero_white=True
+                partial(
+                    plots.heatmap,
+                    matrix,
+                    title=label,
+                    vmax=vmax,
+                    threshold=RETRIEVAL_THRESHOLD,
+                    zero_white=True,
                 ),
                 caption,
             )
@@ -142,7 +148,7 @@ def plan_text_dominance(run: Run) -> SectionPlan:
         jobs.append(
             PlotJob(
                 f"{prefix} by layer group",
-                lambda v=values, p=prefix: plots.group_bars(v, groups, colors, y_label=p),
+                partial(plots.group_bars, values, groups, colors, y_label=prefix),
             )
         )
     lines = {table.label(s): table.by_layer(MDI, s) for s in run.series()}

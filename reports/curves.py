@@ -41,10 +41,9 @@ def dynamics_from_params(t: np.ndarray, params: dict[str, float]) -> np.ndarray 
     The decay may be named ``lambda`` or ``lam`` (the name `scalelens.analyses.dynamics` uses).
     """
     lam = params.get("lambda", params.get("lam"))
-    try:
-        return dynamics(t, params["A"], lam, params["gamma"], params["t0"], params["K"])
-    except (KeyError, TypeError):
+    if lam is None or not {"A", "gamma", "t0", "K"} <= params.keys():
         return None
+    return dynamics(t, params["A"], lam, params["gamma"], params["t0"], params["K"])
 
 
 def evaluate(fit: ScalingFit, n: np.ndarray) -> np.ndarray | None:

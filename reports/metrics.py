@@ -144,28 +144,37 @@ class MetricTable:
 
     def scalar(self, key: str, series: Series) -> float:
         """Return a scalar metric at its latest checkpoint, NaN when absent."""
-        rows = self.latest(key, series)
+        rows = [r for r in self.latest(key, series) if r.kind == "scalar"]
         return rows[-1].value if rows else math.nan
 
-    def over_steps(self, key: str, series: Series, layer: int | None = None) -> tuple:
+    def over_steps(self, key: str, series: Series, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(steps, values)`` arrays of a scalar (or one layer's) metric over training."""
-        rows = [r for r in self.select(key, series) if r.step is not None and r.layer == layer]
-        rows.sort(key=lambda r: r.step)
-        return np.array([r.step for r in rows]), np.array([r.value for r in rows])
+        pairs = sorted(
+            (r.step, r.value)
+            for r in self.select(key, series)
+            if r.step is not None and r.layer == layer and r.head is None
+        )
+        return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
 
-    def by_layer(self, key: str, series: Series) -> tuple:
+    def by_layer(self, key: str, series: Series) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(layers, values)`` arrays of a per-layer metric at the latest checkpoint."""
-        rows = sorted(self.latest(key, series), key=lambda r: r.layer or 0)
-        return np.array([r.layer for r in rows]), np.array([r.value for r in rows])
+        pairs = sorted(
+            (r.layer, r.value) for r in self.latest(key, series) if r.kind == "layer" and r.layer is not None
+        )
+        return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
 
     def head_matrix(self, key: str, series: Series) -> np.ndarray:
         """Return a (layer, head) matrix at the latest checkpoint; NaN where nothing was stored."""
-        rows = [r for r in self.latest(key, series) if r.layer is not None and r.head is not None]
-        if not rows:
+        cells = [
+            (r.layer, r.head, r.value)
+            for r in self.latest(key, series)
+            if r.layer is not None and r.head is not None
+        ]
+        if not cells:
             return np.zeros((0, 0))
-        out = np.full((max(r.layer for r in rows) + 1, max(r.head for r in rows) + 1), np.nan)
-        for r in rows:
-            out[r.layer, r.head] = r.value
+        out = np.full((max(c[0] for c in cells) + 1, max(c[1] for c in cells) + 1), np.nan)
+        for layer, head, value in cells:
+            out[layer, head] = value
         return out
 
 

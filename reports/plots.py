@@ -126,16 +126,17 @@ def _fit_label(fit: ScalingFit) -> str:
     return f"{fit.form}{value}{r2}"
 
 
-def _draw_fit(ax: Axes, fit: ScalingFit, grid: np.ndarray, color: str) -> None:
+def _draw_fit(ax: Axes, fit: ScalingFit, grid: np.ndarray, color: str) -> bool:
+    """Draw a fit's curve and exponent band; return False when the fit has no curve."""
     line = curves.evaluate(fit, grid)
     if line is None:
-        return
+        return False
     ax.plot(grid, line, "--", color=color, lw=1.5, label=_fit_label(fit))
     band = curves.exponent_band(fit, grid)
     if band is not None:
-        ax.fill_between(grid, *band, color=color, alpha=0.15, lw=0, label="exponent CI band")
-    if fit.x:
-        ax.plot(fit.x, fit.y, "o", mfc="none", mec=color, ms=9, label=f"fit data (n={len(fit.x)})")
+        label = f"{curves.EXPONENT[fit.form]} CI band"
+        ax.fill_between(grid, *band, color=color, alpha=0.15, lw=0, label=label)
+    return True
 
 
 def _grid(points: Mapping[str, Points], fits: Sequence[ScalingFit]) -> np.ndarray:
@@ -172,9 +173,10 @@ def scaling_plot(
             if np.isfinite(x) and np.isfinite(y):
                 ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     grid = _grid(points, fits)
-    for fit, color in zip(fits, fit_colors * 4, strict=False):
-        if grid.size:
-            _draw_fit(ax, fit, grid, color)
+    drawn = [f for f, c in zip(fits, fit_colors * 4, strict=False) if grid.size and _draw_fit(ax, f, grid, c)]
+    data = next((f for f in drawn if f.x), None)
+    if data is not None:  # the points the fits used, once
+        ax.plot(data.x, data.y, "o", mfc="none", mec="black", ms=9, label=f"fit data (n={len(data.x)})")
     ys = np.concatenate([_finite(p.y) for p in points.values()] + [np.array(f.y) for f in fits])
     ax.set_xscale("log")
     log_ticks(ax.xaxis, np.concatenate([grid] + [p.x for p in points.values()]), human)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -75,22 +76,18 @@ def plan_scaling(run: Run) -> SectionPlan:
 
 
 def _scaling_job(run: Run, key: str, x_name: str, fits: Sequence) -> Callable[[], Figure]:
-    table = run.table
     families: dict[str, list] = {}
     for s in run.series():
         families.setdefault(s.model, []).append(s)
-
-    def points() -> dict[str, plots.Points]:
-        return {
-            model: plots.Points(
-                x=np.array([table.n_params(s, x_name) for s in members]),
-                y=np.array([table.scalar(key, s) for s in members]),
-                labels=[s.size for s in members],
-            )
-            for model, members in families.items()
-        }
-
-    return lambda: plots.scaling_plot(points(), fits, x_label=x_name, y_label=key)
+    points = {
+        model: plots.Points(
+            x=np.array([run.table.n_params(s, x_name) for s in members]),
+            y=np.array([run.table.scalar(key, s) for s in members]),
+            labels=[s.size for s in members],
+        )
+        for model, members in families.items()
+    }
+    return partial(plots.scaling_plot, points, fits, x_label=x_name, y_label=key)
 
 
 def plan_steps(run: Run) -> SectionPlan:
@@ -105,7 +102,7 @@ def plan_steps(run: Run) -> SectionPlan:
             jobs.append(
                 PlotJob(
                     f"{key} over training",
-                    lambda lines=lines, key=key: plots.steps_plot(lines, colors, y_label=key),
+                    partial(plots.steps_plot, lines, colors, y_label=key),
                 )
             )
     return SectionPlan(
@@ -133,7 +130,7 @@ def plan_dynamics(run: Run) -> SectionPlan:
         jobs.append(
             PlotJob(
                 title,
-                lambda o=observed, f=fitted, t=title, m=metric: plots.dynamics_plot(o, f, title=t, y_label=m),
+                partial(plots.dynamics_plot, observed, fitted, title=title, y_label=metric),
             )
         )
     return SectionPlan(
@@ -153,15 +150,13 @@ def plan_other(run: Run, handled: set[str]) -> SectionPlan:
     for key in (k for k in table.keys("layer") if k not in handled):
         lines = {table.label(s): table.by_layer(key, s) for s in run.series()}
         lines = {k: v for k, v in lines.items() if v[0].size}
-        jobs.append(
-            PlotJob(key, lambda lines=lines, key=key: plots.per_layer_plot(lines, colors, y_label=key))
-        )
+        jobs.append(PlotJob(key, partial(plots.per_layer_plot, lines, colors, y_label=key)))
     for key in (k for k in table.keys("head") if k not in handled):
         for s in run.series():
             matrix = table.head_matrix(key, s)
             if matrix.size:
                 title = f"{key}, {table.label(s)}"
-                jobs.append(PlotJob(title, lambda m=matrix, t=title: plots.heatmap(m, title=t)))
+                jobs.append(PlotJob(title, partial(plots.heatmap, matrix, title=title)))
     return SectionPlan(
         "other",
         "Other per-layer and per-head metrics",
