@@ -136,8 +136,8 @@ def _suite_tasks(spec: SweepSpec) -> list[Task]:
 
     root = Path(spec.suite or "")
     manifest = read_manifest(root)
-    sizes = _check_sizes(spec.sizes, [s["name"] for s in manifest["sizes"]])
-    steps = select_steps(list(manifest["steps"]), spec.checkpoints)
+    sizes = _check_sizes(spec.sizes, list(manifest.sizes))
+    steps = select_steps(list(manifest.steps), spec.checkpoints)
     return [Task(size, str(root / size), f"step{step}", step) for size in sizes for step in steps]
 
 
