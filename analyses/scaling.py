@@ -64,7 +64,8 @@ class FitResult:
         n_points: Number of points.
         x: The ``x`` values.
         y: The ``y`` values.
-        note: Why the fit was skipped or what to keep in mind; "" otherwise.
+        note: Why the fit was skipped, or a warning (a saturating exponent on
+            a bound of its range); "" otherwise.
     """
 
     metric: str
@@ -277,6 +278,17 @@ def _skip_reason(x: np.ndarray, y: np.ndarray, form: Form) -> str:
     return ""
 
 
+def _bound_note(params: Mapping[str, float]) -> str:
+    """A warning when the saturating exponent ended on a bound of its range."""
+    alpha = params.get("alpha")
+    if alpha is None:
+        return ""
+    for bound in (_ALPHA_GRID[0], _ALPHA_MAX):
+        if abs(alpha - bound) <= 1e-6 * bound:
+            return f"alpha at its bound {bound:g}: the data do not pin down a saturating exponent"
+    return ""
+
+
 def fit_scaling(
     x: Any,
     y: Any,
@@ -319,6 +331,7 @@ def fit_scaling(
     loo: float | None = None
     if not reason:
         params, r2 = _fitter(form)(xa, ya)
+        reason = _bound_note(params)
         ci = _bootstrap_ci(xa, ya, form, n_boot, ci_level, seed) if n_boot > 0 else {}
         loo = _loo_rel_error(xa, ya, form)
     return FitResult(

@@ -141,6 +141,14 @@ def test_non_positive_values_skip_the_log_fit_with_a_reason():
     json.dumps(fit.to_dict(), allow_nan=False)
 
 
+def test_saturating_exponent_on_bound_is_flagged():
+    y = 1.0 + 1e-3 * np.log(WIDTH)  # no power-law curvature: alpha runs to its lower bound
+    fit = fit_saturating(WIDTH, y, n_boot=0)
+    assert fit.params["alpha"] == pytest.approx(1e-4)
+    assert "bound" in fit.note
+    assert fit_saturating(WIDTH, 5.0 * WIDTH**-0.91 + 2.0, n_boot=0).note == ""
+
+
 def test_loo_none_when_too_few_points_and_repeated_largest_x():
     assert fit_power_law(N[:3], N[:3] ** 0.5, n_boot=0).loo_rel_error is None
     x = np.r_[N[:4], N[3]]
