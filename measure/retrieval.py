@@ -20,6 +20,7 @@ from scalelens.capture import capture
 from scalelens.errors import ScalelensError
 from scalelens.hooks.arch import layer_part
 from scalelens.hooks.attention import attention_rows, attention_tap
+from scalelens.measure.text import suite_corpus
 from scalelens.probes.haystack import (
     DEPTHS,
     ENGLISH_HAYSTACK,
@@ -77,7 +78,7 @@ def _material(loaded: Any, s: RetrievalSettings) -> tuple[list[Needle], list[str
     if kind == "auto":
         kind = "synthetic" if loaded.info.source_kind == "suite" else "english"
     if kind == "synthetic":
-        needles, hay = synthetic_material(max(1, s.n_needles))
+        needles, hay = synthetic_material(max(1, s.n_needles), corpus=suite_corpus(loaded))
     elif kind == "english":
         needles, hay = list(ENGLISH_NEEDLES[: max(1, s.n_needles)]), split_sentences(ENGLISH_HAYSTACK)
     else:

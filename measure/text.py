@@ -6,7 +6,30 @@ from pathlib import Path
 from typing import Any
 
 from scalelens.errors import ScalelensError
-from scalelens.probes.haystack import ENGLISH_HAYSTACK, split_sentences, synthetic_material
+from scalelens.probes.haystack import ENGLISH_HAYSTACK, split_sentences
+
+
+def suite_manifest(loaded: Any) -> Any:
+    """The mini-suite manifest a loaded checkpoint belongs to, or None."""
+    from scalelens.models.manifest import MANIFEST_NAME, read_manifest
+
+    if loaded.info.source_kind != "suite":
+        return None
+    path = Path(loaded.info.source)
+    for parent in (path, *list(path.parents)[:3]):
+        if (parent / MANIFEST_NAME).is_file():
+            return read_manifest(parent)
+    return None
+
+
+def suite_corpus(loaded: Any) -> Any:
+    """The built-in CorpusConfig the suite was trained on, or None."""
+    from scalelens.models.corpus import CorpusConfig
+
+    manifest = suite_manifest(loaded)
+    if manifest is None or manifest.corpus.get("kind") != "builtin":
+        return None
+    return CorpusConfig(**manifest.corpus["config"])
 
 
 def probe_sentences(loaded: Any, text_file: str | None) -> list[str]:
@@ -19,8 +42,10 @@ def probe_sentences(loaded: Any, text_file: str | None) -> list[str]:
         if not sentences:
             raise ScalelensError(f"text file {path} has no text")
         return sentences
-    if loaded.info.source_kind == "suite":
-        return synthetic_material()[1]
+    manifest = suite_manifest(loaded)
+    if manifest is not None:
+        valid = (manifest.root / manifest.valid_text).read_text(encoding="utf-8")
+        return [ln for ln in valid.splitlines() if ln.strip()]
     return split_sentences(ENGLISH_HAYSTACK)
 
 

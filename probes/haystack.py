@@ -97,16 +97,22 @@ def read_needles(path: str | Path) -> list[Needle]:
     return needles
 
 
-def synthetic_material(n_needles: int = 4, seed: int = 0) -> tuple[list[Needle], list[str]]:
+def synthetic_material(n_needles: int = 4, seed: int = 0,
+                       corpus: Any = None) -> tuple[list[Needle], list[str]]:
     """Needles and haystack sentences in the language of the built-in corpus.
 
     Half the needles are key/value facts (``the code of X is N .``), half are word
     lists to be repeated (``list : a b c .`` / ``again :``), the two recall formats
     the mini suite was trained on. The haystack holds plain story sentences.
+    ``corpus`` is the suite's CorpusConfig (its words and names); default: the
+    built-in default corpus.
     """
+    from dataclasses import replace
+
     from scalelens.models.corpus import CorpusConfig, generate_documents
 
-    docs = generate_documents(CorpusConfig(n_docs=300, seed=seed))
+    cfg = replace(corpus or CorpusConfig(seed=seed), n_docs=300)
+    docs = generate_documents(cfg)
     lines = [ln for d in docs for ln in d.splitlines() if ln.strip()]
     special = ("the code of", "what is", "list :", "again :")
     story = [ln for ln in lines if not ln.startswith(special)]
