@@ -1,17 +1,36 @@
-"""Read capture files: arrays come back with their axis names."""
+"""Read capture files: arrays come back with their axis names.
+
+Concurrent readers. A capture file's HDF5 metadata never changes after it is created
+(all storage is allocated up front, see ``schema.py``), so a reader may open it while a
+capture is writing it, without SWMR and without file locks (``locking=False``: HDF5's
+locks fail on many network file systems and would block the reader). A
+:class:`CaptureFile` is a snapshot: it reads ``/progress`` once when opened and only
+ever returns the prompts finished by then (``n_done``), so arrays read one after the
+other always agree in length. :meth:`CaptureFile.refresh` takes a newer snapshot.
+
+Every failure to read (missing, truncated or corrupted file, a file of a newer schema)
+is a :class:`~scalelens.errors.ScalelensError` with one line naming the fix.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
 
 from scalelens.cache import schema
 from scalelens.errors import ScalelensError
+
+T = TypeVar("T")
+
+# Rows of a float dataset scanned at once by nonfinite() (bounded memory on big files).
+_SCAN_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -26,34 +45,109 @@ class Labeled:
             raise ValueError(f"{self.data.ndim}-d array with axes {self.axes}")
 
 
-class CaptureFile:
-    """Read-only view of a capture file, safe to open while a capture writes it.
+@dataclass(frozen=True)
+class NonFinite:
+    """Non-finite (NaN or +-inf) values found in one dataset of a probe.
 
-    Only prompts below ``n_done`` are meaningful until the file is complete.
+    Attributes:
+        probe: Probe name.
+        dataset: Dataset name within the probe.
+        count: Number of non-finite values among finished prompts.
+        prompts: Indices of the prompts holding them.
+        layers: Layer positions (index into the probe's layers) holding them, when the
+            dataset has a layer axis.
+    """
+
+    probe: str
+    dataset: str
+    count: int
+    prompts: tuple[int, ...]
+    layers: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {"probe": self.probe, "dataset": self.dataset, "count": self.count,
+                "prompts": list(self.prompts), "layers": list(self.layers)}
+
+    def line(self) -> str:
+        """One human-readable line."""
+        where = f"prompts {_short(self.prompts)}"
+        if self.layers:
+            where += f", layers {_short(self.layers)}"
+        return f"probe {self.probe}/{self.dataset}: {self.count} NaN/inf value(s) in {where}"
+
+
+def _short(values: tuple[int, ...], n: int = 8) -> str:
+    text = ",".join(str(v) for v in values[:n])
+    return text + (f",... ({len(values)} in all)" if len(values) > n else "")
+
+
+def _missing_message(path: Path) -> str:
+    creating = path.with_name(path.name + ".creating")
+    if creating.exists():
+        return (f"capture file {path} does not exist: a capture was interrupted while creating it "
+                f"({creating.name} is left over); rerun the capture command")
+    if path.is_dir():
+        return f"{path} is a directory; give a capture .h5 file"
+    return f"capture file {path} does not exist"
+
+
+class CaptureFile:
+    """Read-only snapshot view of a capture file, safe to open while a capture writes it.
+
+    Only prompts below ``n_done`` (read when opened) are returned until :meth:`refresh`.
     """
 
     def __init__(self, path: str | Path) -> None:
         """Open ``path``; raise ScalelensError if it is missing, corrupt or too new."""
         self.path = Path(path)
         if not self.path.is_file():
-            raise ScalelensError(f"capture file {self.path} does not exist")
+            raise ScalelensError(_missing_message(self.path))
         try:
             self._f = h5py.File(self.path, "r", locking=False)
-        except OSError:
+        except OSError as e:
             raise ScalelensError(
-                f"{self.path} is not a readable HDF5 file (truncated or corrupted?); "
+                f"{self.path} is not a readable HDF5 file (truncated or corrupted: {_h5_reason(e)}); "
                 "re-run the capture with --overwrite"
             ) from None
-        version = self._f.attrs.get("schema_version")
-        if version is None or schema.PROGRESS not in self._f:
+        try:
+            self._validate()
+        except BaseException:
             self.close()
-            raise ScalelensError(f"{self.path} is not a scalelens capture (no schema_version)")
+            raise
+
+    def _validate(self) -> None:
+        version = self._guard("the file header", lambda: self._f.attrs.get("schema_version"))
+        if version is None:
+            raise ScalelensError(f"{self.path} is not a scalelens capture (no schema_version attribute)")
         if int(version) > schema.SCHEMA_VERSION:
-            self.close()
             raise ScalelensError(
-                f"{self.path} uses schema version {version}, newer than this scalelens "
-                f"understands ({schema.SCHEMA_VERSION}); upgrade scalelens"
+                f"{self.path} uses schema version {int(version)}, newer than this scalelens "
+                f"understands ({schema.SCHEMA_VERSION}); upgrade scalelens to read it"
             )
+        for name in (schema.PROGRESS, schema.TOKENS, schema.SEGMENTS, schema.LENGTHS):
+            if not self._guard(f"dataset {name}", partial(self._f.__contains__, name)):
+                raise ScalelensError(f"{self.path} lacks /{name}: it is not a complete scalelens capture "
+                                     "(corrupted?); re-run the capture with --overwrite")
+        for key in ("model", "capture", "probes", "segment_labels"):
+            self.attr_json(key)
+        self.refresh()
+        n = self.n_prompts
+        if not 0 <= self._n_done <= n:
+            raise ScalelensError(f"{self.path}: progress says {self._n_done} of {n} prompts are done "
+                                 "(corrupted?); re-run the capture with --overwrite")
+
+    def _guard(self, what: str, fn: Callable[[], T]) -> T:
+        """Run an h5py access; turn a low-level failure into a one-line error."""
+        try:
+            return fn()
+        except ScalelensError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise ScalelensError(
+                f"{self.path}: cannot read {what} (file truncated or corrupted: {_h5_reason(e)}); "
+                "re-run the capture with --overwrite"
+            ) from None
 
     def __enter__(self) -> CaptureFile:
         return self
@@ -63,13 +157,27 @@ class CaptureFile:
 
     def close(self) -> None:
         """Close the file."""
-        if self._f.id.valid:
-            self._f.close()
+        f = getattr(self, "_f", None)
+        if f is not None and f.id.valid:
+            f.close()
+
+    def refresh(self) -> None:
+        """Take a new snapshot of the progress a concurrent capture has made."""
+        progress = self._guard("/progress", lambda: np.asarray(self._f[schema.PROGRESS][()]))
+        if progress.shape != (2,):
+            raise ScalelensError(f"{self.path}: /progress has shape {progress.shape}, expected (2,) "
+                                 "(corrupted?); re-run the capture with --overwrite")
+        self._n_done, self._complete = int(progress[0]), bool(progress[1])
 
     # -- metadata ----------------------------------------------------------------
     def attr_json(self, key: str) -> Any:
         """A JSON-encoded root attribute, decoded."""
-        return json.loads(self._f.attrs[key])
+        raw = self._guard(f"attribute {key}", lambda: self._f.attrs[key])
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, TypeError):
+            raise ScalelensError(f"{self.path}: attribute {key!r} is not valid JSON (corrupted?); "
+                                 "re-run the capture with --overwrite") from None
 
     @property
     def model(self) -> dict[str, Any]:
@@ -89,7 +197,8 @@ class CaptureFile:
     @property
     def probe_names(self) -> list[str]:
         """Names of stored probes."""
-        return list(self._f[schema.PROBES].keys()) if schema.PROBES in self._f else []
+        return self._guard("the probe groups", lambda: list(self._f[schema.PROBES].keys())
+                           if schema.PROBES in self._f else [])
 
     @property
     def segment_labels(self) -> list[str]:
@@ -99,27 +208,43 @@ class CaptureFile:
     @property
     def n_prompts(self) -> int:
         """Prompts the file was created for."""
-        return int(self._f[schema.LENGTHS].shape[0])
+        return int(self._guard("/lengths", lambda: self._f[schema.LENGTHS].shape[0]))
 
     @property
     def n_done(self) -> int:
-        """Prompts written completely."""
-        return int(self._f[schema.PROGRESS][0])
+        """Prompts written completely (when this view was opened or last refreshed)."""
+        return self._n_done
 
     @property
     def complete(self) -> bool:
-        """Whether the capture finished."""
-        return bool(self._f[schema.PROGRESS][1])
+        """Whether the capture had finished (when opened or last refreshed)."""
+        return self._complete
 
     # -- data --------------------------------------------------------------------
+    def _dataset(self, where: str) -> h5py.Dataset:
+        if not self._guard(where, lambda: where in self._f):
+            raise ScalelensError(f"{self.path} has no dataset {where}")
+        return self._guard(where, lambda: self._f[where])
+
+    def _axes(self, ds: h5py.Dataset, where: str) -> tuple[str, ...]:
+        raw = self._guard(f"the axes of {where}", lambda: ds.attrs[schema.AXES_ATTR])
+        try:
+            axes = tuple(json.loads(raw))
+        except (json.JSONDecodeError, TypeError):
+            raise ScalelensError(f"{self.path}: dataset {where} has unreadable axis names "
+                                 "(corrupted?); re-run the capture with --overwrite") from None
+        if len(axes) != ds.ndim:
+            raise ScalelensError(f"{self.path}: dataset {where} has {ds.ndim} dims but axes {axes} "
+                                 "(corrupted?); re-run the capture with --overwrite")
+        return axes
+
     def read(self, name: str, probe: str | None = None, done_only: bool = True) -> Labeled:
         """Read dataset ``name`` (of ``probe``), with axis names; only finished prompts."""
         where = name if probe is None else f"{schema.PROBES}/{probe}/{name}"
-        if where not in self._f:
-            raise ScalelensError(f"{self.path} has no dataset {where}")
-        ds = self._f[where]
-        axes = tuple(json.loads(ds.attrs[schema.AXES_ATTR]))
-        data = ds[: self.n_done] if done_only and axes and axes[0] == "prompt" else ds[()]
+        ds = self._dataset(where)
+        axes = self._axes(ds, where)
+        by_prompt = done_only and axes and axes[0] == "prompt"
+        data = self._guard(where, lambda: ds[: self._n_done] if by_prompt else ds[()])
         return Labeled(np.asarray(data), axes)
 
     def datasets(self, probe: str) -> dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]]:
@@ -128,12 +253,66 @@ class CaptureFile:
             raise ScalelensError(
                 f"{self.path} has no probe {probe!r}; it has: {', '.join(self.probe_names) or 'none'}"
             )
-        group = self._f[f"{schema.PROBES}/{probe}"]
-        return {
-            k: (ds.shape, str(ds.dtype), tuple(json.loads(ds.attrs[schema.AXES_ATTR])))
-            for k, ds in group.items()
-        }
+        where = f"{schema.PROBES}/{probe}"
+        group = self._guard(where, lambda: self._f[where])
+        items = self._guard(where, lambda: list(group.items()))
+        return {k: (ds.shape, str(ds.dtype), self._axes(ds, f"{where}/{k}")) for k, ds in items}
 
     def probe(self, name: str) -> dict[str, Labeled]:
         """All datasets of probe ``name``."""
         return {k: self.read(k, probe=name) for k in self.datasets(name)}
+
+    def nonfinite(self) -> list[NonFinite]:
+        """Every float dataset of every probe holding NaN or inf among finished prompts.
+
+        Padding never holds NaN except the massive summary's ``top_values`` tail, whose
+        entries past each prompt's valid count are NaN by design; those are not counted
+        (they sit where ``top_pos`` is -1).
+        """
+        found = []
+        for probe in self.probe_names:
+            for name, (shape, dtype, axes) in self.datasets(probe).items():
+                if np.dtype(dtype).kind != "f" or not shape or axes[0] != "prompt":
+                    continue
+                hit = self._scan(probe, name, shape, np.dtype(dtype).itemsize, axes)
+                if hit is not None:
+                    found.append(hit)
+        return found
+
+    def _scan(self, probe: str, name: str, shape: tuple[int, ...], itemsize: int,
+              axes: tuple[str, ...]) -> NonFinite | None:
+        where = f"{schema.PROBES}/{probe}/{name}"
+        ds, pad = self._dataset(where), None
+        if name == "top_values" and "top_pos" in self.datasets(probe):
+            pad = self._dataset(f"{schema.PROBES}/{probe}/top_pos")
+        row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
+        step = max(1, _SCAN_BYTES // row_bytes)
+        count, prompts, layers = 0, set[int](), set[int]()
+        layer_axis = axes.index("layer") if "layer" in axes else None
+        for start in range(0, self._n_done, step):
+            stop = min(self._n_done, start + step)
+            rows = np.s_[start:stop]
+            block = self._guard(where, partial(ds.__getitem__, rows))
+            bad = ~np.isfinite(block)
+            if pad is not None:
+                bad &= self._guard(where, partial(pad.__getitem__, rows)) >= 0
+            if not bad.any():
+                continue
+            count += int(bad.sum())
+            idx = np.nonzero(bad)
+            prompts.update((idx[0] + start).tolist())
+            if layer_axis is not None:
+                layers.update(idx[layer_axis].tolist())
+        if not count:
+            return None
+        return NonFinite(probe, name, count, tuple(sorted(prompts)), tuple(sorted(layers)))
+
+
+def _h5_reason(e: BaseException) -> str:
+    """The short reason inside an h5py error message (the part in parentheses, if any)."""
+    text = " ".join(str(e).split())
+    if "(" in text:
+        inner = text[text.index("(") + 1:].rstrip(")")
+        if inner:
+            return inner
+    return text or type(e).__name__

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import sys
 from pathlib import Path
 
 from scalelens.errors import ScalelensError
@@ -37,12 +40,31 @@ def check_device(device: str, dtype: str | None) -> None:
     """Refuse devices and dtypes this machine cannot run, with one line."""
     import torch
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ScalelensError(f"--device {device} asked for but CUDA is not available; use --device cpu")
-    if device not in ("cpu",) and not device.startswith("cuda"):
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
         raise ScalelensError(f"unknown device {device!r}; use cpu or cuda[:N]")
-    if dtype == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
-        raise ScalelensError("this GPU does not support bfloat16; use --dtype float16")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ScalelensError(f"--device {device} asked for but CUDA is not available; use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ScalelensError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s) "
+                                 f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            raise ScalelensError("this GPU does not support bfloat16; use --dtype float16 (or float32)")
+
+
+def check_output_file(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that cannot be written, before loading the model."""
+    if out.is_dir():
+        raise ScalelensError(f"--out {out} is a directory; give a .h5 file path")
+    parent = out.parent
+    if not parent.is_dir():
+        raise ScalelensError(f"output directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ScalelensError(f"output directory {parent} is not writable; choose another --out")
+    if out.exists() and not overwrite and not os.access(out, os.R_OK | os.W_OK):
+        raise ScalelensError(f"{out} exists but is not writable; fix its permissions to resume it, or "
+                             "choose another --out")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,6 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated presets: resid, resid_pre, attn_out, mlp_out, attn, q, k, "
                         "massive, top1, norms (default resid,attn,massive)")
     p.add_argument("--layers", type=int_list, help="layer indices, e.g. 0,3,5 (default all)")
+    p.add_argument("--heads", type=int_list,
+                   help="head indices of per-head probes (attn, top1, q, k), e.g. 0,3 (default all)")
     p.add_argument("--positions", default=None,
                    help="all, last, segment:LABEL or indices like 0,-1 (default all)")
     p.add_argument("--store-dtype", choices=("float16", "float32"), default=None,
@@ -68,27 +92,86 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser("inspect", help="print model, probes, shapes and completeness of a capture")
     q.add_argument("file", type=Path)
+    q.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"scan stored values for NaN/inf (default: when under {SCAN_LIMIT_GIB} GiB)")
     q.set_defaults(func=run_inspect)
+
+
+SCAN_LIMIT_GIB = 4
+
+
+def _float_bytes(f) -> int:
+    import numpy as np
+
+    total = 0
+    for probe in f.probe_names:
+        for shape, dtype, _ in f.datasets(probe).values():
+            if np.dtype(dtype).kind == "f":
+                total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return total
+
+
+def warn_nonfinite(f, scan: bool | None = None) -> list:
+    """Print one warning line per dataset holding NaN/inf; return what was found.
+
+    ``scan`` None scans files whose float data is under SCAN_LIMIT_GIB.
+    """
+    size = _float_bytes(f)
+    if scan is None:
+        scan = size <= SCAN_LIMIT_GIB * 2**30
+    if not scan:
+        print(f"note: {f.path}: skipped the NaN/inf scan of {size / 2**30:.1f} GiB of values; "
+              "run `scalelens inspect --scan` to do it", file=sys.stderr)
+        return []
+    found = f.nonfinite()
+    for hit in found:
+        print(f"warning: {f.path}: {hit.line()}; analyses report these instead of averaging them",
+              file=sys.stderr)
+    return found
+
+
+def _probes_from_args(args: argparse.Namespace) -> list:
+    from scalelens.probes.spec import Positions, preset
+
+    names = [n.strip() for n in args.probes.split(",") if n.strip()]
+    if not names:
+        raise ScalelensError("--probes is empty; give presets like resid,attn,massive")
+    if len(set(names)) != len(names):
+        raise ScalelensError(f"--probes lists a probe twice ({args.probes}); list each once")
+    positions = Positions.parse(args.positions) if args.positions else None
+    probes = [preset(n, layers=args.layers, positions=positions, dtype=args.store_dtype, heads=args.heads)
+              for n in names]
+    if args.heads is not None and not any(p.point.from_attention_tap for p in probes):
+        raise ScalelensError("--heads applies to per-head probes (attn, top1, q, k) and none is "
+                             "selected; drop --heads or add such a probe")
+    return probes
 
 
 def run_capture(args: argparse.Namespace) -> int:
     """Handle ``scalelens capture``."""
+    from scalelens.cache.reader import CaptureFile
     from scalelens.capture import CaptureSettings, capture
     from scalelens.probes.prompts import read_prompt_file
-    from scalelens.probes.spec import Positions, preset
 
     settings = CaptureSettings(batch_size=args.batch_size, max_length=args.max_length,
                                backend=args.backend, overwrite=args.overwrite)
-    if args.out.exists() and not args.overwrite and args.out.is_dir():
-        raise ScalelensError(f"--out {args.out} is a directory; give a .h5 file path")
+    check_output_file(args.out, args.overwrite)
     prompts = read_prompt_file(args.prompts)
-    positions = Positions.parse(args.positions) if args.positions else None
-    probes = [preset(n.strip(), layers=args.layers, positions=positions, dtype=args.store_dtype)
-              for n in args.probes.split(",") if n.strip()]
+    probes = _probes_from_args(args)
     loaded = load_from_args(args)
+    context = loaded.info.max_position
+    if args.max_length is not None and context and args.max_length > context:
+        raise ScalelensError(f"--max-length {args.max_length} exceeds the model's context of {context} "
+                             f"tokens; use --max-length {context} or less")
     out = capture(loaded, probes, prompts, args.out, **vars(settings))
+    with CaptureFile(out) as f:
+        warn_nonfinite(f)
     print(f"wrote {out}")
     return 0
+
+
+def _fmt_int(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -97,9 +180,13 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     with CaptureFile(args.file) as f:
         m = f.model
-        state = "complete" if f.complete else f"incomplete ({f.n_done}/{f.n_prompts} prompts)"
+        if f.complete:
+            state = "complete"
+        else:
+            state = (f"incomplete ({f.n_done}/{f.n_prompts} prompts; rerun the capture command to "
+                     "finish it)")
         print(f"{f.path}: {state}")
-        print(f"model: {m.get('name')} ({m.get('architecture')}, {m.get('n_params'):,} params, "
+        print(f"model: {m.get('name')} ({m.get('architecture')}, {_fmt_int(m.get('n_params'))} params, "
               f"revision {m.get('revision')}, step {m.get('step')})")
         cap = f.capture
         print(f"capture: backend {cap.get('backend')}, batch size {cap.get('batch_size')}, "
@@ -110,4 +197,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             for name, (shape, dtype, axes) in f.datasets(probe).items():
                 dims = ", ".join(f"{a}={s}" for a, s in zip(axes, shape, strict=True))
                 print(f"  {name}: {dtype} [{dims}]")
+        found = warn_nonfinite(f, args.scan)
+        if found:
+            print(f"non-finite values: {len(found)} dataset(s) hold NaN/inf (see the warnings)")
     return 0

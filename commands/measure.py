@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_measure)
     a = sub.add_parser("analyze", help="rerun analyses on existing captures (no model needed)")
     a.add_argument("path", type=Path, help="a capture .h5 file or a measure output directory")
+    a.add_argument("--analyses", default=None,
+                   help="comma-separated analyses to run (default: every one the probes support); "
+                        "one a file lacks the probes for is an error")
     a.add_argument("--threshold", type=float, default=0.1)
     a.add_argument("--gate", type=float, default=0.5)
     a.set_defaults(func=run_analyze)
@@ -82,46 +87,119 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_measure(args: argparse.Namespace) -> int:
     """Handle ``scalelens measure``."""
+    from scalelens.cache.reader import CaptureFile
+    from scalelens.commands.capture import warn_nonfinite
     from scalelens.measure.run import measure, parse_analyses
 
     analyses = parse_analyses(args.analyses)
     settings = settings_from_args(args)
-    if args.out.exists() and not args.out.is_dir():
-        raise ScalelensError(f"--out {args.out} exists and is not a directory")
+    _check_out_dir(args.out)
     loaded = load_from_args(args)
     measure(loaded, analyses, args.out, settings)
+    for path in sorted(args.out.glob("*.h5")):
+        with CaptureFile(path) as f:
+            warn_nonfinite(f)
     print(f"wrote {args.out / 'results.json'}")
     return 0
 
 
-def analyze_file(path: Path, threshold: float = 0.1, gate: float = 0.5) -> dict[str, Any]:
-    """Every analysis the probes in one capture file support."""
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ScalelensError(f"--out {out} exists and is not a directory; give a directory")
+    parent = out if out.exists() else out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ScalelensError(f"output directory {parent} is not writable; choose another --out")
+
+
+def _analyses_in() -> dict[str, list[str]]:
+    """The probes each analysis reads from a capture file."""
+    from scalelens.analyses import from_capture as fc
+
+    return {"retrieval_heads": list(fc.RETRIEVAL_PROBES), "massive_activations": [fc.MASSIVE_PROBE],
+            "text_dominance": [fc.DOMINANCE_PROBE]}
+
+
+def analyze_file(path: Path, threshold: float = 0.1, gate: float = 0.5,
+                 analyses: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Every analysis the probes in one capture file support (or exactly ``analyses``).
+
+    An incomplete file (a capture still running or interrupted) is analysed over its
+    finished prompts and says so in ``"incomplete"``. Probe values that are NaN or
+    inf are listed under ``"nonfinite"`` (they are never averaged into a score
+    silently: a layer holding one reports no ratio / score).
+    """
     from scalelens.analyses import from_capture as fc
     from scalelens.cache.reader import CaptureFile
     from scalelens.measure.dominance import OTHER, TEXT
 
     out: dict[str, Any] = {}
     with CaptureFile(path) as f:
+        needs = _analyses_in()
         names = set(f.probe_names)
-        if set(fc.RETRIEVAL_PROBES) <= names:
-            out["retrieval_heads"] = fc.retrieval_from_capture(f, threshold, gate).to_dict()
-        if fc.MASSIVE_PROBE in names:
-            out["massive_activations"] = fc.massive_from_capture(f).to_dict()
-        if fc.DOMINANCE_PROBE in names:
-            out["text_dominance"] = fc.dominance_from_capture(f, TEXT, OTHER).to_dict()
-        if not out:
+        wanted = analyses or tuple(a for a, probes in needs.items() if set(probes) <= names)
+        if not wanted:
             raise ScalelensError(
                 f"{path} holds none of the probes the analyses read ({', '.join(sorted(names))}); "
                 "capture with `scalelens measure`"
             )
+        if f.n_done == 0:
+            raise ScalelensError(f"{path} holds no finished prompts yet; wait for the capture or rerun it")
+        runners = {
+            "retrieval_heads": lambda: fc.retrieval_from_capture(f, threshold, gate).to_dict(),
+            "massive_activations": lambda: fc.massive_from_capture(f).to_dict(),
+            "text_dominance": lambda: fc.dominance_from_capture(f, TEXT, OTHER).to_dict(),
+        }
+        for name in wanted:
+            if name not in runners:
+                raise ScalelensError(f"analysis {name} needs the model, not a capture file; run "
+                                     f"`scalelens measure --analyses {name}`")
+            out[name] = runners[name]()
+        bad = [hit for hit in f.nonfinite()
+               if any(hit.probe in needs.get(a, ()) for a in wanted)]
+        for hit in bad:
+            print(f"warning: {path}: {hit.line()}", file=sys.stderr)
+        for name in wanted:
+            hits = [h.to_dict() for h in bad if h.probe in needs[name]]
+            if hits:
+                out[name]["nonfinite"] = hits
+        if not f.complete:
+            out["incomplete"] = {"n_done": f.n_done, "n_prompts": f.n_prompts}
     return out
 
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Handle ``scalelens analyze``."""
+    from scalelens.measure.run import parse_analyses
+
+    analyses = parse_analyses(args.analyses) if args.analyses else None
+    if not args.path.exists():
+        raise ScalelensError(f"{args.path} does not exist; give a capture .h5 file or a measure directory")
     files = sorted(args.path.glob("*.h5")) if args.path.is_dir() else [args.path]
     if not files:
         raise ScalelensError(f"{args.path} holds no .h5 captures")
-    result = {f.name: analyze_file(f, args.threshold, args.gate) for f in files}
+    if analyses and args.path.is_dir():
+        result = {}
+        for f in files:
+            keep = _supported(f, analyses)
+            if keep:
+                result[f.name] = analyze_file(f, args.threshold, args.gate, keep)
+        missing = [a for a in analyses if not any(a in r for r in result.values())]
+        if missing:
+            raise ScalelensError(f"no capture in {args.path} holds the probes {', '.join(missing)} needs; "
+                                 f"run `scalelens measure --analyses {','.join(missing)}`")
+    else:
+        result = {f.name: analyze_file(f, args.threshold, args.gate, analyses) for f in files}
     print(json.dumps(result, indent=1, default=str, allow_nan=True))
     return 0
+
+
+def _supported(path: Path, analyses: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The subset of ``analyses`` whose probes ``path`` holds (None: skip the file)."""
+    from scalelens.cache.reader import CaptureFile
+
+    with CaptureFile(path) as f:
+        needs, names = _analyses_in(), set(f.probe_names)
+        keep = tuple(a for a in analyses if a in needs and set(needs[a]) <= names)
+    return keep or None

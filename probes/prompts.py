@@ -45,31 +45,54 @@ def _jsonl_prompt(line: str, where: str) -> Prompt:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        raise ScalelensError(f"{where}: invalid JSON ({e.msg})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("segments"), list):
-        return Prompt(tuple((str(s["label"]), str(s["text"])) for s in obj["segments"]))
+        raise ScalelensError(f"{where}: invalid JSON ({e.msg}); write one JSON object per line") from None
+    if isinstance(obj, dict) and "segments" in obj:
+        segments = obj["segments"]
+        ok = isinstance(segments, list) and segments and all(
+            isinstance(s, dict) and isinstance(s.get("label"), str) and s["label"]
+            and isinstance(s.get("text"), str) for s in segments)
+        if not ok:
+            raise ScalelensError(
+                f'{where}: "segments" must be a non-empty list of {{"label": str, "text": str}} objects'
+            )
+        return Prompt(tuple((s["label"], s["text"]) for s in segments))
     if isinstance(obj, dict) and isinstance(obj.get("text"), str):
         return Prompt.of(obj["text"])
-    raise ScalelensError(f'{where}: expected an object with "text" or "segments"')
+    raise ScalelensError(f'{where}: expected an object with "text" (a string) or "segments"')
 
 
 def read_prompt_file(path: str | Path) -> list[Prompt]:
-    """Read prompts from ``.txt`` (one per line) or ``.jsonl`` (``text`` or ``segments``)."""
+    """Read prompts from ``.txt`` (one per line) or ``.jsonl`` (``text`` or ``segments``).
+
+    Blank lines are skipped and a UTF-8 byte-order mark is accepted.
+
+    Raises:
+        ScalelensError: if the file is missing, not UTF-8, holds no prompts, or a
+            ``.jsonl`` line is not a prompt object.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ScalelensError(f"prompt file {path} is a directory; give a .txt or .jsonl file")
     if not path.is_file():
         raise ScalelensError(f"prompt file {path} does not exist")
+    if path.suffix == ".json":
+        raise ScalelensError(f"prompt file {path}: .json is not read; use .jsonl (one JSON object per "
+                             "line) or .txt (one prompt per line)")
     try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ScalelensError(
             f"prompt file {path} is not UTF-8 (bad byte at offset {e.start}); re-encode it as UTF-8"
         ) from None
-    lines = [ln for ln in lines if ln.strip()]
-    if not lines:
-        raise ScalelensError(f"prompt file {path} has no prompts")
+    if "\x00" in text:
+        raise ScalelensError(f"prompt file {path} holds NUL bytes (a binary file?); give a text file")
+    numbered = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip()]
+    if not numbered:
+        raise ScalelensError(f"prompt file {path} has no prompts; write one prompt per line")
     if path.suffix == ".jsonl":
-        return [_jsonl_prompt(ln, f"{path}:{i + 1}") for i, ln in enumerate(lines)]
-    return [Prompt.of(ln) for ln in lines]
+        return [_jsonl_prompt(ln, f"{path}:{i}") for i, ln in numbered]
+    return [Prompt.of(ln) for _, ln in numbered]
 
 
 @dataclass(frozen=True)
@@ -125,8 +148,8 @@ def tokenize(prompts: list[Prompt], tokenizer, max_length: int | None = None) ->
             raise ScalelensError(f"prompt {n} tokenises to nothing; remove empty prompts")
         if max_length is not None and len(ids) > max_length:
             raise ScalelensError(
-                f"prompt {n} has {len(ids)} tokens, more than the limit {max_length}; "
-                "shorten it or raise --max-length (up to the model's context)"
+                f"prompt {n} has {len(ids)} tokens, more than the limit {max_length} (--max-length, "
+                "at most the model's context); shorten or split the prompt"
             )
         rows.append((ids, seg))
     seq = max(len(r[0]) for r in rows)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from scalelens.errors import ScalelensError
-from scalelens.hooks.points import CapturePoint
+from scalelens.hooks.points import CapturePoint, parse_point
 
 
 class Reduction(StrEnum):
@@ -55,7 +56,11 @@ class Positions:
     offset: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", PositionKind(self.kind))
+        try:
+            object.__setattr__(self, "kind", PositionKind(self.kind))
+        except ValueError:
+            raise ScalelensError(f"unknown positions kind {self.kind!r}; use all, last, indices or "
+                                 "segment") from None
         object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
         if self.kind is PositionKind.INDICES and not self.indices:
             raise ScalelensError("positions of kind 'indices' need at least one index")
@@ -82,6 +87,8 @@ class Positions:
 
 
 _DTYPES = ("float16", "bfloat16", "float32")
+# Probe names become HDF5 group names: no '/', no '.' or '..', nothing invisible.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,8 @@ class ProbeSpec:
     """One probe: a capture point, where to read it, and its on-device reduction.
 
     Attributes:
-        name: Unique name; the HDF5 group is ``probes/<name>``.
+        name: Unique name; the HDF5 group is ``probes/<name>`` (letters, digits, ``_``,
+            ``-`` and ``.``, starting with a letter, digit or ``_``; at most 128 characters).
         point: The capture point read in every selected layer.
         layers: Layer indices, or None for all layers.
         heads: Head indices for per-head points, or None for all heads.
@@ -110,8 +118,13 @@ class ProbeSpec:
     topk: int = 8
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "point", CapturePoint(self.point))
-        object.__setattr__(self, "reduction", Reduction(self.reduction))
+        object.__setattr__(self, "point", parse_point(str(self.point)))
+        try:
+            object.__setattr__(self, "reduction", Reduction(self.reduction))
+        except ValueError:
+            valid = ", ".join(r.value for r in Reduction)
+            raise ScalelensError(f"probe {self.name!r}: unknown reduction {self.reduction!r}; "
+                                 f"valid: {valid}") from None
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         if self.heads is not None:
@@ -119,8 +132,9 @@ class ProbeSpec:
         self._validate()
 
     def _validate(self) -> None:
-        if not self.name or "/" in self.name:
-            raise ScalelensError(f"bad probe name {self.name!r}: must be non-empty without '/'")
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ScalelensError(f"bad probe name {self.name!r}: use letters, digits, '_', '-' and '.', "
+                                 "starting with a letter, digit or '_'")
         if self.dtype not in _DTYPES:
             raise ScalelensError(f"probe dtype {self.dtype!r} not one of {', '.join(_DTYPES)}")
         if self.heads is not None and not self.point.from_attention_tap:
@@ -190,7 +204,13 @@ class ProbeSpec:
         if unknown:
             warnings.warn(f"ignoring unknown probe keys: {unknown}", stacklevel=2)
         kw = {k: v for k, v in data.items() if k in names}
-        kw["positions"] = Positions(**data.get("positions", {}))
+        pos = data.get("positions") or {}
+        pos_names = {f.name for f in dataclasses.fields(Positions)}
+        if not isinstance(pos, dict) or set(pos) - pos_names:
+            raise ScalelensError(f"bad probe positions {pos!r}; keys: {', '.join(sorted(pos_names))}")
+        kw["positions"] = Positions(**pos)
+        if "name" not in kw or "point" not in kw:
+            raise ScalelensError(f"a probe spec needs 'name' and 'point', got keys {sorted(data)}")
         return cls(**kw)
 
 
@@ -219,14 +239,26 @@ def preset(
     layers: tuple[int, ...] | None = None,
     positions: Positions | None = None,
     dtype: str | None = None,
+    heads: tuple[int, ...] | None = None,
 ) -> ProbeSpec:
-    """Build a probe from a preset name used by the CLI (``resid``, ``attn``, ``massive``...)."""
-    if name not in PRESETS:
-        raise ScalelensError(f"unknown probe {name!r}; choose from: {', '.join(PRESETS)}")
-    kw = dict(PRESETS[name])
+    """Build a probe from a preset name used by the CLI (``resid``, ``attn``, ``massive``...).
+
+    A capture point name (``resid_post``, ``attn_pattern``...) gives a ``full`` probe of
+    that point. ``heads`` applies to per-head points (attention, q, k) only.
+    """
+    if name in PRESETS:
+        kw = dict(PRESETS[name])
+    elif name in {p.value for p in CapturePoint}:
+        kw = {"point": name, "dtype": "float32"} if name == "attn_pattern" else {"point": name}
+    else:
+        points = ", ".join(p.value for p in CapturePoint)
+        raise ScalelensError(f"unknown probe {name!r}; choose a preset ({', '.join(PRESETS)}) or a "
+                             f"capture point ({points})")
     kw["point"] = CapturePoint(kw["point"])
     if positions is not None and kw.get("reduction") != "massive":
         kw["positions"] = positions
     if dtype is not None and kw.get("reduction", "full") == "full":
         kw["dtype"] = dtype
+    if heads is not None and kw["point"].from_attention_tap:
+        kw["heads"] = heads
     return ProbeSpec(name=name, layers=layers, **kw)

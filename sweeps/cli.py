@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,34 +31,105 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--family", help="a hub family: pythia")
     src.add_argument("--spec", type=Path, help="a TOML sweep spec instead of flags")
     p.add_argument("--sizes", help="comma-separated sizes (default all)")
-    p.add_argument("--checkpoints", type=_checkpoints, default="log", help="log, all, final or steps")
-    p.add_argument("--analyses", default="all")
+    p.add_argument("--checkpoints", type=_checkpoints, default=None,
+                   help="log, all, final or steps (default log)")
+    p.add_argument("--analyses", default=None, help="comma-separated analyses (default all)")
     p.add_argument("--out", required=True, type=Path, help="run directory")
-    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--executor", choices=("local", "ray"), default=None, help="local (default) or ray")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of each fit")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the run directory afresh when it holds a sweep with other settings")
     p.set_defaults(func=run_sweep)
 
 
+_SPEC_FLAGS = ("sizes", "checkpoints", "analyses", "executor", "address", "device")
+
+
 def spec_from_args(args: argparse.Namespace):
-    """A SweepSpec from flags or from --spec."""
+    """A SweepSpec from flags or from --spec (flags that the spec file sets are refused)."""
     from scalelens.measure.run import parse_analyses
     from scalelens.sweeps.spec import SweepSpec, read_spec
 
+    given = [k for k in _SPEC_FLAGS if getattr(args, k, None) is not None]
     if args.spec:
+        if given:
+            flags = ", ".join(f"--{k}" for k in given)
+            raise ScalelensError(f"{flags} cannot be combined with --spec; put them in {args.spec}")
         return read_spec(args.spec)
+    if args.suite is None and args.family is None:
+        raise ScalelensError("say what to sweep: --suite DIR, --family pythia or --spec FILE")
     return SweepSpec(suite=args.suite, family=args.family,
-                     sizes=tuple(args.sizes.split(",")) if args.sizes else None,
-                     checkpoints=args.checkpoints, analyses=parse_analyses(args.analyses),
-                     executor=args.executor, address=args.address, device=args.device)
+                     sizes=tuple(t.strip() for t in args.sizes.split(",") if t.strip())
+                     if args.sizes is not None else None,
+                     checkpoints=args.checkpoints or "log",
+                     analyses=parse_analyses(args.analyses or "all"),
+                     executor=args.executor or "local", address=args.address,
+                     device=args.device or "cpu")
+
+
+RUN_SPEC = "sweep_spec.json"
+# Spec fields that change what a finished task's results mean; the rest (sizes,
+# checkpoints, executor, address, device) may change between runs into the same directory.
+_IDENTITY = ("suite", "family", "analyses", "settings")
+
+
+def check_run_dir(out: Path, spec, overwrite: bool) -> None:
+    """Refuse to resume a run directory made with other settings; record them for new runs.
+
+    A sweep resumes by skipping tasks whose results.json exists, so a rerun with other
+    analyses, settings or models would silently mix results.
+    """
+    from scalelens.measure.run import write_json
+
+    if out.exists() and not out.is_dir():
+        raise ScalelensError(f"--out {out} exists and is not a directory; give a run directory")
+    parent = out if out.exists() else out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ScalelensError(f"run directory {parent} is not writable; choose another --out")
+    want = {k: v for k, v in spec.to_dict().items() if k in _IDENTITY}
+    path = out / RUN_SPEC
+    if path.is_file() and not overwrite:
+        try:
+            have = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            have = None
+        if have != want:
+            diff = sorted(k for k in _IDENTITY if not isinstance(have, dict) or have.get(k) != want.get(k))
+            raise ScalelensError(
+                f"{out} holds a sweep with different {', '.join(diff)}; use another --out, or pass "
+                "--overwrite to discard its finished tasks"
+            )
+        return
+    if overwrite and (out / "tasks").exists():
+        shutil.rmtree(out / "tasks")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, want)
 
 
 def run_sweep(args: argparse.Namespace) -> int:
     """Handle ``scalelens sweep``; exit 1 when some task failed."""
+    from scalelens.commands.capture import check_device
     from scalelens.sweeps.run import sweep
+    from scalelens.sweeps.spec import check_ray_address, expand
 
+    if args.n_boot < 0:
+        raise ScalelensError(f"--n-boot must be >= 0, got {args.n_boot}")
     spec = spec_from_args(args)
+    check_device(spec.device, None)
+    expand(spec)  # unknown sizes or checkpoints: one line before anything runs
+    if spec.executor == "ray":
+        from scalelens.sweeps.executors import _ray_init
+
+        if spec.address:
+            check_ray_address(spec.address)
+        _ray_init(spec.address)
+    elif spec.address:
+        raise ScalelensError("--address is for --executor ray; add --executor ray or drop --address")
+    check_run_dir(args.out, spec, args.overwrite)
     summary = sweep(spec, args.out, n_boot=args.n_boot)
     print(f"sweep: {summary.count('done')} done, {summary.count('skipped')} skipped, "
           f"{summary.count('failed')} failed; results in {args.out}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,12 +71,31 @@ class SweepSpec:
             raise ScalelensError("a sweep needs exactly one of --suite DIR or --family pythia")
         if self.family is not None and self.family != "pythia":
             raise ScalelensError(f"unknown family {self.family!r}; only 'pythia' is built in")
+        if self.suite is not None and not Path(self.suite).is_dir():
+            raise ScalelensError(f"suite directory {self.suite} does not exist; build it with "
+                                 f"`scalelens suite build --out {self.suite}`")
         if self.executor not in ("local", "ray"):
             raise ScalelensError(f"unknown executor {self.executor!r}; use local or ray")
         if isinstance(self.checkpoints, str) and self.checkpoints not in ("log", "all", "final"):
             raise ScalelensError(
                 f"bad checkpoints {self.checkpoints!r}; use log, all, final or a list of steps"
             )
+        if isinstance(self.checkpoints, tuple) and not self.checkpoints:
+            raise ScalelensError("checkpoints is an empty list; give steps, or log, all or final")
+        if self.sizes is not None and not self.sizes:
+            raise ScalelensError("sizes is an empty list; give sizes or leave it out for all")
+        _check_analyses(self.analyses)
+        if not isinstance(self.settings, dict):
+            raise ScalelensError(f"settings must be a table of analysis options, got {self.settings!r}")
+        if self.settings:
+            from scalelens.sweeps.tasks import measure_settings
+
+            unknown = sorted(set(self.settings) - set(_setting_names()))
+            if unknown:
+                raise ScalelensError(f"unknown sweep setting(s) {', '.join(unknown)}"
+                                     f"{_did_you_mean(unknown, _setting_names())}; valid: "
+                                     f"{', '.join(_setting_names())}")
+            measure_settings(self.settings)  # values are checked as the measure CLI checks them
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (stored in run.json)."""
@@ -84,26 +105,103 @@ class SweepSpec:
 _FIELDS = {f.name for f in dataclasses.fields(SweepSpec)}
 
 
+def _did_you_mean(unknown: list[str], valid: list[str] | set[str]) -> str:
+    guesses = [f"{u} -> {m[0]}" for u in unknown if (m := difflib.get_close_matches(u, list(valid), 1))]
+    return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+
+
+def _setting_names() -> list[str]:
+    import argparse
+
+    from scalelens.commands.measure import add_analysis_args
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_analysis_args(parser)
+    return sorted(k for k in vars(parser.parse_args([])) if k != "analyses")
+
+
+def _check_analyses(analyses: Any) -> None:
+    from scalelens.measure.run import ANALYSES
+
+    if not isinstance(analyses, tuple) or not analyses:
+        raise ScalelensError(f"analyses must be a non-empty list; choose from {', '.join(ANALYSES)}")
+    bad = [str(a) for a in analyses if a not in ANALYSES]
+    if bad:
+        raise ScalelensError(f"unknown analysis {', '.join(bad)}{_did_you_mean(bad, ANALYSES)}; "
+                             f"choose from {', '.join(ANALYSES)}")
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "suite": (str,), "family": (str,), "sizes": (list,), "checkpoints": (str, list),
+    "analyses": (list,), "executor": (str,), "address": (str,), "device": (str,), "settings": (dict,),
+}
+
+
 def read_spec(path: str | Path) -> SweepSpec:
-    """Read a TOML sweep spec; unknown keys are an error naming the valid ones."""
+    """Read a TOML sweep spec; unknown keys and wrong types are one-line errors."""
     p = Path(path)
     if not p.is_file():
         raise ScalelensError(f"sweep spec {p} does not exist")
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise ScalelensError(f"sweep spec {p} is not UTF-8 text; re-encode it as UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
         raise ScalelensError(f"sweep spec {p} is not valid TOML: {e}") from None
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
         raise ScalelensError(
-            f"sweep spec {p}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_FIELDS))}"
+            f"sweep spec {p}: unknown key(s) {', '.join(unknown)}{_did_you_mean(unknown, _FIELDS)}; "
+            f"valid: {', '.join(sorted(_FIELDS))}"
         )
+    for key, value in data.items():
+        if not isinstance(value, _TYPES[key]):
+            kinds = " or ".join("a list" if t is list else "a table" if t is dict else "a string"
+                                for t in _TYPES[key])
+            raise ScalelensError(f"sweep spec {p}: {key} must be {kinds}, got {value!r}")
     for key in ("sizes", "analyses"):
         if key in data:
+            if not all(isinstance(v, str) for v in data[key]):
+                raise ScalelensError(f"sweep spec {p}: {key} must be a list of strings, got {data[key]!r}")
             data[key] = tuple(data[key])
     if isinstance(data.get("checkpoints"), list):
-        data["checkpoints"] = tuple(int(s) for s in data["checkpoints"])
-    return SweepSpec(**data)
+        steps = data["checkpoints"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in steps):
+            raise ScalelensError(f"sweep spec {p}: checkpoints must be log, all, final or a list of "
+                                 f"step numbers, got {steps!r}")
+        data["checkpoints"] = tuple(steps)
+    try:
+        return SweepSpec(**data)
+    except ScalelensError as e:
+        raise ScalelensError(f"sweep spec {p}: {e}") from None
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast when a Ray cluster address cannot be reached.
+
+    ``ray.init(address=...)`` retries an unreachable address for minutes while
+    printing warnings; a plain TCP connect answers in seconds. ``auto`` and
+    ``local`` are left to Ray, which resolves them itself.
+
+    Raises:
+        ScalelensError: if the address is malformed or nothing listens there.
+    """
+    if address in ("auto", "local"):
+        return
+    text = address.removeprefix("ray://")
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ScalelensError(f"bad Ray address {address!r}; use HOST:PORT (e.g. 10.0.0.5:6379), "
+                             "ray://HOST:10001 or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port_text)), timeout=timeout):
+            pass
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ScalelensError(
+            f"cannot reach the Ray cluster at {address} ({reason}); start it with `ray start --head` "
+            "on that machine, fix --address, or drop --address to start a local Ray"
+        ) from None
 
 
 def _thin(steps: list[int], linear_points: int = 8) -> list[int]:
@@ -122,13 +220,20 @@ def select_steps(available: list[int], checkpoints: str | tuple[int, ...]) -> li
     if isinstance(checkpoints, tuple):
         missing = sorted(set(checkpoints) - set(available))
         if missing:
-            raise ScalelensError(f"checkpoint step(s) {missing} not available; available: {available}")
+            raise ScalelensError(f"checkpoint step(s) {missing} not available; available: "
+                                 f"{_steps_text(available)}")
         return sorted(checkpoints)
     if checkpoints == "all":
         return available
     if checkpoints == "final":
         return available[-1:]
     return _thin(available)
+
+
+def _steps_text(steps: list[int], n: int = 12) -> str:
+    if len(steps) <= n:
+        return ", ".join(map(str, steps))
+    return ", ".join(map(str, steps[: n // 2])) + ", ..., " + ", ".join(map(str, steps[-n // 2:]))
 
 
 def _suite_tasks(spec: SweepSpec) -> list[Task]:
@@ -146,7 +251,8 @@ def _check_sizes(wanted: tuple[str, ...] | None, available: list[str]) -> list[s
         return available
     bad = [s for s in wanted if s not in available]
     if bad:
-        raise ScalelensError(f"unknown size(s) {', '.join(bad)}; available: {', '.join(available)}")
+        raise ScalelensError(f"unknown size(s) {', '.join(bad)}{_did_you_mean(bad, available)}; "
+                             f"available: {', '.join(available)}")
     return list(wanted)
 
 
