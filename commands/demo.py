@@ -27,9 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("scalelens_out/demo"), help="run directory")
     p.add_argument("--suite", type=Path, help="mini suite directory (default: the cached one)")
     p.add_argument("--preset", default="default", help="suite preset when building (default, micro)")
-    p.add_argument("--checkpoints", default="all", help="all, log, final or steps")
+    p.add_argument("--checkpoints", default=None,
+                   help="all, log, final or steps (default: 7 steps spread on a log scale)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
     p.set_defaults(func=run_demo)
+
+
+def spread(steps: list[int], k: int = 7) -> tuple[int, ...]:
+    """``k`` steps spread evenly in log(step + 1), always with the first and the last."""
+    import numpy as np
+
+    steps = sorted(steps)
+    if len(steps) <= k:
+        return tuple(steps)
+    targets = np.linspace(np.log1p(steps[0]), np.log1p(steps[-1]), k)
+    logs = np.log1p(steps)
+    picked = {steps[int(np.argmin(np.abs(logs - t)))] for t in targets}
+    return tuple(sorted(picked))
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -43,8 +57,9 @@ def run_demo(args: argparse.Namespace) -> int:
     start = time.monotonic()
     suite = args.suite or default_suite_dir(args.preset)
     print(f"suite: {suite} (built on first use, then reused)")
-    build_suite(suite, preset=args.preset)
-    spec = SweepSpec(suite=str(suite), checkpoints=_checkpoints(args.checkpoints),
+    manifest = build_suite(suite, preset=args.preset)
+    checkpoints = _checkpoints(args.checkpoints) if args.checkpoints else spread(manifest.steps)
+    spec = SweepSpec(suite=str(suite), checkpoints=checkpoints,
                      executor=args.executor, settings=dict(DEMO_SETTINGS))
     summary = sweep(spec, args.out)
     paths = render_report(args.out)

@@ -1,0 +1,64 @@
+"""The CLI end to end through main(argv): capture, inspect, measure, analyze."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny_models import prompts, tiny_model, word_tokenizer
+
+from scalelens.cache.reader import CaptureFile
+from scalelens.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny") / "gpt_neox"
+    tiny_model().save_pretrained(d)
+    word_tokenizer().save_pretrained(d)
+    return d
+
+
+@pytest.fixture()
+def prompt_file(tmp_path):
+    p = tmp_path / "prompts.txt"
+    p.write_text("\n".join(prompts(5)) + "\n")
+    return p
+
+
+def test_capture_then_inspect(model_dir, prompt_file, tmp_path, capsys):
+    out = tmp_path / "c.h5"
+    code = main(["capture", "--model", str(model_dir), "--prompts", str(prompt_file), "--probes",
+                 "resid,attn,massive,top1", "--layers", "0,2", "--out", str(out), "--batch-size", "2"])
+    assert code == 0
+    with CaptureFile(out) as f:
+        assert f.complete and f.n_done == 5
+        assert f.datasets("resid")["values"][0] == (5, 2, 9, 32)
+        assert f.model["n_layers"] == 3
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "complete" in text and "probe resid" in text and "layer=2" in text
+
+
+def test_capture_errors_are_one_line(model_dir, prompt_file, tmp_path, capsys):
+    out = tmp_path / "e.h5"
+    code = main(["capture", "--model", str(model_dir), "--prompts", str(prompt_file), "--layers", "9",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "layer(s) [9] out of range" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_measure_and_analyze(model_dir, tmp_path, capsys):
+    out = tmp_path / "m"
+    code = main(["measure", "--model", str(model_dir), "--analyses", "massive_activations,superposition",
+                 "--n-sequences", "2", "--seq-length", "12", "--out", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["analyses"]) == {"massive_activations", "superposition"}
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["massive.h5"]["massive_activations"]["per_layer"] == \
+        results["analyses"]["massive_activations"]["per_layer"]

@@ -1,0 +1,115 @@
+"""measure on a trained micro-suite checkpoint: results.json contract, fast == reference, reruns."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from scalelens.analyses.from_capture import needle_tests
+from scalelens.cache.reader import CaptureFile
+from scalelens.measure import retrieval as r
+from scalelens.measure.dominance import DominanceSettings
+from scalelens.measure.massive import MassiveSettings
+from scalelens.measure.run import ANALYSES, MeasureSettings, measure
+from scalelens.models.load import load_model
+from scalelens.models.suite import read_manifest
+from scalelens.probes.prompts import tokenize
+
+RET = r.RetrievalSettings(context_lengths=(40,), depths=(0.1, 0.5, 0.9), n_needles=2, ablation_k=2,
+                          gate=-1.0, batch_size=6)
+SETTINGS = MeasureSettings(RET, MassiveSettings(n_sequences=4, length=48),
+                           DominanceSettings(dilutions=(1, 3), n_prompts=2, base_tokens=12))
+
+
+@pytest.fixture(scope="module")
+def final_ckpt(micro_suite):
+    manifest = read_manifest(micro_suite)
+    return load_model(micro_suite / manifest.sizes[-1], revision=f"step{manifest.steps[-1]}")
+
+
+@pytest.fixture(scope="module")
+def measured(final_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("measure")
+    return out, measure(final_ckpt, ANALYSES, out, SETTINGS, progress=False)
+
+
+def test_results_json_contract(measured, final_ckpt):
+    out, data = measured
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["model"]["n_params"] == final_ckpt.info.n_params
+    for key in ("name", "revision", "step", "n_params_non_embedding", "d_model", "n_layers", "n_heads"):
+        assert key in on_disk["model"]
+    a = on_disk["analyses"]
+    ret = a["retrieval_heads"]
+    scores = np.array(ret["scores"], dtype=float)
+    assert scores.shape == (final_ckpt.info.n_layers, final_ckpt.info.n_heads)
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert ret["n_tests"] == 2 * 3 and ret["n_tests_passed"] == 6
+    assert ret["fraction"] == pytest.approx(float((scores > 0.1).mean()))
+    assert {"recall_unmasked", "recall_top_masked", "recall_random_masked"} <= set(ret["ablation"])
+    mass = a["massive_activations"]
+    assert len(mass["per_layer"]) == final_ckpt.info.n_layers
+    for row in mass["per_layer"]:
+        assert row["max_abs"] > row["median_abs"] > 0 and row["ratio_max"] >= row["ratio"] > 1
+    assert {"dims", "first_layer", "massive"} <= set(mass)
+    sup = a["superposition"]
+    assert sup["inv_m"] == pytest.approx(1 / final_ckpt.info.d_model)
+    assert sup["n"] == final_ckpt.info.vocab_size and 0 <= sup["phi_one"] <= sup["phi_half"] <= 1
+    dom = a["text_dominance"]
+    assert len(dom["per_layer"]) == final_ckpt.info.n_layers
+    for layer in dom["per_layer"]:
+        assert layer["mdi"] == pytest.approx(layer["aei_text"] / layer["aei_other"], rel=1e-9)
+    assert [d["factor"] for d in dom["dilution"]] == [1, 3]
+    assert {"early", "middle", "late"} <= set(dom["groups"])
+
+
+def test_rerun_reuses_captures(measured, final_ckpt):
+    out, first = measured
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
+    again = measure(final_ckpt, ("retrieval_heads", "massive_activations"), out, SETTINGS, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")} == stamps
+    assert again["analyses"]["retrieval_heads"]["scores"] == first["analyses"]["retrieval_heads"]["scores"]
+
+
+def test_fast_equals_reference_while_greedy_follows_the_needle(measured, final_ckpt):
+    out, _ = measured
+    tests = r.haystack_tests(final_ckpt, RET, with_answer=True)
+    tok = tokenize([t.prompt for t in tests], final_ckpt.tokenizer, final_ckpt.info.max_position)
+    with CaptureFile(out / "retrieval.h5") as f:
+        fast = needle_tests(f)
+    answer_code = tok.labels.index("answer")
+    compared_full = 0
+    for i, test in enumerate(fast):
+        n = int(tok.lengths[i])
+        answer = tok.ids[i, :n][tok.segments[i, :n] == answer_code]
+        start = n - len(answer)
+        import torch
+
+        ids = torch.tensor(tok.ids[i, :start], dtype=torch.long)[None]
+        top1, produced = r._greedy_top1(final_ckpt, ids, len(answer))
+        follow = 0
+        while follow < len(answer) and produced[follow] == answer[follow]:
+            follow += 1
+        steps = min(follow + 1, len(answer))  # step s only sees answer[:s]
+        np.testing.assert_array_equal(top1[:, :, :steps], np.asarray(test.top1_key)[:, :, :steps])
+        np.testing.assert_array_equal(produced[:steps], np.asarray(test.answer)[:steps])
+        compared_full += follow == len(answer)
+    print(f"{compared_full}/{len(fast)} tests where the greedy answer equals the needle")
+
+
+def test_masking_all_heads_changes_generation(final_ckpt):
+    tests = r.haystack_tests(final_ckpt, RET, with_answer=True)[:2]
+    info = final_ckpt.info
+    every = [(a, b) for a in range(info.n_layers) for b in range(info.n_heads)]
+    base = r.needle_recall(final_ckpt, [t.prompt for t in tests], [])
+    with r.masked_heads(final_ckpt, every):
+        import torch
+
+        ids = torch.tensor([[1, 2, 3, 4]])
+        masked_logits = final_ckpt.model(ids).logits
+    plain_logits = final_ckpt.model(ids).logits
+    assert not torch.allclose(masked_logits, plain_logits)
+    assert 0.0 <= base <= 1.0
+    assert final_ckpt.model.config._attn_implementation in ("sdpa", "eager")

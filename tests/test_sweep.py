@@ -1,0 +1,97 @@
+"""Sweeps over the micro suite: metrics.csv/fits.json, skip on rerun, retry and report failures, Ray."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from scalelens.models.suite import read_manifest
+from scalelens.sweeps.metrics import COLUMNS
+from scalelens.sweeps.run import sweep
+from scalelens.sweeps.spec import SweepSpec, expand, select_steps
+
+FAST = {"context_lengths": [30], "depths": [0.2, 0.8], "n_needles": 1, "ablation_k": 0,
+        "n_sequences": 2, "seq_length": 24, "dilutions": [1, 2], "dominance_prompts": 2,
+        "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def suite_copy(micro_suite, tmp_path_factory):
+    """A private copy, so breaking a checkpoint does not affect other tests."""
+    dst = tmp_path_factory.mktemp("suite") / "micro"
+    shutil.copytree(micro_suite, dst)
+    return dst
+
+
+def _spec(suite, **kw):
+    manifest = read_manifest(suite)
+    base = dict(suite=str(suite), sizes=tuple(manifest.sizes[:3]),
+                checkpoints=tuple(manifest.steps[-2:]), settings=dict(FAST))
+    base.update(kw)
+    return SweepSpec(**base)
+
+
+def test_log_steps_thin_the_linear_part():
+    steps = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512] + list(range(1000, 144000, 1000))
+    picked = select_steps(steps, "log")
+    assert picked[:11] == steps[:11] and picked[-1] == 143000 and len(picked) == 11 + 8
+    assert select_steps(steps, "final") == [143000] and len(select_steps(steps, "all")) == 154
+
+
+def test_local_sweep_writes_metrics_and_fits_and_skips_on_rerun(suite_copy, tmp_path):
+    spec = _spec(suite_copy)
+    summary = sweep(spec, tmp_path, n_boot=20)
+    assert summary.count("done") == 6 and not summary.failed
+    with (tmp_path / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == COLUMNS
+    sizes = {r["size"] for r in rows}
+    assert sizes == set(spec.sizes)
+    fractions = [r for r in rows if r["metric"] == "fraction" and r["analysis"] == "retrieval_heads"]
+    assert len(fractions) == 6 and all(0 <= float(r["value"]) <= 1 for r in fractions)
+    manifest = read_manifest(suite_copy)
+    overlap = [r for r in rows if r["metric"] == "mean_sq_overlap"]
+    assert {int(r["n_params"]) for r in overlap} == {manifest.models[s]["n_params"] for s in spec.sizes}
+    fits = json.loads((tmp_path / "fits.json").read_text())
+    names = {(f["metric"], f["x_name"]) for f in fits["fits"]}
+    assert ("superposition.mean_sq_overlap", "n_params") in names
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["sizes"] == list(spec.sizes)
+    stamps = sorted(p.stat().st_mtime_ns for p in (tmp_path / "tasks").rglob("results.json"))
+    again = sweep(spec, tmp_path, n_boot=20)
+    assert again.count("skipped") == 6 and again.count("done") == 0
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "tasks").rglob("results.json")) == stamps
+
+
+def test_failing_task_is_retried_then_reported_without_stopping_others(suite_copy, tmp_path):
+    spec = _spec(suite_copy, analyses=("superposition",))
+    broken = expand(spec)[0]
+    cfg = suite_copy / broken.size / broken.revision / "config.json"
+    saved = cfg.read_text()
+    cfg.write_text("{not json")
+    try:
+        summary = sweep(spec, tmp_path, n_boot=0)
+    finally:
+        cfg.write_text(saved)
+    assert [o.key for o in summary.failed] == [broken.key]
+    assert summary.failed[0].attempts == 2 and summary.count("done") == 5
+    assert (tmp_path / "tasks" / broken.key / "error.log").is_file()
+    rerun = sweep(spec, tmp_path, n_boot=0)
+    assert rerun.count("done") == 1 and rerun.count("skipped") == 5
+
+
+def test_ray_executor_runs_tasks_on_a_local_cluster(suite_copy, tmp_path):
+    import ray
+
+    spec = _spec(suite_copy, analyses=("superposition", "massive_activations"), executor="ray",
+                 sizes=tuple(read_manifest(suite_copy).sizes[:2]))
+    try:
+        summary = sweep(spec, tmp_path, n_boot=0)
+    finally:
+        ray.shutdown()
+    assert summary.count("done") == 4 and not summary.failed
+    with (tmp_path / "metrics.csv").open() as fh:
+        assert {r["size"] for r in csv.DictReader(fh)} == set(spec.sizes)
