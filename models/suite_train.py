@@ -1,0 +1,209 @@
+"""Train the sizes of a suite, in this process or in parallel single-threaded workers.
+
+Small models cannot use two CPU threads well (and degrade badly when other
+processes compete for the cores), so on CPU each size trains single-threaded and
+sizes run in parallel worker processes, largest first. Results do not depend on
+the number of workers: each size seeds its own init and reads the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue as queue_mod
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+
+from .manifest import write_json_atomic
+from .params import count_parameters
+from .quiet import quiet_hf_progress
+from .train import TrainConfig, eval_loss, init_model, train_model
+
+SIZE_RECORD = "size.json"
+CHECKPOINT_RECORD = "scalelens_checkpoint.json"
+
+
+@dataclass
+class SizeJob:
+    """Everything needed to train and checkpoint one size (picklable).
+
+    Attributes:
+        size_dir: ``<suite>/<size>``; wiped and rewritten.
+        name: Size name.
+        config: ``GPTNeoXConfig.to_dict()`` of the model.
+        train_chunks: ``[n, seq_len]`` training token ids.
+        valid_chunks: ``[m, seq_len]`` held-out token ids.
+        tokenizer_dir: Tokenizer copied into every checkpoint.
+        train: Optimisation settings.
+        steps: Checkpoint steps.
+        settings_hash: Hash of the suite settings, stored with the outputs.
+        device: Torch device.
+        threads: Torch intra-op threads while training.
+    """
+
+    size_dir: Path
+    name: str
+    config: dict[str, Any]
+    train_chunks: torch.Tensor
+    valid_chunks: torch.Tensor
+    tokenizer_dir: Path
+    train: TrainConfig
+    steps: list[int]
+    settings_hash: str
+    device: str
+    threads: int
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_size(job: SizeJob, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
+    """Train one size from scratch, saving every checkpoint; return its manifest record."""
+    shutil.rmtree(job.size_dir, ignore_errors=True)
+    job.size_dir.mkdir(parents=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(job.tokenizer_dir))
+    config = GPTNeoXConfig.from_dict(job.config)
+    checkpoints: dict[str, dict[str, Any]] = {}
+
+    def save(step: int, model: GPTNeoXForCausalLM, loss: float | None) -> None:
+        info = _checkpoint_info(job, step, model, loss)
+        save_checkpoint(job.size_dir / f"step{step}", model, tokenizer, info)
+        checkpoints[str(step)] = {k: info[k] for k in ("train_loss", "valid_loss", "tokens_seen")}
+
+    started = time.perf_counter()
+    with torch_threads(job.threads), quiet_hf_progress():
+        model = init_model(config, job.train.seed, job.device)
+        result = train_model(model, job.train_chunks, job.train, set(job.steps), save, progress)
+    record = _size_record(job, config, result.losses, result.token_stream_sha256, checkpoints)
+    record["train_seconds"] = round(time.perf_counter() - started, 2)
+    write_json_atomic(job.size_dir / SIZE_RECORD, record)
+    return record
+
+
+def _checkpoint_info(
+    job: SizeJob, step: int, model: GPTNeoXForCausalLM, loss: float | None
+) -> dict[str, Any]:
+    return {
+        "size": job.name,
+        "step": step,
+        "train_loss": loss,
+        "valid_loss": eval_loss(model, job.valid_chunks, job.train.batch_size),
+        "tokens_seen": step * job.train.batch_size * job.train.seq_len,
+        "settings_hash": job.settings_hash,
+    }
+
+
+def _size_record(
+    job: SizeJob,
+    config: GPTNeoXConfig,
+    losses: list[float],
+    stream_hash: str,
+    checkpoints: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    total, non_emb = count_parameters(config)
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "settings_hash": job.settings_hash,
+        "shape": f"{config.num_hidden_layers}x{config.hidden_size}x{config.num_attention_heads}",
+        "config": config.to_diff_dict(),
+        "n_params": total,
+        "n_params_non_embedding": non_emb,
+        "final_loss": checkpoints[str(job.steps[-1])]["valid_loss"],
+        "final_train_loss": sum(tail) / len(tail),
+        "token_stream_sha256": stream_hash,
+        "checkpoints": checkpoints,
+    }
+
+
+def save_checkpoint(final: Path, model: GPTNeoXForCausalLM, tokenizer: Any, info: dict[str, Any]) -> None:
+    """Save to a hidden temp directory, then rename: no half-written checkpoint is visible."""
+    tmp = final.parent / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / CHECKPOINT_RECORD).write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def run_jobs(jobs: list[SizeJob], workers: int, progress: bool) -> dict[str, dict[str, Any]]:
+    """Train every job (largest first when parallel) and return records keyed by size name."""
+    bars = {
+        job.name: tqdm(
+            total=job.train.total_steps,
+            desc=f"suite {job.name}",
+            position=i,
+            disable=not progress,
+            leave=True,
+        )
+        for i, job in enumerate(jobs)
+    }
+    try:
+        if workers <= 1:
+            return {job.name: train_size(job, _ticker(bars[job.name])) for job in jobs}
+        return _run_parallel(jobs, workers, bars)
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def _ticker(bar: Any) -> Callable[[float], None]:
+    def tick(loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    return tick
+
+
+def _run_parallel(jobs: list[SizeJob], workers: int, bars: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    ctx = get_context("spawn")
+    with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        events = manager.Queue()
+        ordered = sorted(jobs, key=_cost, reverse=True)
+        futures: dict[str, Future[dict[str, Any]]] = {
+            job.name: pool.submit(_worker, job, events) for job in ordered
+        }
+        while not all(f.done() for f in futures.values()):
+            _drain(events, bars, timeout=0.2)
+        _drain(events, bars, timeout=0.0)
+        return {job.name: futures[job.name].result() for job in jobs}
+
+
+def _cost(job: SizeJob) -> int:
+    """Rough FLOPs per token: blocks plus unembedding."""
+    width, cfg = int(job.config["hidden_size"]), job.config
+    return 12 * width * width * int(cfg["num_hidden_layers"]) + width * int(cfg["vocab_size"])
+
+
+def _drain(events: Any, bars: dict[str, Any], timeout: float) -> None:
+    try:
+        while True:
+            name, loss = events.get(timeout=timeout)
+            _ticker(bars[name])(loss)
+            timeout = 0.0
+    except (queue_mod.Empty, EOFError, OSError):
+        return
+
+
+def _worker(job: SizeJob, events: Any) -> dict[str, Any]:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return train_size(job, lambda loss: events.put((job.name, loss)))

@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig
+
+from scalelens.errors import ScalelensError
+from scalelens.models import cli as models_cli
+from scalelens.models import load_model
+from scalelens.models.corpus import CorpusConfig, generate_documents
+from scalelens.models.params import count_parameters
+from scalelens.models.presets import PRESETS, checkpoint_steps, size_name
+from scalelens.models.suite import build_suite, default_suite_dir, read_manifest
+
+
+@pytest.fixture(scope="module")
+def manifest(micro_suite):
+    return read_manifest(micro_suite)
+
+
+def _mtimes(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+
+# --- manifest --------------------------------------------------------------------
+
+
+def test_manifest_records_the_promised_fields(micro_suite, manifest):
+    preset = PRESETS["micro"]
+    assert manifest.format_version == 1 and manifest.preset == "micro"
+    assert manifest.steps == checkpoint_steps(preset.train.total_steps, preset.checkpoint_every)
+    assert len(manifest.sizes) == 4
+    assert manifest.corpus["kind"] == "builtin" and manifest.corpus["seed"] == 0
+    assert manifest.corpus["n_train_tokens"] > manifest.training["tokens_per_step"]
+    assert manifest.training["optimizer"] == "AdamW" and manifest.training["seed"] == 0
+    assert manifest.build["device"] == "cpu" and manifest.build["seconds"] > 0
+    assert AutoTokenizer.from_pretrained(micro_suite / manifest.tokenizer).is_fast
+    assert (micro_suite / manifest.valid_text).read_text().count(" .\n") > 10
+    on_disk = json.loads((micro_suite / "manifest.json").read_text())
+    assert on_disk == manifest.to_dict()
+
+
+def test_sizes_grow_and_counts_come_from_the_config(manifest):
+    totals = [manifest.models[s]["n_params"] for s in manifest.sizes]
+    assert totals == sorted(totals) and len(set(totals)) == len(totals)
+    for name in manifest.sizes:
+        record = manifest.models[name]
+        config = GPTNeoXConfig.from_dict(record["config"])
+        assert count_parameters(config) == (record["n_params"], record["n_params_non_embedding"])
+        assert size_name(record["n_params"]) == name
+        assert config.use_parallel_residual and not config.tie_word_embeddings
+        assert config.rope_parameters["partial_rotary_factor"] == 0.25
+        assert config.intermediate_size == 4 * config.hidden_size
+
+
+def test_every_size_saw_the_same_token_stream(manifest):
+    hashes = {manifest.models[s]["token_stream_sha256"] for s in manifest.sizes}
+    assert len(hashes) == 1 and len(hashes.pop()) == 64
+
+
+def test_every_size_learned(manifest):
+    for name in manifest.sizes:
+        ckpts = manifest.models[name]["checkpoints"]
+        first, last = ckpts["0"]["valid_loss"], ckpts[str(manifest.steps[-1])]["valid_loss"]
+        assert last < first - 1.0, name
+        assert manifest.models[name]["final_loss"] == last
+
+
+def test_every_manifest_checkpoint_loads(micro_suite, manifest):
+    for size, step, path in manifest.checkpoints():
+        lm = load_model(micro_suite / size, revision=f"step{step}")
+        assert (lm.info.step, lm.info.source_kind) == (step, "suite")
+        assert lm.info.n_params == manifest.models[size]["n_params"]
+        record = json.loads((path / "scalelens_checkpoint.json").read_text())
+        assert (record["size"], record["step"]) == (size, step)
+        assert record["tokens_seen"] == step * manifest.training["tokens_per_step"]
+    leftovers = [p for p in micro_suite.rglob(".tmp-*")]
+    assert leftovers == []
+
+
+def test_read_manifest_of_a_plain_directory(tmp_path):
+    with pytest.raises(ScalelensError, match="suite build --out"):
+        read_manifest(tmp_path)
+
+
+# --- caching -------------------------------------------------------------------------
+
+
+def test_rerun_reuses_the_finished_suite(micro_suite, manifest):
+    before = _mtimes(micro_suite)
+    started = time.perf_counter()
+    again = build_suite(micro_suite, preset="micro", progress=False)
+    assert time.perf_counter() - started < 2.0
+    assert again == manifest and _mtimes(micro_suite) == before
+
+
+def test_other_settings_in_the_same_directory_are_refused(micro_suite):
+    with pytest.raises(ScalelensError, match="other settings"):
+        build_suite(micro_suite, preset="micro", seed=1, progress=False)
+
+
+def test_interrupted_build_is_completed(micro_suite, manifest, tmp_path):
+    suite = tmp_path / "suite"
+    shutil.copytree(micro_suite, suite)
+    broken, kept = manifest.sizes[1], manifest.sizes[0]
+    last = manifest.steps[-1]
+    reference = _state(suite / broken / f"step{last}")
+    (suite / "manifest.json").unlink()
+    (suite / broken / "size.json").unlink()
+    shutil.rmtree(suite / broken / f"step{last}")
+    (suite / broken / f".tmp-step{last}").mkdir()  # a half-written checkpoint
+    kept_before = _mtimes(suite / kept)
+    rebuilt = build_suite(suite, preset="micro", progress=False)
+    assert _mtimes(suite / kept) == kept_before  # finished sizes are not retrained
+    assert rebuilt.models[broken]["token_stream_sha256"] == manifest.models[broken]["token_stream_sha256"]
+    state = _state(suite / broken / f"step{last}")
+    assert all(torch.allclose(state[k], reference[k], atol=1e-6) for k in reference)
+    assert not (suite / broken / f".tmp-step{last}").exists()
+
+
+def test_parallel_workers_train_the_same_models(micro_suite, manifest, tmp_path):
+    parallel = build_suite(tmp_path / "par", preset="micro", progress=False, workers=2)
+    assert parallel.settings_hash == manifest.settings_hash
+    for name in manifest.sizes:
+        assert parallel.models[name]["token_stream_sha256"] == manifest.models[name]["token_stream_sha256"]
+        assert parallel.models[name]["final_loss"] == pytest.approx(
+            manifest.models[name]["final_loss"], abs=1e-4
+        )
+
+
+# --- user corpus, sizes, CLI -------------------------------------------------------
+
+
+def test_user_corpus_file_and_custom_size(tmp_path):
+    docs = generate_documents(CorpusConfig(n_docs=80, seed=5))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(d.strip() for d in docs))
+    built = build_suite(
+        tmp_path / "s",
+        corpus_file=corpus,
+        sizes=["1x16x2", "1x32x4"],
+        steps=4,
+        preset="micro",
+        progress=False,
+    )
+    assert built.corpus["kind"] == "file" and built.corpus["n_docs"] == 80
+    assert built.steps == [0, 1, 2, 3, 4]
+    assert [built.models[s]["shape"] for s in built.sizes] == ["1x16x2", "1x32x4"]
+    lm = load_model(tmp_path / "s" / built.sizes[0])
+    assert lm.info.step == 4 and len(lm.tokenizer) <= PRESETS["micro"].vocab_size
+
+
+def test_missing_corpus_file(tmp_path):
+    with pytest.raises(ScalelensError, match="does not exist"):
+        build_suite(tmp_path / "s", corpus_file=tmp_path / "nope.txt", preset="micro")
+
+
+def test_unknown_size_and_preset(tmp_path):
+    with pytest.raises(ScalelensError, match="unknown size 'huge'"):
+        build_suite(tmp_path / "s", sizes=["huge"], preset="micro")
+    with pytest.raises(ScalelensError, match="unknown suite preset 'big'"):
+        build_suite(tmp_path / "s", preset="big")
+
+
+def test_cli_build_and_info(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    models_cli.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "cli-suite"
+    args = parser.parse_args(
+        [
+            "suite",
+            "build",
+            "--out",
+            str(out),
+            "--preset",
+            "micro",
+            "--sizes",
+            "1x16x2",
+            "--steps",
+            "2",
+            "--quiet",
+        ]
+    )
+    assert args.func(args) == 0
+    manifest = read_manifest(out)
+    args = parser.parse_args(["suite", "info", str(out)])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert manifest.sizes[0] in printed and "valid loss" in printed
+    assert set(models_cli.PRESET_NAMES) == set(PRESETS)
+
+
+def test_default_suite_dir_respects_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCALELENS_CACHE", str(tmp_path))
+    assert default_suite_dir("micro") == tmp_path / "suite-micro-v1"
+    monkeypatch.delenv("SCALELENS_CACHE")
+    assert default_suite_dir().parts[-3:] == (".cache", "scalelens", "suite-default-v1")
+
+
+def test_default_preset_is_a_pythia_like_family():
+    preset = PRESETS["default"]
+    configs = preset.size_configs()
+    assert len(configs) >= 4
+    totals = [count_parameters(c)[0] for c in configs.values()]
+    assert totals == sorted(totals)
+    assert all(c.use_parallel_residual and not c.tie_word_embeddings for c in configs.values())
