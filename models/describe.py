@@ -1,0 +1,87 @@
+"""Build a ``ModelInfo`` from a config (and the loaded weights' dtype)."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
+
+from ..errors import ScalelensError
+from .info import ModelInfo
+from .params import count_parameters
+
+
+def check_architecture(config: PretrainedConfig) -> None:
+    """Raise unless the config describes a decoder-only causal LM transformers can build.
+
+    Encoder-decoder models and encoder families that merely have a causal-LM head
+    (BERT, RoBERTa, ...) are refused rather than guessed at.
+    """
+    model_type = getattr(config, "model_type", None) or "<none>"
+    known = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    encoder = getattr(config, "is_encoder_decoder", False) or (
+        model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
+    if not known or encoder:
+        kind = "an encoder or encoder-decoder" if known else "not a causal-LM"
+        raise ScalelensError(
+            f"unsupported architecture {model_type!r} ({kind} model); "
+            "load a decoder-only causal LM such as gpt_neox, llama, gemma2 or gpt2"
+        )
+
+
+def describe(
+    config: PretrainedConfig,
+    *,
+    name: str,
+    source: str,
+    source_kind: str,
+    revision: str | None,
+    step: int | None,
+    dtype: str,
+    attn_implementation: str,
+) -> ModelInfo:
+    """Fill a ``ModelInfo`` from a causal-LM config.
+
+    Widths and counts come from the config's standard accessors (``hidden_size``,
+    ``num_hidden_layers``, ``num_attention_heads``), which transformers maps for
+    GPT-2-style names; ``d_head`` honours an explicit ``head_dim`` (Gemma, Llama).
+
+    Args:
+        config: The model's config.
+        name: Short human name.
+        source: Hub id, path or ``<in-memory>``.
+        source_kind: How it was loaded (see ``ModelInfo``).
+        revision: Revision / checkpoint name, if any.
+        step: Training step, if known.
+        dtype: Weight dtype name (``float32``).
+        attn_implementation: Attention implementation in use.
+
+    Returns:
+        The filled ``ModelInfo``.
+    """
+    text = config.get_text_config()
+    d_model = int(text.hidden_size)
+    n_heads = int(text.num_attention_heads)
+    d_head = getattr(text, "head_dim", None) or d_model // n_heads
+    total, non_embedding = count_parameters(config)
+    return ModelInfo(
+        name=name,
+        source=source,
+        source_kind=source_kind,
+        revision=revision,
+        step=step,
+        architecture=str(text.model_type),
+        n_params=total,
+        n_params_non_embedding=non_embedding,
+        d_model=d_model,
+        n_layers=int(text.num_hidden_layers),
+        n_heads=n_heads,
+        d_head=int(d_head),
+        vocab_size=int(text.vocab_size),
+        max_position=int(getattr(text, "max_position_embeddings", 0) or 0),
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+    )

@@ -1,0 +1,278 @@
+"""Load a decoder-only causal LM from any supported source into a ``LoadedModel``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from ..errors import ScalelensError
+from .describe import check_architecture, describe
+from .hub import check_cached_revision, explain_failure, is_offline
+from .info import ModelInfo
+from .quiet import quiet_hf_progress
+from .sources import ResolvedSource, checkpoint_revision, resolve_source
+from .wrapped import unwrap
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "double": torch.float64,
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inspection.
+
+    Attributes:
+        model: The Hugging Face causal LM, in eval mode.
+        tokenizer: Its tokenizer.
+        info: What was loaded (stored with every capture and result).
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    info: ModelInfo
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """Map ``"bf16"``, ``"float32"``, ... or a ``torch.dtype`` to a floating ``torch.dtype``."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:
+            raise ScalelensError(f"dtype {dtype} is not a floating type; use float32, bf16 or fp16")
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ScalelensError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[key]
+
+
+def load_model(
+    source: Any,
+    *,
+    revision: str | None = None,
+    checkpoint: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    gguf_file: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    tokenizer: Any = None,
+) -> LoadedModel:
+    """Load a decoder-only causal LM and describe it.
+
+    ``source`` may be a hub id (``EleutherAI/pythia-160m``; honours
+    ``HF_HUB_OFFLINE``), a local HF directory, a suite size directory
+    (``<suite>/<size>``, with ``revision``/``checkpoint`` or the last step by
+    default) or one of its ``step<N>`` directories, a ``.gguf`` file, an in-memory
+    ``PreTrainedModel`` (pass ``tokenizer``), an nnsight ``LanguageModel`` or a
+    TransformerLens ``TransformerBridge`` (their underlying HF model is returned).
+
+    Args:
+        source: See above.
+        revision: Hub revision or suite checkpoint name (``step3000``).
+        checkpoint: Sugar for ``revision=f"step{checkpoint}"``.
+        device: Target device. Loaded models default to ``cpu``; in-memory models
+            stay where they are unless a device is given.
+        dtype: ``float32`` (default for loaded models), ``bfloat16``, ``float16``...;
+            in-memory models keep their dtype unless one is given.
+        attn_implementation: ``sdpa``, ``eager``, ... Loaded models default to
+            transformers' choice (``sdpa`` where the architecture supports it, else
+            ``eager``; Gemma-2 is eager); in-memory models keep theirs unless one is
+            given. The implementation in use is recorded in ``info``.
+        gguf_file: GGUF file name inside ``source`` (a directory or hub id).
+        cache_dir: Hub cache directory (default ``HF_HUB_CACHE``).
+        tokenizer: A tokenizer object, or a path/id to load one from; default the
+            source's own.
+
+    Returns:
+        The model in eval mode, its tokenizer and its ``ModelInfo``.
+    """
+    dt = resolve_dtype(dtype)
+    if not isinstance(source, str | os.PathLike):
+        return _from_object(source, tokenizer, device, dt, attn_implementation)
+    rev = checkpoint_revision(revision, checkpoint)
+    resolved = resolve_source(os.fspath(source), rev, gguf_file)
+    return _from_disk(resolved, os.fspath(source), cache_dir, tokenizer, device, dt, attn_implementation)
+
+
+def _hub_kwargs(resolved: ResolvedSource, cache_dir: Any) -> dict[str, Any]:
+    if resolved.kind == "hub" or (resolved.kind == "gguf" and not Path(resolved.location).is_dir()):
+        return {
+            "revision": resolved.revision,
+            "cache_dir": os.fspath(cache_dir) if cache_dir is not None else None,
+            "local_files_only": is_offline(),
+        }
+    return {}
+
+
+def _from_disk(
+    resolved: ResolvedSource,
+    source: str,
+    cache_dir: Any,
+    tokenizer: Any,
+    device: str | torch.device | None,
+    dtype: torch.dtype | None,
+    attn: str | None,
+) -> LoadedModel:
+    kwargs = _hub_kwargs(resolved, cache_dir)
+    if resolved.gguf_file:
+        kwargs["gguf_file"] = resolved.gguf_file
+    config = _load_config(resolved, kwargs, cache_dir)
+    check_architecture(config)
+    model = _load_weights(resolved, config, kwargs, cache_dir, device, dtype, attn)
+    tok = _load_tokenizer(tokenizer, resolved, kwargs, cache_dir)
+    if resolved.gguf_file and Path(resolved.location).is_dir():
+        source = str(Path(resolved.location) / resolved.gguf_file)
+    info = _info(model, resolved.name, source, resolved.kind, resolved.revision, resolved.step)
+    return LoadedModel(model=model.eval(), tokenizer=tok, info=info)
+
+
+def _load_config(resolved: ResolvedSource, kwargs: dict[str, Any], cache_dir: Any) -> Any:
+    if resolved.kind == "hub":
+        check_cached_revision(resolved.location, resolved.revision or "main", cache_dir)
+    try:
+        return AutoConfig.from_pretrained(resolved.location, **kwargs)
+    except ValueError as exc:
+        if any(k in str(exc) for k in ("model_type", "model type", "Unrecognized")):
+            raise ScalelensError(
+                f"unsupported architecture in {resolved.location}: transformers does not know "
+                "its model_type; load a decoder-only causal LM"
+            ) from exc
+        raise _failure(resolved, cache_dir, exc) from exc
+    except OSError as exc:
+        raise _failure(resolved, cache_dir, exc) from exc
+
+
+def _failure(resolved: ResolvedSource, cache_dir: Any, exc: Exception) -> ScalelensError:
+    if resolved.kind in ("hub", "gguf") and not Path(resolved.location).is_dir():
+        return explain_failure(resolved.location, resolved.revision or "main", cache_dir, exc)
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ScalelensError(f"could not load {resolved.location}: {detail}")
+
+
+def _load_weights(
+    resolved: ResolvedSource,
+    config: PretrainedConfig,
+    kwargs: dict[str, Any],
+    cache_dir: Any,
+    device: str | torch.device | None,
+    dtype: torch.dtype | None,
+    attn: str | None,
+) -> PreTrainedModel:
+    target = torch.device(device or "cpu")
+    placement = {"device_map": str(target)} if target.type != "cpu" else {}
+    try:
+        with quiet_hf_progress():
+            model = AutoModelForCausalLM.from_pretrained(
+                resolved.location,
+                config=config,
+                dtype=dtype or torch.float32,
+                attn_implementation=attn,
+                **placement,
+                **kwargs,
+            )
+    except (OSError, ValueError) as exc:
+        if "attention implementation" in str(exc):
+            raise ScalelensError(
+                f"{config.model_type} does not support attn_implementation={attn!r}; "
+                "use attn_implementation='eager'"
+            ) from exc
+        raise _failure(resolved, cache_dir, exc) from exc
+    if not placement:
+        model.to(target)  # type: ignore[arg-type]  # in place
+    return model
+
+
+def _load_tokenizer(
+    tokenizer: Any, resolved: ResolvedSource, kwargs: dict[str, Any], cache_dir: Any
+) -> PreTrainedTokenizerBase:
+    if tokenizer is not None and not isinstance(tokenizer, str | os.PathLike):
+        return tokenizer
+    location = os.fspath(tokenizer) if tokenizer is not None else resolved.location
+    extra = kwargs if tokenizer is None else {}
+    try:
+        return AutoTokenizer.from_pretrained(location, **extra)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ScalelensError(
+            f"no usable tokenizer at {location} ({type(exc).__name__}); pass tokenizer=..."
+        ) from exc
+
+
+def _from_object(
+    obj: Any,
+    tokenizer: Any,
+    device: str | torch.device | None,
+    dtype: torch.dtype | None,
+    attn: str | None,
+) -> LoadedModel:
+    model, own_tokenizer, kind = unwrap(obj)
+    check_architecture(model.config)
+    tok = tokenizer if tokenizer is not None else own_tokenizer
+    if tok is None or isinstance(tok, str | os.PathLike):
+        tok = _memory_tokenizer(model, tok)
+    if attn is not None and model.config._attn_implementation != attn:
+        try:
+            model.set_attn_implementation(attn)
+        except ValueError as exc:
+            raise ScalelensError(
+                f"{model.config.model_type} does not support attn_implementation={attn!r}; "
+                "use attn_implementation='eager'"
+            ) from exc
+    if device is not None:
+        model.to(torch.device(device))  # type: ignore[arg-type]
+    if dtype is not None:
+        model.to(dtype)  # type: ignore[arg-type]
+    name_or_path = str(getattr(model.config, "_name_or_path", "") or "")
+    name = Path(name_or_path).name or type(model).__name__
+    source = name_or_path or "<in-memory>"
+    return LoadedModel(model.eval(), tok, _info(model, name, source, kind, None, None))
+
+
+def _memory_tokenizer(model: PreTrainedModel, where: Any) -> PreTrainedTokenizerBase:
+    location = os.fspath(where) if where is not None else model.config._name_or_path
+    if location and Path(location).is_dir():
+        return AutoTokenizer.from_pretrained(location)
+    raise ScalelensError(f"in-memory {type(model).__name__} came without a tokenizer; pass tokenizer=...")
+
+
+def _info(
+    model: PreTrainedModel,
+    name: str,
+    source: str,
+    kind: str,
+    revision: str | None,
+    step: int | None,
+) -> ModelInfo:
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    attn = str(getattr(model.config, "_attn_implementation", None) or "eager")
+    return describe(
+        model.config,
+        name=name,
+        source=source,
+        source_kind=kind,
+        revision=revision,
+        step=step,
+        dtype=dtype,
+        attn_implementation=attn,
+    )

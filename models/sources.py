@@ -1,0 +1,155 @@
+"""Turn a model source string into something ``from_pretrained`` can load.
+
+Accepted: an existing HF directory, a suite size directory (``<suite>/<size>`` with
+``step<N>`` subdirectories) with or without a revision, a checkpoint directory
+inside one (``<suite>/<size>/step3000``), a ``*.gguf`` file, or a hub id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ScalelensError
+
+_STEP = re.compile(r"step(\d+)")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """Where to load from.
+
+    Attributes:
+        kind: ``hub``, ``local``, ``suite`` or ``gguf`` (``ModelInfo.source_kind``).
+        location: Hub id or directory passed to ``from_pretrained``.
+        revision: Hub revision or suite checkpoint name.
+        step: Training step parsed from the revision or directory name.
+        gguf_file: File name inside ``location`` for GGUF sources.
+        name: Short human name.
+    """
+
+    kind: str
+    location: str
+    revision: str | None
+    step: int | None
+    gguf_file: str | None
+    name: str
+
+
+def parse_step(revision: str | None) -> int | None:
+    """Return N for ``stepN`` revisions, else ``None``."""
+    m = _STEP.fullmatch(revision or "")
+    return int(m.group(1)) if m else None
+
+
+def checkpoint_revision(revision: str | None, checkpoint: int | None) -> str | None:
+    """Merge ``checkpoint=3000`` sugar into ``revision="step3000"``."""
+    if checkpoint is None:
+        return revision
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 0:
+        raise ScalelensError(f"checkpoint must be a step number >= 0, got {checkpoint!r}")
+    sugar = f"step{checkpoint}"
+    if revision is not None and revision != sugar:
+        raise ScalelensError(f"revision={revision!r} and checkpoint={checkpoint} disagree; pass only one")
+    return sugar
+
+
+def step_dirs(path: Path) -> dict[str, Path]:
+    """``stepN`` subdirectories holding a ``config.json``, ordered by N."""
+    found = [p for p in path.iterdir() if p.is_dir() and _STEP.fullmatch(p.name)]
+    found = [p for p in found if (p / "config.json").is_file()]
+    return {p.name: p for p in sorted(found, key=lambda p: int(p.name[4:]))}
+
+
+def resolve_source(source: str, revision: str | None, gguf_file: str | None) -> ResolvedSource:
+    """Classify ``source`` and pick the directory / revision to load.
+
+    Args:
+        source: Path or hub id.
+        revision: Requested revision (``step3000``), if any.
+        gguf_file: GGUF file name inside a directory or hub repo, if any.
+
+    Returns:
+        The resolved source.
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _file_source(path, revision)
+    if path.is_dir():
+        return _dir_source(path, revision, gguf_file)
+    if _looks_like_path(source) or not _HUB_ID.fullmatch(source):
+        raise ScalelensError(f"model path {source} does not exist; pass an existing path or hub id")
+    kind = "gguf" if gguf_file else "hub"
+    rev = revision or "main"
+    return ResolvedSource(kind, source, rev, parse_step(rev), gguf_file, source.split("/")[-1])
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or os.sep + os.sep in source or source.count("/") > 1
+
+
+def _file_source(path: Path, revision: str | None) -> ResolvedSource:
+    if path.suffix.lower() != ".gguf":
+        raise ScalelensError(
+            f"{path} is a file but not a .gguf model; pass a model directory or a .gguf file"
+        )
+    _no_revision(path, revision)
+    return ResolvedSource("gguf", str(path.parent), None, None, path.name, path.stem)
+
+
+def _no_revision(path: Path, revision: str | None) -> None:
+    if revision is not None:
+        raise ScalelensError(
+            f"{path} has no revisions; drop revision/checkpoint or pass the suite size directory"
+        )
+
+
+def _dir_source(path: Path, revision: str | None, gguf_file: str | None) -> ResolvedSource:
+    if gguf_file:
+        if not (path / gguf_file).is_file():
+            raise ScalelensError(f"{path / gguf_file} does not exist; check gguf_file")
+        _no_revision(path, revision)
+        return ResolvedSource("gguf", str(path), None, None, gguf_file, Path(gguf_file).stem)
+    if (path / "config.json").is_file():
+        return _checkpoint_dir(path, revision)
+    steps = step_dirs(path)
+    if steps:
+        return _suite_size(path, steps, revision)
+    if (path / "manifest.json").is_file():
+        sizes = sorted(p.name for p in path.iterdir() if p.is_dir() and step_dirs(p))
+        raise ScalelensError(
+            f"{path} is a suite; load one size, e.g. {path / (sizes[0] if sizes else '<size>')}"
+            f" (sizes: {', '.join(sizes)})"
+        )
+    raise ScalelensError(f"{path} has no config.json or step<N> checkpoints; pass a model directory")
+
+
+def _checkpoint_dir(path: Path, revision: str | None) -> ResolvedSource:
+    step = parse_step(path.name)
+    in_suite = step is not None and bool(step_dirs(path.parent))
+    if revision is not None and revision != path.name:
+        _no_revision(path, revision)
+    if in_suite:
+        return ResolvedSource("suite", str(path), path.name, step, None, _suite_name(path.parent))
+    return ResolvedSource("local", str(path), None, None, None, path.name)
+
+
+def _suite_size(path: Path, steps: dict[str, Path], revision: str | None) -> ResolvedSource:
+    rev = revision or list(steps)[-1]
+    if rev not in steps:
+        raise ScalelensError(f"unknown revision {rev!r} in {path}; available: {', '.join(steps)}")
+    return ResolvedSource("suite", str(steps[rev]), rev, parse_step(rev), None, _suite_name(path))
+
+
+def _suite_name(size_dir: Path) -> str:
+    """``<suite name>-<size>`` when the parent holds a manifest, else the size directory name."""
+    manifest = size_dir.parent / "manifest.json"
+    try:
+        suite = json.loads(manifest.read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError):
+        suite = None
+    return f"{suite}-{size_dir.name}" if suite else size_dir.name

@@ -1,0 +1,59 @@
+"""Unwrap in-memory models: plain HF models, nnsight wrappers and TransformerLens bridges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedModel
+
+from ..errors import ScalelensError
+
+
+def unwrap(obj: Any) -> tuple[PreTrainedModel, Any, str]:
+    """Return ``(hf_model, tokenizer_or_None, source_kind)`` for an in-memory model.
+
+    Args:
+        obj: A ``PreTrainedModel``, an nnsight ``LanguageModel`` /
+            ``TransformersModel`` (its HF module is ``_module``; older nnsight used
+            ``_model``) or a TransformerLens ``TransformerBridge`` (``original_model``).
+
+    Returns:
+        The underlying HF model, the wrapper's tokenizer (``None`` for a bare
+        model) and ``memory``, ``nnsight`` or ``transformer_lens``.
+    """
+    if isinstance(obj, PreTrainedModel):
+        return obj, None, "memory"
+    package = type(obj).__module__.split(".")[0]
+    if package == "nnsight":
+        return _nnsight(obj), getattr(obj, "tokenizer", None), "nnsight"
+    if package == "transformer_lens":
+        return _bridge(obj), getattr(obj, "tokenizer", None), "transformer_lens"
+    raise ScalelensError(
+        f"cannot load a {type(obj).__name__}; pass a path, hub id, HF model, nnsight "
+        "LanguageModel or TransformerLens TransformerBridge"
+    )
+
+
+def _nnsight(obj: Any) -> PreTrainedModel:
+    if getattr(obj, "dispatched", True) is False and hasattr(obj, "dispatch"):
+        obj.dispatch()  # nnsight's documented way to load real weights into a lazy model
+    for attr in ("_module", "_model"):
+        inner = obj.__dict__.get(attr) if hasattr(obj, "__dict__") else None
+        if isinstance(inner, PreTrainedModel):
+            return inner
+    raise ScalelensError(f"nnsight {type(obj).__name__} does not wrap a Hugging Face model; wrap a causal LM")
+
+
+def _bridge(obj: Any) -> PreTrainedModel:
+    try:
+        inner = obj.original_model
+    except AttributeError as exc:
+        raise ScalelensError(
+            "this TransformerBridge has no local model (remote driver); boot it from transformers"
+        ) from exc
+    if not isinstance(inner, PreTrainedModel):
+        raise ScalelensError(
+            f"TransformerBridge wraps a {type(inner).__name__}, not a Hugging Face model; "
+            "boot it with TransformerBridge.boot_transformers"
+        )
+    return inner

@@ -1,0 +1,277 @@
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig
+
+from scalelens.errors import ScalelensError
+from scalelens.models import LoadedModel, ModelInfo, load_model
+from scalelens.models.suite import read_manifest
+from scalelens.models.testing import save_tiny_model, write_hub_cache, write_llama_gguf
+
+REPO = "EleutherAI/pythia-160m"
+
+
+@pytest.fixture(scope="module")
+def manifest(micro_suite):
+    return read_manifest(micro_suite)
+
+
+@pytest.fixture(scope="module")
+def suite_tokenizer(micro_suite):
+    return AutoTokenizer.from_pretrained(str(micro_suite / "tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory, manifest):
+    """Three revisions of the smallest micro size laid out as the HF hub cache."""
+    size = manifest.sizes[0]
+    cache = tmp_path_factory.mktemp("hub")
+    revisions = {f"step{s}": manifest.checkpoint_dir(size, s) for s in manifest.steps[-3:]}
+    revisions["main"] = manifest.checkpoint_dir(size, manifest.steps[-1])
+    write_hub_cache(cache, REPO, revisions)
+    return cache
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _ids(tok, text="the code of Bako is 4821 .\n"):
+    return tok(text, return_tensors="pt").input_ids
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# --- hub layout ------------------------------------------------------------
+
+
+def test_hub_revision_loads_that_snapshot(hub_cache, manifest, offline):
+    step = manifest.steps[-2]
+    lm = load_model(REPO, revision=f"step{step}", cache_dir=hub_cache)
+    expected = AutoModelForCausalLM.from_pretrained(manifest.checkpoint_dir(manifest.sizes[0], step))
+    assert isinstance(lm, LoadedModel) and not lm.model.training
+    assert _same_weights(lm.model, expected)
+    assert lm.info.source_kind == "hub" and lm.info.source == REPO
+    assert (lm.info.revision, lm.info.step, lm.info.name) == (f"step{step}", step, "pythia-160m")
+
+
+def test_checkpoint_sugar_equals_revision(hub_cache, manifest, offline):
+    step = manifest.steps[-3]
+    a = load_model(REPO, checkpoint=step, cache_dir=hub_cache)
+    b = load_model(REPO, revision=f"step{step}", cache_dir=hub_cache)
+    assert a.info == b.info and _same_weights(a.model, b.model)
+    other = load_model(REPO, checkpoint=manifest.steps[-1], cache_dir=hub_cache)
+    assert not _same_weights(a.model, other.model)
+
+
+def test_hub_default_revision_is_main(hub_cache, offline):
+    lm = load_model(REPO, cache_dir=hub_cache)
+    assert lm.info.revision == "main" and lm.info.step is None
+
+
+def test_unknown_hub_revision_names_available_ones(hub_cache, manifest, offline):
+    with pytest.raises(ScalelensError) as err:
+        load_model(REPO, checkpoint=3000, cache_dir=hub_cache)
+    message = str(err.value)
+    assert "unknown revision 'step3000'" in message and "\n" not in message
+    assert f"step{manifest.steps[-1]}" in message and "main" in message
+
+
+def test_uncached_hub_id_offline(hub_cache, offline):
+    with pytest.raises(ScalelensError, match="not in the hub cache"):
+        load_model("EleutherAI/pythia-999m", cache_dir=hub_cache)
+
+
+def test_revision_and_checkpoint_must_agree(hub_cache, offline):
+    with pytest.raises(ScalelensError, match="disagree"):
+        load_model(REPO, revision="step1", checkpoint=2, cache_dir=hub_cache)
+
+
+# --- local and suite directories -------------------------------------------
+
+
+def test_suite_size_with_revision(micro_suite, manifest):
+    size, step = manifest.sizes[-1], manifest.steps[2]
+    lm = load_model(micro_suite / size, revision=f"step{step}")
+    assert lm.info.source_kind == "suite" and lm.info.step == step
+    assert lm.info.name == f"{manifest.name}-{size}"
+    assert lm.info.n_params == manifest.models[size]["n_params"]
+    assert lm.info.n_params_non_embedding == manifest.models[size]["n_params_non_embedding"]
+    assert _same_weights(lm.model, AutoModelForCausalLM.from_pretrained(manifest.checkpoint_dir(size, step)))
+
+
+def test_suite_step_dir_and_default_last_step(micro_suite, manifest):
+    size = manifest.sizes[1]
+    by_dir = load_model(micro_suite / size / f"step{manifest.steps[3]}")
+    assert (by_dir.info.source_kind, by_dir.info.step) == ("suite", manifest.steps[3])
+    last = load_model(str(micro_suite / size))
+    assert last.info.revision == f"step{manifest.steps[-1]}"
+    assert last.info.step == manifest.steps[-1]
+
+
+def test_suite_unknown_revision(micro_suite, manifest):
+    with pytest.raises(ScalelensError, match=r"unknown revision 'step9999'.*available: step0"):
+        load_model(micro_suite / manifest.sizes[0], checkpoint=9999)
+
+
+def test_suite_root_asks_for_a_size(micro_suite, manifest):
+    with pytest.raises(ScalelensError, match=f"is a suite; load one size.*{manifest.sizes[0]}"):
+        load_model(micro_suite)
+
+
+def test_plain_local_dir(tmp_path, suite_tokenizer):
+    path = save_tiny_model("gpt_neox", tmp_path / "tiny", suite_tokenizer)
+    lm = load_model(path, dtype="bf16", attn_implementation="eager")
+    assert lm.info.source_kind == "local" and lm.info.revision is None and lm.info.step is None
+    assert lm.info.dtype == "bfloat16" and lm.model.dtype == torch.bfloat16
+    assert lm.info.attn_implementation == "eager"
+    assert lm.tokenizer.is_fast and lm.tokenizer.eos_token == "<|endoftext|>"
+
+
+# --- info per architecture --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arch", "d_head", "attn"),
+    [
+        ("gpt_neox", 8, "sdpa"),
+        ("llama", 8, "sdpa"),
+        ("gemma2", 16, "eager"),
+        ("gemma3_text", 16, "sdpa"),
+        ("gpt2", 8, "sdpa"),
+    ],
+)
+def test_info_per_architecture(tmp_path, suite_tokenizer, arch, d_head, attn):
+    path = save_tiny_model(arch, tmp_path / arch, suite_tokenizer)
+    lm = load_model(path)
+    info = lm.info
+    assert info.architecture == arch
+    assert (info.d_model, info.n_layers, info.n_heads, info.d_head) == (32, 2, 4, d_head)
+    assert info.vocab_size == len(suite_tokenizer) and info.max_position == 128
+    assert info.n_params == sum(p.numel() for p in lm.model.parameters())
+    assert info.dtype == "float32" and info.attn_implementation == attn
+    assert ModelInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
+    logits = lm.model(_ids(lm.tokenizer)).logits
+    assert logits.shape[-1] == info.vocab_size
+
+
+# --- in-memory and wrapped models --------------------------------------------
+
+
+def test_in_memory_model_needs_a_tokenizer(suite_tokenizer):
+    torch.manual_seed(0)
+    from scalelens.models.testing import tiny_config
+
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", len(suite_tokenizer)))
+    with pytest.raises(ScalelensError, match="pass tokenizer="):
+        load_model(model)
+    lm = load_model(model, tokenizer=suite_tokenizer)
+    assert lm.model is model and lm.tokenizer is suite_tokenizer
+    assert lm.info.source_kind == "memory" and lm.info.source == "<in-memory>"
+    assert lm.info.architecture == "llama" and not model.training
+
+
+def test_in_memory_device_and_dtype_only_when_asked(micro_suite, manifest):
+    lm = load_model(micro_suite / manifest.sizes[0])
+    again = load_model(lm.model, tokenizer=lm.tokenizer)
+    assert again.model.dtype == torch.float32 and again.info.attn_implementation == "sdpa"
+    half = load_model(lm.model, tokenizer=lm.tokenizer, dtype="float64", attn_implementation="eager")
+    assert half.info.dtype == "float64" and half.info.attn_implementation == "eager"
+
+
+def test_nnsight_language_model_is_unwrapped(micro_suite, manifest):
+    from nnsight import LanguageModel
+
+    base = load_model(micro_suite / manifest.sizes[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapped = LanguageModel(base.model, tokenizer=base.tokenizer)
+    lm = load_model(wrapped)
+    assert lm.model is base.model and lm.tokenizer is base.tokenizer
+    assert lm.info.source_kind == "nnsight"
+    assert lm.info.n_params == base.info.n_params
+
+
+def test_transformer_bridge_is_unwrapped(micro_suite, manifest):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    path = manifest.checkpoint_dir(manifest.sizes[-1], manifest.steps[-1])
+    hf = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    bridge = TransformerBridge.boot_transformers(str(path), hf_model=hf, tokenizer=tok)
+    lm = load_model(bridge)
+    assert lm.model is hf and lm.tokenizer is bridge.tokenizer
+    assert lm.info.source_kind == "transformer_lens" and lm.info.architecture == "gpt_neox"
+    assert lm.info.attn_implementation == "eager"  # the bridge switches the model to eager
+
+
+def test_unsupported_object():
+    with pytest.raises(ScalelensError, match="cannot load a list"):
+        load_model([1, 2])
+
+
+# --- GGUF ----------------------------------------------------------------------
+
+
+def test_gguf_file_round_trips_a_llama(tmp_path, suite_tokenizer):
+    path = save_tiny_model("llama", tmp_path / "llama", suite_tokenizer)
+    original = AutoModelForCausalLM.from_pretrained(path).eval()
+    gguf_path = write_llama_gguf(original, suite_tokenizer, tmp_path / "tiny-llama.gguf")
+    lm = load_model(gguf_path)
+    assert lm.info.source_kind == "gguf" and lm.info.architecture == "llama"
+    assert lm.info.n_params == sum(p.numel() for p in original.parameters())
+    ids = _ids(suite_tokenizer)
+    assert torch.equal(_ids(lm.tokenizer), ids)
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(ids).logits, original(ids).logits)
+    by_dir = load_model(tmp_path, gguf_file="tiny-llama.gguf")
+    assert by_dir.info == lm.info and lm.info.source == str(gguf_path)
+
+
+# --- errors ----------------------------------------------------------------------
+
+
+def test_nonexistent_path():
+    with pytest.raises(ScalelensError, match="does not exist"):
+        load_model("/no/such/model/dir")
+
+
+def test_encoder_architecture_is_refused(tmp_path):
+    BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    ).save_pretrained(tmp_path)
+    with pytest.raises(ScalelensError, match="unsupported architecture 'bert'"):
+        load_model(tmp_path)
+
+
+def test_unknown_model_type_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no-such-arch"}))
+    with pytest.raises(ScalelensError, match="unsupported architecture"):
+        load_model(tmp_path)
+
+
+def test_unsupported_attention_implementation(tmp_path, suite_tokenizer):
+    path = save_tiny_model("gemma2", tmp_path / "gemma2", suite_tokenizer)
+    with pytest.raises(ScalelensError, match="gemma2 does not support attn_implementation='sdpa'"):
+        load_model(path, attn_implementation="sdpa")
+
+
+def test_unknown_dtype(micro_suite, manifest):
+    with pytest.raises(ScalelensError, match="unknown dtype 'fp9'"):
+        load_model(micro_suite / manifest.sizes[0], dtype="fp9")
+
+
+def test_non_gguf_file(tmp_path):
+    path = Path(tmp_path / "weights.bin")
+    path.write_bytes(b"x")
+    with pytest.raises(ScalelensError, match="not a .gguf model"):
+        load_model(path)
