@@ -11,7 +11,8 @@ from scalelens.analyses.text_dominance import TextDominanceResult
 from scalelens.cache.reader import CaptureFile
 from scalelens.capture import capture
 from scalelens.errors import ScalelensError
-from scalelens.measure.retrieval import RetrievalSettings, haystack_tests
+from scalelens.measure.retrieval import RetrievalSettings, haystack_tests, needle_material
+from scalelens.probes.haystack import needle_overhead
 from scalelens.probes.spec import Positions, ProbeSpec
 
 TEXT = ("question",)
@@ -50,8 +51,15 @@ def dominance_probe() -> ProbeSpec:
 def measure_dominance(loaded: Any, s: DominanceSettings, out_dir: Path, overwrite: bool = False,
                       progress: bool = True) -> dict[str, Any]:
     """MDI/AEI per layer at x1 and the middle-layer MDI for each dilution level."""
-    base = s.base_tokens or max(16, (loaded.info.max_position - 64) // max(s.dilutions))
     depths = tuple(round((i + 0.5) / s.n_prompts, 3) for i in range(s.n_prompts))
+    rs = RetrievalSettings(depths=depths, n_needles=1)
+    reserve = needle_overhead(needle_material(loaded, rs)[0], loaded.tokenizer)
+    base = s.base_tokens or (loaded.info.max_position - reserve) // max(s.dilutions)
+    if base < 2:
+        raise ScalelensError(
+            f"the model's context ({loaded.info.max_position}) is too short for a x{max(s.dilutions)} "
+            "dilution; use smaller --dilutions"
+        )
     results: dict[int, TextDominanceResult] = {}
     for factor in sorted(set(s.dilutions)):
         rs = RetrievalSettings(context_lengths=(base * factor,), depths=depths, n_needles=1)

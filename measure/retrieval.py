@@ -29,6 +29,7 @@ from scalelens.probes.haystack import (
     Needle,
     build_tests,
     default_context_lengths,
+    needle_overhead,
     read_needles,
     split_sentences,
     synthetic_material,
@@ -73,7 +74,8 @@ class RetrievalSettings:
             raise ScalelensError(f"retrieval mode must be fast or reference, got {self.mode!r}")
 
 
-def _material(loaded: Any, s: RetrievalSettings) -> tuple[list[Needle], list[str]]:
+def needle_material(loaded: Any, s: RetrievalSettings) -> tuple[list[Needle], list[str]]:
+    """Needles and haystack sentences for ``loaded`` (suite language or English, or files)."""
     kind = s.needles
     if kind == "auto":
         kind = "synthetic" if loaded.info.source_kind == "suite" else "english"
@@ -93,8 +95,9 @@ def _material(loaded: Any, s: RetrievalSettings) -> tuple[list[Needle], list[str
 
 def haystack_tests(loaded: Any, s: RetrievalSettings, with_answer: bool) -> list[HaystackTest]:
     """Build the needle tests for ``loaded`` under settings ``s``."""
-    needles, hay = _material(loaded, s)
-    lengths = list(s.context_lengths or default_context_lengths(loaded.info.max_position))
+    needles, hay = needle_material(loaded, s)
+    reserve = needle_overhead(needles, loaded.tokenizer)
+    lengths = list(s.context_lengths or default_context_lengths(loaded.info.max_position, reserve))
     return build_tests(needles, hay, loaded.tokenizer, lengths, s.depths, with_answer=with_answer)
 
 

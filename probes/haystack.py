@@ -206,6 +206,15 @@ def _prompt(filled: list[tuple[str, int]], needle: Needle, depth: float, with_an
     return Prompt(tuple(pieces))
 
 
+def needle_overhead(needles: list[Needle], tokenizer: Any) -> int:
+    """Tokens a test adds to its haystack: needle, question and answer (largest needle)."""
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return max(count("\n" + n.needle) + count("\n" + n.question) + count(" " + n.answer) + 4
+               for n in needles)
+
+
 def default_context_lengths(max_position: int, reserve: int = 64, n: int = 3) -> list[int]:
     """``n`` haystack sizes evenly spaced up to the model's context minus ``reserve`` tokens."""
     top = max_position - reserve

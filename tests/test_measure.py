@@ -17,10 +17,10 @@ from scalelens.models.load import load_model
 from scalelens.models.suite import read_manifest
 from scalelens.probes.prompts import tokenize
 
-RET = r.RetrievalSettings(context_lengths=(40,), depths=(0.1, 0.5, 0.9), n_needles=2, ablation_k=2,
+RET = r.RetrievalSettings(context_lengths=(24,), depths=(0.1, 0.5, 0.9), n_needles=1, ablation_k=2,
                           gate=-1.0, batch_size=6)
 SETTINGS = MeasureSettings(RET, MassiveSettings(n_sequences=4, length=48),
-                           DominanceSettings(dilutions=(1, 3), n_prompts=2, base_tokens=12))
+                           DominanceSettings(dilutions=(1, 3), n_prompts=2))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_results_json_contract(measured, final_ckpt):
     scores = np.array(ret["scores"], dtype=float)
     assert scores.shape == (final_ckpt.info.n_layers, final_ckpt.info.n_heads)
     assert ((scores >= 0) & (scores <= 1)).all()
-    assert ret["n_tests"] == 2 * 3 and ret["n_tests_passed"] == 6
+    assert ret["n_tests"] == 3 and ret["n_tests_passed"] == 3
     assert ret["fraction"] == pytest.approx(float((scores > 0.1).mean()))
     assert {"recall_unmasked", "recall_top_masked", "recall_random_masked"} <= set(ret["ablation"])
     mass = a["massive_activations"]
@@ -62,7 +62,8 @@ def test_results_json_contract(measured, final_ckpt):
     for layer in dom["per_layer"]:
         assert layer["mdi"] == pytest.approx(layer["aei_text"] / layer["aei_other"], rel=1e-9)
     assert [d["factor"] for d in dom["dilution"]] == [1, 3]
-    assert {"early", "middle", "late"} <= set(dom["groups"])
+    thirds = {"early", "middle", "late"} if final_ckpt.info.n_layers >= 3 else set()
+    assert set(dom["groups"]) == thirds | {"all"}
 
 
 def test_rerun_reuses_captures(measured, final_ckpt):

@@ -13,9 +13,9 @@ from scalelens.sweeps.metrics import COLUMNS
 from scalelens.sweeps.run import sweep
 from scalelens.sweeps.spec import SweepSpec, expand, select_steps
 
-FAST = {"context_lengths": [30], "depths": [0.2, 0.8], "n_needles": 1, "ablation_k": 0,
+FAST = {"context_lengths": [24], "depths": [0.2, 0.8], "n_needles": 1, "ablation_k": 0,
         "n_sequences": 2, "seq_length": 24, "dilutions": [1, 2], "dominance_prompts": 2,
-        "batch_size": 4}
+        "batch_size": 4, "gate": -1.0}
 
 
 @pytest.fixture(scope="module")
