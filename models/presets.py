@@ -157,7 +157,7 @@ PRESETS: dict[str, SuitePreset] = {
     "default": SuitePreset(
         name="default",
         sizes=(SizeSpec(2, 32, 2), SizeSpec(2, 64, 4), SizeSpec(3, 96, 6), SizeSpec(4, 128, 8)),
-        train=TrainConfig(total_steps=200, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=10),
+        train=TrainConfig(total_steps=160, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=10),
         corpus=CorpusConfig(n_docs=6000),
         vocab_size=1024,
         checkpoint_every=20,
@@ -180,7 +180,7 @@ PRESETS: dict[str, SuitePreset] = {
             SizeSpec(12, 768, 12),
         ),
         train=TrainConfig(total_steps=4000, batch_size=32, seq_len=512, lr=1e-3, warmup_steps=100),
-        corpus=CorpusConfig(n_docs=150_000, n_words=5000, n_names=2000),
+        corpus=CorpusConfig(n_docs=400_000, n_words=5000, n_names=2000),
         vocab_size=4096,
         checkpoint_every=250,
         device="cuda",

@@ -85,8 +85,8 @@ def prepare_data(out: Path, preset: SuitePreset, corpus_file: str | Path | None)
             "delete the suite directory and rebuild"
         )
     seq_len = preset.train.seq_len
-    train_stream = encode_documents(tokenizer, train_docs)  # type: ignore[arg-type]
-    valid_stream = encode_documents(tokenizer, valid_docs)  # type: ignore[arg-type]
+    train_stream = encode_documents(tokenizer, train_docs)
+    valid_stream = encode_documents(tokenizer, valid_docs)
     valid = chunk_stream(valid_stream, min(seq_len, len(valid_stream)))[:VALID_CHUNKS]
     _write_valid_text(out, valid_docs)
     record = _corpus_record(preset, corpus_file, docs, len(train_stream), len(valid_stream))

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|padding|>"
@@ -47,22 +48,23 @@ def train_tokenizer(docs: Iterable[str], vocab_size: int) -> PreTrainedTokenizer
     )
 
 
-def encode_documents(tokenizer: PreTrainedTokenizerFast, docs: list[str]) -> list[int]:
+def encode_documents(tokenizer: PreTrainedTokenizerBase, docs: list[str], batch: int = 4096) -> np.ndarray:
     """Tokenize documents into one stream, each document followed by EOS (Pythia's EOD).
 
     Args:
         tokenizer: The suite tokenizer.
         docs: Documents in order.
+        batch: Documents tokenized per call (bounds peak memory).
 
     Returns:
-        The concatenated token ids.
+        The concatenated token ids as an ``int64`` array.
     """
-    eos = tokenizer.eos_token_id
-    stream: list[int] = []
-    for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
-        stream.extend(ids)
-        stream.append(eos)
-    return stream
+    eos = [tokenizer.eos_token_id]
+    parts: list[np.ndarray] = []
+    for start in range(0, len(docs), batch):
+        encoded = tokenizer(docs[start : start + batch], add_special_tokens=False)["input_ids"]
+        parts.extend(np.asarray(ids + eos, dtype=np.int64) for ids in encoded)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | Path) -> None:

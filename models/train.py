@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -65,14 +66,15 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def chunk_stream(stream: list[int], seq_len: int) -> torch.Tensor:
+def chunk_stream(stream: np.ndarray, seq_len: int) -> torch.Tensor:
     """Cut a token stream into ``[n_chunks, seq_len]`` (the tail is dropped)."""
     n = len(stream) // seq_len
     if n < 1:
         raise ScalelensError(
             f"corpus has {len(stream)} tokens, fewer than one sequence of {seq_len}; use more text"
         )
-    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    flat = torch.from_numpy(np.ascontiguousarray(stream[: n * seq_len], dtype=np.int64))
+    return flat.view(n, seq_len)
 
 
 def batch_order(n_chunks: int, cfg: TrainConfig) -> Iterator[torch.Tensor]:

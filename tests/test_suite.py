@@ -214,3 +214,23 @@ def test_default_preset_is_a_pythia_like_family():
     totals = [count_parameters(c)[0] for c in configs.values()]
     assert totals == sorted(totals)
     assert all(c.use_parallel_residual and not c.tie_word_embeddings for c in configs.values())
+
+
+def test_explicit_checkpoint_steps(tmp_path):
+    built = build_suite(tmp_path / "s", sizes=["1x16x2"], steps=[3, 0, 5], preset="micro", progress=False)
+    assert built.steps == [0, 3, 5] and built.training["total_steps"] == 5
+    assert sorted(p.name for p in (tmp_path / "s" / built.sizes[0]).glob("step*")) == [
+        "step0",
+        "step3",
+        "step5",
+    ]
+
+
+def test_size_names_follow_pythia_style():
+    assert [size_name(n) for n in (91_008, 231_168, 1_055_488, 70_426_624, 11_846_072_320)] == [
+        "91k",
+        "231k",
+        "1.1m",
+        "70m",
+        "12b",
+    ]

@@ -64,7 +64,8 @@ def test_tokenizer_round_trips_and_marks_documents(docs):
     ids = tok(docs[0], add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == docs[0]
     stream = encode_documents(tok, docs[:5])
-    assert stream.count(tok.eos_token_id) == 5 and stream[-1] == tok.eos_token_id
+    assert (stream == tok.eos_token_id).sum() == 5 and stream[-1] == tok.eos_token_id
+    assert stream.tolist()[: len(ids)] == ids
 
 
 def test_text_file_documents(tmp_path):
