@@ -275,3 +275,24 @@ def test_non_gguf_file(tmp_path):
     path.write_bytes(b"x")
     with pytest.raises(ScalelensError, match="not a .gguf model"):
         load_model(path)
+
+
+def test_lazy_nnsight_model_is_dispatched_before_unwrapping(manifest):
+    from nnsight import LanguageModel
+
+    path = manifest.checkpoint_dir(manifest.sizes[-1], manifest.steps[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lazy = LanguageModel(str(path), tokenizer=AutoTokenizer.from_pretrained(path))
+    assert next(lazy._module.parameters()).is_meta
+    lm = load_model(lazy)
+    assert not next(lm.model.parameters()).is_meta and lazy.dispatched
+    assert _same_weights(lm.model, AutoModelForCausalLM.from_pretrained(path))
+
+
+def test_transformer_bridge_booted_offline_from_a_suite_checkpoint(manifest, offline):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    path = manifest.checkpoint_dir(manifest.sizes[0], manifest.steps[-1])
+    lm = load_model(TransformerBridge.boot_transformers(str(path)))
+    assert lm.info.source == str(path) and lm.info.n_params == manifest.models[manifest.sizes[0]]["n_params"]
