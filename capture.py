@@ -6,6 +6,8 @@ run.feed(["The quick brown fox", "jumps over the lazy dog"])
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from scalelens.cache.writer import CaptureWriter, FileIdentity
+from scalelens.cache.writer import BackgroundWriter, Batch, CaptureWriter, FileIdentity
 from scalelens.errors import ScalelensError
 from scalelens.hooks.arch import arch_for, layer_part
 from scalelens.hooks.attention import attention_tap
@@ -175,35 +177,102 @@ class Capture:
 
     def _run_batches(self, writer: CaptureWriter, tok: TokenizedPrompts,
                      rows: dict[str, np.ndarray]) -> None:
+        """Compute batch after batch; a writer thread writes each one while the next computes."""
         n, bs = len(tok.lengths), self.settings.batch_size
         bar = tqdm(total=n, initial=writer.n_done, unit="prompt", desc=f"capture {self.out.name}",
                    disable=not self.settings.progress)
-        for start in range(writer.n_done, n, bs):
-            stop = min(n, start + bs)
-            arrays = self._run_batch(tok, rows, start, stop)
-            writer.write(start, arrays)
-            bar.update(stop - start)
+        staging = _HostStaging(self.loaded.model.device)
+        with BackgroundWriter(writer, depth=2) as background:
+            for start in range(writer.n_done, n, bs):
+                stop = min(n, start + bs)
+                arrays, ready, done = staging.to_host(self._run_batch(tok, rows, start, stop))
+                background.submit(start, arrays, ready, done)
+                bar.update(stop - start)
         bar.close()
 
     def _run_batch(self, tok: TokenizedPrompts, rows: dict[str, np.ndarray], start: int,
-                   stop: int) -> dict[str, dict[str, np.ndarray]]:
+                   stop: int) -> dict[str, dict[str, torch.Tensor | np.ndarray]]:
         device = self.loaded.model.device
         width = int(tok.lengths[start:stop].max())
-        ids = torch.from_numpy(tok.ids[start:stop, :width].astype(np.int64)).to(device)
+        ids = _to_device(tok.ids[start:stop, :width].astype(np.int64), device)
         valid = ids >= 0
         ids = ids.masked_fill(~valid, _pad_id(self.loaded.tokenizer))
-        batch_rows = {k: torch.from_numpy(v[start:stop]).to(device) for k, v in rows.items()}
+        batch_rows = {k: _to_device(v[start:stop], device) for k, v in rows.items()}
         self._ctx = BatchContext(ids=ids, valid=valid, rows=batch_rows,
                                  lengths=tok.lengths[start:stop].tolist())
         for rt in self._runtimes:
             rt.start()
         self._backend.forward(ids, valid.long())
-        arrays = {}
+        arrays: dict[str, dict[str, torch.Tensor | np.ndarray]] = {}
         for rt in self._runtimes:
-            arrays[rt.spec.name] = rt.finish()
+            arrays[rt.spec.name] = dict(rt.finish())
             if rt.selects_positions:
                 arrays[rt.spec.name]["query_pos"] = rows[rt.spec.name][start:stop]
         return arrays
+
+
+def _to_device(arr: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Host array to ``device``; on CUDA through pinned memory, without blocking the host."""
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+class _HostStaging:
+    """Turns a batch's device buffers into host arrays for the writer thread.
+
+    On the CPU the buffers are the batch's own fresh tensors, handed over as numpy views.
+    On CUDA each buffer is copied into a reusable pinned host buffer on a side stream
+    (non-blocking, ordered after the batch's compute), so the host goes straight on to
+    queue the next batch; the writer thread waits on the copy's event before writing and
+    returns the pinned buffers to the pool afterwards. No host sync in the compute loop.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self._free: dict[tuple[tuple[int, ...], torch.dtype], list[torch.Tensor]] = {}
+        self._lock = threading.Lock()
+        self._stream = torch.cuda.Stream(device) if self.cuda else None
+
+    def _take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        with self._lock:
+            free = self._free.get((shape, dtype))
+            if free:
+                return free.pop()
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+    def _give(self, buffers: list[torch.Tensor]) -> None:
+        with self._lock:
+            for buf in buffers:
+                self._free.setdefault((tuple(buf.shape), buf.dtype), []).append(buf)
+
+    def to_host(self, batch: dict[str, dict[str, torch.Tensor | np.ndarray]]
+                ) -> tuple[Batch, Callable[[], None] | None, Callable[[], None] | None]:
+        """Host arrays of ``batch``, and what the writer calls before / after writing them."""
+        if not self.cuda:
+            return ({p: {k: v if isinstance(v, np.ndarray) else v.numpy() for k, v in d.items()}
+                     for p, d in batch.items()}, None, None)
+        assert self._stream is not None
+        stream, used = self._stream, []
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        out: Batch = {}
+        with torch.cuda.stream(stream):
+            for probe, data in batch.items():
+                out[probe] = {}
+                for name, v in data.items():
+                    if isinstance(v, np.ndarray):
+                        out[probe][name] = v
+                        continue
+                    buf = self._take(tuple(v.shape), v.dtype)
+                    buf.copy_(v, non_blocking=True)
+                    v.record_stream(stream)  # keep the device buffer until the copy is done
+                    used.append(buf)
+                    out[probe][name] = buf.numpy()
+            event = torch.cuda.Event()
+            event.record(stream)
+        return out, event.synchronize, lambda: self._give(used)
 
 
 def _pad_id(tokenizer: Any) -> int:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,12 +136,12 @@ class CaptureWriter:
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise ScalelensError(f"cannot create {path}: {e.strerror or e}") from None
-        return cls(path, h5py.File(path, "r+", locking=False))
+        return cls(path, h5py.File(path, "r+", locking=False, rdcc_nbytes=0))
 
     @classmethod
     def _resume(cls, path: Path, identity: FileIdentity, reuse_complete: bool) -> CaptureWriter:
-        try:
-            f = h5py.File(path, "r+", locking=False)
+        try:  # read-only first: a complete file that is reused is never touched
+            f = h5py.File(path, "r", locking=False)
         except OSError as e:
             raise ScalelensError(
                 f"{path} exists but is not a readable capture ({e}); delete it or pass --overwrite"
@@ -160,7 +163,10 @@ class CaptureWriter:
         if writer.complete and not reuse_complete:
             f.close()
             raise ScalelensError(f"{path} is already complete; pass --overwrite to redo it")
-        return writer
+        if writer.complete:
+            return writer
+        f.close()
+        return cls(path, h5py.File(path, "r+", locking=False, rdcc_nbytes=0))
 
     def write(self, start: int, arrays: dict[str, dict[str, np.ndarray]]) -> None:
         """Write one batch starting at prompt ``start`` and advance progress."""
@@ -187,6 +193,90 @@ class CaptureWriter:
         """Close the file (progress so far stays resumable)."""
         if self._f.id.valid:
             self._f.close()
+
+
+Batch = dict[str, dict[str, np.ndarray]]
+
+
+class BackgroundWriter:
+    """Runs :meth:`CaptureWriter.write` on one thread, so HDF5 writes overlap compute.
+
+    Batches are written in the order they are submitted, each by ``CaptureWriter.write``,
+    so the crash-safety contract is the writer's: a batch's data is written and flushed
+    before ``/progress`` counts it. At most ``depth`` batches wait (``submit`` blocks
+    beyond that), so host memory stays bounded whatever the number of prompts. An error
+    on the thread stops further writes and is raised by the next ``submit`` or ``close``.
+
+    Use as a context manager, or call :meth:`close` (which writes what was submitted).
+    """
+
+    _STOP = object()
+
+    def __init__(self, writer: CaptureWriter, depth: int = 2) -> None:
+        """Start the thread writing to ``writer``."""
+        self.writer = writer
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._failed = False  # after a failed write nothing more is written
+        self._thread = threading.Thread(target=self._loop, name="scalelens-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._STOP:
+                return
+            start, arrays, ready, done = item
+            try:
+                if not self._failed:
+                    if ready is not None:
+                        ready()
+                    self.writer.write(start, arrays)
+            except BaseException as e:  # handed to the submitting thread
+                self._failed = True
+                self._error = e
+            finally:
+                if done is not None:
+                    done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def submit(self, start: int, arrays: Batch, ready: Callable[[], None] | None = None,
+               done: Callable[[], None] | None = None) -> None:
+        """Queue one batch starting at prompt ``start``.
+
+        Args:
+            start: First prompt of the batch.
+            arrays: probe -> dataset -> host array; must stay unchanged until ``done`` runs.
+            ready: Called on the writer thread before writing (e.g. wait for a copy).
+            done: Called on the writer thread once the batch is written (or skipped).
+        """
+        self._raise()
+        if not self._thread.is_alive():
+            raise RuntimeError("the background writer is closed")
+        self._queue.put((start, arrays, ready, done))
+
+    def close(self) -> None:
+        """Write everything submitted, stop the thread, raise its error if it had one."""
+        if self._thread.is_alive():
+            self._queue.put(self._STOP)
+            self._thread.join()
+        self._raise()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # already failing: still write what was computed, but keep the first error
+            self.close()
+        except Exception:
+            pass
 
 
 def _pad_to(arr: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:

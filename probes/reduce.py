@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,17 +41,71 @@ class BatchContext:
     valid: torch.Tensor
     rows: dict[str, torch.Tensor]
     lengths: list[int]
+    cache: dict[Any, Any] = field(default_factory=dict)
 
 
-def _medians(a: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    """Median of each prompt's valid entries of ``a`` (b, s, d), numpy convention (even: mean)."""
-    out = torch.empty(a.shape[0], dtype=torch.float32, device=a.device)
-    for i, n in enumerate(lengths):
-        x = a[i, :n].reshape(-1)
-        lo = torch.kthvalue(x, (x.numel() + 1) // 2).values
-        hi = torch.kthvalue(x, x.numel() // 2 + 1).values
-        out[i] = (lo + hi) / 2
-    return out
+def _median_layout(ctx: BatchContext, s: int, d: int, device: torch.device) -> tuple[Any, ...]:
+    """Per-batch constants of :func:`_medians` for (b, s, d) inputs, built once per batch.
+
+    Row i of the flattened (b, s*d) input holds n_i = len_i * d valid entries, then padding.
+    To select every row's own lower median r_i = ceil(n_i / 2) with ONE batched selection
+    (whose k is shared by all rows), the padding of row i becomes R - r_i slots of -1
+    (below every |h|) followed by +inf, where R = max r_i: the R-th smallest of the padded
+    row is then exactly the r_i-th smallest of its valid entries, and the (R+1)-th is the
+    (r_i+1)-th. R - r_i <= s*d - n_i always holds, so the padding has room for the -1 slots.
+
+    Returns (R, inf_from, odd, odd_on_device): R; per row the first slot that must hold
+    +inf (n_i + R - r_i); whether n_i is odd (numpy, and as a bool tensor on ``device``).
+    """
+    key = ("median", s, d, device)
+    if key not in ctx.cache:
+        n = np.array([min(length, s) * d for length in ctx.lengths], dtype=np.int64)
+        lo_rank = (n + 1) // 2
+        big_r = int(lo_rank.max())
+        odd = n % 2 == 1
+        odd_t = torch.from_numpy(odd)
+        if device.type == "cuda":  # pinned + non_blocking: no host sync
+            odd_t = odd_t.pin_memory()
+        ctx.cache[key] = (big_r, (n + big_r - lo_rank).tolist(), odd, odd_t.to(device, non_blocking=True))
+    return ctx.cache[key]
+
+
+def _medians(a: torch.Tensor, ctx: BatchContext) -> torch.Tensor:
+    """Median of each prompt's valid entries of ``a`` (b, s, d), numpy convention (even: mean).
+
+    ``a`` must be the caller's own tensor, non-negative, with every padded position
+    (>= the prompt's length) set to -1; it is overwritten. Batched over prompts and without
+    host syncs: the padding is completed to the layout of :func:`_median_layout`, then one
+    selection at ranks R and R+1 gives both middle values of every row. On the CPU that is
+    numpy's introselect (``partition``; several times faster than ``torch.kthvalue`` there),
+    elsewhere two ``kthvalue`` calls. Exactly the values of per-prompt ``kthvalue`` calls.
+    """
+    b, s, d = a.shape
+    big_r, inf_from, odd, odd_t = _median_layout(ctx, s, d, a.device)
+    flat = a.view(b, s * d)
+    n_all = s * d
+    for i, start in enumerate(inf_from):
+        if start < n_all:
+            flat[i, start:] = float("inf")
+    return _middles(flat, big_r, odd, odd_t, use_numpy=a.device.type == "cpu")
+
+
+def _middles(flat: torch.Tensor, big_r: int, odd: np.ndarray, odd_t: torch.Tensor,
+             use_numpy: bool) -> torch.Tensor:
+    """Mean of the R-th and, for even rows, (R+1)-th smallest entries of each padded row."""
+    n_all = flat.shape[1]
+    if use_numpy:
+        x = flat.numpy()
+        kth = (big_r - 1, big_r) if big_r < n_all else (big_r - 1,)
+        x.partition(kth, axis=1)
+        lo = x[:, big_r - 1]
+        hi = lo if len(kth) == 1 else np.where(odd, lo, x[:, big_r])
+        return torch.from_numpy((lo + hi) / np.float32(2))
+    lo_t = flat.kthvalue(big_r, dim=1).values
+    if big_r == n_all:  # one entry per row (s = d = 1): every row is odd
+        return lo_t
+    hi_t = torch.where(odd_t, lo_t, flat.kthvalue(big_r + 1, dim=1).values)
+    return (lo_t + hi_t) / 2
 
 
 def _gather_positions(h: torch.Tensor, rows: torch.Tensor, dim: int) -> torch.Tensor:
@@ -78,6 +132,8 @@ class ProbeRuntime:
         self.n_prompts, self.seq, self.n_query = n_prompts, seq, n_query
         self.topk = min(spec.topk, seq * d_model) if topk is None else topk
         self._buf: dict[str, torch.Tensor] = {}
+        self._tails: list[int] = []  # prompt lengths whose padding finish() zeroes
+        self._heads: dict[tuple[torch.device, int], torch.Tensor | None] = {}
 
     @property
     def selects_positions(self) -> bool:
@@ -94,13 +150,30 @@ class ProbeRuntime:
     def start(self) -> None:
         """Forget the previous batch's buffers."""
         self._buf = {}
+        self._tails = []
 
     def _slot(self, name: str, b: int, tail: tuple[int, ...], dtype: torch.dtype,
-              device: torch.device, fill: float = 0) -> torch.Tensor:
+              device: torch.device, fill: float | None = 0) -> torch.Tensor:
+        """This batch's (b, layer, *tail) buffer ``name``, created full of ``fill`` on first use.
+
+        Tails are the stored (padded) shapes, so a batch narrower than the prompt set's
+        padded length is padded here, on device, not on the host. ``fill=None`` leaves the
+        buffer uninitialised (the caller writes or zeroes every element).
+        """
         if name not in self._buf:
             shape = (b, len(self.layer_index), *tail)
-            self._buf[name] = torch.full(shape, fill, dtype=dtype, device=device)
+            self._buf[name] = (torch.empty(shape, dtype=dtype, device=device) if fill is None
+                               else torch.full(shape, fill, dtype=dtype, device=device))
         return self._buf[name]
+
+    def _head_index(self, device: torch.device, n_heads: int) -> torch.Tensor | None:
+        """Selected heads as a device index, built once per device; None when all, in order."""
+        key = (device, n_heads)
+        if key not in self._heads:
+            heads = tuple(self.spec.heads or ())
+            self._heads[key] = (None if heads == tuple(range(n_heads))
+                                else torch.tensor(heads, device=device))
+        return self._heads[key]
 
     def on_residual(self, layer: int, h: torch.Tensor, ctx: BatchContext) -> None:
         """Consume a module output (b, s, d_model or vocab) of ``layer``."""
@@ -108,6 +181,14 @@ class ProbeRuntime:
         red = self.spec.reduction
         if red is Reduction.MASSIVE:
             self._massive(li, h, ctx)
+            return
+        if red is Reduction.FULL and self.spec.positions.kind is PositionKind.ALL:
+            # Every position: one in-place copy (casting) per layer, no gather; each prompt's
+            # padding (positions >= its length) is zeroed once per batch in finish().
+            b, w = h.shape[:2]
+            out = self._slot("values", b, (self.seq, *h.shape[2:]), self._dtype(), h.device, fill=None)
+            out[:, li, :w].copy_(h)
+            self._tails = ctx.lengths
             return
         rows = ctx.rows[self.spec.name]
         sel = _gather_positions(h, rows, 1)
@@ -129,36 +210,43 @@ class ProbeRuntime:
 
     def _massive(self, li: int, h: torch.Tensor, ctx: BatchContext) -> None:
         b, s, d = h.shape
-        a = h.detach().float().abs()
-        valid = ctx.valid[:, :s, None]
-        flat_top = a.masked_fill(~valid, -1.0).reshape(b, s * d)
-        vals, idx = flat_top.topk(self.topk, dim=1)
-        pad = vals < 0
-        pos, dim = idx // d, idx % d
-        token = ctx.ids.gather(1, pos).masked_fill(pad, -1)
+        a = h.detach().float().abs()  # a new tensor, ours to overwrite
+        for i, n in enumerate(ctx.lengths):  # padded positions can never be picked
+            if n < s:
+                a[i, n:] = -1.0
+        vals, idx = a.view(b, s * d).topk(self.topk, dim=1)
+        pos = idx // d
+        dim = idx - pos * d
+        token = ctx.ids.gather(1, pos)
+        if min(ctx.lengths) * d < self.topk:  # a prompt with fewer entries than topk
+            pad = vals < 0
+            vals = vals.masked_fill(pad, float("nan"))
+            pos, dim, token = (t.masked_fill(pad, -1) for t in (pos, dim, token))
         k, dev = (self.topk,), h.device
-        self._slot("top_values", b, k, torch.float32, dev)[:, li] = vals.masked_fill(pad, float("nan"))
-        self._slot("top_pos", b, k, torch.int32, dev)[:, li] = pos.masked_fill(pad, -1).int()
-        self._slot("top_dim", b, k, torch.int32, dev)[:, li] = dim.masked_fill(pad, -1).int()
-        self._slot("top_token", b, k, torch.int32, dev)[:, li] = token.int()
-        self._slot("median_abs", b, (), torch.float32, dev)[:, li] = _medians(a, ctx.lengths)
+        self._slot("top_values", b, k, torch.float32, dev)[:, li] = vals
+        self._slot("top_pos", b, k, torch.int32, dev)[:, li] = pos
+        self._slot("top_dim", b, k, torch.int32, dev)[:, li] = dim
+        self._slot("top_token", b, k, torch.int32, dev)[:, li] = token
+        self._slot("median_abs", b, (), torch.float32, dev)[:, li] = _medians(a, ctx)  # clobbers a
 
     def on_attention(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: Any,
                      scaling: float, kwargs: dict[str, Any], ctx: BatchContext) -> None:
         """Consume post-rotary ``query``/``key`` (b, head, s, d_head) of ``layer``."""
         li = self.layer_index[layer]
         rows = ctx.rows[self.spec.name]
-        heads = torch.tensor(self.spec.heads, device=query.device)
+        heads = self._head_index(query.device, query.shape[1])
         point, b = self.spec.point, query.shape[0]
         if point in (CapturePoint.Q, CapturePoint.K):
             t = query if point is CapturePoint.Q else key
             if t.shape[1] != query.shape[1]:  # grouped-query keys: one per query head
                 t = t.repeat_interleave(query.shape[1] // t.shape[1], dim=1)
-            sel = _gather_positions(t.index_select(1, heads), rows, 2)
+            sel = _gather_positions(t if heads is None else t.index_select(1, heads), rows, 2)
             out = self._slot("values", b, tuple(sel.shape[1:]), self._dtype(), query.device)
             out[:, li] = sel.to(out.dtype)
             return
-        probs = attention_rows(query, key, rows, mask, scaling, kwargs).index_select(1, heads)
+        probs = attention_rows(query, key, rows, mask, scaling, kwargs)
+        if heads is not None:
+            probs = probs.index_select(1, heads)
         probs = probs * (rows >= 0)[:, None, :, None]
         if self.spec.reduction is Reduction.TOP1:
             p, j = probs.max(dim=-1)
@@ -167,15 +255,22 @@ class ProbeRuntime:
             self._slot("top1_key", b, tail, torch.int32, query.device, -1)[:, li] = j.int()
             self._slot("top1_prob", b, tail, torch.float32, query.device)[:, li] = p
         else:
-            out = self._slot("values", b, tuple(probs.shape[1:]), self._dtype(), query.device)
-            out[:, li] = probs.to(out.dtype)
+            kv = probs.shape[-1]  # this batch's width; the stored kv axis is the padded length
+            out = self._slot("values", b, (*probs.shape[1:-1], self.seq), self._dtype(), query.device)
+            out[:, li, ..., :kv] = probs
 
-    def finish(self) -> dict[str, np.ndarray]:
-        """Move this batch's buffers to host numpy arrays."""
+    def finish(self) -> dict[str, torch.Tensor]:
+        """This batch's buffers (on the model's device), shaped like the stored datasets."""
         missing = {d.name for d in self.datasets()} - set(self._buf) - {"query_pos"}
         if missing:
             raise RuntimeError(f"probe {self.spec.name!r}: hooks did not fire for {sorted(missing)}")
-        return {name: t.cpu().numpy() for name, t in self._buf.items()}
+        if self._tails:
+            values = self._buf["values"]
+            with torch.inference_mode():  # the buffers were made inside the forward pass
+                for i, n in enumerate(self._tails):
+                    if n < values.shape[2]:
+                        values[i, :, n:].zero_()
+        return dict(self._buf)
 
 
 def _datasets(rt: ProbeRuntime) -> list[DatasetSpec]:
