@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import re
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from scalelens.errors import ScalelensError
@@ -29,6 +31,7 @@ _COMMAND_MODULES = (
     "scalelens.commands.demo",
 )
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
@@ -75,19 +78,30 @@ def _one_line(text: str) -> str:
 _ERRNO_IN_TEXT = re.compile(r"errno = (\d+)")
 
 
-def _os_error_line(e: OSError) -> str:
+def _errno_of(e: BaseException) -> int | None:
+    """The errno of an OSError, or the one HDF5 names inside an h5py error's text."""
+    code = getattr(e, "errno", None)
+    if isinstance(code, int):
+        return code
+    match = _ERRNO_IN_TEXT.search(str(e))
+    return int(match.group(1)) if match else None
+
+
+def _os_error_line(e: BaseException) -> str:
     """One line for an OSError, with the fix for the common cases (full disk, no permission)."""
-    code = e.errno
-    if code is None:  # h5py wraps HDF5's message, which names the errno in its text
-        match = _ERRNO_IN_TEXT.search(str(e))
-        code = int(match.group(1)) if match else None
-    where = f" ({e.filename})" if e.filename else ""
-    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    code = _errno_of(e)
+    filename = getattr(e, "filename", None)
+    where = f" ({filename})" if filename else ""
+    if code == errno.EFBIG:
+        return (f"the output file reached a file-size limit{where} (ulimit -f, or the largest file the "
+                "file system allows); raise the limit or choose another --out, and rerun the same "
+                "command: finished batches are kept and the run resumes")
+    if code in DISK_FULL:
         return (f"no space left on the output device{where}; free space (or choose another --out) and "
                 "rerun the same command: finished batches are kept and the run resumes")
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"permission denied{where}; choose a writable --out or fix the permissions"
-    text = e.strerror or _one_line(str(e))
+    text = getattr(e, "strerror", None) or _one_line(str(e))
     return f"{text}{where}"
 
 
@@ -96,9 +110,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
+    _quiet_when_logged()
+    hooks = sys.unraisablehook, sys.excepthook
+    if not debug:  # h5py reports a failed close of a file on a full disk from __dealloc__
+        sys.unraisablehook, sys.excepthook = _quiet_unraisable, _quiet_excepthook(sys.excepthook)
+    try:
+        return _run(args, debug)
+    finally:
+        sys.unraisablehook, sys.excepthook = hooks
+
+
+def _is_h5_dealloc(value: object) -> bool:
+    return "decrement id ref count" in str(value) or "ObjectID" in repr(value)
+
+
+def _quiet_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """Drop h5py's 'Exception ignored in __dealloc__' reports; show anything else."""
+    if _is_h5_dealloc(unraisable.object) or _is_h5_dealloc(unraisable.exc_value):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _quiet_excepthook(previous):  # type: ignore[no-untyped-def]
+    """Cython prints a __dealloc__ failure's traceback through sys.excepthook first."""
+
+    def hook(kind, value, tb):  # type: ignore[no-untyped-def]
+        if not _is_h5_dealloc(value):
+            previous(kind, value, tb)
+
+    return hook
+
+
+def _run(args: argparse.Namespace, debug: bool) -> int:
     try:
         return int(args.func(args) or 0)
     except ScalelensError as e:
+        cause = e.__cause__ or e.__context__  # `raise ... from None` keeps the context
+        if cause is not None and _errno_of(cause) in DISK_FULL:  # name the fix, not HDF5's message
+            what = str(e).split(": ")[0] if ": " in str(e) else ""
+            line = _os_error_line(cause)
+            return _fail(debug, f"{what}: {line}" if what else line, EXIT_BAD_INPUT, True)
         return _fail(debug, _one_line(str(e)), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print("scalelens: interrupted; rerun the same command to resume", file=sys.stderr)
@@ -106,10 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `scalelens inspect x.h5 | head`
         return 0
     except OSError as e:
-        return _fail(debug, _os_error_line(e), EXIT_BAD_INPUT)
+        return _fail(debug, _os_error_line(e), EXIT_BAD_INPUT, _errno_of(e) in DISK_FULL)
     except MemoryError:
         return _fail(debug, "out of memory; lower --batch-size (or --max-length) and rerun", EXIT_BAD_INPUT)
     except Exception as e:  # noqa: BLE001 - anything else is a bug: one line, traceback with --debug
+        if _errno_of(e) is not None:  # h5py raises RuntimeError for a failed flush or close
+            return _fail(debug, _os_error_line(e), EXIT_BAD_INPUT, _errno_of(e) in DISK_FULL)
         if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
             return _fail(debug, "the device ran out of memory; lower --batch-size (or --max-length) and "
                          "rerun", EXIT_BAD_INPUT)
@@ -117,11 +170,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(debug, f"{line} (rerun with --debug for the traceback and report it)", EXIT_INTERNAL)
 
 
-def _fail(debug: bool, line: str, code: int) -> int:
+def _quiet_when_logged() -> None:
+    """No library progress bars (weight loading, downloads) when stderr is a log, not a terminal.
+
+    In a job log or a pipe a bar is one ever-growing line of carriage returns, and it
+    would sit in front of the one-line error the CLI promises.
+    """
+    if sys.stderr.isatty():
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def _fail(debug: bool, line: str, code: int, hard_exit: bool = False) -> int:
+    """Print the error line; ``hard_exit`` ends the process at once (see below)."""
     if debug:
         traceback.print_exc()
     print(f"scalelens: error: {line}", file=sys.stderr)
+    if hard_exit and (__name__ == "__main__" or _is_console_script()):
+        # An HDF5 file whose flush failed on a full disk cannot be closed; HDF5 would try
+        # again while the interpreter shuts down and crash. Everything this process wrote
+        # is on disk already (the partial capture resumes), so leave without that cleanup.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
+
+
+def _is_console_script() -> bool:
+    """True when this process is the ``scalelens`` command (not main() called from Python)."""
+    return Path(sys.argv[0]).name in ("scalelens", "scalelens.exe")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,10 @@ def check_output_file(out: Path, overwrite: bool) -> None:
     if not parent.is_dir():
         raise ScalelensError(f"output directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
+        if out.exists() and not overwrite:
+            raise ScalelensError(f"output directory {parent} is not writable (read-only file system or "
+                                 f"permissions); make it writable again to resume {out.name}, or choose "
+                                 "another --out")
         raise ScalelensError(f"output directory {parent} is not writable; choose another --out")
     if out.exists() and not overwrite and not os.access(out, os.R_OK | os.W_OK):
         raise ScalelensError(f"{out} exists but is not writable; fix its permissions to resume it, or "
@@ -154,7 +158,8 @@ def run_capture(args: argparse.Namespace) -> int:
     from scalelens.probes.prompts import read_prompt_file
 
     settings = CaptureSettings(batch_size=args.batch_size, max_length=args.max_length,
-                               backend=args.backend, overwrite=args.overwrite)
+                               backend=args.backend, overwrite=args.overwrite,
+                               progress=sys.stderr.isatty())
     check_output_file(args.out, args.overwrite)
     prompts = read_prompt_file(args.prompts)
     probes = _probes_from_args(args)
@@ -163,7 +168,13 @@ def run_capture(args: argparse.Namespace) -> int:
     if args.max_length is not None and context and args.max_length > context:
         raise ScalelensError(f"--max-length {args.max_length} exceeds the model's context of {context} "
                              f"tokens; use --max-length {context} or less")
-    out = capture(loaded, probes, prompts, args.out, **vars(settings))
+    creating = args.out.with_name(args.out.name + ".creating")
+    try:
+        out = capture(loaded, probes, prompts, args.out, **vars(settings))
+    except BaseException:
+        if creating.exists() and not args.out.exists():  # failed while creating: leave nothing behind
+            creating.unlink(missing_ok=True)
+        raise
     with CaptureFile(out) as f:
         warn_nonfinite(f)
     print(f"wrote {out}")
