@@ -107,6 +107,9 @@ class Capture:
                 modules = {layer: layer_part(model, layer, "attn") for layer in tapped}
                 inner = stack.enter_context(attention_tap(model, modules, self._on_attention))
                 self.attention_capture = f"rows recomputed from post-rotary q,k beside {inner}"
+            last = max((i for p in self.probes for i in p.layers or ()), default=None)
+            if last is not None and last < self.loaded.info.n_layers - 1:
+                self._backend.stop_after = last  # no probe reads a later layer (logits: no stop)
         except BaseException:
             stack.close()
             raise

@@ -76,6 +76,7 @@ class Backend:
     def __init__(self, model: nn.Module, tokenizer: Any, wanted: Wanted, sink: Sink) -> None:
         """Prepare to capture ``wanted`` (point, layer) pairs of ``model`` into ``sink``."""
         self.model, self.tokenizer, self.wanted, self.sink = model, tokenizer, wanted, sink
+        self.stop_after: int | None = None  # last decoder layer the capture needs, if not the last
         self._stack = ExitStack()
 
     def __enter__(self) -> Backend:
@@ -101,7 +102,7 @@ class NativeBackend(Backend):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """Run the decoder stack once."""
         logits = any(p is CapturePoint.LOGITS for p, _ in self.wanted)
-        native.forward(self.model, input_ids, attention_mask, logits=logits)
+        native.forward(self.model, input_ids, attention_mask, logits=logits, stop_after=self.stop_after)
 
 
 def _registry() -> dict[str, type[Backend]]:

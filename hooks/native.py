@@ -54,9 +54,31 @@ def native_hooks(model: nn.Module, wanted: set[tuple[CapturePoint, int]], sink: 
             handle.remove()
 
 
+class _StopForward(Exception):
+    """Raised right after the last decoder layer a capture needs; caught by :func:`forward`."""
+
+
+def _stop(_module: nn.Module, _args: object, _output: object) -> None:
+    raise _StopForward
+
+
 def forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            logits: bool = False) -> None:
-    """Run the decoder stack, and the LM head only when ``logits`` are wanted."""
-    with torch.inference_mode():
-        run = model if logits else model.base_model
-        run(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            logits: bool = False, stop_after: int | None = None) -> None:
+    """Run the decoder stack, and the LM head only when ``logits`` are wanted.
+
+    ``stop_after``: end the pass right after decoder layer ``stop_after`` (a forward hook
+    registered after the capture hooks, so those still fire for that layer); later layers,
+    the final norm and the LM head are not computed. Ignored when ``logits`` are wanted.
+    """
+    handle = None
+    if stop_after is not None and not logits:
+        handle = decoder_layers(model)[stop_after].register_forward_hook(_stop)
+    try:
+        with torch.inference_mode():
+            run = model if logits else model.base_model
+            run(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        if handle is not None:
+            handle.remove()
