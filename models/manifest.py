@@ -35,8 +35,10 @@ class Manifest:
         training: Optimisation settings and tokens per step.
         models: Per size: ``config``, ``shape``, ``n_params``, ``n_params_non_embedding``,
             ``final_loss`` (held-out), ``final_train_loss``, ``token_stream_sha256``,
-            ``train_seconds`` and ``checkpoints`` (step -> train/valid loss, tokens seen).
-        build: Device, wall time and library versions of the build.
+            ``train_seconds``, ``train_cpu_seconds`` and ``checkpoints`` (step ->
+            train/valid loss, tokens seen).
+        build: Device, worker processes, wall time (``seconds``; ``data_seconds`` of
+            it for corpus and tokenizer) and library versions of the build.
     """
 
     root: Path

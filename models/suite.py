@@ -198,6 +198,7 @@ def _build(
     start = time.perf_counter()
     write_json_atomic(out / BUILD_NAME, {"settings_hash": key, "settings": settings})
     data = prepare_data(out, preset, corpus_file)
+    prep_seconds = round(time.perf_counter() - start, 2)
     configs = preset.size_configs()
     done = {n: r for n in configs if (r := _size_record(out / n, key, ckpt_steps)) is not None}
     todo = [n for n in configs if n not in done]
@@ -221,7 +222,13 @@ def _build(
     trained = run_jobs(jobs, workers, progress)
     models = {n: done[n] if n in done else trained[n] for n in configs}
     manifest = _manifest(out, preset, ckpt_steps, settings, key, data, models)
-    build = {"device": device, "seconds": round(time.perf_counter() - start, 2), **_versions()}
+    build = {
+        "device": device,
+        "workers": workers,
+        "seconds": round(time.perf_counter() - start, 2),
+        "data_seconds": prep_seconds,
+        **_versions(),
+    }
     manifest = replace(manifest, build=build)
     write_json_atomic(out / MANIFEST_NAME, manifest.to_dict())
     return manifest

@@ -89,12 +89,13 @@ def train_size(job: SizeJob, progress: Callable[[float], None] | None = None) ->
         save_checkpoint(job.size_dir / f"step{step}", model, tokenizer, info)
         checkpoints[str(step)] = {k: info[k] for k in ("train_loss", "valid_loss", "tokens_seen")}
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with torch_threads(job.threads), quiet_hf_progress():
         model = init_model(config, job.train.seed, job.device)
         result = train_model(model, job.train_chunks, job.train, set(job.steps), save, progress)
     record = _size_record(job, config, result.losses, result.token_stream_sha256, checkpoints)
     record["train_seconds"] = round(time.perf_counter() - started, 2)
+    record["train_cpu_seconds"] = round(time.process_time() - cpu_started, 2)
     write_json_atomic(job.size_dir / SIZE_RECORD, record)
     return record
 
