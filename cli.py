@@ -38,7 +38,15 @@ EXIT_INTERRUPTED = 130
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line naming the problem and where to look."""
+    """An ArgumentParser whose errors are one line naming the problem and where to look.
+
+    Abbreviated options are refused (``--over`` is not ``--overwrite``): a typo must not
+    turn into an option that replaces finished work.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         """Print ``<prog>: error: <message>; see <prog> --help`` and exit 2."""
