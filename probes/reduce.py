@@ -63,14 +63,12 @@ def _median_layout(ctx: BatchContext, s: int, d: int, device: torch.device) -> t
         lo_rank = (n + 1) // 2
         big_r = int(lo_rank.max())
         odd = n % 2 == 1
-        odd_t = torch.from_numpy(odd)
-        if device.type == "cuda":  # pinned + non_blocking: no host sync
-            odd_t = odd_t.pin_memory()
-        ctx.cache[key] = (big_r, (n + big_r - lo_rank).tolist(), odd, odd_t.to(device, non_blocking=True))
+        odd_t = _pinned(torch.from_numpy(odd), device)  # no host sync on CUDA
+        ctx.cache[key] = (big_r, (n + big_r - lo_rank).tolist(), odd, odd_t)
     return ctx.cache[key]
 
 
-def _medians(a: torch.Tensor, ctx: BatchContext) -> torch.Tensor:
+def _medians(a: torch.Tensor, ctx: BatchContext, use_numpy: bool | None = None) -> torch.Tensor:
     """Median of each prompt's valid entries of ``a`` (b, s, d), numpy convention (even: mean).
 
     ``a`` must be the caller's own tensor, non-negative, with every padded position
@@ -78,16 +76,43 @@ def _medians(a: torch.Tensor, ctx: BatchContext) -> torch.Tensor:
     host syncs: the padding is completed to the layout of :func:`_median_layout`, then one
     selection at ranks R and R+1 gives both middle values of every row. On the CPU that is
     numpy's introselect (``partition``; several times faster than ``torch.kthvalue`` there),
-    elsewhere two ``kthvalue`` calls. Exactly the values of per-prompt ``kthvalue`` calls.
+    elsewhere two ``kthvalue`` calls (``use_numpy`` overrides the choice; tests run the
+    device path on the CPU). Exactly the values of per-prompt ``kthvalue`` calls.
     """
     b, s, d = a.shape
     big_r, inf_from, odd, odd_t = _median_layout(ctx, s, d, a.device)
     flat = a.view(b, s * d)
     n_all = s * d
-    for i, start in enumerate(inf_from):
-        if start < n_all:
-            flat[i, start:] = float("inf")
-    return _middles(flat, big_r, odd, odd_t, use_numpy=a.device.type == "cpu")
+    if use_numpy is None:
+        use_numpy = a.device.type == "cpu"
+    if use_numpy:  # numpy slicing: no torch dispatch per prompt
+        x = flat.numpy()
+        for i, start in enumerate(inf_from):
+            x[i, start:] = np.inf
+        return _middles(flat, big_r, odd, odd_t, use_numpy=True)
+    if min(inf_from) < n_all:
+        key = ("median_inf", s, d, a.device)
+        if key not in ctx.cache:
+            j = torch.arange(n_all, device=a.device)
+            starts = _pinned(torch.tensor(inf_from), a.device)
+            ctx.cache[key] = j[None, :] >= starts[:, None]
+        flat.masked_fill_(ctx.cache[key], float("inf"))
+    return _middles(flat, big_r, odd, odd_t, use_numpy=False)
+
+
+def _pinned(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor to ``device``; through pinned memory and non-blocking on CUDA."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _padding(ctx: BatchContext, s: int) -> torch.Tensor:
+    """(b, s, 1) True at padded positions of this batch (built once per batch)."""
+    key = ("padding", s)
+    if key not in ctx.cache:
+        ctx.cache[key] = ~ctx.valid[:, :s, None]
+    return ctx.cache[key]
 
 
 def _middles(flat: torch.Tensor, big_r: int, odd: np.ndarray, odd_t: torch.Tensor,
@@ -211,9 +236,8 @@ class ProbeRuntime:
     def _massive(self, li: int, h: torch.Tensor, ctx: BatchContext) -> None:
         b, s, d = h.shape
         a = h.detach().float().abs()  # a new tensor, ours to overwrite
-        for i, n in enumerate(ctx.lengths):  # padded positions can never be picked
-            if n < s:
-                a[i, n:] = -1.0
+        if min(ctx.lengths) < s:  # padded positions can never be picked
+            a.masked_fill_(_padding(ctx, s), -1.0)
         vals, idx = a.view(b, s * d).topk(self.topk, dim=1)
         pos = idx // d
         dim = idx - pos * d

@@ -10,7 +10,7 @@ from scalelens.axes import Axis
 from scalelens.cache.reader import CaptureFile
 from scalelens.cache.writer import BackgroundWriter, CaptureWriter, FileIdentity
 from scalelens.probes.prompts import TokenizedPrompts
-from scalelens.probes.reduce import BatchContext, DatasetSpec, _median_layout, _medians, _middles
+from scalelens.probes.reduce import BatchContext, DatasetSpec, _medians
 
 
 def per_prompt(a: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -37,14 +37,7 @@ def test_batched_medians_equal_per_prompt(use_numpy):
         for i, n in enumerate(lengths):
             x[i, n:] = -1.0
         ctx = BatchContext(ids=torch.zeros(b, s), valid=torch.ones(b, s), rows={}, lengths=lengths)
-        if use_numpy:
-            got = _medians(x, ctx)
-        else:  # the kthvalue path a GPU takes, run on CPU tensors
-            big_r, inf_from, odd, odd_t = _median_layout(ctx, s, d, x.device)
-            flat = x.view(b, s * d)
-            for i, start in enumerate(inf_from):
-                flat[i, start:] = float("inf")
-            got = _middles(flat, big_r, odd, odd_t, use_numpy=False)
+        got = _medians(x, ctx, use_numpy=use_numpy)  # False: the kthvalue path a GPU takes
         want = per_prompt(a, lengths)
         assert torch.equal(got, want), (lengths, s, d)
         np.testing.assert_allclose(got.numpy(), [np.median(a[i, :n].numpy()) for i, n in enumerate(lengths)])
