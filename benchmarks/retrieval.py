@@ -1,0 +1,160 @@
+"""Retrieval-head scoring speed: the fast teacher-forced mode against reference greedy decoding.
+
+Model: a small random-init GPT-NeoX (rotary on 25% of the head dims, parallel residual,
+like Pythia) with a byte-level BPE tokenizer trained on the built-in English haystack
+and needles, so the needle tests tokenize as they would for a real model.
+
+Timed: ``measure.retrieval.fast_scores`` (one capture pass over all tests, then scoring
+from the file) and ``reference_scores`` (greedy decoding token by token, top-1 attention
+at every produced token), alternating over ``repeats`` rounds; medians.
+
+Equality: at answer step 0 both modes see the same prefix, so the top-1 key of every
+head and the produced token must agree for every test; where the greedy answer equals
+the needle answer the whole teacher-forced pass equals decoding, so the per-test scores
+must be equal. A random model almost never reproduces the needle, so the second check
+is usually vacuous here; the count says how many tests it covered.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, GPTNeoXConfig
+
+from scalelens.analyses.from_capture import needle_tests
+from scalelens.analyses.retrieval import retrieval_scores
+from scalelens.cache.reader import CaptureFile
+from scalelens.measure import retrieval as r
+from scalelens.models.info import ModelInfo
+from scalelens.models.params import count_parameters
+from scalelens.models.tokenizer import train_tokenizer
+from scalelens.probes.haystack import ENGLISH_HAYSTACK, ENGLISH_NEEDLES
+from scalelens.probes.prompts import tokenize
+
+from .workload import Loaded
+
+
+def tiny_neox(
+    device: str,
+    layers: int = 2,
+    width: int = 64,
+    heads: int = 4,
+    vocab: int = 512,
+    context: int = 1024,
+    seed: int = 0,
+) -> Loaded:
+    """A small random GPT-NeoX and its BPE tokenizer, as a loaded model."""
+    docs = [ENGLISH_HAYSTACK] + [f"{n.needle} {n.question} {n.answer}" for n in ENGLISH_NEEDLES]
+    tok = train_tokenizer(docs, vocab)
+    cfg = GPTNeoXConfig(  # type: ignore[call-arg]
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * width,
+        vocab_size=len(tok),
+        rotary_pct=0.25,
+        max_position_embeddings=context,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").to(device).eval()
+    total, non_emb = count_parameters(cfg)
+    info = ModelInfo(
+        name=f"neox-{layers}x{width}x{heads}",
+        source="<random init>",
+        source_kind="memory",
+        revision=None,
+        step=None,
+        architecture="gpt_neox",
+        n_params=total,
+        n_params_non_embedding=non_emb,
+        d_model=width,
+        n_layers=layers,
+        n_heads=heads,
+        d_head=width // heads,
+        vocab_size=cfg.vocab_size,
+        max_position=context,
+        dtype="float32",
+        attn_implementation="sdpa",
+    )
+    return Loaded(model, tok, info)
+
+
+def _reference_tests(loaded: Loaded, s: r.RetrievalSettings) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """Per test: reference top-1 keys (layer, head, step), produced tokens, greedy == needle."""
+    tests = r.haystack_tests(loaded, s, with_answer=True)
+    tok = tokenize([t.prompt for t in tests], loaded.tokenizer, loaded.info.max_position)
+    ans, need = tok.labels.index("answer"), tok.labels.index("needle_answer")
+    out = []
+    for i in range(len(tests)):
+        n = int(tok.lengths[i])
+        seg = tok.segments[i, :n]
+        start = int(np.flatnonzero(seg == ans)[0])
+        ids = torch.tensor(tok.ids[i, :start], dtype=torch.long, device=loaded.model.device)[None]
+        top1, produced = r._greedy_top1(loaded, ids, n - start)
+        same = list(produced) == tok.ids[i, :n][seg == need].tolist()
+        out.append((top1, np.array(produced), same))
+    return out
+
+
+def fast_vs_reference(
+    loaded: Loaded, settings: r.RetrievalSettings, directory: Path, repeats: int = 2
+) -> dict[str, Any]:
+    """Median seconds of each mode, their ratio, and the equality checks."""
+    out = directory / "retrieval_fast.h5"
+    times: dict[str, list[float]] = {"fast": [], "reference": []}
+    for k in range(repeats):
+        for mode in ("fast", "reference") if k % 2 == 0 else ("reference", "fast"):
+            t0 = time.perf_counter()
+            if mode == "fast":
+                fast_result, tests = r.fast_scores(loaded, settings, out, overwrite=True, progress=False)
+            else:
+                ref_result = r.reference_scores(loaded, settings, progress=False)
+            times[mode].append(time.perf_counter() - t0)
+    with CaptureFile(out) as f:
+        fast_tests = needle_tests(f)
+    out.unlink(missing_ok=True)
+    ref = _reference_tests(loaded, settings)
+    step0 = sum(
+        bool(np.array_equal(ft.top1_key[:, :, 0], top1[:, :, 0]) and ft.answer[0] == produced[0])
+        for ft, (top1, produced, _) in zip(fast_tests, ref, strict=True)
+    )
+    same = [i for i, (*_, eq) in enumerate(ref) if eq]
+    equal_scores = all(
+        np.array_equal(
+            retrieval_scores([fast_tests[i]], gate=-1.0).scores,
+            retrieval_scores([_with(fast_tests[i], ref[i][0], ref[i][1])], gate=-1.0).scores,
+        )
+        for i in same
+    )
+    fast_t, ref_t = statistics.median(times["fast"]), statistics.median(times["reference"])
+    n_answer = [int((ft.answer >= 0).sum()) for ft in fast_tests]
+    return {
+        "n_tests": len(tests),
+        "answer_tokens_mean": float(np.mean(n_answer)),
+        "context_lengths": list(settings.context_lengths or ()),
+        "fast_s": fast_t,
+        "reference_s": ref_t,
+        "ratio": ref_t / fast_t,
+        "fast_all": times["fast"],
+        "reference_all": times["reference"],
+        "step0_agree": step0,
+        "greedy_equals_needle": len(same),
+        "scores_equal_where_greedy_equals_needle": equal_scores if same else None,
+        "fast_passed": fast_result.n_tests_passed,
+        "reference_passed": ref_result.n_tests_passed,
+    }
+
+
+def _with(test: Any, top1: np.ndarray, produced: np.ndarray) -> Any:
+    from dataclasses import replace
+
+    return replace(test, top1_key=top1, answer=produced)
