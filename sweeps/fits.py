@@ -13,6 +13,8 @@ from scalelens.analyses.dynamics import fit_dynamics_layers
 from scalelens.analyses.scaling import FitResult, fit_scaling, fits_to_json
 
 SATURATING = {"massive_activations.loss", "superposition.mean_sq_overlap"}
+# Bookkeeping or shape values, not measurements: never fitted.
+NOT_FITTED = {"superposition.m", "superposition.n", "superposition.inv_m", "retrieval_heads.n_tests_passed"}
 X_NAMES = ("n_params", "n_params_non_embedding")
 MIN_DYNAMICS_POINTS = 6
 
@@ -37,7 +39,8 @@ def scaling_fits(rows: list[dict[str, str]], n_boot: int = 200) -> list[FitResul
     for r in _final_rows(rows):
         if r["layer"] == "" and r["head"] == "":
             name = f"{r['analysis']}.{r['metric']}"
-            by_metric[name][r["size"]] = r  # type: ignore[assignment]
+            if name not in NOT_FITTED:
+                by_metric[name][r["size"]] = r  # type: ignore[assignment]
     fits = []
     for name, per_size in sorted(by_metric.items()):
         if len(per_size) < 3:
