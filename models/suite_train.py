@@ -1,8 +1,8 @@
-"""Train the sizes of a suite, in this process or in parallel single-threaded workers.
+"""Train the sizes of a suite, in this process or in parallel single-threaded subprocesses.
 
 Small models cannot use two CPU threads well (and degrade badly when other
 processes compete for the cores), so on CPU each size trains single-threaded and
-sizes run in parallel worker processes, largest first. Results do not depend on
+sizes run in parallel worker subprocesses, largest first. Results do not depend on
 the number of workers: each size seeds its own init and reads the same batches.
 """
 
@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import queue as queue_mod
 import shutil
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
+from ..errors import ScalelensError
 from .manifest import write_json_atomic
 from .params import count_parameters
 from .quiet import quiet_hf_progress
@@ -176,17 +179,81 @@ def _ticker(bar: Any) -> Callable[[float], None]:
 
 
 def _run_parallel(jobs: list[SizeJob], workers: int, bars: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    ctx = get_context("spawn")
-    with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        events = manager.Queue()
-        ordered = sorted(jobs, key=_cost, reverse=True)
-        futures: dict[str, Future[dict[str, Any]]] = {
-            job.name: pool.submit(_worker, job, events) for job in ordered
-        }
-        while not all(f.done() for f in futures.values()):
+    """Run jobs in ``python -m scalelens.models.suite_worker`` subprocesses, largest first.
+
+    Subprocesses (not multiprocessing) so that a calling script needs no
+    ``if __name__ == "__main__"`` guard and nothing re-imports it.
+    """
+    pending = sorted(jobs, key=_cost, reverse=True)
+    running: dict[str, _Worker] = {}
+    events: queue_mod.Queue[tuple[str, float]] = queue_mod.Queue()
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                job = pending.pop(0)
+                running[job.name] = _Worker(job, events)
             _drain(events, bars, timeout=0.2)
+            for name in [n for n, w in running.items() if w.poll() is not None]:
+                running.pop(name).finish()
         _drain(events, bars, timeout=0.0)
-        return {job.name: futures[job.name].result() for job in jobs}
+    finally:
+        for worker in running.values():
+            worker.kill()
+        _remove_if_empty(jobs[0].size_dir.parent / ".jobs")
+    return {job.name: json.loads((job.size_dir / SIZE_RECORD).read_text()) for job in jobs}
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+class _Worker:
+    """One training subprocess: job pickled to disk, progress read from its stdout."""
+
+    def __init__(self, job: SizeJob, events: queue_mod.Queue[tuple[str, float]]) -> None:
+        self.name = job.name
+        jobs_dir = job.size_dir.parent / ".jobs"
+        jobs_dir.mkdir(exist_ok=True)
+        self.job_file = jobs_dir / f"{job.name}.pkl"
+        self.job_file.write_bytes(pickle.dumps(job))
+        self.log_file = jobs_dir / f"{job.name}.log"
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        with open(self.log_file, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "scalelens.models.suite_worker", str(self.job_file)],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+            )
+        self.reader = threading.Thread(target=self._read, args=(events,), daemon=True)
+        self.reader.start()
+
+    def _read(self, events: queue_mod.Queue[tuple[str, float]]) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("loss "):
+                events.put((self.name, float(line.split()[1])))
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def finish(self) -> None:
+        """Raise if the worker failed; clean up its files otherwise."""
+        self.reader.join()
+        if self.proc.returncode != 0:
+            tail = self.log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
+            raise ScalelensError(f"training size {self.name} failed ({tail[0]}); see {self.log_file}")
+        self.job_file.unlink(missing_ok=True)
+        self.log_file.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _cost(job: SizeJob) -> int:
@@ -195,16 +262,11 @@ def _cost(job: SizeJob) -> int:
     return 12 * width * width * int(cfg["num_hidden_layers"]) + width * int(cfg["vocab_size"])
 
 
-def _drain(events: Any, bars: dict[str, Any], timeout: float) -> None:
+def _drain(events: queue_mod.Queue[tuple[str, float]], bars: dict[str, Any], timeout: float) -> None:
     try:
         while True:
-            name, loss = events.get(timeout=timeout)
+            name, loss = events.get(timeout=timeout) if timeout > 0 else events.get_nowait()
             _ticker(bars[name])(loss)
             timeout = 0.0
-    except (queue_mod.Empty, EOFError, OSError):
+    except queue_mod.Empty:
         return
-
-
-def _worker(job: SizeJob, events: Any) -> dict[str, Any]:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return train_size(job, lambda loss: events.put((job.name, loss)))

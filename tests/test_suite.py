@@ -129,13 +129,15 @@ def test_interrupted_build_is_completed(micro_suite, manifest, tmp_path):
 
 
 def test_parallel_workers_train_the_same_models(micro_suite, manifest, tmp_path):
+    # Workers are ``python -m scalelens.models.suite_worker`` subprocesses, so a calling
+    # script needs no ``if __name__ == "__main__"`` guard (multiprocessing would need one).
     parallel = build_suite(tmp_path / "par", preset="micro", progress=False, workers=2)
-    assert parallel.settings_hash == manifest.settings_hash
+    assert parallel.build["workers"] == 2 and parallel.settings_hash == manifest.settings_hash
     for name in manifest.sizes:
-        assert parallel.models[name]["token_stream_sha256"] == manifest.models[name]["token_stream_sha256"]
-        assert parallel.models[name]["final_loss"] == pytest.approx(
-            manifest.models[name]["final_loss"], abs=1e-4
-        )
+        ours, theirs = parallel.models[name], manifest.models[name]
+        assert ours["token_stream_sha256"] == theirs["token_stream_sha256"]
+        assert ours["final_loss"] == pytest.approx(theirs["final_loss"], abs=1e-4)
+    assert not (tmp_path / "par" / ".jobs").exists()
 
 
 # --- user corpus, sizes, CLI -------------------------------------------------------
