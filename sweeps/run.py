@@ -46,9 +46,6 @@ def sweep(spec: SweepSpec, run_dir: str | Path, n_boot: int = 200) -> SweepSumma
         write_metrics(run_dir, finished)
         write_fits(run_dir, n_boot)
     write_json(run_dir / "run.json", _run_info(spec, tasks, summary))
-    write_json(run_dir / "tasks.json", {"tasks": [
-        {"key": o.key, "status": o.status, "attempts": o.attempts, "error": o.error}
-        for o in summary.outcomes]})
     return summary
 
 
@@ -60,5 +57,6 @@ def _run_info(spec: SweepSpec, tasks: list, summary: SweepSummary) -> dict[str, 
         "sizes": list(dict.fromkeys(t.size for t in tasks)),
         "analyses": list(spec.analyses),
         "settings": spec.to_dict(),
-        "tasks": {status: summary.count(status) for status in ("done", "skipped", "failed")},
+        "tasks": [{"key": o.key, "status": o.status, "attempts": o.attempts, "error": o.error}
+                  for o in summary.outcomes],
     }
