@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ..errors import ScalelensError
 
 _TRUE = {"1", "true", "yes", "on"}
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def is_offline() -> bool:
@@ -91,10 +93,10 @@ def explain_failure(
 ) -> ScalelensError:
     """Turn a ``from_pretrained`` failure for a hub id into one actionable line."""
     known = cached_revisions(repo_id, cache_dir)
-    if known is not None and revision not in known:
-        remote = remote_revisions(repo_id)
-        if remote is None or revision not in remote:
-            return unknown_revision(repo_id, revision, remote or known)
+    remote = remote_revisions(repo_id)
+    listing = remote if remote is not None else known
+    if listing is not None and revision not in listing and not _COMMIT.fullmatch(revision):
+        return unknown_revision(repo_id, revision, listing)
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if is_offline() and known is None:
         return ScalelensError(

@@ -141,7 +141,7 @@ def _from_disk(
     config = _load_config(resolved, kwargs, cache_dir)
     check_architecture(config)
     model = _load_weights(resolved, config, kwargs, cache_dir, device, dtype, attn)
-    tok = _load_tokenizer(tokenizer, resolved, kwargs, cache_dir)
+    tok = _load_tokenizer(tokenizer, resolved, kwargs, config.get_text_config().vocab_size)
     if resolved.gguf_file and Path(resolved.location).is_dir():
         source = str(Path(resolved.location) / resolved.gguf_file)
     info = _info(model, resolved.name, source, resolved.kind, resolved.revision, resolved.step)
@@ -204,19 +204,35 @@ def _load_weights(
     return model
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
 def _load_tokenizer(
-    tokenizer: Any, resolved: ResolvedSource, kwargs: dict[str, Any], cache_dir: Any
+    tokenizer: Any, resolved: ResolvedSource, kwargs: dict[str, Any], vocab_size: int
 ) -> PreTrainedTokenizerBase:
+    """The user's tokenizer object, or one loaded from ``tokenizer`` (a path/id) or the source.
+
+    transformers 5 builds an *empty* tokenizer for a directory without tokenizer
+    files; that, and any tokenizer far smaller than the embedding, is refused.
+    """
     if tokenizer is not None and not isinstance(tokenizer, str | os.PathLike):
         return tokenizer
     location = os.fspath(tokenizer) if tokenizer is not None else resolved.location
     extra = kwargs if tokenizer is None else {}
+    folder = Path(location)
+    has_files = not folder.is_dir() or bool(extra.get("gguf_file"))
+    has_files = has_files or any((folder / name).is_file() for name in _TOKENIZER_FILES)
     try:
-        return AutoTokenizer.from_pretrained(location, **extra)
+        tok = AutoTokenizer.from_pretrained(location, **extra) if has_files else None
     except (OSError, ValueError, TypeError) as exc:
-        raise ScalelensError(
-            f"no usable tokenizer at {location} ({type(exc).__name__}); pass tokenizer=..."
-        ) from exc
+        raise _no_tokenizer(location, type(exc).__name__) from exc
+    if tok is None or len(tok) < vocab_size // 2:
+        raise _no_tokenizer(location, "no tokenizer files" if tok is None else f"{len(tok)} tokens")
+    return tok
+
+
+def _no_tokenizer(location: str, why: str) -> ScalelensError:
+    return ScalelensError(f"no usable tokenizer at {location} ({why}); pass tokenizer=...")
 
 
 def _from_object(

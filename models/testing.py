@@ -79,10 +79,18 @@ def tiny_config(arch: str, vocab_size: int = 512, **overrides: Any) -> Pretraine
 
 
 def save_tiny_model(
-    arch: str, path: str | Path, tokenizer: Any = None, seed: int = 0, **overrides: Any
+    arch: str,
+    path: str | Path,
+    tokenizer: Any = None,
+    seed: int = 0,
+    vocab_size: int | None = None,
+    **overrides: Any,
 ) -> Path:
-    """Build a random-init ``arch`` model, save it (and ``tokenizer``) to ``path``."""
-    vocab = len(tokenizer) if tokenizer is not None else 512
+    """Build a random-init ``arch`` model, save it (and ``tokenizer``) to ``path``.
+
+    The vocabulary is ``vocab_size``, else the tokenizer's length, else 512.
+    """
+    vocab = vocab_size or (len(tokenizer) if tokenizer is not None else 512)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, vocab, **overrides))
     model.save_pretrained(str(path))

@@ -296,3 +296,11 @@ def test_transformer_bridge_booted_offline_from_a_suite_checkpoint(manifest, off
     path = manifest.checkpoint_dir(manifest.sizes[0], manifest.steps[-1])
     lm = load_model(TransformerBridge.boot_transformers(str(path)))
     assert lm.info.source == str(path) and lm.info.n_params == manifest.models[manifest.sizes[0]]["n_params"]
+
+
+def test_directory_without_tokenizer(tmp_path, micro_suite):
+    path = save_tiny_model("gpt_neox", tmp_path / "bare", vocab_size=384)
+    with pytest.raises(ScalelensError, match="no usable tokenizer.*pass tokenizer="):
+        load_model(path)
+    lm = load_model(path, tokenizer=micro_suite / "tokenizer")
+    assert lm.tokenizer.eos_token == "<|endoftext|>"

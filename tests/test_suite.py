@@ -236,3 +236,9 @@ def test_size_names_follow_pythia_style():
         "70m",
         "12b",
     ]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_cuda_without_cuda(tmp_path):
+    with pytest.raises(ScalelensError, match="CUDA is not available"):
+        build_suite(tmp_path / "s", preset="micro", device="cuda")
