@@ -140,8 +140,8 @@ def _from_disk(
         kwargs["gguf_file"] = resolved.gguf_file
     config = _load_config(resolved, kwargs, cache_dir)
     check_architecture(config)
-    model = _load_weights(resolved, config, kwargs, cache_dir, device, dtype, attn)
     tok = _load_tokenizer(tokenizer, resolved, kwargs, config.get_text_config().vocab_size)
+    model = _load_weights(resolved, config, kwargs, cache_dir, device, dtype, attn)
     if resolved.gguf_file and Path(resolved.location).is_dir():
         source = str(Path(resolved.location) / resolved.gguf_file)
     info = _info(model, resolved.name, source, resolved.kind, resolved.revision, resolved.step)
