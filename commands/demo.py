@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,24 @@ def spread(steps: list[int], k: int = 7) -> tuple[int, ...]:
     return tuple(sorted(picked))
 
 
+def _suite(suite: Path, preset: str, own_cache: bool) -> Any:
+    """Build or reuse the suite; scalelens's own cache is rebuilt when its preset changed."""
+    from scalelens.errors import ScalelensError
+    from scalelens.models.suite import build_suite
+
+    try:
+        return build_suite(suite, preset=preset)
+    except ScalelensError as e:
+        if not own_cache or "with other settings" not in str(e):
+            raise
+    print(f"the cached suite in {suite} was built with other settings; rebuilding it")
+    shutil.rmtree(suite)
+    return build_suite(suite, preset=preset)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Build or reuse the suite, sweep it with all four analyses, fit, and render the report."""
-    from scalelens.models.suite import build_suite, default_suite_dir
+    from scalelens.models.suite import default_suite_dir
     from scalelens.reports.render import render_report
     from scalelens.sweeps.cli import _checkpoints
     from scalelens.sweeps.run import sweep
@@ -62,7 +78,7 @@ def run_demo(args: argparse.Namespace) -> int:
     start = time.monotonic()
     suite = args.suite or default_suite_dir(args.preset)
     print(f"suite: {suite} (built on first use, then reused)")
-    manifest = build_suite(suite, preset=args.preset)
+    manifest = _suite(suite, args.preset, own_cache=args.suite is None)
     checkpoints = _checkpoints(args.checkpoints) if args.checkpoints else spread(manifest.steps)
     spec = SweepSpec(suite=str(suite), checkpoints=checkpoints,
                      executor=args.executor, settings=dict(DEMO_SETTINGS))
