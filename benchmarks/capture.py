@@ -75,6 +75,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--repeats", type=int, help="rounds; default 3 (quick: 1)")
+    ap.add_argument("--chunk", type=int, help="prompts per timed run (default 4 batches)")
     ap.add_argument("--sets", default=",".join(PROBE_SETS), help="probe sets to time")
     ap.add_argument(
         "--no-stop-variants",
@@ -96,6 +97,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.n_prompts = args.n_prompts or (16 if quick else 128)
     args.seq = args.seq or (32 if quick else 128)
     args.repeats = args.repeats or (1 if quick else 3)
+    args.chunk = args.chunk or 4 * args.batch_size
     args.memory_sizes = tuple(
         int(x) for x in (args.memory_sizes or ("100,300" if quick else "1000,10000")).split(",")
     )
@@ -176,29 +178,52 @@ def runners(loaded: Loaded, args: argparse.Namespace, work: Path) -> dict[str, R
 
 
 def time_pipelines(loaded: Loaded, prompts: Prompts, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Every (probe set, pipeline) over ``args.repeats`` rounds, each beside its floor."""
+    """Every (probe set, pipeline) over ``args.repeats`` rounds, each bracketed by floor runs.
+
+    Other jobs on a shared machine change its speed from minute to minute, so pipelines are
+    timed on chunks of ``args.chunk`` prompts, in the order floor, A, B, floor, C, D, floor, ...
+    (rotated per chunk), and each run is compared with the mean of the floor runs just before
+    and just after it, seconds apart.
+    """
     device = loaded.model.device
     run = runners(loaded, args, work)
     k = 2 * args.batch_size
-    warm = Prompts(prompts.texts[:k], prompts.ids[:k], prompts.lengths[:k])
+    warm = prompts.part(0, k)
     for s in args.sets:  # first calls pay for lazy imports, kernel selection, tracing
         for fn in run.values():
             fn(warm, s)
     _clean(work)
+    n = len(prompts.texts)
+    chunks = [prompts.part(a, min(n, a + args.chunk)) for a in range(0, n, args.chunk)]
+    names = [x for x in run if x != FLOOR]
     samples: dict[tuple[str, str], list[dict[str, float]]] = {}
-    names = [n for n in run if n != FLOOR]
     for r in range(args.repeats):
         for s in args.sets:
-            order = [FLOOR] + names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                if name == FLOOR_HEAD and s != args.sets[0]:
-                    continue  # the same for every probe set; once per round is enough
-                m = timed(partial(run[name], prompts, s), device)
-                samples.setdefault((s, name), []).append(m)
-                _clean(work)
+            totals: dict[str, float] = {}
+            for c, chunk in enumerate(chunks):
+                rot = (r * len(chunks) + c) % len(names)
+                order = [x for x in names[rot:] + names[:rot] if x != FLOOR_HEAD or s == args.sets[0]]
+                seq = [FLOOR]
+                for i, name in enumerate(order):
+                    seq.append(name)
+                    if i % 2 == 1 or i == len(order) - 1:
+                        seq.append(FLOOR)
+                done = []
+                for name in seq:
+                    done.append((name, timed(partial(run[name], chunk, s), device)))
+                    _clean(work)
+                floors = [i for i, (x, _) in enumerate(done) if x == FLOOR]
+                for i, (name, m) in enumerate(done):
+                    before = max(j for j in floors if j <= i)
+                    after = min(j for j in floors if j >= i)
+                    m["ref_wall"] = (done[before][1]["wall"] + done[after][1]["wall"]) / 2
+                    m["ref_cpu"] = (done[before][1]["cpu"] + done[after][1]["cpu"]) / 2
+                    m["round"], m["chunk"] = r, c
+                    samples.setdefault((s, name), []).append(m)
+                    totals[name] = totals.get(name, 0.0) + m["wall"]
             print(
                 f"  round {r + 1}/{args.repeats} {s}: "
-                + ", ".join(f"{n} {samples[(s, n)][-1]['wall']:.2f}s" for n in order if (s, n) in samples),
+                + ", ".join(f"{x} {t:.1f}s" for x, t in totals.items()),
                 flush=True,
             )
     return _summarise(samples, prompts.n_tokens, args)
@@ -213,32 +238,48 @@ def _summarise(
     samples: dict[tuple[str, str], list[dict[str, float]]], tokens: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
-    first = args.sets[0]
     for (s, name), ms in samples.items():
-        floor = samples[(s if name != FLOOR_HEAD else first, FLOOR)]
-        walls = [m["wall"] for m in ms]
-        ratios = [f["wall"] / m["wall"] for f, m in zip(floor, ms, strict=True)]
-        cpu_ratios = [f["cpu"] / m["cpu"] for f, m in zip(floor, ms, strict=True)]
+        per_round = [_round_seconds(ms, r) for r in range(args.repeats)]
+        ratios = [m["ref_wall"] / m["wall"] for m in ms]
         row = {
             "set": s,
             "pipeline": name,
-            "tokens_s": tokens / statistics.median(walls),
+            "tokens_s": tokens / statistics.median(per_round),
             "x_floor": statistics.median(ratios),
-            "x_floor_min": min(ratios),
-            "x_floor_max": max(ratios),
-            "x_floor_cpu": statistics.median(cpu_ratios),
-            "walls": walls,
+            "x_floor_lo": _quantile(ratios, 0.1),
+            "x_floor_hi": _quantile(ratios, 0.9),
+            "x_floor_cpu": statistics.median([m["ref_cpu"] / m["cpu"] for m in ms]),
+            "x_floor_total": sum(m["ref_wall"] for m in ms) / sum(m["wall"] for m in ms),
+            "n_samples": len(ms),
+            "round_seconds": per_round,
             "peak_rss_mb": max(m["peak_rss_mb"] for m in ms),
         }
         if "peak_gpu_mb" in ms[0]:
             row["peak_gpu_mb"] = max(m["peak_gpu_mb"] for m in ms)
         if name in COMPETITORS and (s, SCALELENS) in samples:
-            sl = samples[(s, SCALELENS)]
+            sl = samples[(s, SCALELENS)]  # same chunks, same rounds, same order of samples
             row["scalelens_speedup"] = statistics.median(
-                [m["wall"] / x["wall"] for m, x in zip(ms, sl, strict=True)]
+                [
+                    (x["ref_wall"] / x["wall"]) / (m["ref_wall"] / m["wall"])
+                    for m, x in zip(ms, sl, strict=True)
+                ]
             )
         rows[f"{s}/{name}"] = row
     return rows
+
+
+def _round_seconds(ms: list[dict[str, float]], r: int) -> float:
+    """Seconds of one pass over all prompts in round ``r`` (the floor runs several times per chunk)."""
+    per_chunk: dict[float, list[float]] = {}
+    for m in ms:
+        if m["round"] == r:
+            per_chunk.setdefault(m["chunk"], []).append(m["wall"])
+    return sum(statistics.mean(w) for w in per_chunk.values())
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    ys = sorted(xs)
+    return ys[min(len(ys) - 1, max(0, round(q * (len(ys) - 1))))]
 
 
 # -- report -------------------------------------------------------------------------------
@@ -248,7 +289,8 @@ ORDER = (FLOOR, FLOOR_HEAD, SCALELENS, TL, TL_STOP, NN, NN_STOP)
 def table(rows: dict[str, Any], gpu: bool) -> str:
     """The main table as Markdown."""
     head = (
-        "| probe set | pipeline | tokens/s | x floor (median [min, max]) | x floor, CPU time "
+        "| probe set | pipeline | tokens/s | x floor: median [p10, p90] of bracketed runs "
+        "| x floor, CPU time "
         "| scalelens speed-up over it | peak RSS above start (MB) |" + (" peak GPU (MB) |" if gpu else "")
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -259,8 +301,8 @@ def table(rows: dict[str, Any], gpu: bool) -> str:
                 continue
             speed = f"{r['scalelens_speedup']:.2f}x" if "scalelens_speedup" in r else ""
             line = (
-                f"| {s} | {name} | {r['tokens_s']:,.0f} | {r['x_floor']:.2f} [{r['x_floor_min']:.2f}, "
-                f"{r['x_floor_max']:.2f}] | {r['x_floor_cpu']:.2f} | {speed} | {r['peak_rss_mb']:,.0f} |"
+                f"| {s} | {name} | {r['tokens_s']:,.0f} | {r['x_floor']:.2f} [{r['x_floor_lo']:.2f}, "
+                f"{r['x_floor_hi']:.2f}] | {r['x_floor_cpu']:.2f} | {speed} | {r['peak_rss_mb']:,.0f} |"
             )
             if gpu:
                 line += f" {r.get('peak_gpu_mb', float('nan')):,.0f} |"

@@ -104,6 +104,10 @@ class Prompts:
         """Real (unpadded) tokens in the whole set."""
         return int(self.lengths.sum())
 
+    def part(self, start: int, stop: int) -> Prompts:
+        """Prompts ``start:stop``."""
+        return Prompts(self.texts[start:stop], self.ids[start:stop], self.lengths[start:stop])
+
     def batches(self, batch_size: int) -> list[tuple[int, int, int]]:
         """``(start, stop, width)`` per batch, in order; width = longest prompt in the batch."""
         n = len(self.texts)
