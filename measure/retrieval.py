@@ -52,6 +52,7 @@ class RetrievalSettings:
         threshold: Retrieval-head bar (score > threshold).
         gate: ROUGE-1 recall a test must exceed to count.
         ablation_k: Heads to mask in the ablation (0 skips it).
+        ablation_tests: Tests (spread over lengths and depths) decoded in each ablation arm.
         seed: Seed of the random heads in the ablation.
         batch_size: Prompts per forward pass in fast mode.
     """
@@ -65,6 +66,7 @@ class RetrievalSettings:
     threshold: float = 0.1
     gate: float = 0.5
     ablation_k: int = 5
+    ablation_tests: int = 8
     seed: int = 0
     batch_size: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
@@ -207,17 +209,23 @@ def _pad(loaded: Any) -> int:
 
 
 def ablation(loaded: Any, result: RetrievalResult, tests: list[HaystackTest], k: int,
-             seed: int) -> dict[str, Any]:
-    """Needle recall with the top-``k`` retrieval heads masked vs ``k`` random other heads."""
+             seed: int, n_tests: int = 8) -> dict[str, Any]:
+    """Needle recall with the top-``k`` retrieval heads masked vs ``k`` random other heads.
+
+    Greedy decoding of ``n_tests`` tests (every few of ``tests``) in three arms:
+    unmasked, top-``k`` masked, ``k`` random non-top heads masked (seeded).
+    """
     info = loaded.info
     k = min(k, info.n_layers * info.n_heads - 1)
     top = result.top_heads(k)
     others = [(a, b) for a in range(info.n_layers) for b in range(info.n_heads) if (a, b) not in top]
     rand = random.Random(seed).sample(others, k)
-    prompts = [t.prompt for t in tests]
+    stride = max(1, len(tests) // max(1, n_tests))
+    prompts = [t.prompt for t in tests[::stride][:n_tests]]
     return {
         "k": k,
         "seed": seed,
+        "n_tests": len(prompts),
         "top_heads": [list(h) for h in top],
         "random_heads": [list(h) for h in rand],
         "recall_unmasked": needle_recall(loaded, prompts, []),

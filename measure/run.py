@@ -63,7 +63,7 @@ def _retrieval(loaded: Any, s: RetrievalSettings, out: Path, progress: bool) -> 
         from scalelens.measure.retrieval import haystack_tests
 
         data["ablation"] = ablation(loaded, result, tests or haystack_tests(loaded, s, True),
-                                    s.ablation_k, s.seed)
+                                    s.ablation_k, s.seed, s.ablation_tests)
     return data
 
 
