@@ -42,6 +42,7 @@ from .suite_train import SIZE_RECORD, SizeJob, run_jobs
 __all__ = [
     "FORMAT_VERSION",
     "Manifest",
+    "SuiteSettingsMismatch",
     "build_suite",
     "checkpoint_steps",
     "default_suite_dir",
@@ -165,8 +166,15 @@ def _locked(out: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _mismatch(out: Path, what: str) -> ScalelensError:
-    return ScalelensError(
+class SuiteSettingsMismatch(ScalelensError):
+    """The directory holds a suite (finished or partial) built with other settings.
+
+    Catch it to decide what to do with a cache you own (e.g. delete and rebuild).
+    """
+
+
+def _mismatch(out: Path, what: str) -> SuiteSettingsMismatch:
+    return SuiteSettingsMismatch(
         f"{out} holds a suite {what} with other settings; pass another --out or delete {out}"
     )
 

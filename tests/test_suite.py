@@ -16,7 +16,12 @@ from scalelens.models import load_model
 from scalelens.models.corpus import CorpusConfig, generate_documents
 from scalelens.models.params import count_parameters
 from scalelens.models.presets import PRESETS, checkpoint_steps, size_name
-from scalelens.models.suite import build_suite, default_suite_dir, read_manifest
+from scalelens.models.suite import (
+    SuiteSettingsMismatch,
+    build_suite,
+    default_suite_dir,
+    read_manifest,
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +110,7 @@ def test_rerun_reuses_the_finished_suite(micro_suite, manifest):
 
 
 def test_other_settings_in_the_same_directory_are_refused(micro_suite):
-    with pytest.raises(ScalelensError, match="other settings"):
+    with pytest.raises(SuiteSettingsMismatch, match="with other settings"):
         build_suite(micro_suite, preset="micro", seed=1, progress=False)
 
 
