@@ -54,13 +54,12 @@ def spread(steps: list[int], k: int = 7) -> tuple[int, ...]:
 
 def _suite(suite: Path, preset: str, own_cache: bool) -> Any:
     """Build or reuse the suite; scalelens's own cache is rebuilt when its preset changed."""
-    from scalelens.errors import ScalelensError
-    from scalelens.models.suite import build_suite
+    from scalelens.models.suite import SuiteSettingsMismatch, build_suite
 
     try:
         return build_suite(suite, preset=preset)
-    except ScalelensError as e:
-        if not own_cache or "with other settings" not in str(e):
+    except SuiteSettingsMismatch:
+        if not own_cache:
             raise
     print(f"the cached suite in {suite} was built with other settings; rebuilding it")
     shutil.rmtree(suite)
