@@ -114,3 +114,15 @@ def test_masking_all_heads_changes_generation(final_ckpt):
     assert not torch.allclose(masked_logits, plain_logits)
     assert 0.0 <= base <= 1.0
     assert final_ckpt.model.config._attn_implementation in ("sdpa", "eager")
+
+
+def test_ablation_with_more_heads_asked_than_the_model_has(micro_suite, tmp_path):
+    manifest = read_manifest(micro_suite)
+    small = load_model(micro_suite / manifest.sizes[0], revision=f"step{manifest.steps[-1]}")
+    heads = small.info.n_layers * small.info.n_heads
+    tests = r.haystack_tests(small, RET, with_answer=True)
+    result = r.fast_scores(small, RET, tmp_path / "abl.h5", progress=False)[0]
+    out = r.ablation(small, result, tests, k=heads, seed=0, n_tests=2)
+    assert out["k"] == heads // 2 and len(out["random_heads"]) == heads // 2
+    assert not set(map(tuple, out["random_heads"])) & set(map(tuple, out["top_heads"]))
+    assert out["n_tests"] == 2
