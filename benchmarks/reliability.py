@@ -206,6 +206,7 @@ class ConcurrentReader(threading.Thread):
         """Prepare to read ``out``; ``ref`` holds an uninterrupted run's datasets."""
         super().__init__(daemon=True)
         self.out, self.ref, self.pause = out, ref, pause
+        self.ref_probes = {name.split("/")[1] for name in ref if name.startswith("probes/")}
         self.reads = self.analyses = self.max_done = 0
         self.errors: list[str] = []
         self._stop_event = threading.Event()
@@ -225,8 +226,9 @@ class ConcurrentReader(threading.Thread):
             time.sleep(self.pause)
 
     def _read_once(self) -> None:
-        from scalelens.analyses.from_capture import MASSIVE_PROBE, massive_from_capture
+        from scalelens.analyses.from_capture import MASSIVE_PROBE
         from scalelens.cache.reader import CaptureFile
+        from scalelens.commands.measure import analyze_file
 
         with CaptureFile(self.out) as f:
             n = f.n_done
@@ -236,9 +238,9 @@ class ConcurrentReader(threading.Thread):
                     want = self.ref[f"probes/{probe}/{name}"][:n]
                     if got.tobytes() != want.tobytes():
                         self.errors.append(f"prompts < {n} of {probe}/{name} differ from the reference")
-            if n and MASSIVE_PROBE in f.probe_names and self.reads % 5 == 0:
-                massive_from_capture(f)
-                self.analyses += 1
+        if n and MASSIVE_PROBE in self.ref_probes and self.reads % 5 == 0:  # what `analyze` runs
+            analyze_file(self.out, analyses=("massive_activations",))
+            self.analyses += 1
         self.reads += 1
         self.max_done = max(self.max_done, n)
 
@@ -306,6 +308,25 @@ def _done_at_least(out: Path, target: int) -> bool:
     return got[0] >= target or got[1]
 
 
+class PartialCapture:
+    """A poll condition: true when a capture under ``run/tasks`` is half written for the
+    ``skip + 1``-th time it is looked at (so kills land in different captures)."""
+
+    def __init__(self, run: Path, skip: int) -> None:
+        """Watch ``run``; let ``skip`` sightings pass."""
+        self.run, self.skip, self.seen = run, skip, 0
+
+    def __call__(self) -> bool:
+        """Whether to kill now."""
+        for path in self.run.glob("tasks/*/*/*.h5"):
+            got = progress_of(path)
+            if got is not None and not got[1] and got[0] > 0:
+                self.seen += 1
+                return self.seen > self.skip
+        time.sleep(0.005)
+        return False
+
+
 def _tasks_done_at_least(run: Path, target: int) -> bool:
     if len(list(run.glob("tasks/*/*/results.json"))) >= target:
         return True
@@ -344,15 +365,22 @@ def run_in_process(argv: list[str], timeout: float = 600) -> tuple[int, str, str
     import contextlib
     import io
 
+    import torch
+
     from scalelens.cli import main as cli_main
 
     assert argv[1:3] == ["-m", "scalelens.cli"], argv
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = cli_main(argv[3:])
-        except SystemExit as e:  # argparse errors
-            rc = int(e.code or 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1): float sums in the same order
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = cli_main(argv[3:])
+            except SystemExit as e:  # argparse errors
+                rc = int(e.code or 0)
+    finally:
+        torch.set_num_threads(threads)
     return rc, out.getvalue(), err.getvalue()
 
 
@@ -392,6 +420,10 @@ def capture_trial(
     reader.start()
     if mode == "any":  # anywhere in the process's life: imports, loading, creating, writing
         wait_until(t0 + rng.uniform(0, timing.total), proc)
+    elif mode == "creating":  # while the file is being created (before the rename)
+        creating = out.with_name(out.name + ".creating")
+        wait_for(creating.exists, 600, proc)
+        wait_until(time.monotonic() + rng.uniform(0, 0.02), proc)
     else:  # after a random number of finished prompts, somewhere inside the next batch
         n = len(ref["lengths"])
         target = rng.randrange(0, n)
@@ -448,11 +480,11 @@ SWEEP_SETTINGS = {
     "depths": [0.2, 0.8],
     "n_needles": 1,
     "ablation_k": 0,
-    "n_sequences": 2,
-    "seq_length": 24,
+    "n_sequences": 32,
+    "seq_length": 48,
     "dilutions": [1, 2],
-    "dominance_prompts": 2,
-    "batch_size": 2,
+    "dominance_prompts": 4,
+    "batch_size": 1,
 }
 
 
@@ -518,9 +550,10 @@ class SweepTrial:
 
     trial: int
     kills: list[float]
+    kill_modes: list[str]
     tasks_done_before_rerun: int
     captures_complete_before_rerun: int
-    partial_captures_before_rerun: int
+    partial_captures_left_by_kills: int
     rerun_rc: int
     redone_tasks: list[str]
     touched_captures: list[str]
@@ -549,13 +582,22 @@ def sweep_trial(
     n_tasks: int,
     report_during: bool = False,
     runner: Runner = run_cli,
+    modes_wanted: list[str] | None = None,
 ) -> SweepTrial:
-    """Kill a sweep ``n_kills`` times at random moments, rerun it, compare with ``ref_run``."""
+    """Kill a sweep ``n_kills`` times at random moments, rerun it, compare with ``ref_run``.
+
+    Each kill picks a mode (or takes ``modes_wanted[k]``): ``any`` moment of the driver's
+    life, after a random number of finished ``tasks``, or while a task's ``capture`` is
+    half written.
+    """
     t_start = time.monotonic()
     run = work / f"sweep{trial:03d}"
     shutil.rmtree(run, ignore_errors=True)
     argv = sweep_argv(spec, run)
-    kills, report_note = [], "not run"
+    kills: list[float] = []
+    modes: list[str] = []
+    snaps: list[SweepSnapshot] = []
+    report_note = "not run"
     for k in range(n_kills):
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=quiet_env())
@@ -563,26 +605,36 @@ def sweep_trial(
             wait_for(partial(_tasks_done_at_least, run, 1), 600, proc)
             rc, _, err = run_cli(cli("report", str(run), "--out", str(work / f"report{trial}.html")))
             report_note = "ok" if rc == 0 else (one_error_line(err) or f"rc {rc}: {err.strip()[-300:]}")
-        if rng.random() < 0.3:  # anywhere in the driver's life
+        mode = modes_wanted[k] if modes_wanted else rng.choice(("any", "tasks", "capture"))
+        if mode == "any":  # anywhere in the driver's life
             wait_until(t0 + rng.uniform(0, timing.total), proc)
-        else:  # after a random number of finished tasks, somewhere inside the next one
+        elif mode == "tasks":  # after a random number of finished tasks, somewhere inside the next one
             wait_for(partial(_tasks_done_at_least, run, rng.randrange(0, n_tasks)), 600, proc)
             wait_until(time.monotonic() + rng.uniform(0, timing.writing / n_tasks), proc)
+        else:  # while a task's capture is half written
+            skip = rng.randrange(0, n_tasks)
+            wait_for(PartialCapture(run, skip), 600, proc)
+        modes.append(mode)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills.append(round(time.monotonic() - t0, 2))
-    before = snapshot_sweep(run)
+        snaps.append(snapshot_sweep(run))
+    before = snaps[-1]
     rc, _, err = runner(argv)
-    after = snapshot_sweep(run)
-    redone = [k for k, v in before.results.items() if after.results.get(k) != v]
-    touched = [k for k, v in before.captures.items() if after.captures.get(k) != v]
-    # an interrupted capture is resumed, not created again (its creation time stays)
-    touched += [
-        k for k, created in before.partial.items() if created is not None and after.created.get(k) != created
-    ]
-    info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {"tasks": []}
-    status = {t["key"]: t["status"] for t in info["tasks"]}
+    snaps.append(snapshot_sweep(run))
+    redone, touched = [], []
+    for prev, later in zip(snaps, snaps[1:], strict=False):  # what one run left, the next kept
+        redone += [k for k, v in prev.results.items() if later.results.get(k) != v]
+        touched += [k for k, v in prev.captures.items() if later.captures.get(k) != v]
+        # an interrupted capture is resumed, not created again (its creation time stays)
+        touched += [
+            k
+            for k, created in prev.partial.items()
+            if created is not None and later.created.get(k) != created
+        ]
+    partial_seen = len({k for snap in snaps[:-1] for k, c in snap.partial.items() if c is not None})
+    status = task_statuses(run)
     skipped_ok = all(status.get(k) == "skipped" for k in before.results)
     metrics_equal = (run / "metrics.csv").exists() and (
         read_metrics(run / "metrics.csv") == read_metrics(ref_run / "metrics.csv")
@@ -597,9 +649,10 @@ def sweep_trial(
     return SweepTrial(
         trial,
         kills,
+        modes,
         len(before.results),
         len(before.captures),
-        len(before.partial),
+        partial_seen,
         rc,
         redone,
         touched,
@@ -610,6 +663,19 @@ def sweep_trial(
         survived,
         round(time.monotonic() - t_start, 2),
     )
+
+
+def task_statuses(run: Path) -> dict[str, str]:
+    """Task key -> status of the last sweep run (from tasks.json or run.json, whichever lists them)."""
+    for name in ("tasks.json", "run.json"):
+        path = run / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        tasks = data.get("tasks", data) if isinstance(data, dict) else data
+        if isinstance(tasks, list):
+            return {t["key"]: t["status"] for t in tasks if isinstance(t, dict) and "key" in t}
+    return {}
 
 
 def time_sweep(argv: list[str], runner: Runner = run_cli) -> Timing:
@@ -784,7 +850,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     captures = []
     for i in range(args.capture_trials):
-        c = capture_trial(i, rng, work, model_dir, prompts, ref, timing, "writing" if i % 3 else "any")
+        mode = ("any", "writing", "writing", "creating", "writing", "writing")[i % 6]
+        c = capture_trial(i, rng, work, model_dir, prompts, ref, timing, mode)
         captures.append(c)
         print(
             f"capture trial {i}: {c.mode} kill at {c.kill_after_s:.2f}s -> {c.state_at_kill}; "
@@ -909,7 +976,10 @@ def render_markdown(record: dict[str, Any]) -> str:
         "existed, said so in one line); the concurrent reader never crashed and every finished prompt "
         "it read equalled the uninterrupted run byte for byte; rerunning the same command completed "
         "the file (or refused a file the kill had left complete); and the final datasets equal the "
-        "uninterrupted run's bit for bit. *Data lost* counts trials whose final file differs.",
+        "uninterrupted run's bit for bit. *Data lost* counts trials whose final file differs. "
+        "Bit-for-bit equality needs the resuming run to use the same device, dtype and CPU thread count "
+        "as the interrupted one (float sums are ordered by the thread count; the trials pin one thread); "
+        "otherwise a resumed file equals an uninterrupted run's up to float rounding.",
         "",
         "## How it is safe (and what was changed to make it so)",
         "",
@@ -998,10 +1068,10 @@ def render_markdown(record: dict[str, Any]) -> str:
                 [
                     [
                         t["trial"],
-                        t["kills"],
+                        ", ".join(f"{m} {k}s" for m, k in zip(t["kill_modes"], t["kills"], strict=True)),
                         t["tasks_done_before_rerun"],
                         t["captures_complete_before_rerun"],
-                        t["partial_captures_before_rerun"],
+                        t["partial_captures_left_by_kills"],
                         t["rerun_rc"],
                         len(t["redone_tasks"]),
                         len(t["touched_captures"]),
@@ -1013,10 +1083,10 @@ def render_markdown(record: dict[str, Any]) -> str:
                 ],
                 [
                     "#",
-                    "killed after s",
+                    "kills (mode, after)",
                     "tasks done",
                     "complete captures",
-                    "partial captures",
+                    "half-written captures resumed",
                     "rerun exit",
                     "tasks redone",
                     "captures rewritten",

@@ -14,9 +14,12 @@ from scalelens.errors import ScalelensError
 def int_list(text: str) -> tuple[int, ...]:
     """Parse ``0,2,5`` (argparse type)."""
     try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
+        values = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        values = ()
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return values
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -135,6 +135,10 @@ class ProbeSpec:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise ScalelensError(f"bad probe name {self.name!r}: use letters, digits, '_', '-' and '.', "
                                  "starting with a letter, digit or '_'")
+        if self.layers is not None and not self.layers:
+            raise ScalelensError(f"probe {self.name!r}: empty layer list; give layers or None for all")
+        if self.heads is not None and not self.heads:
+            raise ScalelensError(f"probe {self.name!r}: empty head list; give heads or None for all")
         if self.dtype not in _DTYPES:
             raise ScalelensError(f"probe dtype {self.dtype!r} not one of {', '.join(_DTYPES)}")
         if self.heads is not None and not self.point.from_attention_tap:

@@ -219,6 +219,7 @@ CASES: dict[str, Case] = {
     "segment label not in the prompts": Case(
         lambda c: c.capture("--positions", "segment:question"), ("segment 'question' not in the prompts",)),
     "non-integer layer list": Case(lambda c: c.capture("--layers", "0,x"), ("comma-separated integers",)),
+    "empty layer list": Case(lambda c: c.capture("--layers", ","), ("comma-separated integers",)),
     # prompt files
     "prompt file does not exist": Case(
         lambda c: c.capture(prompts=c.tmp / "nope.txt"), ("prompt file", "does not exist")),

@@ -187,3 +187,66 @@ def test_bad_probe_names_are_refused_before_any_file_exists(tmp_path):
         with pytest.raises(ScalelensError, match="bad probe name"):
             ProbeSpec(name, "resid_post")
     assert list(Path(tmp_path).iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------
+# the same property through a real capture: any prompt count, batch size and crash point
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from tiny_models import tiny_model, word_tokenizer
+
+    from scalelens.models.load import load_model
+
+    return load_model(tiny_model(), tokenizer=word_tokenizer())
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(n=st.integers(1, 9), batch=st.integers(1, 4), crash_at=st.integers(1, 9), data=st.data())
+def test_capture_resumes_at_any_batch_boundary(tiny_lm, n, batch, crash_at, data, tmp_path_factory):
+    from tiny_models import prompts
+
+    from scalelens.capture import capture
+    from scalelens.probes.spec import preset
+
+    probes = [preset(p) for p in data.draw(
+        st.lists(st.sampled_from(["resid", "attn", "massive", "top1", "norms", "predictions"]),
+                 min_size=1, max_size=3, unique=True))]
+    texts = prompts(n)
+    d = tmp_path_factory.mktemp("cap")
+    ref = capture(tiny_lm, probes, texts, d / "ref.h5", batch_size=batch, progress=False)
+    out = d / "int.h5"
+    calls = {"n": 0}
+    n_batches = -(-n // batch)
+
+    def crash(*_):
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise KeyboardInterrupt
+
+    handle = tiny_lm.model.base_model.register_forward_pre_hook(crash)
+    try:
+        if crash_at <= n_batches:
+            with pytest.raises(KeyboardInterrupt):
+                capture(tiny_lm, probes, texts, out, batch_size=batch, progress=False)
+        else:
+            capture(tiny_lm, probes, texts, out, batch_size=batch, progress=False)
+    finally:
+        handle.remove()
+    with CaptureFile(out) as f:
+        done, complete = f.n_done, f.complete
+    assert done % batch == 0 or done == n  # a batch boundary: never half a batch
+    assert complete == (crash_at > n_batches)
+    if not complete:
+        assert done <= (crash_at - 1) * batch
+        capture(tiny_lm, probes, texts, out, batch_size=batch, progress=False)
+    with h5py.File(ref, "r") as a, h5py.File(out, "r") as b:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                assert_bitwise(a[name][()], b[name][()])
+
+        a.visititems(visit)
+        assert list(b[schema.PROGRESS][()]) == [n, 1]

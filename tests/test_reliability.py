@@ -24,7 +24,7 @@ import pytest
 from scalelens.benchmarks import reliability as rel
 from scalelens.cache.reader import CaptureFile
 
-N_PROMPTS = 200
+N_PROMPTS = 160
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,11 @@ def test_a_running_capture_changes_raw_data_only(setup, tmp_path):
     assert proc.wait() == 0
     final = out.read_bytes()
     assert final[SUPERBLOCK_FLAGS] == bytes(4)  # cleared again at close
-    assert seen == {_metadata(final, ranges)}, "HDF5 metadata changed while batches were written"
-    assert len(progress) >= 3  # the snapshots really were taken mid-capture
+    want = _metadata(final, ranges)
+    changed = {int(i) for m in seen - {want} if len(m) == len(want)
+               for i in np.flatnonzero(np.frombuffer(m, np.uint8) != np.frombuffer(want, np.uint8))[:20]}
+    assert seen == {want}, f"HDF5 metadata changed while batches were written: bytes {sorted(changed)}"
+    assert len(progress) >= 2, progress  # the snapshots really were taken mid-capture
     with h5py.File(out, "r") as f:
         assert f.id.get_create_plist().get_version()[0] == 0  # superblock v0: no SWMR flags to clear
 
@@ -206,12 +209,13 @@ def test_kill_9_sweep_trials(micro_suite, tmp_path):
     timing = rel.time_sweep(rel.sweep_argv(spec, ref_run), runner=rel.run_in_process)
     timing = rel.Timing(total=timing.total + 4.0, writing=timing.total)  # + interpreter start-up
     rng = random.Random(7)
-    trials = [rel.sweep_trial(i, rng, tmp_path, spec, ref_run, timing, n_kills=1 + i, n_tasks=4,
-                              runner=rel.run_in_process) for i in range(2)]
+    plans = (["capture"], ["tasks", "capture"])
+    trials = [rel.sweep_trial(i, rng, tmp_path, spec, ref_run, timing, n_kills=len(plan), n_tasks=4,
+                              runner=rel.run_in_process, modes_wanted=plan) for i, plan in enumerate(plans)]
     for t in trials:
-        assert t.survived, t
-    assert any(t.tasks_done_before_rerun > 0 for t in trials) or any(
-        t.captures_complete_before_rerun for t in trials), trials
+        assert t.survived, t  # nothing finished was redone or rewritten; metrics and fits equal
+    assert sum(t.partial_captures_left_by_kills for t in trials) >= 1, trials  # and resumed, not redone
+    assert sum(t.captures_complete_before_rerun for t in trials) >= 1, trials
 
 
 def test_the_benchmark_writes_its_record(tmp_path):
