@@ -63,6 +63,13 @@ def describe(
         The filled ``ModelInfo``.
     """
     text = config.get_text_config()
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")
+               if getattr(text, k, None) is None]
+    if missing:
+        raise ScalelensError(
+            f"unsupported architecture {text.model_type!r}: its config has no {', '.join(missing)} "
+            "(scalelens measures attention transformers: GPT-NeoX, Llama, Gemma, GPT-2, ...)"
+        )
     d_model = int(text.hidden_size)
     n_heads = int(text.num_attention_heads)
     d_head = getattr(text, "head_dim", None) or d_model // n_heads
