@@ -115,6 +115,38 @@ def test_kill_9_capture_trials(setup):
         assert t.rerun_rc == 0 and "incomplete" in t.inspect_note and t.inspect_note.startswith(str(work))
 
 
+KILL_WHILE_CREATING = """
+import os, signal, sys
+import scalelens.cache.writer as w
+real, calls = w._create_dataset, [0]
+def dying(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)  # SIGKILL half-way through creating the file
+    return real(*args, **kwargs)
+w._create_dataset = dying
+from scalelens.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("at_dataset", [2, 9])
+def test_kill_9_while_the_file_is_created(setup, tmp_path, at_dataset):
+    """The write-then-rename window, hit exactly: SIGKILL after some datasets exist."""
+    _, model, prompts, _, ref = setup
+    out = tmp_path / "c.h5"
+    argv = rel.capture_argv(model, prompts, out)
+    p = subprocess.run([sys.executable, "-c", KILL_WHILE_CREATING, str(at_dataset), *argv[3:]],
+                       env=rel.quiet_env(), capture_output=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL
+    assert not out.exists() and out.with_name("c.h5.creating").exists()  # nothing half-written at --out
+    rc, _, err = rel.run_in_process(rel.cli("inspect", str(out)))
+    assert rc == 2 and "interrupted while creating" in (rel.one_error_line(err) or "")
+    rc, _, err = rel.run_in_process(argv)
+    assert rc == 0, err
+    assert not out.with_name("c.h5.creating").exists() and not rel.differences(ref, out)
+
+
 def test_reader_snapshot_stays_consistent_while_the_writer_moves_on(setup, tmp_path):
     _, model, prompts, ref_path, ref = setup
     out = tmp_path / "w.h5"
