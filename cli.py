@@ -116,7 +116,10 @@ def _os_error_line(e: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (errors: one line on stderr, non-zero)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.exit(EXIT_BAD_INPUT, f"scalelens {args.command}: error: unrecognized arguments: "
+                                    f"{' '.join(extra)}; see `scalelens {args.command} --help`\n")
     debug = bool(getattr(args, "debug", False))
     _quiet_when_logged()
     hooks = sys.unraisablehook, sys.excepthook

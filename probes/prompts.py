@@ -145,10 +145,10 @@ def tokenize(prompts: list[Prompt], tokenizer, max_length: int | None = None) ->
             ids += piece
             seg += [labels.index(label)] * len(piece)
         if not ids:
-            raise ScalelensError(f"prompt {n} tokenises to nothing; remove empty prompts")
+            raise ScalelensError(f"prompt index {n} tokenises to nothing; remove empty prompts")
         if max_length is not None and len(ids) > max_length:
             raise ScalelensError(
-                f"prompt {n} has {len(ids)} tokens, more than the limit {max_length} (--max-length, "
+                f"prompt index {n} has {len(ids)} tokens, more than the limit {max_length} (--max-length, "
                 "at most the model's context); shorten or split the prompt"
             )
         rows.append((ids, seg))
@@ -190,6 +190,6 @@ def _positions_of(tok: TokenizedPrompts, i: int, n: int, positions: Positions) -
     idx = np.array(positions.indices)
     idx = np.where(idx < 0, idx + n, idx)
     if (idx < 0).any() or (idx >= n).any():
-        raise ScalelensError(f"position(s) {list(positions.indices)} out of range for prompt {i} "
-                             f"of {n} tokens")
+        raise ScalelensError(f"position(s) {list(positions.indices)} out of range for prompt index {i} "
+                             f"of {n} tokens; positions count from 0, negative ones from the end")
     return idx

@@ -106,8 +106,12 @@ _FIELDS = {f.name for f in dataclasses.fields(SweepSpec)}
 
 
 def _did_you_mean(unknown: list[str], valid: list[str] | set[str]) -> str:
-    guesses = [f"{u} -> {m[0]}" for u in unknown if (m := difflib.get_close_matches(u, list(valid), 1))]
-    return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+    guesses = [(u, m[0]) for u in unknown if (m := difflib.get_close_matches(u, sorted(valid), 1))]
+    if not guesses:
+        return ""
+    if len(unknown) == 1:
+        return f" (did you mean {guesses[0][1]}?)"
+    return f" (did you mean {', '.join(f'{m} for {u}' for u, m in guesses)}?)"
 
 
 def _setting_names() -> list[str]:

@@ -239,7 +239,7 @@ CASES: dict[str, Case] = {
         lambda c: c.capture(prompts=c.file("p.json", '[{"text": "w1"}]')), (".json is not read", ".jsonl")),
     "prompt longer than the context": Case(
         lambda c: c.capture(prompts=c.file("long.txt", " ".join(["w1"] * 200) + "\n")),
-        ("200 tokens", "more than the limit 128")),
+        ("prompt index 0 has 200 tokens", "more than the limit 128")),
     "--max-length beyond the context": Case(
         lambda c: c.capture("--max-length", "4096"), ("exceeds the model's context of 128",)),
     # batch and capture settings
@@ -318,7 +318,8 @@ CASES: dict[str, Case] = {
                    str(c.file("f.txt", "x"))], ("not a directory",), keep=lambda c: c.tmp / "f.txt"),
     # the command line itself
     "unknown sub-command": Case(lambda c: ["captur"], ("invalid choice: 'captur'",)),
-    "unknown option": Case(lambda c: c.capture("--layer", "1"), ("unrecognized arguments: --layer",)),
+    "unknown option": Case(lambda c: c.capture("--layer", "1"),
+                           ("unrecognized arguments: --layer 1", "scalelens capture --help")),
     "abbreviated option": Case(lambda c: c.capture("--over"), ("unrecognized arguments: --over",)),
 }
 
@@ -367,8 +368,6 @@ def test_bfloat16_on_a_gpu_without_it(ctx, capsys, monkeypatch):
     assert not ctx.out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="models/load.py: a config without attention heads (Mamba) raises "
-                                       "AttributeError in ModelInfo instead of 'unsupported architecture'")
 def test_attention_free_causal_lm_is_unsupported(ctx, capsys):
     from transformers import MambaConfig, MambaForCausalLM
 
@@ -417,7 +416,7 @@ def _spec(c: Ctx, suite: Path, text: str) -> Path:
 SWEEP_CASES: dict[str, tuple[Callable[[Ctx, Path], list[str]], tuple[str, ...]]] = {
     "sweep spec with a typo in a key": (
         lambda c, s: ["sweep", "--spec", str(_spec(c, s, "chekpoints = [8]\n")), "--out", str(c.tmp / "r")],
-        ("unknown key(s) chekpoints", "did you mean chekpoints -> checkpoints")),
+        ("unknown key(s) chekpoints (did you mean checkpoints?)",)),
     "sweep spec with a wrong type": (
         lambda c, s: ["sweep", "--spec", str(_spec(c, s, 'sizes = "16k"\n')), "--out", str(c.tmp / "r")],
         ("sizes must be a list",)),
@@ -428,7 +427,7 @@ SWEEP_CASES: dict[str, tuple[Callable[[Ctx, Path], list[str]], tuple[str, ...]]]
     "sweep spec with an unknown setting": (
         lambda c, s: ["sweep", "--spec", str(_spec(c, s, "[settings]\nn_needle = 1\n")),
                       "--out", str(c.tmp / "r")],
-        ("unknown sweep setting(s) n_needle", "n_needles")),
+        ("unknown sweep setting(s) n_needle (did you mean n_needles?)",)),
     "sweep spec with a bad setting value": (
         lambda c, s: ["sweep", "--spec", str(_spec(c, s, "[settings]\nbatch_size = 0\n")),
                       "--out", str(c.tmp / "r")],
@@ -441,7 +440,7 @@ SWEEP_CASES: dict[str, tuple[Callable[[Ctx, Path], list[str]], tuple[str, ...]]]
         ("does not exist",)),
     "sweep with an unknown size": (
         lambda c, s: ["sweep", "--suite", str(s), "--sizes", "16k,17k", "--out", str(c.tmp / "r")],
-        ("unknown size(s) 17k", "available: 16k")),
+        ("unknown size(s) 17k", "available: 16k, 37k")),
     "sweep with an unavailable checkpoint": (
         lambda c, s: ["sweep", "--suite", str(s), "--checkpoints", "8,9", "--out", str(c.tmp / "r")],
         ("step(s) [9] not available",)),
