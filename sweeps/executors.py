@@ -8,7 +8,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from scalelens.errors import ScalelensError
-from scalelens.sweeps.spec import SweepSpec, Task
+from scalelens.sweeps.spec import SweepSpec, Task, check_ray_address
 from scalelens.sweeps.tasks import TaskOutcome, attempt
 
 Report = Callable[[TaskOutcome], None]
@@ -27,6 +27,8 @@ def _ray_init(address: str | None):
         raise ScalelensError("the ray executor needs Ray: pip install 'scalelens[ray]'") from None
     if ray.is_initialized():
         return ray
+    if address:
+        check_ray_address(address)  # ray.init retries an unreachable address for minutes
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
