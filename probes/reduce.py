@@ -54,8 +54,8 @@ def _median_layout(ctx: BatchContext, s: int, d: int, device: torch.device) -> t
     row is then exactly the r_i-th smallest of its valid entries, and the (R+1)-th is the
     (r_i+1)-th. R - r_i <= s*d - n_i always holds, so the padding has room for the -1 slots.
 
-    Returns (R, inf_from, odd, odd_on_device): R; per row the first slot that must hold
-    +inf (n_i + R - r_i); whether n_i is odd (numpy, and as a bool tensor on ``device``).
+    Returns (R, inf_from, odd): R; per row the first slot that must hold +inf
+    (n_i + R - r_i); whether n_i is odd, as a bool tensor on ``device``.
     """
     key = ("median", s, d, device)
     if key not in ctx.cache:
@@ -64,7 +64,7 @@ def _median_layout(ctx: BatchContext, s: int, d: int, device: torch.device) -> t
         big_r = int(lo_rank.max())
         odd = n % 2 == 1
         odd_t = _pinned(torch.from_numpy(odd), device)  # no host sync on CUDA
-        ctx.cache[key] = (big_r, (n + big_r - lo_rank).tolist(), odd, odd_t)
+        ctx.cache[key] = (big_r, (n + big_r - lo_rank).tolist(), odd_t)
     return ctx.cache[key]
 
 
@@ -72,24 +72,26 @@ def _medians(a: torch.Tensor, ctx: BatchContext, use_numpy: bool | None = None) 
     """Median of each prompt's valid entries of ``a`` (b, s, d), numpy convention (even: mean).
 
     ``a`` must be the caller's own tensor, non-negative, with every padded position
-    (>= the prompt's length) set to -1; it is overwritten. Batched over prompts and without
-    host syncs: the padding is completed to the layout of :func:`_median_layout`, then one
-    selection at ranks R and R+1 gives both middle values of every row. On the CPU that is
-    numpy's introselect (``partition``; several times faster than ``torch.kthvalue`` there),
-    elsewhere two ``kthvalue`` calls (``use_numpy`` overrides the choice; tests run the
-    device path on the CPU). Exactly the values of per-prompt ``kthvalue`` calls.
+    (>= the prompt's length) set to -1; it may be overwritten. Exactly the values of
+    per-prompt ``kthvalue`` calls, without host syncs:
+
+    * on the CPU (``use_numpy``), prompt by prompt on its valid entries (a contiguous
+      prefix of the flattened row) with :func:`_median_1d`;
+    * elsewhere batched: the padding is completed to the layout of :func:`_median_layout`
+      and two ``kthvalue`` calls (ranks R and R+1) give both middle values of every row.
+
+    ``use_numpy`` overrides the choice by device (tests run the device path on the CPU).
     """
     b, s, d = a.shape
-    big_r, inf_from, odd, odd_t = _median_layout(ctx, s, d, a.device)
     flat = a.view(b, s * d)
-    n_all = s * d
     if use_numpy is None:
         use_numpy = a.device.type == "cpu"
-    if use_numpy:  # numpy slicing: no torch dispatch per prompt
+    if use_numpy:
         x = flat.numpy()
-        for i, start in enumerate(inf_from):
-            x[i, start:] = np.inf
-        return _middles(flat, big_r, odd, odd_t, use_numpy=True)
+        return torch.from_numpy(np.array(
+            [_median_1d(x[i, : min(n, s) * d]) for i, n in enumerate(ctx.lengths)], dtype=np.float32))
+    big_r, inf_from, odd_t = _median_layout(ctx, s, d, a.device)
+    n_all = s * d
     if min(inf_from) < n_all:
         key = ("median_inf", s, d, a.device)
         if key not in ctx.cache:
@@ -97,7 +99,7 @@ def _medians(a: torch.Tensor, ctx: BatchContext, use_numpy: bool | None = None) 
             starts = _pinned(torch.tensor(inf_from), a.device)
             ctx.cache[key] = j[None, :] >= starts[:, None]
         flat.masked_fill_(ctx.cache[key], float("inf"))
-    return _middles(flat, big_r, odd, odd_t, use_numpy=False)
+    return _middles(flat, big_r, odd_t)
 
 
 def _pinned(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -115,22 +117,46 @@ def _padding(ctx: BatchContext, s: int) -> torch.Tensor:
     return ctx.cache[key]
 
 
-def _middles(flat: torch.Tensor, big_r: int, odd: np.ndarray, odd_t: torch.Tensor,
-             use_numpy: bool) -> torch.Tensor:
+def _middles(flat: torch.Tensor, big_r: int, odd_t: torch.Tensor) -> torch.Tensor:
     """Mean of the R-th and, for even rows, (R+1)-th smallest entries of each padded row."""
-    n_all = flat.shape[1]
-    if use_numpy:
-        x = flat.numpy()
-        kth = (big_r - 1, big_r) if big_r < n_all else (big_r - 1,)
-        x.partition(kth, axis=1)
-        lo = x[:, big_r - 1]
-        hi = lo if len(kth) == 1 else np.where(odd, lo, x[:, big_r])
-        return torch.from_numpy((lo + hi) / np.float32(2))
-    lo_t = flat.kthvalue(big_r, dim=1).values
-    if big_r == n_all:  # one entry per row (s = d = 1): every row is odd
-        return lo_t
-    hi_t = torch.where(odd_t, lo_t, flat.kthvalue(big_r + 1, dim=1).values)
-    return (lo_t + hi_t) / 2
+    lo = flat.kthvalue(big_r, dim=1).values
+    if big_r == flat.shape[1]:  # one entry per row (s = d = 1): every row is odd
+        return lo
+    hi = torch.where(odd_t, lo, flat.kthvalue(big_r + 1, dim=1).values)
+    return (lo + hi) / 2
+
+
+_SAMPLE = 2048  # entries sampled to bracket the median
+_MARGIN = 100  # sample ranks either side of the median's (~4.4 sigma of the sample rank)
+_sample_index: dict[int, np.ndarray] = {}
+
+
+def _median_1d(x: np.ndarray) -> np.float32:
+    """Exact median (numpy convention) of a 1-D float32 array, ~3x faster than a full partition.
+
+    A fixed pseudo-random sample brackets the two middle ranks; one pass counts the entries
+    below the bracket and keeps those inside it (about a tenth of them), and only those are
+    partitioned. If the bracket misses (rare) or the data has NaN, it falls back to
+    ``np.partition`` of everything, so the value is always exactly the partition's.
+    """
+    n = x.size
+    k_lo, k_hi = (n - 1) // 2, n // 2
+    if n > 16 * _SAMPLE:
+        idx = _sample_index.get(n)
+        if idx is None:
+            idx = _sample_index[n] = np.sort(np.random.default_rng(n).integers(0, n, _SAMPLE))
+        sample = np.sort(x[idx])
+        j = k_lo * _SAMPLE // n
+        lo_b, hi_b = sample[max(0, j - _MARGIN)], sample[min(_SAMPLE - 1, j + _MARGIN)]
+        below = int(np.count_nonzero(x < lo_b))
+        inside = x[(x >= lo_b) & (x <= hi_b)]
+        above = int(np.count_nonzero(x > hi_b))
+        lo_k, hi_k = k_lo - below, k_hi - below
+        if below + inside.size + above == n and lo_k >= 0 and hi_k < inside.size:  # no NaN, bracketed
+            part = np.partition(inside, (lo_k, hi_k))
+            return np.float32((part[lo_k] + part[hi_k]) / np.float32(2))
+    part = np.partition(x, (k_lo, k_hi))
+    return np.float32((part[k_lo] + part[k_hi]) / np.float32(2))
 
 
 def _gather_positions(h: torch.Tensor, rows: torch.Tensor, dim: int) -> torch.Tensor:

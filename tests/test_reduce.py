@@ -10,7 +10,7 @@ from scalelens.axes import Axis
 from scalelens.cache.reader import CaptureFile
 from scalelens.cache.writer import BackgroundWriter, CaptureWriter, FileIdentity
 from scalelens.probes.prompts import TokenizedPrompts
-from scalelens.probes.reduce import BatchContext, DatasetSpec, _medians
+from scalelens.probes.reduce import BatchContext, DatasetSpec, _median_1d, _medians
 
 
 def per_prompt(a: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -41,6 +41,28 @@ def test_batched_medians_equal_per_prompt(use_numpy):
         want = per_prompt(a, lengths)
         assert torch.equal(got, want), (lengths, s, d)
         np.testing.assert_allclose(got.numpy(), [np.median(a[i, :n].numpy()) for i, n in enumerate(lengths)])
+
+
+def test_median_1d_is_exactly_the_partition_median():
+    rng = np.random.default_rng(0)
+    kinds = {
+        "normal": lambda n: np.abs(rng.standard_normal(n)),
+        "ties": lambda n: rng.integers(0, 5, n),
+        "heavy": lambda n: np.abs(rng.standard_cauchy(n)),
+        "blocks": lambda n: np.repeat(np.abs(rng.standard_normal(n // 50 + 1)), 50)[:n],
+        "massive dims": lambda n: np.abs(rng.standard_normal(n)) * np.where(np.arange(n) % 512 == 7, 1e4, 1),
+    }
+    for n in (1, 2, 3, 32768, 32769, 40000, 65536, 100001):
+        for name, draw in kinds.items():
+            x = draw(n).astype(np.float32)
+            p = np.partition(x, ((n - 1) // 2, n // 2))
+            want = (p[(n - 1) // 2] + p[n // 2]) / np.float32(2)
+            assert _median_1d(x) == want, (n, name)
+            assert _median_1d(x) == np.float32(np.median(x)) or name == "heavy", (n, name)
+    x = np.abs(rng.standard_normal(50000)).astype(np.float32)
+    x[123] = np.nan  # falls back to a full partition: NaN sorts last, like torch.kthvalue
+    p = np.partition(x, (24999, 25000))
+    assert _median_1d(x) == (p[24999] + p[25000]) / np.float32(2)
 
 
 def _writer(path, n=6, batch=2):
