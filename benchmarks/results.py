@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -63,10 +64,10 @@ def machine(device: str) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
-    for mod in ("nnsight", "transformer_lens"):
+    for mod, dist in (("nnsight", "nnsight"), ("transformer_lens", "transformer-lens")):
         try:
-            info[mod] = __import__(mod).__version__
-        except (ImportError, AttributeError):
+            info[mod] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
             info[mod] = "not installed"
     for line in _cmd(["lscpu"]).splitlines():
         if line.startswith("Model name:"):
