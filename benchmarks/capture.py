@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shlex
 import shutil
 import statistics
 import sys
@@ -518,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python -m benchmarks.capture" + ("" if not argv else " " + " ".join(argv))
+    command = "python -m benchmarks.capture" + ("" if not argv else " " + shlex.join(argv))
     env = machine(args.device)
     load_start = loadavg()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="scalelens-bench-"))

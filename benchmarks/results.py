@@ -12,10 +12,30 @@ from typing import Any
 
 HEADER = """# Benchmark results
 
-Written by `python -m benchmarks.capture` (see `benchmarks/capture.py` for what each pipeline
-does). Every run appends one row to the summary and one section below it; older rows are kept.
-Ratios are measured within ONE process run: each pipeline runs beside the floor in the same
-round, rounds rotate the order, and a ratio is the median over rounds of the per-round ratio.
+Written by `python -m benchmarks.capture` (what each pipeline does: `benchmarks/capture.py`,
+`benchmarks/pipelines.py`). Every run appends one row to the summary table and one section at
+the end of this file; older rows are kept. Each section names the machine, the library
+versions, the scalelens commit and the exact command.
+
+How ratios are measured: everything runs in ONE process on the same model, prompts and
+batches. Pipelines run on chunks of 32 prompts in the order floor, A, B, floor, C, D, floor,
+... (rotated per chunk and round), and each run is compared with the mean of the floor runs
+just before and after it, seconds apart, so a shared machine's changing load cancels out. A
+ratio is the median over all (chunk, round) runs; `[p10, p90]` shows their spread. "x floor"
+is throughput relative to the floor (higher is better); "speed-up" is scalelens's throughput
+over that pipeline's, each normalised by its own bracketing floor runs.
+
+The floor is the bare forward pass of the decoder stack (SDPA, pre-tokenized batches, no
+hooks, no LM head: the work every capture needs). TransformerLens and nnsight run twice: as
+their users typically write them (`run_with_cache` / `trace` compute the logits too) and
+stopped before the LM head (a `StopAtLayerException` hook on `ln_final.hook_in` /
+`tracer.stop()`); "floor + LM head" shows what the logits cost.
+
+Rerun (CPU; add `--device cuda` on a GPU machine, `--model-config pythia-160m` etc. for other sizes):
+
+    python -m benchmarks.capture                      # standard: pythia-70m, 128 prompts <= 128 tokens
+    python -m benchmarks.capture --sets summary,resid --seq 1024 --n-prompts 32 --batch-size 4 --goals ""
+    python -m benchmarks.capture --quick --no-record  # smoke test, ~2 minutes
 
 {columns}
 <!-- summary rows end -->
