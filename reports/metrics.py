@@ -13,20 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ScalelensError
-
-COLUMNS = (
-    "model",
-    "size",
-    "revision",
-    "step",
-    "n_params",
-    "n_params_non_embedding",
-    "analysis",
-    "metric",
-    "layer",
-    "head",
-    "value",
-)
+from ..sweeps.metrics import COLUMNS  # the writer's column contract
 
 
 @dataclass(frozen=True, order=True)
