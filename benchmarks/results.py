@@ -111,7 +111,8 @@ def machine(device: str) -> dict[str, Any]:
             "--untracked-files=no",
         ]
     )
-    info["commit"] = head + ("+dirty" if dirty else "")
+    # a copy of the tree without .git (a remote GPU machine) passes its commit in the environment
+    info["commit"] = os.environ.get("SCALELENS_COMMIT") or (head + ("+dirty" if dirty else ""))
     return info
 
 

@@ -55,7 +55,8 @@ def build_model(size: str, device: str, dtype: torch.dtype, seed: int = 0) -> Lo
     """Random-init Pythia ``size`` with SDPA attention, eval mode, on ``device``."""
     cfg = pythia_config(size)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype)
+    with torch.device(device):  # initialise on the device: a 1.4b model's CPU init takes minutes
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype)
     model = model.to(device).eval()
     total, non_emb = count_parameters(cfg)
     d_head = cfg.hidden_size // cfg.num_attention_heads

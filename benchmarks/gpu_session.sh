@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The GPU benchmark session: every GPU figure in RESULTS.md comes from one run of this script.
+#
+#   OUT=/some/dir bash benchmarks/gpu_session.sh        (repo root, on a machine with a CUDA GPU)
+#
+# Optional: wheels in .whl/ (transformer-lens, nnsight and the packages they need that the
+# machine lacks) are installed into /tmp/site first; SCALELENS_COMMIT names the commit
+# when the tree has no .git. Each step has its own time limit, so one failing or slow step
+# leaves the others' results. Results land in $OUT: RESULTS.md (a copy of the ledger with
+# the new rows), one JSON file per step, and the log on stdout.
+set -u
+OUT=${OUT:-/tmp/scalelens-gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if [ -z "${NO_WHEELS:-}" ] && compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+# the repo root is the package: import it as scalelens without installing
+mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/scalelens && export PYTHONPATH=/tmp/pkg:${PYTHONPATH:-}
+cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+
+step() {
+  local limit=$1
+  shift
+  echo "== $(date +%T) [limit ${limit}s] $*"
+  timeout "$limit" "$@"
+  local rc=$?
+  echo "== $(date +%T) rc=$rc"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+python3 -c "import torch, transformers, h5py, transformer_lens, nnsight, scalelens; \
+print('torch', torch.__version__, 'transformers', transformers.__version__, 'tl ok, nnsight ok')"
+
+bench=(python3 -m benchmarks.capture --device cuda --results "$OUT/RESULTS.md")
+step "${T_CHECK:-100}" python3 -m benchmarks.cuda_check --json "$OUT/cuda_check.json"
+step "${T_160:-150}" "${bench[@]}" --model-config pythia-160m --json "$OUT/bench-160m.json"
+step "${T_1B4:-120}" "${bench[@]}" --model-config pythia-1.4b --repeats 2 --goals '' --json "$OUT/bench-1.4b.json"
+step "${T_TASK:-120}" python3 -m benchmarks.task_time --sizes 160m,410m,1.4b --json "$OUT/task_time.json"
+step "${T_410:-90}" "${bench[@]}" --model-config pythia-410m --repeats 2 --goals '' --json "$OUT/bench-410m.json"
