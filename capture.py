@@ -23,6 +23,7 @@ from scalelens.hooks.arch import arch_for, layer_part
 from scalelens.hooks.attention import attention_tap
 from scalelens.hooks.backends import Backend, make_backend
 from scalelens.hooks.points import CapturePoint
+from scalelens.probes.embeds import batch_inputs_embeds, check_blocks, embedding_width
 from scalelens.probes.prompts import Prompt, TokenizedPrompts, as_prompts, select_positions, tokenize
 from scalelens.probes.reduce import BatchContext, ProbeRuntime
 from scalelens.probes.spec import PositionKind, ProbeSpec, specs_to_json
@@ -158,6 +159,8 @@ class Capture:
         info = self.loaded.info
         tok = tokenize(as_prompts(prompts), self.loaded.tokenizer,
                        self.settings.max_length or info.max_position)
+        if tok.embeds:
+            self._check_embeds(tok)
         rows = {p.name: _rows_for(p, tok) for p in self.probes}
         self._runtimes = [
             ProbeRuntime(p, info.d_model, info.d_head, len(tok.lengths), tok.seq_len,
@@ -177,6 +180,13 @@ class Capture:
             writer.close()
             self._ctx = None
         return self.out
+
+    def _check_embeds(self, tok: TokenizedPrompts) -> None:
+        """Refuse embedding blocks this capture cannot feed, before any file is written."""
+        if not self._backend.accepts_embeds:
+            raise ScalelensError(f"the {self._backend.name} backend cannot feed embedding blocks "
+                                 "(inputs_embeds); use backend native")
+        check_blocks(tok, embedding_width(self.loaded.model))
 
     def _run_batches(self, writer: CaptureWriter, tok: TokenizedPrompts,
                      rows: dict[str, np.ndarray]) -> None:
@@ -205,7 +215,11 @@ class Capture:
                                  lengths=tok.lengths[start:stop].tolist())
         for rt in self._runtimes:
             rt.start()
-        self._backend.forward(ids, valid.long())
+        embeds = batch_inputs_embeds(self.loaded.model, ids, tok.embeds_between(start, stop), start)
+        if embeds is None:
+            self._backend.forward(ids, valid.long())
+        else:
+            self._backend.forward_embeds(embeds, valid.long())
         arrays: dict[str, dict[str, torch.Tensor | np.ndarray]] = {}
         for rt in self._runtimes:
             arrays[rt.spec.name] = dict(rt.finish())

@@ -72,6 +72,7 @@ class Backend:
     """Base class: a context manager whose :meth:`forward` feeds ``sink``."""
 
     name = "base"
+    accepts_embeds = False  # whether forward_embeds is implemented (embedding-block prompts)
 
     def __init__(self, model: nn.Module, tokenizer: Any, wanted: Wanted, sink: Sink) -> None:
         """Prepare to capture ``wanted`` (point, layer) pairs of ``model`` into ``sink``."""
@@ -89,11 +90,17 @@ class Backend:
         """Run one batch; call ``sink`` for every wanted point."""
         raise NotImplementedError
 
+    def forward_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Run one batch given as ``inputs_embeds`` (b, s, width) instead of token ids."""
+        raise ScalelensError(f"the {self.name} backend cannot feed embedding blocks (inputs_embeds); "
+                             "use backend native")
+
 
 class NativeBackend(Backend):
     """Plain torch forward hooks on the unmodified HF modules (the default)."""
 
     name = "native"
+    accepts_embeds = True
 
     def __enter__(self) -> NativeBackend:
         self._stack.enter_context(native.native_hooks(self.model, self.wanted, self.sink))
@@ -103,6 +110,12 @@ class NativeBackend(Backend):
         """Run the decoder stack once."""
         logits = any(p is CapturePoint.LOGITS for p, _ in self.wanted)
         native.forward(self.model, input_ids, attention_mask, logits=logits, stop_after=self.stop_after)
+
+    def forward_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Run the decoder stack once on ``inputs_embeds``."""
+        logits = any(p is CapturePoint.LOGITS for p, _ in self.wanted)
+        native.forward(self.model, None, attention_mask, logits=logits, stop_after=self.stop_after,
+                       inputs_embeds=inputs_embeds)
 
 
 def _registry() -> dict[str, type[Backend]]:

@@ -62,9 +62,12 @@ def _stop(_module: nn.Module, _args: object, _output: object) -> None:
     raise _StopForward
 
 
-def forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            logits: bool = False, stop_after: int | None = None) -> None:
+def forward(model: Any, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+            logits: bool = False, stop_after: int | None = None,
+            inputs_embeds: torch.Tensor | None = None) -> None:
     """Run the decoder stack, and the LM head only when ``logits`` are wanted.
+
+    Give either ``input_ids`` or ``inputs_embeds`` (b, s, width), not both.
 
     ``stop_after``: end the pass right after decoder layer ``stop_after`` (a forward hook
     registered after the capture hooks, so those still fire for that layer); later layers,
@@ -76,7 +79,8 @@ def forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     try:
         with torch.inference_mode():
             run = model if logits else model.base_model
-            run(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            inputs = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+            run(**inputs, attention_mask=attention_mask, use_cache=False)
     except _StopForward:
         pass
     finally:

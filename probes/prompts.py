@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -15,15 +18,76 @@ from scalelens.probes.spec import PositionKind, Positions
 DEFAULT_LABEL = "text"
 
 
-@dataclass(frozen=True)
-class Prompt:
-    """A prompt made of labelled pieces of text, e.g. (("document", ...), ("question", ...)).
+class EmbedBlock:
+    """A block of input-embedding vectors that stands in a prompt instead of tokens.
 
-    A plain prompt is a single piece labelled ``text``. Pieces are tokenised one by
-    one and concatenated, so every token carries its piece's label.
+    A pseudo-modality, like a VLM's image tokens: the capture feeds the model
+    ``inputs_embeds`` in which the block's positions hold these rows (one per
+    position) and every other position holds the embedding of its token. Rows live
+    in the space of ``model.get_input_embeddings()`` outputs, i.e. what the model
+    itself computes from token ids before the first decoder layer (Gemma's
+    embedding scaling included where the model does it in that module).
+
+    The array is copied, made read-only and kept as float32 (float64 stays float64);
+    it must be 2-D ``(n_vectors, width)`` with at least one row and finite values.
+    Two blocks are equal when their shapes, dtypes and values are equal.
     """
 
-    pieces: tuple[tuple[str, str], ...]
+    __slots__ = ("array", "_digest")
+
+    def __init__(self, vectors: Any) -> None:
+        """Wrap ``vectors`` (array-like, ``(n_vectors, width)``)."""
+        arr = np.asarray(vectors)
+        if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise ScalelensError(
+                f"an embedding block must be 2-D (n_vectors, width) with n_vectors, width >= 1, "
+                f"got shape {arr.shape}")
+        if arr.dtype.kind not in "fiu":
+            raise ScalelensError(f"an embedding block must hold numbers, got dtype {arr.dtype}")
+        arr = np.array(arr, dtype=np.float64 if arr.dtype == np.float64 else np.float32)
+        if not np.isfinite(arr).all():
+            raise ScalelensError("an embedding block holds NaN or inf values")
+        arr.flags.writeable = False
+        self.array: np.ndarray = arr
+        self._digest = hashlib.sha256(
+            f"{arr.shape}{arr.dtype}".encode() + arr.tobytes()).hexdigest()
+
+    @property
+    def n_vectors(self) -> int:
+        """Rows, i.e. sequence positions the block takes."""
+        return int(self.array.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Vector width (must equal the model's input-embedding width)."""
+        return int(self.array.shape[1])
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of shape, dtype and values."""
+        return self._digest
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EmbedBlock) and other._digest == self._digest
+
+    def __hash__(self) -> int:
+        return hash(self._digest)
+
+    def __repr__(self) -> str:
+        return f"EmbedBlock({self.n_vectors}x{self.width}, {self.array.dtype})"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt made of labelled pieces, e.g. (("document", ...), ("question", ...)).
+
+    A plain prompt is a single piece labelled ``text``. Pieces are tokenised one by
+    one and concatenated, so every token carries its piece's label. A piece may be an
+    :class:`EmbedBlock` instead of text: it takes one position per vector, labelled
+    with its piece's label (a pseudo-modality fed through ``inputs_embeds``).
+    """
+
+    pieces: tuple[tuple[str, str | EmbedBlock], ...]
 
     @classmethod
     def of(cls, text: str) -> Prompt:
@@ -32,8 +96,13 @@ class Prompt:
 
     @property
     def text(self) -> str:
-        """The whole prompt as one string."""
-        return "".join(t for _, t in self.pieces)
+        """The prompt's text pieces as one string (embedding blocks have no text)."""
+        return "".join(t for _, t in self.pieces if isinstance(t, str))
+
+    @property
+    def has_embeds(self) -> bool:
+        """Whether any piece is an embedding block."""
+        return any(isinstance(t, EmbedBlock) for _, t in self.pieces)
 
 
 def as_prompts(items: list[str] | list[Prompt]) -> list[Prompt]:
@@ -95,21 +164,34 @@ def read_prompt_file(path: str | Path) -> list[Prompt]:
     return [Prompt.of(ln) for _, ln in numbered]
 
 
+class EmbedSpan(NamedTuple):
+    """Where an embedding block sits: prompt index, first position, the block."""
+
+    prompt: int
+    start: int
+    block: EmbedBlock
+
+
 @dataclass(frozen=True)
 class TokenizedPrompts:
     """Token ids and segment codes of a prompt set, padded to a common length.
 
     Attributes:
-        ids: (prompt, seq) int32, padded with -1.
+        ids: (prompt, seq) int32, padded with -1. Positions of an embedding block
+            hold a placeholder token id (:func:`placeholder_id`); ``embeds`` says
+            which positions those are.
         segments: (prompt, seq) int16 index into ``labels``, -1 on padding.
-        lengths: (prompt,) int32 number of real tokens.
+        lengths: (prompt,) int32 number of real positions (tokens and vectors).
         labels: Segment label names.
+        embeds: Embedding blocks, ordered by prompt then position; empty for a
+            text-only prompt set.
     """
 
     ids: np.ndarray
     segments: np.ndarray
     lengths: np.ndarray
     labels: tuple[str, ...]
+    embeds: tuple[EmbedSpan, ...] = ()
 
     @property
     def seq_len(self) -> int:
@@ -122,7 +204,27 @@ class TokenizedPrompts:
         for arr in (self.ids, self.segments, self.lengths):
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update(json.dumps(self.labels).encode())
+        for span in self.embeds:  # nothing added for text-only sets: their fingerprint is unchanged
+            h.update(f"{span.prompt},{span.start},{span.block.digest};".encode())
         return h.hexdigest()
+
+    @cached_property
+    def _embed_prompts(self) -> list[int]:
+        return [span.prompt for span in self.embeds]
+
+    def embeds_between(self, start: int, stop: int) -> list[EmbedSpan]:
+        """The blocks of prompts ``start`` .. ``stop - 1`` (in prompt, then position order)."""
+        keys = self._embed_prompts
+        return list(self.embeds[bisect.bisect_left(keys, start):bisect.bisect_left(keys, stop)])
+
+
+def placeholder_id(tokenizer: Any) -> int:
+    """Token id stored at embedding-block positions: pad, else EOS, else 0."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
 
 
 def _encode_piece(tokenizer, text: str, first: bool) -> list[int]:
@@ -130,18 +232,28 @@ def _encode_piece(tokenizer, text: str, first: bool) -> list[int]:
 
 
 def tokenize(prompts: list[Prompt], tokenizer, max_length: int | None = None) -> TokenizedPrompts:
-    """Tokenise prompts piece by piece; raise if any is empty or longer than ``max_length``."""
+    """Tokenise prompts piece by piece; raise if any is empty or longer than ``max_length``.
+
+    Special tokens (e.g. BOS) are added to the first piece only when it is text; an
+    embedding block takes one placeholder position per vector (a prompt that starts
+    with a block starts with its first vector).
+    """
     if not prompts:
         raise ScalelensError("no prompts to capture")
     labels: list[str] = []
     rows: list[tuple[list[int], list[int]]] = []
+    spans: list[EmbedSpan] = []
     for n, prompt in enumerate(prompts):
         ids: list[int] = []
         seg: list[int] = []
-        for i, (label, text) in enumerate(prompt.pieces):
+        for i, (label, content) in enumerate(prompt.pieces):
             if label not in labels:
                 labels.append(label)
-            piece = _encode_piece(tokenizer, text, i == 0)
+            if isinstance(content, EmbedBlock):
+                spans.append(EmbedSpan(n, len(ids), content))
+                piece = [placeholder_id(tokenizer)] * content.n_vectors
+            else:
+                piece = _encode_piece(tokenizer, content, i == 0)
             ids += piece
             seg += [labels.index(label)] * len(piece)
         if not ids:
@@ -159,7 +271,7 @@ def tokenize(prompts: list[Prompt], tokenizer, max_length: int | None = None) ->
         ids_arr[i, : len(ids)] = ids
         seg_arr[i, : len(seg)] = seg
     lengths = np.array([len(r[0]) for r in rows], dtype=np.int32)
-    return TokenizedPrompts(ids_arr, seg_arr, lengths, tuple(labels))
+    return TokenizedPrompts(ids_arr, seg_arr, lengths, tuple(labels), tuple(spans))
 
 
 def select_positions(tok: TokenizedPrompts, positions: Positions) -> np.ndarray:
