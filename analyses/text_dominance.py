@@ -1,5 +1,9 @@
 """Text dominance of attention (Wu et al. 2025, "When Language Overrules").
 
+The keys of O may be tokens (a document) or a pseudo-modality, a block of vectors
+fed through ``inputs_embeds`` (see :mod:`scalelens.measure.dominance`); this module
+sees only the group labels, so both are measured the same way.
+
 Array contract:
     ``attn``: ``(prompt, layer, head, query, kv_seq)`` float, attention
     probabilities from the answer / generated query tokens to every key;

@@ -1,4 +1,16 @@
-"""Text dominance on a text-only model: question (T) vs document (O), with a dilution sweep."""
+"""Text dominance on a text-only model: question (T) vs document (O), with a dilution sweep.
+
+Two modalities for O (``DominanceSettings.modality``):
+
+* ``text`` (default): O is the document's tokens (haystack and needle), T the question.
+* ``embeds``: O is a pseudo-modality, the document turned into a block of soft tokens
+  fed through ``inputs_embeds`` (like a VLM's image tokens; content described in
+  :mod:`scalelens.probes.embeds`), labelled ``embeds``; T is the question, as in
+  text mode. Prompts are ``embeds | question | answer``; the block's first row is the
+  document's first token embedding, so the first-token sink is the same position and
+  vector as in text mode. Dilution multiplies the number of soft tokens: the document
+  has ``base x factor x pool`` tokens, pooled into about ``base x factor`` vectors.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +24,16 @@ from scalelens.cache.reader import CaptureFile
 from scalelens.capture import capture
 from scalelens.errors import ScalelensError
 from scalelens.measure.retrieval import RetrievalSettings, haystack_tests, needle_material
-from scalelens.probes.haystack import needle_overhead
+from scalelens.probes.embeds import SOFT_TOKENS, soft_tokens, token_embeddings
+from scalelens.probes.haystack import HaystackTest, needle_overhead
+from scalelens.probes.prompts import EmbedBlock, Prompt, tokenize
 from scalelens.probes.spec import Positions, ProbeSpec
 
+EMBEDS_LABEL = "embeds"
 TEXT = ("question",)
-OTHER = ("haystack", "needle", "needle_answer")
+DOCUMENT = ("haystack", "needle", "needle_answer")
+OTHER = (*DOCUMENT, EMBEDS_LABEL)
+MODALITIES = ("text", "embeds")
 
 
 @dataclass(frozen=True)
@@ -29,6 +46,12 @@ class DominanceSettings:
         n_prompts: Prompts per dilution level.
         first_token_sink: Exclude the first token (reported separately as the sink).
         batch_size: Prompts per forward pass.
+        modality: ``text`` (O = document tokens) or ``embeds`` (O = a soft-token
+            block fed through ``inputs_embeds``); ``base_tokens`` then counts vectors.
+        soft_tokens: ``embeds`` content: ``pooled`` document token embeddings or
+            ``random`` vectors at their norm (see :mod:`scalelens.probes.embeds`).
+        pool: Document tokens per soft token.
+        seed: Seed of ``random`` soft tokens (prompt i uses ``seed + i``).
     """
 
     base_tokens: int | None = None
@@ -36,10 +59,29 @@ class DominanceSettings:
     n_prompts: int = 8
     first_token_sink: bool = True
     batch_size: int = 4
+    modality: str = "text"
+    soft_tokens: str = "pooled"
+    pool: int = 4
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.dilutions or min(self.dilutions) < 1:
             raise ScalelensError("dilutions must be positive integers, e.g. 1,5,10")
+        if self.modality not in MODALITIES:
+            raise ScalelensError(f"unknown modality {self.modality!r}; choose from {', '.join(MODALITIES)}")
+        if self.soft_tokens not in SOFT_TOKENS:
+            raise ScalelensError(
+                f"unknown soft tokens {self.soft_tokens!r}; choose from {', '.join(SOFT_TOKENS)}")
+        if self.pool < 1:
+            raise ScalelensError(f"pool must be >= 1, got {self.pool}")
+
+    def provenance(self) -> dict[str, Any]:
+        """What O was, for the result: modality and, for ``embeds``, how the block was made."""
+        if self.modality == "text":
+            return {"modality": "text", "other_labels": list(DOCUMENT)}
+        return {"modality": "embeds", "other_labels": [EMBEDS_LABEL],
+                "embeds": {"source": "document token embeddings", "soft_tokens": self.soft_tokens,
+                           "pool": self.pool, "seed": self.seed}}
 
 
 def dominance_probe() -> ProbeSpec:
@@ -60,23 +102,49 @@ def measure_dominance(loaded: Any, s: DominanceSettings, out_dir: Path, overwrit
             f"the model's context ({loaded.info.max_position}) is too short for a x{max(s.dilutions)} "
             "dilution; use smaller --dilutions"
         )
+    embeds = s.modality == "embeds"
     results: dict[int, TextDominanceResult] = {}
     for factor in sorted(set(s.dilutions)):
-        rs = RetrievalSettings(context_lengths=(base * factor,), depths=depths, n_needles=1)
+        doc_tokens = base * factor * (s.pool if embeds else 1)
+        rs = RetrievalSettings(context_lengths=(doc_tokens,), depths=depths, n_needles=1)
         tests = haystack_tests(loaded, rs, with_answer=True)
-        path = out_dir / f"dominance_x{factor}.h5"
-        capture(loaded, [dominance_probe()], [t.prompt for t in tests], path,
+        prompts = embeds_prompts(loaded, tests, s) if embeds else [t.prompt for t in tests]
+        path = out_dir / f"dominance{'_embeds' if embeds else ''}_x{factor}.h5"
+        capture(loaded, [dominance_probe()], prompts, path,
                 batch_size=s.batch_size, overwrite=overwrite, reuse_complete=True,
-            progress=progress)
+                progress=progress)
         with CaptureFile(path) as f:
             results[factor] = dominance_from_capture(f, TEXT, OTHER, s.first_token_sink)
     first = results[min(results)].to_dict()
+    first.update(s.provenance())
     first["dilution"] = [
         {"factor": k, "other_tokens": base * k, "mdi_middle": _group(r, "middle", "mdi"),
-         "aei_text_middle": _group(r, "middle", "aei_text"), "n_other": r.n_other}
+         "aei_text_middle": _group(r, "middle", "aei_text"), "n_other": r.n_other,
+         **({"document_tokens": base * k * s.pool} if embeds else {})}
         for k, r in sorted(results.items())
     ]
     return first
+
+
+def embeds_prompt(loaded: Any, prompt: Prompt, s: DominanceSettings, index: int = 0) -> Prompt:
+    """``prompt`` with its document pieces replaced by one soft-token block labelled ``embeds``.
+
+    The document (every piece before the question) is tokenised exactly as text mode
+    tokenises it, embedded with the model's input embeddings and turned into soft
+    tokens (``s.soft_tokens``, ``s.pool``; ``random`` uses seed ``s.seed + index``).
+    """
+    cut = next((i for i, (label, _) in enumerate(prompt.pieces) if label not in DOCUMENT), 0)
+    if cut == 0:
+        raise ScalelensError("a dominance prompt must start with document pieces "
+                             f"({', '.join(DOCUMENT)})")
+    ids = tokenize([Prompt(prompt.pieces[:cut])], loaded.tokenizer).ids[0]
+    block = soft_tokens(token_embeddings(loaded.model, ids), s.soft_tokens, s.pool, s.seed + index)
+    return Prompt(((EMBEDS_LABEL, EmbedBlock(block)), *prompt.pieces[cut:]))
+
+
+def embeds_prompts(loaded: Any, tests: list[HaystackTest], s: DominanceSettings) -> list[Prompt]:
+    """:func:`embeds_prompt` of every test's prompt."""
+    return [embeds_prompt(loaded, t.prompt, s, i) for i, t in enumerate(tests)]
 
 
 def _group(result: TextDominanceResult, name: str, key: str) -> float | None:
