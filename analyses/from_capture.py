@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import replace
+from typing import Any
+
 import numpy as np
 
 from scalelens.analyses.massive import MassiveResult, ResidualSummary, massive_activations
@@ -23,8 +27,13 @@ def _need(f: CaptureFile, probe: str, analysis: str) -> None:
         )
 
 
-def needle_tests(f: CaptureFile) -> list[NeedleTest]:
-    """Teacher-forced needle tests from a retrieval capture (see measure/retrieval.py)."""
+def needle_tests(f: CaptureFile, tokenizer: Any = None) -> list[NeedleTest]:
+    """Teacher-forced needle tests from a retrieval capture (see measure/retrieval.py).
+
+    With a ``tokenizer`` each test carries its decoded answer and needle text, so
+    the ROUGE-1 gate is taken on stemmed words (:func:`with_texts`); without one,
+    on token ids.
+    """
     for probe in RETRIEVAL_PROBES:
         _need(f, probe, "retrieval_heads")
     top1 = f.read("top1_key", RETRIEVAL_PROBES[0]).data
@@ -35,14 +44,63 @@ def needle_tests(f: CaptureFile) -> list[NeedleTest]:
     tests = []
     for i in range(f.n_done):
         span = np.flatnonzero(segments[i] == code)
-        tests.append(NeedleTest(top1_key=top1[i], context=tokens[i, : lengths[i]],
-                                needle_span=(int(span[0]), int(span[-1]) + 1), answer=pred[i]))
+        test = NeedleTest(top1_key=top1[i], context=tokens[i, : lengths[i]],
+                          needle_span=(int(span[0]), int(span[-1]) + 1), answer=pred[i])
+        tests.append(test if tokenizer is None else with_texts(test, tokenizer))
     return tests
 
 
-def retrieval_from_capture(f: CaptureFile, threshold: float = 0.1, gate: float = 0.5) -> RetrievalResult:
-    """Retrieval-head scores from a teacher-forced (fast mode) capture."""
-    return retrieval_scores(needle_tests(f), threshold=threshold, gate=gate)
+def with_texts(test: NeedleTest, tokenizer: Any) -> NeedleTest:
+    """``test`` with its answer and needle answer decoded (special tokens and padding dropped)."""
+    return replace(test, answer_text=decode_ids(tokenizer, test.answer),
+                   needle_text=decode_ids(tokenizer, test.needle_tokens()))
+
+
+def decode_ids(tokenizer: Any, ids: Any) -> str:
+    """Text of token ids, without special tokens and negative (padding) ids."""
+    arr = np.asarray(ids)
+    return str(tokenizer.decode([int(i) for i in arr[arr >= 0]], skip_special_tokens=True))
+
+
+def recorded_tokenizer(model: dict[str, Any]) -> Any | None:
+    """The tokenizer of a capture's model (its ``model`` attribute), from local files only.
+
+    Returns None when the source is in memory, unreachable offline, or holds no
+    usable tokenizer.
+    """
+    source = str(model.get("source") or "")
+    if not source or source.startswith("<"):
+        return None
+    from transformers import AutoTokenizer
+
+    from scalelens.models.sources import resolve_source
+
+    try:
+        resolved = resolve_source(source, model.get("revision"), None)
+        kwargs: dict[str, Any] = {}
+        if resolved.kind == "hub":
+            kwargs = {"revision": resolved.revision, "local_files_only": True}
+        if resolved.gguf_file:
+            kwargs["gguf_file"] = resolved.gguf_file
+        tok = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
+    except Exception:  # any failure means: no tokenizer here, gate on token ids
+        return None
+    return tok if len(tok) >= int(model.get("vocab_size") or 0) // 2 else None
+
+
+def retrieval_from_capture(f: CaptureFile, threshold: float = 0.1, gate: float = 0.5,
+                           tokenizer: Any = None) -> RetrievalResult:
+    """Retrieval-head scores from a teacher-forced (fast mode) capture.
+
+    The ROUGE-1 gate is taken on stemmed words of the decoded answers, with
+    ``tokenizer`` or else the tokenizer of the recorded model source; when neither
+    is available, on token ids (with a warning; ``recall_unit`` says which).
+    """
+    tok = tokenizer if tokenizer is not None else recorded_tokenizer(f.model)
+    if tok is None:
+        warnings.warn(f"{f.path}: the model's tokenizer was not found; the ROUGE-1 gate uses token ids",
+                      stacklevel=2)
+    return retrieval_scores(needle_tests(f, tok), threshold=threshold, gate=gate)
 
 
 def massive_from_capture(f: CaptureFile, **kwargs) -> MassiveResult:

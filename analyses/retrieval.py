@@ -28,12 +28,16 @@ Per-test score of a head, ``counting``:
       in which case it can exceed 1.
 
 Gate: a test counts only when the ROUGE-1 recall of the answer against the
-needle tokens ``context[start:end]`` is > ``gate`` (0.5, strictly, as in the
-reference). :func:`rouge1_recall` is the clipped unigram-overlap recall on any
-token sequence; the reference computes it on stemmed words of the decoded
-text, which a caller can do with its own tokenizer and pass as
-``NeedleTest.recall``. :func:`rouge_words` gives the same lowercase
-alphanumeric words as ``rouge_score``'s tokenizer, without stemming.
+needle answer is > ``gate`` (0.5, strictly, as in the reference). Like the
+reference (``rouge_score``'s ``RougeScorer(["rouge1"], use_stemmer=True)``
+recall of the response against the needle), the recall is taken on stemmed
+words of the decoded text when the test carries ``answer_text`` and
+``needle_text`` (:func:`rouge1_word_recall`). Without them, or when the needle
+text holds no word ``rouge_score`` keeps (it keeps only ``[a-z0-9]``, so a
+needle in another script has none), it is the clipped unigram-overlap recall
+on the token ids of the answer and ``context[start:end]``
+(:func:`rouge1_recall`). A caller may also pass its own ``NeedleTest.recall``.
+The unit each test used is reported in ``RetrievalResult.recall_unit``.
 
 Final score of a head: the mean of its per-test scores over the tests that
 pass the gate. Retrieval heads: score > ``threshold`` (0.1).
@@ -45,6 +49,7 @@ import re
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -77,6 +82,36 @@ def rouge_words(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
 
 
+@lru_cache(maxsize=1)
+def _rouge1_scorer() -> Any:
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:
+        raise ScalelensError(
+            "word-level ROUGE-1 needs the rouge-score package; pip install rouge-score"
+        ) from None
+    return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+
+
+def rouge1_word_recall(candidate: str, reference: str) -> float:
+    """ROUGE-1 recall on stemmed words, as the reference implementation computes it.
+
+    ``rouge_score``'s ``RougeScorer(["rouge1"], use_stemmer=True)``: lowercase
+    ``[a-z0-9]`` words, Porter-stemmed ("running" and "run" match), clipped
+    unigram overlap divided by the number of reference words.
+
+    Args:
+        candidate: The generated answer text.
+        reference: The needle answer text; must hold at least one such word.
+
+    Returns:
+        Recall in [0, 1].
+    """
+    if not rouge_words(reference):
+        raise ScalelensError(f"ROUGE-1 recall needs a reference with [a-z0-9] words, got {reference!r}")
+    return float(_rouge1_scorer().score(reference, candidate)["rouge1"].recall)
+
+
 @dataclass(frozen=True, eq=False)
 class NeedleTest:
     """One needle-in-a-haystack test; see the module docstring for the contract.
@@ -86,7 +121,9 @@ class NeedleTest:
         context: ``(kv_seq,)`` int token ids indexed by key positions.
         needle_span: ``(start, end)`` of the needle answer in ``context``.
         answer: ``(query,)`` int produced token per step (negative = padding).
-        recall: ROUGE-1 recall to gate on; None computes it on token ids.
+        recall: ROUGE-1 recall to gate on; None computes it (see ``recall_unit``).
+        answer_text: The decoded answer, for the word-level gate.
+        needle_text: The decoded needle answer, for the word-level gate.
     """
 
     top1_key: Any
@@ -94,6 +131,8 @@ class NeedleTest:
     needle_span: tuple[int, int]
     answer: Any
     recall: float | None = None
+    answer_text: str | None = None
+    needle_text: str | None = None
 
     def __post_init__(self) -> None:
         top1 = as_array("top1_key", self.top1_key, 3, "iu")
@@ -112,12 +151,40 @@ class NeedleTest:
         start, end = self.needle_span
         return np.asarray(self.context)[start:end]
 
+    @property
+    def recall_unit(self) -> str:
+        """What the gate recall is computed on: ``given``, ``words`` or ``token_ids``."""
+        if self.recall is not None:
+            return "given"
+        if self.answer_text is not None and self.needle_text is not None and rouge_words(self.needle_text):
+            return "words"
+        return "token_ids"
+
     def gate_recall(self) -> float:
-        """``recall`` if given, else ROUGE-1 recall of the answer on token ids."""
+        """``recall`` if given, else ROUGE-1 recall on stemmed words or on token ids."""
         if self.recall is not None:
             return float(self.recall)
-        answer = np.asarray(self.answer)
-        return rouge1_recall(answer[answer >= 0].tolist(), self.needle_tokens().tolist())
+        return answer_recall(self.answer, self.needle_tokens(), self.answer_text, self.needle_text)
+
+
+def answer_recall(answer: Any, needle: Any, answer_text: str | None = None,
+                  needle_text: str | None = None) -> float:
+    """ROUGE-1 recall of an answer against the needle answer, as the gate takes it.
+
+    Args:
+        answer: Produced token ids (negative ids are padding and dropped).
+        needle: The needle answer's token ids.
+        answer_text: Decoded answer.
+        needle_text: Decoded needle answer.
+
+    Returns:
+        Recall on stemmed words when both texts are given and the needle text
+        holds a ``[a-z0-9]`` word, else on token ids.
+    """
+    if answer_text is not None and needle_text is not None and rouge_words(needle_text):
+        return rouge1_word_recall(answer_text, needle_text)
+    ids = np.asarray(answer)
+    return rouge1_recall(ids[ids >= 0].tolist(), np.asarray(needle).tolist())
 
 
 def copy_events(test: NeedleTest) -> np.ndarray:
@@ -178,6 +245,8 @@ class RetrievalResult:
         gate: The ROUGE-1 recall bar (strictly greater passes).
         counting: ``"positions"`` or ``"steps"``.
         note: Why scores are missing, or empty.
+        recall_unit: What the gate recall was computed on (``words``,
+            ``token_ids``, ``given``; comma-joined when tests differ).
     """
 
     scores: np.ndarray
@@ -190,6 +259,7 @@ class RetrievalResult:
     gate: float
     counting: str
     note: str
+    recall_unit: str = "token_ids"
 
     def top_heads(self, k: int) -> list[tuple[int, int]]:
         """The ``k`` highest-scoring ``(layer, head)`` pairs (ties by layer, head)."""
@@ -232,11 +302,12 @@ def retrieval_scores(
         raise ScalelensError(f"tests disagree on (layer, head): {sorted(shapes)}")
     passed = [t for t in tests if t.gate_recall() > gate]
     shape = shapes.pop()
+    unit = ",".join(sorted({t.recall_unit for t in tests}))
     if not passed:
         nan = float("nan")
         note = f"no test passed the ROUGE-1 recall gate > {gate}"
         return RetrievalResult(
-            np.full(shape, nan), threshold, [], nan, nan, len(tests), 0, gate, counting, note
+            np.full(shape, nan), threshold, [], nan, nan, len(tests), 0, gate, counting, note, unit
         )
     scores = np.mean([head_scores(t, counting) for t in passed], axis=0)
     layer, head = np.nonzero(scores > threshold)
@@ -252,4 +323,5 @@ def retrieval_scores(
         gate=gate,
         counting=counting,
         note="",
+        recall_unit=unit,
     )

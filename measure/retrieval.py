@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from scalelens.analyses.from_capture import RETRIEVAL_PROBES, retrieval_from_capture
-from scalelens.analyses.retrieval import NeedleTest, RetrievalResult, retrieval_scores, rouge1_recall
+from scalelens.analyses.from_capture import RETRIEVAL_PROBES, decode_ids, retrieval_from_capture, with_texts
+from scalelens.analyses.retrieval import NeedleTest, RetrievalResult, answer_recall, retrieval_scores
 from scalelens.cache.reader import CaptureFile
 from scalelens.capture import capture
 from scalelens.errors import ScalelensError
@@ -118,7 +118,7 @@ def fast_scores(loaded: Any, s: RetrievalSettings, out: Path, overwrite: bool = 
             overwrite=overwrite, reuse_complete=True,
             progress=progress)
     with CaptureFile(out) as f:
-        return retrieval_from_capture(f, s.threshold, s.gate), tests
+        return retrieval_from_capture(f, s.threshold, s.gate, tokenizer=loaded.tokenizer), tests
 
 
 # -- reference mode: greedy decoding token by token -------------------------------------
@@ -147,8 +147,8 @@ def _greedy_top1(loaded: Any, ids: torch.Tensor, steps: int) -> tuple[np.ndarray
     return top1, produced
 
 
-def reference_scores(loaded: Any, s: RetrievalSettings, progress: bool = True) -> RetrievalResult:
-    """The paper's procedure: greedy decoding, top-1 attention at every produced token."""
+def reference_needle_tests(loaded: Any, s: RetrievalSettings, progress: bool = False) -> list[NeedleTest]:
+    """Greedy decoding of every test: produced tokens and top-1 keys per step, decoded texts."""
     tests = haystack_tests(loaded, s, with_answer=True)
     tok = tokenize([t.prompt for t in tests], loaded.tokenizer, loaded.info.max_position)
     need, ans = tok.labels.index("needle_answer"), tok.labels.index("answer")
@@ -160,9 +160,14 @@ def reference_scores(loaded: Any, s: RetrievalSettings, progress: bool = True) -
         ids = torch.tensor(tok.ids[i, :start], dtype=torch.long, device=loaded.model.device)[None]
         top1, produced = _greedy_top1(loaded, ids, n - start)
         span = np.flatnonzero(seg == need)
-        needle_tests.append(NeedleTest(top1, tok.ids[i, :start], (int(span[0]), int(span[-1]) + 1),
-                                       np.array(produced)))
-    return retrieval_scores(needle_tests, threshold=s.threshold, gate=s.gate)
+        test = NeedleTest(top1, tok.ids[i, :start], (int(span[0]), int(span[-1]) + 1), np.array(produced))
+        needle_tests.append(with_texts(test, loaded.tokenizer))
+    return needle_tests
+
+
+def reference_scores(loaded: Any, s: RetrievalSettings, progress: bool = True) -> RetrievalResult:
+    """The paper's procedure: greedy decoding, top-1 attention at every produced token."""
+    return retrieval_scores(reference_needle_tests(loaded, s, progress), threshold=s.threshold, gate=s.gate)
 
 
 # -- masking ablation ---------------------------------------------------------------
@@ -187,7 +192,7 @@ def masked_heads(loaded: Any, heads: list[tuple[int, int]]) -> Iterator[None]:
 
 
 def needle_recall(loaded: Any, prompts: list[Prompt], heads: list[tuple[int, int]]) -> float:
-    """Mean ROUGE-1 recall (token ids) of greedy answers with ``heads`` masked."""
+    """Mean ROUGE-1 recall (stemmed words, as the gate) of greedy answers with ``heads`` masked."""
     tok = tokenize(prompts, loaded.tokenizer, loaded.info.max_position)
     need, ans = tok.labels.index("needle_answer"), tok.labels.index("answer")
     recalls = []
@@ -198,8 +203,10 @@ def needle_recall(loaded: Any, prompts: list[Prompt], heads: list[tuple[int, int
             ids = torch.tensor(tok.ids[i, :start], dtype=torch.long, device=loaded.model.device)[None]
             out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                         max_new_tokens=int(n - start), pad_token_id=_pad(loaded))
-            produced = out[0, start:].tolist()
-            recalls.append(rouge1_recall(produced, tok.ids[i, :n][seg == need].tolist()))
+            produced = out[0, start:].cpu().numpy()
+            needle = tok.ids[i, :n][seg == need]
+            recalls.append(answer_recall(produced, needle, decode_ids(loaded.tokenizer, produced),
+                                         decode_ids(loaded.tokenizer, needle)))
     return float(np.mean(recalls))
 
 

@@ -5,10 +5,12 @@ import pytest
 
 from scalelens.analyses.retrieval import (
     NeedleTest,
+    answer_recall,
     copy_events,
     head_scores,
     retrieval_scores,
     rouge1_recall,
+    rouge1_word_recall,
     rouge_words,
 )
 from scalelens.errors import ScalelensError
@@ -156,3 +158,32 @@ def test_bad_inputs():
         retrieval_scores([a, b])
     with pytest.raises(ScalelensError):
         head_scores(a, "tokens")  # type: ignore[arg-type]
+
+
+def test_word_level_rouge_stems_like_the_reference():
+    assert rouge1_word_recall("run", "running") == 1.0
+    assert rouge1_word_recall("They eat sandwiches.", "eat a sandwich") == pytest.approx(2 / 3)
+    assert rouge1_word_recall("", "eat") == 0.0
+    with pytest.raises(ScalelensError):
+        rouge1_word_recall("x", "?!")
+
+
+def test_gate_takes_word_recall_where_token_ids_disagree():
+    # The answer's ids share nothing with the needle's, but its words do after stemming.
+    top1 = _copying_top1(2, [])
+    words = _test([150, 151], top1, answer_text="run shoe", needle_text="running shoes")
+    ids_only = _test([150, 151], top1)
+    assert words.recall_unit == "words" and words.gate_recall() == 1.0
+    assert ids_only.recall_unit == "token_ids" and ids_only.gate_recall() == 0.0
+    assert answer_recall([150, 151], [7, 8], "run shoe", "running shoes") == 1.0
+    res = retrieval_scores([words])
+    assert (res.n_tests_passed, res.recall_unit) == (1, "words")
+    res = retrieval_scores([ids_only])
+    assert (res.n_tests_passed, res.recall_unit) == (0, "token_ids")
+    assert retrieval_scores([words, ids_only]).recall_unit == "token_ids,words"
+    assert retrieval_scores([_test([7], top1[:, :, :1], recall=0.9)]).recall_unit == "given"
+
+
+def test_needle_text_without_latin_words_falls_back_to_token_ids():
+    t = _test([7, 8, 9, 8, 11, 12], _copying_top1(6, []), answer_text="東京", needle_text="東京")
+    assert t.recall_unit == "token_ids" and t.gate_recall() == 1.0
