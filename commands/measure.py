@@ -36,6 +36,11 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threshold", type=float, default=0.1, help="retrieval-head score bar")
     g.add_argument("--gate", type=float, default=0.5, help="ROUGE-1 recall a test must exceed")
     g.add_argument("--ablation-k", type=int, default=5, help="heads masked in the ablation (0: skip)")
+    g.add_argument("--prompt-format", choices=("auto", "base", "chat"), default="auto",
+                   help="needle prompts as plain text (base) or through the tokenizer's chat template "
+                        "(chat); auto: chat when the tokenizer has a chat template")
+    g.add_argument("--answer-prefix", default="Answer:",
+                   help="text the assistant's turn starts with in the chat format ('' for none)")
     g = p.add_argument_group("massive activations")
     g.add_argument("--text", help="text file for the probe sequences")
     g.add_argument("--n-sequences", type=int, default=10)
@@ -60,7 +65,8 @@ def settings_from_args(args: argparse.Namespace):
     retrieval = RetrievalSettings(
         mode=args.retrieval_mode, needles=args.needles, haystack=args.haystack,
         context_lengths=args.context_lengths, depths=args.depths or DEPTHS, n_needles=args.n_needles,
-        threshold=args.threshold, gate=args.gate, ablation_k=args.ablation_k, batch_size=args.batch_size)
+        threshold=args.threshold, gate=args.gate, ablation_k=args.ablation_k, batch_size=args.batch_size,
+        prompt_format=args.prompt_format, answer_prefix=args.answer_prefix)
     massive = MassiveSettings(n_sequences=args.n_sequences, length=args.seq_length, text=args.text,
                               ratio_threshold=args.ratio_threshold, batch_size=args.batch_size)
     dominance = DominanceSettings(dilutions=args.dilutions, n_prompts=args.dominance_prompts,

@@ -22,15 +22,18 @@ from scalelens.hooks.arch import layer_part
 from scalelens.hooks.attention import attention_rows, attention_tap
 from scalelens.measure.text import suite_corpus
 from scalelens.probes.haystack import (
+    ANSWER_PREFIX,
     DEPTHS,
     ENGLISH_HAYSTACK,
     ENGLISH_NEEDLES,
+    PROMPT_FORMATS,
     HaystackTest,
     Needle,
     build_tests,
     default_context_lengths,
     needle_overhead,
     read_needles,
+    resolve_prompt_format,
     split_sentences,
     synthetic_material,
 )
@@ -55,6 +58,9 @@ class RetrievalSettings:
         ablation_tests: Tests (spread over lengths and depths) decoded in each ablation arm.
         seed: Seed of the random heads in the ablation.
         batch_size: Prompts per forward pass in fast mode.
+        prompt_format: ``auto`` (chat when the tokenizer has a chat template),
+            ``base`` (plain text) or ``chat`` (the tokenizer's chat template).
+        answer_prefix: Text the assistant's turn starts with in the chat format.
     """
 
     mode: str = "fast"
@@ -70,10 +76,15 @@ class RetrievalSettings:
     seed: int = 0
     batch_size: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
+    prompt_format: str = "auto"
+    answer_prefix: str = ANSWER_PREFIX
 
     def __post_init__(self) -> None:
         if self.mode not in ("fast", "reference"):
             raise ScalelensError(f"retrieval mode must be fast or reference, got {self.mode!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ScalelensError(f"prompt format must be one of {', '.join(PROMPT_FORMATS)}, "
+                                 f"got {self.prompt_format!r}")
 
 
 def needle_material(loaded: Any, s: RetrievalSettings) -> tuple[list[Needle], list[str]]:
@@ -98,9 +109,11 @@ def needle_material(loaded: Any, s: RetrievalSettings) -> tuple[list[Needle], li
 def haystack_tests(loaded: Any, s: RetrievalSettings, with_answer: bool) -> list[HaystackTest]:
     """Build the needle tests for ``loaded`` under settings ``s``."""
     needles, hay = needle_material(loaded, s)
-    reserve = needle_overhead(needles, loaded.tokenizer)
+    fmt = resolve_prompt_format(loaded.tokenizer, s.prompt_format)
+    reserve = needle_overhead(needles, loaded.tokenizer, fmt, s.answer_prefix)
     lengths = list(s.context_lengths or default_context_lengths(loaded.info.max_position, reserve))
-    return build_tests(needles, hay, loaded.tokenizer, lengths, s.depths, with_answer=with_answer)
+    return build_tests(needles, hay, loaded.tokenizer, lengths, s.depths, with_answer=with_answer,
+                       prompt_format=fmt, answer_prefix=s.answer_prefix)
 
 
 def retrieval_probes() -> list[ProbeSpec]:

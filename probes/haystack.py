@@ -2,10 +2,19 @@
 
 A test is a haystack of whole sentences with a needle sentence inserted at a
 sentence boundary at a given depth, followed by a question; the needle's answer
-is the piece the model must produce. Prompts are labelled pieces::
+is the piece the model must produce. Prompts are labelled pieces; the ``base``
+format (a base model's plain text) is::
 
     haystack | needle | needle_answer | needle | haystack | question | answer
 
+and the ``chat`` format (instruct models) puts everything up to the question in
+one user message of the tokenizer's chat template, with the generation prompt,
+and starts the assistant's turn with an answer prefix (``Answer:``)::
+
+    template | haystack | ... | question | template | answer_prefix | answer
+
+``template`` is the chat template's own text around the message (everything
+before it, and everything after it through the generation prompt).
 ``needle_answer`` is the part of the needle sentence the answer repeats: its token
 span is the needle span of the retrieval score.
 The ``answer`` piece is present for teacher-forced (fast) scoring and left out
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +34,10 @@ from scalelens.errors import ScalelensError
 from scalelens.probes.prompts import Prompt
 
 DEPTHS = tuple(round(0.1 * i, 1) for i in range(10))
+PROMPT_FORMATS = ("auto", "base", "chat")
+ANSWER_PREFIX = "Answer:"
+TEMPLATE = "template"  # segment label of the chat template's own text
+_SENTINEL = "\x00scalelens user message\x00"
 
 
 @dataclass(frozen=True)
@@ -154,9 +168,74 @@ def _fill(sentences: list[str], tokenizer: Any, budget: int) -> list[tuple[str, 
     return out
 
 
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether the tokenizer carries a chat template (an instruct / chat model)."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def resolve_prompt_format(tokenizer: Any, prompt_format: str) -> str:
+    """``base`` or ``chat``; ``auto`` is ``chat`` exactly when the tokenizer has a chat template."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ScalelensError(
+            f"prompt format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
+    if prompt_format == "auto":
+        return "chat" if has_chat_template(tokenizer) else "base"
+    if prompt_format == "chat" and not has_chat_template(tokenizer):
+        raise ScalelensError("prompt format chat needs a tokenizer with a chat template; use base")
+    return prompt_format
+
+
+@dataclass(frozen=True)
+class ChatFrame:
+    """The chat template's text around one user message.
+
+    Attributes:
+        rendered_prefix: Template text before the message, as rendered.
+        prefix: ``rendered_prefix`` without a leading BOS text when the tokenizer
+            adds BOS itself (so the prompt holds one BOS, as the template means).
+        suffix: Template text after the message, through the generation prompt.
+    """
+
+    rendered_prefix: str
+    prefix: str
+    suffix: str
+
+
+def render_chat(tokenizer: Any, message: str) -> str:
+    """One user message through the chat template, with the generation prompt."""
+    from jinja2 import TemplateError
+
+    try:
+        out = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                            add_generation_prompt=True)
+    except (TemplateError, ValueError, TypeError) as exc:
+        raise ScalelensError(f"the tokenizer's chat template failed on a user message ({exc}); "
+                             "use prompt format base") from None
+    return str(out)
+
+
+def chat_frame(tokenizer: Any) -> ChatFrame:
+    """Split the chat template around a single user message."""
+    rendered = render_chat(tokenizer, _SENTINEL)
+    if rendered.count(_SENTINEL) != 1:
+        raise ScalelensError(
+            "the chat template does not render the user message once; use prompt format base")
+    prefix, _, suffix = rendered.partition(_SENTINEL)
+    return ChatFrame(prefix, _strip_added_bos(tokenizer, prefix), suffix)
+
+
+def _strip_added_bos(tokenizer: Any, prefix: str) -> str:
+    bos = getattr(tokenizer, "bos_token", None)
+    if not bos or not prefix.startswith(bos):
+        return prefix
+    added = list(tokenizer("", add_special_tokens=True)["input_ids"])
+    return prefix[len(bos):] if added[:1] == [tokenizer.bos_token_id] else prefix
+
+
 def build_tests(needles: list[Needle], haystack: list[str], tokenizer: Any,
                 context_lengths: list[int], depths: tuple[float, ...] = DEPTHS,
-                with_answer: bool = True) -> list[HaystackTest]:
+                with_answer: bool = True, prompt_format: str = "auto",
+                answer_prefix: str = ANSWER_PREFIX) -> list[HaystackTest]:
     """Build every (needle, context length, depth) test.
 
     Args:
@@ -166,21 +245,66 @@ def build_tests(needles: list[Needle], haystack: list[str], tokenizer: Any,
         context_lengths: Haystack sizes in tokens.
         depths: Needle depths in [0, 1] (0 = start, 1 = end of the haystack).
         with_answer: Append the answer piece (teacher forcing).
+        prompt_format: ``base``, ``chat`` or ``auto`` (:func:`resolve_prompt_format`).
+        answer_prefix: Text the assistant's turn starts with (chat format only;
+            "" for none).
     """
     if not haystack:
         raise ScalelensError("the haystack has no sentences")
     if any(not 0 <= d <= 1 for d in depths):
         raise ScalelensError(f"depths must lie in [0, 1], got {list(depths)}")
+    chat = resolve_prompt_format(tokenizer, prompt_format) == "chat"
+    frame = chat_frame(tokenizer) if chat else None
     tests = []
     for length in context_lengths:
         filled = _fill(haystack, tokenizer, length)
         for needle in needles:
             for depth in depths:
-                tests.append(HaystackTest(needle, length, depth, _prompt(filled, needle, depth, with_answer)))
+                pieces = _content(filled, needle, depth)
+                if frame is not None:
+                    pieces = _chat_pieces(pieces, frame, tokenizer, answer_prefix)
+                if with_answer:
+                    pieces.append(("answer", _answer_text(needle, chat, answer_prefix)))
+                tests.append(HaystackTest(needle, length, depth, Prompt(tuple(pieces))))
     return tests
 
 
-def _prompt(filled: list[tuple[str, int]], needle: Needle, depth: float, with_answer: bool) -> Prompt:
+def _answer_text(needle: Needle, chat: bool, answer_prefix: str) -> str:
+    """The answer piece: after a space, unless it opens the assistant's turn."""
+    bare = chat and (not answer_prefix or answer_prefix[-1].isspace())
+    return ("" if bare else " ") + needle.answer.strip()
+
+
+def _chat_pieces(content: list[tuple[str, str]], frame: ChatFrame, tokenizer: Any,
+                 answer_prefix: str) -> list[tuple[str, str]]:
+    """Wrap the user message's pieces in the template (checked against a full render)."""
+    message = "".join(text for _, text in content)
+    if render_chat(tokenizer, message) != frame.rendered_prefix + message + frame.suffix:
+        raise ScalelensError("the chat template changes the user message's text, so its needle span "
+                             "cannot be located; use prompt format base")
+    pieces = [(TEMPLATE, frame.prefix)] if frame.prefix else []
+    pieces += content
+    if frame.suffix:
+        pieces.append((TEMPLATE, frame.suffix))
+    if answer_prefix:
+        pieces.append(("answer_prefix", answer_prefix))
+    return pieces
+
+
+def split_needle(needle: Needle) -> tuple[str, str, str]:
+    """``(before, answer, after)``: the needle sentence around its answer.
+
+    The answer is found as whole words where it occurs so (``"7"`` in
+    ``"code 17 is 7"`` is the last one), else at its first occurrence.
+    """
+    answer = needle.answer.strip()
+    found = re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", needle.needle)
+    start = found.start() if found else needle.needle.index(answer)
+    return needle.needle[:start], answer, needle.needle[start + len(answer):]
+
+
+def _content(filled: list[tuple[str, int]], needle: Needle, depth: float) -> list[tuple[str, str]]:
+    """Haystack with the needle at ``depth``, then the question (no answer)."""
     total = sum(n for _, n in filled)
     cut, acc = len(filled), 0
     for i, (_, n) in enumerate(filled):  # sentence boundary nearest depth * total
@@ -191,28 +315,35 @@ def _prompt(filled: list[tuple[str, int]], needle: Needle, depth: float, with_an
     before = "\n".join(s for s, _ in filled[:cut])
     after = "\n".join(s for s, _ in filled[cut:])
     pieces = [("haystack", before)] if before else []
-    head, _, tail = needle.needle.partition(needle.answer.strip())
+    head, answer, tail = split_needle(needle)
     head = ("\n" if before else "") + head
     if head.strip():
         pieces.append(("needle", head.rstrip()))
-    pieces.append(("needle_answer", (" " if head.strip() else "") + needle.answer.strip()))
+    pieces.append(("needle_answer", (" " if head.strip() else "") + answer))
     if tail.strip():
         pieces.append(("needle", tail))
     if after:
         pieces.append(("haystack", "\n" + after))
     pieces.append(("question", "\n" + needle.question))
-    if with_answer:
-        pieces.append(("answer", " " + needle.answer.strip()))
-    return Prompt(tuple(pieces))
+    return pieces
 
 
-def needle_overhead(needles: list[Needle], tokenizer: Any) -> int:
-    """Tokens a test adds to its haystack: needle, question and answer (largest needle)."""
+def needle_overhead(needles: list[Needle], tokenizer: Any, prompt_format: str = "auto",
+                    answer_prefix: str = ANSWER_PREFIX) -> int:
+    """Tokens a test adds to its haystack (largest needle).
+
+    Needle, question and answer; in the chat format also the template's text and
+    the answer prefix.
+    """
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    return max(count("\n" + n.needle) + count("\n" + n.question) + count(" " + n.answer) + 4
-               for n in needles)
+    extra = 0
+    if resolve_prompt_format(tokenizer, prompt_format) == "chat":
+        frame = chat_frame(tokenizer)
+        extra = count(frame.prefix) + count(frame.suffix) + count(answer_prefix)
+    return extra + max(count("\n" + n.needle) + count("\n" + n.question) + count(" " + n.answer) + 4
+                       for n in needles)
 
 
 def default_context_lengths(max_position: int, reserve: int = 64, n: int = 3) -> list[int]:
