@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from scalelens.analyses._common import as_array, jsonable
 from scalelens.errors import ScalelensError
@@ -119,49 +120,62 @@ def _block_rows(m: int, block_rows: int | None) -> int:
     return max(1, _BLOCK_BYTES // (8 * m))
 
 
-def _normalised_block(block: np.ndarray, shift: np.ndarray | None) -> tuple[np.ndarray, int]:
+def _normalised_block(block: torch.Tensor, shift: torch.Tensor | None) -> tuple[torch.Tensor, int]:
     """Float64 unit rows of ``block - shift`` (zero rows dropped) and the zero count."""
-    x = block.astype(np.float64, copy=True)
+    x = block.to(torch.float64)
     if shift is not None:
-        x -= shift
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    if not np.isfinite(norms).all():
+        x = x - shift
+    norms = torch.linalg.vector_norm(x, dim=1)
+    if not bool(torch.isfinite(norms).all()):
         raise ScalelensError("W contains NaN or inf; check the checkpoint or the dtype cast")
     nonzero = norms > 0
     return x[nonzero] / norms[nonzero, None], int((~nonzero).sum())
 
 
-def _gram_overlap(w: np.ndarray, shift: np.ndarray | None, block_rows: int) -> tuple[float, int]:
+def _gram(unit: torch.Tensor) -> torch.Tensor:
+    """``unit.T @ unit``; numpy's BLAS on the CPU (faster than torch's float64 GEMM there)."""
+    if unit.device.type == "cpu":
+        x = unit.numpy()
+        return torch.from_numpy(x.T @ x)
+    return unit.T @ unit
+
+
+def _gram_overlap(w: torch.Tensor, shift: torch.Tensor | None, block_rows: int) -> tuple[float, int]:
     """Mean squared overlap via the ``m x m`` Gram matrix, and the zero-row count."""
     m = w.shape[1]
-    gram = np.zeros((m, m), dtype=np.float64)
-    diag4 = 0.0
+    gram = torch.zeros((m, m), dtype=torch.float64, device=w.device)
+    diag4 = torch.zeros((), dtype=torch.float64, device=w.device)
     n_nonzero = 0
     n_zero = 0
     for start in range(0, w.shape[0], block_rows):
         unit, zeros = _normalised_block(w[start : start + block_rows], shift)
-        gram += unit.T @ unit
-        sq = np.einsum("ij,ij->i", unit, unit)
-        diag4 += float(np.dot(sq, sq))
+        gram += _gram(unit)
+        diag4 += (unit * unit).sum(1).square().sum()
         n_nonzero += unit.shape[0]
         n_zero += zeros
     if n_nonzero < 2:
         return float("nan"), n_zero
-    off_diag = float(np.einsum("ij,ij->", gram, gram)) - diag4
+    off_diag = float(gram.square().sum() - diag4)
     return max(off_diag, 0.0) / (n_nonzero * (n_nonzero - 1)), n_zero
 
 
-def _check_w(w: Any) -> np.ndarray:
-    arr = as_array("W", w, 2, "f")
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ScalelensError(f"W must have at least one row and one column, got {arr.shape}")
-    return arr  # NaN / inf are caught block by block in _normalised_block
+def _check_w(w: Any, device: str | torch.device | None = None) -> torch.Tensor:
+    """``w`` as a tensor on ``device`` (a tensor's own device by default; no copy if it is there)."""
+    if isinstance(w, torch.Tensor):
+        t = w.detach()
+        if t.ndim != 2 or not t.is_floating_point():
+            raise ScalelensError(f"W must be a 2-D float matrix, got shape {tuple(t.shape)} {t.dtype}")
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(as_array("W", w, 2, "f")))
+    if t.shape[0] < 1 or t.shape[1] < 1:
+        raise ScalelensError(f"W must have at least one row and one column, got {tuple(t.shape)}")
+    return t if device is None else t.to(device)  # NaN / inf are caught in _normalised_block
 
 
-def _mean_row(w: np.ndarray, block_rows: int) -> np.ndarray:
-    total = np.zeros(w.shape[1], dtype=np.float64)
+def _mean_row(w: torch.Tensor, block_rows: int) -> torch.Tensor:
+    total = torch.zeros(w.shape[1], dtype=torch.float64, device=w.device)
     for start in range(0, w.shape[0], block_rows):
-        total += w[start : start + block_rows].sum(axis=0, dtype=np.float64)
+        total += w[start : start + block_rows].to(torch.float64).sum(0)
     return total / w.shape[0]
 
 
@@ -198,13 +212,17 @@ def sq_overlaps_reference(w: Any, *, centered: bool = False) -> np.ndarray:
         1-D float64 array of the ``n'(n'-1)/2`` squared overlaps between the
         ``n'`` non-zero rows.
     """
-    arr = _check_w(w)
+    arr = _check_w(w, "cpu").numpy().astype(np.float64)
     if arr.shape[0] > _REFERENCE_MAX_ROWS:
         raise ScalelensError(
             f"reference overlap is O(n^2); n={arr.shape[0]} > {_REFERENCE_MAX_ROWS}, use mean_sq_overlap"
         )
-    shift = arr.astype(np.float64).mean(axis=0) if centered else None
-    unit, _ = _normalised_block(arr, shift)
+    if centered:
+        arr = arr - arr.mean(axis=0)
+    norms = np.sqrt(np.einsum("ij,ij->i", arr, arr))
+    if not np.isfinite(norms).all():
+        raise ScalelensError("W contains NaN or inf; check the checkpoint or the dtype cast")
+    unit = arr[norms > 0] / norms[norms > 0, None]
     cos = unit @ unit.T
     upper = np.triu_indices(unit.shape[0], k=1)
     return np.asarray(cos[upper] ** 2)
@@ -226,31 +244,34 @@ def sample_sq_overlaps(w: Any, n_pairs: int, *, seed: int = 0) -> np.ndarray:
     """
     arr = _check_w(w)
     norms = _row_norms(arr, _block_rows(arr.shape[1], None))
-    return _sample_pairs(arr, np.flatnonzero(norms > 0), n_pairs, seed)
+    return _sample_pairs(arr, norms, n_pairs, seed)
 
 
-def _sample_pairs(arr: np.ndarray, rows: np.ndarray, n_pairs: int, seed: int) -> np.ndarray:
+def _sample_pairs(arr: torch.Tensor, norms: np.ndarray, n_pairs: int, seed: int) -> np.ndarray:
+    """Squared overlaps of seeded random pairs of distinct non-zero rows (indices drawn by numpy)."""
+    rows = np.flatnonzero(norms > 0)
     if rows.size < 2 or n_pairs < 1:
         return np.zeros(0)
     rng = np.random.default_rng(seed)
     first = rng.integers(rows.size, size=n_pairs)
     second = rng.integers(rows.size - 1, size=n_pairs)
     second += second >= first
+    i_all, j_all = rows[first], rows[second]
     out = np.empty(n_pairs)
     chunk = max(1, _BLOCK_BYTES // (16 * arr.shape[1]))
     for start in range(0, n_pairs, chunk):
-        a, _ = _normalised_block(arr[rows[first[start : start + chunk]]], None)
-        b, _ = _normalised_block(arr[rows[second[start : start + chunk]]], None)
-        out[start : start + chunk] = np.einsum("ij,ij->i", a, b) ** 2
+        i, j = i_all[start : start + chunk], j_all[start : start + chunk]
+        a = arr[torch.from_numpy(i).to(arr.device)].to(torch.float64)
+        b = arr[torch.from_numpy(j).to(arr.device)].to(torch.float64)
+        dots = (a * b).sum(1).cpu().numpy()
+        out[start : start + chunk] = (dots / (norms[i] * norms[j])) ** 2
     return out
 
 
-def _row_norms(w: np.ndarray, block_rows: int) -> np.ndarray:
-    parts = []
-    for start in range(0, w.shape[0], block_rows):
-        x = w[start : start + block_rows].astype(np.float64)
-        parts.append(np.sqrt(np.einsum("ij,ij->i", x, x)))
-    norms = np.concatenate(parts)
+def _row_norms(w: torch.Tensor, block_rows: int) -> np.ndarray:
+    parts = [torch.linalg.vector_norm(w[a : a + block_rows].to(torch.float64), dim=1)
+             for a in range(0, w.shape[0], block_rows)]
+    norms = torch.cat(parts).cpu().numpy()
     if not np.isfinite(norms).all():
         raise ScalelensError("W contains NaN or inf; check the checkpoint or the dtype cast")
     return norms
@@ -273,17 +294,22 @@ def superposition(
     n_pair_samples: int = 100_000,
     seed: int = 0,
     block_rows: int | None = None,
+    device: str | torch.device | None = None,
 ) -> SuperpositionResult:
     """Compute the superposition measures of an unembedding matrix.
 
+    The O(n m^2) work runs in float64 torch on ``device``: a tensor's own device by
+    default (a model's weight on the GPU is measured there), the CPU for numpy input.
+
     Args:
-        w: ``(vocab, d_model)`` float matrix (``n`` rows, width ``m``).
+        w: ``(vocab, d_model)`` float matrix (``n`` rows, width ``m``): numpy or torch.
         centered: Also compute the overlap after removing the mean row (a
             second pass over ``W`` of the same cost).
         n_pair_samples: Random pairs used to estimate the variance of the
             squared overlap (0 skips the estimate).
         seed: Seed for the pair sampling.
         block_rows: Rows per float64 block; default keeps blocks at 64 MiB.
+        device: Where to compute (default: see above).
 
     Returns:
         A :class:`SuperpositionResult`.
@@ -291,7 +317,7 @@ def superposition(
     Raises:
         ScalelensError: If ``W`` is not a finite 2-D float matrix.
     """
-    arr = _check_w(w)
+    arr = _check_w(w, device)
     n, m = arr.shape
     rows = _block_rows(m, block_rows)
     norms = _row_norms(arr, rows)
@@ -300,7 +326,7 @@ def superposition(
     n_zero_c: int | None = None
     if centered:
         mean_c, n_zero_c = _gram_overlap(arr, _mean_row(arr, rows), rows)
-    samples = _sample_pairs(arr, np.flatnonzero(norms > 0), n_pair_samples, seed)
+    samples = _sample_pairs(arr, norms, n_pair_samples, seed)
     inv_m, random_var = random_overlap_moments(m)
     return SuperpositionResult(
         n=n,
