@@ -6,7 +6,6 @@ run.feed(["The quick brown fox", "jumps over the lazy dog"])
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from scalelens.cache.staging import PinnedPool
 from scalelens.cache.writer import BackgroundWriter, Batch, CaptureWriter, FileIdentity
 from scalelens.errors import ScalelensError
 from scalelens.hooks.arch import arch_for, layer_part
@@ -240,30 +240,19 @@ class _HostStaging:
     """Turns a batch's device buffers into host arrays for the writer thread.
 
     On the CPU the buffers are the batch's own fresh tensors, handed over as numpy views.
-    On CUDA each buffer is copied into a reusable pinned host buffer on a side stream
-    (non-blocking, ordered after the batch's compute), so the host goes straight on to
-    queue the next batch; the writer thread waits on the copy's event before writing and
-    returns the pinned buffers to the pool afterwards. No host sync in the compute loop.
+    On CUDA each buffer is copied into a reusable pinned host buffer (from a
+    :class:`~scalelens.cache.staging.PinnedPool`, reused across the batches' varying
+    widths) on a side stream (non-blocking, ordered after the batch's compute), so the
+    host goes straight on to queue the next batch; the writer thread waits on the copy's
+    event before writing and returns the pinned buffers to the pool afterwards. No host
+    sync in the compute loop.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
-        self._free: dict[tuple[tuple[int, ...], torch.dtype], list[torch.Tensor]] = {}
-        self._lock = threading.Lock()
+        self._pool = PinnedPool()
         self._stream = torch.cuda.Stream(device) if self.cuda else None
-
-    def _take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        with self._lock:
-            free = self._free.get((shape, dtype))
-            if free:
-                return free.pop()
-        return torch.empty(shape, dtype=dtype, pin_memory=True)
-
-    def _give(self, buffers: list[torch.Tensor]) -> None:
-        with self._lock:
-            for buf in buffers:
-                self._free.setdefault((tuple(buf.shape), buf.dtype), []).append(buf)
 
     def to_host(self, batch: dict[str, dict[str, torch.Tensor | np.ndarray]]
                 ) -> tuple[Batch, Callable[[], None] | None, Callable[[], None] | None]:
@@ -282,14 +271,14 @@ class _HostStaging:
                     if isinstance(v, np.ndarray):
                         out[probe][name] = v
                         continue
-                    buf = self._take(tuple(v.shape), v.dtype)
-                    buf.copy_(v, non_blocking=True)
+                    view, flat = self._pool.take(tuple(v.shape), v.dtype)
+                    view.copy_(v, non_blocking=True)
                     v.record_stream(stream)  # keep the device buffer until the copy is done
-                    used.append(buf)
-                    out[probe][name] = buf.numpy()
+                    used.append(flat)
+                    out[probe][name] = view.numpy()
             event = torch.cuda.Event()
             event.record(stream)
-        return out, event.synchronize, lambda: self._give(used)
+        return out, event.synchronize, lambda: self._pool.give(used)
 
 
 def _pad_id(tokenizer: Any) -> int:

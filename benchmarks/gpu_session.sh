@@ -34,8 +34,12 @@ python3 -c "import torch, transformers, h5py, transformer_lens, nnsight, scalele
 print('torch', torch.__version__, 'transformers', transformers.__version__, 'tl ok, nnsight ok')"
 
 bench=(python3 -m benchmarks.capture --device cuda --results "$OUT/RESULTS.md")
-step "${T_CHECK:-100}" python3 -m benchmarks.cuda_check --json "$OUT/cuda_check.json"
-step "${T_160:-150}" "${bench[@]}" --model-config pythia-160m --json "$OUT/bench-160m.json"
-step "${T_1B4:-120}" "${bench[@]}" --model-config pythia-1.4b --repeats 2 --goals '' --json "$OUT/bench-1.4b.json"
-step "${T_TASK:-120}" python3 -m benchmarks.task_time --sizes 160m,410m,1.4b --json "$OUT/task_time.json"
-step "${T_410:-90}" "${bench[@]}" --model-config pythia-410m --repeats 2 --goals '' --json "$OUT/bench-410m.json"
+# 2026-11-28 on an H200 the harness needed ~60 s of set-up per model plus ~20 s per round at
+# 160m; these limits fit one 10-minute call.
+step "${T_CHECK:-60}" python3 -m benchmarks.cuda_check --json "$OUT/cuda_check.json"
+step "${T_TASK:-90}" python3 -m benchmarks.task_time --sizes 160m,410m,1.4b --json "$OUT/task_time.json"
+step "${T_160:-200}" "${bench[@]}" --model-config pythia-160m --repeats 2 --json "$OUT/bench-160m.json"
+step "${T_1B4:-150}" "${bench[@]}" --model-config pythia-1.4b --repeats 1 --goals '' --json "$OUT/bench-1.4b.json"
+# a GPU-sized workload: longer prompts, bigger batches (launch overhead matters less)
+step "${T_BIG:-100}" "${bench[@]}" --model-config pythia-1.4b --seq 512 --batch-size 32 --n-prompts 128 \
+  --sets resid,summary --repeats 1 --goals '' --json "$OUT/bench-1.4b-512.json"

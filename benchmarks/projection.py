@@ -31,6 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from scalelens.models.params import count_parameters
 from scalelens.models.pythia import pythia_config
 
@@ -160,3 +162,93 @@ def markdown(result: dict[str, Any], device_note: str) -> str:
     ray = ", ".join(f"{n} workers: {h:.1f} h" for n, h in result["ray_hours"].items())
     lines.append(f"On N Ray workers (one H100 each; 1,232 independent tasks, makespan ~ total / N): {ray}.")
     return "\n".join(lines)
+
+
+# -- projection from measured per-task times (benchmarks/task_time.py) ----------------------
+STAGES = ("retrieval_heads", "massive_activations", "superposition", "text_dominance")
+
+
+def fit_power(sizes: list[str], seconds: list[float]) -> tuple[float, float]:
+    """``(a, b)`` of ``seconds ~ a * N^b`` over non-embedding parameter counts (log-log least squares)."""
+    x = np.log([Shape.of(s).non_embedding for s in sizes])
+    b, log_a = np.polyfit(x, np.log(seconds), 1)
+    return float(np.exp(log_a)), float(b)
+
+
+def measured_sweep(task_times: dict[str, Any], workers: tuple[int, ...] = (1, 8, 32, 64)) -> dict[str, Any]:
+    """Sweep hours from measured per-task stage times, extrapolated to unmeasured sizes.
+
+    ``task_times`` is the JSON of ``benchmarks.task_time`` (``sizes`` -> stage -> seconds).
+    Below the largest measured size a stage follows the power law fitted over the measured
+    sizes; above it, it grows linearly in non-embedding parameters from the largest one
+    (the compute-bound limit: the measured exponents are below 1 because small models are
+    launch-bound, and would underestimate the big ones).
+    Loading is ``max(measured, 2 bytes/parameter at NVMe speed)`` (the measured load read
+    a just-written file from the page cache); the retrieval ablation, which runs only on
+    trained checkpoints and never ran on the random-init models, is the assumed decode model
+    of :func:`h100_task_seconds`.
+    """
+    measured = task_times["sizes"]
+    names = list(measured)
+    fits = {st: fit_power(names, [measured[s][st] for s in names]) for st in STAGES}
+    top = max(names, key=lambda s: Shape.of(s).non_embedding)
+    rows, total, longest = [], 0.0, 0.0
+    for size in SWEEP_SIZES:
+        shape = Shape.of(size)
+        if size in measured:
+            stages = {st: measured[size][st] for st in STAGES}
+        elif shape.non_embedding > Shape.of(top).non_embedding:
+            scale = shape.non_embedding / Shape.of(top).non_embedding
+            stages = {st: measured[top][st] * scale for st in STAGES}
+        else:
+            stages = {st: a * shape.non_embedding**b for st, (a, b) in fits.items()}
+        load = max(measured.get(size, {}).get("load", 0.0), 2 * shape.n_params / NVME_BYTES_S)
+        ablation = h100_task_seconds(shape, 1.0)["decode"]
+        task = sum(stages.values()) + load + ablation
+        total += N_CHECKPOINTS * task / 3600
+        longest = max(longest, task)
+        rows.append({"size": size, "measured": size in measured, **stages, "load": load,
+                     "ablation": ablation, "task_s": task, "hours_154": N_CHECKPOINTS * task / 3600})
+    ray = {n: max(total / n, longest / 3600) for n in workers}
+    return {"rows": rows, "fits": fits, "total_hours": total, "ray_hours": ray,
+            "device": task_times.get("gpu") or task_times.get("device")}
+
+
+def measured_markdown(result: dict[str, Any]) -> str:
+    """The measured projection as Markdown."""
+    lines = [
+        f"| size | measured on {result['device']}? | retrieval s | massive s | superposition s | dominance s "
+        "| load s | ablation s (assumed) | task s | 154 checkpoints (h) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['size']} | {'yes' if r['measured'] else 'extrapolated'} | {r['retrieval_heads']:.1f} "
+            f"| {r['massive_activations']:.1f} | {r['superposition']:.1f} | {r['text_dominance']:.1f} "
+            f"| {r['load']:.1f} | {r['ablation']:.1f} | {r['task_s']:.1f} | {r['hours_154']:.2f} |"
+        )
+    lines.append(f"| **all** | | | | | | | | | **{result['total_hours']:.1f}** |")
+    fits = "; ".join(f"{st} ~ N^{b:.2f}" for st, (_, b) in result["fits"].items())
+    fits += "; above the largest measured size: linear in N from it"
+    ray = ", ".join(f"{n} workers: {h:.1f} h" for n, h in result["ray_hours"].items())
+    lines += ["", f"Extrapolation over non-embedding parameters N: {fits}.",
+              f"On N Ray workers (one GPU each; 1,232 independent tasks, makespan ~ max(total / N, "
+              f"longest task)): {ray}."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.projection TASK_TIME.json``: print the measured projection."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.projection", description=main.__doc__)
+    ap.add_argument("task_times", type=Path, help="JSON written by python -m benchmarks.task_time")
+    args = ap.parse_args(argv)
+    print(measured_markdown(measured_sweep(json.loads(args.task_times.read_text()))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
