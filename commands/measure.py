@@ -49,6 +49,13 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("text dominance")
     g.add_argument("--dilutions", type=int_list, default=(1, 5, 10))
     g.add_argument("--dominance-prompts", type=int, default=8)
+    g.add_argument("--dominance-modality", choices=("text", "embeds"), default="text",
+                   help="O group: the document's tokens (text) or the document as a block of soft "
+                        "tokens fed through inputs_embeds, a pseudo-modality (embeds)")
+    g.add_argument("--soft-tokens", choices=("pooled", "random"), default="pooled",
+                   help="embeds content: pooled document token embeddings, or seeded random vectors "
+                        "at their norm (a content-free control)")
+    g.add_argument("--pool", type=int, default=4, help="document tokens per soft token (embeds)")
     g.add_argument("--batch-size", type=int, default=4)
 
 
@@ -70,7 +77,8 @@ def settings_from_args(args: argparse.Namespace):
     massive = MassiveSettings(n_sequences=args.n_sequences, length=args.seq_length, text=args.text,
                               ratio_threshold=args.ratio_threshold, batch_size=args.batch_size)
     dominance = DominanceSettings(dilutions=args.dilutions, n_prompts=args.dominance_prompts,
-                                  batch_size=args.batch_size)
+                                  batch_size=args.batch_size, modality=args.dominance_modality,
+                                  soft_tokens=args.soft_tokens, pool=args.pool)
     return MeasureSettings(retrieval, massive, dominance)
 
 

@@ -62,3 +62,20 @@ def test_measure_and_analyze(model_dir, tmp_path, capsys):
     again = json.loads(capsys.readouterr().out)
     assert again["massive.h5"]["massive_activations"]["per_layer"] == \
         results["analyses"]["massive_activations"]["per_layer"]
+
+
+def test_measure_dominance_embeds_from_the_cli(model_dir, tmp_path, capsys):
+    """--dominance-modality embeds: O is a soft-token block; analyze reruns it from the files."""
+    out = tmp_path / "d"
+    code = main(["measure", "--model", str(model_dir), "--analyses", "text_dominance",
+                 "--dominance-modality", "embeds", "--soft-tokens", "random", "--pool", "2",
+                 "--dilutions", "1,2", "--dominance-prompts", "2", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    dom = json.loads((out / "results.json").read_text())["analyses"]["text_dominance"]
+    assert dom["modality"] == "embeds" and dom["embeds"]["soft_tokens"] == "random"
+    assert dom["embeds"]["pool"] == 2
+    assert sorted(p.name for p in out.glob("*.h5")) == ["dominance_embeds_x1.h5", "dominance_embeds_x2.h5"]
+    capsys.readouterr()
+    assert main(["analyze", str(out / "dominance_embeds_x1.h5")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["dominance_embeds_x1.h5"]["text_dominance"]["per_layer"]
