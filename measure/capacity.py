@@ -1,0 +1,116 @@
+"""Information capacity on a live model: NLL of the probe text, FLOPs per token from the config.
+
+The probe text is the residual-stream analyses' (``measure/text.py``: the suite's
+held-out text, the built-in English text, or ``--text``), with the massive
+activations' ``--n-sequences``, ``--seq-length`` and ``--batch-size``; the loss
+is computed as the massive-activation intervention computes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from scalelens.analyses.capacity import CapacityResult, ModelShape, flops_per_token, information_capacity
+from scalelens.errors import ScalelensError
+from scalelens.measure.massive import MassiveSettings, _loss
+from scalelens.measure.text import probe_sequences
+from scalelens.probes.prompts import TokenizedPrompts, as_prompts, tokenize
+
+# Whether a family's MLP is gated (three matrices: 6 d d_ff FLOPs) or plain (two: 4 d d_ff).
+GATED_MLP: dict[str, bool] = {
+    "gpt_neox": False,
+    "gpt2": False,
+    "llama": True,
+    "mistral": True,
+    "qwen2": True,
+    "gemma": True,
+    "gemma2": True,
+    "gemma3_text": True,
+}
+
+# The reference implementation's default numerator bias (its data sets other than
+# mixed text, -24, and Chinese FineWeb-Edu, -18.7).
+DEFAULT_BIAS = -27.0
+
+
+@dataclass(frozen=True)
+class CapacitySettings:
+    """Settings of the information-capacity measurement.
+
+    Attributes:
+        bias: The numerator bias ``b`` of Yuan et al. (chosen per data set in the
+            paper; the result also holds the compression gain and log2 FLOPs, so the
+            capacity can be recomputed for any other ``b``).
+    """
+
+    bias: float = DEFAULT_BIAS
+
+
+def model_shape(config: Any) -> ModelShape:
+    """The FLOP-relevant sizes of a Hugging Face causal-LM config.
+
+    Raises:
+        ScalelensError: For a family whose MLP kind is not in ``GATED_MLP``.
+    """
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    kind = getattr(cfg, "model_type", None)
+    if kind not in GATED_MLP:
+        known = ", ".join(sorted(GATED_MLP))
+        raise ScalelensError(f"no FLOP count for architecture {kind!r}; known: {known}")
+    d = int(cfg.hidden_size)
+    heads = int(cfg.num_attention_heads)
+    d_ff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    return ModelShape(
+        d_model=d,
+        n_layers=int(cfg.num_hidden_layers),
+        n_heads=heads,
+        n_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads),
+        d_head=int(getattr(cfg, "head_dim", None) or d // heads),
+        d_ff=int(d_ff),
+        vocab_size=int(cfg.vocab_size),
+        gated_mlp=GATED_MLP[kind],
+    )
+
+
+def predicted_bytes(tok: TokenizedPrompts, tokenizer: Any) -> int:
+    """UTF-8 bytes of the predicted tokens (every token but each prompt's first), decoded as is."""
+    total = 0
+    for row, n in zip(tok.ids, tok.lengths, strict=True):
+        ids = [int(i) for i in row[1:int(n)]]
+        text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        total += len(text.encode("utf-8"))
+    return total
+
+
+def mean_context(lengths: np.ndarray) -> float:
+    """Mean number of earlier positions over every position of prompts of ``lengths`` tokens."""
+    lens = np.asarray(lengths, dtype=np.float64)
+    return float((lens * (lens - 1) / 2).sum() / lens.sum())
+
+
+def mean_nll(loaded: Any, tok: TokenizedPrompts, batch_size: int) -> tuple[float, int]:
+    """Mean next-token NLL (nats) over the predicted tokens, and their number."""
+    total, count = 0.0, 0
+    device = loaded.model.device
+    for start in range(0, len(tok.lengths), batch_size):
+        ids = torch.from_numpy(tok.ids[start:start + batch_size].astype(np.int64)).to(device)
+        valid = ids >= 0
+        n = int(valid[:, 1:].sum())
+        if n:
+            total += _loss(loaded, ids.masked_fill(~valid, 0), valid) * n
+            count += n
+    return (total / count if count else float("nan")), count
+
+
+def measure_capacity(loaded: Any, text: MassiveSettings, s: CapacitySettings) -> CapacityResult:
+    """Information capacity of ``loaded`` on the probe text (see ``analyses/capacity.py``)."""
+    length = text.length or min(256, loaded.info.max_position)
+    texts = probe_sequences(loaded, text.text, text.n_sequences, length)
+    tok = tokenize(as_prompts(texts), loaded.tokenizer, loaded.info.max_position)
+    nll, count = mean_nll(loaded, tok, text.batch_size)
+    flops = flops_per_token(model_shape(loaded.model.config), mean_context(tok.lengths))
+    return information_capacity(nll, count, predicted_bytes(tok, loaded.tokenizer), flops, s.bias)
