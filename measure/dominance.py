@@ -14,6 +14,7 @@ Two modalities for O (``DominanceSettings.modality``):
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,23 @@ def measure_dominance(loaded: Any, s: DominanceSettings, out_dir: Path, overwrit
          **({"document_tokens": base * k * s.pool} if embeds else {})}
         for k, r in sorted(results.items())
     ]
+    first["dilution_distinct"] = _distinct(first["dilution"], loaded.info.max_position)
     return first
+
+
+def _distinct(rows: list[dict[str, Any]], context: int) -> bool:
+    """Whether O really grows from one dilution level to the next; warns on stderr if not.
+
+    Documents are whole sentences, so in a short context several factors can round to
+    the same document (e.g. a 64-token context gives 29 O tokens at x1, x5 and x10).
+    """
+    sizes = [r["n_other"] for r in rows]
+    distinct = all(a < b for a, b in zip(sizes, sizes[1:], strict=False))
+    if not distinct:
+        levels = ", ".join(f"x{r['factor']}: {r['n_other']:.0f}" for r in rows)
+        print(f"warning: text dominance: O does not grow with the dilution ({levels} tokens); "
+              f"the model's {context}-token context is too short for these --dilutions", file=sys.stderr)
+    return distinct
 
 
 def embeds_prompt(loaded: Any, prompt: Prompt, s: DominanceSettings, index: int = 0) -> Prompt:

@@ -222,3 +222,18 @@ def test_settings_refuse_unknown_modality_and_bad_pool():
     with pytest.raises(ScalelensError, match="soft tokens"):
         dom.DominanceSettings(modality="embeds", soft_tokens="zeros")
     assert dom.DominanceSettings().modality == "text"
+
+
+def test_embeds_dilution_is_flagged_distinct(embeds_result):
+    assert embeds_result[1]["dilution_distinct"] is True
+
+
+def test_text_dilution_in_a_short_context_warns_and_is_flagged(micro_suite, tmp_path, capsys):
+    """In the micro suite's 64-token context x1 / x5 / x10 round to the same whole-sentence document."""
+    manifest = read_manifest(micro_suite)
+    lm = load_model(micro_suite / manifest.sizes[0], revision=f"step{manifest.steps[-1]}")
+    res = dom.measure_dominance(lm, dom.DominanceSettings(n_prompts=2), tmp_path, progress=False)
+    sizes = [d["n_other"] for d in res["dilution"]]
+    assert res["dilution_distinct"] is False and sizes[0] == sizes[-1]
+    err = capsys.readouterr().err
+    assert "O does not grow with the dilution" in err and "64-token context" in err
