@@ -11,12 +11,19 @@ from typing import Any
 
 from scalelens import __version__
 from scalelens.errors import ScalelensError
+from scalelens.measure.capacity import CapacitySettings, measure_capacity
 from scalelens.measure.dominance import DominanceSettings, measure_dominance
 from scalelens.measure.massive import MassiveSettings, measure_massive
 from scalelens.measure.retrieval import RetrievalSettings, ablation, fast_scores, reference_scores
+from scalelens.measure.sparsity import measure_sparsity
 from scalelens.measure.superposition import measure_superposition
 
-ANALYSES = ("retrieval_heads", "massive_activations", "superposition", "text_dominance")
+# The four published mechanisms of DESIGN.md section 4.
+CORE_ANALYSES = ("retrieval_heads", "massive_activations", "superposition", "text_dominance")
+# Extra per-scale metrics (issue #3): one forward pass each over the probe text.
+EXTRA_ANALYSES = ("information_capacity", "activation_sparsity")
+# Every analysis ``measure`` runs; ``--analyses all`` means all of them.
+ANALYSES = CORE_ANALYSES + EXTRA_ANALYSES
 
 
 @dataclass(frozen=True)
@@ -27,11 +34,13 @@ class MeasureSettings:
         retrieval: Retrieval-head settings.
         massive: Massive-activation settings.
         dominance: Text-dominance settings.
+        capacity: Information-capacity settings (its probe text is ``massive``'s).
     """
 
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
     massive: MassiveSettings = field(default_factory=MassiveSettings)
     dominance: DominanceSettings = field(default_factory=DominanceSettings)
+    capacity: CapacitySettings = field(default_factory=CapacitySettings)
 
 
 def parse_analyses(text: str) -> tuple[str, ...]:
@@ -74,11 +83,18 @@ def _massive(loaded: Any, s: MassiveSettings, out: Path, progress: bool) -> dict
     return data
 
 
+def _sparsity(loaded: Any, text: MassiveSettings) -> dict[str, Any]:
+    points = measure_sparsity(loaded, text)
+    return {"measure": "hoyer", "points": {name: r.to_dict() for name, r in points.items()}}
+
+
 def measure(loaded: Any, analyses: tuple[str, ...], out: str | Path,
             settings: MeasureSettings | None = None, progress: bool = True) -> dict[str, Any]:
     """Run ``analyses`` on ``loaded``; write ``out/*.h5`` and ``out/results.json``.
 
-    Captures already complete in ``out`` are reused, incomplete ones resumed.
+    Captures already complete in ``out`` are reused, incomplete ones resumed. The
+    extra analyses (information capacity, activation sparsity) read the massive
+    activations' probe text and write no capture file.
     """
     s = settings or MeasureSettings()
     out = Path(out)
@@ -88,6 +104,8 @@ def measure(loaded: Any, analyses: tuple[str, ...], out: str | Path,
         "massive_activations": lambda: _massive(loaded, s.massive, out, progress),
         "superposition": lambda: measure_superposition(loaded),
         "text_dominance": lambda: measure_dominance(loaded, s.dominance, out, progress=progress),
+        "information_capacity": lambda: measure_capacity(loaded, s.massive, s.capacity).to_dict(),
+        "activation_sparsity": lambda: _sparsity(loaded, s.massive),
     }
     results = {name: runners[name]() for name in analyses}
     data = {

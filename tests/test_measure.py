@@ -13,9 +13,10 @@ from scalelens.measure import retrieval as r
 from scalelens.measure.dominance import DominanceSettings
 from scalelens.measure.massive import MassiveSettings
 from scalelens.measure.run import ANALYSES, MeasureSettings, measure
+from scalelens.measure.text import probe_sequences
 from scalelens.models.load import load_model
 from scalelens.models.suite import read_manifest
-from scalelens.probes.prompts import tokenize
+from scalelens.probes.prompts import as_prompts, tokenize
 
 RET = r.RetrievalSettings(context_lengths=(24,), depths=(0.1, 0.5, 0.9), n_needles=1, ablation_k=2,
                           gate=-1.0, batch_size=6)
@@ -64,6 +65,31 @@ def test_results_json_contract(measured, final_ckpt):
     assert [d["factor"] for d in dom["dilution"]] == [1, 3]
     thirds = {"early", "middle", "late"} if final_ckpt.info.n_layers >= 3 else set()
     assert set(dom["groups"]) == thirds | {"all"}
+
+
+def test_extra_analyses_in_results_json(measured, final_ckpt):
+    """`all` includes information capacity and activation sparsity; neither writes a capture."""
+    out, _ = measured
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["settings"]["capacity"] == {"bias": -27.0}
+    cap = on_disk["analyses"]["information_capacity"]
+    gain = cap["text_bits_per_token"] - cap["nll_bits_per_token"]
+    assert cap["compression_gain_bits"] == pytest.approx(gain)
+    assert cap["information_capacity"] == pytest.approx((gain - 27.0) / cap["log2_flops_per_token"])
+    assert cap["flops"]["total"] == cap["flops_per_token"] == pytest.approx(2 ** cap["log2_flops_per_token"])
+    assert cap["text_bits_per_token"] == pytest.approx(8 * cap["n_bytes"] / cap["n_tokens"])
+    assert 0 < cap["nll_bits_per_token"] < np.log2(final_ckpt.info.vocab_size)  # trained: beats uniform
+    texts = probe_sequences(final_ckpt, None, SETTINGS.massive.n_sequences, SETTINGS.massive.length)
+    lengths = tokenize(as_prompts(texts), final_ckpt.tokenizer).lengths
+    assert cap["n_tokens"] == int(lengths.sum()) - len(texts)  # every token but each first
+    sp = on_disk["analyses"]["activation_sparsity"]
+    assert sp["measure"] == "hoyer" and set(sp["points"]) == {"resid_post", "mlp_out"}
+    for res in sp["points"].values():
+        hoyer = [row["hoyer"] for row in res["per_layer"]]
+        assert [row["layer"] for row in res["per_layer"]] == list(range(final_ckpt.info.n_layers))
+        assert all(0 < h < 1 for h in hoyer) and res["mean_hoyer"] == pytest.approx(np.mean(hoyer))
+        assert res["width"] == final_ckpt.info.d_model and res["n_prompts"] == SETTINGS.massive.n_sequences
+    assert not [p.name for p in out.glob("*.h5") if "capacity" in p.name or "sparsity" in p.name]
 
 
 def test_rerun_reuses_captures(measured, final_ckpt):
