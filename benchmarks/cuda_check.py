@@ -14,7 +14,11 @@
    that made it. The capture runs at two depths (6 and 12 layers): syncs that grow with
    depth would be per-layer syncs.
 
-Exit status 1 if the captures disagree beyond tolerance or syncs grow with depth.
+3. Embedding blocks: prompts whose document half is an ``EmbedBlock`` of the model's own
+   token embeddings capture exactly what the plain tokens capture, with no extra host sync.
+
+Exit status 1 if the captures disagree beyond tolerance, syncs grow with depth, or the
+embedding-block path differs or syncs more.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import torch
 
 from scalelens.cache.reader import CaptureFile
 from scalelens.capture import capture
+from scalelens.probes.embeds import token_embeddings
+from scalelens.probes.prompts import EmbedBlock, Prompt
 from scalelens.probes.spec import Positions, ProbeSpec, preset
 
 from .pipelines import run_floor, scalelens_probes
@@ -162,6 +168,35 @@ def _syncs_at(layers: int, work: Path, n_prompts: int, seq: int, batch_size: int
     return out
 
 
+def embeds(work: Path, device: str = "cuda", n_prompts: int = 16, seq: int = 64) -> dict[str, Any]:
+    """Prompts whose second half is an ``EmbedBlock`` of the model's own token embeddings.
+
+    The capture must equal the plain-token capture exactly (float32), and feeding the
+    block through ``inputs_embeds`` must add no host sync per batch over the ids path.
+    """
+    loaded = _on(build_model("14m", "cpu", torch.float32), device)
+    prompts = make_prompts(n_prompts, seq, loaded.info.vocab_size, seed=3)
+    plain, blocks = [], []
+    for text, ids, n in zip(prompts.texts, prompts.ids, prompts.lengths, strict=True):
+        words, half = text.split(), int(n) // 2
+        plain.append(Prompt((("text", " ".join(words[:half])), ("doc", " ".join(words[half:])))))
+        own = EmbedBlock(token_embeddings(loaded.model, ids[half:n]))
+        blocks.append(Prompt((("text", " ".join(words[:half])), ("doc", own))))
+    ps = [preset("resid", dtype="float32"), preset("attn")]
+    files, syncs_per_batch = {}, {}
+    for name, prompt_set in (("ids", plain), ("embeds", blocks)):
+        run = partial(capture, loaded, ps, prompt_set, work / f"embeds_{name}.h5", batch_size=8,
+                      overwrite=True, progress=False)
+        files[name] = run()
+        if device == "cuda":
+            syncs_per_batch[name] = sum(SyncLog().count(run).values()) / -(-n_prompts // 8)
+    diffs = compare(files["ids"], files["embeds"])
+    identical = all(v.get("max_abs_diff", 0.0) == 0.0 and v.get("equal_share", 1.0) == 1.0
+                    and not v.get("shape_mismatch") for v in diffs.values())
+    ok = identical and syncs_per_batch.get("embeds", 0) <= syncs_per_batch.get("ids", 0)
+    return {"identical": identical, "syncs_per_batch": syncs_per_batch, "datasets": diffs, "ok": ok}
+
+
 def _model(layers: int) -> Loaded:
     """pythia-14m's width at ``layers`` layers (float16, CUDA, random init)."""
     from transformers import AutoModelForCausalLM
@@ -185,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_dry_run:
         with tempfile.TemporaryDirectory() as tmp:
             dry = agreement(Path(tmp), device="cpu")
+            dry["embeds"] = embeds(Path(tmp), device="cpu")
+            dry["ok"] = dry["ok"] and dry["embeds"]["ok"]
         print(json.dumps(dry, indent=1))
         return 0 if dry["ok"] else 1
     if not torch.cuda.is_available():
@@ -192,11 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                  "agreement": agreement(Path(tmp)), "syncs": syncs(Path(tmp))}
+                  "agreement": agreement(Path(tmp)), "syncs": syncs(Path(tmp)),
+                  "embeds": embeds(Path(tmp))}
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
-    ok = result["agreement"]["ok"] and not result["syncs"]["grows_with_depth"]
+    ok = result["agreement"]["ok"] and not result["syncs"]["grows_with_depth"] and result["embeds"]["ok"]
     print("cuda_check:", "OK" if ok else "FAILED")
     return 0 if ok else 1
 
