@@ -12,9 +12,14 @@ import numpy as np
 from scalelens.analyses.dynamics import fit_dynamics_layers
 from scalelens.analyses.scaling import FitResult, fit_scaling, fits_to_json
 
-SATURATING = {"massive_activations.loss", "superposition.mean_sq_overlap"}
-# Bookkeeping or shape values, not measurements: never fitted.
-NOT_FITTED = {"superposition.m", "superposition.n", "superposition.inv_m", "retrieval_heads.n_tests_passed"}
+# Metrics with an asymptote get a saturating fit beside the power law. The information
+# capacity may be negative (the paper's bias b < 0), where only the saturating form applies.
+SATURATING = {"massive_activations.loss", "superposition.mean_sq_overlap",
+              "information_capacity.information_capacity", "information_capacity.nll_bits_per_token"}
+# Bookkeeping or shape values, not measurements: never fitted. The text's bits per token
+# depend on the tokenizer only, FLOPs per token on the config only.
+NOT_FITTED = {"superposition.m", "superposition.n", "superposition.inv_m", "retrieval_heads.n_tests_passed",
+              "information_capacity.text_bits_per_token", "information_capacity.flops_per_token"}
 X_NAMES = ("n_params", "n_params_non_embedding")
 MIN_DYNAMICS_POINTS = 6
 

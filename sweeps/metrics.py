@@ -70,8 +70,26 @@ def _dominance(a: dict[str, Any]) -> Iterator[tuple[str, Any, Any, Any]]:
         yield f"mdi_middle_x{d['factor']}", None, None, d.get("mdi_middle")
 
 
+CAPACITY_SCALARS = ("information_capacity", "nll_bits_per_token", "compression_gain_bits",
+                    "text_bits_per_token", "flops_per_token")
+
+
+def _capacity(a: dict[str, Any]) -> Iterator[tuple[str, Any, Any, Any]]:
+    for key in CAPACITY_SCALARS:
+        yield key, None, None, a.get(key)
+
+
+def _sparsity(a: dict[str, Any]) -> Iterator[tuple[str, Any, Any, Any]]:
+    """Per point: ``hoyer_<point>`` per layer and ``hoyer_<point>_mean`` over layers."""
+    for point, res in (a.get("points") or {}).items():
+        for row in res.get("per_layer", []):
+            yield f"hoyer_{point}", row["layer"], None, row.get("hoyer")
+        yield f"hoyer_{point}_mean", None, None, res.get("mean_hoyer")
+
+
 FLATTENERS = {"retrieval_heads": _retrieval, "massive_activations": _massive,
-              "superposition": _superposition, "text_dominance": _dominance}
+              "superposition": _superposition, "text_dominance": _dominance,
+              "information_capacity": _capacity, "activation_sparsity": _sparsity}
 
 
 def rows_of(results: dict[str, Any], size: str) -> Iterator[dict[str, Any]]:

@@ -95,3 +95,40 @@ def test_ray_executor_runs_tasks_on_a_local_cluster(suite_copy, tmp_path):
     assert summary.count("done") == 4 and not summary.failed
     with (tmp_path / "metrics.csv").open() as fh:
         assert {r["size"] for r in csv.DictReader(fh)} == set(spec.sizes)
+
+
+def test_extra_metrics_reach_metrics_csv_and_the_scaling_fits(suite_copy, tmp_path):
+    manifest = read_manifest(suite_copy)
+    spec = _spec(suite_copy, analyses=("information_capacity", "activation_sparsity"),
+                 sizes=tuple(manifest.sizes), checkpoints=(manifest.steps[-1],))
+    summary = sweep(spec, tmp_path, n_boot=20)
+    assert summary.count("done") == len(manifest.sizes) and not summary.failed
+    with (tmp_path / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    by_key: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        by_key.setdefault((r["analysis"], r["metric"]), []).append(r)
+    scalars = [("information_capacity", m) for m in ("information_capacity", "nll_bits_per_token",
+                                                     "compression_gain_bits", "text_bits_per_token",
+                                                     "flops_per_token")]
+    scalars += [("activation_sparsity", f"hoyer_{p}_mean") for p in ("resid_post", "mlp_out")]
+    for key in scalars:
+        assert len(by_key[key]) == len(manifest.sizes) and all(r["layer"] == "" for r in by_key[key]), key
+    for size in manifest.sizes:
+        task = tmp_path / "tasks" / size / f"step{manifest.steps[-1]}"
+        results = json.loads((task / "results.json").read_text())
+        cap = results["analyses"]["information_capacity"]
+        row = next(r for r in by_key[("information_capacity", "information_capacity")] if r["size"] == size)
+        assert float(row["value"]) == pytest.approx(cap["information_capacity"])
+        layers = [r for r in by_key[("activation_sparsity", "hoyer_resid_post")] if r["size"] == size]
+        per_layer = results["analyses"]["activation_sparsity"]["points"]["resid_post"]["per_layer"]
+        assert [float(r["value"]) for r in layers] == pytest.approx([p["hoyer"] for p in per_layer])
+    flops = {r["size"]: float(r["value"]) for r in by_key[("information_capacity", "flops_per_token")]}
+    assert sorted(flops.values()) == [flops[s] for s in manifest.sizes]  # sizes listed small to large
+    fits = json.loads((tmp_path / "fits.json").read_text())["fits"]
+    fitted = {(f["metric"], f["form"]) for f in fits if f["x_name"] == "n_params"}
+    assert ("information_capacity.information_capacity", "saturating") in fitted
+    assert ("information_capacity.nll_bits_per_token", "power_law") in fitted
+    assert ("activation_sparsity.hoyer_resid_post_mean", "power_law") in fitted
+    assert not {m for m, _ in fitted} & {"information_capacity.flops_per_token",
+                                           "information_capacity.text_bits_per_token"}
