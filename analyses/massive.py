@@ -202,28 +202,47 @@ def _ratios(summary: ResidualSummary) -> np.ndarray:
         return np.where(med > 0, top / np.where(med > 0, med, 1.0), np.inf)
 
 
+def _finite(summary: ResidualSummary) -> np.ndarray:
+    """(prompt, layer) True where the top value and the median are finite numbers.
+
+    A NaN or inf activation (an overflowing fp16 checkpoint, say) is a fault, not a massive
+    activation: such (prompt, layer) entries are left out of every ratio and of the Sun rule,
+    and counted per layer in ``n_nonfinite``.
+    """
+    top = np.asarray(summary.top_values[:, :, 0], dtype=np.float64)
+    return np.isfinite(top) & np.isfinite(np.asarray(summary.median_abs, dtype=np.float64))
+
+
 def _layer_rows(
     summary: ResidualSummary, ratio_threshold: float, pooled: list[float] | None
 ) -> list[dict[str, Any]]:
-    ratios = _ratios(summary)
+    ratios, finite = _ratios(summary), _finite(summary)
     rows = []
     for layer in range(ratios.shape[1]):
-        top = summary.top_values[:, layer, 0]
+        ok = finite[:, layer]
+        if not ok.any():
+            rows.append({"layer": layer, "max_abs": None, "median_abs": None,
+                         "median_abs_pooled": None if pooled is None else pooled[layer], "ratio": None,
+                         "ratio_max": None, "dim": None, "position": None, "token": None, "prompt": None,
+                         "ratio_flag": False, "n_nonfinite": int((~ok).sum())})
+            continue
+        top = np.where(ok, summary.top_values[:, layer, 0], -np.inf)
         p = int(np.argmax(top))
-        ratio = float(ratios[:, layer].mean())
+        ratio = float(ratios[ok, layer].mean())
         rows.append(
             {
                 "layer": layer,
                 "max_abs": float(top[p]),
-                "median_abs": float(np.mean(summary.median_abs[:, layer])),
+                "median_abs": float(np.mean(summary.median_abs[ok, layer])),
                 "median_abs_pooled": None if pooled is None else pooled[layer],
                 "ratio": ratio,
-                "ratio_max": float(ratios[:, layer].max()),
+                "ratio_max": float(ratios[ok, layer].max()),
                 "dim": int(summary.top_dim[p, layer, 0]),
                 "position": int(summary.top_pos[p, layer, 0]),
                 "token": int(summary.top_token[p, layer, 0]),
                 "prompt": p,
                 "ratio_flag": bool(ratio >= ratio_threshold),
+                "n_nonfinite": int((~ok).sum()),
             }
         )
     return rows
@@ -237,7 +256,8 @@ def _sun_entries(
     valid = np.asarray(summary.top_pos) >= 0
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(med > 0, values / np.where(med > 0, med, 1.0), np.inf)
-    hit = valid & (values > abs_threshold) & (rel >= rel_threshold)
+    finite = np.isfinite(values) & _finite(summary)[:, :, None]
+    hit = valid & finite & (values > abs_threshold) & (rel >= rel_threshold)
     truncated = bool(np.any(np.all(hit, axis=2)))
     entries = []
     for p, layer, k in zip(*np.nonzero(hit), strict=True):
@@ -260,8 +280,9 @@ def _share(flags: list[bool]) -> float | None:
 
 
 def _ratio_sites(summary: ResidualSummary, layers: list[int]) -> tuple[list[int], list[int]]:
-    dims = {int(d) for layer in layers for d in summary.top_dim[:, layer, 0]}
-    pos = {int(q) for layer in layers for q in summary.top_pos[:, layer, 0]}
+    finite = _finite(summary)
+    dims = {int(d) for layer in layers for d in summary.top_dim[finite[:, layer], layer, 0]}
+    pos = {int(q) for layer in layers for q in summary.top_pos[finite[:, layer], layer, 0]}
     return sorted(dims), sorted(pos)
 
 

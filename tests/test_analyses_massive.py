@@ -171,3 +171,29 @@ def test_bad_inputs():
     s = summarise_activations(h, lengths, tokens, topk=3)
     with pytest.raises(ScalelensError):
         ResidualSummary(s.top_values, s.top_pos[:, :2], s.top_dim, s.top_token, s.median_abs)
+
+
+def test_nonfinite_activations_are_faults_not_massive():
+    """An inf in one prompt's layer is left out of that layer's ratio and of the Sun rule."""
+    h, lengths, tokens, _ = _planted()
+    clean = massive_from_activations(h, lengths, tokens, topk=8, delimiter_ids=[DELIM])
+    h = h.copy()
+    h[1, 0, 2, 5] = np.inf  # layer 0 has no massive values; prompt 1 overflows there
+    h[2, 3, 1, 1] = np.nan  # layer 3 has them; prompt 2's row is lost
+    res = massive_from_activations(h, lengths, tokens, topk=8, delimiter_ids=[DELIM])
+    row0, row3 = res.per_layer[0], res.per_layer[3]
+    assert row0["n_nonfinite"] == 1 and not row0["ratio_flag"] and np.isfinite(row0["max_abs"])
+    assert res.first_layer == clean.first_layer == 2
+    assert all(e["layer"] != 0 for e in res.massive)
+    assert all(np.isfinite(e["value"]) for e in res.massive)
+    assert row3["n_nonfinite"] == 1 and row3["ratio_flag"]
+    assert {e["prompt"] for e in res.massive if e["layer"] == 3} == {0, 1, 3}
+    json.dumps(res.to_dict(), allow_nan=False)
+
+
+def test_a_layer_with_only_nonfinite_rows_reports_no_ratio():
+    h, lengths, tokens, _ = _planted()
+    h = h.copy()
+    h[:, 4, 0, 0] = np.inf
+    row = massive_from_activations(h, lengths, tokens, topk=8).per_layer[4]
+    assert row["ratio"] is None and row["n_nonfinite"] == 4 and not row["ratio_flag"]
