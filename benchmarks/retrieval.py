@@ -30,8 +30,7 @@ from scalelens.analyses.from_capture import needle_tests
 from scalelens.analyses.retrieval import retrieval_scores
 from scalelens.cache.reader import CaptureFile
 from scalelens.measure import retrieval as r
-from scalelens.models.info import ModelInfo
-from scalelens.models.params import count_parameters
+from scalelens.models.describe import describe
 from scalelens.models.tokenizer import train_tokenizer
 from scalelens.probes.haystack import ENGLISH_HAYSTACK, ENGLISH_NEEDLES
 from scalelens.probes.prompts import tokenize
@@ -66,25 +65,8 @@ def tiny_neox(
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").to(device).eval()
-    total, non_emb = count_parameters(cfg)
-    info = ModelInfo(
-        name=f"neox-{layers}x{width}x{heads}",
-        source="<random init>",
-        source_kind="memory",
-        revision=None,
-        step=None,
-        architecture="gpt_neox",
-        n_params=total,
-        n_params_non_embedding=non_emb,
-        d_model=width,
-        n_layers=layers,
-        n_heads=heads,
-        d_head=width // heads,
-        vocab_size=cfg.vocab_size,
-        max_position=context,
-        dtype="float32",
-        attn_implementation="sdpa",
-    )
+    info = describe(cfg, name=f"neox-{layers}x{width}x{heads}", source="<random init>", source_kind="memory",
+                    revision=None, step=None, dtype="float32", attn_implementation="sdpa")
     return Loaded(model, tok, info)
 
 

@@ -16,8 +16,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from scalelens.models.describe import describe
 from scalelens.models.info import ModelInfo
-from scalelens.models.params import count_parameters
 from scalelens.models.pythia import PYTHIA_CONFIGS, pythia_config
 
 PAD, EOS = "[PAD]", "[EOS]"
@@ -58,26 +58,8 @@ def build_model(size: str, device: str, dtype: torch.dtype, seed: int = 0) -> Lo
     with torch.device(device):  # initialise on the device: a 1.4b model's CPU init takes minutes
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype)
     model = model.to(device).eval()
-    total, non_emb = count_parameters(cfg)
-    d_head = cfg.hidden_size // cfg.num_attention_heads
-    info = ModelInfo(
-        name=f"pythia-{size}",
-        source="<random init>",
-        source_kind="memory",
-        revision=None,
-        step=None,
-        architecture="gpt_neox",
-        n_params=total,
-        n_params_non_embedding=non_emb,
-        d_model=cfg.hidden_size,
-        n_layers=cfg.num_hidden_layers,
-        n_heads=cfg.num_attention_heads,
-        d_head=d_head,
-        vocab_size=cfg.vocab_size,
-        max_position=cfg.max_position_embeddings,
-        dtype=str(dtype).removeprefix("torch."),
-        attn_implementation="sdpa",
-    )
+    info = describe(cfg, name=f"pythia-{size}", source="<random init>", source_kind="memory", revision=None,
+                    step=None, dtype=str(dtype).removeprefix("torch."), attn_implementation="sdpa")
     return Loaded(model, word_tokenizer(cfg.vocab_size), info)
 
 
