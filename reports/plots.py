@@ -394,3 +394,30 @@ def dynamics_plot(
     ax.set(ylabel=y_label, title=title)
     _legend(ax)
     return fig
+
+
+def capacity_plot(points: Mapping[str, tuple[float, float]], colors: Mapping[str, Color], *,
+                  mean: float | None = None) -> Figure:
+    """Plot information capacity against FLOPs per token, one point per size.
+
+    Args:
+        points: ``(flops_per_token, information_capacity)`` per size label.
+        colors: Colour per size label.
+        mean: Mean capacity over the sizes, drawn as a dotted line when given.
+
+    Returns:
+        The figure.
+    """
+    fig, ax = new_figure()
+    for label, (flops, capacity) in points.items():
+        ax.plot([flops], [capacity], "o", color=colors.get(label), ms=7, label=label)
+    if mean is not None and np.isfinite(mean):
+        ax.axhline(mean, color="grey", ls=":", lw=1, label=f"mean {mean:.3g}")
+    xs = _finite(np.array([p[0] for p in points.values()]))
+    if xs.size and np.all(xs > 0):
+        ax.set_xscale("log")
+        log_ticks(ax.xaxis, xs, human)
+    ax.set(xlabel="FLOPs per token", ylabel="information capacity",
+           title="information capacity vs FLOPs per token")
+    _legend(ax)
+    return fig

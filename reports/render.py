@@ -10,7 +10,7 @@ import jinja2
 
 from ..errors import ScalelensError
 from . import analysis_sections as analyses
-from . import markdown, sections, tables
+from . import extra_sections, markdown, sections, tables
 from .rundir import Run, load_run
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -36,7 +36,9 @@ def plan(run: Run) -> list[sections.SectionPlan]:
         analyses.plan_massive(run),
         analyses.plan_superposition(run),
         analyses.plan_text_dominance(run),
-        sections.plan_other(run, analyses.HANDLED),
+        extra_sections.plan_capacity(run),
+        extra_sections.plan_sparsity(run),
+        sections.plan_other(run, analyses.HANDLED | extra_sections.HANDLED),
     ]
 
 

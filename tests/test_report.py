@@ -323,6 +323,8 @@ def test_every_section_present_with_its_plots(report: ReportPaths) -> None:
         "massive": 1,
         "superposition": 1,
         "text-dominance": 3,  # mdi and aei_text by group, MDI by layer
+        "capacity": 0,  # no extra metrics in this run
+        "sparsity": 0,
         "other": 4,  # max_abs, median_abs, aei_text, aei_other per layer
         "scalars": 0,
     }
@@ -340,6 +342,61 @@ def test_every_section_present_with_its_plots(report: ReportPaths) -> None:
         "pythia",
     ):
         assert text in html
+
+
+def _extra_results(size: str) -> dict:
+    """results.json of one Pythia size with only the extra analyses, as measure writes it."""
+    from scalelens.analyses.capacity import flops_per_token, information_capacity
+    from scalelens.analyses.sparsity import activation_sparsity
+    from scalelens.measure.capacity import model_shape
+    from scalelens.models.pythia import pythia_config
+
+    n_layers, _, d_model, n_params, n_non_emb = SIZES[size]
+    nll = 1.5 + 20.0 * n_non_emb ** -0.2  # nats per token, falling with size
+    cap = information_capacity(nll, 10_000, 42_000, flops_per_token(model_shape(pythia_config(size)), 127.5),
+                               bias=-27.0)
+    l2 = np.ones((2, n_layers, 3))
+    points = {}
+    for k, point in enumerate(("resid_post", "mlp_out")):
+        # H = (sqrt(n) - l1) / (sqrt(n) - 1) with l2 = 1: plant H = 0.1 + 0.02 layer (+ 0.1 for mlp_out)
+        h = 0.1 + 0.1 * k + 0.02 * np.arange(n_layers)[None, :, None] * np.ones((2, 1, 3))
+        l1 = math.sqrt(d_model) - h * (math.sqrt(d_model) - 1)
+        points[point] = activation_sparsity(l1, l2, np.array([3, 3]), d_model, point).to_dict()
+    return {"model": {"name": "pythia", "revision": "step143000", "step": 143000, "n_params": n_params,
+                      "n_params_non_embedding": n_non_emb},
+            "analyses": {"information_capacity": cap.to_dict(),
+                         "activation_sparsity": {"measure": "hoyer", "points": points}}}
+
+
+def test_extra_metrics_render_through_the_sweep_writers(tmp_path: Path) -> None:
+    from scalelens.sweeps.fits import write_fits
+    from scalelens.sweeps.metrics import write_metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    tasks = []
+    for size in SIZES:
+        path = tmp_path / f"{size}.json"
+        path.write_text(json.dumps(_extra_results(size)))
+        tasks.append((size, path))
+    write_metrics(run, tasks)
+    write_fits(run, n_boot=10)
+    paths = render_report(run, progress=False)
+    html, md = paths.html.read_text(), paths.markdown.read_text()
+    counts = _section_images(html)
+    assert counts["capacity"] == 1 and counts["sparsity"] == 2 and counts["other"] == 0
+    for text in ("Information capacity", "information capacity vs FLOPs per token",
+                 "Hoyer sparsity of resid_post by layer", "Hoyer sparsity of mlp_out by layer",
+                 "information_capacity.information_capacity vs n_params"):
+        assert text in html
+    scalars = md.split("## Scalar metrics at the latest checkpoint")[1]
+    caps = [_extra_results(s)["analyses"]["information_capacity"]["information_capacity"] for s in SIZES]
+    cells = " | ".join(f"{v:.4g}" for v in caps)
+    assert f"| information_capacity.information_capacity | {cells} |" in scalars
+    mlp = " | ".join(f"{0.2 + 0.02 * (SIZES[s][0] - 1) / 2:.4g}" for s in SIZES)  # mean over layers
+    assert f"| activation_sparsity.hoyer_mlp_out_mean | {mlp} |" in scalars
+    assert "| information_capacity.information_capacity | n_params | saturating |" in md
+    assert "information_capacity.flops_per_token | n_params" not in md  # config arithmetic, not fitted
 
 
 def test_text_is_escaped(report: ReportPaths) -> None:
