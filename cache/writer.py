@@ -18,6 +18,7 @@ import numpy as np
 from scalelens import __version__
 from scalelens.axes import Axis, axes_attr
 from scalelens.cache import schema
+from scalelens.cache.lock import WriteLock
 from scalelens.errors import IncompatibleResumeError, ScalelensError
 from scalelens.probes.reduce import DatasetSpec
 
@@ -94,6 +95,7 @@ class CaptureWriter:
     def __init__(self, path: Path, f: h5py.File) -> None:
         """Wrap an open file; use :meth:`open` instead."""
         self.path, self._f = path, f
+        self._lock: WriteLock | None = None
 
     @property
     def n_done(self) -> int:
@@ -111,6 +113,9 @@ class CaptureWriter:
              overwrite: bool = False, reuse_complete: bool = False) -> CaptureWriter:
         """Create ``path`` (atomically, via a temporary file) or reopen it to resume.
 
+        The writer holds ``path``'s write lock (:class:`~scalelens.cache.lock.WriteLock`)
+        until :meth:`close`: a second writer of the same file gets one clear error.
+
         A complete compatible file is an error unless ``reuse_complete`` (then the
         returned writer is already :attr:`complete`).
 
@@ -120,10 +125,23 @@ class CaptureWriter:
         """
         path = Path(path)
         _check_writable(path)
-        if path.exists() and overwrite:
-            path.unlink()
-        if path.exists():
+        lock = WriteLock(path).acquire()
+        try:
+            writer = cls._open_locked(path, identity, tokens, probes, batch_rows, overwrite, reuse_complete)
+        except BaseException:
+            lock.release()
+            raise
+        writer._lock = lock
+        return writer
+
+    @classmethod
+    def _open_locked(cls, path: Path, identity: FileIdentity, tokens: Any,
+                     probes: dict[str, list[DatasetSpec]], batch_rows: int,
+                     overwrite: bool, reuse_complete: bool) -> CaptureWriter:
+        if path.exists() and not overwrite:
             return cls._resume(path, identity, reuse_complete)
+        # a new file is built aside and renamed into place, so an overwritten file is
+        # replaced only once its successor exists (and kept if building that fails)
         tmp = path.with_name(path.name + ".creating")
         try:
             with h5py.File(tmp, "w") as f:
@@ -190,9 +208,13 @@ class CaptureWriter:
         self.close()
 
     def close(self) -> None:
-        """Close the file (progress so far stays resumable)."""
-        if self._f.id.valid:
-            self._f.close()
+        """Close the file (progress so far stays resumable) and release the write lock."""
+        try:
+            if self._f.id.valid:
+                self._f.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
 
 Batch = dict[str, dict[str, np.ndarray]]

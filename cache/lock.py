@@ -1,0 +1,62 @@
+"""One writer per capture file: an exclusive lock on ``<file>.lock`` while a writer is open.
+
+Readers take no lock (they read a snapshot, see ``cache/reader.py``). The lock is an
+``flock`` on a side file, so the kernel drops it when the writing process dies, even by
+``kill -9``; a stale ``.lock`` file left by a killed writer does not block the next one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from scalelens.errors import ScalelensError
+
+
+class WriteLock:
+    """Exclusive, non-blocking lock for writing ``path``; :meth:`release` when done."""
+
+    def __init__(self, path: Path) -> None:
+        """Prepare the lock of ``path`` (the capture file); :meth:`acquire` takes it."""
+        self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> WriteLock:
+        """Take the lock, or raise one clear error naming the process that holds it."""
+        for _ in range(3):  # a finishing writer may unlink the lock file between open and flock
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise ScalelensError(
+                    f"{self.path} is being written by another capture (process {holder}); "
+                    "wait for it to finish or choose another --out"
+                ) from None
+            if self._still_linked(fd):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+                self._fd = fd
+                return self
+            os.close(fd)
+        raise ScalelensError(f"could not lock {self.path} for writing; try again")
+
+    def _still_linked(self, fd: int) -> bool:
+        try:
+            return os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (idempotent)."""
+        if self._fd is None:
+            return
+        try:
+            self.lock_path.unlink(missing_ok=True)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

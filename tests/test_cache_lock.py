@@ -1,0 +1,97 @@
+"""One writer per capture file: a second writer gets one clear line; a killed writer blocks nobody."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from tiny_models import prompts, tiny_model, word_tokenizer
+
+from scalelens.cache.lock import WriteLock
+from scalelens.cache.reader import CaptureFile
+from scalelens.cli import main
+from scalelens.errors import ScalelensError
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from scalelens.cache.lock import WriteLock
+    WriteLock(Path(sys.argv[1])).acquire()
+    print("locked", flush=True)
+    time.sleep(120)
+""")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny") / "gpt_neox"
+    tiny_model().save_pretrained(d)
+    word_tokenizer().save_pretrained(d)
+    return d
+
+
+@pytest.fixture()
+def args(model_dir, tmp_path):
+    p = tmp_path / "prompts.txt"
+    p.write_text("\n".join(prompts(6)) + "\n")
+    out = tmp_path / "x.h5"
+    return out, ["capture", "--model", str(model_dir), "--prompts", str(p), "--probes", "resid",
+                 "--out", str(out)]
+
+
+def _holder(path):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_writer_is_refused_while_the_first_holds_the_file(args, capsys):
+    out, argv = args
+    holder = _holder(out)
+    try:
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+        assert f"being written by another capture (process {holder.pid})" in err
+        assert not out.exists()
+    finally:
+        holder.terminate()
+        holder.wait()
+
+
+def test_a_killed_writer_leaves_a_stale_lock_that_blocks_nobody(args, capsys):
+    out, argv = args
+    holder = _holder(out)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    assert out.with_name("x.h5.lock").exists()  # stale file, but the kernel dropped the flock
+    assert main(argv) == 0
+    assert not out.with_name("x.h5.lock").exists()
+    with CaptureFile(out) as f:
+        assert f.complete and f.n_done == 6
+
+
+def test_lock_is_exclusive_within_a_process_and_released(tmp_path):
+    path = tmp_path / "y.h5"
+    first = WriteLock(path).acquire()
+    with pytest.raises(ScalelensError, match=f"process {os.getpid()}"):
+        WriteLock(path).acquire()
+    first.release()
+    first.release()  # idempotent
+    assert not path.with_name("y.h5.lock").exists()
+    WriteLock(path).acquire().release()
+
+
+def test_overwrite_replaces_a_complete_file(args, capsys):
+    out, argv = args
+    assert main(argv) == 0
+    inode = out.stat().st_ino
+    assert main(argv) == 2 and "already complete" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert out.stat().st_ino != inode and not out.with_name("x.h5.lock").exists()
+    with CaptureFile(out) as f:
+        assert f.complete
