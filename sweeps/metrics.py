@@ -70,8 +70,8 @@ def _dominance(a: dict[str, Any]) -> Iterator[tuple[str, Any, Any, Any]]:
         yield f"mdi_middle_x{d['factor']}", None, None, d.get("mdi_middle")
 
 
-CAPACITY_SCALARS = ("information_capacity", "nll_bits_per_token", "compression_gain_bits",
-                    "text_bits_per_token", "flops_per_token")
+# The compression gain (text bits - NLL bits) stays in results.json: it is the difference of two of these.
+CAPACITY_SCALARS = ("information_capacity", "nll_bits_per_token", "text_bits_per_token", "flops_per_token")
 
 
 def _capacity(a: dict[str, Any]) -> Iterator[tuple[str, Any, Any, Any]]:

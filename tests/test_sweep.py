@@ -109,8 +109,7 @@ def test_extra_metrics_reach_metrics_csv_and_the_scaling_fits(suite_copy, tmp_pa
     for r in rows:
         by_key.setdefault((r["analysis"], r["metric"]), []).append(r)
     scalars = [("information_capacity", m) for m in ("information_capacity", "nll_bits_per_token",
-                                                     "compression_gain_bits", "text_bits_per_token",
-                                                     "flops_per_token")]
+                                                     "text_bits_per_token", "flops_per_token")]
     scalars += [("activation_sparsity", f"hoyer_{p}_mean") for p in ("resid_post", "mlp_out")]
     for key in scalars:
         assert len(by_key[key]) == len(manifest.sizes) and all(r["layer"] == "" for r in by_key[key]), key
