@@ -62,7 +62,10 @@ def _suite(suite: Path, preset: str, own_cache: bool) -> Any:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Build or reuse the suite, sweep it with all four analyses, fit, and render the report."""
+    """Build or reuse the suite, sweep it with every analysis, fit, and render the report.
+
+    Every analysis: the four mechanisms plus information capacity and activation sparsity.
+    """
     from scalelens.models.suite import default_suite_dir
     from scalelens.reports.render import render_report
     from scalelens.sweeps.cli import _checkpoints

@@ -22,10 +22,10 @@ def float_list(text: str) -> tuple[float, ...]:
 
 
 def add_analysis_args(p: argparse.ArgumentParser) -> None:
-    """Options of the four analyses (shared by measure and sweep)."""
+    """Options of the analyses (shared by measure and sweep)."""
     p.add_argument("--analyses", default="all",
                    help="comma-separated: retrieval_heads, massive_activations, superposition, "
-                        "text_dominance (default all)")
+                        "text_dominance, information_capacity, activation_sparsity (default all)")
     g = p.add_argument_group("retrieval heads")
     g.add_argument("--retrieval-mode", choices=("fast", "reference"), default="fast")
     g.add_argument("--needles", default="auto", help="auto, english, synthetic or a .jsonl file")
@@ -57,10 +57,14 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
                         "at their norm (a content-free control)")
     g.add_argument("--pool", type=int, default=4, help="document tokens per soft token (embeds)")
     g.add_argument("--batch-size", type=int, default=4)
+    g = p.add_argument_group("information capacity")
+    g.add_argument("--capacity-bias", type=float, default=-27.0,
+                   help="numerator bias b of the information capacity (Yuan et al. 2025; -27 as their code)")
 
 
 def settings_from_args(args: argparse.Namespace):
     """Build MeasureSettings from parsed options."""
+    from scalelens.measure.capacity import CapacitySettings
     from scalelens.measure.dominance import DominanceSettings
     from scalelens.measure.massive import MassiveSettings
     from scalelens.measure.retrieval import RetrievalSettings
@@ -79,7 +83,7 @@ def settings_from_args(args: argparse.Namespace):
     dominance = DominanceSettings(dilutions=args.dilutions, n_prompts=args.dominance_prompts,
                                   batch_size=args.batch_size, modality=args.dominance_modality,
                                   soft_tokens=args.soft_tokens, pool=args.pool)
-    return MeasureSettings(retrieval, massive, dominance)
+    return MeasureSettings(retrieval, massive, dominance, CapacitySettings(bias=args.capacity_bias))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from scalelens.analyses.capacity import CapacityResult, ModelShape, flops_per_token, information_capacity
 from scalelens.errors import ScalelensError
-from scalelens.measure.massive import MassiveSettings, _loss
+from scalelens.measure.massive import MassiveSettings, loss
 from scalelens.measure.text import probe_sequences
 from scalelens.probes.prompts import TokenizedPrompts, as_prompts, tokenize
 
@@ -101,7 +101,7 @@ def mean_nll(loaded: Any, tok: TokenizedPrompts, batch_size: int) -> tuple[float
         valid = ids >= 0
         n = int(valid[:, 1:].sum())
         if n:
-            total += _loss(loaded, ids.masked_fill(~valid, 0), valid) * n
+            total += loss(loaded, ids.masked_fill(~valid, 0), valid) * n
             count += n
     return (total / count if count else float("nan")), count
 

@@ -81,7 +81,8 @@ def _site(result: MassiveResult) -> tuple[int, list[int]] | None:
     return None
 
 
-def _loss(loaded: Any, ids: torch.Tensor, valid: torch.Tensor) -> float:
+def loss(loaded: Any, ids: torch.Tensor, valid: torch.Tensor) -> float:
+    """Mean next-token cross-entropy (nats) over the valid positions of right-padded ``ids``."""
     with torch.inference_mode():
         logits = loaded.model(input_ids=ids, attention_mask=valid.long()).logits[:, :-1].float()
     target = ids[:, 1:].masked_fill(~valid[:, 1:], -100)
@@ -102,7 +103,7 @@ def intervention(loaded: Any, result: MassiveResult, texts: list[str]) -> dict[s
     ids = torch.from_numpy(tok.ids.astype(np.int64)).to(loaded.model.device)
     valid = ids >= 0
     ids = ids.masked_fill(~valid, 0)
-    base = _loss(loaded, ids, valid)
+    base = loss(loaded, ids, valid)
     losses = {mode: _loss_with(loaded, ids, valid, layer, dims, mode) for mode in ("zero", "mean")}
     return {"layer": layer, "dims": dims, "loss": base, "loss_zero": losses["zero"],
             "loss_mean": losses["mean"], "delta_zero": losses["zero"] - base,
@@ -123,6 +124,6 @@ def _loss_with(loaded: Any, ids: torch.Tensor, valid: torch.Tensor, layer: int, 
 
     handle = decoder_layers(loaded.model)[layer].register_forward_hook(hook)
     try:
-        return _loss(loaded, ids, valid)
+        return loss(loaded, ids, valid)
     finally:
         handle.remove()

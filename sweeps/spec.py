@@ -59,8 +59,7 @@ class SweepSpec:
     family: str | None = None
     sizes: tuple[str, ...] | None = None
     checkpoints: str | tuple[int, ...] = "log"
-    analyses: tuple[str, ...] = ("retrieval_heads", "massive_activations", "superposition",
-                                 "text_dominance")
+    analyses: tuple[str, ...] = field(default_factory=lambda: _all_analyses())
     executor: str = "local"
     address: str | None = None
     device: str = "cpu"
@@ -122,6 +121,13 @@ def _setting_names() -> list[str]:
     parser = argparse.ArgumentParser(add_help=False)
     add_analysis_args(parser)
     return sorted(k for k in vars(parser.parse_args([])) if k != "analyses")
+
+
+def _all_analyses() -> tuple[str, ...]:
+    """Every analysis ``measure`` runs (``--analyses all``): the default of a sweep."""
+    from scalelens.measure.run import ANALYSES
+
+    return ANALYSES
 
 
 def _check_analyses(analyses: Any) -> None:
