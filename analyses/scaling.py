@@ -332,7 +332,13 @@ def fit_scaling(
     if not reason:
         params, r2 = _fitter(form)(xa, ya)
         reason = _bound_note(params)
-        ci = _bootstrap_ci(xa, ya, form, n_boot, ci_level, seed) if n_boot > 0 else {}
+        distinct = np.unique(xa).size
+        if n_boot > 0 and distinct > _MIN_DISTINCT[form]:
+            ci = _bootstrap_ci(xa, ya, form, n_boot, ci_level, seed)
+        elif n_boot > 0:  # every resample that can be fitted is the data itself: no interval
+            extra = (f"no bootstrap interval: {distinct} distinct x is the fewest a {form} fit "
+                     "accepts, so every usable resample is the data itself")
+            reason = f"{reason}; {extra}" if reason else extra
         loo = _loo_rel_error(xa, ya, form)
     return FitResult(
         metric=metric,

@@ -190,3 +190,17 @@ def test_fits_to_json_shape():
     assert d0["params"]["lam"] == pytest.approx(0.3, rel=1e-3)
     with pytest.raises(ScalelensError):
         fits_to_json([], [{"size": "1b"}])
+
+
+def test_no_degenerate_interval_at_the_fewest_sizes_a_form_accepts():
+    """With exactly the minimum number of distinct x every usable resample is the data: no CI."""
+    x4 = np.array([1e5, 3e5, 1e6, 3e6])
+    y4 = 2.0 * x4**-0.5 + 1.0 + np.array([0.002, -0.001, 0.001, -0.002])
+    fit = fit_saturating(x4, y4, n_boot=200)
+    assert fit.params and fit.ci == {} and "no bootstrap interval" in fit.note
+    x5 = np.append(x4, 1e7)
+    y5 = np.append(y4, 2.0 * 1e7**-0.5 + 1.0)
+    wide = fit_saturating(x5, y5, n_boot=200)
+    assert wide.ci and all(hi > lo for lo, hi in wide.ci.values())
+    three = fit_power_law(x4[:3], 2 * x4[:3] ** 0.3, n_boot=100)
+    assert three.ci == {} and "3 distinct x" in three.note
