@@ -24,3 +24,19 @@ def micro_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("micro_suite") / "suite"
     build_suite(out, preset="micro", progress=False)
     return out
+
+
+# ---------------------------------------------------------------------------
+# a tiny random GPT-NeoX saved as an HF directory with its word tokenizer
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tests/tiny_models.py``'s GPT-NeoX and word tokenizer saved in one directory (read-only)."""
+    from tiny_models import tiny_model, word_tokenizer
+
+    d = tmp_path_factory.mktemp("tiny") / "gpt_neox"
+    tiny_model().save_pretrained(d)
+    word_tokenizer().save_pretrained(d)
+    return d

@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 import pytest
-from tiny_models import prompts, tiny_model, word_tokenizer
+from tiny_models import prompts
 
 from scalelens.cache.lock import WriteLock
 from scalelens.cache.reader import CaptureFile
@@ -26,12 +26,9 @@ HOLD = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny") / "gpt_neox"
-    tiny_model().save_pretrained(d)
-    word_tokenizer().save_pretrained(d)
-    return d
+@pytest.fixture()
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture()

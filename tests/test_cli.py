@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny_models import prompts, tiny_model, word_tokenizer
+from tiny_models import prompts
 
 from scalelens.cache.reader import CaptureFile
 from scalelens.cli import main
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny") / "gpt_neox"
-    tiny_model().save_pretrained(d)
-    word_tokenizer().save_pretrained(d)
-    return d
+@pytest.fixture()
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture()
