@@ -203,6 +203,28 @@ class Capture:
                 bar.update(stop - start)
         bar.close()
 
+    def _logit_rows(self, rows: dict[str, np.ndarray], start: int, stop: int,
+                    device: torch.device) -> dict[str, torch.Tensor]:
+        """Run the LM head on the probed positions only; the logits probes' rows, remapped.
+
+        With logits probes that select positions (not all), the union of this batch's
+        positions becomes the model's ``logits_to_keep`` and each such probe's rows index
+        into it. Computed on the host from the position tables: no device sync.
+        """
+        self._backend.logit_rows = None
+        probes = [rt.spec.name for rt in self._runtimes if rt.spec.point is CapturePoint.LOGITS]
+        if not probes or not self._backend.keeps_logit_rows or not all(
+                rt.selects_positions for rt in self._runtimes if rt.spec.name in probes):
+            return {}
+        keep = _kept_positions([rows[name][start:stop] for name in probes])
+        self._backend.logit_rows = _to_device(keep.astype(np.int64), device)
+        remapped = {}
+        for name in probes:
+            r = rows[name][start:stop]
+            index = np.where(r >= 0, np.searchsorted(keep, r), -1).astype(r.dtype)
+            remapped[name] = _to_device(index, device)
+        return remapped
+
     def _run_batch(self, tok: TokenizedPrompts, rows: dict[str, np.ndarray], start: int,
                    stop: int) -> dict[str, dict[str, torch.Tensor | np.ndarray]]:
         device = self.loaded.model.device
@@ -211,6 +233,7 @@ class Capture:
         valid = ids >= 0
         ids = ids.masked_fill(~valid, _pad_id(self.loaded.tokenizer))
         batch_rows = {k: _to_device(v[start:stop], device) for k, v in rows.items()}
+        batch_rows.update(self._logit_rows(rows, start, stop, device))
         self._ctx = BatchContext(ids=ids, valid=valid, rows=batch_rows,
                                  lengths=tok.lengths[start:stop].tolist())
         for rt in self._runtimes:
@@ -226,6 +249,12 @@ class Capture:
             if rt.selects_positions:
                 arrays[rt.spec.name]["query_pos"] = rows[rt.spec.name][start:stop]
         return arrays
+
+
+def _kept_positions(rows: list[np.ndarray]) -> np.ndarray:
+    """Sorted union of the valid (>= 0) positions in ``rows`` (at least one position)."""
+    keep = np.unique(np.concatenate([r[r >= 0] for r in rows]))
+    return keep if keep.size else np.zeros(1, dtype=np.int64)
 
 
 def _to_device(arr: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -73,11 +73,13 @@ class Backend:
 
     name = "base"
     accepts_embeds = False  # whether forward_embeds is implemented (embedding-block prompts)
+    keeps_logit_rows = False  # whether forward honours logit_rows (the LM head on those positions only)
 
     def __init__(self, model: nn.Module, tokenizer: Any, wanted: Wanted, sink: Sink) -> None:
         """Prepare to capture ``wanted`` (point, layer) pairs of ``model`` into ``sink``."""
         self.model, self.tokenizer, self.wanted, self.sink = model, tokenizer, wanted, sink
         self.stop_after: int | None = None  # last decoder layer the capture needs, if not the last
+        self.logit_rows: torch.Tensor | None = None  # sequence positions the LM head must cover
         self._stack = ExitStack()
 
     def __enter__(self) -> Backend:
@@ -101,6 +103,7 @@ class NativeBackend(Backend):
 
     name = "native"
     accepts_embeds = True
+    keeps_logit_rows = True
 
     def __enter__(self) -> NativeBackend:
         self._stack.enter_context(native.native_hooks(self.model, self.wanted, self.sink))
@@ -109,13 +112,14 @@ class NativeBackend(Backend):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """Run the decoder stack once."""
         logits = any(p is CapturePoint.LOGITS for p, _ in self.wanted)
-        native.forward(self.model, input_ids, attention_mask, logits=logits, stop_after=self.stop_after)
+        native.forward(self.model, input_ids, attention_mask, logits=logits, stop_after=self.stop_after,
+                       logits_to_keep=self.logit_rows)
 
     def forward_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """Run the decoder stack once on ``inputs_embeds``."""
         logits = any(p is CapturePoint.LOGITS for p, _ in self.wanted)
         native.forward(self.model, None, attention_mask, logits=logits, stop_after=self.stop_after,
-                       inputs_embeds=inputs_embeds)
+                       inputs_embeds=inputs_embeds, logits_to_keep=self.logit_rows)
 
 
 def _registry() -> dict[str, type[Backend]]:

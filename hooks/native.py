@@ -64,10 +64,15 @@ def _stop(_module: nn.Module, _args: object, _output: object) -> None:
 
 def forward(model: Any, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
             logits: bool = False, stop_after: int | None = None,
-            inputs_embeds: torch.Tensor | None = None) -> None:
+            inputs_embeds: torch.Tensor | None = None,
+            logits_to_keep: torch.Tensor | None = None) -> None:
     """Run the decoder stack, and the LM head only when ``logits`` are wanted.
 
     Give either ``input_ids`` or ``inputs_embeds`` (b, s, width), not both.
+
+    ``logits_to_keep``: sequence positions (1-D, sorted) the LM head runs on, passed to the
+    model's own ``logits_to_keep`` (the logits hook then sees ``(b, len(positions), vocab)``);
+    None runs it on every position.
 
     ``stop_after``: end the pass right after decoder layer ``stop_after`` (a forward hook
     registered after the capture hooks, so those still fire for that layer); later layers,
@@ -80,6 +85,8 @@ def forward(model: Any, input_ids: torch.Tensor | None, attention_mask: torch.Te
         with torch.inference_mode():
             run = model if logits else model.base_model
             inputs = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+            if logits and logits_to_keep is not None:
+                inputs["logits_to_keep"] = logits_to_keep
             run(**inputs, attention_mask=attention_mask, use_cache=False)
     except _StopForward:
         pass

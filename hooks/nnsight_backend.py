@@ -40,6 +40,7 @@ class NNsightBackend(Backend):
     """Captures module outputs through an nnsight trace of the unmodified HF model."""
 
     name = "nnsight"
+    keeps_logit_rows = True
 
     def __enter__(self) -> NNsightBackend:
         spec = arch_for(self.model)  # unsupported architecture: one-line ScalelensError
@@ -69,9 +70,10 @@ class NNsightBackend(Backend):
         logits = any(p is CapturePoint.LOGITS for p, _ in self.wanted)
         run = self.model if logits else self.model.base_model
         inputs = any(kind == "inputs" for *_, kind in self._reads)
+        extra = {"logits_to_keep": self.logit_rows} if logits and self.logit_rows is not None else {}
         with torch.inference_mode():
             with lm.trace(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                          fn=run) as tracer:
+                          fn=run, **extra) as tracer:
                 cache = tracer.cache(modules=envoys, device=None, include_inputs=inputs)
         for (point, layer, _, kind), envoy in zip(self._reads, envoys, strict=True):
             entry = cache[envoy.path]
