@@ -212,10 +212,11 @@ class Capture:
         into it. Computed on the host from the position tables: no device sync.
         """
         self._backend.logit_rows = None
-        probes = [rt.spec.name for rt in self._runtimes if rt.spec.point is CapturePoint.LOGITS]
-        if not probes or not self._backend.keeps_logit_rows or not all(
-                rt.selects_positions for rt in self._runtimes if rt.spec.name in probes):
+        logit_rts = [rt for rt in self._runtimes if rt.spec.point is CapturePoint.LOGITS]
+        if not logit_rts or not self._backend.keeps_logit_rows or not all(
+                rt.selects_positions for rt in logit_rts):
             return {}
+        probes = [rt.spec.name for rt in logit_rts]
         keep = _kept_positions([rows[name][start:stop] for name in probes])
         self._backend.logit_rows = _to_device(keep.astype(np.int64), device)
         remapped = {}

@@ -111,7 +111,7 @@ def run_measure(args: argparse.Namespace) -> int:
 
     analyses = parse_analyses(args.analyses)
     settings = settings_from_args(args)
-    _check_out_dir(args.out)
+    check_out_dir(args.out)
     loaded = load_from_args(args)
     measure(loaded, analyses, args.out, settings)
     for path in sorted(args.out.glob("*.h5")):
@@ -121,14 +121,15 @@ def run_measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_out_dir(out: Path) -> None:
+def check_out_dir(out: Path, name: str = "output directory", give: str = "a directory") -> None:
+    """Refuse an ``--out`` that is a file or lies under no writable directory (one clear line)."""
     if out.exists() and not out.is_dir():
-        raise ScalelensError(f"--out {out} exists and is not a directory; give a directory")
+        raise ScalelensError(f"--out {out} exists and is not a directory; give {give}")
     parent = out if out.exists() else out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ScalelensError(f"output directory {parent} is not writable; choose another --out")
+        raise ScalelensError(f"{name} {parent} is not writable; choose another --out")
 
 
 def _analyses_in() -> dict[str, list[str]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -81,15 +80,10 @@ def check_run_dir(out: Path, spec, overwrite: bool) -> None:
     A sweep resumes by skipping tasks whose results.json exists, so a rerun with other
     analyses, settings or models would silently mix results.
     """
+    from scalelens.commands.measure import check_out_dir
     from scalelens.measure.run import write_json
 
-    if out.exists() and not out.is_dir():
-        raise ScalelensError(f"--out {out} exists and is not a directory; give a run directory")
-    parent = out if out.exists() else out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ScalelensError(f"run directory {parent} is not writable; choose another --out")
+    check_out_dir(out, "run directory", "a run directory")
     want = {k: v for k, v in spec.to_dict().items() if k in _IDENTITY}
     path = out / RUN_SPEC
     if path.is_file() and not overwrite:
