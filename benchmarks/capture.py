@@ -30,6 +30,7 @@ import gc
 import json
 import shlex
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -84,6 +85,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="skip the TransformerLens / nnsight variants that stop before the LM head",
     )
     ap.add_argument("--goals", default="memory,disk,retrieval", help="extra goal measurements ('' for none)")
+    ap.add_argument(
+        "--retrieval-model", default="tiny", help="tiny (2x64x4 GPT-NeoX) or a Pythia config (pythia-160m)"
+    )
+    ap.add_argument("--retrieval-lengths", default="256,512", help="needle context lengths in tokens")
     ap.add_argument("--memory-sizes", default=None, help="prompt counts, default 1000,10000 (quick: 100,300)")
     ap.add_argument("--memory-model", default="pythia-14m")
     ap.add_argument("--disk-mb", type=float, default=None, help="MiB per file, default 512 (quick: 32)")
@@ -105,6 +110,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.disk_mb = args.disk_mb or (32 if quick else 512)
     args.sets = tuple(s for s in args.sets.split(",") if s)
     args.goals = tuple(g for g in args.goals.split(",") if g)
+    args.retrieval_lengths = tuple(int(x) for x in args.retrieval_lengths.split(","))
+    args.notes = []
     bad = [s for s in args.sets if s not in PROBE_SETS]
     if bad:
         ap.error(f"unknown probe set(s) {bad}; choose from {PROBE_SETS}")
@@ -178,56 +185,88 @@ def runners(loaded: Loaded, args: argparse.Namespace, work: Path) -> dict[str, R
     return out
 
 
+class CutOff(Exception):
+    """The run was told to stop (SIGTERM, e.g. from ``timeout``): record what is complete."""
+
+
+def _cut_off(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills
+    raise CutOff(f"signal {signum}")
+
+
 def time_pipelines(loaded: Loaded, prompts: Prompts, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Every (probe set, pipeline) over ``args.repeats`` rounds, each bracketed by floor runs.
 
     Other jobs on a shared machine change its speed from minute to minute, so pipelines are
     timed on chunks of ``args.chunk`` prompts, in the order floor, A, B, floor, C, D, floor, ...
     (rotated per chunk), and each run is compared with the mean of the floor runs just before
-    and just after it, seconds apart.
+    and just after it, seconds apart. A ``CutOff`` keeps every (round, probe set) block that
+    finished and notes the cut in ``args.notes``.
     """
     device = loaded.model.device
     run = runners(loaded, args, work)
-    k = 2 * args.batch_size
-    warm = prompts.part(0, k)
+    warm = prompts.part(0, 2 * args.batch_size)
+    t0 = time.perf_counter()
     for s in args.sets:  # first calls pay for lazy imports, kernel selection, tracing
         for fn in run.values():
             fn(warm, s)
     _clean(work)
+    print(f"  warm-up (every pipeline once per set): {time.perf_counter() - t0:.1f}s", flush=True)
     n = len(prompts.texts)
     chunks = [prompts.part(a, min(n, a + args.chunk)) for a in range(0, n, args.chunk)]
-    names = [x for x in run if x != FLOOR]
     samples: dict[tuple[str, str], list[dict[str, float]]] = {}
-    for r in range(args.repeats):
-        for s in args.sets:
-            totals: dict[str, float] = {}
-            for c, chunk in enumerate(chunks):
-                rot = (r * len(chunks) + c) % len(names)
-                order = [x for x in names[rot:] + names[:rot] if x != FLOOR_HEAD or s == args.sets[0]]
-                seq = [FLOOR]
-                for i, name in enumerate(order):
-                    seq.append(name)
-                    if i % 2 == 1 or i == len(order) - 1:
-                        seq.append(FLOOR)
-                done = []
-                for name in seq:
-                    done.append((name, timed(partial(run[name], chunk, s), device)))
-                    _clean(work)
-                floors = [i for i, (x, _) in enumerate(done) if x == FLOOR]
-                for i, (name, m) in enumerate(done):
-                    before = max(j for j in floors if j <= i)
-                    after = min(j for j in floors if j >= i)
-                    m["ref_wall"] = (done[before][1]["wall"] + done[after][1]["wall"]) / 2
-                    m["ref_cpu"] = (done[before][1]["cpu"] + done[after][1]["cpu"]) / 2
-                    m["round"], m["chunk"] = r, c
-                    samples.setdefault((s, name), []).append(m)
-                    totals[name] = totals.get(name, 0.0) + m["wall"]
-            print(
-                f"  round {r + 1}/{args.repeats} {s}: "
-                + ", ".join(f"{x} {t:.1f}s" for x, t in totals.items()),
-                flush=True,
-            )
-    return _summarise(samples, prompts.n_tokens, args)
+    try:
+        for r in range(args.repeats):
+            for s in args.sets:
+                for name, ms in _time_block(run, chunks, r, s, args, work, device).items():
+                    samples.setdefault((s, name), []).extend(ms)
+    except CutOff:
+        rounds = {s: len({m["round"] for m in samples.get((s, FLOOR), [])}) for s in args.sets}
+        args.notes.append(f"timing cut off (SIGTERM); complete rounds per set: {rounds}")
+        print(f"  {args.notes[-1]}", flush=True)
+    return _summarise(samples, prompts.n_tokens)
+
+
+def _time_block(
+    run: dict[str, Runner],
+    chunks: list[Prompts],
+    r: int,
+    s: str,
+    args: argparse.Namespace,
+    work: Path,
+    device: torch.device,
+) -> dict[str, list[dict[str, float]]]:
+    """Round ``r`` of probe set ``s``: every chunk, every pipeline, bracketed by floor runs."""
+    names = [x for x in run if x != FLOOR]
+    block: dict[str, list[dict[str, float]]] = {}
+    for c, chunk in enumerate(chunks):
+        rot = (r * len(chunks) + c) % len(names)
+        order = [x for x in names[rot:] + names[:rot] if x != FLOOR_HEAD or s == args.sets[0]]
+        seq = [FLOOR]
+        for i, name in enumerate(order):
+            seq.append(name)
+            if i % 2 == 1 or i == len(order) - 1:
+                seq.append(FLOOR)
+        done = []
+        for name in seq:
+            m = timed(partial(run[name], chunk, s), device)
+            m["bytes"] = sum(p.stat().st_size for p in work.glob("*.h5"))
+            done.append((name, m))
+            _clean(work)
+        floors = [i for i, (x, _) in enumerate(done) if x == FLOOR]
+        for i, (name, m) in enumerate(done):
+            before = max(j for j in floors if j <= i)
+            after = min(j for j in floors if j >= i)
+            m["ref_wall"] = (done[before][1]["wall"] + done[after][1]["wall"]) / 2
+            m["ref_cpu"] = (done[before][1]["cpu"] + done[after][1]["cpu"]) / 2
+            m["round"], m["chunk"] = r, c
+            block.setdefault(name, []).append(m)
+    totals = {name: sum(m["wall"] for m in ms) for name, ms in block.items()}
+    print(
+        f"  round {r + 1}/{args.repeats} {s}: " + ", ".join(f"{x} {t:.1f}s" for x, t in totals.items()),
+        flush=True,
+    )
+    return block
 
 
 def _clean(work: Path) -> None:
@@ -236,11 +275,11 @@ def _clean(work: Path) -> None:
 
 
 def _summarise(
-    samples: dict[tuple[str, str], list[dict[str, float]]], tokens: int, args: argparse.Namespace
+    samples: dict[tuple[str, str], list[dict[str, float]]], tokens: int
 ) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     for (s, name), ms in samples.items():
-        per_round = [_round_seconds(ms, r) for r in range(args.repeats)]
+        per_round = [_round_seconds(ms, r) for r in sorted({int(m["round"]) for m in ms})]
         ratios = [m["ref_wall"] / m["wall"] for m in ms]
         row = {
             "set": s,
@@ -254,6 +293,7 @@ def _summarise(
             "n_samples": len(ms),
             "round_seconds": per_round,
             "peak_rss_mb": max(m["peak_rss_mb"] for m in ms),
+            "written_mb_s": sum(m["bytes"] for m in ms) / sum(m["wall"] for m in ms) / 1e6,
         }
         if "peak_gpu_mb" in ms[0]:
             row["peak_gpu_mb"] = max(m["peak_gpu_mb"] for m in ms)
@@ -292,7 +332,8 @@ def table(rows: dict[str, Any], gpu: bool) -> str:
     head = (
         "| probe set | pipeline | tokens/s | x floor: median [p10, p90] of bracketed runs "
         "| x floor, CPU time "
-        "| scalelens speed-up over it | peak RSS above start (MB) |" + (" peak GPU (MB) |" if gpu else "")
+        "| scalelens speed-up over it | HDF5 written (MB/s) | peak RSS above start (MB) |"
+        + (" peak GPU (MB) |" if gpu else "")
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in PROBE_SETS:
@@ -303,7 +344,8 @@ def table(rows: dict[str, Any], gpu: bool) -> str:
             speed = f"{r['scalelens_speedup']:.2f}x" if "scalelens_speedup" in r else ""
             line = (
                 f"| {s} | {name} | {r['tokens_s']:,.0f} | {r['x_floor']:.2f} [{r['x_floor_lo']:.2f}, "
-                f"{r['x_floor_hi']:.2f}] | {r['x_floor_cpu']:.2f} | {speed} | {r['peak_rss_mb']:,.0f} |"
+                f"{r['x_floor_hi']:.2f}] | {r['x_floor_cpu']:.2f} | {speed} "
+                f"| {r['written_mb_s']:,.0f} | {r['peak_rss_mb']:,.0f} |"
             )
             if gpu:
                 line += f" {r.get('peak_gpu_mb', float('nan')):,.0f} |"
@@ -383,12 +425,21 @@ def goals(
 
 
 def run_goals(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """The goal measurements that need their own setup."""
+    """The goal measurements that need their own setup; a ``CutOff`` keeps those done."""
+    extra: dict[str, Any] = {}
+    try:
+        _goals(args, work, extra)
+    except CutOff:
+        args.notes.append(f"goal measurements cut off (SIGTERM); done: {sorted(extra) or 'none'}")
+        print(f"  {args.notes[-1]}", flush=True)
+    return extra
+
+
+def _goals(args: argparse.Namespace, work: Path, extra: dict[str, Any]) -> None:
     from .disk import write_speed
     from .memory import flat_memory
-    from .retrieval import fast_vs_reference, tiny_neox
+    from .retrieval import fast_vs_reference, retrieval_model
 
-    extra: dict[str, Any] = {}
     if "memory" in args.goals:
         print(f"memory: fresh process per prompt count {args.memory_sizes}", flush=True)
         extra["memory"] = flat_memory(args.memory_sizes, work, args.memory_model, 16, 32, args.device)
@@ -405,9 +456,9 @@ def run_goals(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if "retrieval" in args.goals:
         from scalelens.measure.retrieval import RetrievalSettings
 
-        print("retrieval: fast vs reference", flush=True)
-        loaded = tiny_neox(args.device)
-        lengths = (128,) if args.quick else (256, 512)
+        print(f"retrieval: fast vs reference on {args.retrieval_model}", flush=True)
+        loaded = retrieval_model(args.device, args.retrieval_model)
+        lengths = (128,) if args.quick else args.retrieval_lengths
         depths = (0.0, 0.5, 1.0) if args.quick else tuple(i / 9 for i in range(10))
         settings = RetrievalSettings(
             context_lengths=lengths, depths=depths, n_needles=2, batch_size=4, ablation_k=0
@@ -418,8 +469,8 @@ def run_goals(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             work,
             repeats=1,
         )  # warm-up
-        extra["retrieval"] = fast_vs_reference(loaded, settings, work, repeats=1 if args.quick else 3)
-    return extra
+        result = fast_vs_reference(loaded, settings, work, repeats=1 if args.quick else 3)
+        extra["retrieval"] = {**result, "model": loaded.info.name}
 
 
 def _summary_row(
@@ -473,6 +524,7 @@ def report(
         f"- workload: {args.n_prompts} prompts of {args.seq * 3 // 4}-{args.seq} tokens (random words, "
         f"right-padded per batch), batch size {args.batch_size}, {args.repeats} round(s); "
         f"float32 on CPU, float16 on CUDA",
+        *[f"- {n}" for n in args.notes],
         "",
         table(rows, gpu),
         "",
@@ -504,7 +556,7 @@ def report(
         lines += [
             "",
             f"Retrieval: {rr['n_tests']} needle tests (contexts {rr['context_lengths']}, "
-            f"{rr['answer_tokens_mean']:.1f} answer tokens on average) on a random 2x64x4 GPT-NeoX; "
+            f"{rr['answer_tokens_mean']:.1f} answer tokens on average) on a random {rr['model']}; "
             f"fast runs {', '.join(f'{v:.2f}' for v in rr['fast_all'])} s, reference runs "
             f"{', '.join(f'{v:.2f}' for v in rr['reference_all'])} s.",
         ]
@@ -524,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     load_start = loadavg()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="scalelens-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _cut_off)
+    t0 = time.perf_counter()
     try:
         size = config_name(args.model_config)
         dtype = torch.float16 if args.device == "cuda" else torch.float32
@@ -533,10 +587,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.model_config}: {prompts.n_tokens:,} tokens in {args.n_prompts} prompts; sets {args.sets}",
             flush=True,
         )
+        print(f"  model built: {time.perf_counter() - t0:.1f}s", flush=True)
         rows = time_pipelines(loaded, prompts, args, work)
         del loaded
         gc.collect()
-        extra = run_goals(args, work)
+        extra = run_goals(args, work) if not args.notes else {}  # notes: the timing was cut off
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

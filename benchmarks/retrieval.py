@@ -1,8 +1,14 @@
 """Retrieval-head scoring speed: the fast teacher-forced mode against reference greedy decoding.
 
-Model: a small random-init GPT-NeoX (rotary on 25% of the head dims, parallel residual,
-like Pythia) with a byte-level BPE tokenizer trained on the built-in English haystack
-and needles, so the needle tests tokenize as they would for a real model.
+Model: a random-init GPT-NeoX (``tiny``: 2 layers x 64 wide, rotary on 25% of the head
+dims, parallel residual, like Pythia; or a real Pythia config) with a byte-level BPE
+tokenizer trained on the built-in English haystack and needles, so the needle tests
+tokenize as they would for a real model.
+
+What bounds the ratio: the reference re-runs the growing prefix once per answer token
+(``use_cache=False``) at batch 1, the fast mode runs prefix + answer once in batches. Where
+the forward pass is compute-bound the ratio tends to the answer length (~10 tokens here);
+where per-call overhead dominates (a small model, or a GPU at batch 1) batching adds to it.
 
 Timed: ``measure.retrieval.fast_scores`` (one capture pass over all tests, then scoring
 from the file) and ``reference_scores`` (greedy decoding token by token, top-1 attention
@@ -31,42 +37,46 @@ from scalelens.analyses.retrieval import retrieval_scores
 from scalelens.cache.reader import CaptureFile
 from scalelens.measure import retrieval as r
 from scalelens.models.describe import describe
+from scalelens.models.pythia import pythia_config
 from scalelens.models.tokenizer import train_tokenizer
 from scalelens.probes.haystack import ENGLISH_HAYSTACK, ENGLISH_NEEDLES
 from scalelens.probes.prompts import tokenize
 
-from .workload import Loaded
+from .workload import Loaded, config_name
 
 
-def tiny_neox(
-    device: str,
-    layers: int = 2,
-    width: int = 64,
-    heads: int = 4,
-    vocab: int = 512,
-    context: int = 1024,
-    seed: int = 0,
-) -> Loaded:
-    """A small random GPT-NeoX and its BPE tokenizer, as a loaded model."""
+def retrieval_model(device: str, config: str = "tiny", seed: int = 0) -> Loaded:
+    """A random GPT-NeoX and a BPE tokenizer trained on the built-in text, as a loaded model.
+
+    ``config``: ``tiny`` (2 layers x 64 wide x 4 heads, float32) or a Pythia size
+    (``pythia-160m``; float16 on CUDA, float32 on CPU) with the vocabulary cut to the
+    tokenizer's.
+    """
     docs = [ENGLISH_HAYSTACK] + [f"{n.needle} {n.question} {n.answer}" for n in ENGLISH_NEEDLES]
-    tok = train_tokenizer(docs, vocab)
-    cfg = GPTNeoXConfig(  # type: ignore[call-arg]
-        hidden_size=width,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=4 * width,
-        vocab_size=len(tok),
-        rotary_pct=0.25,
-        max_position_embeddings=context,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
+    tok = train_tokenizer(docs, 512)
+    if config == "tiny":
+        cfg = GPTNeoXConfig(  # type: ignore[call-arg]
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=256,
+            rotary_pct=0.25,
+            max_position_embeddings=1024,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+        )
+        name, dtype = "neox-2x64x4", torch.float32
+    else:
+        cfg = pythia_config(config_name(config))
+        name = f"pythia-{config_name(config)}"
+        dtype = torch.float16 if device == "cuda" else torch.float32
+    cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id = len(tok), 0, 0
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").to(device).eval()
-    info = describe(cfg, name=f"neox-{layers}x{width}x{heads}", source="<random init>", source_kind="memory",
-                    revision=None, step=None, dtype="float32", attn_implementation="sdpa")
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype)
+    model = model.to(device).eval()
+    info = describe(cfg, name=name, source="<random init>", source_kind="memory", revision=None,
+                    step=None, dtype=str(dtype).removeprefix("torch."), attn_implementation="sdpa")
     return Loaded(model, tok, info)
 
 
