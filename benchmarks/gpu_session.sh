@@ -24,7 +24,7 @@ step() {
   local limit=$1
   shift
   echo "== $(date +%T) [limit ${limit}s] $*"
-  timeout "$limit" "$@"
+  timeout -k 20 "$limit" "$@"  # SIGTERM at the limit: the harness records its complete rounds
   local rc=$?
   echo "== $(date +%T) rc=$rc"
 }
@@ -34,12 +34,16 @@ python3 -c "import torch, transformers, h5py, transformer_lens, nnsight, scalele
 print('torch', torch.__version__, 'transformers', transformers.__version__, 'tl ok, nnsight ok')"
 
 bench=(python3 -m benchmarks.capture --device cuda --results "$OUT/RESULTS.md")
-# 2026-11-28 on an H200 the harness needed ~60 s of set-up per model plus ~20 s per round at
-# 160m; these limits fit one 10-minute call.
-step "${T_CHECK:-60}" python3 -m benchmarks.cuda_check --json "$OUT/cuda_check.json"
-step "${T_TASK:-90}" python3 -m benchmarks.task_time --sizes 160m,410m,1.4b --json "$OUT/task_time.json"
-step "${T_160:-200}" "${bench[@]}" --model-config pythia-160m --repeats 2 --json "$OUT/bench-160m.json"
-step "${T_1B4:-150}" "${bench[@]}" --model-config pythia-1.4b --repeats 1 --goals '' --json "$OUT/bench-1.4b.json"
-# a GPU-sized workload: longer prompts, bigger batches (launch overhead matters less)
-step "${T_BIG:-100}" "${bench[@]}" --model-config pythia-1.4b --seq 512 --batch-size 32 --n-prompts 128 \
-  --sets resid,summary --repeats 1 --goals '' --json "$OUT/bench-1.4b-512.json"
+# Limits sum to ~520 s so the whole session fits one 10-minute call; a step cut off by its
+# limit still records the rounds it finished (rc 124).
+step "${T_CHECK:-45}" python3 -m benchmarks.cuda_check --json "$OUT/cuda_check.json"
+step "${T_TASK:-80}" python3 -m benchmarks.task_time --sizes 160m,410m,1.4b --json "$OUT/task_time.json"
+step "${T_160:-130}" "${bench[@]}" --model-config pythia-160m --repeats 2 --goals disk,retrieval \
+  --retrieval-model pythia-160m --retrieval-lengths 1024,2048 --disk-mb 1024 --json "$OUT/bench-160m.json"
+step "${T_410:-60}" "${bench[@]}" --model-config pythia-410m --repeats 1 --goals '' --json "$OUT/bench-410m.json"
+step "${T_1B4:-80}" "${bench[@]}" --model-config pythia-1.4b --repeats 1 --goals '' --json "$OUT/bench-1.4b.json"
+# GPU-sized workloads: 512-token prompts in batches of 32 (launch overhead matters less)
+step "${T_BIG:-60}" "${bench[@]}" --model-config pythia-1.4b --seq 512 --batch-size 32 --n-prompts 128 \
+  --sets summary --repeats 2 --goals '' --json "$OUT/bench-1.4b-512.json"
+step "${T_BIG2:-60}" "${bench[@]}" --model-config pythia-160m --seq 512 --batch-size 32 --n-prompts 128 \
+  --sets resid,summary --repeats 2 --goals '' --json "$OUT/bench-160m-512.json"

@@ -52,12 +52,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _batch_ids(
-    prompts: Prompts, a: int, b: int, w: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.from_numpy(prompts.ids[a:b, :w]).to(device)
-    mask = (torch.arange(w)[None, :] < torch.from_numpy(prompts.lengths[a:b])[:, None]).long()
-    return ids, mask.to(device)
+def _batch_ids(prompts: Prompts, a: int, b: int, w: int, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(prompts.ids[a:b, :w]).to(device)
 
 
 # -- the floor --------------------------------------------------------------------------
@@ -66,13 +62,15 @@ def run_floor(loaded: Loaded, prompts: Prompts, batch_size: int, lm_head: bool =
 
     ``lm_head=False`` runs the decoder stack only (what every capture needs; scalelens also
     skips the LM head unless logits are probed); ``True`` is ``model(...)`` with logits.
+    Batches are right-padded, so causal attention alone keeps real tokens off padding: no
+    padding mask is passed (as scalelens does), letting SDPA use its causal kernels.
     """
     model = loaded.model
     run = model if lm_head else model.base_model
     with torch.inference_mode():
         for a, b, w in prompts.batches(batch_size):
-            ids, mask = _batch_ids(prompts, a, b, w, model.device)
-            run(input_ids=ids, attention_mask=mask, use_cache=False)
+            ids = _batch_ids(prompts, a, b, w, model.device)
+            run(input_ids=ids, use_cache=False)
     _sync(model.device)
 
 

@@ -88,11 +88,11 @@ class Backend:
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """Run one batch; call ``sink`` for every wanted point."""
         raise NotImplementedError
 
-    def forward_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def forward_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """Run one batch given as ``inputs_embeds`` (b, s, width) instead of token ids."""
         raise ScalelensError(f"the {self.name} backend cannot feed embedding blocks (inputs_embeds); "
                              "use backend native")
@@ -109,13 +109,13 @@ class NativeBackend(Backend):
         self._stack.enter_context(native.native_hooks(self.model, self.wanted, self.sink))
         return self
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """Run the decoder stack once."""
         logits = any(p is CapturePoint.LOGITS for p, _ in self.wanted)
         native.forward(self.model, input_ids, attention_mask, logits=logits, stop_after=self.stop_after,
                        logits_to_keep=self.logit_rows)
 
-    def forward_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def forward_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """Run the decoder stack once on ``inputs_embeds``."""
         logits = any(p is CapturePoint.LOGITS for p, _ in self.wanted)
         native.forward(self.model, None, attention_mask, logits=logits, stop_after=self.stop_after,

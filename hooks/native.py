@@ -62,7 +62,7 @@ def _stop(_module: nn.Module, _args: object, _output: object) -> None:
     raise _StopForward
 
 
-def forward(model: Any, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+def forward(model: Any, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
             logits: bool = False, stop_after: int | None = None,
             inputs_embeds: torch.Tensor | None = None,
             logits_to_keep: torch.Tensor | None = None) -> None:

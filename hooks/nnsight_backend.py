@@ -64,7 +64,7 @@ class NNsightBackend(Backend):
             raise
         return self
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """Trace one batch; hand every recorded module output to the sink."""
         lm, envoys = self._lm, self._envoys
         logits = any(p is CapturePoint.LOGITS for p, _ in self.wanted)

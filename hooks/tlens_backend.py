@@ -70,7 +70,7 @@ class TransformerLensBackend(Backend):
         self._stack.callback(self.__dict__.pop, "_bridge", None)
         return self
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """Run one batch through the bridge with a sink-feeding hook per wanted point."""
         bridge = self._bridge if self._bridge is not None else self._build()
         from transformer_lens.model_bridge.exceptions import StopAtLayerException
