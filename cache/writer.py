@@ -52,13 +52,17 @@ class FileIdentity:
 
 
 def chunk_shape(shape: tuple[int, ...], rows: int, itemsize: int) -> tuple[int, ...]:
-    """Chunks of ``rows`` prompts, split along later axes until under CHUNK_BYTES."""
+    """Chunks of ``rows`` prompts, halved along the leading axes until under CHUNK_BYTES.
+
+    Axes are split from the first on, never a later one before an earlier reaches 1, so
+    each chunk is one contiguous block of a C-ordered batch array: HDF5 then writes a batch
+    in a few large pieces. (Splitting the trailing axes instead scatters every chunk into
+    runs of a few hundred bytes: 10x slower writes, measured in benchmarks/RESULTS.md.)
+    """
     chunk = [max(1, min(rows, shape[0]))] + [max(1, s) for s in shape[1:]]
-    while np.prod(chunk) * itemsize > CHUNK_BYTES:
-        axis = int(np.argmax(chunk))
-        if chunk[axis] == 1:
-            break
-        chunk[axis] = (chunk[axis] + 1) // 2
+    for axis in range(len(chunk)):
+        while np.prod(chunk) * itemsize > CHUNK_BYTES and chunk[axis] > 1:
+            chunk[axis] = (chunk[axis] + 1) // 2
     return tuple(chunk)
 
 
