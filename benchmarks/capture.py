@@ -189,9 +189,21 @@ class CutOff(Exception):
     """The run was told to stop (SIGTERM, e.g. from ``timeout``): record what is complete."""
 
 
+_STOP_REQUESTED: list[int] = []
+
+
 def _cut_off(signum: int, frame: Any) -> None:
+    """SIGTERM handler: raise ``CutOff`` now, and again at the next run boundary in case
+    this one is swallowed (a signal can land in a weakref callback, where exceptions are
+    only printed)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills
+    _STOP_REQUESTED.append(signum)
     raise CutOff(f"signal {signum}")
+
+
+def _check_stop() -> None:
+    if _STOP_REQUESTED:
+        raise CutOff(f"signal {_STOP_REQUESTED[0]}")
 
 
 def time_pipelines(loaded: Loaded, prompts: Prompts, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -205,17 +217,11 @@ def time_pipelines(loaded: Loaded, prompts: Prompts, args: argparse.Namespace, w
     """
     device = loaded.model.device
     run = runners(loaded, args, work)
-    warm = prompts.part(0, 2 * args.batch_size)
-    t0 = time.perf_counter()
-    for s in args.sets:  # first calls pay for lazy imports, kernel selection, tracing
-        for fn in run.values():
-            fn(warm, s)
-    _clean(work)
-    print(f"  warm-up (every pipeline once per set): {time.perf_counter() - t0:.1f}s", flush=True)
     n = len(prompts.texts)
     chunks = [prompts.part(a, min(n, a + args.chunk)) for a in range(0, n, args.chunk)]
     samples: dict[tuple[str, str], list[dict[str, float]]] = {}
     try:
+        _warm_up(run, prompts.part(0, 2 * args.batch_size), args.sets, work)
         for r in range(args.repeats):
             for s in args.sets:
                 for name, ms in _time_block(run, chunks, r, s, args, work, device).items():
@@ -225,6 +231,17 @@ def time_pipelines(loaded: Loaded, prompts: Prompts, args: argparse.Namespace, w
         args.notes.append(f"timing cut off (SIGTERM); complete rounds per set: {rounds}")
         print(f"  {args.notes[-1]}", flush=True)
     return _summarise(samples, prompts.n_tokens)
+
+
+def _warm_up(run: dict[str, Runner], warm: Prompts, sets: tuple[str, ...], work: Path) -> None:
+    """Every pipeline once per set: first calls pay for lazy imports, kernel selection, tracing."""
+    t0 = time.perf_counter()
+    for s in sets:
+        for fn in run.values():
+            _check_stop()
+            fn(warm, s)
+    _clean(work)
+    print(f"  warm-up (every pipeline once per set): {time.perf_counter() - t0:.1f}s", flush=True)
 
 
 def _time_block(
@@ -249,6 +266,7 @@ def _time_block(
                 seq.append(FLOOR)
         done = []
         for name in seq:
+            _check_stop()
             m = timed(partial(run[name], chunk, s), device)
             m["bytes"] = sum(p.stat().st_size for p in work.glob("*.h5"))
             done.append((name, m))
@@ -440,9 +458,11 @@ def _goals(args: argparse.Namespace, work: Path, extra: dict[str, Any]) -> None:
     from .memory import flat_memory
     from .retrieval import fast_vs_reference, retrieval_model
 
+    _check_stop()
     if "memory" in args.goals:
         print(f"memory: fresh process per prompt count {args.memory_sizes}", flush=True)
         extra["memory"] = flat_memory(args.memory_sizes, work, args.memory_model, 16, 32, args.device)
+    _check_stop()
     if "disk" in args.goals:
         print(f"disk: HDF5 writer vs raw write, {args.disk_mb:.0f} MiB", flush=True)
         cfg = projection.Shape.of(config_name(args.model_config))
@@ -453,6 +473,7 @@ def _goals(args: argparse.Namespace, work: Path, extra: dict[str, Any]) -> None:
             args.disk_mb,
             repeats=3 if args.quick else 5,
         )
+    _check_stop()
     if "retrieval" in args.goals:
         from scalelens.measure.retrieval import RetrievalSettings
 

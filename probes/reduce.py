@@ -14,6 +14,7 @@ from scalelens.hooks.points import CapturePoint
 from scalelens.probes.spec import PositionKind, ProbeSpec, Reduction
 
 _STORE_DTYPE = {"float16": "float16", "bfloat16": "float32", "float32": "float32"}
+MASSIVE_STACK_BYTES = 256 * 2**20  # |h| of this many bytes of layers is reduced at once
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ class BatchContext:
     cache: dict[Any, Any] = field(default_factory=dict)
 
 
-def _median_layout(ctx: BatchContext, s: int, d: int, device: torch.device) -> tuple[Any, ...]:
-    """Per-batch constants of :func:`_medians` for (b, s, d) inputs, built once per batch.
+def _median_layout(ctx: BatchContext, reps: int, s: int, d: int, device: torch.device) -> tuple[Any, ...]:
+    """Per-batch constants of :func:`_medians` for (reps, b, s, d) inputs, built once per batch.
 
     Row i of the flattened (b, s*d) input holds n_i = len_i * d valid entries, then padding.
     To select every row's own lower median r_i = ceil(n_i / 2) with ONE batched selection
@@ -57,9 +58,9 @@ def _median_layout(ctx: BatchContext, s: int, d: int, device: torch.device) -> t
     Returns (R, inf_from, odd): R; per row the first slot that must hold +inf
     (n_i + R - r_i); whether n_i is odd, as a bool tensor on ``device``.
     """
-    key = ("median", s, d, device)
+    key = ("median", reps, s, d, device)
     if key not in ctx.cache:
-        n = np.array([min(length, s) * d for length in ctx.lengths], dtype=np.int64)
+        n = np.array([min(length, s) * d for length in ctx.lengths] * reps, dtype=np.int64)
         lo_rank = (n + 1) // 2
         big_r = int(lo_rank.max())
         odd = n % 2 == 1
@@ -70,6 +71,9 @@ def _median_layout(ctx: BatchContext, s: int, d: int, device: torch.device) -> t
 
 def _medians(a: torch.Tensor, ctx: BatchContext, use_numpy: bool | None = None) -> torch.Tensor:
     """Median of each prompt's valid entries of ``a`` (b, s, d), numpy convention (even: mean).
+
+    ``a`` may also be (n, b, s, d), n layers stacked: the result is then (n, b), all layers
+    in the same two selections.
 
     ``a`` must be the caller's own tensor, non-negative, with every padded position
     (>= the prompt's length) set to -1; it may be overwritten. Exactly the values of
@@ -82,24 +86,26 @@ def _medians(a: torch.Tensor, ctx: BatchContext, use_numpy: bool | None = None) 
 
     ``use_numpy`` overrides the choice by device (tests run the device path on the CPU).
     """
-    b, s, d = a.shape
-    flat = a.view(b, s * d)
+    *lead, b, s, d = a.shape
+    reps = int(np.prod(lead))
+    flat = a.view(reps * b, s * d)
     if use_numpy is None:
         use_numpy = a.device.type == "cpu"
     if use_numpy:
         x = flat.numpy()
-        return torch.from_numpy(np.array(
-            [_median_1d(x[i, : min(n, s) * d]) for i, n in enumerate(ctx.lengths)], dtype=np.float32))
-    big_r, inf_from, odd_t = _median_layout(ctx, s, d, a.device)
+        lengths = ctx.lengths * reps
+        med = np.array([_median_1d(x[i, : min(n, s) * d]) for i, n in enumerate(lengths)], dtype=np.float32)
+        return torch.from_numpy(med).view(*lead, b)
+    big_r, inf_from, odd_t = _median_layout(ctx, reps, s, d, a.device)
     n_all = s * d
     if min(inf_from) < n_all:
-        key = ("median_inf", s, d, a.device)
+        key = ("median_inf", reps, s, d, a.device)
         if key not in ctx.cache:
             j = torch.arange(n_all, device=a.device)
             starts = _pinned(torch.tensor(inf_from), a.device)
             ctx.cache[key] = j[None, :] >= starts[:, None]
         flat.masked_fill_(ctx.cache[key], float("inf"))
-    return _middles(flat, big_r, odd_t)
+    return _middles(flat, big_r, odd_t).view(*lead, b)
 
 
 def _pinned(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -184,6 +190,8 @@ class ProbeRuntime:
         self.topk = min(spec.topk, seq * d_model) if topk is None else topk
         self._buf: dict[str, torch.Tensor] = {}
         self._tails: list[int] = []  # prompt lengths whose padding finish() zeroes
+        self._stack: torch.Tensor | None = None  # massive: |h| of layers not yet reduced
+        self._pending: list[int] = []  # their layer indices
         self._heads: dict[tuple[torch.device, int], torch.Tensor | None] = {}
 
     @property
@@ -202,6 +210,7 @@ class ProbeRuntime:
         """Forget the previous batch's buffers."""
         self._buf = {}
         self._tails = []
+        self._pending = []
 
     def _slot(self, name: str, b: int, tail: tuple[int, ...], dtype: torch.dtype,
               device: torch.device, fill: float | None = 0) -> torch.Tensor:
@@ -260,24 +269,44 @@ class ProbeRuntime:
         return getattr(torch, _STORE_DTYPE[self.spec.dtype])
 
     def _massive(self, li: int, h: torch.Tensor, ctx: BatchContext) -> None:
+        """Stack |h| of this layer; reduce the stack once it is full or the last layer is in.
+
+        One top-k and two k-th value selections then cover every stacked layer: a handful
+        of kernels per batch instead of per layer, and rows enough to fill a GPU.
+        """
         b, s, d = h.shape
-        a = h.detach().float().abs()  # a new tensor, ours to overwrite
+        if self._stack is None or self._stack.shape[1:] != (b, s, d):
+            per_layer = b * s * d * 4
+            depth = max(1, min(len(self.layer_index), MASSIVE_STACK_BYTES // per_layer))
+            self._stack = torch.empty((depth, b, s, d), dtype=torch.float32, device=h.device)
+        a = self._stack[len(self._pending)]
+        a.copy_(h.detach())
+        a.abs_()
+        self._pending.append(li)
+        if len(self._pending) == self._stack.shape[0] or li == len(self.layer_index) - 1:
+            self._reduce_massive(ctx)
+
+    def _reduce_massive(self, ctx: BatchContext) -> None:
+        layers, self._pending = self._pending, []
+        assert self._stack is not None
+        a = self._stack[: len(layers)]  # (n, b, s, d), ours to overwrite
+        n, b, s, d = a.shape
         if min(ctx.lengths) < s:  # padded positions can never be picked
             a.masked_fill_(_padding(ctx, s), -1.0)
-        vals, idx = a.view(b, s * d).topk(self.topk, dim=1)
+        vals, idx = a.view(n, b, s * d).topk(self.topk, dim=2)
         pos = idx // d
         dim = idx - pos * d
-        token = ctx.ids.gather(1, pos)
+        token = ctx.ids[None].expand(n, -1, -1).gather(2, pos)
         if min(ctx.lengths) * d < self.topk:  # a prompt with fewer entries than topk
             pad = vals < 0
             vals = vals.masked_fill(pad, float("nan"))
             pos, dim, token = (t.masked_fill(pad, -1) for t in (pos, dim, token))
-        k, dev = (self.topk,), h.device
-        self._slot("top_values", b, k, torch.float32, dev)[:, li] = vals
-        self._slot("top_pos", b, k, torch.int32, dev)[:, li] = pos
-        self._slot("top_dim", b, k, torch.int32, dev)[:, li] = dim
-        self._slot("top_token", b, k, torch.int32, dev)[:, li] = token
-        self._slot("median_abs", b, (), torch.float32, dev)[:, li] = _medians(a, ctx)  # clobbers a
+        k, dev = (self.topk,), a.device
+        for name, t, dtype in (("top_values", vals, torch.float32), ("top_pos", pos, torch.int32),
+                               ("top_dim", dim, torch.int32), ("top_token", token, torch.int32)):
+            self._slot(name, b, k, dtype, dev)[:, layers] = t.transpose(0, 1).to(dtype)
+        median = _medians(a, ctx)  # clobbers a
+        self._slot("median_abs", b, (), torch.float32, dev)[:, layers] = median.transpose(0, 1)
 
     def on_attention(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: Any,
                      scaling: float, kwargs: dict[str, Any], ctx: BatchContext) -> None:
@@ -311,6 +340,8 @@ class ProbeRuntime:
 
     def finish(self) -> dict[str, torch.Tensor]:
         """This batch's buffers (on the model's device), shaped like the stored datasets."""
+        if self._pending:  # stacked layers are reduced when the last probed layer comes in
+            raise RuntimeError(f"probe {self.spec.name!r}: hooks did not fire for its last layer")
         missing = {d.name for d in self.datasets()} - set(self._buf) - {"query_pos"}
         if missing:
             raise RuntimeError(f"probe {self.spec.name!r}: hooks did not fire for {sorted(missing)}")

@@ -97,6 +97,34 @@ def test_summary_probes_agree_with_full_tensors(tmp_path):
         )
 
 
+@pytest.mark.parametrize("stack_bytes", [1, 3 * 12 * 32 * 4 * 2])
+def test_massive_layers_reduced_in_stacks_equal_all_at_once(stack_bytes, tmp_path, monkeypatch):
+    """The massive summary is the same whether 1, 2 or all 3 layers share one reduction."""
+    import scalelens.probes.reduce as reduce
+
+    lm = loaded()
+
+    def run(name):
+        out = capture(lm, [preset("massive")], prompts(), tmp_path / name, batch_size=3, progress=False)
+        with CaptureFile(out) as f:
+            return {k: v.data for k, v in f.probe("massive").items()}
+
+    whole = run("all.h5")
+    sizes = []
+    reduce_massive = reduce.ProbeRuntime._reduce_massive
+
+    def spy(self, ctx):
+        sizes.append(len(self._pending))
+        reduce_massive(self, ctx)
+
+    monkeypatch.setattr(reduce, "MASSIVE_STACK_BYTES", stack_bytes)
+    monkeypatch.setattr(reduce.ProbeRuntime, "_reduce_massive", spy)
+    stacked = run("stacked.h5")
+    assert max(sizes) == 1 if stack_bytes == 1 else 2 in sizes, sizes  # layer by layer / split stacks
+    for k in whole:
+        np.testing.assert_array_equal(whole[k], stacked[k], err_msg=k)
+
+
 def test_segment_positions_and_heads(tmp_path):
     from scalelens.probes.prompts import Prompt
 

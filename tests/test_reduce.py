@@ -97,3 +97,18 @@ def test_background_writer_raises_the_thread_error_and_stops_writing(tmp_path):
         bg.close()
     assert w.n_done == 0
     w.close()
+
+
+@pytest.mark.parametrize("use_numpy", [True, False])
+def test_stacked_layers_medians_equal_layer_by_layer(use_numpy):
+    g = torch.Generator().manual_seed(1)
+    n, b, s, d = 3, 4, 6, 5
+    lengths = [6, 2, 5, 1]
+    a = torch.randn(n, b, s, d, generator=g).abs()
+    for i, m in enumerate(lengths):
+        a[:, i, m:] = -1.0
+    ctx = BatchContext(ids=torch.zeros(b, s), valid=torch.ones(b, s), rows={}, lengths=lengths)
+    want = torch.stack([_medians(a[j].clone(), ctx, use_numpy=use_numpy) for j in range(n)])
+    got = _medians(a.clone(), ctx, use_numpy=use_numpy)
+    assert got.shape == (n, b)
+    assert torch.equal(got, want)
