@@ -279,7 +279,7 @@ def _time_block(
             m["ref_cpu"] = (done[before][1]["cpu"] + done[after][1]["cpu"]) / 2
             m["round"], m["chunk"] = r, c
             block.setdefault(name, []).append(m)
-    totals = {name: sum(m["wall"] for m in ms) for name, ms in block.items()}
+    totals = {name: _round_seconds(ms, r) for name, ms in block.items()}  # floor: mean per chunk
     print(
         f"  round {r + 1}/{args.repeats} {s}: " + ", ".join(f"{x} {t:.1f}s" for x, t in totals.items()),
         flush=True,

@@ -3,8 +3,11 @@
 #
 #   OUT=/some/dir bash benchmarks/gpu_session.sh        (repo root, on a machine with a CUDA GPU)
 #
-# Optional: wheels in .whl/ (transformer-lens, nnsight and the packages they need that the
-# machine lacks) are installed into /tmp/site first; SCALELENS_COMMIT names the commit
+# Optional: wheels in .whl/ (transformer-lens, nnsight, rouge-score and the packages they need
+# that the machine lacks: datasets, dill, multiprocess, greenlet, pydantic (+ core,
+# annotated-types, typing-inspection), fancy-einsum, beartype, typeguard, zstandard,
+# websocket-client, nltk, absl-py, regex, joblib, click, tqdm; cp312) are installed into
+# /tmp/site first; SCALELENS_COMMIT names the commit
 # when the tree has no .git. Each step has its own time limit, so one failing or slow step
 # leaves the others' results. Results land in $OUT: RESULTS.md (a copy of the ledger with
 # the new rows), one JSON file per step, and the log on stdout.
@@ -37,11 +40,13 @@ bench=(python3 -m benchmarks.capture --device cuda --results "$OUT/RESULTS.md")
 # Limits sum to ~520 s so the whole session fits one 10-minute call; a step cut off by its
 # limit still records the rounds it finished (rc 124).
 step "${T_CHECK:-45}" python3 -m benchmarks.cuda_check --json "$OUT/cuda_check.json"
+step "${T_PROF:-40}" python3 -m benchmarks.profile_capture --device cuda --model-config pythia-160m \
+  --sets summary,resid --json "$OUT/profile-160m.json"
 step "${T_TASK:-80}" python3 -m benchmarks.task_time --sizes 160m,410m,1.4b --json "$OUT/task_time.json"
-step "${T_160:-130}" "${bench[@]}" --model-config pythia-160m --repeats 2 --goals disk,retrieval \
+step "${T_160:-120}" "${bench[@]}" --model-config pythia-160m --repeats 2 --goals disk,retrieval \
   --retrieval-model pythia-160m --retrieval-lengths 1024,2048 --disk-mb 1024 --json "$OUT/bench-160m.json"
-step "${T_410:-60}" "${bench[@]}" --model-config pythia-410m --repeats 1 --goals '' --json "$OUT/bench-410m.json"
-step "${T_1B4:-80}" "${bench[@]}" --model-config pythia-1.4b --repeats 1 --goals '' --json "$OUT/bench-1.4b.json"
+step "${T_410:-50}" "${bench[@]}" --model-config pythia-410m --repeats 1 --goals '' --json "$OUT/bench-410m.json"
+step "${T_1B4:-70}" "${bench[@]}" --model-config pythia-1.4b --repeats 1 --goals '' --json "$OUT/bench-1.4b.json"
 # GPU-sized workloads: 512-token prompts in batches of 32 (launch overhead matters less)
 step "${T_BIG:-60}" "${bench[@]}" --model-config pythia-1.4b --seq 512 --batch-size 32 --n-prompts 128 \
   --sets summary --repeats 2 --goals '' --json "$OUT/bench-1.4b-512.json"

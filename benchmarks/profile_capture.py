@@ -1,0 +1,73 @@
+"""Where a capture's time goes: torch.profiler over scalelens and the floor, top ops by device time.
+
+    python -m benchmarks.profile_capture [--device cuda] [--model-config pythia-160m] [--sets summary]
+
+Same model, prompts and batches as ``benchmarks.capture`` (random-init Pythia config, word
+tokenizer). After one warm-up call each, the floor and ``scalelens.capture`` of each probe
+set run once under the profiler; the top ops by self device time (self CPU time on a CPU)
+are printed with their call counts, and the totals are written as JSON with ``--json``.
+Use it before optimising: it tells kernels that are slow from kernels that are many.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from .pipelines import PROBE_SETS, run_floor, run_scalelens
+from .workload import build_model, config_name, make_prompts
+
+
+def top_ops(prof: Any, device: str, n: int) -> list[dict[str, Any]]:
+    """The ``n`` ops with the most self time on ``device`` (cuda or cpu)."""
+    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)[:n]
+    return [{"op": e.key, "calls": e.count, "self_ms": getattr(e, key, 0.0) / 1e3} for e in rows]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Profile the floor and each probe set once; print the top ops."""
+    doc = (__doc__ or "").split("\n")[0]
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.profile_capture", description=doc)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--model-config", default="pythia-160m")
+    ap.add_argument("--sets", default="summary", help=f"comma-separated, from {PROBE_SETS}")
+    ap.add_argument("--n-prompts", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    dtype = torch.float16 if args.device == "cuda" else torch.float32
+    loaded = build_model(config_name(args.model_config), args.device, dtype)
+    prompts = make_prompts(args.n_prompts, args.seq, loaded.info.vocab_size)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    work = Path(tempfile.mkdtemp(prefix="scalelens-prof-"))
+    runs: dict[str, Callable[[], None]] = {"floor": partial(run_floor, loaded, prompts, args.batch_size)}
+    for s in args.sets.split(","):
+        runs[s] = partial(run_scalelens, loaded, prompts, args.batch_size, s, work / f"{s}.h5")
+    result: dict[str, Any] = {}
+    for name, fn in runs.items():
+        fn()  # warm-up
+        with profile(activities=activities) as prof:
+            fn()
+        ops = top_ops(prof, args.device, args.top)
+        result[name] = ops
+        print(f"\n== {name}: top {args.top} ops by self {args.device} time")
+        for o in ops:
+            print(f"  {o['self_ms']:9.2f} ms  {o['calls']:6d} calls  {o['op'][:90]}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
