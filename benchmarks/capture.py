@@ -78,7 +78,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--repeats", type=int, help="rounds; default 3 (quick: 1)")
     ap.add_argument("--chunk", type=int, help="prompts per timed run (default 4 batches)")
-    ap.add_argument("--sets", default=",".join(PROBE_SETS), help="probe sets to time")
+    ap.add_argument(
+        "--sets", default=",".join(PROBE_SETS), help="probe sets to time ('' for the goals alone)"
+    )
     ap.add_argument(
         "--no-stop-variants",
         action="store_true",
@@ -609,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         print(f"  model built: {time.perf_counter() - t0:.1f}s", flush=True)
-        rows = time_pipelines(loaded, prompts, args, work)
+        rows = time_pipelines(loaded, prompts, args, work) if args.sets else {}
         del loaded
         gc.collect()
         extra = run_goals(args, work) if not args.notes else {}  # notes: the timing was cut off

@@ -146,3 +146,72 @@ def attention_rows(
         scores = torch.tanh(scores / softcap) * softcap
     scores = _masked_scores(scores, rows, mask, kwargs, key.shape[2] - query.shape[2])
     return torch.softmax(scores, dim=-1).nan_to_num(0.0)
+
+
+def attention_probs(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    mask: Any,
+    scaling: float,
+    kwargs: dict[str, Any],
+    heads: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention probabilities of every query row, in few passes over the scores.
+
+    :func:`attention_rows` for all rows, without the row gather, with scaling and masking
+    in place and the softmax written into ``out``.
+
+    Args:
+        query: (batch, head, seq, d_head) post-rotary queries.
+        key: (batch, kv_head, kv_seq, d_head) post-rotary keys.
+        mask: The mask the model passed to its attention function (4-D or None).
+        scaling: Softmax scaling the model uses.
+        kwargs: The attention call's keyword arguments (``softcap``, ``sliding_window``).
+        heads: Query heads to keep (a device index), or None for all.
+        out: (batch, head, seq, kv_seq) float32 tensor to write into, or None.
+
+    Returns:
+        (batch, head, seq, kv_seq) float32 probabilities (``out`` when given).
+    """
+    k = _repeat_kv(key, query.shape[1])
+    q = query
+    if heads is not None:
+        q, k = q.index_select(1, heads), k.index_select(1, heads)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2))
+    scores.mul_(scaling)
+    softcap = kwargs.get("softcap")
+    if softcap:
+        scores.div_(softcap).tanh_().mul_(softcap)
+    s, kv = scores.shape[-2:]
+    if mask is not None and mask.dim() == 4:
+        picked = mask[:, :, :s, :kv]
+        if picked.dtype == torch.bool:
+            scores.masked_fill_(~picked, float("-inf"))
+        else:
+            scores.add_(picked.to(scores.dtype))
+    else:
+        blocked = _causal_blocked(s, kv, kwargs.get("sliding_window"), scores.device)
+        scores.masked_fill_(blocked, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, out=out) if out is not None else torch.softmax(scores, dim=-1)
+    if mask is not None:  # a row the mask blocks entirely comes out NaN
+        probs.nan_to_num_(0.0)
+    return probs
+
+
+_CAUSAL: dict[tuple[int, int, int | None, torch.device], torch.Tensor] = {}
+
+
+def _causal_blocked(s: int, kv: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """(s, kv) True where query i (the last s of kv positions) may not see key j; cached."""
+    key = (s, kv, window or None, device)
+    if key not in _CAUSAL:
+        if len(_CAUSAL) > 64:
+            _CAUSAL.clear()
+        pos = torch.arange(s, device=device)[:, None] + (kv - s)
+        keys = torch.arange(kv, device=device)[None, :]
+        blocked = keys > pos
+        if window:
+            blocked |= keys <= pos - window
+        _CAUSAL[key] = blocked
+    return _CAUSAL[key]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from scalelens.axes import Axis
-from scalelens.hooks.attention import attention_rows
+from scalelens.hooks.attention import attention_probs, attention_rows
 from scalelens.hooks.points import CapturePoint
 from scalelens.probes.spec import PositionKind, ProbeSpec, Reduction
 
@@ -190,6 +190,7 @@ class ProbeRuntime:
         self.topk = min(spec.topk, seq * d_model) if topk is None else topk
         self._buf: dict[str, torch.Tensor] = {}
         self._tails: list[int] = []  # prompt lengths whose padding finish() zeroes
+        self._tail_axis, self._width = 1, 0  # position axis of values[i]; batch width (attention)
         self._stack: torch.Tensor | None = None  # massive: |h| of layers not yet reduced
         self._pending: list[int] = []  # their layer indices
         self._heads: dict[tuple[torch.device, int], torch.Tensor | None] = {}
@@ -248,7 +249,7 @@ class ProbeRuntime:
             b, w = h.shape[:2]
             out = self._slot("values", b, (self.seq, *h.shape[2:]), self._dtype(), h.device, fill=None)
             out[:, li, :w].copy_(h)
-            self._tails = ctx.lengths
+            self._tails, self._tail_axis = ctx.lengths, 1
             return
         rows = ctx.rows[self.spec.name]
         sel = _gather_positions(h, rows, 1)
@@ -323,6 +324,9 @@ class ProbeRuntime:
             out = self._slot("values", b, tuple(sel.shape[1:]), self._dtype(), query.device)
             out[:, li] = sel.to(out.dtype)
             return
+        if self.spec.reduction is Reduction.FULL and self.spec.positions.kind is PositionKind.ALL:
+            self._full_pattern(li, query, key, mask, scaling, kwargs, ctx, heads)
+            return
         probs = attention_rows(query, key, rows, mask, scaling, kwargs)
         if heads is not None:
             probs = probs.index_select(1, heads)
@@ -338,6 +342,23 @@ class ProbeRuntime:
             out = self._slot("values", b, (*probs.shape[1:-1], self.seq), self._dtype(), query.device)
             out[:, li, ..., :kv] = probs
 
+    def _full_pattern(self, li: int, query: torch.Tensor, key: torch.Tensor, mask: Any, scaling: float,
+                      kwargs: dict[str, Any], ctx: BatchContext, heads: torch.Tensor | None) -> None:
+        """Every query row of ``layer``, the softmax written straight into the stored buffer.
+
+        Its padding (rows past each prompt's length, keys past the batch width) is zeroed
+        by finish().
+        """
+        b, s = query.shape[0], query.shape[2]
+        nh = query.shape[1] if heads is None else heads.numel()
+        out = self._slot("values", b, (nh, self.seq, self.seq), self._dtype(), query.device, fill=None)
+        view = out[:, li, :, :s, : key.shape[2]]
+        if view.dtype == torch.float32:
+            attention_probs(query, key, mask, scaling, kwargs, heads, out=view)
+        else:
+            view.copy_(attention_probs(query, key, mask, scaling, kwargs, heads))
+        self._tails, self._tail_axis, self._width = ctx.lengths, 2, s
+
     def finish(self) -> dict[str, torch.Tensor]:
         """This batch's buffers (on the model's device), shaped like the stored datasets."""
         if self._pending:  # stacked layers are reduced when the last probed layer comes in
@@ -347,10 +368,13 @@ class ProbeRuntime:
             raise RuntimeError(f"probe {self.spec.name!r}: hooks did not fire for {sorted(missing)}")
         if self._tails:
             values = self._buf["values"]
+            axis = self._tail_axis  # the position axis of values[i]
             with torch.inference_mode():  # the buffers were made inside the forward pass
                 for i, n in enumerate(self._tails):
-                    if n < values.shape[2]:
-                        values[i, :, n:].zero_()
+                    if n < values.shape[axis + 1]:
+                        values[i].narrow(axis, n, values.shape[axis + 1] - n).zero_()
+                    if axis == 2 and self._width < self.seq:  # attention: keys past the batch width
+                        values[i, :, :, :n, self._width :].zero_()
         return dict(self._buf)
 
 
