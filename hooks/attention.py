@@ -106,13 +106,21 @@ def _masked_scores(
         if picked.dtype == torch.bool:
             return scores.masked_fill(~picked, float("-inf"))
         return scores + picked.to(scores.dtype)
-    keys = torch.arange(kv, device=scores.device)
     pos = rows[:, :, None] + offset  # absolute position of each query row
-    blocked = keys[None, None, :] > pos
-    window = kwargs.get("sliding_window")
-    if window:
-        blocked |= keys[None, None, :] <= pos - window
+    blocked = _blocked(pos, kv, kwargs.get("sliding_window"))
     return scores.masked_fill(blocked[:, None], float("-inf"))
+
+
+def _blocked(pos: torch.Tensor, kv: int, window: int | None) -> torch.Tensor:
+    """True where a query at position ``pos`` (trailing axis 1) may not see key j < ``kv``.
+
+    Blocked: a later key, or one outside the sliding window.
+    """
+    keys = torch.arange(kv, device=pos.device)
+    blocked = keys > pos
+    if window:
+        blocked |= keys <= pos - window
+    return blocked
 
 
 def attention_rows(
@@ -208,10 +216,5 @@ def _causal_blocked(s: int, kv: int, window: int | None, device: torch.device) -
     if key not in _CAUSAL:
         if len(_CAUSAL) > 64:
             _CAUSAL.clear()
-        pos = torch.arange(s, device=device)[:, None] + (kv - s)
-        keys = torch.arange(kv, device=device)[None, :]
-        blocked = keys > pos
-        if window:
-            blocked |= keys <= pos - window
-        _CAUSAL[key] = blocked
+        _CAUSAL[key] = _blocked(torch.arange(s, device=device)[:, None] + (kv - s), kv, window)
     return _CAUSAL[key]
