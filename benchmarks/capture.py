@@ -226,8 +226,10 @@ def time_pipelines(loaded: Loaded, prompts: Prompts, args: argparse.Namespace, w
         _warm_up(run, prompts.part(0, 2 * args.batch_size), args.sets, work)
         for r in range(args.repeats):
             for s in args.sets:
-                for name, ms in _time_block(run, chunks, r, s, args, work, device).items():
+                block = _time_block(run, chunks, r, s, args, work, device)
+                for name, ms in block.items():
                     samples.setdefault((s, name), []).extend(ms)
+                _print_round(block, r, s, args)
     except CutOff:
         rounds = {s: len({m["round"] for m in samples.get((s, FLOOR), [])}) for s in args.sets}
         args.notes.append(f"timing cut off (SIGTERM); complete rounds per set: {rounds}")
@@ -244,6 +246,12 @@ def _warm_up(run: dict[str, Runner], warm: Prompts, sets: tuple[str, ...], work:
             fn(warm, s)
     _clean(work)
     print(f"  warm-up (every pipeline once per set): {time.perf_counter() - t0:.1f}s", flush=True)
+
+
+def _print_round(block: dict[str, list[dict[str, float]]], r: int, s: str, args: argparse.Namespace) -> None:
+    """One line per (round, set): seconds of one pass over the prompts per pipeline."""
+    totals = ", ".join(f"{name} {_round_seconds(ms, r):.1f}s" for name, ms in block.items())
+    print(f"  round {r + 1}/{args.repeats} {s}: {totals}", flush=True)
 
 
 def _time_block(
@@ -281,11 +289,6 @@ def _time_block(
             m["ref_cpu"] = (done[before][1]["cpu"] + done[after][1]["cpu"]) / 2
             m["round"], m["chunk"] = r, c
             block.setdefault(name, []).append(m)
-    totals = {name: _round_seconds(ms, r) for name, ms in block.items()}  # floor: mean per chunk
-    print(
-        f"  round {r + 1}/{args.repeats} {s}: " + ", ".join(f"{x} {t:.1f}s" for x, t in totals.items()),
-        flush=True,
-    )
     return block
 
 
