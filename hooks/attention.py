@@ -92,11 +92,13 @@ def _repeat_kv(key: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def _masked_scores(
-    scores: torch.Tensor, rows: torch.Tensor, mask: Any, kwargs: dict[str, Any], offset: int
+    scores: torch.Tensor, rows: torch.Tensor, mask: Any, kwargs: dict[str, Any], offset: int,
+    memo: dict[Any, Any],
 ) -> torch.Tensor:
-    """Apply the model's mask (or a causal one) to scores of shape (b, h, q, kv).
+    """Apply the model's mask (or a causal one, in place) to scores of shape (b, h, q, kv).
 
-    ``offset`` is the number of cached keys before the first query (decoding steps).
+    ``offset`` is the number of cached keys before the first query (decoding steps);
+    ``memo`` keeps the causal block for further layers with the same rows.
     """
     kv = scores.shape[-1]
     if mask is not None and mask.dim() == 4:
@@ -106,9 +108,12 @@ def _masked_scores(
         if picked.dtype == torch.bool:
             return scores.masked_fill(~picked, float("-inf"))
         return scores + picked.to(scores.dtype)
-    pos = rows[:, :, None] + offset  # absolute position of each query row
-    blocked = _blocked(pos, kv, kwargs.get("sliding_window"))
-    return scores.masked_fill(blocked[:, None], float("-inf"))
+    window = kwargs.get("sliding_window")
+    key = ("blocked", kv, offset, window)
+    if key not in memo:
+        pos = rows[:, :, None] + offset  # absolute position of each query row
+        memo[key] = _blocked(pos, kv, window)[:, None]
+    return scores.masked_fill_(memo[key], float("-inf"))
 
 
 def _blocked(pos: torch.Tensor, kv: int, window: int | None) -> torch.Tensor:
@@ -130,6 +135,7 @@ def attention_rows(
     mask: Any,
     scaling: float,
     kwargs: dict[str, Any],
+    memo: dict[Any, Any] | None = None,
 ) -> torch.Tensor:
     """Attention probabilities for selected query rows.
 
@@ -141,19 +147,26 @@ def attention_rows(
         mask: The mask the model passed to its attention function (4-D or None).
         scaling: Softmax scaling the model uses.
         kwargs: The attention call's keyword arguments (``softcap``, ``sliding_window``).
+        memo: A dict kept across the layers of one batch (same ``rows``): the row index and
+            the causal block are built once in it instead of per layer.
 
     Returns:
         (batch, head, n_rows, kv_seq) float32 probabilities.
     """
-    idx = rows.clamp(min=0)[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[-1])
+    memo = {} if memo is None else memo
+    h, d = query.shape[1], query.shape[-1]
+    idx = memo.get(("idx", h, d))
+    if idx is None:
+        idx = memo[("idx", h, d)] = rows.clamp(min=0)[:, None, :, None].expand(-1, h, -1, d)
     q = query.gather(2, idx).float()
-    k = _repeat_kv(key, query.shape[1]).float()
-    scores = q @ k.transpose(-1, -2) * scaling
+    k = _repeat_kv(key, h).float()
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scaling)
     softcap = kwargs.get("softcap")
     if softcap:
-        scores = torch.tanh(scores / softcap) * softcap
-    scores = _masked_scores(scores, rows, mask, kwargs, key.shape[2] - query.shape[2])
-    return torch.softmax(scores, dim=-1).nan_to_num(0.0)
+        scores.div_(softcap).tanh_().mul_(softcap)
+    scores = _masked_scores(scores, rows, mask, kwargs, key.shape[2] - query.shape[2], memo)
+    probs = torch.softmax(scores, dim=-1)
+    return probs if mask is None else probs.nan_to_num_(0.0)  # a row a mask blocks entirely: NaN
 
 
 def attention_probs(

@@ -327,20 +327,23 @@ class ProbeRuntime:
         if self.spec.reduction is Reduction.FULL and self.spec.positions.kind is PositionKind.ALL:
             self._full_pattern(li, query, key, mask, scaling, kwargs, ctx, heads)
             return
-        probs = attention_rows(query, key, rows, mask, scaling, kwargs)
+        memo = ctx.cache.setdefault(("attention_rows", self.spec.name), {})
+        probs = attention_rows(query, key, rows, mask, scaling, kwargs, memo)
         if heads is not None:
             probs = probs.index_select(1, heads)
-        probs = probs * (rows >= 0)[:, None, :, None]
+        if "padded" not in memo:
+            memo["padded"] = (rows < 0)[:, None, :]
+        padded = memo["padded"]  # (b, 1, q): rows past a prompt's selected positions
         if self.spec.reduction is Reduction.TOP1:
             p, j = probs.max(dim=-1)
-            j = j.masked_fill((rows < 0)[:, None, :], -1)
+            p, j = p.masked_fill(padded, 0.0), j.masked_fill(padded, -1)
             tail = tuple(p.shape[1:])
             self._slot("top1_key", b, tail, torch.int32, query.device, -1)[:, li] = j.int()
             self._slot("top1_prob", b, tail, torch.float32, query.device)[:, li] = p
         else:
             kv = probs.shape[-1]  # this batch's width; the stored kv axis is the padded length
             out = self._slot("values", b, (*probs.shape[1:-1], self.seq), self._dtype(), query.device)
-            out[:, li, ..., :kv] = probs
+            out[:, li, ..., :kv] = probs.masked_fill_(padded[..., None], 0.0)
 
     def _full_pattern(self, li: int, query: torch.Tensor, key: torch.Tensor, mask: Any, scaling: float,
                       kwargs: dict[str, Any], ctx: BatchContext, heads: torch.Tensor | None) -> None:

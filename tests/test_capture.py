@@ -125,6 +125,19 @@ def test_massive_layers_reduced_in_stacks_equal_all_at_once(stack_bytes, tmp_pat
         np.testing.assert_array_equal(whole[k], stacked[k], err_msg=k)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_top1_rows_agree_with_full_attention_on_every_arch(arch, tmp_path):
+    """Top-1 rows (per-batch memo of row index and causal block) vs the full probabilities."""
+    out = capture(loaded(arch), [preset("attn"), preset("top1")], prompts(), tmp_path / "c.h5", batch_size=3,
+                  progress=False)
+    with CaptureFile(out) as f:
+        attn, t1, lengths = f.read("values", "attn").data, f.probe("top1"), f.read("lengths").data
+    for i in range(len(lengths)):
+        q = t1["query_pos"].data[i, 0]
+        np.testing.assert_array_equal(t1["top1_key"].data[i, :, :, 0], attn[i, :, :, q].argmax(-1))
+        np.testing.assert_allclose(t1["top1_prob"].data[i, :, :, 0], attn[i, :, :, q].max(-1), rtol=1e-6)
+
+
 def test_segment_positions_and_heads(tmp_path):
     from scalelens.probes.prompts import Prompt
 
