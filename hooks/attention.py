@@ -92,27 +92,32 @@ def _repeat_kv(key: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def _masked_scores(
-    scores: torch.Tensor, rows: torch.Tensor, mask: Any, kwargs: dict[str, Any], offset: int,
+    scores: torch.Tensor, rows: torch.Tensor | None, mask: Any, kwargs: dict[str, Any], offset: int,
     memo: dict[Any, Any],
 ) -> torch.Tensor:
-    """Apply the model's mask (or a causal one, in place) to scores of shape (b, h, q, kv).
+    """Apply the model's mask (or a causal one) in place to scores of shape (b, h, q, kv).
 
-    ``offset`` is the number of cached keys before the first query (decoding steps);
-    ``memo`` keeps the causal block for further layers with the same rows.
+    ``rows``: the query index of each score row (b, q), or None when the rows are all the
+    queries in order. ``offset`` is the number of cached keys before the first query
+    (decoding steps); ``memo`` keeps the causal block for further layers with the same rows.
     """
-    kv = scores.shape[-1]
+    q, kv = scores.shape[-2:]
     if mask is not None and mask.dim() == 4:
-        picked = mask[:, :, :, :kv]
-        idx = rows.clamp(min=0)[:, None, :, None].expand(-1, picked.shape[1], -1, kv)
-        picked = picked.gather(2, idx)
+        if rows is None:
+            picked = mask[:, :, :q, :kv]
+        else:
+            idx = rows.clamp(min=0)[:, None, :, None].expand(-1, mask.shape[1], -1, kv)
+            picked = mask[:, :, :, :kv].gather(2, idx)
         if picked.dtype == torch.bool:
-            return scores.masked_fill(~picked, float("-inf"))
-        return scores + picked.to(scores.dtype)
+            return scores.masked_fill_(~picked, float("-inf"))
+        return scores.add_(picked.to(scores.dtype))
     window = kwargs.get("sliding_window")
-    key = ("blocked", kv, offset, window)
-    if key not in memo:
-        pos = rows[:, :, None] + offset  # absolute position of each query row
-        memo[key] = _blocked(pos, kv, window)[:, None]
+    key = ("blocked", rows is None, q, kv, offset, window)
+    if key not in memo:  # absolute position of each query row, then the keys it may not see
+        if rows is None:
+            memo[key] = _blocked(torch.arange(q, device=scores.device)[:, None] + offset, kv, window)
+        else:
+            memo[key] = _blocked(rows[:, :, None] + offset, kv, window)[:, None]
     return scores.masked_fill_(memo[key], float("-inf"))
 
 
@@ -126,6 +131,19 @@ def _blocked(pos: torch.Tensor, kv: int, window: int | None) -> torch.Tensor:
     if window:
         blocked |= keys <= pos - window
     return blocked
+
+
+def _probs(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor | None, mask: Any, scaling: float,
+           kwargs: dict[str, Any], offset: int, memo: dict[Any, Any],
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(mask(softcap(q k^T * scaling))) in float32, in place after the product."""
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(scaling)
+    softcap = kwargs.get("softcap")
+    if softcap:
+        scores.div_(softcap).tanh_().mul_(softcap)
+    scores = _masked_scores(scores, rows, mask, kwargs, offset, memo)
+    probs = torch.softmax(scores, dim=-1, out=out) if out is not None else torch.softmax(scores, dim=-1)
+    return probs if mask is None else probs.nan_to_num_(0.0)  # a row a mask blocks entirely: NaN
 
 
 def attention_rows(
@@ -158,15 +176,8 @@ def attention_rows(
     idx = memo.get(("idx", h, d))
     if idx is None:
         idx = memo[("idx", h, d)] = rows.clamp(min=0)[:, None, :, None].expand(-1, h, -1, d)
-    q = query.gather(2, idx).float()
-    k = _repeat_kv(key, h).float()
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scaling)
-    softcap = kwargs.get("softcap")
-    if softcap:
-        scores.div_(softcap).tanh_().mul_(softcap)
-    scores = _masked_scores(scores, rows, mask, kwargs, key.shape[2] - query.shape[2], memo)
-    probs = torch.softmax(scores, dim=-1)
-    return probs if mask is None else probs.nan_to_num_(0.0)  # a row a mask blocks entirely: NaN
+    q = query.gather(2, idx)
+    return _probs(q, _repeat_kv(key, h), rows, mask, scaling, kwargs, key.shape[2] - query.shape[2], memo)
 
 
 def attention_probs(
@@ -177,11 +188,11 @@ def attention_probs(
     kwargs: dict[str, Any],
     heads: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    memo: dict[Any, Any] | None = None,
 ) -> torch.Tensor:
-    """Attention probabilities of every query row, in few passes over the scores.
+    """Attention probabilities of every query row.
 
-    :func:`attention_rows` for all rows, without the row gather, with scaling and masking
-    in place and the softmax written into ``out``.
+    :func:`attention_rows` without the row gather, the softmax written into ``out``.
 
     Args:
         query: (batch, head, seq, d_head) post-rotary queries.
@@ -191,6 +202,7 @@ def attention_probs(
         kwargs: The attention call's keyword arguments (``softcap``, ``sliding_window``).
         heads: Query heads to keep (a device index), or None for all.
         out: (batch, head, seq, kv_seq) float32 tensor to write into, or None.
+        memo: As for :func:`attention_rows` (the causal block, built once per batch).
 
     Returns:
         (batch, head, seq, kv_seq) float32 probabilities (``out`` when given).
@@ -199,35 +211,5 @@ def attention_probs(
     q = query
     if heads is not None:
         q, k = q.index_select(1, heads), k.index_select(1, heads)
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2))
-    scores.mul_(scaling)
-    softcap = kwargs.get("softcap")
-    if softcap:
-        scores.div_(softcap).tanh_().mul_(softcap)
-    s, kv = scores.shape[-2:]
-    if mask is not None and mask.dim() == 4:
-        picked = mask[:, :, :s, :kv]
-        if picked.dtype == torch.bool:
-            scores.masked_fill_(~picked, float("-inf"))
-        else:
-            scores.add_(picked.to(scores.dtype))
-    else:
-        blocked = _causal_blocked(s, kv, kwargs.get("sliding_window"), scores.device)
-        scores.masked_fill_(blocked, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, out=out) if out is not None else torch.softmax(scores, dim=-1)
-    if mask is not None:  # a row the mask blocks entirely comes out NaN
-        probs.nan_to_num_(0.0)
-    return probs
-
-
-_CAUSAL: dict[tuple[int, int, int | None, torch.device], torch.Tensor] = {}
-
-
-def _causal_blocked(s: int, kv: int, window: int | None, device: torch.device) -> torch.Tensor:
-    """(s, kv) True where query i (the last s of kv positions) may not see key j; cached."""
-    key = (s, kv, window or None, device)
-    if key not in _CAUSAL:
-        if len(_CAUSAL) > 64:
-            _CAUSAL.clear()
-        _CAUSAL[key] = _blocked(torch.arange(s, device=device)[:, None] + (kv - s), kv, window)
-    return _CAUSAL[key]
+    offset = key.shape[2] - query.shape[2]
+    return _probs(q, k, None, mask, scaling, kwargs, offset, {} if memo is None else memo, out)

@@ -356,10 +356,11 @@ class ProbeRuntime:
         nh = query.shape[1] if heads is None else heads.numel()
         out = self._slot("values", b, (nh, self.seq, self.seq), self._dtype(), query.device, fill=None)
         view = out[:, li, :, :s, : key.shape[2]]
+        memo = ctx.cache.setdefault(("attention_probs", self.spec.name), {})
         if view.dtype == torch.float32:
-            attention_probs(query, key, mask, scaling, kwargs, heads, out=view)
+            attention_probs(query, key, mask, scaling, kwargs, heads, out=view, memo=memo)
         else:
-            view.copy_(attention_probs(query, key, mask, scaling, kwargs, heads))
+            view.copy_(attention_probs(query, key, mask, scaling, kwargs, heads, memo=memo))
         self._tails, self._tail_axis, self._width = ctx.lengths, 2, s
 
     def finish(self) -> dict[str, torch.Tensor]:
