@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from scalelens.analyses.from_capture import RETRIEVAL_PROBES, decode_ids, retrieval_from_capture, with_texts
 from scalelens.analyses.retrieval import NeedleTest, RetrievalResult, answer_recall, retrieval_scores
@@ -140,7 +142,13 @@ def _attn_modules(loaded: Any) -> dict[int, torch.nn.Module]:
 
 
 def _greedy_top1(loaded: Any, ids: torch.Tensor, steps: int) -> tuple[np.ndarray, list[int]]:
-    """Decode ``steps`` tokens greedily; top-1 key of every head at every step."""
+    """Decode ``steps`` tokens greedily; top-1 key of every head at every step.
+
+    As the paper's code does it: the prompt runs once into a KV cache, then one forward
+    pass per produced token over the cached keys; the LM head runs on the last position
+    only. The cache keeps every key (no sliding-window layers), so key indices are
+    absolute positions and the model's own mask applies any window.
+    """
     info = loaded.info
     top1 = np.full((info.n_layers, info.n_heads, steps), -1, dtype=np.int64)
     state = {"step": 0}
@@ -151,13 +159,19 @@ def _greedy_top1(loaded: Any, ids: torch.Tensor, steps: int) -> tuple[np.ndarray
         top1[layer, :, state["step"]] = probs[0, :, 0].argmax(-1).cpu().numpy()
 
     produced: list[int] = []
+    cache = {_cache_kwarg(loaded.model): DynamicCache()}
     with attention_tap(loaded.model, _attn_modules(loaded), tap), torch.inference_mode():
         for step in range(steps):
             state["step"] = step
-            logits = loaded.model(input_ids=ids, use_cache=False).logits[0, -1]
-            produced.append(int(logits.argmax()))
-            ids = torch.cat([ids, ids.new_tensor([[produced[-1]]])], dim=1)
+            out = loaded.model(input_ids=ids, **cache, use_cache=True, logits_to_keep=1)
+            produced.append(int(out.logits[0, -1].argmax()))
+            ids = ids.new_tensor([[produced[-1]]])
     return top1, produced
+
+
+def _cache_kwarg(model: Any) -> str:
+    """``cache`` (newer transformers) or ``past_key_values``, whichever ``forward`` takes."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def reference_needle_tests(loaded: Any, s: RetrievalSettings, progress: bool = False) -> list[NeedleTest]:
