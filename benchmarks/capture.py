@@ -519,7 +519,7 @@ def _summary_row(
     device = env.get("gpu") or env["cpu"]
     return (
         f"| {env['date']} | {device} ({env['cores']} cores) | {args.model_config} "
-        f"| {args.n_prompts} x <={args.seq} "
+        f"| {f'{args.n_prompts} x <={args.seq}' if rows else '-'} "
         f"| {x(f'resid/{SCALELENS}')} | {x(f'summary/{SCALELENS}')} | {x(f'attn/{SCALELENS}')} "
         f"| {', '.join(speedups)} | {mem} | {disk} | {ret} | `{command}` |"
     )
@@ -547,13 +547,12 @@ def report(
         + (f", GPU {env['gpu']} (CUDA {env['cuda']})" if gpu else "")
         + f"; torch threads {env['torch_threads']}; load average at start {load[0]}, at end {load[1]}",
         f"- versions: {versions}; scalelens commit {env['commit']}",
-        f"- workload: {args.n_prompts} prompts of {args.seq * 3 // 4}-{args.seq} tokens (random words, "
-        f"right-padded per batch), batch size {args.batch_size}, {args.repeats} round(s); "
-        f"float32 on CPU, float16 on CUDA",
+        *([f"- workload: {args.n_prompts} prompts of {args.seq * 3 // 4}-{args.seq} tokens (random words, "
+           f"right-padded per batch), batch size {args.batch_size}, {args.repeats} round(s); "
+           f"float32 on CPU, float16 on CUDA"] if rows else []),
         *[f"- {n}" for n in args.notes],
         "",
-        table(rows, gpu),
-        "",
+        *([table(rows, gpu), ""] if rows else []),
         "| goal | measured | verdict |",
         "|---|---|---|",
     ]
@@ -622,13 +621,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     sl = [rows[f"{s}/{SCALELENS}"]["x_floor"] for s in ("resid", "summary") if f"{s}/{SCALELENS}" in rows]
-    efficiency = min(1.0, statistics.median(sl)) if sl else 1.0
-    note = (
-        "H100 rates ASSUMED (not measured in this run)"
-        if args.device != "cuda"
-        else f"H100 rates assumed; this run measured {env.get('gpu')}"
-    )
-    extra["projection"] = projection.markdown(projection.sweep(efficiency), note)
+    if sl:  # the projection scales by the capture efficiency this run measured
+        note = (
+            "H100 rates ASSUMED (not measured in this run)"
+            if args.device != "cuda"
+            else f"H100 rates assumed; this run measured {env.get('gpu')}"
+        )
+        extra["projection"] = projection.markdown(projection.sweep(min(1.0, statistics.median(sl))), note)
     section = report(env, args, rows, extra, command, (load_start, loadavg()))
     print()
     print(section)
