@@ -150,13 +150,13 @@ def _greedy_top1(loaded: Any, ids: torch.Tensor, steps: int) -> tuple[np.ndarray
     absolute positions and the model's own mask applies any window.
     """
     info = loaded.info
-    top1 = np.full((info.n_layers, info.n_heads, steps), -1, dtype=np.int64)
+    top1 = torch.full((info.n_layers, info.n_heads, steps), -1, dtype=torch.long, device=ids.device)
     state = {"step": 0}
 
-    def tap(layer, q, k, mask, scaling, kwargs):
+    def tap(layer, q, k, mask, scaling, kwargs):  # stays on the device: no sync per layer
         rows = torch.full((q.shape[0], 1), q.shape[2] - 1, device=q.device)
         probs = attention_rows(q, k, rows, mask, scaling, kwargs)
-        top1[layer, :, state["step"]] = probs[0, :, 0].argmax(-1).cpu().numpy()
+        top1[layer, :, state["step"]] = probs[0, :, 0].argmax(-1)
 
     produced: list[int] = []
     cache = {_cache_kwarg(loaded.model): DynamicCache()}
@@ -166,7 +166,7 @@ def _greedy_top1(loaded: Any, ids: torch.Tensor, steps: int) -> tuple[np.ndarray
             out = loaded.model(input_ids=ids, **cache, use_cache=True, logits_to_keep=1)
             produced.append(int(out.logits[0, -1].argmax()))
             ids = ids.new_tensor([[produced[-1]]])
-    return top1, produced
+    return top1.cpu().numpy(), produced
 
 
 def _cache_kwarg(model: Any) -> str:
