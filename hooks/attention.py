@@ -175,7 +175,7 @@ def attention_rows(
     h, d = query.shape[1], query.shape[-1]
     idx = memo.get(("idx", h, d))
     if idx is None:
-        idx = memo[("idx", h, d)] = rows.clamp(min=0)[:, None, :, None].expand(-1, h, -1, d)
+        idx = memo[("idx", h, d)] = rows.clamp(min=0).long()[:, None, :, None].expand(-1, h, -1, d)
     q = query.gather(2, idx)
     return _probs(q, _repeat_kv(key, h), rows, mask, scaling, kwargs, key.shape[2] - query.shape[2], memo)
 

@@ -194,6 +194,7 @@ class ProbeRuntime:
         self._stack: torch.Tensor | None = None  # massive: |h| of layers not yet reduced
         self._pending: list[int] = []  # their layer indices
         self._heads: dict[tuple[torch.device, int], torch.Tensor | None] = {}
+        self._padded_rows: torch.Tensor | None = None  # top-1 rows: (b, 1, q) True past the rows
 
     @property
     def selects_positions(self) -> bool:
@@ -212,6 +213,7 @@ class ProbeRuntime:
         self._buf = {}
         self._tails = []
         self._pending = []
+        self._padded_rows = None
 
     def _slot(self, name: str, b: int, tail: tuple[int, ...], dtype: torch.dtype,
               device: torch.device, fill: float | None = 0) -> torch.Tensor:
@@ -334,12 +336,12 @@ class ProbeRuntime:
         if "padded" not in memo:
             memo["padded"] = (rows < 0)[:, None, :]
         padded = memo["padded"]  # (b, 1, q): rows past a prompt's selected positions
-        if self.spec.reduction is Reduction.TOP1:
+        if self.spec.reduction is Reduction.TOP1:  # padded rows are blanked once, in finish()
             p, j = probs.max(dim=-1)
-            p, j = p.masked_fill(padded, 0.0), j.masked_fill(padded, -1)
             tail = tuple(p.shape[1:])
-            self._slot("top1_key", b, tail, torch.int32, query.device, -1)[:, li] = j.int()
+            self._slot("top1_key", b, tail, torch.int32, query.device, -1)[:, li] = j
             self._slot("top1_prob", b, tail, torch.float32, query.device)[:, li] = p
+            self._padded_rows = padded
         else:
             kv = probs.shape[-1]  # this batch's width; the stored kv axis is the padded length
             out = self._slot("values", b, (*probs.shape[1:-1], self.seq), self._dtype(), query.device)
@@ -370,6 +372,11 @@ class ProbeRuntime:
         missing = {d.name for d in self.datasets()} - set(self._buf) - {"query_pos"}
         if missing:
             raise RuntimeError(f"probe {self.spec.name!r}: hooks did not fire for {sorted(missing)}")
+        if self._padded_rows is not None:
+            pad = self._padded_rows[:, None]  # (b, 1, 1, q) against (b, layer, head, q)
+            with torch.inference_mode():
+                self._buf["top1_key"].masked_fill_(pad, -1)
+                self._buf["top1_prob"].masked_fill_(pad, 0.0)
         if self._tails:
             values = self._buf["values"]
             axis = self._tail_axis  # the position axis of values[i]

@@ -159,6 +159,23 @@ def test_segment_positions_and_heads(tmp_path):
     assert not rows[1, :, :, 1].any()
 
 
+def test_top1_rows_past_a_prompts_positions_are_blank(tmp_path):
+    """A prompt with fewer selected rows than the batch: its extra rows read key -1, prob 0."""
+    from scalelens.probes.prompts import Prompt
+
+    ps = [Prompt((("doc", "w1 w2 w3 w4"), ("q", "w5 w6"))), Prompt((("doc", "w7 w8"), ("q", "w9")))]
+    spec = ProbeSpec("t1", "attn_pattern", reduction="top1", positions=Positions("segment", segment="q"))
+    out = capture(loaded(), [spec, preset("attn")], ps, tmp_path / "t.h5", progress=False)
+    with CaptureFile(out) as f:
+        t1, full = f.probe("t1"), f.read("values", "attn").data
+    key, prob = t1["top1_key"].data, t1["top1_prob"].data
+    np.testing.assert_array_equal(t1["query_pos"].data, [[4, 5], [2, -1]])
+    np.testing.assert_array_equal(key[0], full[0][:, :, [4, 5]].argmax(-1))
+    np.testing.assert_array_equal(key[1, :, :, 0], full[1][:, :, 2].argmax(-1))
+    np.testing.assert_allclose(prob[1, :, :, 0], full[1][:, :, 2].max(-1), rtol=1e-6)
+    assert (key[1, :, :, 1] == -1).all() and (prob[1, :, :, 1] == 0).all()
+
+
 @pytest.mark.parametrize("fail", [False, True])
 def test_no_hooks_left(tmp_path, fail):
     lm = loaded()
