@@ -5,8 +5,9 @@
 Same model, prompts and batches as ``benchmarks.capture`` (random-init Pythia config, word
 tokenizer). After one warm-up call each, the floor and ``scalelens.capture`` of each probe
 set run once under the profiler; the top ops by self device time (self CPU time on a CPU)
-are printed with their call counts, and the totals are written as JSON with ``--json``.
-Use it before optimising: it tells kernels that are slow from kernels that are many.
+are printed with their call counts, after the kernel launches per batch (on a GPU at small
+batches the time follows that count); ``--json`` writes it all. Use it before optimising: it
+tells kernels that are slow from kernels that are many.
 """
 
 from __future__ import annotations
@@ -31,6 +32,32 @@ def top_ops(prof: Any, device: str, n: int) -> list[dict[str, Any]]:
     key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
     rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)[:n]
     return [{"op": e.key, "calls": e.count, "self_ms": getattr(e, key, 0.0) / 1e3} for e in rows]
+
+
+# Ops that launch no kernel: views, allocations, dispatch wrappers, eval-mode dropout.
+_NO_KERNEL = frozenset(
+    "aten::" + n for n in (
+        "empty empty_strided empty_like as_strided as_strided_ view view_as _unsafe_view _reshape_alias "
+        "reshape t transpose permute expand expand_as slice narrow select unsqueeze unsqueeze_ squeeze "
+        "squeeze_ unbind split split_with_sizes chunk alias detach lift_fresh resolve_conj resolve_neg "
+        "contiguous result_type to _to_copy item _local_scalar_dense is_nonzero dropout flatten movedim "
+        "broadcast_tensors resize_ linear matmul scaled_dot_product_attention"
+    ).split()
+)
+
+
+def launches(prof: Any, device: str) -> int:
+    """Kernel launches in a profile: CUDA kernels, memcpys and memsets on a GPU; on a CPU, a
+    proxy: aten ops that do work and call no other such op (views and allocations excluded).
+    In a launch-bound regime (small batches on a GPU) time grows with this count."""
+    events = prof.events()
+    if device == "cuda":
+        return sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+
+    def works(e: Any) -> bool:
+        return e.name.startswith("aten::") and e.name not in _NO_KERNEL
+
+    return sum(1 for e in events if works(e) and not any(works(c) for c in e.cpu_children))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         with profile(activities=activities) as prof:
             fn()
         ops = top_ops(prof, args.device, args.top)
-        result[name] = ops
-        print(f"\n== {name}: top {args.top} ops by self {args.device} time")
+        n_batches = -(-args.n_prompts // args.batch_size)
+        per_batch = launches(prof, args.device) / n_batches
+        result[name] = {"launches_per_batch": per_batch, "top_ops": ops}
+        print(f"\n== {name}: {per_batch:.0f} kernel launches per batch "
+              f"({'CUDA kernels' if args.device == 'cuda' else 'CPU leaf ops, a proxy'}); "
+              f"top {args.top} ops by self {args.device} time")
         for o in ops:
             print(f"  {o['self_ms']:9.2f} ms  {o['calls']:6d} calls  {o['op'][:90]}")
     if args.json:
