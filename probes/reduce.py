@@ -193,7 +193,9 @@ class ProbeRuntime:
         self._tail_axis, self._width = 1, 0  # position axis of values[i]; batch width (attention)
         self._stack: torch.Tensor | None = None  # massive: |h| of layers not yet reduced
         self._pending: list[int] = []  # their layer indices
+        self._n_massive = 0  # layers stacked this batch (the hooks fire in model order, not ours)
         self._heads: dict[tuple[torch.device, int], torch.Tensor | None] = {}
+        self._top1: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (layer index, key, prob)
         self._padded_rows: torch.Tensor | None = None  # top-1 rows: (b, 1, q) True past the rows
 
     @property
@@ -213,6 +215,8 @@ class ProbeRuntime:
         self._buf = {}
         self._tails = []
         self._pending = []
+        self._n_massive = 0
+        self._top1 = []
         self._padded_rows = None
 
     def _slot(self, name: str, b: int, tail: tuple[int, ...], dtype: torch.dtype,
@@ -272,7 +276,7 @@ class ProbeRuntime:
         return getattr(torch, _STORE_DTYPE[self.spec.dtype])
 
     def _massive(self, li: int, h: torch.Tensor, ctx: BatchContext) -> None:
-        """Stack |h| of this layer; reduce the stack once it is full or the last layer is in.
+        """Stack |h| of this layer; reduce the stack once it is full or every layer is in.
 
         One top-k and two k-th value selections then cover every stacked layer: a handful
         of kernels per batch instead of per layer, and rows enough to fill a GPU.
@@ -286,7 +290,8 @@ class ProbeRuntime:
         a.copy_(h.detach())
         a.abs_()
         self._pending.append(li)
-        if len(self._pending) == self._stack.shape[0] or li == len(self.layer_index) - 1:
+        self._n_massive += 1
+        if len(self._pending) == self._stack.shape[0] or self._n_massive == len(self.layer_index):
             self._reduce_massive(ctx)
 
     def _reduce_massive(self, ctx: BatchContext) -> None:
@@ -336,11 +341,9 @@ class ProbeRuntime:
         if "padded" not in memo:
             memo["padded"] = (rows < 0)[:, None, :]
         padded = memo["padded"]  # (b, 1, q): rows past a prompt's selected positions
-        if self.spec.reduction is Reduction.TOP1:  # padded rows are blanked once, in finish()
+        if self.spec.reduction is Reduction.TOP1:  # stacked and blanked once, in finish()
             p, j = probs.max(dim=-1)
-            tail = tuple(p.shape[1:])
-            self._slot("top1_key", b, tail, torch.int32, query.device, -1)[:, li] = j
-            self._slot("top1_prob", b, tail, torch.float32, query.device)[:, li] = p
+            self._top1.append((li, j, p))
             self._padded_rows = padded
         else:
             kv = probs.shape[-1]  # this batch's width; the stored kv axis is the padded length
@@ -365,18 +368,29 @@ class ProbeRuntime:
             view.copy_(attention_probs(query, key, mask, scaling, kwargs, heads, memo=memo))
         self._tails, self._tail_axis, self._width = ctx.lengths, 2, s
 
+    def _stack_top1(self) -> None:
+        """Top-1 keys and probabilities of every layer, (b, layer, head, q), padded rows blank.
+
+        A few kernels per batch; per layer only the max itself ran.
+        """
+        if len(self._top1) != len(self.layer_index):
+            raise RuntimeError(f"probe {self.spec.name!r}: hooks did not fire for every layer")
+        assert self._padded_rows is not None
+        _, keys, probs = zip(*sorted(self._top1, key=lambda t: t[0]), strict=True)
+        pad = self._padded_rows[:, None]  # (b, 1, 1, q)
+        with torch.inference_mode():
+            self._buf["top1_key"] = torch.stack(keys, dim=1).masked_fill_(pad, -1).int()
+            self._buf["top1_prob"] = torch.stack(probs, dim=1).masked_fill_(pad, 0.0)
+
     def finish(self) -> dict[str, torch.Tensor]:
         """This batch's buffers (on the model's device), shaped like the stored datasets."""
-        if self._pending:  # stacked layers are reduced when the last probed layer comes in
+        if self._pending:  # stacked layers are reduced once every probed layer is in
             raise RuntimeError(f"probe {self.spec.name!r}: hooks did not fire for its last layer")
+        if self._top1:
+            self._stack_top1()
         missing = {d.name for d in self.datasets()} - set(self._buf) - {"query_pos"}
         if missing:
             raise RuntimeError(f"probe {self.spec.name!r}: hooks did not fire for {sorted(missing)}")
-        if self._padded_rows is not None:
-            pad = self._padded_rows[:, None]  # (b, 1, 1, q) against (b, layer, head, q)
-            with torch.inference_mode():
-                self._buf["top1_key"].masked_fill_(pad, -1)
-                self._buf["top1_prob"].masked_fill_(pad, 0.0)
         if self._tails:
             values = self._buf["values"]
             axis = self._tail_axis  # the position axis of values[i]

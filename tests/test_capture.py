@@ -138,6 +138,26 @@ def test_top1_rows_agree_with_full_attention_on_every_arch(arch, tmp_path):
         np.testing.assert_allclose(t1["top1_prob"].data[i, :, :, 0], attn[i, :, :, q].max(-1), rtol=1e-6)
 
 
+def test_layers_in_any_order_are_stored_in_that_order(tmp_path):
+    """``layers=(2, 0)``: hooks fire 0 then 2, the layer axis holds 2 then 0 for every probe."""
+    specs = [ProbeSpec("m", "resid_post", reduction="massive", layers=(2, 0)),
+             ProbeSpec("t", "attn_pattern", reduction="top1", layers=(2, 0)),
+             ProbeSpec("r", "resid_post", layers=(2, 0), dtype="float32"),
+             ProbeSpec("a", "attn_pattern", layers=(2, 0), dtype="float32"),
+             ProbeSpec("all", "resid_post", dtype="float32")]
+    out = capture(loaded(), specs, prompts(), tmp_path / "o.h5", batch_size=3, progress=False)
+    with CaptureFile(out) as f:
+        r, a, every = f.read("values", "r").data, f.read("values", "a").data, f.read("values", "all").data
+        m, t, lengths = f.probe("m"), f.probe("t"), f.read("lengths").data
+    np.testing.assert_array_equal(r, every[:, [2, 0]])
+    for i, n in enumerate(lengths):
+        flat = np.abs(r[i, :, :n]).reshape(2, -1)
+        np.testing.assert_allclose(m["top_values"].data[i, :, 0], flat.max(1), rtol=1e-6)
+        np.testing.assert_allclose(m["median_abs"].data[i], np.median(flat, axis=1), rtol=1e-6)
+        q = t["query_pos"].data[i, 0]
+        np.testing.assert_array_equal(t["top1_key"].data[i, :, :, 0], a[i, :, :, q].argmax(-1))
+
+
 def test_segment_positions_and_heads(tmp_path):
     from scalelens.probes.prompts import Prompt
 
