@@ -602,21 +602,13 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="scalelens-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _cut_off)
-    t0 = time.perf_counter()
+    rows: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     try:
-        size = config_name(args.model_config)
-        dtype = torch.float16 if args.device == "cuda" else torch.float32
-        loaded = build_model(size, args.device, dtype)
-        prompts = make_prompts(args.n_prompts, args.seq, loaded.info.vocab_size)
-        print(
-            f"{args.model_config}: {prompts.n_tokens:,} tokens in {args.n_prompts} prompts; sets {args.sets}",
-            flush=True,
-        )
-        print(f"  model built: {time.perf_counter() - t0:.1f}s", flush=True)
-        rows = time_pipelines(loaded, prompts, args, work) if args.sets else {}
-        del loaded
-        gc.collect()
-        extra = run_goals(args, work) if not args.notes else {}  # notes: the timing was cut off
+        rows, extra = _measure(args, work)
+    except CutOff:  # before the timing loop took over the signal: nothing measured
+        args.notes.append("cut off (SIGTERM) before anything was measured")
+        print(f"  {args.notes[-1]}", flush=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -633,10 +625,33 @@ def main(argv: list[str] | None = None) -> int:
     print(section)
     if args.json:
         args.json.write_text(json.dumps({"env": env, "rows": rows, "extra": extra}, indent=1, default=str))
-    if not args.no_record:
+    if args.no_record:
+        return 0
+    if rows or extra:
         record(args.results, _summary_row(env, args, rows, extra, command), section)
         print(f"\nrecorded in {args.results}")
+    else:
+        print(f"\nnothing measured: {args.results} left as it was")
     return 0
+
+
+def _measure(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Build the model, time the probe sets, then measure the goals: (rows, extra)."""
+    t0 = time.perf_counter()
+    print(f"building {args.model_config} on {args.device}", flush=True)
+    dtype = torch.float16 if args.device == "cuda" else torch.float32
+    loaded = build_model(config_name(args.model_config), args.device, dtype)
+    prompts = make_prompts(args.n_prompts, args.seq, loaded.info.vocab_size)
+    print(
+        f"{args.model_config}: {prompts.n_tokens:,} tokens in {args.n_prompts} prompts; sets {args.sets}",
+        flush=True,
+    )
+    print(f"  model built: {time.perf_counter() - t0:.1f}s", flush=True)
+    rows = time_pipelines(loaded, prompts, args, work) if args.sets else {}
+    del loaded
+    gc.collect()
+    extra = run_goals(args, work) if not args.notes else {}  # notes: the timing was cut off
+    return rows, extra
 
 
 if __name__ == "__main__":

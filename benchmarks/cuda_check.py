@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             dry["embeds"] = embeds(Path(tmp), device="cpu")
             dry["ok"] = dry["ok"] and dry["embeds"]["ok"]
         print(json.dumps(dry, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(dry, indent=1))
         return 0 if dry["ok"] else 1
     if not torch.cuda.is_available():
         print("benchmarks.cuda_check: torch sees no CUDA device", file=sys.stderr)

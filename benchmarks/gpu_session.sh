@@ -2,6 +2,8 @@
 # The GPU benchmark session: every GPU figure in RESULTS.md comes from one run of this script.
 #
 #   OUT=/some/dir bash benchmarks/gpu_session.sh        (repo root, on a machine with a CUDA GPU)
+#   DEVICE=cpu T_ALL=30 OUT=/tmp/rehearsal bash benchmarks/gpu_session.sh
+#       (a rehearsal on a CPU machine: every step starts and records, each cut at T_ALL seconds)
 #
 # Optional: wheels in .whl/ (transformer-lens, nnsight, rouge-score and the packages they need
 # that the machine lacks: datasets, dill, multiprocess, greenlet, pydantic (+ core,
@@ -13,6 +15,7 @@
 # the new rows), one JSON file per step, and the log on stdout.
 set -u
 OUT=${OUT:-/tmp/scalelens-gpu}
+DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if [ -z "${NO_WHEELS:-}" ] && compgen -G ".whl/*.whl" >/dev/null; then
@@ -24,7 +27,7 @@ mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/scalelens && export PYTHONPATH=/tmp
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 
 step() {
-  local limit=$1
+  local limit=${T_ALL:-$1}
   shift
   echo "== $(date +%T) [limit ${limit}s] $*"
   timeout -k 20 "$limit" "$@"  # SIGTERM at the limit: the harness records its complete rounds
@@ -32,17 +35,20 @@ step() {
   echo "== $(date +%T) rc=$rc"
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 python3 -c "import torch, transformers, h5py, transformer_lens, nnsight, scalelens; \
 print('torch', torch.__version__, 'transformers', transformers.__version__, 'tl ok, nnsight ok')"
 
-bench=(python3 -m benchmarks.capture --device cuda --results "$OUT/RESULTS.md")
+bench=(python3 -m benchmarks.capture --device "$DEVICE" --results "$OUT/RESULTS.md")
 # Limits sum to ~520 s so the whole session fits one 10-minute call; a step cut off by its
 # limit still records the rounds it finished (rc 124).
-step "${T_CHECK:-45}" python3 -m benchmarks.cuda_check --json "$OUT/cuda_check.json"
-step "${T_PROF:-40}" python3 -m benchmarks.profile_capture --device cuda --model-config pythia-160m \
+check=(python3 -m benchmarks.cuda_check --json "$OUT/cuda_check.json")
+[ "$DEVICE" = cuda ] || check+=(--cpu-dry-run)
+step "${T_CHECK:-45}" "${check[@]}"
+step "${T_PROF:-40}" python3 -m benchmarks.profile_capture --device "$DEVICE" --model-config pythia-160m \
   --sets summary,resid --json "$OUT/profile-160m.json"
-step "${T_TASK:-80}" python3 -m benchmarks.task_time --sizes 160m,410m,1.4b --json "$OUT/task_time.json"
+step "${T_TASK:-80}" python3 -m benchmarks.task_time --device "$DEVICE" --sizes 160m,410m,1.4b \
+  --json "$OUT/task_time.json"
 step "${T_160:-120}" "${bench[@]}" --model-config pythia-160m --repeats 2 --goals disk,retrieval \
   --retrieval-model pythia-160m --retrieval-lengths 1000,1900 --disk-mb 512 --json "$OUT/bench-160m.json"
 # GPU-sized workloads: 512-token prompts in batches of 32 (launch overhead matters less)

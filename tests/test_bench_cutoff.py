@@ -34,3 +34,22 @@ def test_sigterm_records_the_complete_rounds(tmp_path):
     assert "timing cut off (SIGTERM); complete rounds per set" in text
     assert "| pythia-14m |" in text  # the summary row
     assert "disk:" not in rest  # the goals are skipped once the timing was cut
+
+
+def test_sigterm_before_any_timing_leaves_the_ledger_alone(tmp_path):
+    ledger, out = tmp_path / "RESULTS.md", tmp_path / "run.json"
+    argv = [sys.executable, "-u", "-m", "scalelens.benchmarks.capture", "--quick", "--model-config",
+            "pythia-14m", "--goals", "disk", "--results", str(ledger), "--json", str(out),
+            "--workdir", str(tmp_path / "work")]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert p.stdout is not None
+    first = p.stdout.readline()
+    assert first.startswith("building pythia-14m"), first
+    p.send_signal(signal.SIGTERM)
+    rest, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, first + rest
+    assert "Traceback" not in rest
+    assert "nothing measured" in rest
+    assert not ledger.exists()
+    data = json.loads(out.read_text())
+    assert data["rows"] == {} and "disk" not in data["extra"]
