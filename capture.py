@@ -233,7 +233,8 @@ class Capture:
         ids = _to_device(tok.ids[start:stop, :width].astype(np.int64), device)
         valid = ids >= 0
         ids = ids.masked_fill(~valid, _pad_id(self.loaded.tokenizer))
-        batch_rows = {k: _to_device(v[start:stop], device) for k, v in rows.items()}
+        # int64 once per batch: every gather along these rows would otherwise convert them
+        batch_rows = {k: _to_device(v[start:stop].astype(np.int64), device) for k, v in rows.items()}
         batch_rows.update(self._logit_rows(rows, start, stop, device))
         self._ctx = BatchContext(ids=ids, valid=valid, rows=batch_rows,
                                  lengths=tok.lengths[start:stop].tolist())

@@ -160,7 +160,7 @@ def attention_rows(
     Args:
         query: (batch, head, seq, d_head) post-rotary queries.
         key: (batch, kv_head, kv_seq, d_head) post-rotary keys.
-        rows: (batch, n_rows) query indices into ``query``'s seq axis; -1 marks padding
+        rows: (batch, n_rows) int64 query indices into ``query``'s seq axis; -1 marks padding
             (such rows come back as garbage for the caller to mask).
         mask: The mask the model passed to its attention function (4-D or None).
         scaling: Softmax scaling the model uses.
@@ -175,7 +175,7 @@ def attention_rows(
     h, d = query.shape[1], query.shape[-1]
     idx = memo.get(("idx", h, d))
     if idx is None:
-        idx = memo[("idx", h, d)] = rows.clamp(min=0).long()[:, None, :, None].expand(-1, h, -1, d)
+        idx = memo[("idx", h, d)] = rows.clamp(min=0)[:, None, :, None].expand(-1, h, -1, d)
     q = query.gather(2, idx)
     return _probs(q, _repeat_kv(key, h), rows, mask, scaling, kwargs, key.shape[2] - query.shape[2], memo)
 
