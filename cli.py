@@ -163,7 +163,9 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
             return _fail(debug, f"{what}: {line}" if what else line, EXIT_BAD_INPUT, True)
         return _fail(debug, _one_line(str(e)), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
-        print("scalelens: interrupted; rerun the same command to resume", file=sys.stderr)
+        how = ("rerun it without --overwrite to resume" if getattr(args, "overwrite", False)
+               else "rerun the same command to resume")
+        print(f"scalelens: interrupted; {how}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `scalelens inspect x.h5 | head`
         return 0

@@ -83,12 +83,12 @@ def _short(values: tuple[int, ...], n: int = 8) -> str:
 
 
 def _missing_message(path: Path) -> str:
-    creating = path.with_name(path.name + ".creating")
-    if creating.exists():
-        return (f"capture file {path} does not exist: a capture was interrupted while creating it "
-                f"({creating.name} is left over); rerun the capture command")
     if path.is_dir():
         return f"{path} is a directory; give a capture .h5 file"
+    creating = path.with_name(path.name + ".creating")
+    if creating.exists():
+        return (f"capture file {path} does not exist yet: a capture is creating it, or was "
+                f"interrupted while creating it ({creating.name} is left over; rerun the capture command)")
     return f"capture file {path} does not exist"
 
 

@@ -96,9 +96,14 @@ class CaptureWriter:
     :meth:`write` per batch (in prompt order), then :meth:`finish`.
     """
 
-    def __init__(self, path: Path, f: h5py.File) -> None:
-        """Wrap an open file; use :meth:`open` instead."""
+    def __init__(self, path: Path, f: h5py.File, creating: Path | None = None) -> None:
+        """Wrap an open file; use :meth:`open` instead.
+
+        ``creating``: the temporary name ``f`` was created under; it is renamed to ``path``
+        once the first batch is written, and deleted if the writer closes before that.
+        """
         self.path, self._f = path, f
+        self._creating = creating
         self._lock: WriteLock | None = None
 
     @property
@@ -144,8 +149,9 @@ class CaptureWriter:
                      overwrite: bool, reuse_complete: bool) -> CaptureWriter:
         if path.exists() and not overwrite:
             return cls._resume(path, identity, reuse_complete)
-        # a new file is built aside and renamed into place, so an overwritten file is
-        # replaced only once its successor exists (and kept if building that fails)
+        # A new file is built aside and renamed into place once its first batch is written:
+        # a capture that fails before that (bad input found late, Ctrl-C) leaves nothing at
+        # ``path``, and a file being overwritten is replaced only by one that holds data.
         tmp = path.with_name(path.name + ".creating")
         try:
             with h5py.File(tmp, "w") as f:
@@ -154,11 +160,10 @@ class CaptureWriter:
                     group = f.create_group(f"{schema.PROBES}/{name}")
                     for spec in specs:
                         _create_dataset(group, spec, batch_rows)
-            os.replace(tmp, path)
+            return cls(path, h5py.File(tmp, "r+", locking=False, rdcc_nbytes=0), creating=tmp)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise ScalelensError(f"cannot create {path}: {e.strerror or e}") from None
-        return cls(path, h5py.File(path, "r+", locking=False, rdcc_nbytes=0))
 
     @classmethod
     def _resume(cls, path: Path, identity: FileIdentity, reuse_complete: bool) -> CaptureWriter:
@@ -204,18 +209,32 @@ class CaptureWriter:
         self._f.flush()
         self._f[schema.PROGRESS][0] = stop
         self._f.flush()
+        self._publish()
+
+    def _publish(self) -> None:
+        """Rename a new file into place (after its first batch)."""
+        if self._creating is not None:
+            os.replace(self._creating, self.path)
+            self._creating = None
 
     def finish(self) -> None:
         """Mark the file complete and close it."""
         self._f[schema.PROGRESS][1] = 1
         self._f.flush()
+        self._publish()
         self.close()
 
     def close(self) -> None:
-        """Close the file (progress so far stays resumable) and release the write lock."""
+        """Close the file (progress so far stays resumable) and release the write lock.
+
+        A new file that never got a batch is deleted: there is nothing to resume.
+        """
         try:
             if self._f.id.valid:
                 self._f.close()
+            if self._creating is not None:
+                self._creating.unlink(missing_ok=True)
+                self._creating = None
         finally:
             if self._lock is not None:
                 self._lock.release()

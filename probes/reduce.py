@@ -301,7 +301,7 @@ class ProbeRuntime:
         n, b, s, d = a.shape
         if min(ctx.lengths) < s:  # padded positions can never be picked
             a.masked_fill_(_padding(ctx, s), -1.0)
-        vals, idx = a.view(n, b, s * d).topk(self.topk, dim=2)
+        vals, idx = a.view(n, b, s * d).topk(min(self.topk, s * d), dim=2)
         pos = idx // d
         dim = idx - pos * d
         token = ctx.ids[None].expand(n, -1, -1).gather(2, pos)
@@ -309,6 +309,10 @@ class ProbeRuntime:
             pad = vals < 0
             vals = vals.masked_fill(pad, float("nan"))
             pos, dim, token = (t.masked_fill(pad, -1) for t in (pos, dim, token))
+            if vals.shape[2] < self.topk:  # even the batch's widest prompt has fewer
+                more = (0, self.topk - vals.shape[2])
+                vals = torch.nn.functional.pad(vals, more, value=float("nan"))
+                pos, dim, token = (torch.nn.functional.pad(t, more, value=-1) for t in (pos, dim, token))
         k, dev = (self.topk,), a.device
         for name, t, dtype in (("top_values", vals, torch.float32), ("top_pos", pos, torch.int32),
                                ("top_dim", dim, torch.int32), ("top_token", token, torch.int32)):

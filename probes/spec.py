@@ -137,6 +137,9 @@ class ProbeSpec:
                                  "starting with a letter, digit or '_'")
         if self.layers is not None and not self.layers:
             raise ScalelensError(f"probe {self.name!r}: empty layer list; give layers or None for all")
+        if self.layers is not None and len(set(self.layers)) != len(self.layers):
+            twice = sorted({x for x in self.layers if self.layers.count(x) > 1})
+            raise ScalelensError(f"probe {self.name!r}: layer(s) {twice} listed more than once")
         if self.heads is not None and not self.heads:
             raise ScalelensError(f"probe {self.name!r}: empty head list; give heads or None for all")
         if self.dtype not in _DTYPES:

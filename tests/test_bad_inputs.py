@@ -207,6 +207,11 @@ CASES: dict[str, Case] = {
         lambda c: c.capture("--layers", "0,7"), ("layer(s) [7] out of range", "3 layers (0..2)")),
     "head index out of range": Case(
         lambda c: c.capture("--probes", "attn", "--heads", "1,9"), ("head(s) [9] out of range", "4 heads")),
+    "layer listed twice": Case(
+        lambda c: c.capture("--layers", "1,1"), ("layer(s) [1] listed more than once",)),
+    "per-head probe on the transformer-lens backend": Case(  # refused at the first batch: no file
+        lambda c: c.capture("--probes", "attn", "--backend", "transformer-lens"),
+        ("transformer-lens backend cannot capture attn_pattern", "native or nnsight")),
     "negative layer index": Case(lambda c: c.capture("--layers", "-1"), ("layer(s) [-1] out of range",)),
     "unknown probe or capture point": Case(
         lambda c: c.capture("--probes", "resid,resid_mid"), ("unknown probe 'resid_mid'", "capture point")),
@@ -272,6 +277,7 @@ CASES: dict[str, Case] = {
         keep=lambda c: c.tmp / "existing.h5"),
     # reading captures
     "inspect a missing file": Case(lambda c: ["inspect", str(c.tmp / "none.h5")], ("does not exist",)),
+    "inspect the root directory": Case(lambda c: ["inspect", "/"], ("/ is a directory",)),
     "inspect after an interrupted creation": Case(
         lambda c: ["inspect", str(_creating_leftover(c))], ("interrupted while creating", "rerun")),
     "inspect a truncated file": Case(

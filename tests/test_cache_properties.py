@@ -129,8 +129,11 @@ def test_resume_at_any_batch_boundary(case, cut, seed, tmp_path_factory):
     child.start()
     child.join(60)
     assert child.exitcode == 0
-    with CaptureFile(out) as f:  # readable after the writer died, progress at the boundary
-        assert (f.n_done, f.complete) == (min(n, cut * batch), False)
+    if cut == 0:  # died before its first batch: nothing at out, only the temporary file
+        assert not out.exists() and out.with_name("int.h5.creating").exists()
+    else:
+        with CaptureFile(out) as f:  # readable after the writer died, progress at the boundary
+            assert (f.n_done, f.complete) == (min(n, cut * batch), False)
     w = CaptureWriter.open(out, identity(tokens, batch), tokens, layout, batch)
     assert w.n_done == min(n, cut * batch)
     write_batches(w, data, batch, w.n_done, n)
@@ -141,6 +144,7 @@ def test_resume_at_any_batch_boundary(case, cut, seed, tmp_path_factory):
                 where = f"{schema.PROBES}/{probe}/{spec.name}"
                 assert_bitwise(a[where][()], b[where][()])
         assert list(b[schema.PROGRESS][()]) == [n, 1]
+    assert not out.with_name("int.h5.creating").exists()
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -236,8 +240,12 @@ def test_capture_resumes_at_any_batch_boundary(tiny_lm, n, batch, crash_at, data
             capture(tiny_lm, probes, texts, out, batch_size=batch, progress=False)
     finally:
         handle.remove()
-    with CaptureFile(out) as f:
-        done, complete = f.n_done, f.complete
+    if crash_at == 1:  # stopped before its first batch: nothing left behind to resume
+        assert not out.exists() and not out.with_name("int.h5.creating").exists()
+        done, complete = 0, False
+    else:
+        with CaptureFile(out) as f:
+            done, complete = f.n_done, f.complete
     assert done % batch == 0 or done == n  # a batch boundary: never half a batch
     assert complete == (crash_at > n_batches)
     if not complete:

@@ -125,6 +125,26 @@ def test_massive_layers_reduced_in_stacks_equal_all_at_once(stack_bytes, tmp_pat
         np.testing.assert_array_equal(whole[k], stacked[k], err_msg=k)
 
 
+def test_massive_topk_beyond_a_batchs_entries_is_padded(tmp_path):
+    """topk above the entries of a whole batch: the tail is NaN / -1, as for a short prompt
+    in a wider batch, so the file does not depend on the batch size."""
+    lm = loaded()
+    texts = ["w1 w2", "w3", "w4 w5 w6 w7 w8"]  # 2, 1 and 5 tokens of 32 dims
+    spec = [ProbeSpec("m", "resid_post", reduction="massive", topk=100)]
+
+    def run(name, bs):
+        out = capture(lm, spec, texts, tmp_path / name, batch_size=bs, progress=False)
+        with CaptureFile(out) as f:
+            return {k: v.data for k, v in f.probe("m").items()}
+
+    one, all_ = run("one.h5", 1), run("all.h5", 3)
+    for k in one:  # floats differ in the last bits: the batches are padded differently
+        np.testing.assert_allclose(one[k], all_[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    vals = one["top_values"]
+    assert np.isfinite(vals[1, :, :32]).all() and np.isnan(vals[1, :, 32:]).all()
+    assert (one["top_pos"][1, :, 32:] == -1).all() and (one["top_pos"][1, :, :32] == 0).all()
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_top1_rows_agree_with_full_attention_on_every_arch(arch, tmp_path):
     """Top-1 rows (per-batch memo of row index and causal block) vs the full probabilities."""
@@ -267,6 +287,8 @@ def test_bad_probe_inputs(tmp_path):
         capture(lm, [preset("resid", layers=(7,))], prompts(2), tmp_path / "x.h5", progress=False)
     with pytest.raises(ScalelensError, match="head"):
         capture(lm, [ProbeSpec("a", "attn_pattern", heads=(9,))], prompts(2), tmp_path / "x.h5")
+    with pytest.raises(ScalelensError, match=r"layer\(s\) \[1\] listed more than once"):
+        capture(lm, [preset("resid", layers=(1, 0, 1))], prompts(2), tmp_path / "x.h5")
     with pytest.raises(ScalelensError, match="unknown probe"):
         preset("nope")
     with pytest.raises(ScalelensError, match="batch size"):

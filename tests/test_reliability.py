@@ -23,6 +23,7 @@ import pytest
 
 from scalelens.benchmarks import reliability as rel
 from scalelens.cache.reader import CaptureFile
+from scalelens.capture import Capture
 
 N_PROMPTS = 160
 
@@ -113,6 +114,37 @@ def test_kill_9_capture_trials(setup):
     assert sum(t.reader_reads for t in trials) > 0
     for t in mid:  # killed mid-write: the rerun resumed it, and it was readable in between
         assert t.rerun_rc == 0 and "incomplete" in t.inspect_note and t.inspect_note.startswith(str(work))
+
+
+def test_ctrl_c_during_an_overwrite_then_resume(setup, tmp_path, monkeypatch):
+    """Ctrl-C (SIGINT) of a run with --overwrite: the message says to rerun WITHOUT it, and
+    that rerun resumes (rerunning with --overwrite would throw the finished prompts away)."""
+    _, model, prompts, _, ref = setup
+    out = tmp_path / "c.h5"
+    argv = rel.capture_argv(model, prompts, out)
+    proc = subprocess.Popen([*argv, "--overwrite"], env=rel.quiet_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    rel.wait_for(lambda: rel._done_at_least(out, 8), 120, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.fail("the capture finished before the SIGINT landed")
+    done = rel.progress_of(out)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == (
+        "scalelens: interrupted; rerun it without --overwrite to resume"), err
+    assert done is not None and 8 <= done[0] < N_PROMPTS and not done[1], done
+    calls = []
+    real = Capture._run_batches
+
+    def spy(self, writer, tok, rows):
+        calls.append(writer.n_done)
+        return real(self, writer, tok, rows)
+
+    monkeypatch.setattr(Capture, "_run_batches", spy)
+    rc, _, err2 = rel.run_in_process(argv)
+    assert rc == 0, err2
+    assert calls == [done[0]]  # resumed where the interrupted run stopped
+    assert not rel.differences(ref, out)
 
 
 KILL_WHILE_CREATING = """
