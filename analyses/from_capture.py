@@ -103,15 +103,37 @@ def retrieval_from_capture(f: CaptureFile, threshold: float = 0.1, gate: float =
     return retrieval_scores(needle_tests(f, tok), threshold=threshold, gate=gate)
 
 
+def probe_layers(f: CaptureFile, probe: str) -> list[int]:
+    """The model layers a probe's layer axis holds, in stored order (``--layers 2,0``: [2, 0])."""
+    for spec in f.probe_specs:
+        if spec.get("name") == probe and spec.get("layers") is not None:
+            return [int(x) for x in spec["layers"]]
+    raise ScalelensError(f"{f.path}: probe {probe!r} has no layer list in its spec (corrupted?); "
+                         "re-run the capture with --overwrite")
+
+
 def massive_from_capture(f: CaptureFile, **kwargs) -> MassiveResult:
-    """Massive-activation statistics from the streamed ``massive`` summary probe."""
+    """Massive-activation statistics from the streamed ``massive`` summary probe.
+
+    Layers are reported as model layers (the probe's own layer list), not axis positions.
+    """
     _need(f, MASSIVE_PROBE, "massive_activations")
     p = f.probe(MASSIVE_PROBE)
     summary = ResidualSummary(
         top_values=p["top_values"].data, top_pos=p["top_pos"].data, top_dim=p["top_dim"].data,
         top_token=p["top_token"].data, median_abs=p["median_abs"].data,
     )
-    return massive_activations(summary, **kwargs)
+    res = massive_activations(summary, **kwargs)
+    layer = probe_layers(f, MASSIVE_PROBE)
+    flagged = sorted(layer[i] for i in res.ratio_layers)
+    return replace(
+        res,
+        per_layer=[{**row, "layer": layer[row["layer"]]} for row in res.per_layer],
+        massive=[{**e, "layer": layer[e["layer"]]} for e in res.massive],
+        first_layer=min((layer[e["layer"]] for e in res.massive), default=None),
+        ratio_layers=flagged,
+        ratio_first_layer=flagged[0] if flagged else None,
+    )
 
 
 def dominance_from_capture(f: CaptureFile, text: tuple[str, ...], other: tuple[str, ...],
@@ -124,4 +146,10 @@ def dominance_from_capture(f: CaptureFile, text: tuple[str, ...], other: tuple[s
     kinds = {i: ("text" if lab in text else "other" if lab in other else "ignore")
              for i, lab in enumerate(f.segment_labels)}
     kinds[-1] = "ignore"
-    return text_dominance(rows, qpos >= 0, segments, kinds, first_token_sink=first_token_sink)
+    res = text_dominance(rows, qpos >= 0, segments, kinds, first_token_sink=first_token_sink)
+    layer = probe_layers(f, DOMINANCE_PROBE)  # model layers, not axis positions
+    return replace(
+        res,
+        per_layer=[{**row, "layer": layer[row["layer"]]} for row in res.per_layer],
+        groups={k: {**g, "layers": [layer[i] for i in g["layers"]]} for k, g in res.groups.items()},
+    )

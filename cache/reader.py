@@ -120,9 +120,14 @@ class CaptureFile:
         version = self._guard("the file header", lambda: self._f.attrs.get("schema_version"))
         if version is None:
             raise ScalelensError(f"{self.path} is not a scalelens capture (no schema_version attribute)")
-        if int(version) > schema.SCHEMA_VERSION:
+        try:
+            version = int(version)
+        except (TypeError, ValueError):
+            raise ScalelensError(f"{self.path}: schema_version {version!r} is not an integer (corrupted?); "
+                                 "re-run the capture with --overwrite") from None
+        if version > schema.SCHEMA_VERSION:
             raise ScalelensError(
-                f"{self.path} uses schema version {int(version)}, newer than this scalelens "
+                f"{self.path} uses schema version {version}, newer than this scalelens "
                 f"understands ({schema.SCHEMA_VERSION}); upgrade scalelens to read it"
             )
         for name in (schema.PROGRESS, schema.TOKENS, schema.SEGMENTS, schema.LENGTHS):
@@ -139,6 +144,8 @@ class CaptureFile:
 
     def _guard(self, what: str, fn: Callable[[], T]) -> T:
         """Run an h5py access; turn a low-level failure into a one-line error."""
+        if not self._f.id.valid:
+            raise ScalelensError(f"{self.path} was closed; open it again to read {what}")
         try:
             return fn()
         except ScalelensError:
@@ -224,7 +231,11 @@ class CaptureFile:
     def _dataset(self, where: str) -> h5py.Dataset:
         if not self._guard(where, lambda: where in self._f):
             raise ScalelensError(f"{self.path} has no dataset {where}")
-        return self._guard(where, lambda: self._f[where])
+        obj = self._guard(where, lambda: self._f[where])
+        if not isinstance(obj, h5py.Dataset):
+            held = ", ".join(self._guard(where, lambda: list(obj))) or "nothing"
+            raise ScalelensError(f"{self.path}: {where} is a group, not a dataset (it holds: {held})")
+        return obj
 
     def _axes(self, ds: h5py.Dataset, where: str) -> tuple[str, ...]:
         raw = self._guard(f"the axes of {where}", lambda: ds.attrs[schema.AXES_ATTR])
@@ -310,7 +321,7 @@ class CaptureFile:
 
 def _h5_reason(e: BaseException) -> str:
     """The short reason inside an h5py error message (the part in parentheses, if any)."""
-    text = " ".join(str(e).split())
+    text = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
     if "(" in text:
         inner = text[text.index("(") + 1:].rstrip(")")
         if inner:

@@ -148,7 +148,7 @@ class CaptureWriter:
                      probes: dict[str, list[DatasetSpec]], batch_rows: int,
                      overwrite: bool, reuse_complete: bool) -> CaptureWriter:
         if path.exists() and not overwrite:
-            return cls._resume(path, identity, reuse_complete)
+            return cls._resume(path, identity, probes, len(tokens.lengths), reuse_complete)
         # A new file is built aside and renamed into place once its first batch is written:
         # a capture that fails before that (bad input found late, Ctrl-C) leaves nothing at
         # ``path``, and a file being overwritten is replaced only by one that holds data.
@@ -166,7 +166,8 @@ class CaptureWriter:
             raise ScalelensError(f"cannot create {path}: {e.strerror or e}") from None
 
     @classmethod
-    def _resume(cls, path: Path, identity: FileIdentity, reuse_complete: bool) -> CaptureWriter:
+    def _resume(cls, path: Path, identity: FileIdentity, probes: dict[str, list[DatasetSpec]],
+                n_prompts: int, reuse_complete: bool) -> CaptureWriter:
         try:  # read-only first: a complete file that is reused is never touched
             f = h5py.File(path, "r", locking=False)
         except OSError as e:
@@ -187,6 +188,10 @@ class CaptureWriter:
             raise IncompatibleResumeError(
                 f"{path} holds a capture with a different {what}; use another --out or --overwrite"
             )
+        damage = _damage(f, probes, n_prompts)
+        if damage is not None:
+            f.close()
+            raise ScalelensError(f"{path} is damaged ({damage}); use another --out or --overwrite")
         if writer.complete and not reuse_complete:
             f.close()
             raise ScalelensError(f"{path} is already complete; pass --overwrite to redo it")
@@ -322,6 +327,27 @@ class BackgroundWriter:
             self.close()
         except Exception:
             pass
+
+
+def _damage(f: h5py.File, probes: dict[str, list[DatasetSpec]], n_prompts: int) -> str | None:
+    """What is wrong with a file whose identity matches (missing datasets, bad progress), or None."""
+    try:
+        progress = f.get(schema.PROGRESS)
+        if not isinstance(progress, h5py.Dataset) or progress.shape != (2,):
+            return f"no readable /{schema.PROGRESS}"
+        done = int(progress[0])
+        if not 0 <= done <= n_prompts:
+            return f"/{schema.PROGRESS} says {done} of {n_prompts} prompts are done"
+        for name, specs in probes.items():
+            for spec in specs:
+                where = f"{schema.PROBES}/{name}/{spec.name}"
+                ds = f.get(where)
+                want = (spec.shape, np.dtype(spec.dtype))
+                if not isinstance(ds, h5py.Dataset) or (ds.shape, ds.dtype) != want:
+                    return f"dataset {where} is missing or misshapen"
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        return f"unreadable: {e}"
+    return None
 
 
 def _pad_to(arr: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:

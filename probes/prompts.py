@@ -156,7 +156,10 @@ def read_prompt_file(path: str | Path) -> list[Prompt]:
         ) from None
     if "\x00" in text:
         raise ScalelensError(f"prompt file {path} holds NUL bytes (a binary file?); give a text file")
-    numbered = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip()]
+    # lines end at \n (and \r\n) only: str.splitlines() would also split at U+2028, \x0c, \x85...,
+    # which JSON strings and ordinary text may hold
+    lines = [ln.removesuffix("\r") for ln in text.split("\n")]
+    numbered = [(i + 1, ln) for i, ln in enumerate(lines) if ln.strip()]
     if not numbered:
         raise ScalelensError(f"prompt file {path} has no prompts; write one prompt per line")
     if path.suffix == ".jsonl":

@@ -171,6 +171,22 @@ def _foreign_h5(ctx: Ctx) -> Path:
     return p
 
 
+def _damaged(ctx: Ctx, how: str) -> Path:
+    """The complete capture with its identity intact but its contents damaged."""
+    p = ctx.copy_complete()
+    with h5py.File(p, "r+") as f:
+        if how == "no progress":
+            del f["progress"]
+        elif how == "no dataset":
+            f["progress"][...] = [2, 0]
+            del f["probes/resid/values"]
+        elif how == "past the end":
+            f["progress"][...] = [99, 0]
+        else:
+            f.attrs["schema_version"] = "one"
+    return p
+
+
 def _creating_leftover(ctx: Ctx) -> Path:
     ctx.file("out.h5.creating", b"\x89HDF partial")
     return ctx.out
@@ -275,7 +291,19 @@ CASES: dict[str, Case] = {
     "resume into a file of a newer schema": Case(
         lambda c: c.capture(out=_newer_schema(c)), ("schema version 99", "--overwrite"),
         keep=lambda c: c.tmp / "existing.h5"),
+    "resume into a file without /progress": Case(
+        lambda c: c.capture("--probes", "resid", "--batch-size", "2", out=_damaged(c, "no progress")),
+        ("is damaged (no readable /progress)", "--overwrite"), keep=lambda c: c.tmp / "existing.h5"),
+    "resume into a file missing a dataset": Case(
+        lambda c: c.capture("--probes", "resid", "--batch-size", "2", out=_damaged(c, "no dataset")),
+        ("dataset probes/resid/values is missing", "--overwrite"), keep=lambda c: c.tmp / "existing.h5"),
+    "resume into a file whose progress is past its prompts": Case(
+        lambda c: c.capture("--probes", "resid", "--batch-size", "2", out=_damaged(c, "past the end")),
+        ("says 99 of 5 prompts are done",), keep=lambda c: c.tmp / "existing.h5"),
     # reading captures
+    "inspect a file whose schema version is not a number": Case(
+        lambda c: ["inspect", str(_damaged(c, "schema"))], ("schema_version 'one' is not an integer",),
+        keep=lambda c: c.tmp / "existing.h5"),
     "inspect a missing file": Case(lambda c: ["inspect", str(c.tmp / "none.h5")], ("does not exist",)),
     "inspect the root directory": Case(lambda c: ["inspect", "/"], ("/ is a directory",)),
     "inspect after an interrupted creation": Case(

@@ -184,6 +184,29 @@ def test_truncated_file_is_one_clear_error(tmp_path, keep):
     assert "\n" not in str(e.value) and "--overwrite" in str(e.value)
 
 
+def test_reader_misuse_says_what_is_wrong_not_corrupted(tmp_path):
+    """A group read as a dataset, or a closed file, is named as such: never 'corrupted, re-run
+    with --overwrite' (advice that would destroy a good file)."""
+    n, batch = 4, 2
+    tokens = TokenizedPrompts(np.zeros((n, 3), np.int32), np.zeros((n, 3), np.int16),
+                              np.full(n, 3, np.int32), ("text",))
+    layout = {"p": [DatasetSpec("values", (n, 2, 3), "float32", (Axis.PROMPT, Axis.LAYER, Axis.SEQ))]}
+    path = tmp_path / "t.h5"
+    w = CaptureWriter.open(path, identity(tokens, batch), tokens, layout, batch)
+    w.finish()
+    f = CaptureFile(path)
+    with pytest.raises(ScalelensError, match=r"probes/p is a group, not a dataset \(it holds: values\)"):
+        f.read("probes/p")
+    with pytest.raises(ScalelensError, match="/ is a group"):
+        f.read("/")
+    assert f.read("values", "p", done_only=False).data.shape == (n, 2, 3)
+    f.close()
+    for access in (lambda: f.read("tokens"), lambda: f.probe_names, lambda: f.model, f.refresh):
+        with pytest.raises(ScalelensError, match="was closed; open it again") as e:
+            access()
+        assert "overwrite" not in str(e.value)
+
+
 def test_bad_probe_names_are_refused_before_any_file_exists(tmp_path):
     from scalelens.probes.spec import ProbeSpec
 

@@ -323,3 +323,39 @@ def test_logit_predictions_and_segment_offset(tmp_path):
         np.testing.assert_allclose(prob[i, 0, : len(q)], logits[q].softmax(-1).max(-1).values.numpy(),
                                    rtol=1e-5)
     assert token[1, 0, 1] == -1
+
+
+def test_analyses_of_a_layer_subset_report_model_layers(tmp_path):
+    """massive / text dominance from a capture of layers (2, 0) name layers 2 and 0, with the
+    numbers of those layers in a capture of every layer."""
+    from scalelens.analyses.from_capture import (
+        DOMINANCE_PROBE,
+        MASSIVE_PROBE,
+        dominance_from_capture,
+        massive_from_capture,
+    )
+    from scalelens.probes.prompts import Prompt
+
+    lm = loaded()
+    ps = [Prompt((("doc", f"w{i} w{i + 1} w{i + 2} w{i + 3}"), ("q", f"w{i + 9} w{i + 4}"), ("answer", "w5")))
+          for i in range(4)]
+    rows = Positions.parse("segment:answer@-1")
+
+    def run(name, layers):
+        probes = [ProbeSpec(MASSIVE_PROBE, "resid_post", reduction="massive", layers=layers),
+                  ProbeSpec(DOMINANCE_PROBE, "attn_pattern", positions=rows, dtype="float32", layers=layers)]
+        out = capture(lm, probes, ps, tmp_path / name, batch_size=2, progress=False)
+        with CaptureFile(out) as f:
+            kw = {"abs_threshold": 0.0, "rel_threshold": 0.0, "ratio_threshold": 0.0}  # flag everything
+            return massive_from_capture(f, **kw), dominance_from_capture(f, ("q",), ("doc",))
+
+    m_all, d_all = run("all.h5", None)
+    m_sub, d_sub = run("sub.h5", (2, 0))
+    assert [r["layer"] for r in m_sub.per_layer] == [2, 0]
+    assert m_sub.per_layer[0]["max_abs"] == pytest.approx(m_all.per_layer[2]["max_abs"], rel=1e-6)
+    assert m_sub.per_layer[1]["max_abs"] == pytest.approx(m_all.per_layer[0]["max_abs"], rel=1e-6)
+    assert (m_sub.ratio_layers, m_sub.ratio_first_layer, m_sub.first_layer) == ([0, 2], 0, 0)
+    assert {e["layer"] for e in m_sub.massive} == {0, 2}
+    assert [r["layer"] for r in d_sub.per_layer] == [2, 0]
+    assert d_sub.per_layer[0]["mdi"] == pytest.approx(d_all.per_layer[2]["mdi"], rel=1e-6)
+    assert d_sub.groups["all"]["layers"] == [2, 0]

@@ -76,3 +76,21 @@ def test_measure_dominance_embeds_from_the_cli(model_dir, tmp_path, capsys):
     assert main(["analyze", str(out / "dominance_embeds_x1.h5")]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["dominance_embeds_x1.h5"]["text_dominance"]["per_layer"]
+
+
+def test_prompt_files_split_at_newlines_only(tmp_path):
+    """U+2028, form feed and NEL inside a line stay in the prompt (.txt and .jsonl), CRLF works,
+    and line numbers in errors are file lines."""
+    from scalelens.errors import ScalelensError
+    from scalelens.probes.prompts import read_prompt_file
+
+    odd = "w1\u2028w2 w3\x0cw4\x85w5"
+    txt = tmp_path / "p.txt"
+    txt.write_text(f"{odd}\r\n\nw6 w7\n", encoding="utf-8", newline="")
+    assert [p.text for p in read_prompt_file(txt)] == [odd, "w6 w7"]
+    jl = tmp_path / "p.jsonl"
+    jl.write_text(json.dumps({"text": odd}, ensure_ascii=False) + "\n" + '{"text": w2}\n', encoding="utf-8")
+    with pytest.raises(ScalelensError, match=r"p\.jsonl:2: invalid JSON"):
+        read_prompt_file(jl)
+    jl.write_text(json.dumps({"text": odd}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert [p.text for p in read_prompt_file(jl)] == [odd]
