@@ -161,9 +161,11 @@ class CaptureWriter:
                     for spec in specs:
                         _create_dataset(group, spec, batch_rows)
             return cls(path, h5py.File(tmp, "r+", locking=False, rdcc_nbytes=0), creating=tmp)
-        except OSError as e:
+        except BaseException as e:  # a full disk, Ctrl-C...: no temporary file left either
             tmp.unlink(missing_ok=True)
-            raise ScalelensError(f"cannot create {path}: {e.strerror or e}") from None
+            if isinstance(e, OSError):
+                raise ScalelensError(f"cannot create {path}: {e.strerror or e}") from None
+            raise
 
     @classmethod
     def _resume(cls, path: Path, identity: FileIdentity, probes: dict[str, list[DatasetSpec]],

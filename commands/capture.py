@@ -138,6 +138,7 @@ def warn_nonfinite(f, scan: bool | None = None) -> list:
 
 
 def _probes_from_args(args: argparse.Namespace) -> list:
+    from scalelens.hooks.points import CapturePoint
     from scalelens.probes.spec import Positions, preset
 
     names = [n.strip() for n in args.probes.split(",") if n.strip()]
@@ -146,12 +147,31 @@ def _probes_from_args(args: argparse.Namespace) -> list:
     if len(set(names)) != len(names):
         raise ScalelensError(f"--probes lists a probe twice ({args.probes}); list each once")
     positions = Positions.parse(args.positions) if args.positions else None
-    probes = [preset(n, layers=args.layers, positions=positions, dtype=args.store_dtype, heads=args.heads)
-              for n in names]
-    if args.heads is not None and not any(p.point.from_attention_tap for p in probes):
+    bases = [preset(n) for n in names]
+    if args.heads is not None and not any(p.point.from_attention_tap for p in bases):
         raise ScalelensError("--heads applies to per-head probes (attn, top1, q, k) and none is "
                              "selected; drop --heads or add such a probe")
-    return probes
+    _note_ignored(bases, args)
+    return [preset(n, layers=None if b.point is CapturePoint.LOGITS else args.layers, positions=positions,
+                   dtype=args.store_dtype, heads=args.heads) for n, b in zip(names, bases, strict=True)]
+
+
+def _note_ignored(bases: list, args: argparse.Namespace) -> None:
+    """One stderr note per option that some selected probes do not take (they ignore it)."""
+    from scalelens.hooks.points import CapturePoint
+    from scalelens.probes.spec import Reduction
+
+    ignored = {
+        "--layers": (args.layers, lambda p: p.point is CapturePoint.LOGITS, "logits have no layers"),
+        "--positions": (args.positions, lambda p: p.reduction is Reduction.MASSIVE,
+                        "the massive summary reads every position"),
+        "--store-dtype": (args.store_dtype, lambda p: p.reduction is not Reduction.FULL,
+                          "summaries have fixed dtypes"),
+    }
+    for option, (value, skips, why) in ignored.items():
+        names = [p.name for p in bases if skips(p)]
+        if value is not None and names:
+            print(f"note: {option} does not apply to {', '.join(names)} ({why})", file=sys.stderr)
 
 
 def run_capture(args: argparse.Namespace) -> int:
@@ -171,13 +191,7 @@ def run_capture(args: argparse.Namespace) -> int:
     if args.max_length is not None and context and args.max_length > context:
         raise ScalelensError(f"--max-length {args.max_length} exceeds the model's context of {context} "
                              f"tokens; use --max-length {context} or less")
-    creating = args.out.with_name(args.out.name + ".creating")
-    try:
-        out = capture(loaded, probes, prompts, args.out, **vars(settings))
-    except BaseException:
-        if creating.exists() and not args.out.exists():  # failed while creating: leave nothing behind
-            creating.unlink(missing_ok=True)
-        raise
+    out = capture(loaded, probes, prompts, args.out, **vars(settings))  # leaves nothing if it fails early
     with CaptureFile(out) as f:
         warn_nonfinite(f)
     print(f"wrote {out}")

@@ -38,6 +38,24 @@ def test_capture_then_inspect(model_dir, prompt_file, tmp_path, capsys):
     assert "complete" in text and "probe resid" in text and "layer=2" in text
 
 
+def test_options_some_probes_do_not_take_are_noted_not_fatal(model_dir, prompt_file, tmp_path, capsys):
+    """--layers with a logits probe, --positions with massive, --store-dtype with summaries:
+    the probes that take the option get it, the others ignore it, and stderr says so."""
+    out = tmp_path / "n.h5"
+    code = main(["capture", "--model", str(model_dir), "--prompts", str(prompt_file), "--probes",
+                 "resid,predictions,massive", "--layers", "1", "--positions", "last", "--store-dtype",
+                 "float32", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "note: --layers does not apply to predictions" in err
+    assert "note: --positions does not apply to massive" in err
+    assert "note: --store-dtype does not apply to predictions, massive" in err
+    with CaptureFile(out) as f:
+        assert f.datasets("resid")["values"][:2] == ((5, 1, 1, 32), "float32")
+        assert f.datasets("massive")["median_abs"][0] == (5, 1)
+        assert f.datasets("predictions")["top1_token"][0] == (5, 1, 1)
+
+
 def test_capture_errors_are_one_line(model_dir, prompt_file, tmp_path, capsys):
     out = tmp_path / "e.h5"
     code = main(["capture", "--model", str(model_dir), "--prompts", str(prompt_file), "--layers", "9",
