@@ -137,7 +137,8 @@ def warn_nonfinite(f, scan: bool | None = None) -> list:
     return found
 
 
-def _probes_from_args(args: argparse.Namespace) -> list:
+def _probes_from_args(args: argparse.Namespace) -> tuple[list, list[str]]:
+    """The probes of ``--probes`` with the options that apply to each; notes on ignored options."""
     from scalelens.hooks.points import CapturePoint
     from scalelens.probes.spec import Positions, preset
 
@@ -151,13 +152,13 @@ def _probes_from_args(args: argparse.Namespace) -> list:
     if args.heads is not None and not any(p.point.from_attention_tap for p in bases):
         raise ScalelensError("--heads applies to per-head probes (attn, top1, q, k) and none is "
                              "selected; drop --heads or add such a probe")
-    _note_ignored(bases, args)
-    return [preset(n, layers=None if b.point is CapturePoint.LOGITS else args.layers, positions=positions,
-                   dtype=args.store_dtype, heads=args.heads) for n, b in zip(names, bases, strict=True)]
+    probes = [preset(n, layers=None if b.point is CapturePoint.LOGITS else args.layers, positions=positions,
+                     dtype=args.store_dtype, heads=args.heads) for n, b in zip(names, bases, strict=True)]
+    return probes, _ignored_options(bases, args)
 
 
-def _note_ignored(bases: list, args: argparse.Namespace) -> None:
-    """One stderr note per option that some selected probes do not take (they ignore it)."""
+def _ignored_options(bases: list, args: argparse.Namespace) -> list[str]:
+    """One note per option that some selected probes do not take (they ignore it)."""
     from scalelens.hooks.points import CapturePoint
     from scalelens.probes.spec import Reduction
 
@@ -168,10 +169,12 @@ def _note_ignored(bases: list, args: argparse.Namespace) -> None:
         "--store-dtype": (args.store_dtype, lambda p: p.reduction is not Reduction.FULL,
                           "summaries have fixed dtypes"),
     }
+    notes = []
     for option, (value, skips, why) in ignored.items():
         names = [p.name for p in bases if skips(p)]
         if value is not None and names:
-            print(f"note: {option} does not apply to {', '.join(names)} ({why})", file=sys.stderr)
+            notes.append(f"note: {option} does not apply to {', '.join(names)} ({why})")
+    return notes
 
 
 def run_capture(args: argparse.Namespace) -> int:
@@ -185,7 +188,7 @@ def run_capture(args: argparse.Namespace) -> int:
                                progress=sys.stderr.isatty())
     check_output_file(args.out, args.overwrite)
     prompts = read_prompt_file(args.prompts)
-    probes = _probes_from_args(args)
+    probes, notes = _probes_from_args(args)
     loaded = load_from_args(args)
     context = loaded.info.max_position
     if args.max_length is not None and context and args.max_length > context:
@@ -194,6 +197,8 @@ def run_capture(args: argparse.Namespace) -> int:
     out = capture(loaded, probes, prompts, args.out, **vars(settings))  # leaves nothing if it fails early
     with CaptureFile(out) as f:
         warn_nonfinite(f)
+    for note in notes:  # after the work: a failing command prints its one error line only
+        print(note, file=sys.stderr)
     print(f"wrote {out}")
     return 0
 
