@@ -63,7 +63,7 @@ def spec_from_args(args: argparse.Namespace):
                      sizes=tuple(t.strip() for t in args.sizes.split(",") if t.strip())
                      if args.sizes is not None else None,
                      checkpoints=args.checkpoints or "log",
-                     analyses=parse_analyses(args.analyses or "all"),
+                     analyses=parse_analyses("all" if args.analyses is None else args.analyses),
                      executor=args.executor or "local", address=args.address,
                      device=args.device or "cpu")
 
@@ -98,8 +98,14 @@ def check_run_dir(out: Path, spec, overwrite: bool) -> None:
                 "--overwrite to discard its finished tasks"
             )
         return
-    if overwrite and (out / "tasks").exists():
-        shutil.rmtree(out / "tasks")
+    if overwrite:  # afresh: the old tasks and everything made from them
+        from scalelens.reports.render import DEFAULT_NAME
+        from scalelens.sweeps.run import RUN_TABLES
+
+        if (out / "tasks").exists():
+            shutil.rmtree(out / "tasks")
+        for name in (*RUN_TABLES, "run.json", DEFAULT_NAME, Path(DEFAULT_NAME).with_suffix(".md").name):
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, want)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +30,24 @@ def _read(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _final_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    """Rows of each size's last checkpoint."""
-    last: dict[str, int] = {}
-    for r in rows:
-        step = int(r["step"]) if r["step"] else 0
-        last[r["size"]] = max(last.get(r["size"], step), step)
-    return [r for r in rows if (int(r["step"]) if r["step"] else 0) == last[r["size"]]]
+def _step(row: dict[str, str]) -> int:
+    return int(row["step"]) if row["step"] else 0
 
 
 def scaling_fits(rows: list[dict[str, str]], n_boot: int = 200) -> list[FitResult]:
-    """Power law (and saturating where a metric has an asymptote) for each scalar metric."""
+    """Power law (and saturating where a metric has an asymptote) for each scalar metric.
+
+    Sizes are compared at one checkpoint, the sweep's last (largest) step: a size whose task
+    at that step failed is left out of the fit, with a note, never stood in for by an
+    earlier checkpoint of it.
+    """
+    if not rows:
+        return []
+    final = max(_step(r) for r in rows)
+    sizes = list(dict.fromkeys(r["size"] for r in rows))
     by_metric: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
-    for r in _final_rows(rows):
-        if r["layer"] == "" and r["head"] == "":
+    for r in rows:
+        if _step(r) == final and r["layer"] == "" and r["head"] == "":
             name = f"{r['analysis']}.{r['metric']}"
             if name not in NOT_FITTED:
                 by_metric[name][r["size"]] = r  # type: ignore[assignment]
@@ -50,11 +55,15 @@ def scaling_fits(rows: list[dict[str, str]], n_boot: int = 200) -> list[FitResul
     for name, per_size in sorted(by_metric.items()):
         if len(per_size) < 3:
             continue
+        missing = [s for s in sizes if s not in per_size]
+        note = f"sizes {', '.join(missing)} have no value at step {final} and are left out" if missing else ""
         for x_name in X_NAMES:
             x = np.array([float(v[x_name]) for v in per_size.values()])  # type: ignore[index]
             y = np.array([float(v["value"]) for v in per_size.values()])  # type: ignore[index]
             forms = ("power_law", "saturating") if name in SATURATING else ("power_law",)
-            fits += [fit_scaling(x, y, form=f, metric=name, x_name=x_name, n_boot=n_boot) for f in forms]
+            for f in forms:
+                fit = fit_scaling(x, y, form=f, metric=name, x_name=x_name, n_boot=n_boot)
+                fits.append(replace(fit, note="; ".join(t for t in (fit.note, note) if t)))
     return fits
 
 

@@ -32,6 +32,10 @@ class SweepSummary:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
+RUN_TABLES = ("metrics.csv", "metrics.parquet", "fits.json")
+"""What a sweep derives from its finished tasks (rewritten by every run)."""
+
+
 def sweep(spec: SweepSpec, run_dir: str | Path, n_boot: int = 200) -> SweepSummary:
     """Run ``spec`` into ``run_dir``: tasks, then metrics.csv, fits.json and run.json."""
     from scalelens.measure.run import write_json
@@ -45,6 +49,9 @@ def sweep(spec: SweepSpec, run_dir: str | Path, n_boot: int = 200) -> SweepSumma
     if finished:
         write_metrics(run_dir, finished)
         write_fits(run_dir, n_boot)
+    else:  # no stale tables from an earlier run may pass for this one's
+        for name in RUN_TABLES:
+            (run_dir / name).unlink(missing_ok=True)
     write_json(run_dir / "run.json", _run_info(spec, tasks, summary))
     return summary
 

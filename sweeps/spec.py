@@ -84,6 +84,7 @@ class SweepSpec:
         if self.sizes is not None and not self.sizes:
             raise ScalelensError("sizes is an empty list; give sizes or leave it out for all")
         _check_analyses(self.analyses)
+        self._canonical()
         if not isinstance(self.settings, dict):
             raise ScalelensError(f"settings must be a table of analysis options, got {self.settings!r}")
         if self.settings:
@@ -95,6 +96,19 @@ class SweepSpec:
                                      f"{_did_you_mean(unknown, _setting_names())}; valid: "
                                      f"{', '.join(_setting_names())}")
             measure_settings(self.settings)  # values are checked as the measure CLI checks them
+
+    def _canonical(self) -> None:
+        """Each size, step and analysis once (a repeat would run a task twice).
+
+        Steps ascend and analyses keep their standard order, so equal sweeps compare equal.
+        """
+        from scalelens.measure.run import ANALYSES
+
+        if self.sizes is not None:
+            object.__setattr__(self, "sizes", tuple(dict.fromkeys(self.sizes)))
+        if isinstance(self.checkpoints, tuple):
+            object.__setattr__(self, "checkpoints", tuple(sorted(set(self.checkpoints))))
+        object.__setattr__(self, "analyses", tuple(a for a in ANALYSES if a in self.analyses))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (stored in run.json)."""

@@ -481,6 +481,9 @@ SWEEP_CASES: dict[str, tuple[Callable[[Ctx, Path], list[str]], tuple[str, ...]]]
     "sweep of a missing suite": (
         lambda c, s: ["sweep", "--suite", str(c.tmp / "suite"), "--out", str(c.tmp / "r")],
         ("does not exist", "scalelens suite build")),
+    "sweep with an empty analysis list": (
+        lambda c, s: ["sweep", "--suite", str(s), "--analyses", "", "--out", str(c.tmp / "r")],
+        ("unknown analysis (none)",)),
     "sweep with nothing to sweep": (lambda c, s: ["sweep", "--out", str(c.tmp / "r")], ("--suite DIR",)),
     "sweep flags combined with --spec": (
         lambda c, s: ["sweep", "--spec", str(_spec(c, s, "")), "--sizes", "16k", "--out", str(c.tmp / "r")],
@@ -525,3 +528,22 @@ def test_sweep_refuses_to_resume_with_other_settings(ctx, micro_suite, capsys):
     rc, _, err = _run(capsys, [*base, "--analyses", "superposition,massive_activations"])
     assert_one_line(rc, err, "holds a sweep with different analyses", "--overwrite")
     assert _tree(run) == before
+
+
+def test_sweep_overwrite_leaves_nothing_of_the_old_run(ctx, micro_suite, capsys):
+    """--overwrite starts afresh: when no task of the new sweep finishes, the old run's
+    metrics.csv, fits.json and report may not pass for the new run's."""
+    run = ctx.tmp / "run"
+    base = ["sweep", "--suite", str(micro_suite), "--sizes", "16k", "--checkpoints", "final",
+            "--n-boot", "0", "--out", str(run)]
+    rc, _, err = _run(capsys, [*base, "--analyses", "superposition"])
+    assert rc == 0 and (run / "metrics.csv").is_file(), err
+    (run / "report.html").write_text("old report")
+    hay = ctx.file("haystack.txt", "")  # an empty haystack: every retrieval task fails
+    spec = ctx.file("s.toml", f'suite = "{micro_suite}"\nsizes = ["16k"]\ncheckpoints = "final"\n'
+                              f'analyses = ["retrieval_heads"]\n[settings]\nhaystack = "{hay}"\n')
+    argv = ["sweep", "--spec", str(spec), "--n-boot", "0", "--out", str(run), "--overwrite"]
+    rc, _, err = _run(capsys, argv)
+    assert rc == 2 and "no task finished" in err, err
+    left = sorted(p.name for p in run.iterdir())
+    assert not {"metrics.csv", "metrics.parquet", "fits.json", "report.html"} & set(left), left

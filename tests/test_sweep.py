@@ -131,3 +131,42 @@ def test_extra_metrics_reach_metrics_csv_and_the_scaling_fits(suite_copy, tmp_pa
     assert ("activation_sparsity.hoyer_resid_post_mean", "power_law") in fitted
     assert not {m for m, _ in fitted} & {"information_capacity.flops_per_token",
                                            "information_capacity.text_bits_per_token"}
+
+
+def test_repeated_sizes_steps_and_analyses_run_once(suite_copy):
+    """A repeat in --sizes / --checkpoints / --analyses would run the same task twice (on the
+    same task directory, concurrently under Ray) and repeat its rows in metrics.csv."""
+    manifest = read_manifest(suite_copy)
+    a, b = manifest.sizes[:2]
+    last, prev = manifest.steps[-1], manifest.steps[-2]
+    spec = SweepSpec(suite=str(suite_copy), sizes=(b, a, b), checkpoints=(last, prev, last),
+                     analyses=("superposition", "massive_activations", "superposition"))
+    assert spec.sizes == (b, a) and spec.checkpoints == (prev, last)
+    assert spec.analyses == ("massive_activations", "superposition")  # the standard order
+    keys = [t.key for t in expand(spec)]
+    assert len(keys) == len(set(keys)) == 4
+
+
+def _rows(values: dict[tuple[str, int], float]) -> list[dict[str, str]]:
+    n_params = {"s1": 1e3, "s2": 1e4, "s3": 1e5, "s4": 1e6}
+    return [{"model": size, "size": size, "revision": f"step{step}", "step": str(step),
+             "n_params": str(n_params[size]), "n_params_non_embedding": str(n_params[size] / 2),
+             "analysis": "superposition", "metric": "mean_sq_overlap", "layer": "", "head": "",
+             "value": str(v)} for (size, step), v in values.items()]
+
+
+def test_scaling_fits_compare_sizes_at_one_checkpoint():
+    """A size whose last checkpoint failed is left out of the fit, with a note; its earlier
+    checkpoint is not mixed in with the other sizes' last one."""
+    from scalelens.sweeps.fits import scaling_fits
+
+    values = {(s, step): 0.1 * (i + 1) * (1 if step == 20 else 100)
+              for i, s in enumerate(("s1", "s2", "s3", "s4")) for step in (10, 20)}
+    del values[("s4", 20)]
+    fits = [f for f in scaling_fits(_rows(values), n_boot=0)
+            if f.x_name == "n_params" and f.form == "power_law"]
+    assert len(fits) == 1
+    assert fits[0].x == [1e3, 1e4, 1e5] and fits[0].y == pytest.approx([0.1, 0.2, 0.3])
+    assert "sizes s4 have no value at step 20" in fits[0].note
+    whole = {(s, 20): 0.1 * (i + 1) for i, s in enumerate(("s1", "s2", "s3", "s4"))}
+    assert all(f.note == "" or "no value" not in f.note for f in scaling_fits(_rows(whole), n_boot=0))
