@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -62,6 +63,20 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
                    help="numerator bias b of the information capacity (Yuan et al. 2025; -27 as their code)")
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse out-of-range numeric options up front (not after the captures ran)."""
+    if args.batch_size < 1:
+        raise ScalelensError(f"batch size must be >= 1, got {args.batch_size}")
+    for name in ("threshold", "gate", "ratio_threshold", "capacity_bias"):
+        value = getattr(args, name)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise ScalelensError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
+    if args.seq_length is not None and args.seq_length < 1:
+        raise ScalelensError(f"--seq-length must be >= 1 (omit it for the default), got {args.seq_length}")
+    if args.ablation_k < 0:
+        raise ScalelensError(f"--ablation-k must be >= 0 (0 skips the ablation), got {args.ablation_k}")
+
+
 def settings_from_args(args: argparse.Namespace):
     """Build MeasureSettings from parsed options."""
     from scalelens.measure.capacity import CapacitySettings
@@ -71,8 +86,7 @@ def settings_from_args(args: argparse.Namespace):
     from scalelens.measure.run import MeasureSettings
     from scalelens.probes.haystack import DEPTHS
 
-    if args.batch_size < 1:
-        raise ScalelensError(f"batch size must be >= 1, got {args.batch_size}")
+    _check_numbers(args)
     retrieval = RetrievalSettings(
         mode=args.retrieval_mode, needles=args.needles, haystack=args.haystack,
         context_lengths=args.context_lengths, depths=args.depths or DEPTHS, n_needles=args.n_needles,
@@ -92,6 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_analysis_args(p)
     p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo the captures already in --out (default: reuse complete ones, resume the rest)")
     p.set_defaults(func=run_measure)
     a = sub.add_parser("analyze", help="rerun analyses on existing captures (no model needed)")
     a.add_argument("path", type=Path, help="a capture .h5 file or a measure output directory")
@@ -113,7 +129,7 @@ def run_measure(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     check_out_dir(args.out)
     loaded = load_from_args(args)
-    measure(loaded, analyses, args.out, settings)
+    measure(loaded, analyses, args.out, settings, overwrite=args.overwrite)
     for path in sorted(args.out.glob("*.h5")):
         with CaptureFile(path) as f:
             warn_nonfinite(f)

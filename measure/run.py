@@ -61,11 +61,12 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _retrieval(loaded: Any, s: RetrievalSettings, out: Path, progress: bool) -> dict[str, Any]:
+def _retrieval(loaded: Any, s: RetrievalSettings, out: Path, progress: bool,
+               overwrite: bool) -> dict[str, Any]:
     if s.mode == "reference":
         result, tests = reference_scores(loaded, s, progress), None
     else:
-        result, tests = fast_scores(loaded, s, out / "retrieval.h5", progress=progress)
+        result, tests = fast_scores(loaded, s, out / "retrieval.h5", overwrite, progress=progress)
     data = result.to_dict()
     data["mode"] = s.mode
     if s.ablation_k > 0 and result.n_tests_passed > 0:
@@ -76,8 +77,8 @@ def _retrieval(loaded: Any, s: RetrievalSettings, out: Path, progress: bool) -> 
     return data
 
 
-def _massive(loaded: Any, s: MassiveSettings, out: Path, progress: bool) -> dict[str, Any]:
-    result, effect = measure_massive(loaded, s, out / "massive.h5", progress=progress)
+def _massive(loaded: Any, s: MassiveSettings, out: Path, progress: bool, overwrite: bool) -> dict[str, Any]:
+    result, effect = measure_massive(loaded, s, out / "massive.h5", overwrite, progress=progress)
     data = result.to_dict()
     data["intervention"] = effect
     return data
@@ -89,10 +90,12 @@ def _sparsity(loaded: Any, text: MassiveSettings) -> dict[str, Any]:
 
 
 def measure(loaded: Any, analyses: tuple[str, ...], out: str | Path,
-            settings: MeasureSettings | None = None, progress: bool = True) -> dict[str, Any]:
+            settings: MeasureSettings | None = None, progress: bool = True,
+            overwrite: bool = False) -> dict[str, Any]:
     """Run ``analyses`` on ``loaded``; write ``out/*.h5`` and ``out/results.json``.
 
-    Captures already complete in ``out`` are reused, incomplete ones resumed. The
+    Captures already complete in ``out`` are reused, incomplete ones resumed (``overwrite``:
+    every capture is redone, e.g. after changing settings that change its prompts). The
     extra analyses (information capacity, activation sparsity) read the massive
     activations' probe text and write no capture file.
     """
@@ -100,10 +103,10 @@ def measure(loaded: Any, analyses: tuple[str, ...], out: str | Path,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runners = {
-        "retrieval_heads": lambda: _retrieval(loaded, s.retrieval, out, progress),
-        "massive_activations": lambda: _massive(loaded, s.massive, out, progress),
+        "retrieval_heads": lambda: _retrieval(loaded, s.retrieval, out, progress, overwrite),
+        "massive_activations": lambda: _massive(loaded, s.massive, out, progress, overwrite),
         "superposition": lambda: measure_superposition(loaded),
-        "text_dominance": lambda: measure_dominance(loaded, s.dominance, out, progress=progress),
+        "text_dominance": lambda: measure_dominance(loaded, s.dominance, out, overwrite, progress),
         "information_capacity": lambda: measure_capacity(loaded, s.massive, s.capacity).to_dict(),
         "activation_sparsity": lambda: _sparsity(loaded, s.massive),
     }

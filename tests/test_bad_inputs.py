@@ -347,6 +347,18 @@ CASES: dict[str, Case] = {
     "measure batch size 0": Case(
         lambda c: ["measure", "--model", str(c.model), "--batch-size", "0", "--out", str(c.tmp / "m")],
         ("batch size must be >= 1",)),
+    "measure threshold not a finite number": Case(
+        lambda c: ["measure", "--model", str(c.model), "--gate", "nan", "--out", str(c.tmp / "m")],
+        ("--gate must be a finite number, got nan",)),
+    "measure capacity bias infinite": Case(
+        lambda c: ["measure", "--model", str(c.model), "--capacity-bias", "inf", "--out", str(c.tmp / "m")],
+        ("--capacity-bias must be a finite number",)),
+    "measure sequence length 0": Case(
+        lambda c: ["measure", "--model", str(c.model), "--seq-length", "0", "--out", str(c.tmp / "m")],
+        ("--seq-length must be >= 1",)),
+    "measure negative ablation k": Case(
+        lambda c: ["measure", "--model", str(c.model), "--ablation-k", "-2", "--out", str(c.tmp / "m")],
+        ("--ablation-k must be >= 0",)),
     "measure --out is a file": Case(
         lambda c: ["measure", "--model", str(c.model), "--analyses", "superposition", "--out",
                    str(c.file("f.txt", "x"))], ("not a directory",), keep=lambda c: c.tmp / "f.txt"),

@@ -112,3 +112,19 @@ def test_prompt_files_split_at_newlines_only(tmp_path):
         read_prompt_file(jl)
     jl.write_text(json.dumps({"text": odd}, ensure_ascii=False) + "\n", encoding="utf-8")
     assert [p.text for p in read_prompt_file(jl)] == [odd]
+
+
+def test_measure_rerun_with_other_settings_needs_overwrite(model_dir, tmp_path, capsys):
+    """A rerun into the same --out with other prompt settings is refused with the fix it names
+    (--overwrite), and that fix exists."""
+    out = tmp_path / "m"
+    base = ["measure", "--model", str(model_dir), "--analyses", "massive_activations", "--seq-length", "8",
+            "--out", str(out)]
+    assert main([*base, "--n-sequences", "2"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--n-sequences", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "massive.h5 holds a capture with a different prompts_sha256" in err and "--overwrite" in err
+    assert main([*base, "--n-sequences", "3", "--overwrite"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["analyses"]["massive_activations"]["n_prompts"] == 3
