@@ -21,7 +21,10 @@ Per layer the result gives the mean H over every token but each sequence's
 first (``hoyer``) and, separately, the mean H of the first tokens
 (``hoyer_first``): in larger models the first token carries the attention sink
 and its massive activations, which would otherwise dominate the mean. Zero
-vectors are left out and counted.
+vectors are left out and counted; so are vectors whose norms are NaN or inf (an overflowing
+or diverged checkpoint), which are faults, not sparse or dense vectors. The per-model
+``mean_hoyer`` averages every layer, so it is NaN (None in JSON) when a layer has no
+measurable vector, never a mean over the layers that happened to be finite.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ class SparsityResult:
         mean_hoyer: Mean of the per-layer ``hoyer`` values (the per-model scalar).
         n_prompts: Sequences measured.
         n_zero_vectors: Zero vectors left out (all layers and positions).
+        n_nonfinite_vectors: Vectors with NaN/inf norms left out (all layers and positions).
     """
 
     point: str
@@ -105,6 +109,7 @@ class SparsityResult:
     mean_hoyer: float
     n_prompts: int
     n_zero_vectors: int
+    n_nonfinite_vectors: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-serialisable data (inf/NaN become None)."""
@@ -158,6 +163,8 @@ def activation_sparsity(l1: Any, l2: Any, lengths: Any, width: int, point: str,
         per_layer.append(LayerSparsity(layer, _mean(body), _mean(hl[:, 0]),
                                        int(np.isfinite(body).sum())))
     valid = (pos < lens[:, None])[:, None, :].repeat(n_layers, 1)
-    zeros = int((valid & ~np.isfinite(h)).sum())
-    return SparsityResult(point, int(width), per_layer, _mean(np.array([r.hoyer for r in per_layer])),
-                          int(n), zeros)
+    broken = valid & ~(np.isfinite(a) & np.isfinite(b))
+    zeros = int((valid & ~broken & (b == 0)).sum())
+    layer_means = np.array([r.hoyer for r in per_layer])
+    mean = float(layer_means.mean()) if np.isfinite(layer_means).all() else math.nan
+    return SparsityResult(point, int(width), per_layer, mean, int(n), zeros, int(broken.sum()))

@@ -80,6 +80,22 @@ def test_sequences_of_one_token_give_no_mean_but_a_first_token_value():
     assert math.isnan(res.mean_hoyer) and res.to_dict()["mean_hoyer"] is None
 
 
+def test_nonfinite_vectors_are_counted_as_faults_and_void_the_model_mean():
+    """A diverged layer (NaN norms) is not 'zero vectors', and the per-model mean is not the
+    mean of the other layers."""
+    l1, l2 = _norms(_planted())
+    l1[0, 1, 1], l2[0, 1, 1] = np.nan, np.nan  # one broken vector in layer 1
+    res = activation_sparsity(l1, l2, np.array([4, 2]), 4, "resid_post")
+    assert (res.n_zero_vectors, res.n_nonfinite_vectors) == (1, 1)
+    assert res.per_layer[1].n_tokens == 2 and res.per_layer[1].hoyer == pytest.approx(0.6)
+    assert res.mean_hoyer == pytest.approx(0.8)
+    l1[:, 1], l2[:, 1] = np.nan, np.nan  # the whole layer
+    res = activation_sparsity(l1, l2, np.array([4, 2]), 4, "resid_post")
+    assert res.n_zero_vectors == 0 and res.n_nonfinite_vectors == 6
+    assert math.isnan(res.per_layer[1].hoyer) and res.per_layer[0].hoyer == 1.0
+    assert math.isnan(res.mean_hoyer) and res.to_dict()["mean_hoyer"] is None
+
+
 @pytest.mark.parametrize(
     ("lengths", "message"),
     [(np.array([0, 2]), "lengths must lie in 1..4"), (np.array([5, 2]), "lengths must lie"),
