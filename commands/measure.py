@@ -129,7 +129,13 @@ def run_measure(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     check_out_dir(args.out)
     loaded = load_from_args(args)
-    measure(loaded, analyses, args.out, settings, overwrite=args.overwrite)
+    created = not args.out.exists()
+    try:
+        measure(loaded, analyses, args.out, settings, overwrite=args.overwrite)
+    except BaseException:
+        if created and args.out.is_dir() and not any(args.out.iterdir()):
+            args.out.rmdir()  # failed before writing anything: leave no empty directory behind
+        raise
     for path in sorted(args.out.glob("*.h5")):
         with CaptureFile(path) as f:
             warn_nonfinite(f)

@@ -41,6 +41,7 @@ from scalelens.probes.haystack import (
 )
 from scalelens.probes.prompts import Prompt, tokenize
 from scalelens.probes.spec import Positions, ProbeSpec
+from scalelens.textfiles import read_utf8
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def needle_material(loaded: Any, s: RetrievalSettings) -> tuple[list[Needle], li
         path = Path(s.haystack)
         if not path.is_file():
             raise ScalelensError(f"haystack file {path} does not exist")
-        hay = split_sentences(path.read_text(encoding="utf-8"))
+        hay = split_sentences(read_utf8(path, "haystack file"))
     return needles, hay
 
 

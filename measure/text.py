@@ -7,6 +7,7 @@ from typing import Any
 
 from scalelens.errors import ScalelensError
 from scalelens.probes.haystack import ENGLISH_HAYSTACK, split_sentences
+from scalelens.textfiles import read_utf8
 
 
 def suite_manifest(loaded: Any) -> Any:
@@ -38,7 +39,7 @@ def probe_sentences(loaded: Any, text_file: str | None) -> list[str]:
         path = Path(text_file)
         if not path.is_file():
             raise ScalelensError(f"text file {path} does not exist")
-        sentences = split_sentences(path.read_text(encoding="utf-8"))
+        sentences = split_sentences(read_utf8(path, "text file"))
         if not sentences:
             raise ScalelensError(f"text file {path} has no text")
         return sentences

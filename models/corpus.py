@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ScalelensError
+from ..textfiles import read_utf8
 
 _ONSETS = "b d f g k l m n p r s t v z".split() + ["ch", "sh", "tr", "pl"]
 _VOWELS = "a e i o u".split() + ["ai", "ou"]
@@ -170,7 +171,7 @@ def read_text_file(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise ScalelensError(f"corpus file {p} does not exist; pass an existing text file")
-    text = p.read_text(encoding="utf-8")
+    text = read_utf8(p, "corpus file")
     docs = [d.strip("\n") + "\n" for d in text.split("\n\n") if d.strip()]
     if not docs:
         raise ScalelensError(f"corpus file {p} contains no text; pass a non-empty file")

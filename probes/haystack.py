@@ -32,6 +32,7 @@ from typing import Any
 
 from scalelens.errors import ScalelensError
 from scalelens.probes.prompts import Prompt
+from scalelens.textfiles import read_utf8
 
 DEPTHS = tuple(round(0.1 * i, 1) for i in range(10))
 PROMPT_FORMATS = ("auto", "base", "chat")
@@ -96,7 +97,7 @@ def read_needles(path: str | Path) -> list[Needle]:
     if not p.is_file():
         raise ScalelensError(f"needle file {p} does not exist")
     needles = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate(read_utf8(p, "needle file").split("\n")):
         if not line.strip():
             continue
         try:

@@ -14,6 +14,7 @@ import numpy as np
 
 from scalelens.errors import ScalelensError
 from scalelens.probes.spec import PositionKind, Positions
+from scalelens.textfiles import read_utf8
 
 DEFAULT_LABEL = "text"
 
@@ -147,13 +148,7 @@ def read_prompt_file(path: str | Path) -> list[Prompt]:
     if path.suffix == ".json":
         raise ScalelensError(f"prompt file {path}: .json is not read; use .jsonl (one JSON object per "
                              "line) or .txt (one prompt per line)")
-    try:
-        raw = path.read_bytes()
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ScalelensError(
-            f"prompt file {path} is not UTF-8 (bad byte at offset {e.start}); re-encode it as UTF-8"
-        ) from None
+    text = read_utf8(path, "prompt file")
     if "\x00" in text:
         raise ScalelensError(f"prompt file {path} holds NUL bytes (a binary file?); give a text file")
     # lines end at \n (and \r\n) only: str.splitlines() would also split at U+2028, \x0c, \x85...,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sys
 from collections import defaultdict
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..errors import ScalelensError
 from ..sweeps.metrics import COLUMNS  # the writer's column contract
+from ..textfiles import read_utf8
 
 
 @dataclass(frozen=True, order=True)
@@ -265,5 +267,4 @@ def load_metrics(path: Path) -> MetricTable:
         raise ScalelensError(
             f"no metrics.csv in {path.parent}; pass the output directory of a finished sweep"
         )
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        return parse_metrics(fh)
+    return parse_metrics(io.StringIO(read_utf8(path, "metrics file"), newline=""))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ScalelensError
+from ..textfiles import read_utf8
 
 SUPPORTED_VERSION = 1
 DEFAULT_DYNAMICS_METRIC = "massive_activations.ratio"
@@ -119,7 +120,7 @@ def load_fits(path: Path) -> Fits:
     if not path.is_file():
         return Fits()
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_utf8(path, "fits file"))
     except json.JSONDecodeError as exc:
         raise ScalelensError(f"{path} is not valid JSON ({exc}); regenerate it with the sweep") from None
     if not isinstance(doc, dict):
@@ -151,7 +152,7 @@ def load_run_info(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_utf8(path, "run file"))
     except json.JSONDecodeError as exc:
         raise ScalelensError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
     if not isinstance(doc, dict):

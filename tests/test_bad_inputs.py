@@ -359,6 +359,14 @@ CASES: dict[str, Case] = {
     "measure negative ablation k": Case(
         lambda c: ["measure", "--model", str(c.model), "--ablation-k", "-2", "--out", str(c.tmp / "m")],
         ("--ablation-k must be >= 0",)),
+    "non-UTF-8 haystack file": Case(
+        lambda c: ["measure", "--model", str(c.model), "--analyses", "retrieval_heads", "--haystack",
+                   str(c.file("h.txt", "caf\xe9 au lait.\n".encode("latin-1"))), "--out", str(c.tmp / "m")],
+        ("haystack file", "is not UTF-8 (bad byte at offset 3)", "re-encode")),
+    "non-UTF-8 needle file": Case(
+        lambda c: ["measure", "--model", str(c.model), "--analyses", "retrieval_heads", "--needles",
+                   str(c.file("n.jsonl", b'{"needle": "caf\xe9"}\n')), "--out", str(c.tmp / "m")],
+        ("needle file", "is not UTF-8")),
     "measure --out is a file": Case(
         lambda c: ["measure", "--model", str(c.model), "--analyses", "superposition", "--out",
                    str(c.file("f.txt", "x"))], ("not a directory",), keep=lambda c: c.tmp / "f.txt"),

@@ -634,3 +634,20 @@ def test_report_renders_in_chromium(browser, report: ReportPaths, tmp_path: Path
     pixels = matplotlib.image.imread(shot)[..., :3]
     assert pixels.shape[0] >= 500 and pixels.shape[1] >= 1000
     assert pixels.std() > 0.05, "screenshot is (nearly) blank"
+
+
+@pytest.mark.parametrize("name", ["metrics.csv", "fits.json", "run.json"])
+def test_report_of_a_file_that_is_not_utf8_is_one_line(name: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from scalelens.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main,,1e6,1e5,loss,loss,,,3.1\n")
+    (run / name).write_bytes((run / name).read_bytes() if name == "metrics.csv" else b"{}")
+    with (run / name).open("ab") as fh:
+        fh.write("caf\xe9".encode("latin-1"))
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{name} is not UTF-8" in err and "re-encode" in err, err
+    assert not (run / "report.html").exists()

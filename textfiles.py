@@ -1,0 +1,26 @@
+"""Reading the text files users hand us: one clear error for a file that is not UTF-8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scalelens.errors import ScalelensError
+
+
+def read_utf8(path: str | Path, what: str) -> str:
+    """The text of ``path`` decoded as UTF-8 (a leading byte-order mark is dropped).
+
+    Args:
+        path: The file.
+        what: What the file is, for the error (``"haystack file"``).
+
+    Raises:
+        ScalelensError: If the file cannot be read or is not UTF-8.
+    """
+    p = Path(path)
+    try:
+        return p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ScalelensError(
+            f"{what} {p} is not UTF-8 (bad byte at offset {e.start}); re-encode it as UTF-8"
+        ) from None
