@@ -39,14 +39,12 @@ def _retrieval(a: dict[str, Any]) -> Iterator[tuple[str, Any, Any, Any]]:
 
 
 def _massive(a: dict[str, Any]) -> Iterator[tuple[str, Any, Any, Any]]:
-    ratios = []
+    ratios = [_num(row.get("ratio")) for row in a.get("per_layer", [])]
     for row in a.get("per_layer", []):
         for key in ("ratio", "max_abs", "median_abs"):
             yield key, row["layer"], None, row.get(key)
-        if _num(row.get("ratio")) is not None:
-            ratios.append(float(row["ratio"]))
-    if ratios:
-        yield "max_ratio", None, None, max(ratios)
+    if ratios and None not in ratios:  # a layer without a ratio (all non-finite) leaves it unknown
+        yield "max_ratio", None, None, max(r for r in ratios if r is not None)
     yield "n_massive", None, None, len(a.get("massive", []))
     effect = a.get("intervention") or {}
     for key in ("loss", "delta_zero", "delta_mean"):

@@ -170,3 +170,20 @@ def test_scaling_fits_compare_sizes_at_one_checkpoint():
     assert "sizes s4 have no value at step 20" in fits[0].note
     whole = {(s, 20): 0.1 * (i + 1) for i, s in enumerate(("s1", "s2", "s3", "s4"))}
     assert all(f.note == "" or "no value" not in f.note for f in scaling_fits(_rows(whole), n_boot=0))
+
+
+def test_max_ratio_is_left_out_when_a_layer_has_no_ratio():
+    """A layer whose every entry was NaN/inf has no ratio: the max over layers is unknown,
+    not the max over the finite layers."""
+    from scalelens.sweeps.metrics import rows_of
+
+    model = {"name": "m", "n_params": 10, "n_params_non_embedding": 5}
+
+    def metrics(ratios):
+        layers = [{"layer": i, "ratio": r, "max_abs": 1.0, "median_abs": 0.1} for i, r in enumerate(ratios)]
+        rows = rows_of({"model": model, "analyses": {"massive_activations": {"per_layer": layers}}}, "s")
+        return {(r["metric"], r["layer"]): r["value"] for r in rows}
+
+    assert metrics([3.0, 7.0])[("max_ratio", "")] == 7.0
+    broken = metrics([3.0, None])
+    assert ("max_ratio", "") not in broken and broken[("ratio", 0)] == 3.0
