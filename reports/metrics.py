@@ -92,8 +92,12 @@ class MetricTable:
         return sorted(self._first, key=lambda s: (_nan_last(self._first[s].n_params), s))
 
     def label(self, series: Series) -> str:
-        """Return the legend label: the size alone unless the run mixes model families."""
-        if len({s.model for s in self._first}) > 1:
+        """Return the legend label: the size alone unless two models share a size label.
+
+        Every size of a family has its own model name (``pythia-70m``, ``pythia-160m``), so the
+        size names a series unless the run mixes families with a size in common.
+        """
+        if len({s.size for s in self._first}) < len(self._first):
             return f"{series.model} {series.size}"
         return series.size
 

@@ -651,3 +651,16 @@ def test_report_of_a_file_that_is_not_utf8_is_one_line(name: str, tmp_path: Path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{name} is not UTF-8" in err and "re-encode" in err, err
     assert not (run / "report.html").exists()
+
+
+def test_series_are_labelled_by_size_unless_two_models_share_one() -> None:
+    from scalelens.reports.metrics import parse_metrics
+
+    def labels(models_sizes: list[tuple[str, str]]) -> list[str]:
+        rows = "".join(f"{m},{s},main,,{1e6 * (i + 1)},1e5,loss,loss,,,3.1\n"
+                       for i, (m, s) in enumerate(models_sizes))
+        table = parse_metrics(io.StringIO(",".join(COLUMNS) + "\n" + rows, newline=""))
+        return [table.label(s) for s in table.series()]
+
+    assert labels([("pythia-70m", "70m"), ("pythia-160m", "160m")]) == ["70m", "160m"]
+    assert labels([("pythia-70m", "70m"), ("other-70m", "70m")]) == ["pythia-70m 70m", "other-70m 70m"]
