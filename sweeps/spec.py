@@ -100,10 +100,13 @@ class SweepSpec:
     def _canonical(self) -> None:
         """Each size, step and analysis once (a repeat would run a task twice).
 
-        Steps ascend and analyses keep their standard order, so equal sweeps compare equal.
+        The suite is an absolute path, steps ascend and analyses keep their standard order,
+        so equal sweeps compare equal.
         """
         from scalelens.measure.run import ANALYSES
 
+        if self.suite is not None:  # ./suite and /abs/suite are the same suite
+            object.__setattr__(self, "suite", str(Path(self.suite).resolve()))
         if self.sizes is not None:
             object.__setattr__(self, "sizes", tuple(dict.fromkeys(self.sizes)))
         if isinstance(self.checkpoints, tuple):

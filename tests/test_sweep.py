@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 
 import pytest
@@ -145,6 +146,9 @@ def test_repeated_sizes_steps_and_analyses_run_once(suite_copy):
     assert spec.analyses == ("massive_activations", "superposition")  # the standard order
     keys = [t.key for t in expand(spec)]
     assert len(keys) == len(set(keys)) == 4
+    rel = os.path.relpath(suite_copy)
+    assert SweepSpec(suite=rel, analyses=spec.analyses[::-1]).to_dict() == SweepSpec(
+        suite=str(suite_copy), analyses=spec.analyses).to_dict()
 
 
 def _rows(values: dict[tuple[str, int], float]) -> list[dict[str, str]]:
