@@ -359,6 +359,11 @@ CASES: dict[str, Case] = {
     "measure negative ablation k": Case(
         lambda c: ["measure", "--model", str(c.model), "--ablation-k", "-2", "--out", str(c.tmp / "m")],
         ("--ablation-k must be >= 0",)),
+    "needle tests longer than the model's context": Case(
+        lambda c: ["measure", "--model", str(c.model), "--analyses", "retrieval_heads", "--context-lengths",
+                   "20,120", "--out", str(c.tmp / "m")],
+        ("context length(s) [120] plus the needle", "exceed the model's context of 128",
+         "--context-lengths")),
     "non-UTF-8 haystack file": Case(
         lambda c: ["measure", "--model", str(c.model), "--analyses", "retrieval_heads", "--haystack",
                    str(c.file("h.txt", "caf\xe9 au lait.\n".encode("latin-1"))), "--out", str(c.tmp / "m")],
