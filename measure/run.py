@@ -89,16 +89,18 @@ def _sparsity(loaded: Any, text: MassiveSettings) -> dict[str, Any]:
     return {"measure": "hoyer", "points": {name: r.to_dict() for name, r in points.items()}}
 
 
-def measure(loaded: Any, analyses: tuple[str, ...], out: str | Path,
+def measure(loaded: Any, analyses: tuple[str, ...] | str, out: str | Path,
             settings: MeasureSettings | None = None, progress: bool = True,
             overwrite: bool = False) -> dict[str, Any]:
-    """Run ``analyses`` on ``loaded``; write ``out/*.h5`` and ``out/results.json``.
+    """Run ``analyses`` (names, or ``"all"``) on ``loaded``; write ``out/*.h5`` and ``out/results.json``.
 
     Captures already complete in ``out`` are reused, incomplete ones resumed (``overwrite``:
     every capture is redone, e.g. after changing settings that change its prompts). The
     extra analyses (information capacity, activation sparsity) read the massive
     activations' probe text and write no capture file.
     """
+    # "all", "a,b" or names; unknown names or none: one clear error before anything is created
+    analyses = parse_analyses(analyses if isinstance(analyses, str) else ",".join(analyses))
     s = settings or MeasureSettings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

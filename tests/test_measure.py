@@ -152,3 +152,19 @@ def test_ablation_with_more_heads_asked_than_the_model_has(micro_suite, tmp_path
     assert out["k"] == heads // 2 and len(out["random_heads"]) == heads // 2
     assert not set(map(tuple, out["random_heads"])) & set(map(tuple, out["top_heads"]))
     assert out["n_tests"] == 2
+
+
+def test_measure_takes_analysis_names_or_all_and_refuses_unknown_ones(tmp_path):
+    from tiny_models import tiny_model, word_tokenizer
+
+    from scalelens.errors import ScalelensError
+    from scalelens.measure.run import ANALYSES, measure
+    from scalelens.models.load import load_model
+
+    lm = load_model(tiny_model(), tokenizer=word_tokenizer())
+    assert list(measure(lm, "superposition", tmp_path / "a", progress=False)["analyses"]) == ["superposition"]
+    for bad, needle in ((("superposition", "retrieval"), "unknown analysis retrieval"), ((), "(none)")):
+        with pytest.raises(ScalelensError, match=needle) as e:
+            measure(lm, bad, tmp_path / "b", progress=False)
+        assert ", ".join(ANALYSES) in str(e.value)
+    assert not (tmp_path / "b").exists()
