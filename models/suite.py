@@ -36,7 +36,7 @@ from .manifest import (
     write_json_atomic,
 )
 from .presets import SuitePreset, checkpoint_steps, get_preset, select_sizes
-from .suite_data import TOKENIZER_DIR, VALID_TEXT, SuiteData, prepare_data
+from .suite_data import TOKENIZER_DIR, VALID_TEXT, SuiteData, corpus_documents, prepare_data, split_documents
 from .suite_train import SIZE_RECORD, SizeJob, run_jobs
 
 __all__ = [
@@ -102,14 +102,29 @@ def build_suite(
         resolved = replace(resolved, workers=max(1, workers))
     dev = _check_device(device or resolved.device)
     out = Path(out_dir)
+    settings = _settings(resolved, ckpt_steps, corpus_file)  # a bad corpus fails before anything exists
+    if corpus_file:
+        split_documents(corpus_documents(resolved, corpus_file), resolved.valid_fraction)
+    _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = _settings(resolved, ckpt_steps, corpus_file)
     key = _hash(settings)
     with _locked(out):
         done = _reusable(out, key)
         if done is not None:
             return done
         return _build(out, resolved, ckpt_steps, corpus_file, settings, key, dev, progress)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that is a file, or a non-empty directory holding no suite.
+
+    A build replaces the size directories it finds, so it must never adopt someone else's folder.
+    """
+    if out.exists() and not out.is_dir():
+        raise ScalelensError(f"--out {out} is a file; give a directory for the suite")
+    if out.is_dir() and not (out / BUILD_NAME).exists() and not (out / MANIFEST_NAME).exists():
+        if any(p.name != ".lock" for p in out.iterdir()):
+            raise ScalelensError(f"{out} is not empty and holds no suite; pass a new or empty --out")
 
 
 def _resolve(

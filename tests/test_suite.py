@@ -170,6 +170,32 @@ def test_user_corpus_file_and_custom_size(tmp_path):
 def test_missing_corpus_file(tmp_path):
     with pytest.raises(ScalelensError, match="does not exist"):
         build_suite(tmp_path / "s", corpus_file=tmp_path / "nope.txt", preset="micro")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_bad_corpus_leaves_nothing_that_blocks_the_fixed_rerun(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("one lonely document\n")
+    with pytest.raises(ScalelensError):
+        build_suite(tmp_path / "s", corpus_file=corpus, sizes=["1x16x2"], steps=2, preset="micro",
+                    progress=False)
+    assert not (tmp_path / "s").exists()
+    corpus.write_text("\n\n".join(d.strip() for d in generate_documents(CorpusConfig(n_docs=40, seed=5))))
+    built = build_suite(tmp_path / "s", corpus_file=corpus, sizes=["1x16x2"], steps=2, preset="micro",
+                        progress=False)
+    assert built.steps == [0, 1, 2]
+
+
+def test_a_folder_that_holds_no_suite_is_never_adopted(tmp_path):
+    """A build replaces size directories it finds: a user's folder named like a size must
+    not be deleted."""
+    out = tmp_path / "mine"
+    (out / "1x16x2").mkdir(parents=True)
+    (out / "1x16x2" / "notes.txt").write_text("keep me")
+    with pytest.raises(ScalelensError, match="is not empty and holds no suite"):
+        build_suite(out, sizes=["1x16x2"], steps=2, preset="micro", progress=False)
+    assert (out / "1x16x2" / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in out.rglob("*")) == ["1x16x2", "notes.txt"]
 
 
 def test_unknown_size_and_preset(tmp_path):
