@@ -1,7 +1,9 @@
 """Attach probes to a model and stream what they capture into an HDF5 file.
 
-with scalelens.attach(loaded, probes=[preset("resid"), preset("massive")], out="x.h5") as run:
-run.feed(["The quick brown fox", "jumps over the lazy dog"])
+>>> from scalelens.capture import attach
+>>> from scalelens.probes.spec import preset
+>>> with attach(loaded, [preset("resid"), preset("massive")], out="x.h5") as run:
+...     run.feed(["The quick brown fox", "jumps over the lazy dog"])
 """
 
 from __future__ import annotations
@@ -67,6 +69,16 @@ def _as_loaded(model: Any, tokenizer: Any = None) -> Any:
     from scalelens.models.load import load_model
 
     return load_model(model, tokenizer=tokenizer)
+
+
+def _check_vocab(tok: TokenizedPrompts, vocab_size: int) -> None:
+    """Refuse token ids past the model's embedding (a tokenizer that does not match the model)."""
+    if vocab_size and tok.ids.size and int(tok.ids.max()) >= vocab_size:
+        i = int(np.argwhere(tok.ids >= vocab_size)[0][0])
+        raise ScalelensError(
+            f"prompt index {i} has token id {int(tok.ids[i].max())}, past the model's vocabulary of "
+            f"{vocab_size}: the tokenizer does not match the model; pass the model's own tokenizer"
+        )
 
 
 class Capture:
@@ -161,6 +173,7 @@ class Capture:
                        self.settings.max_length or info.max_position)
         if tok.embeds:
             self._check_embeds(tok)
+        _check_vocab(tok, info.vocab_size)
         rows = {p.name: _rows_for(p, tok) for p in self.probes}
         self._runtimes = [
             ProbeRuntime(p, info.d_model, info.d_head, len(tok.lengths), tok.seq_len,

@@ -28,7 +28,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="hub revision / checkpoint, e.g. step3000")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"),
-                   help="model compute dtype (default: as saved)")
+                   help="model compute dtype (default float32, whatever the checkpoint was saved in)")
 
 
 def load_from_args(args: argparse.Namespace):

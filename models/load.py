@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -109,6 +110,7 @@ def load_model(
         The model in eval mode, its tokenizer and its ``ModelInfo``.
     """
     dt = resolve_dtype(dtype)
+    _check_device(device)
     if not isinstance(source, str | os.PathLike):
         return _from_object(source, tokenizer, device, dt, attn_implementation)
     rev = checkpoint_revision(revision, checkpoint)
@@ -164,6 +166,18 @@ def _load_config(resolved: ResolvedSource, kwargs: dict[str, Any], cache_dir: An
         raise _failure(resolved, cache_dir, exc) from exc
 
 
+def _check_device(device: str | torch.device | None) -> None:
+    """One clear error for a device this machine cannot use (torch would assert or crash later)."""
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ScalelensError(f"unknown device {device!r}; use 'cpu' or 'cuda[:N]'") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ScalelensError(f"device {device} asked for but CUDA is not available; use device='cpu'")
+
+
 def _failure(resolved: ResolvedSource, cache_dir: Any, exc: Exception) -> ScalelensError:
     if resolved.kind in ("hub", "gguf") and not Path(resolved.location).is_dir():
         return explain_failure(resolved.location, resolved.revision or "main", cache_dir, exc)
@@ -192,7 +206,7 @@ def _load_weights(
                 **placement,
                 **kwargs,
             )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated/corrupt file
         if "attention implementation" in str(exc):
             raise ScalelensError(
                 f"{config.model_type} does not support attn_implementation={attn!r}; "

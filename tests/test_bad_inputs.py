@@ -131,6 +131,26 @@ def _unknown_type_dir(ctx: Ctx) -> Path:
     return d
 
 
+def _small_vocab_dir(ctx: Ctx) -> Path:
+    """A model with 40 embedding rows saved with the 64-token word tokenizer."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    d = ctx.tmp / "small_vocab"
+    cfg = GPTNeoXConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)
+    GPTNeoXForCausalLM(cfg).save_pretrained(d)
+    word_tokenizer().save_pretrained(d)
+    return d
+
+
+def _truncated_weights(ctx: Ctx) -> Path:
+    d = ctx.tmp / "truncated_model"
+    shutil.copytree(ctx.model, d)
+    weights = d / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return d
+
+
 def _truncated(ctx: Ctx) -> Path:
     p = ctx.tmp / "truncated.h5"
     p.write_bytes(ctx.complete.read_bytes()[:4096])
@@ -212,6 +232,11 @@ CASES: dict[str, Case] = {
         lambda c: c.capture(model=_bert_dir(c)), ("unsupported architecture 'bert'", "decoder-only")),
     "unsupported architecture (unknown model_type)": Case(
         lambda c: c.capture(model=_unknown_type_dir(c)), ("unsupported architecture", "model_type")),
+    "truncated weights file": Case(
+        lambda c: c.capture(model=_truncated_weights(c)), ("could not load", "deserializing header")),
+    "tokenizer with ids past the model's vocabulary": Case(
+        lambda c: c.capture(model=_small_vocab_dir(c), prompts=c.file("p.txt", "w1 w2\nw50 w51\n")),
+        ("prompt index 1 has token id 51, past the model's vocabulary of 40", "tokenizer does not match")),
     "revision for a plain model directory": Case(
         lambda c: c.capture("--revision", "step3"), ("has no revisions", "drop revision")),
     "device without CUDA": Case(

@@ -304,3 +304,16 @@ def test_directory_without_tokenizer(tmp_path, micro_suite):
         load_model(path)
     lm = load_model(path, tokenizer=micro_suite / "tokenizer")
     assert lm.tokenizer.eos_token == "<|endoftext|>"
+
+
+def test_devices_the_machine_cannot_use_are_one_clear_error(tmp_path, suite_tokenizer):
+    """The Python API checks the device as the CLI does (torch asserted, or failed later)."""
+    model_dir = save_tiny_model("gpt_neox", tmp_path / "m", suite_tokenizer)
+    with pytest.raises(ScalelensError, match="unknown device 'tpu'"):
+        load_model(model_dir, device="tpu")
+    if torch.cuda.is_available():
+        assert load_model(model_dir, device="cuda").model.device.type == "cuda"
+    else:
+        for source in (model_dir, AutoModelForCausalLM.from_pretrained(model_dir)):
+            with pytest.raises(ScalelensError, match="CUDA is not available"):
+                load_model(source, device="cuda")
