@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -115,9 +115,10 @@ def read_manifest(suite_dir: str | Path) -> Manifest:
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON to a temp file in the same directory, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # a unique name opened with "x" (mkstemp would make the file 0600 whatever the umask)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with open(tmp, "x", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=False)
             fh.write("\n")
         os.replace(tmp, path)

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -254,6 +255,7 @@ def _build(
     }
     manifest = replace(manifest, build=build)
     write_json_atomic(out / MANIFEST_NAME, manifest.to_dict())
+    shutil.rmtree(out / ".jobs", ignore_errors=True)  # scratch of parallel workers an interrupt left
     return manifest
 
 

@@ -273,3 +273,21 @@ def test_size_names_follow_pythia_style():
 def test_cuda_without_cuda(tmp_path):
     with pytest.raises(ScalelensError, match="CUDA is not available"):
         build_suite(tmp_path / "s", preset="micro", device="cuda")
+
+
+def test_a_resumed_build_cleans_worker_scratch_and_respects_the_umask(tmp_path):
+    """An interrupted parallel build leaves pickled jobs (MBs each) in .jobs; the build that
+    completes the suite removes them. JSON files get the umask's mode, like the rest."""
+    import os
+
+    out = tmp_path / "s"
+    kw = dict(sizes=["1x16x2"], steps=2, preset="micro", progress=False)
+    build_suite(out, **kw)
+    (out / "manifest.json").unlink()  # as if interrupted before the end
+    (out / ".jobs").mkdir()
+    (out / ".jobs" / "1x16x2.pkl").write_bytes(b"x" * 1000)
+    build_suite(out, **kw)
+    assert (out / "manifest.json").is_file() and not (out / ".jobs").exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "manifest.json").stat().st_mode & 0o777 == 0o666 & ~umask
