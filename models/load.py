@@ -102,7 +102,8 @@ def load_model(
             ``eager``; Gemma-2 is eager); in-memory models keep theirs unless one is
             given. The implementation in use is recorded in ``info``.
         gguf_file: GGUF file name inside ``source`` (a directory or hub id).
-        cache_dir: Hub cache directory (default ``HF_HUB_CACHE``).
+        cache_dir: Hub cache directory (default ``HF_HUB_CACHE``), for the model and for a
+            tokenizer given by hub id.
         tokenizer: A tokenizer object, or a path/id to load one from; default the
             source's own.
 
@@ -112,19 +113,21 @@ def load_model(
     dt = resolve_dtype(dtype)
     _check_device(device)
     if not isinstance(source, str | os.PathLike):
-        return _from_object(source, tokenizer, device, dt, attn_implementation)
+        return _from_object(source, tokenizer, device, dt, attn_implementation, cache_dir)
     rev = checkpoint_revision(revision, checkpoint)
     resolved = resolve_source(os.fspath(source), rev, gguf_file)
     return _from_disk(resolved, os.fspath(source), cache_dir, tokenizer, device, dt, attn_implementation)
 
 
+def _hub_options(cache_dir: Any) -> dict[str, Any]:
+    """Where the hub cache is, and whether to stay in it (``HF_HUB_OFFLINE``)."""
+    return {"cache_dir": os.fspath(cache_dir) if cache_dir is not None else None,
+            "local_files_only": is_offline()}
+
+
 def _hub_kwargs(resolved: ResolvedSource, cache_dir: Any) -> dict[str, Any]:
     if resolved.kind == "hub" or (resolved.kind == "gguf" and not Path(resolved.location).is_dir()):
-        return {
-            "revision": resolved.revision,
-            "cache_dir": os.fspath(cache_dir) if cache_dir is not None else None,
-            "local_files_only": is_offline(),
-        }
+        return {"revision": resolved.revision, **_hub_options(cache_dir)}
     return {}
 
 
@@ -142,7 +145,7 @@ def _from_disk(
         kwargs["gguf_file"] = resolved.gguf_file
     config = _load_config(resolved, kwargs, cache_dir)
     check_architecture(config)
-    tok = _load_tokenizer(tokenizer, resolved, kwargs, config.get_text_config().vocab_size)
+    tok = _load_tokenizer(tokenizer, resolved, kwargs, config.get_text_config().vocab_size, cache_dir)
     model = _load_weights(resolved, config, kwargs, cache_dir, device, dtype, attn)
     if resolved.gguf_file and Path(resolved.location).is_dir():
         source = str(Path(resolved.location) / resolved.gguf_file)
@@ -222,7 +225,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "to
 
 
 def _load_tokenizer(
-    tokenizer: Any, resolved: ResolvedSource, kwargs: dict[str, Any], vocab_size: int
+    tokenizer: Any, resolved: ResolvedSource, kwargs: dict[str, Any], vocab_size: int, cache_dir: Any = None
 ) -> PreTrainedTokenizerBase:
     """The user's tokenizer object, or one loaded from ``tokenizer`` (a path/id) or the source.
 
@@ -232,7 +235,13 @@ def _load_tokenizer(
     if tokenizer is not None and not isinstance(tokenizer, str | os.PathLike):
         return tokenizer
     location = os.fspath(tokenizer) if tokenizer is not None else resolved.location
-    extra = kwargs if tokenizer is None else {}
+    # the source's own loading options; for a tokenizer of its own, only where the hub cache is
+    extra = kwargs if tokenizer is None else _hub_options(cache_dir)
+    return _tokenizer_at(location, extra, vocab_size)
+
+
+def _tokenizer_at(location: str, extra: dict[str, Any], vocab_size: int) -> PreTrainedTokenizerBase:
+    """The tokenizer at a directory or hub id; refused when missing, empty or far too small."""
     folder = Path(location)
     has_files = not folder.is_dir() or bool(extra.get("gguf_file"))
     has_files = has_files or any((folder / name).is_file() for name in _TOKENIZER_FILES)
@@ -255,12 +264,13 @@ def _from_object(
     device: str | torch.device | None,
     dtype: torch.dtype | None,
     attn: str | None,
+    cache_dir: Any = None,
 ) -> LoadedModel:
     model, own_tokenizer, kind = unwrap(obj)
     check_architecture(model.config)
     tok = tokenizer if tokenizer is not None else own_tokenizer
     if tok is None or isinstance(tok, str | os.PathLike):
-        tok = _memory_tokenizer(model, tok)
+        tok = _memory_tokenizer(model, tok, cache_dir)
     if attn is not None and model.config._attn_implementation != attn:
         try:
             model.set_attn_implementation(attn)
@@ -279,10 +289,14 @@ def _from_object(
     return LoadedModel(model.eval(), tok, _info(model, name, source, kind, None, None))
 
 
-def _memory_tokenizer(model: PreTrainedModel, where: Any) -> PreTrainedTokenizerBase:
-    location = os.fspath(where) if where is not None else model.config._name_or_path
+def _memory_tokenizer(model: PreTrainedModel, where: Any, cache_dir: Any = None) -> PreTrainedTokenizerBase:
+    """The tokenizer at ``where`` (a directory or hub id), else in the model's own directory."""
+    vocab = model.config.get_text_config().vocab_size
+    if where is not None:
+        return _tokenizer_at(os.fspath(where), _hub_options(cache_dir), vocab)
+    location = model.config._name_or_path
     if location and Path(location).is_dir():
-        return AutoTokenizer.from_pretrained(location)
+        return _tokenizer_at(location, {}, vocab)
     raise ScalelensError(f"in-memory {type(model).__name__} came without a tokenizer; pass tokenizer=...")
 
 

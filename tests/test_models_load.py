@@ -317,3 +317,16 @@ def test_devices_the_machine_cannot_use_are_one_clear_error(tmp_path, suite_toke
         for source in (model_dir, AutoModelForCausalLM.from_pretrained(model_dir)):
             with pytest.raises(ScalelensError, match="CUDA is not available"):
                 load_model(source, device="cuda")
+
+
+def test_tokenizers_for_in_memory_models_and_by_hub_id(tmp_path, suite_tokenizer, hub_cache, offline):
+    """An in-memory model whose directory has no tokenizer is refused (not given transformers'
+    empty tokenizer); tokenizer=<hub id> works for in-memory and disk models, from cache_dir."""
+    bare = save_tiny_model("gpt_neox", tmp_path / "bare", vocab_size=len(suite_tokenizer))
+    model = AutoModelForCausalLM.from_pretrained(bare)
+    with pytest.raises(ScalelensError, match="no usable tokenizer at .*bare \\(no tokenizer files\\)"):
+        load_model(model)
+    lm = load_model(bare, tokenizer=REPO, cache_dir=hub_cache)  # disk model, tokenizer from the cache
+    assert lm.tokenizer("the code").input_ids == suite_tokenizer("the code").input_ids
+    lm = load_model(model, tokenizer=REPO, cache_dir=hub_cache)  # in-memory model, tokenizer by hub id
+    assert len(lm.tokenizer) == len(suite_tokenizer)
