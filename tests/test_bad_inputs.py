@@ -95,6 +95,9 @@ class Ctx:
         return ["capture", "--model", str(model or self.model), "--prompts", str(prompts or self.prompts),
                 "--out", str(out or self.out), *extra]
 
+    def measure(self, *extra: str) -> list[str]:
+        return ["measure", "--model", str(self.model), *extra, "--out", str(self.tmp / "m")]
+
     def file(self, name: str, content: str | bytes) -> Path:
         p = self.tmp / name
         p.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -114,10 +117,14 @@ def ctx(inputs, tmp_path) -> Ctx:
 def _bert_dir(ctx: Ctx) -> Path:
     from transformers import BertConfig, BertLMHeadModel
 
-    d = ctx.tmp / "bert"
     cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=64, is_decoder=True)
-    BertLMHeadModel(cfg).save_pretrained(d)
+    return _saved(BertLMHeadModel(cfg), ctx.tmp / "bert")
+
+
+def _saved(model, d: Path) -> Path:
+    """``model`` saved to ``d`` with the word tokenizer."""
+    model.save_pretrained(d)
     word_tokenizer().save_pretrained(d)
     return d
 
@@ -135,12 +142,9 @@ def _small_vocab_dir(ctx: Ctx) -> Path:
     """A model with 40 embedding rows saved with the 64-token word tokenizer."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    d = ctx.tmp / "small_vocab"
     cfg = GPTNeoXConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=128)
-    GPTNeoXForCausalLM(cfg).save_pretrained(d)
-    word_tokenizer().save_pretrained(d)
-    return d
+    return _saved(GPTNeoXForCausalLM(cfg), ctx.tmp / "small_vocab")
 
 
 def _truncated_weights(ctx: Ctx) -> Path:
@@ -367,35 +371,34 @@ CASES: dict[str, Case] = {
         ("needs the model", "scalelens measure"), keep=lambda c: c.tmp / "existing.h5"),
     "analyze a missing path": Case(lambda c: ["analyze", str(c.tmp / "nothing")], ("does not exist",)),
     "unknown analysis (measure)": Case(
-        lambda c: ["measure", "--model", str(c.model), "--analyses", "massive", "--out", str(c.tmp / "m")],
+        lambda c: c.measure("--analyses", "massive"),
         ("unknown analysis massive", "massive_activations")),
     "measure batch size 0": Case(
-        lambda c: ["measure", "--model", str(c.model), "--batch-size", "0", "--out", str(c.tmp / "m")],
+        lambda c: c.measure("--batch-size", "0"),
         ("batch size must be >= 1",)),
     "measure threshold not a finite number": Case(
-        lambda c: ["measure", "--model", str(c.model), "--gate", "nan", "--out", str(c.tmp / "m")],
+        lambda c: c.measure("--gate", "nan"),
         ("--gate must be a finite number, got nan",)),
     "measure capacity bias infinite": Case(
-        lambda c: ["measure", "--model", str(c.model), "--capacity-bias", "inf", "--out", str(c.tmp / "m")],
+        lambda c: c.measure("--capacity-bias", "inf"),
         ("--capacity-bias must be a finite number",)),
     "measure sequence length 0": Case(
-        lambda c: ["measure", "--model", str(c.model), "--seq-length", "0", "--out", str(c.tmp / "m")],
+        lambda c: c.measure("--seq-length", "0"),
         ("--seq-length must be >= 1",)),
     "measure negative ablation k": Case(
-        lambda c: ["measure", "--model", str(c.model), "--ablation-k", "-2", "--out", str(c.tmp / "m")],
+        lambda c: c.measure("--ablation-k", "-2"),
         ("--ablation-k must be >= 0",)),
     "needle tests longer than the model's context": Case(
-        lambda c: ["measure", "--model", str(c.model), "--analyses", "retrieval_heads", "--context-lengths",
-                   "20,120", "--out", str(c.tmp / "m")],
+        lambda c: c.measure("--analyses", "retrieval_heads", "--context-lengths", "20,120"),
         ("context length(s) [120] plus the needle", "exceed the model's context of 128",
          "--context-lengths")),
     "non-UTF-8 haystack file": Case(
-        lambda c: ["measure", "--model", str(c.model), "--analyses", "retrieval_heads", "--haystack",
-                   str(c.file("h.txt", "caf\xe9 au lait.\n".encode("latin-1"))), "--out", str(c.tmp / "m")],
+        lambda c: c.measure("--analyses", "retrieval_heads", "--haystack",
+                            str(c.file("h.txt", "caf\xe9 au lait.\n".encode("latin-1")))),
         ("haystack file", "is not UTF-8 (bad byte at offset 3)", "re-encode")),
     "non-UTF-8 needle file": Case(
-        lambda c: ["measure", "--model", str(c.model), "--analyses", "retrieval_heads", "--needles",
-                   str(c.file("n.jsonl", b'{"needle": "caf\xe9"}\n')), "--out", str(c.tmp / "m")],
+        lambda c: c.measure("--analyses", "retrieval_heads", "--needles",
+                            str(c.file("n.jsonl", b'{"needle": "caf\xe9"}\n'))),
         ("needle file", "is not UTF-8")),
     "measure --out is a file": Case(
         lambda c: ["measure", "--model", str(c.model), "--analyses", "superposition", "--out",

@@ -168,15 +168,20 @@ def test_resume_refuses_any_identity_change_and_leaves_file_alone(case, field, t
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("keep", [100, 2000, -8])
-def test_truncated_file_is_one_clear_error(tmp_path, keep):
+def _empty_finished_file(tmp_path) -> Path:
+    """A finished capture of 4 prompts with one (4, 2, 3) float32 dataset, nothing written."""
     n, batch = 4, 2
     tokens = TokenizedPrompts(np.zeros((n, 3), np.int32), np.zeros((n, 3), np.int16),
                               np.full(n, 3, np.int32), ("text",))
     layout = {"p": [DatasetSpec("values", (n, 2, 3), "float32", (Axis.PROMPT, Axis.LAYER, Axis.SEQ))]}
     path = tmp_path / "t.h5"
-    w = CaptureWriter.open(path, identity(tokens, batch), tokens, layout, batch)
-    w.finish()
+    CaptureWriter.open(path, identity(tokens, batch), tokens, layout, batch).finish()
+    return path
+
+
+@pytest.mark.parametrize("keep", [100, 2000, -8])
+def test_truncated_file_is_one_clear_error(tmp_path, keep):
+    path = _empty_finished_file(tmp_path)
     raw = path.read_bytes()
     path.write_bytes(raw[:keep])
     with pytest.raises(ScalelensError, match="truncated or corrupted") as e:
@@ -187,19 +192,13 @@ def test_truncated_file_is_one_clear_error(tmp_path, keep):
 def test_reader_misuse_says_what_is_wrong_not_corrupted(tmp_path):
     """A group read as a dataset, or a closed file, is named as such: never 'corrupted, re-run
     with --overwrite' (advice that would destroy a good file)."""
-    n, batch = 4, 2
-    tokens = TokenizedPrompts(np.zeros((n, 3), np.int32), np.zeros((n, 3), np.int16),
-                              np.full(n, 3, np.int32), ("text",))
-    layout = {"p": [DatasetSpec("values", (n, 2, 3), "float32", (Axis.PROMPT, Axis.LAYER, Axis.SEQ))]}
-    path = tmp_path / "t.h5"
-    w = CaptureWriter.open(path, identity(tokens, batch), tokens, layout, batch)
-    w.finish()
+    path = _empty_finished_file(tmp_path)
     f = CaptureFile(path)
     with pytest.raises(ScalelensError, match=r"probes/p is a group, not a dataset \(it holds: values\)"):
         f.read("probes/p")
     with pytest.raises(ScalelensError, match="/ is a group"):
         f.read("/")
-    assert f.read("values", "p", done_only=False).data.shape == (n, 2, 3)
+    assert f.read("values", "p", done_only=False).data.shape == (4, 2, 3)
     f.close()
     for access in (lambda: f.read("tokens"), lambda: f.probe_names, lambda: f.model, f.refresh):
         with pytest.raises(ScalelensError, match="was closed; open it again") as e:
