@@ -114,14 +114,7 @@ def haystack_tests(loaded: Any, s: RetrievalSettings, with_answer: bool) -> list
     needles, hay = needle_material(loaded, s)
     fmt = resolve_prompt_format(loaded.tokenizer, s.prompt_format)
     reserve = needle_overhead(needles, loaded.tokenizer, fmt, s.answer_prefix)
-    limit = loaded.info.max_position
-    lengths = list(s.context_lengths or default_context_lengths(limit, reserve))
-    too_long = [n for n in lengths if limit and n + reserve > limit]
-    if too_long:
-        fix = (f"use --context-lengths of at most {limit - reserve}" if limit > reserve
-               else "use shorter needles (--needles)")
-        raise ScalelensError(f"context length(s) {too_long} plus the needle, question and answer "
-                             f"(~{reserve} tokens) exceed the model's context of {limit} tokens; {fix}")
+    lengths = list(s.context_lengths or default_context_lengths(loaded.info.max_position, reserve))
     return build_tests(needles, hay, loaded.tokenizer, lengths, s.depths, with_answer=with_answer,
                        prompt_format=fmt, answer_prefix=s.answer_prefix)
 

@@ -388,10 +388,6 @@ CASES: dict[str, Case] = {
     "measure negative ablation k": Case(
         lambda c: c.measure("--ablation-k", "-2"),
         ("--ablation-k must be >= 0",)),
-    "needle tests longer than the model's context": Case(
-        lambda c: c.measure("--analyses", "retrieval_heads", "--context-lengths", "20,120"),
-        ("context length(s) [120] plus the needle", "exceed the model's context of 128",
-         "--context-lengths")),
     "non-UTF-8 haystack file": Case(
         lambda c: c.measure("--analyses", "retrieval_heads", "--haystack",
                             str(c.file("h.txt", "caf\xe9 au lait.\n".encode("latin-1")))),
