@@ -119,6 +119,21 @@ def haystack_tests(loaded: Any, s: RetrievalSettings, with_answer: bool) -> list
                        prompt_format=fmt, answer_prefix=s.answer_prefix)
 
 
+def check_fit(loaded: Any, tests: list[HaystackTest]) -> None:
+    """Refuse needle tests longer than the model's context, naming the option that sets them."""
+    limit = loaded.info.max_position
+    if not limit or not tests:
+        return
+    lengths = tokenize([t.prompt for t in tests], loaded.tokenizer).lengths
+    if int(lengths.max()) > limit:
+        sizes = sorted({t.context_tokens for t in tests})
+        raise ScalelensError(
+            f"needle tests of up to {int(lengths.max())} tokens (haystacks of {sizes} tokens plus "
+            f"needle, question and answer) exceed the model's context of {limit} tokens; "
+            "use smaller --context-lengths"
+        )
+
+
 def retrieval_probes() -> list[ProbeSpec]:
     """Top-1 key per head and the greedy prediction at every answer-producing row."""
     rows = Positions.parse("segment:answer@-1")
@@ -130,6 +145,7 @@ def fast_scores(loaded: Any, s: RetrievalSettings, out: Path, overwrite: bool = 
                 progress: bool = True) -> tuple[RetrievalResult, list[HaystackTest]]:
     """Teacher-forced scoring: one capture pass, then scoring from the file."""
     tests = haystack_tests(loaded, s, with_answer=True)
+    check_fit(loaded, tests)
     capture(loaded, retrieval_probes(), [t.prompt for t in tests], out, batch_size=s.batch_size,
             overwrite=overwrite, reuse_complete=True,
             progress=progress)
@@ -178,6 +194,7 @@ def _cache_kwarg(model: Any) -> str:
 def reference_needle_tests(loaded: Any, s: RetrievalSettings, progress: bool = False) -> list[NeedleTest]:
     """Greedy decoding of every test: produced tokens and top-1 keys per step, decoded texts."""
     tests = haystack_tests(loaded, s, with_answer=True)
+    check_fit(loaded, tests)
     tok = tokenize([t.prompt for t in tests], loaded.tokenizer, loaded.info.max_position)
     need, ans = tok.labels.index("needle_answer"), tok.labels.index("answer")
     needle_tests = []

@@ -388,6 +388,13 @@ CASES: dict[str, Case] = {
     "measure negative ablation k": Case(
         lambda c: c.measure("--ablation-k", "-2"),
         ("--ablation-k must be >= 0",)),
+    "needle tests longer than the model's context (fast)": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads", "--context-lengths", "20,120"),
+        ("needle tests of up to", "exceed the model's context of 128 tokens", "smaller --context-lengths")),
+    "needle tests longer than the model's context (reference)": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads", "--retrieval-mode", "reference",
+                            "--context-lengths", "120"),
+        ("exceed the model's context of 128 tokens", "smaller --context-lengths")),
     "non-UTF-8 haystack file": Case(
         lambda c: c.measure("--analyses", "retrieval_heads", "--haystack",
                             str(c.file("h.txt", "caf\xe9 au lait.\n".encode("latin-1")))),
