@@ -39,7 +39,7 @@ from scalelens.probes.haystack import (
     split_sentences,
     synthetic_material,
 )
-from scalelens.probes.prompts import Prompt, tokenize
+from scalelens.probes.prompts import Prompt, TokenizedPrompts, tokenize
 from scalelens.probes.spec import Positions, ProbeSpec
 from scalelens.textfiles import read_utf8
 
@@ -119,19 +119,22 @@ def haystack_tests(loaded: Any, s: RetrievalSettings, with_answer: bool) -> list
                        prompt_format=fmt, answer_prefix=s.answer_prefix)
 
 
-def check_fit(loaded: Any, tests: list[HaystackTest]) -> None:
-    """Refuse needle tests longer than the model's context, naming the option that sets them."""
-    limit = loaded.info.max_position
-    if not limit or not tests:
-        return
-    lengths = tokenize([t.prompt for t in tests], loaded.tokenizer).lengths
-    if int(lengths.max()) > limit:
+def check_fit(loaded: Any, tests: list[HaystackTest]) -> TokenizedPrompts:
+    """The tests' prompts, tokenized.
+
+    Raises:
+        ScalelensError: if one is longer than the model's context (naming --context-lengths).
+    """
+    tok = tokenize([t.prompt for t in tests], loaded.tokenizer)
+    limit, lengths = loaded.info.max_position, tok.lengths
+    if limit and int(lengths.max()) > limit:
         sizes = sorted({t.context_tokens for t in tests})
         raise ScalelensError(
             f"needle tests of up to {int(lengths.max())} tokens (haystacks of {sizes} tokens plus "
             f"needle, question and answer) exceed the model's context of {limit} tokens; "
             "use smaller --context-lengths"
         )
+    return tok
 
 
 def retrieval_probes() -> list[ProbeSpec]:
@@ -194,8 +197,7 @@ def _cache_kwarg(model: Any) -> str:
 def reference_needle_tests(loaded: Any, s: RetrievalSettings, progress: bool = False) -> list[NeedleTest]:
     """Greedy decoding of every test: produced tokens and top-1 keys per step, decoded texts."""
     tests = haystack_tests(loaded, s, with_answer=True)
-    check_fit(loaded, tests)
-    tok = tokenize([t.prompt for t in tests], loaded.tokenizer, loaded.info.max_position)
+    tok = check_fit(loaded, tests)
     need, ans = tok.labels.index("needle_answer"), tok.labels.index("answer")
     needle_tests = []
     for i in tqdm(range(len(tests)), desc="retrieval (reference)", disable=not progress):
