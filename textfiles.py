@@ -15,7 +15,7 @@ def read_utf8(path: str | Path, what: str) -> str:
         what: What the file is, for the error (``"haystack file"``).
 
     Raises:
-        ScalelensError: If the file cannot be read or is not UTF-8.
+        ScalelensError: If the file is not UTF-8 (an OSError reading it is the caller's).
     """
     p = Path(path)
     try:

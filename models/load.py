@@ -111,7 +111,7 @@ def load_model(
         The model in eval mode, its tokenizer and its ``ModelInfo``.
     """
     dt = resolve_dtype(dtype)
-    _check_device(device)
+    check_device_usable(device)
     if not isinstance(source, str | os.PathLike):
         return _from_object(source, tokenizer, device, dt, attn_implementation, cache_dir)
     rev = checkpoint_revision(revision, checkpoint)
@@ -169,7 +169,7 @@ def _load_config(resolved: ResolvedSource, kwargs: dict[str, Any], cache_dir: An
         raise _failure(resolved, cache_dir, exc) from exc
 
 
-def _check_device(device: str | torch.device | None) -> None:
+def check_device_usable(device: str | torch.device | None) -> None:
     """One clear error for a device this machine cannot use (torch would assert or crash later)."""
     if device is None:
         return

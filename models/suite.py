@@ -29,6 +29,7 @@ import torch
 import transformers
 
 from ..errors import ScalelensError
+from .load import check_device_usable
 from .manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -145,9 +146,8 @@ def _resolve(
 
 
 def _check_device(device: str) -> str:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ScalelensError(f"device {device} requested but CUDA is not available; use --device cpu")
-    if not (device == "cpu" or device.startswith("cuda")):
+    check_device_usable(device)
+    if not (device == "cpu" or device.startswith("cuda")):  # training runs on these only
         raise ScalelensError(f"unknown device {device!r}; use cpu or cuda")
     return device
 

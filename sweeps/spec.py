@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scalelens.errors import ScalelensError
+from scalelens.textfiles import read_utf8
 
 PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
 LOG_STEPS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -170,9 +171,7 @@ def read_spec(path: str | Path) -> SweepSpec:
     if not p.is_file():
         raise ScalelensError(f"sweep spec {p} does not exist")
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ScalelensError(f"sweep spec {p} is not UTF-8 text; re-encode it as UTF-8") from None
+        data = tomllib.loads(read_utf8(p, "sweep spec"))
     except tomllib.TOMLDecodeError as e:
         raise ScalelensError(f"sweep spec {p} is not valid TOML: {e}") from None
     unknown = sorted(set(data) - _FIELDS)
