@@ -12,3 +12,11 @@ class ScalelensError(Exception):
 
 class IncompatibleResumeError(ScalelensError):
     """An existing output file was made with another model, probe spec or prompt set."""
+
+
+class TransientError(ScalelensError):
+    """A failure that may pass when the same work is retried.
+
+    The hub unreachable, an output locked by another process: sweeps retry these and
+    no other ScalelensError.
+    """

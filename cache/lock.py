@@ -11,7 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from scalelens.errors import ScalelensError
+from scalelens.errors import TransientError
 
 
 class WriteLock:
@@ -32,7 +32,7 @@ class WriteLock:
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
-                raise ScalelensError(
+                raise TransientError(
                     f"{self.path} is being written by another capture (process {holder}); "
                     "wait for it to finish or choose another --out"
                 ) from None
@@ -42,7 +42,7 @@ class WriteLock:
                 self._fd = fd
                 return self
             os.close(fd)
-        raise ScalelensError(f"could not lock {self.path} for writing; try again")
+        raise TransientError(f"could not lock {self.path} for writing; try again")
 
     def _still_linked(self, fd: int) -> bool:
         try:

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import ScalelensError
+from ..errors import ScalelensError, TransientError
 
 _TRUE = {"1", "true", "yes", "on"}
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -103,4 +103,4 @@ def explain_failure(
             f"model {repo_id} is not in the hub cache {hub_cache_dir(cache_dir)} and "
             "HF_HUB_OFFLINE is set; download it first or pass a local path"
         )
-    return ScalelensError(f"could not load {repo_id}@{revision}: {detail}")
+    return TransientError(f"could not load {repo_id}@{revision}: {detail}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scalelens.errors import ScalelensError
+from scalelens.errors import ScalelensError, TransientError
 from scalelens.sweeps.spec import SweepSpec, Task
 
 
@@ -70,7 +70,11 @@ def run_task(task: Task, spec: SweepSpec, run_dir: Path, progress: bool = False)
 
 
 def attempt(task: Task, spec: SweepSpec, run_dir: Path, retries: int = 1) -> TaskOutcome:
-    """Run ``task`` unless done; retry a failure ``retries`` times; never raise."""
+    """Run ``task`` unless done; never raise.
+
+    A failure is retried ``retries`` times, except a ScalelensError that is not a
+    TransientError: bad settings or a broken checkpoint fail the same way every time.
+    """
     if is_done(run_dir, task):
         return TaskOutcome(task.key, "skipped", 0)
     error = None
@@ -85,4 +89,6 @@ def attempt(task: Task, spec: SweepSpec, run_dir: Path, retries: int = 1) -> Tas
             log = task_dir(run_dir, task)
             log.mkdir(parents=True, exist_ok=True)
             (log / "error.log").write_text(traceback.format_exc())
+            if isinstance(e, ScalelensError) and not isinstance(e, TransientError):
+                return TaskOutcome(task.key, "failed", n, error)
     return TaskOutcome(task.key, "failed", retries + 1, error)
