@@ -3,19 +3,23 @@
 Errors are one line on stderr (``scalelens: error: <problem>; <fix>``) and a non-zero
 exit code: 2 for bad input or environment (a :class:`ScalelensError`, an argument
 error, an unwritable or full disk), 1 for an unexpected internal error, 130 when
-interrupted. ``--debug`` (before or after the sub-command) adds the traceback.
+interrupted (Ctrl-C), 143 when terminated (SIGTERM; cleanup runs as for Ctrl-C).
+``--debug`` (before or after the sub-command) adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -35,6 +39,7 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -126,9 +131,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not debug:  # h5py reports a failed close of a file on a full disk from __dealloc__
         sys.unraisablehook, sys.excepthook = _quiet_unraisable, _quiet_excepthook(sys.excepthook)
     try:
-        return _run(args, debug)
+        with _sigterm_as_interrupt():
+            return _run(args, debug)
     finally:
         sys.unraisablehook, sys.excepthook = hooks
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or ``timeout``'s stop), raised like Ctrl-C so cleanup runs."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while the command runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _is_h5_dealloc(value: object) -> bool:
@@ -162,11 +189,12 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
             line = _os_error_line(cause)
             return _fail(debug, f"{what}: {line}" if what else line, EXIT_BAD_INPUT, True)
         return _fail(debug, _one_line(str(e)), EXIT_BAD_INPUT)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         how = ("rerun it without --overwrite to resume" if getattr(args, "overwrite", False)
                else "rerun the same command to resume")
-        print(f"scalelens: interrupted; {how}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"scalelens: {what}; {how}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `scalelens inspect x.h5 | head`
         return 0
     except OSError as e:

@@ -147,6 +147,29 @@ def test_ctrl_c_during_an_overwrite_then_resume(setup, tmp_path, monkeypatch):
     assert not rel.differences(ref, out)
 
 
+def test_sigterm_stops_a_capture_like_ctrl_c(setup, tmp_path):
+    """SIGTERM (a scheduler's stop, ``timeout``) runs the same cleanup as Ctrl-C: one line,
+    exit 143, the lock file gone; the rerun resumes to the uninterrupted result."""
+    _, model, prompts, _, ref = setup
+    out = tmp_path / "t.h5"
+    argv = rel.capture_argv(model, prompts, out)
+    proc = subprocess.Popen(argv, env=rel.quiet_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    rel.wait_for(lambda: rel._done_at_least(out, 8), 120, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.fail("the capture finished before the SIGTERM landed")
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines() == ["scalelens: terminated (SIGTERM); rerun the same command to resume"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.h5"]
+    done = rel.progress_of(out)
+    assert done is not None and 8 <= done[0] < N_PROMPTS and not done[1], done
+    rc, _, err2 = rel.run_in_process(argv)
+    assert rc == 0, err2
+    assert not rel.differences(ref, out)
+
+
 KILL_WHILE_CREATING = """
 import os, signal, sys
 import scalelens.cache.writer as w
