@@ -113,6 +113,11 @@ def load_model(
     dt = resolve_dtype(dtype)
     check_device_usable(device)
     if not isinstance(source, str | os.PathLike):
+        given = [n for n, v in (("revision", revision), ("checkpoint", checkpoint),
+                                ("gguf_file", gguf_file)) if v is not None]
+        if given:
+            raise ScalelensError(f"{', '.join(given)} cannot apply to an in-memory "
+                                 f"{type(source).__name__}; load that checkpoint from its path or hub id")
         return _from_object(source, tokenizer, device, dt, attn_implementation, cache_dir)
     rev = checkpoint_revision(revision, checkpoint)
     resolved = resolve_source(os.fspath(source), rev, gguf_file)

@@ -188,6 +188,15 @@ def test_in_memory_device_and_dtype_only_when_asked(micro_suite, manifest):
     assert half.info.dtype == "float64" and half.info.attn_implementation == "eager"
 
 
+def test_in_memory_model_refuses_a_revision_it_cannot_load(micro_suite, manifest):
+    """The object in memory is one checkpoint: a revision, checkpoint or GGUF file asked
+    for alongside it would be silently ignored, so it is refused."""
+    lm = load_model(micro_suite / manifest.sizes[0])
+    for kw in ({"revision": "step0"}, {"checkpoint": 0}, {"gguf_file": "m.gguf"}):
+        with pytest.raises(ScalelensError, match=f"{next(iter(kw))} cannot apply to an in-memory"):
+            load_model(lm.model, tokenizer=lm.tokenizer, **kw)
+
+
 def test_nnsight_language_model_is_unwrapped(micro_suite, manifest):
     from nnsight import LanguageModel
 
