@@ -22,15 +22,34 @@ DEMO_SETTINGS: dict[str, Any] = {
 }
 
 
+def demo_settings(manifest: Any) -> dict[str, Any]:
+    """DEMO_SETTINGS, shrunk to fit a suite whose models see fewer than 256 positions.
+
+    The micro preset's models see 64: one needle in a haystack of a quarter of the
+    context, sequences no longer than the context, dilutions x1 and x2.
+    """
+    n_ctx = min(m["config"]["max_position_embeddings"] for m in manifest.models.values())
+    if n_ctx >= 256:
+        return dict(DEMO_SETTINGS)
+    return {**DEMO_SETTINGS, "context_lengths": (n_ctx // 4,), "n_needles": 1,
+            "seq_length": min(DEMO_SETTINGS["seq_length"], n_ctx), "dilutions": (1, 2)}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``demo``."""
+    from scalelens.sweeps.cli import _checkpoints
+
     p = sub.add_parser("demo", help="offline end to end: mini suite -> sweep -> fits -> report")
     p.add_argument("--out", type=Path, default=Path("scalelens_out/demo"), help="run directory")
     p.add_argument("--suite", type=Path, help="mini suite directory (default: the cached one)")
-    p.add_argument("--preset", default="default", help="suite preset when building (default, micro)")
-    p.add_argument("--checkpoints", default=None,
+    p.add_argument("--preset", default=None,
+                   help="suite preset when building: default (if not given) or micro; a finished "
+                        "--suite is used as built unless --preset is given")
+    p.add_argument("--checkpoints", default=None, type=_checkpoints,
                    help="all, log, final or steps (default: 7 steps spread on a log scale)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start --out afresh when it holds a run with other settings")
     p.set_defaults(func=run_demo)
 
 
@@ -47,18 +66,29 @@ def spread(steps: list[int], k: int = 7) -> tuple[int, ...]:
     return tuple(sorted(picked))
 
 
-def _suite(suite: Path, preset: str, own_cache: bool) -> Any:
-    """Build or reuse the suite; scalelens's own cache is rebuilt when its preset changed."""
+def _suite(suite: Path, preset: str | None, own_cache: bool) -> tuple[Any, bool]:
+    """Build or reuse the suite; scalelens's own cache is rebuilt when its preset changed.
+
+    A finished suite the user names with ``--suite`` and no ``--preset`` is used as built.
+    Returns the manifest and whether an existing suite was rebuilt.
+    """
+    from scalelens.errors import ScalelensError
+    from scalelens.models.manifest import MANIFEST_NAME, read_manifest
     from scalelens.models.suite import SuiteSettingsMismatch, build_suite
 
+    if not own_cache and preset is None and (suite / MANIFEST_NAME).is_file():
+        return read_manifest(suite), False
+    preset = preset or "default"
     try:
-        return build_suite(suite, preset=preset)
+        return build_suite(suite, preset=preset), False
     except SuiteSettingsMismatch:
         if not own_cache:
-            raise
+            raise ScalelensError(f"--suite {suite} holds a suite built with other settings than the "
+                                 f"{preset!r} preset; pass the --preset it was built with, or "
+                                 "another --suite") from None
     print(f"the cached suite in {suite} was built with other settings; rebuilding it")
     shutil.rmtree(suite)
-    return build_suite(suite, preset=preset)
+    return build_suite(suite, preset=preset), True
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -68,21 +98,26 @@ def run_demo(args: argparse.Namespace) -> int:
     """
     from scalelens.models.suite import default_suite_dir
     from scalelens.reports.render import render_report
-    from scalelens.sweeps.cli import _checkpoints
+    from scalelens.sweeps.cli import check_run_dir, report_failures
     from scalelens.sweeps.run import sweep
-    from scalelens.sweeps.spec import SweepSpec
+    from scalelens.sweeps.spec import SweepSpec, expand
 
     start = time.monotonic()
-    suite = args.suite or default_suite_dir(args.preset)
+    suite = args.suite or default_suite_dir(args.preset or "default")
     print(f"suite: {suite} (built on first use, then reused)")
-    manifest = _suite(suite, args.preset, own_cache=args.suite is None)
-    checkpoints = _checkpoints(args.checkpoints) if args.checkpoints else spread(manifest.steps)
+    manifest, rebuilt = _suite(suite, args.preset, own_cache=args.suite is None)
+    checkpoints = args.checkpoints or spread(manifest.steps)
     spec = SweepSpec(suite=str(suite), checkpoints=checkpoints,
-                     executor=args.executor, settings=dict(DEMO_SETTINGS))
+                     executor=args.executor, settings=demo_settings(manifest))
+    if rebuilt and (args.out / "tasks").exists():
+        print(f"the results in {args.out} were measured on the old suite; starting afresh")
+    expand(spec)  # steps the suite lacks: one line before anything is written
+    check_run_dir(args.out, spec, overwrite=args.overwrite or rebuilt)
     summary = sweep(spec, args.out)
-    paths = render_report(args.out)
     print(f"sweep: {summary.count('done')} done, {summary.count('skipped')} skipped, "
           f"{summary.count('failed')} failed in {time.monotonic() - start:.0f} s")
+    report_failures(summary, args.out)
+    paths = render_report(args.out)
     print(f"report: {paths.html}")
     print(f"summary: {paths.markdown}")
     return 1 if summary.failed else 0

@@ -72,6 +72,18 @@ RUN_SPEC = "sweep_spec.json"
 # Spec fields that change what a finished task's results mean; the rest (sizes,
 # checkpoints, executor, address, device) may change between runs into the same directory.
 _IDENTITY = ("suite", "family", "analyses", "settings")
+# A suite rebuilt in place with other settings holds other models under the same task keys.
+_SUITE_BUILD = "suite_build"
+
+
+def run_identity(spec) -> dict:
+    """What a run directory's finished tasks were measured with (``sweep_spec.json``)."""
+    from scalelens.models.manifest import read_manifest
+
+    want = {k: v for k, v in spec.to_dict().items() if k in _IDENTITY}
+    if spec.suite is not None:
+        want[_SUITE_BUILD] = read_manifest(spec.suite).settings_hash
+    return want
 
 
 def check_run_dir(out: Path, spec, overwrite: bool) -> None:
@@ -84,19 +96,26 @@ def check_run_dir(out: Path, spec, overwrite: bool) -> None:
     from scalelens.measure.run import write_json
 
     check_out_dir(out, "run directory", "a run directory")
-    want = {k: v for k, v in spec.to_dict().items() if k in _IDENTITY}
+    want = run_identity(spec)
     path = out / RUN_SPEC
     if path.is_file() and not overwrite:
         try:
             have = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             have = None
+        older = isinstance(have, dict) and _SUITE_BUILD in want and _SUITE_BUILD not in have
+        if older:  # recorded by a scalelens that did not note the suite build: trusted
+            have = {**have, _SUITE_BUILD: want[_SUITE_BUILD]}
         if have != want:
-            diff = sorted(k for k in _IDENTITY if not isinstance(have, dict) or have.get(k) != want.get(k))
+            diff = sorted(k for k in want if not isinstance(have, dict) or have.get(k) != want.get(k))
+            what = ", ".join("suite build settings (the suite was rebuilt)" if k == _SUITE_BUILD else k
+                             for k in diff)
             raise ScalelensError(
-                f"{out} holds a sweep with different {', '.join(diff)}; use another --out, or pass "
+                f"{out} holds a sweep with different {what}; use another --out, or pass "
                 "--overwrite to discard its finished tasks"
             )
+        if older:
+            write_json(path, want)
         return
     if overwrite:  # afresh: the old tasks and everything made from them
         from scalelens.reports.render import DEFAULT_NAME
@@ -133,8 +152,13 @@ def run_sweep(args: argparse.Namespace) -> int:
     summary = sweep(spec, args.out, n_boot=args.n_boot)
     print(f"sweep: {summary.count('done')} done, {summary.count('skipped')} skipped, "
           f"{summary.count('failed')} failed; results in {args.out}")
+    report_failures(summary, args.out)
+    return 1 if summary.failed else 0
+
+
+def report_failures(summary, out: Path) -> None:
+    """Print each failed task on stderr; raise when no task finished (nothing to report)."""
     for o in summary.failed:
         print(f"  failed {o.key}: {o.error}", file=sys.stderr)
-    if not (args.out / "metrics.csv").exists():
+    if not (out / "metrics.csv").exists():
         raise ScalelensError("no task finished, so there is nothing to report; see the errors above")
-    return 1 if summary.failed else 0

@@ -586,6 +586,43 @@ def test_sweep_refuses_to_resume_with_other_settings(ctx, micro_suite, capsys):
     assert _tree(run) == before
 
 
+def test_sweep_refuses_to_resume_on_a_rebuilt_suite(ctx, micro_suite, capsys):
+    """A suite rebuilt in place with other settings holds other models under the same task
+    keys: resuming would mix its results with the old models'."""
+    suite = ctx.tmp / "suite"
+    shutil.copytree(micro_suite, suite)
+    run = ctx.tmp / "run"
+    argv = ["sweep", "--suite", str(suite), "--sizes", "16k", "--checkpoints", "final",
+            "--analyses", "superposition", "--n-boot", "0", "--out", str(run)]
+    rc, _, err = _run(capsys, argv)
+    assert rc == 0, err
+    recorded = json.loads((run / "sweep_spec.json").read_text())
+    manifest = json.loads((suite / "manifest.json").read_text())
+    assert recorded["suite_build"] == manifest["settings_hash"]
+    manifest["settings_hash"] = "0" * 16  # what a rebuild with other settings changes
+    (suite / "manifest.json").write_text(json.dumps(manifest))
+    before = _tree(run)
+    rc, _, err = _run(capsys, argv)
+    assert_one_line(rc, err, "suite build settings", "--overwrite")
+    assert _tree(run) == before
+    rc, out, err = _run(capsys, [*argv, "--overwrite"])
+    assert rc == 0 and "1 done" in out, err
+
+
+def test_sweep_resumes_a_run_recorded_without_the_suite_build(ctx, micro_suite, capsys):
+    """Run directories from before the suite build was recorded still resume (and record it)."""
+    run = ctx.tmp / "run"
+    argv = ["sweep", "--suite", str(micro_suite), "--sizes", "16k", "--checkpoints", "final",
+            "--analyses", "superposition", "--n-boot", "0", "--out", str(run)]
+    assert _run(capsys, argv)[0] == 0
+    path = run / "sweep_spec.json"
+    recorded = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in recorded.items() if k != "suite_build"}))
+    rc, out, err = _run(capsys, argv)
+    assert rc == 0 and "1 skipped" in out, err
+    assert json.loads(path.read_text()) == recorded
+
+
 def test_sweep_overwrite_leaves_nothing_of_the_old_run(ctx, micro_suite, capsys):
     """--overwrite starts afresh: when no task of the new sweep finishes, the old run's
     metrics.csv, fits.json and report may not pass for the new run's."""

@@ -1,0 +1,86 @@
+"""``scalelens demo`` end to end on the micro suite: report, resume, rebuilt cache, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+from scalelens.cli import main
+
+
+def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse
+        rc = int(e.code or 0)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def _sizes_measured(out) -> set[str]:
+    with (out / "metrics.csv").open() as fh:
+        return {r["size"] for r in csv.DictReader(fh)}
+
+
+def test_demo_on_a_micro_suite_reports_every_size_then_resumes(micro_suite, tmp_path, capsys):
+    """A finished --suite is used as built: the micro suite's 64-position models get
+    settings that fit them (the default settings need 195 positions)."""
+    out = tmp_path / "demo"
+    argv = ["demo", "--suite", str(micro_suite), "--checkpoints", "final", "--out", str(out)]
+    rc, stdout, err = _run(capsys, argv)
+    assert rc == 0, err
+    assert "4 done, 0 skipped, 0 failed" in stdout
+    assert _sizes_measured(out) == {"16k", "37k", "50k", "94k"}
+    assert "<html" in (out / "report.html").read_text().lower()
+    rc, stdout, err = _run(capsys, argv)
+    assert rc == 0 and "0 done, 4 skipped" in stdout, err
+
+
+def test_demo_starts_afresh_when_its_cached_suite_is_rebuilt(micro_suite, tmp_path, capsys, monkeypatch):
+    """Results measured on the old cached suite may not be skipped as if finished."""
+    monkeypatch.setenv("SCALELENS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    argv = ["demo", "--preset", "micro", "--checkpoints", "final", "--out", str(out)]
+    rc, stdout, err = _run(capsys, argv)
+    assert rc == 0 and "4 done" in stdout, err
+    cached = next((tmp_path / "cache").iterdir()) / "manifest.json"
+    manifest = json.loads(cached.read_text())
+    manifest["settings_hash"] = "0" * 16  # as if built by a scalelens with another preset
+    cached.write_text(json.dumps(manifest))
+    rc, stdout, err = _run(capsys, argv)
+    assert rc == 0, err
+    assert "rebuilding it" in stdout and "starting afresh" in stdout
+    assert "4 done, 0 skipped" in stdout
+
+
+def test_demo_refuses_another_suite_in_the_same_out(micro_suite, tmp_path, capsys):
+    out = tmp_path / "demo"
+    other = tmp_path / "other"
+    shutil.copytree(micro_suite, other)
+    base = ["demo", "--checkpoints", "final", "--out", str(out)]
+    assert _run(capsys, [*base, "--suite", str(micro_suite)])[0] == 0
+    rc, _, err = _run(capsys, [*base, "--suite", str(other)])
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "different suite" in lines[0] and "--overwrite" in lines[0]
+    rc, stdout, err = _run(capsys, [*base, "--suite", str(other), "--overwrite"])
+    assert rc == 0 and "4 done" in stdout, err
+
+
+def test_demo_names_a_preset_that_does_not_match_the_suite(micro_suite, tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc, _, err = _run(capsys, ["demo", "--suite", str(micro_suite), "--preset", "default",
+                               "--out", str(out)])
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "--preset" in lines[0] and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_demo_bad_checkpoints_are_one_line_and_write_nothing(micro_suite, tmp_path, capsys):
+    out = tmp_path / "demo"
+    for steps, needle in (("foo", "checkpoints: log, all, final or steps"), ("5", "[5] not available")):
+        rc, _, err = _run(capsys, ["demo", "--suite", str(micro_suite), "--checkpoints", steps,
+                                   "--out", str(out)])
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and needle in lines[0], err
+        assert not out.exists()
