@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import errno
 import importlib
+import logging
 import os
 import re
 import signal
@@ -127,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     f"{' '.join(extra)}; see `scalelens {args.command} --help`\n")
     debug = bool(getattr(args, "debug", False))
     _quiet_when_logged()
+    if not debug:
+        _quiet_hub_retries()
     hooks = sys.unraisablehook, sys.excepthook
     if not debug:  # h5py reports a failed close of a file on a full disk from __dealloc__
         sys.unraisablehook, sys.excepthook = _quiet_unraisable, _quiet_excepthook(sys.excepthook)
@@ -224,6 +227,17 @@ def _quiet_when_logged() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+
+
+def _quiet_hub_retries() -> None:
+    """Keep the hub client's retry warnings out of the one-line error.
+
+    It warns twice per retry, ten lines while the hub is unreachable; ``--debug`` or
+    ``HF_HUB_VERBOSITY`` shows them.
+    """
+    level = os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is imported
+    if level == "error":  # and for an import that came first
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def _fail(debug: bool, line: str, code: int, hard_exit: bool = False) -> int:

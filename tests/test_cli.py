@@ -128,3 +128,32 @@ def test_measure_rerun_with_other_settings_needs_overwrite(model_dir, tmp_path, 
     assert main([*base, "--n-sequences", "3", "--overwrite"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["analyses"]["massive_activations"]["n_prompts"] == 3
+
+
+UNREACHABLE_HUB = """
+import sys, time
+from huggingface_hub import constants
+constants.ENDPOINT = "http://127.0.0.1:9"  # the discard port: connection refused
+time.sleep = lambda s: None  # the hub client's waits between its five retries
+from scalelens.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_unreachable_hub_is_one_line_not_its_retry_warnings(prompt_file, tmp_path):
+    """The hub client retries an unreachable hub five times, warning twice per retry on
+    stderr; the CLI shows only its own line (in a fresh process, as a user runs it)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_")}
+    env["HF_HUB_CACHE"] = str(tmp_path / "hub")
+    out = tmp_path / "c.h5"
+    proc = subprocess.run([sys.executable, "-c", UNREACHABLE_HUB, "capture", "--model",
+                           "scalelens-test/nowhere", "--prompts", str(prompt_file), "--probes", "resid",
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("scalelens: error: could not load scalelens-test/nowhere")
+    assert not out.exists()
