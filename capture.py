@@ -26,7 +26,14 @@ from scalelens.hooks.attention import attention_tap
 from scalelens.hooks.backends import Backend, make_backend
 from scalelens.hooks.points import CapturePoint
 from scalelens.probes.embeds import batch_inputs_embeds, check_blocks, embedding_width
-from scalelens.probes.prompts import Prompt, TokenizedPrompts, as_prompts, select_positions, tokenize
+from scalelens.probes.prompts import (
+    Prompt,
+    TokenizedPrompts,
+    as_prompts,
+    placeholder_id,
+    select_positions,
+    tokenize,
+)
 from scalelens.probes.reduce import BatchContext, ProbeRuntime
 from scalelens.probes.spec import PositionKind, ProbeSpec, specs_to_json
 
@@ -98,6 +105,12 @@ class Capture:
         if len(set(names)) != len(names):
             raise ScalelensError(f"probe names must be unique, got {names}")
         self.probes = [p.resolve(info.n_layers, info.n_heads) for p in probes]
+        if self.out.is_dir():
+            raise ScalelensError(f"output {self.out} is a directory; give a .h5 file path")
+        limit = self.settings.max_length
+        if limit is not None and info.max_position and limit > info.max_position:
+            raise ScalelensError(f"max length {limit} exceeds the model's context of {info.max_position} "
+                                 f"tokens; use {info.max_position} or less")
         self._stack: ExitStack | None = None
         self._backend: Backend
         self._runtimes: list[ProbeRuntime] = []
@@ -161,7 +174,7 @@ class Capture:
         return FileIdentity(self.loaded.info.to_dict(), specs_to_json(self.probes),
                             tok.fingerprint(), capture)
 
-    def feed(self, prompts: list[str] | list[Prompt]) -> Path:
+    def feed(self, prompts: str | Prompt | list[str] | list[Prompt]) -> Path:
         """Run every prompt through the model and write what the probes capture.
 
         Resumes an incomplete compatible file; returns the output path.
@@ -170,7 +183,7 @@ class Capture:
             raise RuntimeError("use feed() inside `with attach(...) as run:`")
         info = self.loaded.info
         tok = tokenize(as_prompts(prompts), self.loaded.tokenizer,
-                       self.settings.max_length or info.max_position)
+                       self.settings.max_length or info.max_position, info.vocab_size)
         if tok.embeds:
             self._check_embeds(tok)
         _check_vocab(tok, info.vocab_size)
@@ -245,7 +258,7 @@ class Capture:
         width = int(tok.lengths[start:stop].max())
         ids = _to_device(tok.ids[start:stop, :width].astype(np.int64), device)
         valid = ids >= 0
-        ids = ids.masked_fill(~valid, _pad_id(self.loaded.tokenizer))
+        ids = ids.masked_fill(~valid, placeholder_id(self.loaded.tokenizer, self.loaded.info.vocab_size))
         # int64 once per batch: every gather along these rows would otherwise convert them
         batch_rows = {k: _to_device(v[start:stop].astype(np.int64), device) for k, v in rows.items()}
         batch_rows.update(self._logit_rows(rows, start, stop, device))
@@ -329,14 +342,6 @@ class _HostStaging:
         return out, event.synchronize, lambda: self._pool.give(used)
 
 
-def _pad_id(tokenizer: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value)
-    return 0
-
-
 def _rows_for(spec: ProbeSpec, tok: TokenizedPrompts) -> np.ndarray:
     """Positions each probe reads, (prompt, query) padded with -1."""
     if spec.positions.kind is PositionKind.ALL:
@@ -354,8 +359,11 @@ def attach(model: Any, probes: list[ProbeSpec], out: str | Path, *, tokenizer: A
     return Capture(model, probes, out, CaptureSettings(**settings), tokenizer=tokenizer)
 
 
-def capture(model: Any, probes: list[ProbeSpec], prompts: list[str] | list[Prompt],
+def capture(model: Any, probes: list[ProbeSpec], prompts: str | Prompt | list[str] | list[Prompt],
             out: str | Path, *, tokenizer: Any = None, **settings: Any) -> Path:
-    """One-call capture: attach, feed every prompt, detach. Returns the output path."""
+    """One-call capture: attach, feed every prompt, detach. Returns the output path.
+
+    ``prompts`` is a list of texts or :class:`Prompt` objects (a single one is one prompt).
+    """
     with attach(model, probes, out, tokenizer=tokenizer, **settings) as run:
         return run.feed(prompts)

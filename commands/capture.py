@@ -190,10 +190,6 @@ def run_capture(args: argparse.Namespace) -> int:
     prompts = read_prompt_file(args.prompts)
     probes, notes = _probes_from_args(args)
     loaded = load_from_args(args)
-    context = loaded.info.max_position
-    if args.max_length is not None and context and args.max_length > context:
-        raise ScalelensError(f"--max-length {args.max_length} exceeds the model's context of {context} "
-                             f"tokens; use --max-length {context} or less")
     out = capture(loaded, probes, prompts, args.out, **vars(settings))  # leaves nothing if it fails early
     with CaptureFile(out) as f:
         warn_nonfinite(f)

@@ -39,7 +39,7 @@ from scalelens.probes.haystack import (
     split_sentences,
     synthetic_material,
 )
-from scalelens.probes.prompts import Prompt, TokenizedPrompts, tokenize
+from scalelens.probes.prompts import Prompt, TokenizedPrompts, placeholder_id, tokenize
 from scalelens.probes.spec import Positions, ProbeSpec
 from scalelens.textfiles import read_utf8
 
@@ -243,23 +243,19 @@ def needle_recall(loaded: Any, prompts: list[Prompt], heads: list[tuple[int, int
     tok = tokenize(prompts, loaded.tokenizer, loaded.info.max_position)
     need, ans = tok.labels.index("needle_answer"), tok.labels.index("answer")
     recalls = []
+    pad = placeholder_id(loaded.tokenizer, loaded.info.vocab_size)
     with masked_heads(loaded, heads), torch.inference_mode():
         for i, n in enumerate(tok.lengths):
             seg = tok.segments[i, :n]
             start = int(np.flatnonzero(seg == ans)[0])
             ids = torch.tensor(tok.ids[i, :start], dtype=torch.long, device=loaded.model.device)[None]
             out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                        max_new_tokens=int(n - start), pad_token_id=_pad(loaded))
+                                        max_new_tokens=int(n - start), pad_token_id=pad)
             produced = out[0, start:].cpu().numpy()
             needle = tok.ids[i, :n][seg == need]
             recalls.append(answer_recall(produced, needle, decode_ids(loaded.tokenizer, produced),
                                          decode_ids(loaded.tokenizer, needle)))
     return float(np.mean(recalls))
-
-
-def _pad(loaded: Any) -> int:
-    tok = loaded.tokenizer
-    return int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
 
 
 def ablation(loaded: Any, result: RetrievalResult, tests: list[HaystackTest], k: int,

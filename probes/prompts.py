@@ -106,9 +106,16 @@ class Prompt:
         return any(isinstance(t, EmbedBlock) for _, t in self.pieces)
 
 
-def as_prompts(items: list[str] | list[Prompt]) -> list[Prompt]:
-    """Accept plain strings or Prompt objects."""
-    return [p if isinstance(p, Prompt) else Prompt.of(str(p)) for p in items]
+def as_prompts(items: str | Prompt | list[str] | list[Prompt]) -> list[Prompt]:
+    """Accept plain strings or Prompt objects; one string or Prompt is one prompt."""
+    if isinstance(items, str | Prompt):
+        return [Prompt.of(items) if isinstance(items, str) else items]
+    prompts = []
+    for n, p in enumerate(items):
+        if not isinstance(p, str | Prompt):
+            raise ScalelensError(f"prompt index {n} is a {type(p).__name__}, not text or a Prompt")
+        prompts.append(p if isinstance(p, Prompt) else Prompt.of(p))
+    return prompts
 
 
 def _jsonl_prompt(line: str, where: str) -> Prompt:
@@ -216,11 +223,15 @@ class TokenizedPrompts:
         return list(self.embeds[bisect.bisect_left(keys, start):bisect.bisect_left(keys, stop)])
 
 
-def placeholder_id(tokenizer: Any) -> int:
-    """Token id stored at embedding-block positions: pad, else EOS, else 0."""
+def placeholder_id(tokenizer: Any, vocab_size: int | None = None) -> int:
+    """Token id at padding and embedding-block positions: pad, else EOS, else 0.
+
+    With ``vocab_size``, an id past the model's embedding (a pad token added to the
+    tokenizer without resizing the model) is skipped.
+    """
     for attr in ("pad_token_id", "eos_token_id"):
         value = getattr(tokenizer, attr, None)
-        if value is not None:
+        if value is not None and (vocab_size is None or 0 <= int(value) < vocab_size):
             return int(value)
     return 0
 
@@ -229,12 +240,14 @@ def _encode_piece(tokenizer, text: str, first: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=first)["input_ids"])
 
 
-def tokenize(prompts: list[Prompt], tokenizer, max_length: int | None = None) -> TokenizedPrompts:
+def tokenize(prompts: list[Prompt], tokenizer, max_length: int | None = None,
+             vocab_size: int | None = None) -> TokenizedPrompts:
     """Tokenise prompts piece by piece; raise if any is empty or longer than ``max_length``.
 
     Special tokens (e.g. BOS) are added to the first piece only when it is text; an
     embedding block takes one placeholder position per vector (a prompt that starts
-    with a block starts with its first vector).
+    with a block starts with its first vector; see :func:`placeholder_id`, given
+    the model's ``vocab_size``).
     """
     if not prompts:
         raise ScalelensError("no prompts to capture")
@@ -249,7 +262,7 @@ def tokenize(prompts: list[Prompt], tokenizer, max_length: int | None = None) ->
                 labels.append(label)
             if isinstance(content, EmbedBlock):
                 spans.append(EmbedSpan(n, len(ids), content))
-                piece = [placeholder_id(tokenizer)] * content.n_vectors
+                piece = [placeholder_id(tokenizer, vocab_size)] * content.n_vectors
             else:
                 piece = _encode_piece(tokenizer, content, i == 0)
             ids += piece

@@ -359,3 +359,38 @@ def test_analyses_of_a_layer_subset_report_model_layers(tmp_path):
     assert [r["layer"] for r in d_sub.per_layer] == [2, 0]
     assert d_sub.per_layer[0]["mdi"] == pytest.approx(d_all.per_layer[2]["mdi"], rel=1e-6)
     assert d_sub.groups["all"]["layers"] == [2, 0]
+
+
+def test_python_api_refuses_what_the_cli_refuses_before_writing(tmp_path):
+    """max_length past the context (it died mid-run with an IndexError, leaving a file no rerun
+    could finish) and a directory as out are refused before anything is written."""
+    lm = loaded()
+    with pytest.raises(ScalelensError, match="exceeds the model's context of 128"):
+        capture(lm, [preset("resid")], prompts(2), tmp_path / "x.h5", max_length=1000)
+    with pytest.raises(ScalelensError, match="is a directory"):
+        capture(lm, [preset("resid")], prompts(2), tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_string_is_one_prompt_and_non_text_is_refused(tmp_path):
+    lm = loaded()
+    out = capture(lm, [preset("resid")], "w1 w2 w3", tmp_path / "one.h5", progress=False)
+    with CaptureFile(out) as f:
+        assert f.n_done == 1 and f.datasets("resid")["values"][0][0] == 1
+    with pytest.raises(ScalelensError, match="prompt index 1 is a NoneType"):
+        capture(lm, [preset("resid")], ["w1 w2", None], tmp_path / "x.h5", progress=False)
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_pad_token_past_the_embedding_does_not_break_batches(tmp_path):
+    """A pad token added to the tokenizer without resizing the model (id == vocab size):
+    padding positions get an id the embedding has, and batches equal one prompt at a time."""
+    tok = word_tokenizer()
+    tok.add_special_tokens({"pad_token": "[PAD2]"})
+    assert tok.pad_token_id == tiny_model().config.vocab_size
+    lm = load_model(tiny_model(), tokenizer=tok)
+    texts = prompts(4)
+    one = capture(lm, [preset("resid")], texts, tmp_path / "one.h5", batch_size=1, progress=False)
+    four = capture(lm, [preset("resid")], texts, tmp_path / "four.h5", batch_size=4, progress=False)
+    with h5py.File(one) as a, h5py.File(four) as b:
+        np.testing.assert_allclose(a["probes/resid/values"][()], b["probes/resid/values"][()], atol=1e-3)
