@@ -72,8 +72,12 @@ def attention_tap(model: Any, modules: dict[int, nn.Module], callback: TapCallba
     Yields the name of the inner implementation that still computes the outputs.
     """
     inner = model.config._attn_implementation or "eager"
-    if inner.startswith(TAP_PREFIX):
+    if inner.startswith(TAP_PREFIX) or any(_UPCAST in vars(m) for m in modules.values()):
         raise RuntimeError("attention tap is already active on this model")
+    if inner == "eager" and any(getattr(m, "reorder_and_upcast_attn", False) for m in modules.values()):
+        with _upcast_tap(modules, callback):  # GPT-2's upcast path runs only under "eager"
+            yield inner
+        return
     name = _register(inner)
     for layer, module in modules.items():
         _ACTIVE[id(module)] = (layer, inner, callback)
@@ -84,6 +88,35 @@ def attention_tap(model: Any, modules: dict[int, nn.Module], callback: TapCallba
         model.set_attn_implementation(inner)
         for module in modules.values():
             _ACTIVE.pop(id(module), None)
+
+
+_UPCAST = "_upcast_and_reordered_attn"
+
+
+@contextmanager
+def _upcast_tap(modules: dict[int, nn.Module], callback: TapCallback) -> Iterator[None]:
+    """Tap GPT-2 attention with ``reorder_and_upcast_attn`` (Stanford CRFM's suites).
+
+    Under an implementation named ``eager`` it calls its own upcast method instead of
+    the attention registry, so the method is wrapped on each instance and the
+    implementation keeps its name.
+    """
+    for layer, module in modules.items():
+        setattr(module, _UPCAST, _tapped_upcast(layer, module, getattr(module, _UPCAST), callback))
+    try:
+        yield
+    finally:
+        for module in modules.values():
+            vars(module).pop(_UPCAST, None)
+
+
+def _tapped_upcast(layer: int, module: nn.Module, method: Callable[..., Any],
+                   callback: TapCallback) -> Callable[..., Any]:
+    def tapped(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any = None):
+        replaced = callback(layer, query, key, attention_mask, float(module.scaling), {})  # type: ignore[arg-type]
+        return method(query if replaced is None else replaced, key, value, attention_mask)
+
+    return tapped
 
 
 def _repeat_kv(key: torch.Tensor, n_heads: int) -> torch.Tensor:

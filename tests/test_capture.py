@@ -394,3 +394,30 @@ def test_a_pad_token_past_the_embedding_does_not_break_batches(tmp_path):
     four = capture(lm, [preset("resid")], texts, tmp_path / "four.h5", batch_size=4, progress=False)
     with h5py.File(one) as a, h5py.File(four) as b:
         np.testing.assert_allclose(a["probes/resid/values"][()], b["probes/resid/values"][()], atol=1e-3)
+
+
+def test_gpt2_upcast_attention_is_tapped_without_changing_the_model(tmp_path):
+    """GPT-2 with reorder_and_upcast_attn (Stanford CRFM's suites) runs its own upcast method
+    only under an implementation named "eager": an attention probe beside resid may not
+    switch it to the plain eager kernel (fp16 resid moved by ~1e-2 when it did)."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=64, n_positions=128, n_embd=32, n_layer=3, n_head=4, initializer_range=0.5,
+                     reorder_and_upcast_attn=True, scale_attn_by_inverse_layer_idx=True)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").half().eval()
+    lm = load_model(model, tokenizer=word_tokenizer())
+    out = capture(lm, [preset("resid", dtype="float32"), preset("attn", dtype="float32")], prompts(3),
+                  tmp_path / "g.h5", batch_size=1, progress=False)
+    assert not any("_upcast_and_reordered_attn" in vars(m) for m in model.modules())
+    with CaptureFile(out) as f:
+        ids, lengths = f.read("tokens").data, f.read("lengths").data
+        resid, attn = f.read("values", "resid").data, f.read("values", "attn").data
+    for i, n in enumerate(lengths):
+        with torch.no_grad():
+            o = model(torch.tensor(ids[i, :n], dtype=torch.long)[None], output_hidden_states=True,
+                      output_attentions=True)
+        for layer in range(2):  # the last layer's resid_post is stored before the final norm
+            np.testing.assert_array_equal(resid[i, layer, :n], o.hidden_states[layer + 1][0].float().numpy())
+            np.testing.assert_allclose(attn[i, layer, :, :n, :n], o.attentions[layer][0].float().numpy(),
+                                       atol=2e-3)
