@@ -107,6 +107,13 @@ class Capture:
         self.probes = [p.resolve(info.n_layers, info.n_heads) for p in probes]
         if self.out.is_dir():
             raise ScalelensError(f"output {self.out} is a directory; give a .h5 file path")
+        tapped = [p.name for p in self.probes if p.point.from_attention_tap]
+        if tapped and info.source_kind == "transformer_lens":
+            raise ScalelensError(
+                f"probe(s) {', '.join(tapped)} need the model's own attention, which a booted "
+                "TransformerBridge replaced with components that recompute it; load the model by path "
+                "for per-head probes"
+            )
         limit = self.settings.max_length
         if limit is not None and info.max_position and limit > info.max_position:
             raise ScalelensError(f"max length {limit} exceeds the model's context of {info.max_position} "

@@ -223,6 +223,24 @@ def test_transformer_bridge_is_unwrapped(micro_suite, manifest):
     assert lm.info.attn_implementation == "eager"  # the bridge switches the model to eager
 
 
+def test_bridge_source_captures_resid_and_refuses_per_head_probes(micro_suite, manifest, tmp_path):
+    """The bridge swaps its own attention components into the model, so the attention tap
+    never fires there: per-head probes are refused up front (it was 'hooks did not fire')."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from scalelens.capture import capture
+    from scalelens.probes.spec import preset
+
+    path = manifest.checkpoint_dir(manifest.sizes[0], manifest.steps[-1])
+    hf, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    lm = load_model(TransformerBridge.boot_transformers(str(path), hf_model=hf, tokenizer=tok))
+    out = capture(lm, [preset("resid")], ["a b c"], tmp_path / "r.h5", progress=False)
+    assert out.is_file()
+    with pytest.raises(ScalelensError, match=r"probe\(s\) attn, top1 need the model's own attention"):
+        capture(lm, [preset("resid"), preset("attn"), preset("top1")], ["a b c"], tmp_path / "a.h5")
+    assert not (tmp_path / "a.h5").exists()
+
+
 def test_unsupported_object():
     with pytest.raises(ScalelensError, match="cannot load a list"):
         load_model([1, 2])
