@@ -91,11 +91,13 @@ def dominance_probe() -> ProbeSpec:
                      dtype="float32")
 
 
-def measure_dominance(loaded: Any, s: DominanceSettings, out_dir: Path, overwrite: bool = False,
-                      progress: bool = True) -> dict[str, Any]:
-    """MDI/AEI per layer at x1 and the middle-layer MDI for each dilution level."""
-    depths = tuple(round((i + 0.5) / s.n_prompts, 3) for i in range(s.n_prompts))
-    rs = RetrievalSettings(depths=depths, n_needles=1)
+def _depths(s: DominanceSettings) -> tuple[float, ...]:
+    return tuple(round((i + 0.5) / s.n_prompts, 3) for i in range(s.n_prompts))
+
+
+def base_tokens(loaded: Any, s: DominanceSettings) -> int:
+    """Other-modality tokens at dilution x1; raises when the largest dilution cannot fit."""
+    rs = RetrievalSettings(depths=_depths(s), n_needles=1)
     reserve = needle_overhead(needle_material(loaded, rs)[0], loaded.tokenizer)
     base = s.base_tokens or (loaded.info.max_position - reserve) // max(s.dilutions)
     if base < 2:
@@ -103,6 +105,14 @@ def measure_dominance(loaded: Any, s: DominanceSettings, out_dir: Path, overwrit
             f"the model's context ({loaded.info.max_position}) is too short for a x{max(s.dilutions)} "
             "dilution; use smaller --dilutions"
         )
+    return base
+
+
+def measure_dominance(loaded: Any, s: DominanceSettings, out_dir: Path, overwrite: bool = False,
+                      progress: bool = True) -> dict[str, Any]:
+    """MDI/AEI per layer at x1 and the middle-layer MDI for each dilution level."""
+    depths = _depths(s)
+    base = base_tokens(loaded, s)
     embeds = s.modality == "embeds"
     results: dict[int, TextDominanceResult] = {}
     for factor in sorted(set(s.dilutions)):

@@ -89,6 +89,18 @@ def _sparsity(loaded: Any, text: MassiveSettings) -> dict[str, Any]:
     return {"measure": "hoyer", "points": {name: r.to_dict() for name, r in points.items()}}
 
 
+def _preflight(loaded: Any, analyses: tuple[str, ...], s: MeasureSettings) -> None:
+    """Refuse settings the model cannot take before any analysis captures anything."""
+    if "retrieval_heads" in analyses:
+        from scalelens.measure.retrieval import check_fit, haystack_tests
+
+        check_fit(loaded, haystack_tests(loaded, s.retrieval, with_answer=True))
+    if "text_dominance" in analyses:
+        from scalelens.measure.dominance import base_tokens
+
+        base_tokens(loaded, s.dominance)
+
+
 def measure(loaded: Any, analyses: tuple[str, ...] | str, out: str | Path,
             settings: MeasureSettings | None = None, progress: bool = True,
             overwrite: bool = False) -> dict[str, Any]:
@@ -112,6 +124,7 @@ def measure(loaded: Any, analyses: tuple[str, ...] | str, out: str | Path,
         "information_capacity": lambda: measure_capacity(loaded, s.massive, s.capacity).to_dict(),
         "activation_sparsity": lambda: _sparsity(loaded, s.massive),
     }
+    _preflight(loaded, analyses, s)
     results = {name: runners[name]() for name in analyses}
     data = {
         "scalelens_version": __version__,

@@ -395,6 +395,12 @@ CASES: dict[str, Case] = {
         lambda c: c.measure("--analyses", "retrieval_heads", "--retrieval-mode", "reference",
                             "--context-lengths", "120"),
         ("exceed the model's context of 128 tokens", "smaller --context-lengths")),
+    "needle tests too long, listed after a capturing analysis": Case(
+        lambda c: c.measure("--analyses", "massive_activations,retrieval_heads", "--context-lengths", "120"),
+        ("exceed the model's context of 128 tokens",)),
+    "dilutions too long, listed after a capturing analysis": Case(
+        lambda c: c.measure("--analyses", "massive_activations,text_dominance", "--dilutions", "1,100"),
+        ("too short for a x100 dilution", "smaller --dilutions")),
     "non-UTF-8 haystack file": Case(
         lambda c: c.measure("--analyses", "retrieval_heads", "--haystack",
                             str(c.file("h.txt", "caf\xe9 au lait.\n".encode("latin-1")))),
