@@ -132,9 +132,20 @@ def warn_nonfinite(f, scan: bool | None = None) -> list:
         return []
     found = f.nonfinite()
     for hit in found:
-        print(f"warning: {f.path}: {hit.line()}; analyses report these instead of averaging them",
-              file=sys.stderr)
+        print(f"warning: {f.path}: {hit.line()}; analyses report these instead of averaging them"
+              f"{_overflow_hint(f, hit)}", file=sys.stderr)
     return found
+
+
+def _overflow_hint(f, hit) -> str:
+    """A float16 dataset of a wider model: its inf may be a value past float16's range."""
+    import numpy as np
+
+    stored = np.dtype(f.datasets(hit.probe)[hit.dataset][1])
+    if stored != np.float16 or f.model.get("dtype") == "float16":
+        return ""
+    return ("; float16 storage turns values past +-65504 into inf: recapture with --store-dtype float32 "
+            "to keep them")
 
 
 def _probes_from_args(args: argparse.Namespace) -> tuple[list, list[str]]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 from tiny_models import prompts, tiny_model, word_tokenizer
@@ -498,6 +499,27 @@ def test_nonfinite_activations_are_flagged_not_averaged(ctx, capsys):
     assert all(h["prompts"] == [0, 1, 2, 3, 4] for h in result["nonfinite"])
     ratios = {row["layer"]: row["ratio"] for row in result["per_layer"]}
     assert ratios[0] is not None and ratios[1] is None and ratios[2] is None
+
+
+def test_float16_storage_overflow_names_store_dtype(ctx, capsys):
+    """A float32 model whose residual holds 1e5: float16 storage makes it inf, and the warning
+    says so and names the fix; float32 storage keeps the value and warns of nothing."""
+    model = tiny_model()
+    with torch.no_grad():
+        model.gpt_neox.layers[0].mlp.dense_4h_to_h.bias[3] = 1e5
+    d = ctx.tmp / "big_model"
+    model.save_pretrained(d)
+    word_tokenizer().save_pretrained(d)
+    rc, _, err = _run(capsys, ctx.capture("--probes", "resid", model=d))
+    warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert rc == 0 and len(warnings) == 1 and "probe resid/values" in warnings[0]
+    assert "--store-dtype float32" in warnings[0]
+    out32 = ctx.tmp / "f32.h5"
+    argv = ctx.capture("--probes", "resid", "--store-dtype", "float32", model=d, out=out32)
+    rc, _, err = _run(capsys, argv)
+    assert rc == 0 and "warning" not in err
+    with h5py.File(out32) as f:
+        assert np.abs(f["probes/resid/values"][0, 0]).max() > 9e4
 
 
 # ----------------------------------------------------------------------------------------
