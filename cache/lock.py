@@ -1,4 +1,6 @@
-"""One writer per capture file: an exclusive lock on ``<file>.lock`` while a writer is open.
+"""Exclusive write locks: one writer per capture file, one sweep per run directory.
+
+A capture writer holds ``<file>.lock`` while it is open; a sweep holds ``<run>/.sweep.lock``.
 
 Readers take no lock (they read a snapshot, see ``cache/reader.py``). The lock is an
 ``flock`` on a side file, so the kernel drops it when the writing process dies, even by
@@ -17,10 +19,17 @@ from scalelens.errors import TransientError
 class WriteLock:
     """Exclusive, non-blocking lock for writing ``path``; :meth:`release` when done."""
 
-    def __init__(self, path: Path) -> None:
-        """Prepare the lock of ``path`` (the capture file); :meth:`acquire` takes it."""
+    def __init__(self, path: Path, writer: str = "capture", lock_path: Path | None = None) -> None:
+        """Prepare the lock of ``path``; :meth:`acquire` takes it.
+
+        Args:
+            path: What is written (a capture file, a run directory).
+            writer: What writes it, for the error message (``capture``, ``sweep``).
+            lock_path: The lock file; default ``<path>.lock`` beside ``path``.
+        """
         self.path = path
-        self.lock_path = path.with_name(path.name + ".lock")
+        self.writer = writer
+        self.lock_path = lock_path or path.with_name(path.name + ".lock")
         self._fd: int | None = None
 
     def acquire(self) -> WriteLock:
@@ -33,7 +42,7 @@ class WriteLock:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
                 raise TransientError(
-                    f"{self.path} is being written by another capture (process {holder}); "
+                    f"{self.path} is being written by another {self.writer} (process {holder}); "
                     "wait for it to finish or choose another --out"
                 ) from None
             if self._still_linked(fd):

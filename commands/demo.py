@@ -98,7 +98,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """
     from scalelens.models.suite import default_suite_dir
     from scalelens.reports.render import render_report
-    from scalelens.sweeps.cli import check_run_dir, report_failures
+    from scalelens.sweeps.cli import report_failures
     from scalelens.sweeps.run import sweep
     from scalelens.sweeps.spec import SweepSpec, expand
 
@@ -112,8 +112,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if rebuilt and (args.out / "tasks").exists():
         print(f"the results in {args.out} were measured on the old suite; starting afresh")
     expand(spec)  # steps the suite lacks: one line before anything is written
-    check_run_dir(args.out, spec, overwrite=args.overwrite or rebuilt)
-    summary = sweep(spec, args.out)
+    summary = sweep(spec, args.out, overwrite=args.overwrite or rebuilt)
     print(f"sweep: {summary.count('done')} done, {summary.count('skipped')} skipped, "
           f"{summary.count('failed')} failed in {time.monotonic() - start:.0f} s")
     report_failures(summary, args.out)

@@ -11,6 +11,7 @@ from scalelens import __version__
 from scalelens.sweeps.executors import EXECUTORS
 from scalelens.sweeps.fits import write_fits
 from scalelens.sweeps.metrics import write_metrics
+from scalelens.sweeps.rundir import RUN_TABLES, check_run_dir, locked_run_dir
 from scalelens.sweeps.spec import SweepSpec, expand
 from scalelens.sweeps.tasks import TaskOutcome, is_done, task_dir
 
@@ -32,16 +33,22 @@ class SweepSummary:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-RUN_TABLES = ("metrics.csv", "metrics.parquet", "fits.json")
-"""What a sweep derives from its finished tasks (rewritten by every run)."""
+def sweep(spec: SweepSpec, run_dir: str | Path, n_boot: int = 200, overwrite: bool = False) -> SweepSummary:
+    """Run ``spec`` into ``run_dir``: tasks, then metrics.csv, fits.json and run.json.
+
+    Finished tasks are skipped. ``run_dir`` records the spec's identity and is refused
+    when it holds a sweep with other analyses, settings or suite (``overwrite``: discard
+    its finished tasks and start afresh), or while another sweep is writing it.
+    """
+    run_dir = Path(run_dir)
+    with locked_run_dir(run_dir):
+        check_run_dir(run_dir, spec, overwrite)
+        return _sweep(spec, run_dir, n_boot)
 
 
-def sweep(spec: SweepSpec, run_dir: str | Path, n_boot: int = 200) -> SweepSummary:
-    """Run ``spec`` into ``run_dir``: tasks, then metrics.csv, fits.json and run.json."""
+def _sweep(spec: SweepSpec, run_dir: Path, n_boot: int) -> SweepSummary:
     from scalelens.measure.run import write_json
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     tasks = expand(spec)
     summary = SweepSummary(run_dir)
     EXECUTORS[spec.executor](tasks, spec, run_dir, summary.outcomes.append)

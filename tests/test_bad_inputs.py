@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,29 +22,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from cli_run import assert_one_line
+from cli_run import run_cli as _run
 from tiny_models import prompts, tiny_model, word_tokenizer
 
 from scalelens.cli import main
-
-
-def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
-    try:
-        rc = main(argv)
-    except SystemExit as e:  # argparse
-        rc = int(e.code or 0)
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-def assert_one_line(rc: int, err: str, *needles: str, code: int = 2) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert rc == code, err
-    assert len(lines) == 1, f"expected one line, got:\n{err}"
-    assert lines[0].startswith("scalelens") and ": error: " in lines[0], lines[0]
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def _digest(path: Path) -> str | None:
@@ -635,6 +618,29 @@ def test_sweep_refuses_to_resume_on_a_rebuilt_suite(ctx, micro_suite, capsys):
     assert _tree(run) == before
     rc, out, err = _run(capsys, [*argv, "--overwrite"])
     assert rc == 0 and "1 done" in out, err
+
+
+def test_a_second_sweep_into_a_busy_run_directory_is_refused(ctx, micro_suite, capsys):
+    """Two sweeps in one run directory mixed their tasks (an --overwrite deleted the other's
+    finished work under it): while one holds the run directory, another is refused."""
+    from scalelens.cache.lock import WriteLock
+
+    run = ctx.tmp / "run"
+    argv = ["sweep", "--suite", str(micro_suite), "--sizes", "16k", "--checkpoints", "final",
+            "--analyses", "superposition", "--n-boot", "0", "--out", str(run)]
+    assert _run(capsys, argv)[0] == 0
+    before = _tree(run)
+    lock = WriteLock(run, writer="sweep", lock_path=run / ".sweep.lock").acquire()  # as a running sweep
+    try:
+        for extra in ([], ["--overwrite"], ["--analyses", "massive_activations", "--overwrite"]):
+            rc, _, err = _run(capsys, [*argv, *extra])
+            assert_one_line(rc, err, "is being written by another sweep", f"process {os.getpid()}")
+    finally:
+        lock.release()
+    assert _tree(run) == before
+    rc, out, err = _run(capsys, argv)
+    assert rc == 0 and "1 skipped" in out, err
+    assert not (run / ".sweep.lock").exists()
 
 
 def test_sweep_resumes_a_run_recorded_without_the_suite_build(ctx, micro_suite, capsys):

@@ -6,16 +6,8 @@ import csv
 import json
 import shutil
 
-from scalelens.cli import main
-
-
-def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
-    try:
-        rc = main(argv)
-    except SystemExit as e:  # argparse
-        rc = int(e.code or 0)
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
+from cli_run import assert_one_line
+from cli_run import run_cli as _run
 
 
 def _sizes_measured(out) -> set[str]:
@@ -61,8 +53,7 @@ def test_demo_refuses_another_suite_in_the_same_out(micro_suite, tmp_path, capsy
     base = ["demo", "--checkpoints", "final", "--out", str(out)]
     assert _run(capsys, [*base, "--suite", str(micro_suite)])[0] == 0
     rc, _, err = _run(capsys, [*base, "--suite", str(other)])
-    lines = err.strip().splitlines()
-    assert rc == 2 and len(lines) == 1 and "different suite" in lines[0] and "--overwrite" in lines[0]
+    assert_one_line(rc, err, "different suite", "--overwrite")
     rc, stdout, err = _run(capsys, [*base, "--suite", str(other), "--overwrite"])
     assert rc == 0 and "4 done" in stdout, err
 
@@ -71,8 +62,7 @@ def test_demo_names_a_preset_that_does_not_match_the_suite(micro_suite, tmp_path
     out = tmp_path / "demo"
     rc, _, err = _run(capsys, ["demo", "--suite", str(micro_suite), "--preset", "default",
                                "--out", str(out)])
-    lines = err.strip().splitlines()
-    assert rc == 2 and len(lines) == 1 and "--preset" in lines[0] and "Traceback" not in err
+    assert_one_line(rc, err, "--preset")
     assert not out.exists()
 
 
@@ -81,6 +71,5 @@ def test_demo_bad_checkpoints_are_one_line_and_write_nothing(micro_suite, tmp_pa
     for steps, needle in (("foo", "checkpoints: log, all, final or steps"), ("5", "[5] not available")):
         rc, _, err = _run(capsys, ["demo", "--suite", str(micro_suite), "--checkpoints", steps,
                                    "--out", str(out)])
-        lines = err.strip().splitlines()
-        assert rc == 2 and len(lines) == 1 and needle in lines[0], err
+        assert_one_line(rc, err, needle)
         assert not out.exists()

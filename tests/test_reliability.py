@@ -116,21 +116,27 @@ def test_kill_9_capture_trials(setup):
         assert t.rerun_rc == 0 and "incomplete" in t.inspect_note and t.inspect_note.startswith(str(work))
 
 
+def _signal_after_8_prompts(argv: list[str], out, sig: int) -> tuple[int, str]:
+    """Run a capture, send ``sig`` once 8 prompts are written; its exit code and stderr."""
+    proc = subprocess.Popen(argv, env=rel.quiet_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    rel.wait_for(lambda: rel._done_at_least(out, 8), 120, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.fail(f"the capture finished before signal {sig} landed")
+    return proc.returncode, err
+
+
 def test_ctrl_c_during_an_overwrite_then_resume(setup, tmp_path, monkeypatch):
     """Ctrl-C (SIGINT) of a run with --overwrite: the message says to rerun WITHOUT it, and
     that rerun resumes (rerunning with --overwrite would throw the finished prompts away)."""
     _, model, prompts, _, ref = setup
     out = tmp_path / "c.h5"
     argv = rel.capture_argv(model, prompts, out)
-    proc = subprocess.Popen([*argv, "--overwrite"], env=rel.quiet_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    rel.wait_for(lambda: rel._done_at_least(out, 8), 120, proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.fail("the capture finished before the SIGINT landed")
+    returncode, err = _signal_after_8_prompts([*argv, "--overwrite"], out, signal.SIGINT)
     done = rel.progress_of(out)
-    assert proc.returncode == 130 and err.strip().splitlines()[-1] == (
+    assert returncode == 130 and err.strip().splitlines()[-1] == (
         "scalelens: interrupted; rerun it without --overwrite to resume"), err
     assert done is not None and 8 <= done[0] < N_PROMPTS and not done[1], done
     calls = []
@@ -153,14 +159,8 @@ def test_sigterm_stops_a_capture_like_ctrl_c(setup, tmp_path):
     _, model, prompts, _, ref = setup
     out = tmp_path / "t.h5"
     argv = rel.capture_argv(model, prompts, out)
-    proc = subprocess.Popen(argv, env=rel.quiet_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    rel.wait_for(lambda: rel._done_at_least(out, 8), 120, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.fail("the capture finished before the SIGTERM landed")
-    assert proc.returncode == 143, err
+    returncode, err = _signal_after_8_prompts(argv, out, signal.SIGTERM)
+    assert returncode == 143, err
     assert err.strip().splitlines() == ["scalelens: terminated (SIGTERM); rerun the same command to resume"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.h5"]
     done = rel.progress_of(out)

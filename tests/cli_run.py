@@ -1,0 +1,27 @@
+"""Running the CLI in-process from tests: exit code, stdout and stderr; the one-line check."""
+
+from __future__ import annotations
+
+from scalelens.cli import main
+
+
+def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
+    """``main(argv)`` with argparse's SystemExit turned into the exit code."""
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse
+        rc = int(e.code or 0)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def assert_one_line(rc: int, err: str, *needles: str, code: int = 2) -> str:
+    """One ``scalelens...: error:`` line holding every needle, exit ``code``, no traceback."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == code, err
+    assert len(lines) == 1, f"expected one line, got:\n{err}"
+    assert lines[0].startswith("scalelens") and ": error: " in lines[0], lines[0]
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
