@@ -25,6 +25,7 @@ from scalelens.hooks.arch import arch_for, layer_part
 from scalelens.hooks.attention import attention_tap
 from scalelens.hooks.backends import Backend, make_backend
 from scalelens.hooks.points import CapturePoint
+from scalelens.models.describe import weights_fingerprint
 from scalelens.probes.embeds import batch_inputs_embeds, check_blocks, embedding_width
 from scalelens.probes.prompts import (
     Prompt,
@@ -179,7 +180,7 @@ class Capture:
             "seq": tok.seq_len,
         }
         return FileIdentity(self.loaded.info.to_dict(), specs_to_json(self.probes),
-                            tok.fingerprint(), capture)
+                            tok.fingerprint(), capture, weights_fingerprint(self.loaded.model))
 
     def feed(self, prompts: str | Prompt | list[str] | list[Prompt]) -> Path:
         """Run every prompt through the model and write what the probes capture.

@@ -25,6 +25,9 @@ from scalelens.probes.reduce import DatasetSpec
 CHUNK_BYTES = 64 * 2**20
 
 
+WEIGHTS_ATTR = "weights_fingerprint"
+
+
 @dataclass(frozen=True)
 class FileIdentity:
     """What must match for a capture to resume into an existing file."""
@@ -33,21 +36,27 @@ class FileIdentity:
     probes: str
     prompts_sha256: str
     capture: dict[str, Any]
+    weights: str = ""  # models.describe.weights_fingerprint; "" when unknown
 
     def mismatch(self, attrs: h5py.AttributeManager) -> str | None:
-        """Name the first attribute that differs from ``attrs``, or None."""
-        checks = {
-            "model": json.dumps(self.model, sort_keys=True),
-            "probes": self.probes,
-            "prompts_sha256": self.prompts_sha256,
-            "capture": json.dumps(self.capture, sort_keys=True),
-        }
-        for key, want in checks.items():
+        """Name what differs from the file's ``attrs`` first, or None.
+
+        A file written before weights were fingerprinted is not checked for them.
+        """
+        for key, label in (("model", "model"), ("probes", "probes"), ("prompts_sha256", "prompts")):
+            want = json.dumps(self.model, sort_keys=True) if key == "model" else getattr(self, key)
             have = attrs.get(key)
-            if key in ("model", "capture") and have is not None:
+            if key == "model" and have is not None:
                 have = json.dumps(json.loads(have), sort_keys=True)
             if have != want:
-                return key
+                return label
+        have = json.loads(attrs.get("capture") or "{}")
+        changed = sorted(k for k in {*have, *self.capture} if have.get(k) != self.capture.get(k))
+        if changed:
+            return f"capture setting ({', '.join(changed)})"
+        have_weights = attrs.get(WEIGHTS_ATTR)
+        if have_weights and self.weights and have_weights != self.weights:
+            return "model weights (the model path now holds other weights)"
         return None
 
 
@@ -368,6 +377,8 @@ def _write_header(f: h5py.File, identity: FileIdentity, tokens: Any) -> None:
     f.attrs["probes"] = identity.probes
     f.attrs["capture"] = json.dumps(identity.capture, sort_keys=True)
     f.attrs["prompts_sha256"] = identity.prompts_sha256
+    if identity.weights:
+        f.attrs[WEIGHTS_ATTR] = identity.weights
     f.attrs["segment_labels"] = json.dumps(list(tokens.labels))
     P, S = Axis.PROMPT, Axis.SEQ
     for name, arr, axes in (

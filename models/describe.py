@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from transformers import PretrainedConfig
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -92,3 +93,25 @@ def describe(
         dtype=dtype,
         attn_implementation=attn_implementation,
     )
+
+
+def weights_fingerprint(model: torch.nn.Module, per_tensor: int = 256) -> str:
+    """A hash of ``per_tensor`` evenly strided values of every parameter.
+
+    Cheap on any device (one copy to the host), and different for a model retrained or
+    re-initialised at the same path; ``""`` when some tensor has no data (meta device).
+    Buffers are left out: some (rotary caches) grow during a forward pass.
+    """
+    import hashlib
+
+    picked, shapes = [], []
+    for name, t in model.named_parameters():
+        if t.device.type == "meta":
+            return ""
+        flat = t.detach().reshape(-1)
+        picked.append(flat[:: max(1, flat.numel() // per_tensor)][:per_tensor].float())
+        shapes.append(f"{name}{tuple(t.shape)}{t.dtype}")
+    values = torch.cat(picked).cpu().numpy() if picked else b""
+    digest = hashlib.sha256("|".join(shapes).encode())
+    digest.update(bytes(values))
+    return digest.hexdigest()[:16]

@@ -421,3 +421,39 @@ def test_gpt2_upcast_attention_is_tapped_without_changing_the_model(tmp_path):
             np.testing.assert_array_equal(resid[i, layer, :n], o.hidden_states[layer + 1][0].float().numpy())
             np.testing.assert_allclose(attn[i, layer, :, :n, :n], o.attentions[layer][0].float().numpy(),
                                        atol=2e-3)
+
+
+def test_resume_refuses_other_weights_at_the_same_path(tmp_path):
+    """A model re-saved with other weights at the same path looks like the same model by name
+    and shape: its capture was reused (measure) or resumed with the old model's prompts in it."""
+    from scalelens.cache.writer import WEIGHTS_ATTR
+
+    path = tmp_path / "model"
+    tiny_model(seed=0).save_pretrained(path)
+    word_tokenizer().save_pretrained(path)
+    out = capture(load_model(path), [preset("resid")], prompts(3), tmp_path / "c.h5", progress=False,
+                  reuse_complete=True)
+    capture(load_model(path), [preset("resid")], prompts(3), out, progress=False, reuse_complete=True)  # same
+    tiny_model(seed=1).save_pretrained(path)
+    with pytest.raises(IncompatibleResumeError, match=r"different model weights \(the model path now holds"):
+        capture(load_model(path), [preset("resid")], prompts(3), out, progress=False, reuse_complete=True)
+    with h5py.File(out, "a") as f:  # a file from before weights were fingerprinted: not checked
+        del f.attrs[WEIGHTS_ATTR]
+    capture(load_model(path), [preset("resid")], prompts(3), out, progress=False, reuse_complete=True)
+
+
+def test_a_changed_capture_setting_is_named(tmp_path):
+    lm = loaded()
+    calls = {"n": 0}
+
+    def crash(*_):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    handle = lm.model.base_model.register_forward_pre_hook(crash)
+    with pytest.raises(KeyboardInterrupt):
+        capture(lm, [preset("resid")], prompts(5), tmp_path / "c.h5", batch_size=2, progress=False)
+    handle.remove()
+    with pytest.raises(IncompatibleResumeError, match=r"different capture setting \(batch_size\)"):
+        capture(lm, [preset("resid")], prompts(5), tmp_path / "c.h5", batch_size=3, progress=False)

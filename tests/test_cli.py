@@ -124,7 +124,7 @@ def test_measure_rerun_with_other_settings_needs_overwrite(model_dir, tmp_path, 
     capsys.readouterr()
     assert main([*base, "--n-sequences", "3"]) == 2
     err = capsys.readouterr().err
-    assert "massive.h5 holds a capture with a different prompts_sha256" in err and "--overwrite" in err
+    assert "massive.h5 holds a capture with a different prompts" in err and "--overwrite" in err
     assert main([*base, "--n-sequences", "3", "--overwrite"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["analyses"]["massive_activations"]["n_prompts"] == 3
