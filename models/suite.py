@@ -262,16 +262,16 @@ def _build(
 def _parallelism(preset: SuitePreset, device: str, n_jobs: int) -> tuple[int, int]:
     """(worker processes, torch threads each).
 
-    On CPU: one worker per core (capped by the number of sizes) sharing the cores, or
-    the preset's fixed worker count with one thread each. On GPU: one in-process worker.
+    On CPU: one worker per core (capped by the number of sizes), or the preset's fixed
+    worker count, with one thread each always, so a size's weights do not depend on
+    the machine's cores or on how many sizes an interrupted build had left (threads
+    change the order of floating-point sums). On GPU: one in-process worker.
     """
     cores = os.cpu_count() or 1
     if device != "cpu":
         return 1, cores
-    if preset.workers is not None:
-        return max(1, min(preset.workers, n_jobs)), 1
-    workers = max(1, min(cores, n_jobs))
-    return workers, max(1, cores // workers)
+    workers = preset.workers if preset.workers is not None else cores
+    return max(1, min(workers, n_jobs)), 1
 
 
 def _size_record(size_dir: Path, key: str, ckpt_steps: list[int]) -> dict[str, Any] | None:

@@ -291,3 +291,22 @@ def test_a_resumed_build_cleans_worker_scratch_and_respects_the_umask(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (out / "manifest.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_resumed_parallel_build_gives_the_same_weights(tmp_path):
+    """An interrupted build that has one size left trains it in-process; it used two torch
+    threads there against one per worker before, which changes the floating-point sums."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "s"
+    kw = dict(preset="default", sizes=["1x16x2", "2x32x2"], steps=6, progress=False)
+    built = build_suite(out, **kw)
+    last = f"step{built.steps[-1]}"
+    ref = {s: load_file(out / s / last / "model.safetensors") for s in built.sizes}
+    (out / "manifest.json").unlink()  # what an interrupt while the second size trained left
+    (out / built.sizes[1] / "size.json").unlink()
+    resumed = build_suite(out, **kw)
+    assert resumed.build["workers"] == 1
+    for size in built.sizes:
+        new = load_file(out / size / last / "model.safetensors")
+        assert all(torch.equal(ref[size][k], new[k]) for k in ref[size]), size
