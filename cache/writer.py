@@ -156,6 +156,9 @@ class CaptureWriter:
     def _open_locked(cls, path: Path, identity: FileIdentity, tokens: Any,
                      probes: dict[str, list[DatasetSpec]], batch_rows: int,
                      overwrite: bool, reuse_complete: bool) -> CaptureWriter:
+        # Under the lock no other writer is building this file: a temporary one is what a
+        # killed (kill -9) writer left.
+        path.with_name(path.name + ".creating").unlink(missing_ok=True)
         if path.exists() and not overwrite:
             return cls._resume(path, identity, probes, len(tokens.lengths), reuse_complete)
         # A new file is built aside and renamed into place once its first batch is written:

@@ -202,6 +202,21 @@ def test_kill_9_while_the_file_is_created(setup, tmp_path, at_dataset):
     assert not out.with_name("c.h5.creating").exists() and not rel.differences(ref, out)
 
 
+def test_kill_9_while_an_overwrite_is_created_leaves_the_old_file_and_no_temp(setup, tmp_path):
+    """SIGKILL while --overwrite builds the new file aside: the old file stays whole, and the
+    next capture of that path (even one refused as complete) clears the killed one's temp file."""
+    _, model, prompts, ref_path, ref = setup
+    out = tmp_path / "c.h5"
+    argv = rel.capture_argv(model, prompts, out)
+    assert rel.run_in_process(argv)[0] == 0
+    p = subprocess.run([sys.executable, "-c", KILL_WHILE_CREATING, "3", *argv[3:], "--overwrite"],
+                       env=rel.quiet_env(), capture_output=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL and out.with_name("c.h5.creating").exists()
+    rc, _, err = rel.run_in_process(argv)
+    assert rc == 2 and "already complete" in err
+    assert not out.with_name("c.h5.creating").exists() and not rel.differences(ref, out)
+
+
 def test_reader_snapshot_stays_consistent_while_the_writer_moves_on(setup, tmp_path):
     _, model, prompts, ref_path, ref = setup
     out = tmp_path / "w.h5"
