@@ -96,6 +96,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     Every analysis: the four mechanisms plus information capacity and activation sparsity.
     """
+    from scalelens.commands.measure import check_out_dir
     from scalelens.models.suite import default_suite_dir
     from scalelens.reports.render import render_report
     from scalelens.sweeps.cli import report_failures
@@ -103,6 +104,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from scalelens.sweeps.spec import SweepSpec, expand
 
     start = time.monotonic()
+    check_out_dir(args.out, "run directory", "a run directory")  # before minutes of suite building
     suite = args.suite or default_suite_dir(args.preset or "default")
     print(f"suite: {suite} (built on first use, then reused)")
     manifest, rebuilt = _suite(suite, args.preset, own_cache=args.suite is None)

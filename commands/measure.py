@@ -150,6 +150,8 @@ def check_out_dir(out: Path, name: str = "output directory", give: str = "a dire
     parent = out if out.exists() else out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
+    if not parent.is_dir():
+        raise ScalelensError(f"--out {out} lies under {parent}, which is a file; give {give}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ScalelensError(f"{name} {parent} is not writable; choose another --out")
 

@@ -81,6 +81,7 @@ def attempt(task: Task, spec: SweepSpec, run_dir: Path, retries: int = 1) -> Tas
     for n in range(1, retries + 2):
         try:
             run_task(task, spec, run_dir)
+            (task_dir(run_dir, task) / "error.log").unlink(missing_ok=True)  # an earlier attempt's
             return TaskOutcome(task.key, "done", n)
         except KeyboardInterrupt:
             raise

@@ -379,6 +379,9 @@ CASES: dict[str, Case] = {
         lambda c: c.measure("--analyses", "retrieval_heads", "--retrieval-mode", "reference",
                             "--context-lengths", "120"),
         ("exceed the model's context of 128 tokens", "smaller --context-lengths")),
+    "measure --out under a file": Case(
+        lambda c: ["measure", "--model", str(c.model), "--out", str(c.file("afile", "x") / "sub")],
+        ("lies under", "which is a file")),
     "needle tests too long, listed after a capturing analysis": Case(
         lambda c: c.measure("--analyses", "massive_activations,retrieval_heads", "--context-lengths", "120"),
         ("exceed the model's context of 128 tokens",)),

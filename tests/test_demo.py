@@ -73,3 +73,12 @@ def test_demo_bad_checkpoints_are_one_line_and_write_nothing(micro_suite, tmp_pa
                                    "--out", str(out)])
         assert_one_line(rc, err, needle)
         assert not out.exists()
+
+
+def test_demo_refuses_a_file_as_out_before_building_a_suite(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SCALELENS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report.txt"
+    out.write_text("mine")
+    rc, _, err = _run(capsys, ["demo", "--preset", "micro", "--out", str(out)])
+    assert_one_line(rc, err, "is not a directory")
+    assert not (tmp_path / "cache").exists() and out.read_text() == "mine"

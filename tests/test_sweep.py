@@ -100,7 +100,9 @@ def test_a_transient_failure_is_retried(suite_copy, tmp_path):
     finally:
         lock.release()
     assert summary.failed[0].attempts == 2 and "being written by another capture" in summary.failed[0].error
+    assert (task_dir(tmp_path, task) / "error.log").is_file()
     assert sweep(spec, tmp_path, n_boot=0).count("done") == 1
+    assert not (task_dir(tmp_path, task) / "error.log").exists()  # the failure it told of is over
 
 
 def test_ray_executor_runs_tasks_on_a_local_cluster(suite_copy, tmp_path):
