@@ -127,10 +127,26 @@ def plan_superposition(run: Run) -> SectionPlan:
         "Superposition",
         "Mean squared overlap of the normalised LM-head rows (filled) and of the centred rows "
         "(open squares) against 1/m for width m. Strong superposition tracks the dotted "
-        "y = 1/m line (Liu, Liu & Gore 2025).",
+        "y = 1/m line (Liu, Liu & Gore 2025)." + _loss_vs_width(run),
         jobs,
         _missing("superposition"),
     )
+
+
+def _loss_vs_width(run: Run) -> str:
+    """The loss-vs-width fit in one sentence, beside the published exponent."""
+    from scalelens.sweeps.fits import LOSS_VS_WIDTH, WIDTH
+
+    fit = next((f for f in run.fits.scaling if f.metric in LOSS_VS_WIDTH and f.x_name == WIDTH), None)
+    if fit is None:
+        return ""
+    published = "Liu et al. report alpha = 0.91 ± 0.04 across LLM families"
+    if "alpha" not in fit.params:
+        return f" Loss vs width m was not fitted ({fit.note or 'too few sizes'}); {published}."
+    ci = fit.ci.get("alpha")
+    band = f" [{ci[0]:.2g}, {ci[1]:.2g}]" if ci else ""
+    return (f" Loss (NLL bits per token on the probe text) vs width m, fitted as L = C / m^alpha + "
+            f"L_inf over {fit.n_points} sizes: alpha = {fit.params['alpha']:.2g}{band}; {published}.")
 
 
 def plan_text_dominance(run: Run) -> SectionPlan:

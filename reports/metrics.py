@@ -102,7 +102,13 @@ class MetricTable:
         return series.size
 
     def n_params(self, series: Series, x_name: str = "n_params") -> float:
-        """Return the parameter count (``n_params`` or ``n_params_non_embedding``)."""
+        """Return a fit's x for one series.
+
+        ``n_params``, ``n_params_non_embedding``, or a scalar metric such as
+        ``superposition.m`` (the width the loss is fitted against).
+        """
+        if "." in x_name:
+            return self.scalar(x_name, series)
         row = self._first.get(series)
         return math.nan if row is None else float(getattr(row, x_name))
 

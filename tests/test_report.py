@@ -399,6 +399,29 @@ def test_extra_metrics_render_through_the_sweep_writers(tmp_path: Path) -> None:
     assert "information_capacity.flops_per_token | n_params" not in md  # config arithmetic, not fitted
 
 
+def test_loss_vs_width_fit_is_plotted_and_stated(tmp_path: Path) -> None:
+    """With superposition's width m and the loss in one sweep, the report plots the loss
+    against m and states the fitted exponent beside the published 0.91."""
+    from scalelens.sweeps.fits import write_fits
+    from scalelens.sweeps.metrics import write_metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    tasks = []
+    for size in SIZES:
+        results = _extra_results(size)
+        results["analyses"]["superposition"] = {"m": SIZES[size][2], "n": 50304, "mean_sq_overlap": 0.01}
+        path = tmp_path / f"{size}.json"
+        path.write_text(json.dumps(results))
+        tasks.append((size, path))
+    write_metrics(run, tasks)
+    fits = write_fits(run, n_boot=20)["fits"]
+    (fit,) = [f for f in fits if f["x_name"] == "superposition.m"]
+    html = render_report(run, progress=False).html.read_text()
+    assert "information_capacity.nll_bits_per_token vs superposition.m" in html
+    assert f"alpha = {fit['params']['alpha']:.2g}" in html and "alpha = 0.91 ± 0.04" in html
+
+
 def test_text_is_escaped(report: ReportPaths) -> None:
     html = report.html.read_text()
     assert "&lt;b&gt;raw&lt;/b&gt;" in html

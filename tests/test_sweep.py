@@ -197,6 +197,31 @@ def test_scaling_fits_compare_sizes_at_one_checkpoint():
     assert all(f.note == "" or "no value" not in f.note for f in scaling_fits(_rows(whole), n_boot=0))
 
 
+def test_loss_is_fitted_against_width_as_liu_et_al():
+    """DESIGN: L = C / m^alpha + L_inf across widths m (the LM head's, superposition.m); the fit
+    recovers a planted exponent, and a sweep without superposition has no width to fit."""
+    from scalelens.sweeps.fits import scaling_fits
+
+    widths = {"s1": 32, "s2": 64, "s3": 128, "s4": 256, "s5": 512}
+    loss = {s: 40.0 / m ** 0.9 + 2.5 for s, m in widths.items()}
+
+    def rows(with_width: bool) -> list[dict[str, str]]:
+        table = {("superposition", "m"): widths} if with_width else {}
+        table[("information_capacity", "nll_bits_per_token")] = loss
+        return [{"model": size, "size": size, "revision": "step9", "step": "9",
+                 "n_params": str(m ** 2 * 100), "n_params_non_embedding": str(m ** 2 * 50),
+                 "analysis": a, "metric": metric, "layer": "", "head": "", "value": str(v)}
+                for (a, metric), per_size in table.items() for size, v in per_size.items()
+                for m in [widths[size]]]
+
+    (fit,) = [f for f in scaling_fits(rows(True), n_boot=50) if f.x_name == "superposition.m"]
+    assert fit.metric == "information_capacity.nll_bits_per_token" and fit.form == "saturating"
+    assert fit.params["alpha"] == pytest.approx(0.9, rel=1e-3)
+    assert fit.params["y_inf"] == pytest.approx(2.5, rel=1e-3) and fit.n_points == 5
+    assert not [f for f in scaling_fits(rows(False), n_boot=0) if f.x_name == "superposition.m"]
+    assert not [f for f in scaling_fits(rows(True), n_boot=0) if f.metric == "superposition.m"]
+
+
 def test_max_ratio_is_left_out_when_a_layer_has_no_ratio():
     """A layer whose every entry was NaN/inf has no ratio: the max over layers is unknown,
     not the max over the finite layers."""
