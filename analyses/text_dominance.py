@@ -24,8 +24,9 @@ averaged with equal weight over heads and over all valid (prompt, query) rows:
     hence ``MDI = AEI_T / AEI_O`` exactly.
 
 The first-token attention sink: with ``first_token_sink=True`` (default) the
-first key of each prompt whose label is not ``"ignore"`` (position 0 for a
-right-padded prompt) is treated as ``"sink"`` whatever its label.
+first key of each prompt that is not padding (a negative label; position 0 for a
+right-padded prompt) is treated as ``"sink"`` whatever its kind, an ignored one
+included (BOS inside a chat template), so that no text or other key stands in for it.
 
 Layer groups: early / middle / late are ``numpy.array_split(range(L), 3)``
 (earlier groups get the extra layers, e.g. 32 -> 11, 11, 10) and ``all`` is
@@ -112,13 +113,13 @@ def _kind_codes(key_groups: np.ndarray, group_kinds: Mapping[int, str]) -> np.nd
     return codes
 
 
-def _move_first_to_sink(codes: np.ndarray) -> np.ndarray:
+def _move_first_to_sink(codes: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each prompt's first key that is not padding (negative label) becomes the sink."""
     out = codes.copy()
-    ignore = KINDS.index("ignore")
     for p in range(out.shape[0]):
-        kept = np.flatnonzero(out[p] != ignore)
-        if kept.size:
-            out[p, kept[0]] = KINDS.index("sink")
+        real = np.flatnonzero(groups[p] >= 0)
+        if real.size:
+            out[p, real[0]] = KINDS.index("sink")
     return out
 
 
@@ -171,7 +172,8 @@ def text_dominance(
         key_groups: ``(prompt, kv_seq)`` int group label of each key.
         group_kinds: Label -> ``"text" | "other" | "sink" | "ignore"``; every
             label in ``key_groups`` must be present.
-        first_token_sink: Move each prompt's first non-ignored key to the sink.
+        first_token_sink: Move each prompt's first key that is not padding (negative
+            label) to the sink, whatever its kind.
 
     Returns:
         A :class:`TextDominanceResult`.
@@ -183,7 +185,7 @@ def text_dominance(
     a, valid, groups = _check(attn, query_valid, key_groups)
     codes = _kind_codes(groups, group_kinds)
     if first_token_sink:
-        codes = _move_first_to_sink(codes)
+        codes = _move_first_to_sink(codes, groups)
     onehot = (codes[:, :, None] == np.arange(len(KINDS))).astype(np.float64)
     rows_per_prompt = valid.sum(axis=1).astype(np.float64)
     counts = rows_per_prompt @ onehot.sum(axis=1) / rows_per_prompt.sum()

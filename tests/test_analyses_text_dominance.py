@@ -84,7 +84,7 @@ def test_asymmetric_shares_and_sink_kept_in_text_when_asked():
     assert raw.per_layer[1]["a_sink"] == 0.0
 
 
-def test_sink_is_first_non_ignored_key_and_explicit_sink_label():
+def test_sink_is_the_first_key_after_left_padding_and_explicit_sink_label():
     groups = np.array([[PAD, PAD, TEXT, TEXT, 5, OTHER]])
     attn = np.zeros((1, 1, 1, 1, 6))
     attn[..., :] = [0, 0, 0.5, 0.1, 0.2, 0.2]
@@ -93,6 +93,21 @@ def test_sink_is_first_non_ignored_key_and_explicit_sink_label():
     assert (res.n_text, res.n_other) == (1.0, 1.0)
     assert res.per_layer[0]["mdi"] == pytest.approx(0.5)
     assert "early" not in res.groups and res.groups["all"]["layers"] == [0]
+
+
+def test_sink_is_the_first_real_key_even_when_its_segment_is_ignored():
+    """Chat format: BOS sits in the (ignored) template piece. It is the sink; the first
+    document key stays an other key (it stood in for the sink and left O before)."""
+    template = 7
+    groups = np.array([[template, OTHER, OTHER, TEXT, TEXT, PAD]])
+    attn = np.zeros((1, 1, 1, 1, 6))
+    attn[..., :] = [0.5, 0.1, 0.1, 0.2, 0.1, 0]
+    res = text_dominance(attn, np.ones((1, 1), bool), groups, {**KINDS, template: "ignore"})
+    row = res.per_layer[0]
+    assert row["a_sink"] == pytest.approx(0.5)
+    assert (res.n_text, res.n_other) == (2.0, 2.0)
+    assert (row["a_text"], row["a_other"]) == pytest.approx((0.3, 0.2))
+    assert row["mdi"] == pytest.approx((0.3 / 2) / (0.2 / 2))
 
 
 def test_identity_and_zero_mass():
