@@ -10,7 +10,7 @@ _HTML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 def escape(text: str) -> str:
     """Escape text for Markdown: no raw HTML, no table-breaking pipes or newlines."""
     text = text.translate(_HTML).replace("\\", "\\\\").replace("|", "\\|")
-    return text.replace("\n", " ")
+    return " ".join(text.splitlines())  # \r, \u2028 ... end a table row as \n does
 
 
 def table(t: Table) -> str:

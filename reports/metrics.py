@@ -101,6 +101,18 @@ class MetricTable:
             return f"{series.model} {series.size}"
         return series.size
 
+    @staticmethod
+    def family(series: Series) -> str:
+        """Return the model family: the model name without its size (``pythia-70m`` -> ``pythia``).
+
+        Each size of a family has its own model name, so grouping by name alone would make
+        every size a family of one.
+        """
+        suffix = f"-{series.size}"
+        if series.model.endswith(suffix) and len(series.model) > len(suffix):
+            return series.model[: -len(suffix)]
+        return series.model
+
     def n_params(self, series: Series, x_name: str = "n_params") -> float:
         """Return a fit's x for one series.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +70,23 @@ def _output_paths(run_dir: Path, out_html: Path | None) -> ReportPaths:
         raise ScalelensError(
             f"--out {html} ends in .md, which is where the Markdown summary goes; pass an .html path"
         )
-    if html.is_dir():
-        raise ScalelensError(f"--out {html} is a directory; pass a file path such as {html / DEFAULT_NAME}")
-    return ReportPaths(html=html, markdown=html.with_suffix(".md"))
+    md = html.with_suffix(".md")
+    for path in (html, md):
+        if path.is_dir():
+            raise ScalelensError(f"--out {html}: {path} is a directory; pass another file path")
+        if path.resolve() in _inputs(run_dir):
+            raise ScalelensError(f"--out {html} would overwrite the run's own {path.name}; pass another path")
+    parent = next((q for q in html.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ScalelensError(f"--out {html} lies under {parent}, which is a file; pass another path")
+    return ReportPaths(html=html, markdown=md)
+
+
+def _inputs(run_dir: Path) -> set[Path]:
+    """The files of a run directory that a report must never overwrite."""
+    from scalelens.sweeps.rundir import RUN_SPEC, RUN_TABLES
+
+    return {(run_dir / name).resolve() for name in (*RUN_TABLES, "run.json", RUN_SPEC)}
 
 
 def render_report(
@@ -112,6 +127,18 @@ def render_report(
         )
     )
     paths.html.parent.mkdir(parents=True, exist_ok=True)
-    paths.html.write_text(html, encoding="utf-8")
-    paths.markdown.write_text(markdown.summary(title, paths.html.name, tabs), encoding="utf-8")
+    _write_both({paths.html: html, paths.markdown: markdown.summary(title, paths.html.name, tabs)})
     return paths
+
+
+def _write_both(texts: dict[Path, str]) -> None:
+    """Write every file aside, then rename each into place: a failure leaves none half-written."""
+    tmps = {path: path.with_name(path.name + ".tmp") for path in texts}
+    try:
+        for path, text in texts.items():
+            tmps[path].write_text(text, encoding="utf-8")
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)

@@ -78,7 +78,7 @@ def plan_scaling(run: Run) -> SectionPlan:
 def _scaling_job(run: Run, key: str, x_name: str, fits: Sequence) -> Callable[[], Figure]:
     families: dict[str, list] = {}
     for s in run.series():
-        families.setdefault(s.model, []).append(s)
+        families.setdefault(run.table.family(s), []).append(s)
     points = {
         model: plots.Points(
             x=np.array([run.table.n_params(s, x_name) for s in members]),

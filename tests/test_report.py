@@ -687,3 +687,50 @@ def test_series_are_labelled_by_size_unless_two_models_share_one() -> None:
 
     assert labels([("pythia-70m", "70m"), ("pythia-160m", "160m")]) == ["70m", "160m"]
     assert labels([("pythia-70m", "70m"), ("other-70m", "70m")]) == ["pythia-70m 70m", "other-70m 70m"]
+
+
+def test_sizes_of_one_family_share_one_scaling_line(tmp_path: Path) -> None:
+    """Each size has its own model name (pythia-70m, pythia-160m): the scaling plot must join a
+    family's sizes in one line, not draw every size as a family of one point."""
+    from scalelens.reports.rundir import load_run
+    from scalelens.reports.sections import _scaling_job
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    names = [("EleutherAI/pythia-70m", "70m"), ("EleutherAI/pythia-160m", "160m"),
+             ("EleutherAI/pythia-410m", "410m"), ("mini-other", "410m")]
+    rows = "".join(f"{m},{s},main,,{1e6 * (i + 1)},1e5,loss,loss,,,{3.0 - i / 10}\n"
+                   for i, (m, s) in enumerate(names))
+    (run_dir / "metrics.csv").write_text(",".join(COLUMNS) + "\n" + rows)
+    run = load_run(run_dir)
+    points = _scaling_job(run, "loss.loss", "n_params", ()).args[0]
+    assert sorted(points) == ["EleutherAI/pythia", "mini-other"]
+    assert points["EleutherAI/pythia"].labels == ["70m", "160m", "410m"]
+    assert list(points["EleutherAI/pythia"].y) == pytest.approx([3.0, 2.9, 2.8])
+
+
+def test_report_never_overwrites_its_inputs_nor_half_writes(run_dir: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from scalelens.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    (tmp_path / "x.md").mkdir()
+    (tmp_path / "afile").write_text("mine")
+    for out, needle in ((run / "metrics.csv", "overwrite the run's own metrics.csv"),
+                        (run / "fits.json", "overwrite the run's own fits.json"),
+                        (run / "run.json", "overwrite the run's own run.json"),
+                        (tmp_path / "x.html", "is a directory"),
+                        (tmp_path / "afile" / "r.html", "which is a file")):
+        assert main(["report", str(run), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_markdown_cells_hold_no_line_breaks() -> None:
+    from scalelens.reports.markdown import escape
+
+    assert escape("a\rb\nc\u2028d|e") == "a b c d\\|e"
