@@ -41,17 +41,19 @@ def _step(row: dict[str, str]) -> int:
     return int(row["step"]) if row["step"] else 0
 
 
-def scaling_fits(rows: list[dict[str, str]], n_boot: int = 200) -> list[FitResult]:
+def scaling_fits(rows: list[dict[str, str]], n_boot: int = 200,
+                 sizes: list[str] | None = None) -> list[FitResult]:
     """Power law (and saturating where a metric has an asymptote) for each scalar metric.
 
     Sizes are compared at one checkpoint, the sweep's last (largest) step: a size whose task
     at that step failed is left out of the fit, with a note, never stood in for by an
-    earlier checkpoint of it.
+    earlier checkpoint of it. ``sizes``: every size the sweep ran (default: those in
+    ``rows``), so that a size none of whose tasks finished is named too.
     """
     if not rows:
         return []
     final = max(_step(r) for r in rows)
-    sizes = list(dict.fromkeys(r["size"] for r in rows))
+    sizes = list(dict.fromkeys([*(sizes or []), *(r["size"] for r in rows)]))
     by_metric: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
     for r in rows:
         if _step(r) == final and r["layer"] == "" and r["head"] == "":
@@ -100,11 +102,11 @@ def dynamics_fits(rows: list[dict[str, str]]) -> list[Any]:
     return out
 
 
-def write_fits(run_dir: Path, n_boot: int = 200) -> dict[str, Any]:
-    """Write RUN_DIR/fits.json from RUN_DIR/metrics.csv."""
+def write_fits(run_dir: Path, n_boot: int = 200, sizes: list[str] | None = None) -> dict[str, Any]:
+    """Write RUN_DIR/fits.json from RUN_DIR/metrics.csv (``sizes``: see :func:`scaling_fits`)."""
     from scalelens.measure.run import write_json
 
     rows = _read(run_dir / "metrics.csv")
-    data = fits_to_json(scaling_fits(rows, n_boot), dynamics_fits(rows))
+    data = fits_to_json(scaling_fits(rows, n_boot, sizes), dynamics_fits(rows))
     write_json(run_dir / "fits.json", data)
     return data

@@ -55,7 +55,7 @@ def _sweep(spec: SweepSpec, run_dir: Path, n_boot: int) -> SweepSummary:
     finished = [(t.size, task_dir(run_dir, t) / "results.json") for t in tasks if is_done(run_dir, t)]
     if finished:
         write_metrics(run_dir, finished)
-        write_fits(run_dir, n_boot)
+        write_fits(run_dir, n_boot, sizes=list(dict.fromkeys(t.size for t in tasks)))
     else:  # no stale tables from an earlier run may pass for this one's
         for name in RUN_TABLES:
             (run_dir / name).unlink(missing_ok=True)

@@ -85,6 +85,23 @@ def test_failing_task_is_reported_without_stopping_others(suite_copy, tmp_path):
     assert rerun.count("done") == 1 and rerun.count("skipped") == 5
 
 
+def test_a_size_that_failed_everywhere_is_named_in_the_fits(suite_copy, tmp_path):
+    manifest = read_manifest(suite_copy)
+    spec = _spec(suite_copy, analyses=("superposition",), sizes=tuple(manifest.sizes),
+                 checkpoints=(manifest.steps[-1],))
+    broken = expand(spec)[-1]
+    cfg = suite_copy / broken.size / broken.revision / "config.json"
+    saved = cfg.read_text()
+    cfg.write_text("{not json")
+    try:
+        sweep(spec, tmp_path, n_boot=0)
+    finally:
+        cfg.write_text(saved)
+    fits = json.loads((tmp_path / "fits.json").read_text())["fits"]
+    overlap = [f for f in fits if f["metric"] == "superposition.mean_sq_overlap"]
+    assert overlap and all(f"sizes {broken.size} have no value" in f["note"] for f in overlap)
+
+
 def test_a_transient_failure_is_retried(suite_copy, tmp_path):
     """A capture locked by another writer may be free a moment later: that task is retried."""
     from scalelens.cache.lock import WriteLock
@@ -193,6 +210,10 @@ def test_scaling_fits_compare_sizes_at_one_checkpoint():
     assert len(fits) == 1
     assert fits[0].x == [1e3, 1e4, 1e5] and fits[0].y == pytest.approx([0.1, 0.2, 0.3])
     assert "sizes s4 have no value at step 20" in fits[0].note
+    gone = {k: v for k, v in values.items() if k[0] != "s4"}  # s4 failed at every step
+    (fit,) = [f for f in scaling_fits(_rows(gone), n_boot=0, sizes=["s1", "s2", "s3", "s4"])
+              if f.x_name == "n_params" and f.form == "power_law"]
+    assert "sizes s4 have no value at step 20" in fit.note
     whole = {(s, 20): 0.1 * (i + 1) for i, s in enumerate(("s1", "s2", "s3", "s4"))}
     assert all(f.note == "" or "no value" not in f.note for f in scaling_fits(_rows(whole), n_boot=0))
 
