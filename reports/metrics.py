@@ -26,6 +26,10 @@ class Series:
     size: str
 
 
+MAX_INDEX = 100_000
+"""Layer and head indices are below this (a larger one is a corrupt file, not a model)."""
+
+
 @dataclass(frozen=True, slots=True)
 class MetricRow:
     """One value of ``metrics.csv``; ``layer``/``head`` are None where not applicable."""
@@ -193,17 +197,22 @@ def _nan_last(x: float) -> float:
     return math.inf if math.isnan(x) else x
 
 
-def _optional_int(text: str, what: str, line: int) -> int | None:
+def _optional_int(text: str, what: str, line: int, limit: float = math.inf) -> int | None:
+    """An integer in ``[0, limit)``, or None for an empty cell."""
     text = text.strip()
     if not text:
         return None
     try:
-        return int(float(text))
-    except ValueError:
+        value = int(float(text))
+    except (ValueError, OverflowError):
+        value = -1
+    if not 0 <= value < limit:
+        bound = f" below {limit:,.0f}" if math.isfinite(limit) else ""
         raise ScalelensError(
-            f"metrics.csv line {line}: {what}={text!r} is not an integer; "
+            f"metrics.csv line {line}: {what}={text!r} is not an integer >= 0{bound}; "
             "fix or regenerate the file with the sweep"
-        ) from None
+        )
+    return value
 
 
 def _float(text: str, what: str, line: int) -> float:
@@ -230,8 +239,8 @@ def _parse_row(rec: list[str], col: dict[str, int], line: int) -> MetricRow:
         n_params_non_embedding=_float(rec[col["n_params_non_embedding"]], "n_params_non_embedding", line),
         analysis=text(rec[col["analysis"]]),
         metric=text(rec[col["metric"]]),
-        layer=_optional_int(rec[col["layer"]], "layer", line),
-        head=_optional_int(rec[col["head"]], "head", line),
+        layer=_optional_int(rec[col["layer"]], "layer", line, MAX_INDEX),
+        head=_optional_int(rec[col["head"]], "head", line, MAX_INDEX),
         value=_float(rec[col["value"]], "value", line),
     )
 

@@ -65,6 +65,8 @@ def _num(value: Any) -> float | None:
 
 
 def _scaling(entry: dict[str, Any]) -> ScalingFit:
+    if len(entry.get("x") or ()) != len(entry.get("y") or ()):
+        raise ValueError("its x and y differ in length")
     return ScalingFit(
         metric=str(entry["metric"]),
         x_name=str(entry.get("x_name", "n_params")),
@@ -93,8 +95,12 @@ def _dynamics(entry: dict[str, Any]) -> DynamicsFit:
 
 
 def _entries(doc: dict[str, Any], name: str, parse: Any, path: Path) -> tuple:
+    entries = doc.get(name) or []
+    if not isinstance(entries, list):
+        raise ScalelensError(f"{path}: '{name}' must be a list, got {type(entries).__name__}; "
+                             "regenerate fits.json with the sweep")
     out = []
-    for i, entry in enumerate(doc.get(name) or []):
+    for i, entry in enumerate(entries):
         try:
             out.append(parse(entry))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

@@ -516,6 +516,16 @@ def test_unknown_metrics_get_generic_plots(tmp_path: Path) -> None:
         (lambda d: (d / "fits.json").write_text("{not json"), "not valid JSON"),
         (lambda d: (d / "fits.json").write_text('{"version": 2}'), "version 2"),
         (lambda d: (d / "fits.json").write_text('{"fits": [{"metric": "x"}]}'), "entry 0 of 'fits'"),
+        (lambda d: (d / "fits.json").write_text('{"fits": 5}'), "'fits' must be a list"),
+        (lambda d: (d / "fits.json").write_text(
+            '{"fits": [{"metric": "m", "form": "power_law", "params": {}, "x": [1, 2], "y": [1]}]}'),
+         "x and y differ in length"),
+        (lambda d: (d / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main,inf,1,1,a,b,,,1\n"),
+         "step='inf' is not an integer >= 0"),
+        (lambda d: (d / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main,,1,1,a,b,0,-1,1\n"),
+         "head='-1' is not an integer >= 0"),
+        (lambda d: (d / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main,,1,1,a,b,1e12,0,1\n"),
+         "layer='1e12' is not an integer >= 0 below 100,000"),
     ],
 )
 def test_bad_inputs_raise_one_line_errors(tmp_path: Path, mutate, message: str) -> None:
