@@ -64,20 +64,42 @@ TL, TL_STOP, NN, NN_STOP = (
 COMPETITORS = (TL, TL_STOP, NN, NN_STOP)
 
 
+GOAL_NAMES = ("memory", "disk", "retrieval")
+MIN_SEQ = 8  # prompt lengths lie in [3/4 seq, seq]; the summary probes read several positions
+
+
+def _count(text: str) -> int:
+    """A positive integer, for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    """Comma-separated positive integers, for argparse."""
+    return tuple(_count(t.strip()) for t in text.split(","))
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options; ``--quick`` shrinks every size for a smoke run."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.capture", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one round (smoke test)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--model-config", default="pythia-70m", help="pythia-14m ... pythia-12b")
-    ap.add_argument("--n-prompts", type=int, help="default 128 (quick: 16)")
+    ap.add_argument("--n-prompts", type=_count, help="default 128 (quick: 16)")
     ap.add_argument(
-        "--seq", type=int, help="longest prompt in tokens, lengths in [3/4 seq, seq]; default 128 (quick: 32)"
+        "--seq", type=_count,
+        help="longest prompt in tokens, lengths in [3/4 seq, seq]; default 128 (quick: 32)",
     )
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--repeats", type=int, help="rounds; default 3 (quick: 1)")
-    ap.add_argument("--chunk", type=int, help="prompts per timed run (default 4 batches)")
+    ap.add_argument("--batch-size", type=_count, default=8)
+    ap.add_argument("--threads", type=_count, default=None,
+                    help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--repeats", type=_count, help="rounds; default 3 (quick: 1)")
+    ap.add_argument("--chunk", type=_count, help="prompts per timed run (default 4 batches)")
     ap.add_argument(
         "--sets", default=",".join(PROBE_SETS), help="probe sets to time ('' for the goals alone)"
     )
@@ -90,8 +112,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--retrieval-model", default="tiny", help="tiny (2x64x4 GPT-NeoX) or a Pythia config (pythia-160m)"
     )
-    ap.add_argument("--retrieval-lengths", default="256,512", help="needle context lengths in tokens")
-    ap.add_argument("--memory-sizes", default=None, help="prompt counts, default 1000,10000 (quick: 100,300)")
+    ap.add_argument("--retrieval-lengths", type=_counts, default=(256, 512),
+                    help="needle context lengths in tokens")
+    ap.add_argument("--memory-sizes", type=_counts, default=None,
+                    help="prompt counts, default 1000,10000 (quick: 100,300)")
     ap.add_argument("--memory-model", default="pythia-14m")
     ap.add_argument("--disk-mb", type=float, default=None, help="MiB per file, default 512 (quick: 32)")
     ap.add_argument(
@@ -106,17 +130,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.seq = args.seq or (32 if quick else 128)
     args.repeats = args.repeats or (1 if quick else 3)
     args.chunk = args.chunk or 4 * args.batch_size
-    args.memory_sizes = tuple(
-        int(x) for x in (args.memory_sizes or ("100,300" if quick else "1000,10000")).split(",")
-    )
+    args.memory_sizes = args.memory_sizes or ((100, 300) if quick else (1000, 10000))
     args.disk_mb = args.disk_mb or (32 if quick else 512)
     args.sets = tuple(s for s in args.sets.split(",") if s)
     args.goals = tuple(g for g in args.goals.split(",") if g)
-    args.retrieval_lengths = tuple(int(x) for x in args.retrieval_lengths.split(","))
     args.notes = []
     bad = [s for s in args.sets if s not in PROBE_SETS]
     if bad:
         ap.error(f"unknown probe set(s) {bad}; choose from {PROBE_SETS}")
+    bad = [g for g in args.goals if g not in GOAL_NAMES]
+    if bad:
+        ap.error(f"unknown goal(s) {bad}; choose from {GOAL_NAMES}")
+    if args.seq < MIN_SEQ:
+        ap.error(f"--seq must be at least {MIN_SEQ}, got {args.seq}")
+    if args.disk_mb <= 0:
+        ap.error(f"--disk-mb must be positive, got {args.disk_mb}")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch sees no CUDA device")
     return args

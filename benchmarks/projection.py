@@ -28,6 +28,8 @@ checkpoint reads from local NVMe (hub downloads, ~7.6 TB in all, are not include
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,6 +239,28 @@ def measured_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_task_times(doc: Any) -> None:
+    """Raise ValueError naming what a task-time document lacks for a projection.
+
+    It needs two or more known Pythia sizes (a power law through one point says nothing),
+    each with a positive time for every stage.
+    """
+    sizes = doc.get("sizes") if isinstance(doc, dict) else None
+    if not isinstance(sizes, dict) or len(sizes) < 2:
+        raise ValueError("needs 'sizes' with two or more measured sizes (benchmarks.task_time writes it)")
+    for size, stages in sizes.items():
+        try:
+            Shape.of(size)
+        except Exception:  # noqa: BLE001 - any failure means the size is not a Pythia size
+            raise ValueError(f"unknown size {size!r}; use Pythia sizes such as 160m, 1.4b") from None
+        if not isinstance(stages, dict):
+            raise ValueError(f"size {size}: needs a table of stage times, got {stages!r}")
+        for st in (*STAGES, "load"):
+            value = stages.get(st, 1.0 if st == "load" else None)  # load is optional
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"size {size}: stage {st} needs a positive time in seconds, got {value!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.projection TASK_TIME.json``: print the measured projection."""
     import argparse
@@ -246,7 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.projection", description=main.__doc__)
     ap.add_argument("task_times", type=Path, help="JSON written by python -m benchmarks.task_time")
     args = ap.parse_args(argv)
-    print(measured_markdown(measured_sweep(json.loads(args.task_times.read_text()))))
+    try:
+        doc = json.loads(args.task_times.read_text())
+        check_task_times(doc)
+    except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
+        print(f"{ap.prog}: error: {args.task_times}: {e}", file=sys.stderr)
+        return 2
+    print(measured_markdown(measured_sweep(doc)))
     return 0
 
 
