@@ -162,6 +162,18 @@ class MetricTable:
         rows = [r for r in self.latest(key, series) if r.kind == "scalar"]
         return rows[-1].value if rows else math.nan
 
+    def scalar_at_last_step(self, key: str, series: Series) -> float:
+        """Return a scalar metric at the run's last step, as the scaling fits compare sizes.
+
+        NaN when this series lacks that step (its latest checkpoint may not stand in for it);
+        the latest value when the run has no steps (e.g. ``main`` revisions only).
+        """
+        last = max((r.step for r in self.rows if r.step is not None), default=None)
+        if last is None:
+            return self.scalar(key, series)
+        rows = [r for r in self.select(key, series) if r.step == last and r.kind == "scalar"]
+        return rows[-1].value if rows else math.nan
+
     def over_steps(self, key: str, series: Series, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(steps, values)`` arrays of a scalar (or one layer's) metric over training."""
         pairs = sorted(

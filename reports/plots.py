@@ -139,8 +139,13 @@ def _draw_fit(ax: Axes, fit: ScalingFit, grid: np.ndarray, color: str) -> bool:
     return True
 
 
+def _values(measured: Sequence[np.ndarray], fitted: Sequence[Sequence[float]]) -> np.ndarray:
+    """The finite measured values and the fits' data, in one array (empty when none)."""
+    return np.concatenate([np.empty(0), *(_finite(v) for v in measured), *(np.array(v) for v in fitted)])
+
+
 def _grid(points: Mapping[str, Points], fits: Sequence[ScalingFit]) -> np.ndarray:
-    xs = np.concatenate([_finite(p.x) for p in points.values()] + [np.array(f.x) for f in fits])
+    xs = _values([p.x for p in points.values()], [f.x for f in fits])
     xs = xs[xs > 0]
     if xs.size == 0:
         return np.array([])
@@ -157,7 +162,7 @@ def scaling_plot(
     """Plot a metric against parameter count (log-log where possible) with fitted curves.
 
     Args:
-        points: Measured points per model family (latest checkpoint of each size).
+        points: Measured points per model family (each size at the run's last checkpoint).
         fits: Fits of this metric against the same x; each adds a curve and CI band.
         x_label: Axis label for the parameter count.
         y_label: Axis label for the metric.
@@ -177,7 +182,7 @@ def scaling_plot(
     data = next((f for f in drawn if f.x), None)
     if data is not None:  # the points the fits used, once
         ax.plot(data.x, data.y, "o", mfc="none", mec="black", ms=9, label=f"fit data (n={len(data.x)})")
-    ys = np.concatenate([_finite(p.y) for p in points.values()] + [np.array(f.y) for f in fits])
+    ys = _values([p.y for p in points.values()], [f.y for f in fits])
     ax.set_xscale("log")
     log_ticks(ax.xaxis, np.concatenate([grid] + [p.x for p in points.values()]), human)
     if _wide_positive(ys):

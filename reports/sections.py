@@ -68,8 +68,9 @@ def plan_scaling(run: Run) -> SectionPlan:
     return SectionPlan(
         "scaling",
         "Metrics vs parameter count",
-        "Each scalar metric at the latest checkpoint of every size, against parameter count, "
-        "with the fitted curve and the band from the exponent's bootstrap CI where fitted.",
+        "Each scalar metric at the run's last checkpoint (a size without it is left out, as in "
+        "the fits), against parameter count, with the fitted curve and the band from the "
+        "exponent's bootstrap CI where fitted.",
         tuple(jobs),
         "No scalar metrics in this run.",
     )
@@ -79,14 +80,13 @@ def _scaling_job(run: Run, key: str, x_name: str, fits: Sequence) -> Callable[[]
     families: dict[str, list] = {}
     for s in run.series():
         families.setdefault(run.table.family(s), []).append(s)
-    points = {
-        model: plots.Points(
-            x=np.array([run.table.n_params(s, x_name) for s in members]),
-            y=np.array([run.table.scalar(key, s) for s in members]),
-            labels=[s.size for s in members],
-        )
-        for model, members in families.items()
-    }
+    points = {}
+    for family, members in families.items():
+        xy = [(run.table.n_params(s, x_name), run.table.scalar_at_last_step(key, s), s.size) for s in members]
+        xy = [p for p in xy if np.isfinite(p[0]) and np.isfinite(p[1])]
+        if xy:
+            points[family] = plots.Points(x=np.array([p[0] for p in xy]), y=np.array([p[1] for p in xy]),
+                                          labels=[p[2] for p in xy])
     return partial(plots.scaling_plot, points, fits, x_label=x_name, y_label=key)
 
 

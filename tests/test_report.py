@@ -744,3 +744,23 @@ def test_markdown_cells_hold_no_line_breaks() -> None:
     from scalelens.reports.markdown import escape
 
     assert escape("a\rb\nc\u2028d|e") == "a b c d\\|e"
+
+
+def test_scaling_plot_compares_sizes_at_the_last_step_as_the_fits_do(tmp_path: Path) -> None:
+    """A size whose last checkpoint is missing is left out of the scaling plot (its earlier
+    checkpoint stood beside the other sizes' last one); a metric with no point still draws."""
+    from scalelens.reports.plots import scaling_plot
+    from scalelens.reports.rundir import load_run
+    from scalelens.reports.sections import _scaling_job
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows = [("pythia-70m", "70m", 10, 3.0), ("pythia-160m", "160m", 10, 2.9),
+            ("pythia-160m", "160m", 20, 2.5), ("pythia-410m", "410m", 20, 2.2)]
+    text = "".join(f"{m},{s},step{t},{t},{n},1e5,loss,loss,,,{v}\n"
+                   for (m, s, t, v), n in zip(rows, (1e6, 2e6, 2e6, 4e6), strict=True))
+    (run_dir / "metrics.csv").write_text(",".join(COLUMNS) + "\n" + text)
+    job = _scaling_job(load_run(run_dir), "loss.loss", "n_params", ())
+    (points,) = job.args[0].values()
+    assert points.labels == ["160m", "410m"] and list(points.y) == [2.5, 2.2]
+    assert scaling_plot({}, [], x_label="n_params", y_label="loss") is not None
