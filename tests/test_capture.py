@@ -241,22 +241,29 @@ class _nullcontext:
         return False
 
 
+def _interrupted_capture(lm, probes, texts, out, at_batch: int) -> None:
+    """A capture in batches of 2, stopped by Ctrl-C as batch ``at_batch`` starts."""
+    calls = {"n": 0}
+
+    def crash(*_):
+        calls["n"] += 1
+        if calls["n"] == at_batch:
+            raise KeyboardInterrupt
+
+    handle = lm.model.base_model.register_forward_pre_hook(crash)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            capture(lm, probes, texts, out, batch_size=2, progress=False)
+    finally:
+        handle.remove()
+
+
 def test_resume_is_exact(tmp_path):
     lm = loaded()
     probes = [preset("resid"), preset("massive"), preset("top1")]
     ref = capture(lm, probes, prompts(9), tmp_path / "ref.h5", batch_size=2, progress=False)
     out = tmp_path / "int.h5"
-    calls = {"n": 0}
-
-    def crash(*_):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-
-    handle = lm.model.base_model.register_forward_pre_hook(crash)
-    with pytest.raises(KeyboardInterrupt):
-        capture(lm, probes, prompts(9), out, batch_size=2, progress=False)
-    handle.remove()
+    _interrupted_capture(lm, probes, prompts(9), out, at_batch=3)
     with CaptureFile(out) as f:
         assert (f.n_done, f.complete) == (4, False)
     capture(lm, probes, prompts(9), out, batch_size=2, progress=False)
@@ -444,16 +451,6 @@ def test_resume_refuses_other_weights_at_the_same_path(tmp_path):
 
 def test_a_changed_capture_setting_is_named(tmp_path):
     lm = loaded()
-    calls = {"n": 0}
-
-    def crash(*_):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    handle = lm.model.base_model.register_forward_pre_hook(crash)
-    with pytest.raises(KeyboardInterrupt):
-        capture(lm, [preset("resid")], prompts(5), tmp_path / "c.h5", batch_size=2, progress=False)
-    handle.remove()
+    _interrupted_capture(lm, [preset("resid")], prompts(5), tmp_path / "c.h5", at_batch=2)
     with pytest.raises(IncompatibleResumeError, match=r"different capture setting \(batch_size\)"):
         capture(lm, [preset("resid")], prompts(5), tmp_path / "c.h5", batch_size=3, progress=False)
