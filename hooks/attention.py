@@ -1,6 +1,6 @@
 """Read per-head queries, keys and attention probabilities while the model keeps its kernel.
 
-Fused attention (SDPA, flash) returns no attention weights. scalelens therefore
+Fused attention (SDPA) returns no attention weights. scalelens therefore
 registers a thin wrapper attention function with transformers' attention registry:
 it calls the model's own implementation for the output, unchanged, and hands the
 post-rotary query and key tensors to the active capture, which computes the
@@ -21,6 +21,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from scalelens.errors import ScalelensError
 
 TAP_PREFIX = "scalelens_"
 
@@ -74,6 +76,13 @@ def attention_tap(model: Any, modules: dict[int, nn.Module], callback: TapCallba
     inner = model.config._attn_implementation or "eager"
     if inner.startswith(TAP_PREFIX) or any(_UPCAST in vars(m) for m in modules.values()):
         raise RuntimeError("attention tap is already active on this model")
+    if "flash" in inner or "flex" in inner:
+        # transformers picks the flash kernel by the implementation's name (a renamed one has
+        # none), and flex hands over a BlockMask instead of a mask tensor
+        raise ScalelensError(
+            f"per-head probes (attn, q, k, top1, retrieval, text dominance) cannot tap {inner}; "
+            "load the model with attn_implementation='sdpa' (or 'eager') for them"
+        )
     if inner == "eager" and any(getattr(m, "reorder_and_upcast_attn", False) for m in modules.values()):
         with _upcast_tap(modules, callback):  # GPT-2's upcast path runs only under "eager"
             yield inner

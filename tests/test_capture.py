@@ -454,3 +454,15 @@ def test_a_changed_capture_setting_is_named(tmp_path):
     _interrupted_capture(lm, [preset("resid")], prompts(5), tmp_path / "c.h5", at_batch=2)
     with pytest.raises(IncompatibleResumeError, match=r"different capture setting \(batch_size\)"):
         capture(lm, [preset("resid")], prompts(5), tmp_path / "c.h5", batch_size=3, progress=False)
+
+
+@pytest.mark.parametrize("impl", ["flash_attention_2", "flex_attention"])
+def test_per_head_probes_refuse_flash_and_flex_attention(impl, tmp_path):
+    """transformers finds the flash kernel by the implementation's name (the tap's renamed one
+    has none: every forward failed), and flex passes a BlockMask: both are refused up front."""
+    lm = loaded()
+    lm.model.config._attn_implementation = impl  # as a GPU load with attn_implementation=impl sets it
+    needle = f"cannot tap {impl}; load the model with attn_implementation='sdpa'"
+    with pytest.raises(ScalelensError, match=needle):
+        capture(lm, [preset("attn")], prompts(2), tmp_path / "f.h5", progress=False)
+    assert not (tmp_path / "f.h5").exists() and lm.model.config._attn_implementation == impl
