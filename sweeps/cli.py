@@ -75,7 +75,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.n_boot < 0:
         raise ScalelensError(f"--n-boot must be >= 0, got {args.n_boot}")
     spec = spec_from_args(args)
-    check_device(spec.device, None)
+    if not (spec.executor == "ray" and spec.address):  # a remote cluster's GPUs are not this machine's
+        check_device(spec.device, None)
     expand(spec)  # unknown sizes or checkpoints: one line before anything runs
     if spec.executor == "ray":
         from scalelens.sweeps.executors import _ray_init

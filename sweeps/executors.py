@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,14 +43,24 @@ def _ray_init(address: str | None):
     return ray
 
 
-def run_ray(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -> None:
-    """One Ray task per (size, checkpoint), one GPU each when CUDA is present."""
-    import torch
+def ray_placement(spec: SweepSpec) -> tuple[int, SweepSpec]:
+    """GPUs each Ray task reserves, and the spec the tasks run with.
 
+    A CUDA sweep reserves one GPU per task; Ray then shows a task only its own GPU, as
+    ``cuda:0``, so the device index is dropped. A CPU sweep reserves none (so CPU-only
+    workers take tasks, and a GPU box is not limited to one task per GPU).
+    """
+    if not spec.device.startswith("cuda"):
+        return 0, spec
+    return 1, dataclasses.replace(spec, device="cuda")
+
+
+def run_ray(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -> None:
+    """One Ray task per (size, checkpoint); one GPU each for a CUDA sweep."""
     ray = _ray_init(spec.address)
-    gpus = 1 if torch.cuda.is_available() else 0
+    gpus, task_spec = ray_placement(spec)
     remote = ray.remote(num_gpus=gpus, max_retries=0)(attempt)
-    pending = {remote.remote(t, spec, run_dir): t for t in tasks}
+    pending = {remote.remote(t, task_spec, run_dir): t for t in tasks}
     bar = tqdm(total=len(tasks), desc="sweep (ray)", unit="task")
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)

@@ -136,6 +136,17 @@ def test_ray_executor_runs_tasks_on_a_local_cluster(suite_copy, tmp_path):
         assert {r["size"] for r in csv.DictReader(fh)} == set(spec.sizes)
 
 
+def test_ray_reserves_gpus_by_the_sweeps_device_not_the_drivers(suite_copy):
+    """A CPU sweep asked one GPU per task whenever the driver saw CUDA (one task per GPU, none on
+    CPU-only workers); a cuda:N sweep kept the index Ray hides (each task sees its GPU as cuda:0)."""
+    from scalelens.sweeps.executors import ray_placement
+
+    cpu = _spec(suite_copy)
+    assert ray_placement(cpu) == (0, cpu)
+    gpus, spec = ray_placement(_spec(suite_copy, device="cuda:3"))
+    assert gpus == 1 and spec.device == "cuda" and spec.suite == cpu.suite
+
+
 def test_extra_metrics_reach_metrics_csv_and_the_scaling_fits(suite_copy, tmp_path):
     manifest = read_manifest(suite_copy)
     spec = _spec(suite_copy, analyses=("information_capacity", "activation_sparsity"),
