@@ -108,6 +108,10 @@ class Capture:
         self.probes = [p.resolve(info.n_layers, info.n_heads) for p in probes]
         if self.out.is_dir():
             raise ScalelensError(f"output {self.out} is a directory; give a .h5 file path")
+        devices = sorted({str(t.device) for t in self.loaded.model.parameters()})
+        if len(devices) > 1:  # device_map="auto" and the like: batches live on one device
+            raise ScalelensError(f"the model's parameters lie on {', '.join(devices)}; scalelens captures "
+                                 "a model on one device: load it without device_map, or .to() one device")
         tapped = [p.name for p in self.probes if p.point.from_attention_tap]
         if tapped and info.source_kind == "transformer_lens":
             raise ScalelensError(
@@ -345,7 +349,7 @@ class _HostStaging:
                     v.record_stream(stream)  # keep the device buffer until the copy is done
                     used.append(flat)
                     out[probe][name] = view.numpy()
-            event = torch.cuda.Event()
+            event = torch.cuda.Event(blocking=True)  # the writer thread sleeps, not spins, until ready
             event.record(stream)
         return out, event.synchronize, lambda: self._pool.give(used)
 

@@ -179,11 +179,15 @@ def check_device_usable(device: str | torch.device | None) -> None:
     if device is None:
         return
     try:
-        kind = torch.device(device).type
+        dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ScalelensError(f"unknown device {device!r}; use 'cpu' or 'cuda[:N]'") from None
-    if kind == "cuda" and not torch.cuda.is_available():
+    if dev.type not in ("cpu", "cuda"):
+        raise ScalelensError(f"device {device}: scalelens runs on 'cpu' or 'cuda[:N]'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise ScalelensError(f"device {device} asked for but CUDA is not available; use device='cpu'")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ScalelensError(f"device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
 
 
 def _failure(resolved: ResolvedSource, cache_dir: Any, exc: Exception) -> ScalelensError:

@@ -466,3 +466,13 @@ def test_per_head_probes_refuse_flash_and_flex_attention(impl, tmp_path):
     with pytest.raises(ScalelensError, match=needle):
         capture(lm, [preset("attn")], prompts(2), tmp_path / "f.h5", progress=False)
     assert not (tmp_path / "f.h5").exists() and lm.model.config._attn_implementation == impl
+
+
+def test_a_model_spread_over_devices_is_refused(tmp_path):
+    """Batches, masks and the host staging live on one device (model.device): a model split by
+    device_map failed with device mismatches mid-capture. (meta stands in for a second GPU.)"""
+    lm = loaded()
+    lm.model.gpt_neox.layers[1].to("meta")
+    with pytest.raises(ScalelensError, match="parameters lie on cpu, meta; scalelens captures a model"):
+        capture(lm, [preset("resid")], prompts(2), tmp_path / "d.h5", progress=False)
+    assert not (tmp_path / "d.h5").exists()

@@ -338,7 +338,12 @@ def test_devices_the_machine_cannot_use_are_one_clear_error(tmp_path, suite_toke
     model_dir = save_tiny_model("gpt_neox", tmp_path / "m", suite_tokenizer)
     with pytest.raises(ScalelensError, match="unknown device 'tpu'"):
         load_model(model_dir, device="tpu")
+    for other in ("mps", "meta"):  # host staging reads device tensors as numpy; float64 Grams
+        with pytest.raises(ScalelensError, match=f"device {other}: scalelens runs on 'cpu' or 'cuda"):
+            load_model(model_dir, device=other)
     if torch.cuda.is_available():
+        with pytest.raises(ScalelensError, match=f"this machine has {torch.cuda.device_count()} GPU"):
+            load_model(model_dir, device=f"cuda:{torch.cuda.device_count()}")
         assert load_model(model_dir, device="cuda").model.device.type == "cuda"
     else:
         for source in (model_dir, AutoModelForCausalLM.from_pretrained(model_dir)):
