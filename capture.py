@@ -106,6 +106,16 @@ class Capture:
         if len(set(names)) != len(names):
             raise ScalelensError(f"probe names must be unique, got {names}")
         self.probes = [p.resolve(info.n_layers, info.n_heads) for p in probes]
+        self._refuse_unusable()
+        self._stack: ExitStack | None = None
+        self._backend: Backend
+        self._runtimes: list[ProbeRuntime] = []
+        self._ctx: BatchContext | None = None
+        self.attention_capture = "none"
+
+    def _refuse_unusable(self) -> None:
+        """One clear error, before anything is written, for what this capture cannot do."""
+        info = self.loaded.info
         if self.out.is_dir():
             raise ScalelensError(f"output {self.out} is a directory; give a .h5 file path")
         devices = sorted({str(t.device) for t in self.loaded.model.parameters()})
@@ -123,11 +133,6 @@ class Capture:
         if limit is not None and info.max_position and limit > info.max_position:
             raise ScalelensError(f"max length {limit} exceeds the model's context of {info.max_position} "
                                  f"tokens; use {info.max_position} or less")
-        self._stack: ExitStack | None = None
-        self._backend: Backend
-        self._runtimes: list[ProbeRuntime] = []
-        self._ctx: BatchContext | None = None
-        self.attention_capture = "none"
 
     # -- hooks -------------------------------------------------------------------
     def __enter__(self) -> Capture:
