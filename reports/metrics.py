@@ -77,6 +77,7 @@ class MetricTable:
     _groups: dict[tuple[str, Series], list[MetricRow]] = field(init=False, repr=False)
     _first: dict[Series, MetricRow] = field(init=False, repr=False)
     _kinds: dict[str, dict[str, None]] = field(init=False, repr=False)
+    _last_step: int | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         groups: dict[tuple[str, Series], list[MetricRow]] = defaultdict(list)
@@ -90,6 +91,8 @@ class MetricTable:
         object.__setattr__(self, "_groups", dict(groups))
         object.__setattr__(self, "_first", first)
         object.__setattr__(self, "_kinds", kinds)
+        last = max((r.step for r in self.rows if r.step is not None), default=None)
+        object.__setattr__(self, "_last_step", last)
 
     def series(self) -> list[Series]:
         """Return every (model, size), smallest parameter count first."""
@@ -168,10 +171,9 @@ class MetricTable:
         NaN when this series lacks that step (its latest checkpoint may not stand in for it);
         the latest value when the run has no steps (e.g. ``main`` revisions only).
         """
-        last = max((r.step for r in self.rows if r.step is not None), default=None)
-        if last is None:
+        if self._last_step is None:
             return self.scalar(key, series)
-        rows = [r for r in self.select(key, series) if r.step == last and r.kind == "scalar"]
+        rows = [r for r in self.select(key, series) if r.step == self._last_step and r.kind == "scalar"]
         return rows[-1].value if rows else math.nan
 
     def over_steps(self, key: str, series: Series, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
