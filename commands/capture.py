@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -41,19 +40,9 @@ def load_from_args(args: argparse.Namespace):
 
 def check_device(device: str, dtype: str | None) -> None:
     """Refuse devices and dtypes this machine cannot run, with one line."""
-    import torch
+    from scalelens.models.load import check_device_usable, resolve_dtype
 
-    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
-        raise ScalelensError(f"unknown device {device!r}; use cpu or cuda[:N]")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ScalelensError(f"--device {device} asked for but CUDA is not available; use --device cpu")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ScalelensError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s) "
-                                 f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
-        if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
-            raise ScalelensError("this GPU does not support bfloat16; use --dtype float16 (or float32)")
+    check_device_usable(device, resolve_dtype(dtype))
 
 
 def check_output_file(out: Path, overwrite: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -54,6 +55,30 @@ def native_hooks(model: nn.Module, wanted: set[tuple[CapturePoint, int]], sink: 
             handle.remove()
 
 
+class _PaddingNotice(logging.Filter):
+    """Drops transformers' "pass an attention_mask" notice (GPT-2 prints it for padded ids).
+
+    scalelens right-pads on purpose and runs without a mask (README: under causal attention no
+    real token sees a later padding key), so the notice would only mislead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "recommend passing in an `attention_mask`" not in record.getMessage()
+
+
+_PADDING_NOTICE = _PaddingNotice()
+
+
+@contextmanager
+def _no_padding_notice() -> Iterator[None]:
+    log = logging.getLogger("transformers.modeling_utils")
+    log.addFilter(_PADDING_NOTICE)
+    try:
+        yield
+    finally:
+        log.removeFilter(_PADDING_NOTICE)
+
+
 class _StopForward(Exception):
     """Raised right after the last decoder layer a capture needs; caught by :func:`forward`."""
 
@@ -82,7 +107,7 @@ def forward(model: Any, input_ids: torch.Tensor | None, attention_mask: torch.Te
     if stop_after is not None and not logits:
         handle = decoder_layers(model)[stop_after].register_forward_hook(_stop)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), _no_padding_notice():
             run = model if logits else model.base_model
             inputs = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
             if logits and logits_to_keep is not None:

@@ -111,7 +111,7 @@ def load_model(
         The model in eval mode, its tokenizer and its ``ModelInfo``.
     """
     dt = resolve_dtype(dtype)
-    check_device_usable(device)
+    check_device_usable(device, dt)
     if not isinstance(source, str | os.PathLike):
         given = [n for n, v in (("revision", revision), ("checkpoint", checkpoint),
                                 ("gguf_file", gguf_file)) if v is not None]
@@ -174,20 +174,34 @@ def _load_config(resolved: ResolvedSource, kwargs: dict[str, Any], cache_dir: An
         raise _failure(resolved, cache_dir, exc) from exc
 
 
-def check_device_usable(device: str | torch.device | None) -> None:
-    """One clear error for a device this machine cannot use (torch would assert or crash later)."""
+def check_device_usable(device: str | torch.device | None, dtype: torch.dtype | None = None) -> None:
+    """One clear error for a device (and dtype on it) this machine cannot use.
+
+    torch would otherwise assert or crash later, after the model is loaded.
+    """
     if device is None:
         return
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ScalelensError(f"unknown device {device!r}; use 'cpu' or 'cuda[:N]'") from None
+        raise ScalelensError(f"unknown device {device!r}; use cpu or cuda[:N]") from None
     if dev.type not in ("cpu", "cuda"):
-        raise ScalelensError(f"device {device}: scalelens runs on 'cpu' or 'cuda[:N]'")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ScalelensError(f"device {device} asked for but CUDA is not available; use device='cpu'")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise ScalelensError(f"device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+        raise ScalelensError(f"device {device}: scalelens runs on cpu or cuda[:N]")
+    if dev.type == "cpu":
+        return
+    if not torch.cuda.is_available():
+        raise ScalelensError(f"device {device} asked for but CUDA is not available; use cpu")
+    count = torch.cuda.device_count()
+    if (dev.index or 0) >= count:
+        raise ScalelensError(f"device {device}: this machine has {count} GPU(s) (cuda:0..cuda:{count - 1})")
+    if dtype == torch.bfloat16 and not bf16_supported(dev.index or 0):
+        raise ScalelensError(f"the GPU {device} does not support bfloat16; use float16 (or float32)")
+
+
+def bf16_supported(index: int) -> bool:
+    """Whether GPU ``index`` (not merely the current one) can run bfloat16."""
+    with torch.cuda.device(index):
+        return bool(torch.cuda.is_bf16_supported())
 
 
 def _failure(resolved: ResolvedSource, cache_dir: Any, exc: Exception) -> ScalelensError:

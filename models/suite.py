@@ -102,14 +102,17 @@ def build_suite(
     resolved, ckpt_steps = _resolve(preset, sizes, steps, seed)
     if workers is not None:
         resolved = replace(resolved, workers=max(1, workers))
-    dev = _check_device(device or resolved.device)
+    dev = device or resolved.device
+    check_device_usable(dev)
     out = Path(out_dir)
     settings = _settings(resolved, ckpt_steps, corpus_file)  # a bad corpus fails before anything exists
     if corpus_file:
         split_documents(corpus_documents(resolved, corpus_file), resolved.valid_fraction)
     _check_out(out)
-    out.mkdir(parents=True, exist_ok=True)
     key = _hash(settings)
+    if out.is_dir() and (done := _reusable(out, key)) is not None:
+        return done  # finished: no lock to take, so a read-only copy of a suite serves too
+    out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
         done = _reusable(out, key)
         if done is not None:
@@ -143,13 +146,6 @@ def _resolve(
     if not wanted or wanted[0] < 0 or wanted[-1] < 1:
         raise ScalelensError("checkpoint steps must be >= 0 with at least one > 0")
     return replace(base, train=replace(base.train, total_steps=wanted[-1])), wanted
-
-
-def _check_device(device: str) -> str:
-    check_device_usable(device)
-    if not (device == "cpu" or device.startswith("cuda")):  # training runs on these only
-        raise ScalelensError(f"unknown device {device!r}; use cpu or cuda")
-    return device
 
 
 def _settings(preset: SuitePreset, ckpt_steps: list[int], corpus_file: str | Path | None) -> dict[str, Any]:

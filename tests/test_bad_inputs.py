@@ -228,7 +228,7 @@ CASES: dict[str, Case] = {
     "revision for a plain model directory": Case(
         lambda c: c.capture("--revision", "step3"), ("has no revisions", "drop revision")),
     "device without CUDA": Case(
-        lambda c: c.capture("--device", "cuda"), ("CUDA is not available", "--device cpu")),
+        lambda c: c.capture("--device", "cuda"), ("CUDA is not available", "use cpu")),
     "unknown device": Case(lambda c: c.capture("--device", "tpu"), ("unknown device 'tpu'", "cpu or cuda")),
     "unknown dtype": Case(lambda c: c.capture("--dtype", "float8"), ("invalid choice: 'float8'", "--help")),
     # probes, layers, heads, positions
@@ -443,9 +443,9 @@ def test_bfloat16_on_a_gpu_without_it(ctx, capsys, monkeypatch):
     """dtype not supported on the device: refused before any model is loaded."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr("scalelens.models.load.bf16_supported", lambda index: False)
     rc, _, err = _run(capsys, ctx.capture("--device", "cuda", "--dtype", "bfloat16"))
-    assert_one_line(rc, err, "does not support bfloat16", "--dtype float16")
+    assert_one_line(rc, err, "does not support bfloat16", "use float16")
     rc, _, err = _run(capsys, ctx.capture("--device", "cuda:3"))
     assert_one_line(rc, err, "1 GPU(s)")
     assert not ctx.out.exists()

@@ -476,3 +476,39 @@ def test_a_model_spread_over_devices_is_refused(tmp_path):
     with pytest.raises(ScalelensError, match="parameters lie on cpu, meta; scalelens captures a model"):
         capture(lm, [preset("resid")], prompts(2), tmp_path / "d.h5", progress=False)
     assert not (tmp_path / "d.h5").exists()
+
+
+def test_gpt2_padding_notice_is_not_printed(tmp_path):
+    """Batches are right-padded without a mask on purpose; GPT-2's "pass an attention_mask"
+    notice (printed for padded ids) would only mislead, so captures silence it, and only it."""
+    import logging
+
+    class Seen(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.notices = 0
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.notices += "recommend passing in an `attention_mask`" in record.getMessage()
+
+    model = tiny_model("gpt2")
+    model.config.pad_token_id = word_tokenizer().pad_token_id
+    lm = load_model(model, tokenizer=word_tokenizer())
+    padded = torch.tensor([[1, 2, 3], [4, 5, model.config.pad_token_id]])
+    log, seen = logging.getLogger("transformers.modeling_utils"), Seen()
+    level = log.level
+    log.addHandler(seen)
+    log.setLevel(logging.WARNING)  # other libraries imported by earlier tests may raise it
+    try:
+        for expected, run in ((1, lambda: model(padded)),  # a user's own forward sees it
+                              (0, lambda: capture(lm, [preset("resid")], prompts(4), tmp_path / "g.h5",
+                                                  batch_size=4, progress=False)),
+                              (1, lambda: model(padded))):  # the filter is gone after the capture
+            seen.notices = 0
+            logging.Logger.warning_once.cache_clear()  # type: ignore[attr-defined]
+            with torch.no_grad():
+                run()
+            assert seen.notices == expected
+    finally:
+        log.removeHandler(seen)
+        log.setLevel(level)

@@ -339,7 +339,7 @@ def test_devices_the_machine_cannot_use_are_one_clear_error(tmp_path, suite_toke
     with pytest.raises(ScalelensError, match="unknown device 'tpu'"):
         load_model(model_dir, device="tpu")
     for other in ("mps", "meta"):  # host staging reads device tensors as numpy; float64 Grams
-        with pytest.raises(ScalelensError, match=f"device {other}: scalelens runs on 'cpu' or 'cuda"):
+        with pytest.raises(ScalelensError, match=f"device {other}: scalelens runs on cpu or cuda"):
             load_model(model_dir, device=other)
     if torch.cuda.is_available():
         with pytest.raises(ScalelensError, match=f"this machine has {torch.cuda.device_count()} GPU"):
@@ -349,6 +349,24 @@ def test_devices_the_machine_cannot_use_are_one_clear_error(tmp_path, suite_toke
         for source in (model_dir, AutoModelForCausalLM.from_pretrained(model_dir)):
             with pytest.raises(ScalelensError, match="CUDA is not available"):
                 load_model(source, device="cuda")
+
+
+def test_bfloat16_is_checked_on_the_gpu_named(monkeypatch):
+    """bf16 support is asked of cuda:N itself, not of whichever GPU is current; API and CLI alike."""
+    from scalelens.commands.capture import check_device
+    from scalelens.models.load import check_device_usable
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    asked: list[int] = []
+    monkeypatch.setattr("scalelens.models.load.bf16_supported", lambda i: asked.append(i) or i == 0)
+    check_device_usable("cuda:0", torch.bfloat16)
+    check_device_usable("cuda:1", torch.float16)  # only bf16 is asked about
+    with pytest.raises(ScalelensError, match="the GPU cuda:1 does not support bfloat16"):
+        check_device_usable("cuda:1", torch.bfloat16)
+    with pytest.raises(ScalelensError, match="the GPU cuda:1 does not support bfloat16"):
+        check_device("cuda:1", "bf16")
+    assert asked == [0, 1, 1]
 
 
 def test_tokenizers_for_in_memory_models_and_by_hub_id(tmp_path, suite_tokenizer, hub_cache, offline):

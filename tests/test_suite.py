@@ -109,6 +109,26 @@ def test_rerun_reuses_the_finished_suite(micro_suite, manifest):
     assert again == manifest and _mtimes(micro_suite) == before
 
 
+def test_a_finished_suite_on_a_read_only_file_system_is_used_as_built(micro_suite, manifest, tmp_path):
+    """A finished suite needs no lock: a copy on read-only media (or a shared cache) still serves."""
+    from benchmarks import reliability as rel
+
+    if not rel.can_mount():
+        pytest.skip("needs root to mount a small tmpfs")
+    mnt = tmp_path / "ro"
+    rel.mount_tmpfs(mnt, "64m")
+    try:
+        shutil.copytree(micro_suite, mnt / "suite", ignore=shutil.ignore_patterns(".lock"))
+        rel.mount_tmpfs(mnt, "64m", read_only=True)
+        built = build_suite(mnt / "suite", preset="micro", progress=False)
+        assert built == read_manifest(mnt / "suite") and built.settings_hash == manifest.settings_hash
+        with pytest.raises(SuiteSettingsMismatch, match="with other settings"):
+            build_suite(mnt / "suite", preset="micro", seed=1, progress=False)
+        assert not (mnt / "suite" / ".lock").exists()
+    finally:
+        rel.unmount(mnt)
+
+
 def test_other_settings_in_the_same_directory_are_refused(micro_suite):
     with pytest.raises(SuiteSettingsMismatch, match="with other settings"):
         build_suite(micro_suite, preset="micro", seed=1, progress=False)
