@@ -167,6 +167,8 @@ class Capture:
     def _on_residual(self, point: CapturePoint, layer: int, h: torch.Tensor) -> None:
         if self._ctx is None:
             return
+        if point is CapturePoint.LOGITS:
+            h = _softcapped(self.loaded.model, h)
         for rt in self._runtimes:
             if rt.spec.point is point and layer in rt.layer_index:
                 rt.on_residual(layer, h, self._ctx)
@@ -384,3 +386,13 @@ def capture(model: Any, probes: list[ProbeSpec], prompts: str | Prompt | list[st
     """
     with attach(model, probes, out, tokenizer=tokenizer, **settings) as run:
         return run.feed(prompts)
+
+
+def _softcapped(model: Any, logits: torch.Tensor) -> torch.Tensor:
+    """The LM head's output as the model returns it.
+
+    Gemma 2 caps logits after the head (``cap * tanh(logits / cap)``), so a hook on the head
+    alone sees them uncapped.
+    """
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    return logits if not cap else torch.tanh(logits / cap) * cap

@@ -43,12 +43,12 @@ class FileIdentity:
 
         A file written before weights were fingerprinted is not checked for them.
         """
-        for key, label in (("model", "model"), ("probes", "probes"), ("prompts_sha256", "prompts")):
-            want = json.dumps(self.model, sort_keys=True) if key == "model" else getattr(self, key)
-            have = attrs.get(key)
-            if key == "model" and have is not None:
-                have = json.dumps(json.loads(have), sort_keys=True)
-            if have != want:
+        model = json.loads(attrs.get("model") or "{}")
+        fields = sorted(k for k in {*model, *self.model} if model.get(k) != self.model.get(k))
+        if fields:
+            return f"model ({', '.join(fields)})"
+        for key, label in (("probes", "probes"), ("prompts_sha256", "prompts")):
+            if attrs.get(key) != getattr(self, key):
                 return label
         have = json.loads(attrs.get("capture") or "{}")
         changed = sorted(k for k in {*have, *self.capture} if have.get(k) != self.capture.get(k))

@@ -184,7 +184,7 @@ def analyze_file(path: Path, threshold: float = 0.1, gate: float = 0.5,
         wanted = analyses or tuple(a for a, probes in needs.items() if set(probes) <= names)
         if not wanted:
             raise ScalelensError(
-                f"{path} holds none of the probes the analyses read ({', '.join(sorted(names))}); "
+                f"{path} holds none of the probes the analyses read (it holds: {', '.join(sorted(names))}); "
                 "capture with `scalelens measure`"
             )
         if f.n_done == 0:
@@ -222,20 +222,32 @@ def run_analyze(args: argparse.Namespace) -> int:
     files = sorted(args.path.glob("*.h5")) if args.path.is_dir() else [args.path]
     if not files:
         raise ScalelensError(f"{args.path} holds no .h5 captures")
-    if analyses and args.path.is_dir():
-        result = {}
-        for f in files:
-            keep = _supported(f, analyses)
-            if keep:
-                result[f.name] = analyze_file(f, args.threshold, args.gate, keep)
-        missing = [a for a in analyses if not any(a in r for r in result.values())]
-        if missing:
-            raise ScalelensError(f"no capture in {args.path} holds the probes {', '.join(missing)} needs; "
-                                 f"run `scalelens measure --analyses {','.join(missing)}`")
+    if args.path.is_dir():
+        result = _analyze_dir(args.path, files, analyses, args.threshold, args.gate)
     else:
         result = {f.name: analyze_file(f, args.threshold, args.gate, analyses) for f in files}
     print(json.dumps(result, indent=1, default=str, allow_nan=True))
     return 0
+
+
+def _analyze_dir(path: Path, files: list[Path], analyses: tuple[str, ...] | None, threshold: float,
+                 gate: float) -> dict[str, Any]:
+    """Analyse every capture in a directory that holds some analysis's probes (others: a note)."""
+    result = {}
+    for f in files:
+        keep = _supported(f, analyses or tuple(_analyses_in()))
+        if keep:
+            result[f.name] = analyze_file(f, threshold, gate, keep)
+        else:
+            print(f"note: {f.name} holds none of the probes the analyses read; skipped", file=sys.stderr)
+    missing = [a for a in analyses or () if not any(a in r for r in result.values())]
+    if missing:
+        raise ScalelensError(f"no capture in {path} holds the probes {', '.join(missing)} needs; "
+                             f"run `scalelens measure --analyses {','.join(missing)}`")
+    if not result:
+        raise ScalelensError(f"no capture in {path} holds the probes any analysis reads; "
+                             "capture with `scalelens measure`")
+    return result
 
 
 def _supported(path: Path, analyses: tuple[str, ...]) -> tuple[str, ...] | None:

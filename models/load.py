@@ -154,6 +154,8 @@ def _from_disk(
     model = _load_weights(resolved, config, kwargs, cache_dir, device, dtype, attn)
     if resolved.gguf_file and Path(resolved.location).is_dir():
         source = str(Path(resolved.location) / resolved.gguf_file)
+    if Path(source).expanduser().exists():  # a path: one spelling, whatever the working directory
+        source = str(Path(source).expanduser().resolve())
     info = _info(model, resolved.name, source, resolved.kind, resolved.revision, resolved.step)
     return LoadedModel(model=model.eval(), tokenizer=tok, info=info)
 

@@ -114,9 +114,9 @@ def _dir_source(path: Path, revision: str | None, gguf_file: str | None) -> Reso
             raise ScalelensError(f"{path / gguf_file} does not exist; check gguf_file")
         _no_revision(path, revision)
         return ResolvedSource("gguf", str(path), None, None, gguf_file, Path(gguf_file).stem)
-    if (path / "config.json").is_file():
-        return _checkpoint_dir(path, revision)
     steps = step_dirs(path)
+    if (path / "config.json").is_file() and not (revision and steps):
+        return _checkpoint_dir(path, revision)  # (a final model beside its stepN checkpoints too)
     if steps:
         return _suite_size(path, steps, revision)
     if (path / "manifest.json").is_file():

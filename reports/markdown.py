@@ -44,7 +44,7 @@ def summary(title: str, html_name: str, tables: dict[str, Table]) -> str:
     if tables["run"].rows:
         lines += _section("Run", tables["run"], "")
     lines += _section("Sizes", tables["sizes"], "No sizes.")
-    lines += _section("Scaling fits", tables["fits"], "No scaling fits in fits.json.")
+    lines += _section("Scaling fits", tables["fits"], tables["fits"].empty or "No scaling fits in fits.json.")
     lines += _section("Training-dynamics fits", tables["dynamics"], "No training-dynamics fits in fits.json.")
     lines += _section("Scalar metrics at the latest checkpoint", tables["scalars"], "No scalar metrics.")
     return "\n".join(lines)

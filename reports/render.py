@@ -48,7 +48,7 @@ def report_tables(run: Run) -> dict[str, tables.Table]:
     return {
         "run": tables.info_table(run.info),
         "sizes": tables.sizes_table(run),
-        "fits": tables.fits_table(run.fits.scaling),
+        "fits": tables.fits_table(run.fits.scaling, run.fits.notes),
         "dynamics": tables.dynamics_table(run.fits.dynamics),
         "scalars": tables.latest_scalars_table(run),
     }

@@ -55,6 +55,7 @@ class Fits:
 
     scaling: tuple[ScalingFit, ...] = ()
     dynamics: tuple[DynamicsFit, ...] = ()
+    notes: tuple[str, ...] = ()  # why there are no scaling fits, when there are none
 
 
 def _num(value: Any) -> float | None:
@@ -140,6 +141,7 @@ def load_fits(path: Path) -> Fits:
     return Fits(
         scaling=_entries(doc, "fits", _scaling, path),
         dynamics=_entries(doc, "dynamics", _dynamics, path),
+        notes=_entries(doc, "notes", str, path),
     )
 
 

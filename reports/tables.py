@@ -20,6 +20,7 @@ class Table:
 
     columns: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
+    empty: str = ""  # what to say instead of an empty table ("" : the page's default line)
 
 
 def fmt(value: float | int | None) -> str:
@@ -39,8 +40,8 @@ def _ci(ci: Mapping[str, tuple[float, float]]) -> str:
     return "; ".join(f"{k} ∈ [{fmt(lo)}, {fmt(hi)}]" for k, (lo, hi) in ci.items()) or DASH
 
 
-def fits_table(fits: Iterable[ScalingFit]) -> Table:
-    """Return the table of scaling fits (one row per fit)."""
+def fits_table(fits: Iterable[ScalingFit], notes: Iterable[str] = ()) -> Table:
+    """Return the table of scaling fits (one row per fit); ``notes``: why there are none."""
     rows = tuple(
         (
             f.metric,
@@ -55,7 +56,8 @@ def fits_table(fits: Iterable[ScalingFit]) -> Table:
         )
         for f in fits
     )
-    return Table(("metric", "x", "form", "params", "CI", "R²", "LOO rel. error", "n", "note"), rows)
+    empty = " ".join(f"No scaling fits: {n.removeprefix('no scaling fits: ')}." for n in notes)
+    return Table(("metric", "x", "form", "params", "CI", "R²", "LOO rel. error", "n", "note"), rows, empty)
 
 
 def dynamics_table(fits: Iterable[DynamicsFit]) -> Table:

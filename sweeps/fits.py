@@ -30,6 +30,7 @@ X_NAMES = ("n_params", "n_params_non_embedding")
 WIDTH = "superposition.m"
 LOSS_VS_WIDTH = ("information_capacity.nll_bits_per_token",)
 MIN_DYNAMICS_POINTS = 6
+MIN_SIZES = 3
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -41,30 +42,24 @@ def _step(row: dict[str, str]) -> int:
     return int(row["step"]) if row["step"] else 0
 
 
-def scaling_fits(rows: list[dict[str, str]], n_boot: int = 200,
-                 sizes: list[str] | None = None) -> list[FitResult]:
+def scaling_fits(rows: list[dict[str, str]], n_boot: int = 200, sizes: list[str] | None = None,
+                 last_steps: dict[str, int] | None = None) -> list[FitResult]:
     """Power law (and saturating where a metric has an asymptote) for each scalar metric.
 
-    Sizes are compared at one checkpoint, the sweep's last (largest) step: a size whose task
-    at that step failed is left out of the fit, with a note, never stood in for by an
-    earlier checkpoint of it. ``sizes``: every size the sweep ran (default: those in
-    ``rows``), so that a size none of whose tasks finished is named too.
+    Sizes are compared at their last checkpoint: the sweep's last (largest) step, or each
+    size's own last planned step in ``last_steps`` (families whose larger models train
+    longer). A size whose task at that step failed is left out of the fit, with a note,
+    never stood in for by an earlier checkpoint of it. ``sizes``: every size the sweep ran
+    (default: those in ``rows``), so that a size none of whose tasks finished is named too.
     """
-    if not rows:
-        return []
-    final = max(_step(r) for r in rows)
-    sizes = list(dict.fromkeys([*(sizes or []), *(r["size"] for r in rows)]))
-    by_metric: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
-    for r in rows:
-        if _step(r) == final and r["layer"] == "" and r["head"] == "":
-            by_metric[f"{r['analysis']}.{r['metric']}"][r["size"]] = r
+    by_metric, sizes, steps = _at_last_step(rows, sizes, last_steps)
     width = {size: r["value"] for size, r in by_metric.get(WIDTH, {}).items()}
     fits = []
     for name, per_size in sorted(by_metric.items()):
-        if len(per_size) < 3 or name in NOT_FITTED:
+        if len(per_size) < MIN_SIZES or name in NOT_FITTED:
             continue
-        missing = [s for s in sizes if s not in per_size]
-        note = f"sizes {', '.join(missing)} have no value at step {final} and are left out" if missing else ""
+        notes = (_missing_note(sizes, per_size, steps), _steps_note(per_size, steps))
+        note = "; ".join(t for t in notes if t)
         forms = ("power_law", "saturating") if name in SATURATING else ("power_law",)
         for x_name in X_NAMES:
             fits += [_fit(per_size, name, x_name, f, n_boot, note) for f in forms]
@@ -72,6 +67,48 @@ def scaling_fits(rows: list[dict[str, str]], n_boot: int = 200,
             with_m = {s: {**v, WIDTH: width[s]} for s, v in per_size.items() if s in width}
             fits.append(_fit(with_m, name, WIDTH, "saturating", n_boot, note))
     return fits
+
+
+def unfitted_note(rows: list[dict[str, str]], sizes: list[str] | None = None,
+                  last_steps: dict[str, int] | None = None) -> str:
+    """Why no metric could be fitted ("" when some could, or when there are no rows)."""
+    by_metric, sizes, steps = _at_last_step(rows, sizes, last_steps)
+    fitted = {k: v for k, v in by_metric.items() if k not in NOT_FITTED}
+    if not fitted or max(len(v) for v in fitted.values()) >= MIN_SIZES:
+        return ""
+    have = sorted({s for v in fitted.values() for s in v}, key=sizes.index)
+    return (f"no scaling fits: a fit needs {MIN_SIZES} sizes with values at their last checkpoint, "
+            f"and only {', '.join(f'{s} (step {steps[s]})' for s in have) or 'none'} have them")
+
+
+def _at_last_step(rows: list[dict[str, str]], sizes: list[str] | None, last_steps: dict[str, int] | None
+                  ) -> tuple[dict[str, dict[str, dict[str, str]]], list[str], dict[str, int]]:
+    """Scalar rows by metric and size at each size's last step; the sizes; those steps."""
+    sizes = list(dict.fromkeys([*(sizes or []), *(r["size"] for r in rows)]))
+    final = max((_step(r) for r in rows), default=0)
+    steps = {s: (last_steps or {}).get(s, final) for s in sizes}
+    by_metric: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+    for r in rows:
+        if _step(r) == steps[r["size"]] and r["layer"] == "" and r["head"] == "":
+            by_metric[f"{r['analysis']}.{r['metric']}"][r["size"]] = r
+    return by_metric, sizes, steps
+
+
+def _missing_note(sizes: list[str], per_size: dict[str, dict[str, str]], steps: dict[str, int]) -> str:
+    missing = [s for s in sizes if s not in per_size]
+    if not missing:
+        return ""
+    at = {steps[s] for s in missing}
+    where = f"step {at.pop()}" if len(at) == 1 else "their last checkpoint"
+    return f"sizes {', '.join(missing)} have no value at {where} and are left out"
+
+
+def _steps_note(per_size: dict[str, dict[str, str]], steps: dict[str, int]) -> str:
+    used = {s: steps[s] for s in per_size}
+    if len(set(used.values())) < 2:
+        return ""
+    at = ", ".join(f"{s}: {t}" for s, t in used.items())
+    return f"sizes compared at their own last checkpoint ({at})"
 
 
 def _fit(per_size: dict[str, dict[str, str]], name: str, x_name: str, form: str, n_boot: int,
@@ -102,11 +139,19 @@ def dynamics_fits(rows: list[dict[str, str]]) -> list[Any]:
     return out
 
 
-def write_fits(run_dir: Path, n_boot: int = 200, sizes: list[str] | None = None) -> dict[str, Any]:
-    """Write RUN_DIR/fits.json from RUN_DIR/metrics.csv (``sizes``: see :func:`scaling_fits`)."""
+def write_fits(run_dir: Path, n_boot: int = 200, sizes: list[str] | None = None,
+               last_steps: dict[str, int] | None = None) -> dict[str, Any]:
+    """Write RUN_DIR/fits.json from RUN_DIR/metrics.csv.
+
+    ``sizes``, ``last_steps``: see :func:`scaling_fits`. ``notes`` says why there are no
+    scaling fits, when there are none.
+    """
     from scalelens.measure.run import write_json
 
     rows = _read(run_dir / "metrics.csv")
-    data = fits_to_json(scaling_fits(rows, n_boot, sizes), dynamics_fits(rows))
+    data = fits_to_json(scaling_fits(rows, n_boot, sizes, last_steps), dynamics_fits(rows))
+    note = unfitted_note(rows, sizes, last_steps)
+    if note:
+        data["notes"] = [note]
     write_json(run_dir / "fits.json", data)
     return data

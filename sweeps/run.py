@@ -55,12 +55,21 @@ def _sweep(spec: SweepSpec, run_dir: Path, n_boot: int) -> SweepSummary:
     finished = [(t.size, task_dir(run_dir, t) / "results.json") for t in tasks if is_done(run_dir, t)]
     if finished:
         write_metrics(run_dir, finished)
-        write_fits(run_dir, n_boot, sizes=list(dict.fromkeys(t.size for t in tasks)))
+        write_fits(run_dir, n_boot, sizes=list(dict.fromkeys(t.size for t in tasks)),
+                   last_steps=_last_steps(tasks))
     else:  # no stale tables from an earlier run may pass for this one's
         for name in RUN_TABLES:
             (run_dir / name).unlink(missing_ok=True)
     write_json(run_dir / "run.json", _run_info(spec, tasks, summary))
     return summary
+
+
+def _last_steps(tasks: list) -> dict[str, int]:
+    """Each size's last planned checkpoint (sizes of a family may train for different lengths)."""
+    last: dict[str, int] = {}
+    for t in tasks:
+        last[t.size] = max(last.get(t.size, 0), t.step or 0)
+    return last
 
 
 def _run_info(spec: SweepSpec, tasks: list, summary: SweepSummary) -> dict[str, Any]:

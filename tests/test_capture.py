@@ -512,3 +512,46 @@ def test_gpt2_padding_notice_is_not_printed(tmp_path):
     finally:
         log.removeHandler(seen)
         log.setLevel(level)
+
+
+def test_a_model_path_spelled_another_way_is_the_same_model(tmp_path, monkeypatch):
+    """A capture made with a relative model path resumes (or is reused) from another working
+    directory or with the absolute path: the file stores the path resolved, and a mismatch
+    names the fields of the model that differ."""
+    (tmp_path / "models").mkdir()
+    tiny_model().save_pretrained(tmp_path / "models" / "m")
+    word_tokenizer().save_pretrained(tmp_path / "models" / "m")
+    monkeypatch.chdir(tmp_path / "models")
+    lm = load_model("m")
+    assert lm.info.source == str(tmp_path / "models" / "m")
+    out = capture(lm, [preset("resid")], prompts(3), tmp_path / "c.h5", progress=False)
+    monkeypatch.chdir(tmp_path)
+    for spelling in ("models/m", "./models/../models/m", str(tmp_path / "models" / "m")):
+        capture(load_model(spelling), [preset("resid")], prompts(3), out, progress=False, reuse_complete=True)
+    tiny_model().save_pretrained(tmp_path / "other")
+    word_tokenizer().save_pretrained(tmp_path / "other")
+    with pytest.raises(IncompatibleResumeError, match=r"different model \(name, source\)"):
+        capture(load_model("other"), [preset("resid")], prompts(3), out, progress=False, reuse_complete=True)
+
+
+def test_gemma2_logits_are_stored_softcapped_as_the_model_returns_them(tmp_path):
+    """Gemma 2 caps its logits after the LM head; logits and predictions probes store what the
+    model returns, not the raw head output (at real logit sizes: p 1.0 stored vs 0.23)."""
+    model = tiny_model("gemma2")
+    assert model.config.final_logit_softcapping == 30.0
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # logits of real-model size, where the cap bites
+    lm = load_model(model, tokenizer=word_tokenizer())
+    texts = prompts(3)
+    out = capture(lm, [preset("predictions"), ProbeSpec("lg", "logits", positions=Positions.parse("last"),
+                                                        dtype="float32")],
+                  texts, tmp_path / "g.h5", batch_size=3, progress=False)
+    with CaptureFile(out) as f:
+        ids, lengths = f.read("tokens").data, f.read("lengths").data
+        logits, probs = f.read("values", "lg").data, f.read("top1_prob", "predictions").data
+    for i, n in enumerate(lengths):
+        with torch.no_grad():
+            want = model(torch.tensor(ids[i, :n], dtype=torch.long)[None]).logits[0, -1]
+        assert float(want.abs().max()) < 30
+        np.testing.assert_allclose(logits[i].reshape(-1), want.numpy(), atol=1e-4)
+        np.testing.assert_allclose(probs[i].ravel()[0], float(torch.softmax(want, -1).max()), atol=1e-5)

@@ -65,7 +65,7 @@ def test_capture_errors_are_one_line(model_dir, prompt_file, tmp_path, capsys):
     assert "Traceback" not in err and not out.exists()
 
 
-def test_measure_and_analyze(model_dir, tmp_path, capsys):
+def test_measure_and_analyze(model_dir, prompt_file, tmp_path, capsys):
     out = tmp_path / "m"
     code = main(["measure", "--model", str(model_dir), "--analyses", "massive_activations,superposition",
                  "--n-sequences", "2", "--seq-length", "12", "--out", str(out)])
@@ -77,6 +77,14 @@ def test_measure_and_analyze(model_dir, tmp_path, capsys):
     again = json.loads(capsys.readouterr().out)
     assert again["massive.h5"]["massive_activations"]["per_layer"] == \
         results["analyses"]["massive_activations"]["per_layer"]
+    # a capture no analysis reads, beside them: skipped with a note, the others still analysed
+    assert main(["capture", "--model", str(model_dir), "--prompts", str(prompt_file), "--probes", "resid",
+                 "--out", str(out / "resid_only.h5")]) == 0
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == again
+    assert "note: resid_only.h5 holds none of the probes the analyses read; skipped" in captured.err
 
 
 def test_measure_dominance_embeds_from_the_cli(model_dir, tmp_path, capsys):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -116,6 +117,23 @@ def test_suite_step_dir_and_default_last_step(micro_suite, manifest):
     last = load_model(str(micro_suite / size))
     assert last.info.revision == f"step{manifest.steps[-1]}"
     assert last.info.step == manifest.steps[-1]
+
+
+def test_a_final_model_beside_its_step_checkpoints(micro_suite, manifest, tmp_path):
+    """A directory holding the final model's files and stepN/ subfolders (a common training
+    layout): a revision loads that subfolder, no revision the top-level model."""
+    size = manifest.sizes[0]
+    root = tmp_path / size
+    shutil.copytree(micro_suite / size, root)
+    for f in manifest.checkpoint_dir(size, manifest.steps[-1]).iterdir():
+        shutil.copy(f, root / f.name)
+    early = load_model(root, revision=f"step{manifest.steps[1]}")
+    assert (early.info.source_kind, early.info.step) == ("suite", manifest.steps[1])
+    assert _same_weights(early.model, AutoModelForCausalLM.from_pretrained(root / f"step{manifest.steps[1]}"))
+    final = load_model(root)
+    assert (final.info.source_kind, final.info.step, final.info.source) == ("local", None, str(root))
+    with pytest.raises(ScalelensError, match=r"unknown revision 'step9999'.*available: step0"):
+        load_model(root, revision="step9999")
 
 
 def test_suite_unknown_revision(micro_suite, manifest):

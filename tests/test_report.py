@@ -764,3 +764,24 @@ def test_scaling_plot_compares_sizes_at_the_last_step_as_the_fits_do(tmp_path: P
     (points,) = job.args[0].values()
     assert points.labels == ["160m", "410m"] and list(points.y) == [2.5, 2.2]
     assert scaling_plot({}, [], x_label="n_params", y_label="loss") is not None
+
+
+def test_a_run_too_small_to_fit_says_why_in_the_report(tmp_path: Path) -> None:
+    """Two sizes cannot be fitted: fits.json and both report files say so, instead of a bare
+    "No scaling fits"."""
+    from scalelens.sweeps.fits import write_fits
+    from scalelens.sweeps.metrics import write_metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    tasks = []
+    for size in list(SIZES)[:2]:
+        path = tmp_path / f"{size}.json"
+        path.write_text(json.dumps(_extra_results(size)))
+        tasks.append((size, path))
+    write_metrics(run, tasks)
+    fits = write_fits(run, n_boot=10)
+    assert fits["fits"] == [] and "a fit needs 3 sizes" in fits["notes"][0]
+    paths = render_report(run, progress=False)
+    for text in (paths.html.read_text(), paths.markdown.read_text()):
+        assert "No scaling fits: a fit needs 3 sizes with values at their last checkpoint" in text

@@ -229,6 +229,29 @@ def test_scaling_fits_compare_sizes_at_one_checkpoint():
     assert all(f.note == "" or "no value" not in f.note for f in scaling_fits(_rows(whole), n_boot=0))
 
 
+def test_sizes_that_train_for_different_lengths_are_compared_at_their_own_last_step():
+    """A family whose larger models train longer (its sizes' checkpoints end at different
+    steps) is fitted at each size's last planned checkpoint, said in the note; with fewer than
+    three sizes left, fits.json says why there is no fit instead of being silently empty."""
+    from scalelens.sweeps.fits import scaling_fits, unfitted_note
+
+    ends = {"s1": 10, "s2": 10, "s3": 20, "s4": 20}
+    values = {(s, step): 0.1 * (i + 1) * (1 if step == ends[s] else 100)
+              for i, s in enumerate(ends) for step in (5, 10, 20) if step <= ends[s]}
+    rows = _rows(values)
+    assert unfitted_note(rows) != ""  # at the run's last step (20) only s3 and s4 have values
+    assert "only s3 (step 20), s4 (step 20) have them" in unfitted_note(rows, list(ends))
+    (fit,) = [f for f in scaling_fits(rows, n_boot=0, last_steps=ends)
+              if f.x_name == "n_params" and f.form == "power_law"]
+    assert fit.y == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert "compared at their own last checkpoint (s1: 10, s2: 10, s3: 20, s4: 20)" in fit.note
+    assert unfitted_note(rows, list(ends), ends) == ""
+    del values[("s4", 20)]  # a failed last task is still left out, not replaced by step 10
+    (fit,) = [f for f in scaling_fits(_rows(values), n_boot=0, sizes=list(ends), last_steps=ends)
+              if f.x_name == "n_params" and f.form == "power_law"]
+    assert fit.y == pytest.approx([0.1, 0.2, 0.3]) and "sizes s4 have no value at step 20" in fit.note
+
+
 def test_loss_is_fitted_against_width_as_liu_et_al():
     """DESIGN: L = C / m^alpha + L_inf across widths m (the LM head's, superposition.m); the fit
     recovers a planted exponent, and a sweep without superposition has no width to fit."""
