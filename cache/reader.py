@@ -134,8 +134,13 @@ class CaptureFile:
             if not self._guard(f"dataset {name}", partial(self._f.__contains__, name)):
                 raise ScalelensError(f"{self.path} lacks /{name}: it is not a complete scalelens capture "
                                      "(corrupted?); re-run the capture with --overwrite")
-        for key in ("model", "capture", "probes", "segment_labels"):
-            self.attr_json(key)
+        for key, kind in (("model", dict), ("capture", dict), ("probes", list), ("segment_labels", list)):
+            value = self.attr_json(key)
+            ok = isinstance(value, kind) and (key != "probes" or all(isinstance(p, dict) for p in value))
+            if not ok:
+                raise ScalelensError(f"{self.path}: attribute {key!r} is not a JSON "
+                                     f"{'object' if kind is dict else 'list'} (corrupted?); "
+                                     "re-run the capture with --overwrite")
         self.refresh()
         n = self.n_prompts
         if not 0 <= self._n_done <= n:

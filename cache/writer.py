@@ -43,14 +43,14 @@ class FileIdentity:
 
         A file written before weights were fingerprinted is not checked for them.
         """
-        model = json.loads(attrs.get("model") or "{}")
+        model = _json_object(attrs.get("model"))
         fields = sorted(k for k in {*model, *self.model} if model.get(k) != self.model.get(k))
         if fields:
             return f"model ({', '.join(fields)})"
         for key, label in (("probes", "probes"), ("prompts_sha256", "prompts")):
             if attrs.get(key) != getattr(self, key):
                 return label
-        have = json.loads(attrs.get("capture") or "{}")
+        have = _json_object(attrs.get("capture"))
         changed = sorted(k for k in {*have, *self.capture} if have.get(k) != self.capture.get(k))
         if changed:
             return f"capture setting ({', '.join(changed)})"
@@ -58,6 +58,15 @@ class FileIdentity:
         if have_weights and self.weights and have_weights != self.weights:
             return "model weights (the model path now holds other weights)"
         return None
+
+
+def _json_object(raw: Any) -> dict[str, Any]:
+    """A JSON-object attribute, decoded; {} when absent or of another kind (then all differs)."""
+    try:
+        value = json.loads(raw or "{}")
+    except (json.JSONDecodeError, TypeError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def chunk_shape(shape: tuple[int, ...], rows: int, itemsize: int) -> tuple[int, ...]:
@@ -200,7 +209,7 @@ class CaptureWriter:
         if what is not None:
             f.close()
             raise IncompatibleResumeError(
-                f"{path} holds a capture with a different {what}; use another --out or --overwrite"
+                f"{path} holds a capture with different {what}; use another --out or --overwrite"
             )
         damage = _damage(f, probes, n_prompts)
         if damage is not None:

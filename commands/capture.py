@@ -71,12 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=".txt (one prompt per line) or .jsonl with \"text\" or \"segments\"")
     p.add_argument("--probes", default="resid,attn,massive",
                    help="comma-separated presets: resid, resid_pre, attn_out, mlp_out, attn, q, k, "
-                        "massive, top1, norms (default resid,attn,massive)")
+                        "massive, top1, norms, predictions (default resid,attn,massive)")
     p.add_argument("--layers", type=int_list, help="layer indices, e.g. 0,3,5 (default all)")
     p.add_argument("--heads", type=int_list,
                    help="head indices of per-head probes (attn, top1, q, k), e.g. 0,3 (default all)")
     p.add_argument("--positions", default=None,
-                   help="all, last, segment:LABEL or indices like 0,-1 (default all)")
+                   help="all, last, segment:LABEL[@OFFSET] or indices like 0,-1 (write --positions=-1,0 "
+                        "when the first is negative); default all, for top1 and predictions last")
     p.add_argument("--store-dtype", choices=("float16", "float32"), default=None,
                    help="storage dtype of full tensors (default float16; attention float32)")
     p.add_argument("--out", required=True, type=Path, help="output .h5 file")

@@ -17,9 +17,14 @@ from scalelens.errors import ScalelensError
 def float_list(text: str) -> tuple[float, ...]:
     """Parse ``0.1,0.5`` (argparse type)."""
     try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
+        values = tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        values = ()
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
 
 
 def add_analysis_args(p: argparse.ArgumentParser) -> None:
@@ -75,6 +80,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ScalelensError(f"--seq-length must be >= 1 (omit it for the default), got {args.seq_length}")
     if args.ablation_k < 0:
         raise ScalelensError(f"--ablation-k must be >= 0 (0 skips the ablation), got {args.ablation_k}")
+    if args.context_lengths and min(args.context_lengths) < 1:
+        raise ScalelensError(f"--context-lengths must be >= 1 token each, got {list(args.context_lengths)}")
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -217,6 +224,9 @@ def run_analyze(args: argparse.Namespace) -> int:
     from scalelens.measure.run import parse_analyses
 
     analyses = parse_analyses(args.analyses) if args.analyses else None
+    for name in ("threshold", "gate"):
+        if not math.isfinite(getattr(args, name)):
+            raise ScalelensError(f"--{name} must be a finite number, got {getattr(args, name)!r}")
     if not args.path.exists():
         raise ScalelensError(f"{args.path} does not exist; give a capture .h5 file or a measure directory")
     files = sorted(args.path.glob("*.h5")) if args.path.is_dir() else [args.path]

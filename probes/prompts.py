@@ -152,7 +152,7 @@ def read_prompt_file(path: str | Path) -> list[Prompt]:
         raise ScalelensError(f"prompt file {path} is a directory; give a .txt or .jsonl file")
     if not path.is_file():
         raise ScalelensError(f"prompt file {path} does not exist")
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":
         raise ScalelensError(f"prompt file {path}: .json is not read; use .jsonl (one JSON object per "
                              "line) or .txt (one prompt per line)")
     text = read_utf8(path, "prompt file")
@@ -164,7 +164,7 @@ def read_prompt_file(path: str | Path) -> list[Prompt]:
     numbered = [(i + 1, ln) for i, ln in enumerate(lines) if ln.strip()]
     if not numbered:
         raise ScalelensError(f"prompt file {path} has no prompts; write one prompt per line")
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         return [_jsonl_prompt(ln, f"{path}:{i}") for i, ln in numbered]
     return [Prompt.of(ln) for _, ln in numbered]
 

@@ -38,6 +38,9 @@ class PositionKind(StrEnum):
     SEGMENT = "segment"
 
 
+_MAX_POSITION = 2**31  # positions are stored as int32
+
+
 @dataclass(frozen=True)
 class Positions:
     """Sequence positions a probe reads.
@@ -66,6 +69,12 @@ class Positions:
             raise ScalelensError("positions of kind 'indices' need at least one index")
         if self.kind is PositionKind.SEGMENT and not self.segment:
             raise ScalelensError("positions of kind 'segment' need a segment label")
+        far = [i for i in (*self.indices, int(self.offset)) if abs(i) >= _MAX_POSITION]
+        if far:
+            raise ScalelensError(f"position or offset {far[0]} is out of range (|x| < {_MAX_POSITION:,})")
+        if len(set(self.indices)) != len(self.indices):
+            twice = sorted({i for i in self.indices if self.indices.count(i) > 1})
+            raise ScalelensError(f"position(s) {twice} listed more than once")
 
     @classmethod
     def parse(cls, text: str) -> Positions:
@@ -142,6 +151,9 @@ class ProbeSpec:
             raise ScalelensError(f"probe {self.name!r}: layer(s) {twice} listed more than once")
         if self.heads is not None and not self.heads:
             raise ScalelensError(f"probe {self.name!r}: empty head list; give heads or None for all")
+        if self.heads is not None and len(set(self.heads)) != len(self.heads):
+            twice = sorted({x for x in self.heads if self.heads.count(x) > 1})
+            raise ScalelensError(f"probe {self.name!r}: head(s) {twice} listed more than once")
         if self.dtype not in _DTYPES:
             raise ScalelensError(f"probe dtype {self.dtype!r} not one of {', '.join(_DTYPES)}")
         if self.heads is not None and not self.point.from_attention_tap:

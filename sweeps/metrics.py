@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from scalelens.errors import ScalelensError
+
 COLUMNS = ("model", "size", "revision", "step", "n_params", "n_params_non_embedding", "analysis",
            "metric", "layer", "head", "value")
 
@@ -109,7 +111,11 @@ def write_metrics(run_dir: Path, tasks: list[tuple[str, Path]]) -> Path:
     """Write RUN_DIR/metrics.csv (and .parquet if pyarrow is present) from finished tasks."""
     rows: list[dict[str, Any]] = []
     for size, results_path in tasks:
-        rows.extend(rows_of(json.loads(results_path.read_text()), size))
+        try:
+            rows.extend(rows_of(json.loads(results_path.read_text(encoding="utf-8")), size))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON, UTF-8, shape
+            raise ScalelensError(f"{results_path} is unreadable ({type(exc).__name__}: {exc}); "
+                                 "delete it and rerun to redo that task") from None
     path = run_dir / "metrics.csv"
     tmp = path.with_name("metrics.csv.tmp")
     with tmp.open("w", newline="") as fh:

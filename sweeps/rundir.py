@@ -63,6 +63,11 @@ def check_run_dir(out: Path, spec, overwrite: bool) -> None:
             have = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             have = None
+        if not isinstance(have, dict) or not have:
+            raise ScalelensError(
+                f"{path} is unreadable (not the JSON object a sweep writes), so what its tasks were "
+                "measured with is unknown; pass --overwrite to start afresh, or use another --out"
+            )
         older = isinstance(have, dict) and _SUITE_BUILD in want and _SUITE_BUILD not in have
         if older:  # recorded by a scalelens that did not note the suite build: trusted
             have = {**have, _SUITE_BUILD: want[_SUITE_BUILD]}

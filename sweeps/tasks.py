@@ -6,7 +6,7 @@ import argparse
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from scalelens.errors import ScalelensError, TransientError
 from scalelens.sweeps.spec import SweepSpec, Task
@@ -29,22 +29,36 @@ class TaskOutcome:
     error: str | None = None
 
 
+class _SettingsParser(argparse.ArgumentParser):
+    """The measure CLI's analysis options, raising (not exiting) on a bad value."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ScalelensError(f"sweep settings: {message.replace('argument ', '', 1)}")
+
+
 def measure_settings(options: dict[str, Any]):
-    """MeasureSettings from measure-CLI-style options (``{"n_needles": 1, ...}``)."""
+    """MeasureSettings from measure-CLI-style options (``{"n_needles": 1, ...}``).
+
+    Each value goes through the measure CLI's own parsing (a list as ``1,5,10``), so a spec
+    is checked as the command line is: ``batch_size = "x"`` is one clear error.
+    """
     from scalelens.commands.measure import add_analysis_args, settings_from_args
 
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = _SettingsParser(add_help=False)
     add_analysis_args(parser)
-    args = parser.parse_args([])
-    known = vars(args)
-    unknown = sorted(set(options) - set(known))
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    unknown = sorted(set(options) - set(flags))
     if unknown:
         raise ScalelensError(
-            f"unknown sweep setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+            f"unknown sweep setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(flags))}"
         )
+    argv = []
     for key, value in options.items():
-        setattr(args, key, tuple(value) if isinstance(value, list) else value)
-    return settings_from_args(args)
+        if isinstance(value, dict | bool) or value is None:
+            raise ScalelensError(f"sweep setting {key} = {value!r}: give a number, a string or a list")
+        text = ",".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
+        argv.append(f"{flags[key]}={text}")
+    return settings_from_args(parser.parse_args(argv))
 
 
 def task_dir(run_dir: Path, task: Task) -> Path:

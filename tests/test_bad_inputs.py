@@ -172,6 +172,14 @@ def _bad_attr(ctx: Ctx) -> Path:
     return p
 
 
+def _attr_of_another_kind(ctx: Ctx, key: str, value: str) -> Path:
+    """The complete capture with root attribute ``key`` valid JSON of the wrong kind."""
+    p = ctx.copy_complete()
+    with h5py.File(p, "r+") as f:
+        f.attrs[key] = value
+    return p
+
+
 def _foreign_h5(ctx: Ctx) -> Path:
     p = ctx.tmp / "foreign.h5"
     with h5py.File(p, "w") as f:
@@ -252,6 +260,13 @@ CASES: dict[str, Case] = {
     "position out of range": Case(lambda c: c.capture("--positions", "0,40"), ("out of range for prompt",)),
     "segment label not in the prompts": Case(
         lambda c: c.capture("--positions", "segment:question"), ("segment 'question' not in the prompts",)),
+    "head listed twice": Case(
+        lambda c: c.capture("--probes", "attn", "--heads", "0,0"), ("head(s) [0] listed more than once",)),
+    "position listed twice": Case(
+        lambda c: c.capture("--positions", "0,0"), ("position(s) [0] listed more than once",)),
+    "segment offset past any position": Case(
+        lambda c: c.capture("--positions", "segment:a@99999999999999999999"),
+        ("out of range (|x| < 2,147,483,648)",)),
     "non-integer layer list": Case(lambda c: c.capture("--layers", "0,x"), ("comma-separated integers",)),
     "empty layer list": Case(lambda c: c.capture("--layers", ","), ("comma-separated integers",)),
     # prompt files
@@ -369,6 +384,28 @@ CASES: dict[str, Case] = {
     "measure sequence length 0": Case(
         lambda c: c.measure("--seq-length", "0"),
         ("--seq-length must be >= 1",)),
+    "measure context length 0": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads", "--context-lengths", "0"),
+        ("--context-lengths must be >= 1 token each, got [0]",)),
+    "measure empty depths": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads", "--depths", ","),
+        ("expected comma-separated numbers",)),
+    "measure depth not finite": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads", "--depths", "0.5,nan"),
+        ("expected finite numbers",)),
+    "analyze with a threshold that is not a number": Case(
+        lambda c: ["analyze", str(c.copy_complete()), "--threshold", "nan"],
+        ("--threshold must be a finite number, got nan",), keep=lambda c: c.tmp / "existing.h5"),
+    "inspect a file whose capture attribute is no object": Case(
+        lambda c: ["inspect", str(_attr_of_another_kind(c, "capture", "5"))],
+        ("attribute 'capture' is not a JSON object",), keep=lambda c: c.tmp / "existing.h5"),
+    "resume into a file whose capture attribute is no object": Case(
+        lambda c: c.capture("--probes", "resid", "--batch-size", "2",
+                            out=_attr_of_another_kind(c, "capture", "5")),
+        ("holds a capture with different capture setting",), keep=lambda c: c.tmp / "existing.h5"),
+    "analyze a file whose probes attribute holds no specs": Case(
+        lambda c: ["analyze", str(_attr_of_another_kind(c, "probes", "[5]"))],
+        ("attribute 'probes' is not a JSON list",), keep=lambda c: c.tmp / "existing.h5"),
     "measure negative ablation k": Case(
         lambda c: c.measure("--ablation-k", "-2"),
         ("--ablation-k must be >= 0",)),

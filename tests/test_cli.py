@@ -120,6 +120,8 @@ def test_prompt_files_split_at_newlines_only(tmp_path):
         read_prompt_file(jl)
     jl.write_text(json.dumps({"text": odd}, ensure_ascii=False) + "\n", encoding="utf-8")
     assert [p.text for p in read_prompt_file(jl)] == [odd]
+    upper = jl.rename(tmp_path / "P.JSONL")  # the suffix in capitals is still JSON lines
+    assert [p.text for p in read_prompt_file(upper)] == [odd]
 
 
 def test_measure_rerun_with_other_settings_needs_overwrite(model_dir, tmp_path, capsys):
@@ -132,7 +134,7 @@ def test_measure_rerun_with_other_settings_needs_overwrite(model_dir, tmp_path, 
     capsys.readouterr()
     assert main([*base, "--n-sequences", "3"]) == 2
     err = capsys.readouterr().err
-    assert "massive.h5 holds a capture with a different prompts" in err and "--overwrite" in err
+    assert "massive.h5 holds a capture with different prompts" in err and "--overwrite" in err
     assert main([*base, "--n-sequences", "3", "--overwrite"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["analyses"]["massive_activations"]["n_prompts"] == 3

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 
 import pytest
 
+from scalelens.errors import ScalelensError
 from scalelens.models.suite import read_manifest
 from scalelens.sweeps.metrics import COLUMNS
 from scalelens.sweeps.run import sweep
@@ -292,3 +294,38 @@ def test_max_ratio_is_left_out_when_a_layer_has_no_ratio():
     assert metrics([3.0, 7.0])[("max_ratio", "")] == 7.0
     broken = metrics([3.0, None])
     assert ("max_ratio", "") not in broken and broken[("ratio", 0)] == 3.0
+
+
+def test_spec_settings_are_parsed_as_the_command_line_parses_them():
+    """A TOML setting of the wrong type is one clear error (it was a TypeError mid-sweep);
+    values the CLI would take are taken, lists as comma-separated values."""
+    from scalelens.sweeps.tasks import measure_settings
+
+    for bad, words in (({"batch_size": "x"}, "--batch-size: invalid int value: 'x'"),
+                       ({"depths": ["a"]}, "--depths: expected comma-separated numbers"),
+                       ({"retrieval_mode": "slow"}, "invalid choice: 'slow'"),
+                       ({"threshold": {"a": 1}}, "give a number, a string or a list")):
+        with pytest.raises(ScalelensError, match=re.escape(words)):
+            measure_settings(bad)
+    ok = measure_settings({"dilutions": 5, "depths": [0.2, 0.8], "capacity_bias": -27, "batch_size": 2})
+    assert ok.dominance.dilutions == (5,) and ok.retrieval.depths == (0.2, 0.8)
+    assert ok.capacity.bias == -27 and ok.massive.batch_size == 2
+
+
+def test_a_damaged_results_or_spec_file_is_one_clear_error(tmp_path):
+    """A results.json or sweep_spec.json that is not what a sweep writes is named, with what to
+    do, not an internal KeyError / claimed to differ in every field."""
+    from scalelens.sweeps.metrics import write_metrics
+    from scalelens.sweeps.rundir import RUN_SPEC, check_run_dir
+
+    bad = tmp_path / "results.json"
+    for text in ("", "[]", "{}", '{"analyses": 5}'):
+        bad.write_text(text)
+        with pytest.raises(ScalelensError, match="results.json is unreadable .*delete it and rerun"):
+            write_metrics(tmp_path, [("s1", bad)])
+    assert not (tmp_path / "metrics.csv").exists()
+    spec = SweepSpec(family="pythia", sizes=("70m",), checkpoints=(0,))
+    for raw in (b"", b"[]", b"{}", b"\xff"):
+        (tmp_path / RUN_SPEC).write_bytes(raw)
+        with pytest.raises(ScalelensError, match="sweep_spec.json is unreadable .*--overwrite"):
+            check_run_dir(tmp_path, spec, overwrite=False)
