@@ -68,14 +68,19 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
                    help="numerator bias b of the information capacity (Yuan et al. 2025; -27 as their code)")
 
 
+def _check_finite(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """Refuse a NaN or infinite value of any option in ``names``."""
+    for name in names:
+        value = getattr(args, name)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise ScalelensError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
+
+
 def _check_numbers(args: argparse.Namespace) -> None:
     """Refuse out-of-range numeric options up front (not after the captures ran)."""
     if args.batch_size < 1:
         raise ScalelensError(f"batch size must be >= 1, got {args.batch_size}")
-    for name in ("threshold", "gate", "ratio_threshold", "capacity_bias"):
-        value = getattr(args, name)
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            raise ScalelensError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
+    _check_finite(args, ("threshold", "gate", "ratio_threshold", "capacity_bias"))
     if args.seq_length is not None and args.seq_length < 1:
         raise ScalelensError(f"--seq-length must be >= 1 (omit it for the default), got {args.seq_length}")
     if args.ablation_k < 0:
@@ -224,9 +229,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     from scalelens.measure.run import parse_analyses
 
     analyses = parse_analyses(args.analyses) if args.analyses else None
-    for name in ("threshold", "gate"):
-        if not math.isfinite(getattr(args, name)):
-            raise ScalelensError(f"--{name} must be a finite number, got {getattr(args, name)!r}")
+    _check_finite(args, ("threshold", "gate"))
     if not args.path.exists():
         raise ScalelensError(f"{args.path} does not exist; give a capture .h5 file or a measure directory")
     files = sorted(args.path.glob("*.h5")) if args.path.is_dir() else [args.path]

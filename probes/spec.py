@@ -41,6 +41,11 @@ class PositionKind(StrEnum):
 _MAX_POSITION = 2**31  # positions are stored as int32
 
 
+def _repeated(values: tuple[int, ...]) -> list[int]:
+    """The values listed more than once, sorted."""
+    return sorted({x for x in values if values.count(x) > 1})
+
+
 @dataclass(frozen=True)
 class Positions:
     """Sequence positions a probe reads.
@@ -72,8 +77,8 @@ class Positions:
         far = [i for i in (*self.indices, int(self.offset)) if abs(i) >= _MAX_POSITION]
         if far:
             raise ScalelensError(f"position or offset {far[0]} is out of range (|x| < {_MAX_POSITION:,})")
-        if len(set(self.indices)) != len(self.indices):
-            twice = sorted({i for i in self.indices if self.indices.count(i) > 1})
+        twice = _repeated(self.indices)
+        if twice:
             raise ScalelensError(f"position(s) {twice} listed more than once")
 
     @classmethod
@@ -146,14 +151,12 @@ class ProbeSpec:
                                  "starting with a letter, digit or '_'")
         if self.layers is not None and not self.layers:
             raise ScalelensError(f"probe {self.name!r}: empty layer list; give layers or None for all")
-        if self.layers is not None and len(set(self.layers)) != len(self.layers):
-            twice = sorted({x for x in self.layers if self.layers.count(x) > 1})
-            raise ScalelensError(f"probe {self.name!r}: layer(s) {twice} listed more than once")
+        for what, values in (("layer", self.layers), ("head", self.heads)):
+            twice = _repeated(values or ())
+            if twice:
+                raise ScalelensError(f"probe {self.name!r}: {what}(s) {twice} listed more than once")
         if self.heads is not None and not self.heads:
             raise ScalelensError(f"probe {self.name!r}: empty head list; give heads or None for all")
-        if self.heads is not None and len(set(self.heads)) != len(self.heads):
-            twice = sorted({x for x in self.heads if self.heads.count(x) > 1})
-            raise ScalelensError(f"probe {self.name!r}: head(s) {twice} listed more than once")
         if self.dtype not in _DTYPES:
             raise ScalelensError(f"probe dtype {self.dtype!r} not one of {', '.join(_DTYPES)}")
         if self.heads is not None and not self.point.from_attention_tap:

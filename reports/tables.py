@@ -56,7 +56,7 @@ def fits_table(fits: Iterable[ScalingFit], notes: Iterable[str] = ()) -> Table:
         )
         for f in fits
     )
-    empty = " ".join(f"No scaling fits: {n.removeprefix('no scaling fits: ')}." for n in notes)
+    empty = " ".join(f"No scaling fits: {n}." for n in notes)
     return Table(("metric", "x", "form", "params", "CI", "R²", "LOO rel. error", "n", "note"), rows, empty)
 
 

@@ -77,7 +77,7 @@ def unfitted_note(rows: list[dict[str, str]], sizes: list[str] | None = None,
     if not fitted or max(len(v) for v in fitted.values()) >= MIN_SIZES:
         return ""
     have = sorted({s for v in fitted.values() for s in v}, key=sizes.index)
-    return (f"no scaling fits: a fit needs {MIN_SIZES} sizes with values at their last checkpoint, "
+    return (f"a fit needs {MIN_SIZES} sizes with values at their last checkpoint, "
             f"and only {', '.join(f'{s} (step {steps[s]})' for s in have) or 'none'} have them")
 
 
