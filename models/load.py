@@ -255,21 +255,35 @@ def _load_tokenizer(
     """The user's tokenizer object, or one loaded from ``tokenizer`` (a path/id) or the source.
 
     transformers 5 builds an *empty* tokenizer for a directory without tokenizer
-    files; that, and any tokenizer far smaller than the embedding, is refused.
+    files; that, and any tokenizer far smaller than the embedding, is refused. A
+    checkpoint directory without one uses its run's (an HF Trainer saves the tokenizer
+    beside its ``checkpoint-N`` directories when it is not given one).
     """
     if tokenizer is not None and not isinstance(tokenizer, str | os.PathLike):
         return tokenizer
-    location = os.fspath(tokenizer) if tokenizer is not None else resolved.location
+    location = os.fspath(tokenizer) if tokenizer is not None else _checkpoint_tokenizer(resolved)
     # the source's own loading options; for a tokenizer of its own, only where the hub cache is
     extra = kwargs if tokenizer is None else _hub_options(cache_dir)
     return _tokenizer_at(location, extra, vocab_size)
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in _TOKENIZER_FILES)
+
+
+def _checkpoint_tokenizer(resolved: ResolvedSource) -> str:
+    """Where the source's tokenizer is: its directory, or a checkpoint's run directory."""
+    folder = Path(resolved.location)
+    if resolved.kind == "suite" and not _has_tokenizer_files(folder) and _has_tokenizer_files(folder.parent):
+        return str(folder.parent)
+    return resolved.location
 
 
 def _tokenizer_at(location: str, extra: dict[str, Any], vocab_size: int) -> PreTrainedTokenizerBase:
     """The tokenizer at a directory or hub id; refused when missing, empty or far too small."""
     folder = Path(location)
     has_files = not folder.is_dir() or bool(extra.get("gguf_file"))
-    has_files = has_files or any((folder / name).is_file() for name in _TOKENIZER_FILES)
+    has_files = has_files or _has_tokenizer_files(folder)
     try:
         tok = AutoTokenizer.from_pretrained(location, **extra) if has_files else None
     except (OSError, ValueError, TypeError) as exc:

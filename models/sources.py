@@ -1,8 +1,9 @@
 """Turn a model source string into something ``from_pretrained`` can load.
 
 Accepted: an existing HF directory, a suite size directory (``<suite>/<size>`` with
-``step<N>`` subdirectories) with or without a revision, a checkpoint directory
-inside one (``<suite>/<size>/step3000``), a ``*.gguf`` file, or a hub id.
+``step<N>`` or HF Trainer ``checkpoint-<N>`` subdirectories) with or without a revision,
+a checkpoint directory inside one (``<suite>/<size>/step3000``), a ``*.gguf`` file, or a
+hub id.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 from ..errors import ScalelensError
 
-_STEP = re.compile(r"step(\d+)")
+# Pythia ``step3000``, OLMo ``step1000-tokens4B``, HF Trainer ``checkpoint-3000``
+_STEP = re.compile(r"(?:step(\d+)(?:-tokens\d+[KMBT]?)?|checkpoint-(\d+))")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
@@ -41,9 +43,9 @@ class ResolvedSource:
 
 
 def parse_step(revision: str | None) -> int | None:
-    """Return N for ``stepN`` revisions, else ``None``."""
+    """Return N for ``stepN`` / ``stepN-tokensMB`` / ``checkpoint-N`` names, else ``None``."""
     m = _STEP.fullmatch(revision or "")
-    return int(m.group(1)) if m else None
+    return int(m.group(1) or m.group(2)) if m else None
 
 
 def checkpoint_revision(revision: str | None, checkpoint: int | None) -> str | None:
@@ -59,10 +61,10 @@ def checkpoint_revision(revision: str | None, checkpoint: int | None) -> str | N
 
 
 def step_dirs(path: Path) -> dict[str, Path]:
-    """``stepN`` subdirectories holding a ``config.json``, ordered by N."""
+    """Checkpoint subdirectories (``stepN``, ``checkpoint-N``) holding a ``config.json``, by N."""
     found = [p for p in path.iterdir() if p.is_dir() and _STEP.fullmatch(p.name)]
     found = [p for p in found if (p / "config.json").is_file()]
-    return {p.name: p for p in sorted(found, key=lambda p: int(p.name[4:]))}
+    return {p.name: p for p in sorted(found, key=lambda p: (parse_step(p.name), p.name))}
 
 
 def resolve_source(source: str, revision: str | None, gguf_file: str | None) -> ResolvedSource:
@@ -125,7 +127,8 @@ def _dir_source(path: Path, revision: str | None, gguf_file: str | None) -> Reso
             f"{path} is a suite; load one size, e.g. {path / (sizes[0] if sizes else '<size>')}"
             f" (sizes: {', '.join(sizes)})"
         )
-    raise ScalelensError(f"{path} has no config.json or step<N> checkpoints; pass a model directory")
+    raise ScalelensError(f"{path} has no config.json or step<N> / checkpoint-<N> checkpoints; "
+                         "pass a model directory")
 
 
 def _checkpoint_dir(path: Path, revision: str | None) -> ResolvedSource:
@@ -139,10 +142,22 @@ def _checkpoint_dir(path: Path, revision: str | None) -> ResolvedSource:
 
 
 def _suite_size(path: Path, steps: dict[str, Path], revision: str | None) -> ResolvedSource:
-    rev = revision or list(steps)[-1]
-    if rev not in steps:
-        raise ScalelensError(f"unknown revision {rev!r} in {path}; available: {', '.join(steps)}")
+    rev = _checkpoint_name(steps, revision or list(steps)[-1])
+    if rev is None:
+        raise ScalelensError(f"unknown revision {revision!r} in {path}; available: {', '.join(steps)}")
     return ResolvedSource("suite", str(steps[rev]), rev, parse_step(rev), None, _suite_name(path))
+
+
+def _checkpoint_name(steps: dict[str, Path], revision: str) -> str | None:
+    """The checkpoint directory ``revision`` names: itself, or the one of its step.
+
+    ``step3000`` (``checkpoint=3000``) finds ``checkpoint-3000`` of an HF Trainer run.
+    """
+    if revision in steps:
+        return revision
+    step = parse_step(revision)
+    same = [name for name in steps if step is not None and parse_step(name) == step]
+    return same[0] if len(same) == 1 else None
 
 
 def _suite_name(size_dir: Path) -> str:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from scalelens.errors import ScalelensError
+from scalelens.sweeps.spec import DTYPES
 
 
 def _checkpoints(text: str) -> str | tuple[int, ...]:
@@ -20,12 +21,34 @@ def _checkpoints(text: str) -> str | tuple[int, ...]:
         ) from None
 
 
+def _size_source(text: str) -> tuple[str, str]:
+    size, sep, source = text.partition("=")
+    if not sep or not size.strip() or not source.strip():
+        raise argparse.ArgumentTypeError(f"--model wants SIZE=SOURCE (e.g. small=runs/small), got {text!r}")
+    return size.strip(), source.strip()
+
+
+def _models(pairs: list[tuple[str, str]] | None) -> dict[str, str] | None:
+    """``--model`` pairs as a table; one size given two models is refused."""
+    if pairs is None:
+        return None
+    models: dict[str, str] = {}
+    for size, source in pairs:
+        if models.setdefault(size, source) != source:
+            raise ScalelensError(f"--model gives size {size} twice ({models[size]}, {source}); "
+                                 "label each model with its own size")
+    return models
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``sweep``."""
     p = sub.add_parser("sweep", help="measure every (size, checkpoint); write metrics.csv and fits.json")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--suite", help="a mini-suite directory (scalelens suite build)")
     src.add_argument("--family", help="a hub family: pythia")
+    src.add_argument("--model", action="append", type=_size_source, metavar="SIZE=SOURCE",
+                     help="your own family, once per size: a run directory with stepN / checkpoint-N "
+                          "checkpoints, a model directory, a hub id or a .gguf file")
     src.add_argument("--spec", type=Path, help="a TOML sweep spec instead of flags")
     p.add_argument("--sizes", help="comma-separated sizes (default all)")
     p.add_argument("--checkpoints", type=_checkpoints, default=None,
@@ -35,13 +58,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--executor", choices=("local", "ray"), default=None, help="local (default) or ray")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="model compute dtype (default float32)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory or hub id for models that ship none")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of each fit")
     p.add_argument("--overwrite", action="store_true",
                    help="start the run directory afresh when it holds a sweep with other settings")
     p.set_defaults(func=run_sweep)
 
 
-_SPEC_FLAGS = ("sizes", "checkpoints", "analyses", "executor", "address", "device")
+_SPEC_FLAGS = ("sizes", "checkpoints", "analyses", "executor", "address", "device", "dtype", "tokenizer")
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -55,15 +81,16 @@ def spec_from_args(args: argparse.Namespace):
             flags = ", ".join(f"--{k}" for k in given)
             raise ScalelensError(f"{flags} cannot be combined with --spec; put them in {args.spec}")
         return read_spec(args.spec)
-    if args.suite is None and args.family is None:
-        raise ScalelensError("say what to sweep: --suite DIR, --family pythia or --spec FILE")
-    return SweepSpec(suite=args.suite, family=args.family,
+    if args.suite is None and args.family is None and args.model is None:
+        raise ScalelensError("say what to sweep: --suite DIR, --family pythia, --model SIZE=SOURCE "
+                             "(once per size) or --spec FILE")
+    return SweepSpec(suite=args.suite, family=args.family, models=_models(args.model),
                      sizes=tuple(t.strip() for t in args.sizes.split(",") if t.strip())
                      if args.sizes is not None else None,
                      checkpoints=args.checkpoints or "log",
                      analyses=parse_analyses("all" if args.analyses is None else args.analyses),
                      executor=args.executor or "local", address=args.address,
-                     device=args.device or "cpu")
+                     device=args.device or "cpu", dtype=args.dtype, tokenizer=args.tokenizer)
 
 
 def run_sweep(args: argparse.Namespace) -> int:
@@ -76,7 +103,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise ScalelensError(f"--n-boot must be >= 0, got {args.n_boot}")
     spec = spec_from_args(args)
     if not (spec.executor == "ray" and spec.address):  # a remote cluster's GPUs are not this machine's
-        check_device(spec.device, None)
+        check_device(spec.device, spec.dtype)
     expand(spec)  # unknown sizes or checkpoints: one line before anything runs
     if spec.executor == "ray":
         from scalelens.sweeps.executors import _ray_init

@@ -33,7 +33,9 @@ def locked_run_dir(out: Path) -> Iterator[None]:
 RUN_SPEC = "sweep_spec.json"
 # Spec fields that change what a finished task's results mean; the rest (sizes,
 # checkpoints, executor, address, device) may change between runs into the same directory.
-_IDENTITY = ("suite", "family", "analyses", "settings")
+_IDENTITY = ("suite", "family", "models", "dtype", "tokenizer", "analyses", "settings")
+# Recorded only when set, so run directories from before these fields existed still resume.
+_OPTIONAL = ("models", "dtype", "tokenizer")
 # A suite rebuilt in place with other settings holds other models under the same task keys.
 _SUITE_BUILD = "suite_build"
 
@@ -42,10 +44,57 @@ def run_identity(spec) -> dict:
     """What a run directory's finished tasks were measured with (``sweep_spec.json``)."""
     from scalelens.models.manifest import read_manifest
 
-    want = {k: v for k, v in spec.to_dict().items() if k in _IDENTITY}
+    want = {k: v for k, v in spec.to_dict().items()
+            if k in _IDENTITY and not (k in _OPTIONAL and v is None)}
     if spec.suite is not None:
         want[_SUITE_BUILD] = read_manifest(spec.suite).settings_hash
     return want
+
+
+def _check_resume(out: Path, path: Path, want: dict) -> None:
+    """Refuse ``out`` when its recorded identity differs from ``want``; record additions."""
+    from scalelens.measure.run import write_json
+
+    try:
+        have = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        have = None
+    if not isinstance(have, dict) or not have:
+        raise ScalelensError(
+            f"{path} is unreadable (not the JSON object a sweep writes), so what its tasks were "
+            "measured with is unknown; pass --overwrite to start afresh, or use another --out"
+        )
+    recorded = have
+    if _SUITE_BUILD in want and _SUITE_BUILD not in have:  # from a scalelens that did not note it
+        have = {**have, _SUITE_BUILD: want[_SUITE_BUILD]}
+    want = _with_earlier_models(out, have, want)
+    if have != want:
+        diff = sorted(k for k in {*want, *have} if have.get(k) != want.get(k))
+        what = ", ".join("suite build settings (the suite was rebuilt)" if k == _SUITE_BUILD else k
+                         for k in diff)
+        raise ScalelensError(
+            f"{out} holds a sweep with different {what}; use another --out, or pass "
+            "--overwrite to discard its finished tasks"
+        )
+    if want != recorded:
+        write_json(path, want)
+
+
+def _with_earlier_models(out: Path, have: dict, want: dict) -> dict:
+    """``want`` with the sizes of an earlier run of own models added (sizes may be added later).
+
+    A size label that now names another model would mix two models' results: refused.
+    """
+    old, new = have.get("models"), want.get("models")
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return want
+    moved = [s for s in new if s in old and old[s] != new[s]]
+    if moved:
+        raise ScalelensError(
+            f"{out} holds a sweep whose size {moved[0]} was {old[moved[0]]}, not {new[moved[0]]}; "
+            "use another --out or size label, or pass --overwrite to discard its finished tasks"
+        )
+    return {**want, "models": {**old, **new}}
 
 
 def check_run_dir(out: Path, spec, overwrite: bool) -> None:
@@ -59,28 +108,7 @@ def check_run_dir(out: Path, spec, overwrite: bool) -> None:
     want = run_identity(spec)
     path = out / RUN_SPEC
     if path.is_file() and not overwrite:
-        try:
-            have = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            have = None
-        if not isinstance(have, dict) or not have:
-            raise ScalelensError(
-                f"{path} is unreadable (not the JSON object a sweep writes), so what its tasks were "
-                "measured with is unknown; pass --overwrite to start afresh, or use another --out"
-            )
-        older = isinstance(have, dict) and _SUITE_BUILD in want and _SUITE_BUILD not in have
-        if older:  # recorded by a scalelens that did not note the suite build: trusted
-            have = {**have, _SUITE_BUILD: want[_SUITE_BUILD]}
-        if have != want:
-            diff = sorted(k for k in want if not isinstance(have, dict) or have.get(k) != want.get(k))
-            what = ", ".join("suite build settings (the suite was rebuilt)" if k == _SUITE_BUILD else k
-                             for k in diff)
-            raise ScalelensError(
-                f"{out} holds a sweep with different {what}; use another --out, or pass "
-                "--overwrite to discard its finished tasks"
-            )
-        if older:
-            write_json(path, want)
+        _check_resume(out, path, want)
         return
     if overwrite:  # afresh: the old tasks and everything made from them
         from scalelens.reports.render import DEFAULT_NAME

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 from scalelens.errors import ScalelensError
 from scalelens.textfiles import read_utf8
 
+DTYPES = ("float32", "float16", "bfloat16")
 PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
 LOG_STEPS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -47,28 +49,41 @@ class SweepSpec:
     Attributes:
         suite: A mini-suite directory (with manifest.json), or None.
         family: ``pythia`` for the hub family, or None.
-        sizes: Sizes to include; None: all of the suite / family.
+        models: Your own family, ``{size label: source}``: a directory (with ``stepN`` /
+            ``checkpoint-N`` checkpoints, or one final model), a hub id or a .gguf file; or None.
+        sizes: Sizes to include; None: all of the suite / family / models.
         checkpoints: ``log``, ``all``, ``final`` or explicit steps.
         analyses: Analyses to run per task.
         executor: ``local`` or ``ray``.
         address: Ray cluster address (None: start a local Ray).
         device: Device each task runs on.
+        dtype: Compute dtype of every model (``bfloat16``...); None: float32.
+        tokenizer: Tokenizer (directory or hub id) for models that ship none; None: each
+            model's own.
         settings: Analysis options (names as the measure CLI flags, underscores).
     """
 
     suite: str | None = None
     family: str | None = None
+    models: dict[str, str] | None = None
     sizes: tuple[str, ...] | None = None
     checkpoints: str | tuple[int, ...] = "log"
     analyses: tuple[str, ...] = field(default_factory=lambda: _all_analyses())
     executor: str = "local"
     address: str | None = None
     device: str = "cpu"
+    dtype: str | None = None
+    tokenizer: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if (self.suite is None) == (self.family is None):
-            raise ScalelensError("a sweep needs exactly one of --suite DIR or --family pythia")
+        if sum(x is not None for x in (self.suite, self.family, self.models)) != 1:
+            raise ScalelensError("a sweep needs exactly one of --suite DIR, --family pythia or "
+                                 "--model SIZE=SOURCE (models in a spec)")
+        if self.dtype not in (None, *DTYPES):
+            raise ScalelensError(f"unknown dtype {self.dtype!r}; use {', '.join(DTYPES)}")
+        if self.models is not None:
+            object.__setattr__(self, "models", _checked_models(self.models))
         if self.family is not None and self.family != "pythia":
             raise ScalelensError(f"unknown family {self.family!r}; only 'pythia' is built in")
         if self.suite is not None and not Path(self.suite).is_dir():
@@ -108,6 +123,8 @@ class SweepSpec:
 
         if self.suite is not None:  # ./suite and /abs/suite are the same suite
             object.__setattr__(self, "suite", str(Path(self.suite).resolve()))
+        if self.tokenizer is not None:
+            object.__setattr__(self, "tokenizer", _local_or_hub(self.tokenizer))
         if self.sizes is not None:
             object.__setattr__(self, "sizes", tuple(dict.fromkeys(self.sizes)))
         if isinstance(self.checkpoints, tuple):
@@ -120,6 +137,35 @@ class SweepSpec:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(SweepSpec)}
+_SIZE_LABEL = re.compile(r"[A-Za-z0-9][\w.+-]*")
+
+
+def _local_or_hub(source: str) -> str:
+    """An existing path, resolved (so another spelling is the same model); else as given."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
+def _checked_models(models: Any) -> dict[str, str]:
+    """Size labels that can name a directory; each source loadable (paths resolved)."""
+    from scalelens.models.sources import resolve_source
+
+    if not isinstance(models, dict) or not models:
+        raise ScalelensError("models must be a non-empty table of size = source "
+                             '(e.g. small = "runs/small", large = "EleutherAI/pythia-160m")')
+    out = {}
+    for size, source in models.items():
+        if not isinstance(size, str) or not _SIZE_LABEL.fullmatch(size):
+            raise ScalelensError(f"bad size label {size!r}; use letters, digits and . _ + - "
+                                 "(it names the task's directory)")
+        if not isinstance(source, str) or not source:
+            raise ScalelensError(f"model of size {size} must be a path or hub id, got {source!r}")
+        try:
+            resolve_source(source, None, None)
+        except ScalelensError as e:
+            raise ScalelensError(f"size {size}: {e}") from None
+        out[size] = _local_or_hub(source)
+    return out
 
 
 def _did_you_mean(unknown: list[str], valid: list[str] | set[str]) -> str:
@@ -160,8 +206,9 @@ def _check_analyses(analyses: Any) -> None:
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
-    "suite": (str,), "family": (str,), "sizes": (list,), "checkpoints": (str, list),
-    "analyses": (list,), "executor": (str,), "address": (str,), "device": (str,), "settings": (dict,),
+    "suite": (str,), "family": (str,), "models": (dict,), "sizes": (list,), "checkpoints": (str, list),
+    "analyses": (list,), "executor": (str,), "address": (str,), "device": (str,), "dtype": (str,),
+    "tokenizer": (str,), "settings": (dict,),
 }
 
 
@@ -290,6 +337,53 @@ def _pythia_tasks(spec: SweepSpec) -> list[Task]:
     return [Task(s, f"EleutherAI/pythia-{s}", f"step{t}", t) for s in sizes for t in steps]
 
 
+def _model_tasks(spec: SweepSpec) -> list[Task]:
+    models = spec.models or {}
+    sizes = _check_sizes(spec.sizes, list(models))
+    return [t for size in sizes for t in _source_tasks(size, models[size], spec.checkpoints)]
+
+
+def _source_tasks(size: str, source: str, checkpoints: str | tuple[int, ...]) -> list[Task]:
+    """One model's tasks: its checkpoints chosen as for a suite, or its one final model."""
+    from scalelens.models.sources import resolve_source
+
+    known = _known_checkpoints(source)
+    if known is not None:
+        try:
+            steps = select_steps(list(known), checkpoints)
+        except ScalelensError as e:
+            raise ScalelensError(f"size {size} ({source}): {e}") from None
+        return [Task(size, source, known[n], n) for n in steps]
+    resolved = resolve_source(source, None, None)
+    if isinstance(checkpoints, tuple):
+        if resolved.kind != "hub":
+            raise ScalelensError(f"size {size}: {source} has no step<N> or checkpoint-<N> directories "
+                                 "to choose from; leave checkpoints out (its one model is measured)")
+        return [Task(size, source, f"step{n}", n) for n in checkpoints]  # the hub's stepN convention
+    return [Task(size, source, None, resolved.step)]
+
+
+_PYTHIA_ID = re.compile(r"EleutherAI/pythia-[\w.]+", re.IGNORECASE)
+
+
+def _known_checkpoints(source: str) -> dict[int, str] | None:
+    """``{step: revision}`` of a local run directory or a Pythia hub id; None when unknown."""
+    from scalelens.models.pythia import PYTHIA_STEPS
+    from scalelens.models.sources import parse_step, step_dirs
+
+    path = Path(source)
+    if path.is_dir():
+        found: dict[int, str] = {}
+        for name in step_dirs(path):
+            found.setdefault(parse_step(name) or 0, name)
+        return found or None
+    if _PYTHIA_ID.fullmatch(source):
+        return {s: f"step{s}" for s in PYTHIA_STEPS}
+    return None
+
+
 def expand(spec: SweepSpec) -> list[Task]:
     """Every (size, checkpoint) task of the sweep, sizes outermost."""
+    if spec.models is not None:
+        return _model_tasks(spec)
     return _suite_tasks(spec) if spec.suite is not None else _pythia_tasks(spec)

@@ -606,6 +606,26 @@ SWEEP_CASES: dict[str, tuple[Callable[[Ctx, Path], list[str]], tuple[str, ...]]]
     "Ray address without the Ray executor": (
         lambda c, s: ["sweep", "--suite", str(s), "--address", "127.0.0.1:6379", "--out", str(c.tmp / "r")],
         ("--address is for --executor ray",)),
+    "sweep --model without a size": (
+        lambda c, s: ["sweep", "--model", str(s / "16k"), "--out", str(c.tmp / "r")],
+        ("--model wants SIZE=SOURCE",)),
+    "sweep --model naming one size twice": (
+        lambda c, s: ["sweep", "--model", f"a={s / '16k'}", "--model", f"a={s / '37k'}",
+                      "--out", str(c.tmp / "r")],
+        ("gives size a twice",)),
+    "sweep --model of a missing path": (
+        lambda c, s: ["sweep", "--model", f"a={c.tmp / 'none'}", "--out", str(c.tmp / "r")],
+        ("size a: model path", "does not exist")),
+    "sweep --model with --suite": (
+        lambda c, s: ["sweep", "--model", f"a={s / '16k'}", "--suite", str(s), "--out", str(c.tmp / "r")],
+        ("not allowed with argument",)),
+    "sweep spec with a models entry that is not a path": (
+        lambda c, s: ["sweep", "--spec", str(c.file("m.toml", "[models]\na = 3\n")), "--out", str(c.tmp / "r")],
+        ("model of size a must be a path or hub id",)),
+    "sweep spec with models and a suite": (
+        lambda c, s: ["sweep", "--spec", str(_spec(c, s, f'[models]\na = "{s / "16k"}"\n')),
+                      "--out", str(c.tmp / "r")],
+        ("exactly one of --suite DIR, --family pythia or --model",)),
     "sweep --out is a file": (
         lambda c, s: ["sweep", "--suite", str(s), "--checkpoints", "final", "--sizes", "16k",
                       "--out", str(c.file("r", "x"))],

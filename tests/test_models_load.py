@@ -136,6 +136,26 @@ def test_a_final_model_beside_its_step_checkpoints(micro_suite, manifest, tmp_pa
         load_model(root, revision="step9999")
 
 
+def test_an_hf_trainer_run_loads_its_checkpoints_by_step(micro_suite, manifest, tmp_path):
+    """``checkpoint-N`` directories (no tokenizer files; the run directory has them) load by
+    their name, by ``checkpoint=N`` and directly, with N as the step."""
+    size, (early, late) = manifest.sizes[0], manifest.steps[1:3]
+    run = tmp_path / "run"
+    for step in (early, late):
+        shutil.copytree(manifest.checkpoint_dir(size, step), run / f"checkpoint-{step}")
+    for f in (run / f"checkpoint-{early}").glob("tokenizer*"):
+        shutil.copy(f, run / f.name)
+        for step in (early, late):
+            (run / f"checkpoint-{step}" / f.name).unlink()
+    by_sugar = load_model(run, checkpoint=early)
+    assert (by_sugar.info.revision, by_sugar.info.step) == (f"checkpoint-{early}", early)
+    assert _same_weights(by_sugar.model, AutoModelForCausalLM.from_pretrained(manifest.checkpoint_dir(size, early)))
+    assert load_model(run).info.step == late
+    direct = load_model(run / f"checkpoint-{late}")
+    assert (direct.info.source_kind, direct.info.step) == ("suite", late)
+    assert len(direct.tokenizer) == len(by_sugar.tokenizer) > 0
+
+
 def test_suite_unknown_revision(micro_suite, manifest):
     with pytest.raises(ScalelensError, match=r"unknown revision 'step9999'.*available: step0"):
         load_model(micro_suite / manifest.sizes[0], checkpoint=9999)

@@ -329,3 +329,83 @@ def test_a_damaged_results_or_spec_file_is_one_clear_error(tmp_path):
         (tmp_path / RUN_SPEC).write_bytes(raw)
         with pytest.raises(ScalelensError, match="sweep_spec.json is unreadable .*--overwrite"):
             check_run_dir(tmp_path, spec, overwrite=False)
+
+
+def _trainer_run(suite, size, dst):
+    """An HF Trainer-style run: ``checkpoint-N`` directories, the tokenizer beside them."""
+    manifest = read_manifest(suite)
+    for step in manifest.steps[-2:]:
+        ckpt = dst / f"checkpoint-{step}"
+        shutil.copytree(suite / size / f"step{step}", ckpt)
+        for f in ckpt.iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+                f.unlink()
+    shutil.copytree(suite / size / f"step{manifest.steps[-1]}", dst / "tmp")
+    for f in (dst / "tmp").iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            f.rename(dst / f.name)
+    shutil.rmtree(dst / "tmp")
+    return dst
+
+
+def test_a_sweep_of_own_models_runs_each_checkpoint_and_fits_across_sizes(suite_copy, tmp_path):
+    """Own models: two Trainer-style runs (checkpoint-N, tokenizer in the run directory) and one
+    plain final model; each size measured at its checkpoints, fitted at each size's last."""
+    manifest = read_manifest(suite_copy)
+    a, b, c = manifest.sizes[:3]
+    last, prev = manifest.steps[-1], manifest.steps[-2]
+    final = tmp_path / "final"
+    shutil.copytree(suite_copy / c / f"step{last}", final)
+    models = {a: str(_trainer_run(suite_copy, a, tmp_path / "run_a")),
+              b: str(_trainer_run(suite_copy, b, tmp_path / "run_b")), c: os.path.relpath(final)}
+    spec = SweepSpec(models=models, checkpoints="all", analyses=("superposition",), settings=dict(FAST))
+    assert spec.models[c] == str(final)  # stored resolved
+    keys = [t.key for t in expand(spec)]
+    assert keys == [f"{a}/checkpoint-{prev}", f"{a}/checkpoint-{last}", f"{b}/checkpoint-{prev}",
+                    f"{b}/checkpoint-{last}", f"{c}/main"]
+    run = tmp_path / "out"
+    summary = sweep(spec, run, n_boot=10)
+    assert summary.count("done") == 5 and not summary.failed
+    with (run / "metrics.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["metric"] == "mean_sq_overlap"]
+    assert {(r["size"], r["step"]) for r in rows} == {(a, str(prev)), (a, str(last)), (b, str(prev)),
+                                                      (b, str(last)), (c, "")}
+    fits = json.loads((run / "fits.json").read_text())
+    assert any(f["metric"] == "superposition.mean_sq_overlap" for f in fits["fits"])
+    assert SweepSpec(models={b: models[b]}, checkpoints="final", analyses=("superposition",),
+                     settings=dict(FAST)).models  # a later run may name fewer sizes ...
+    again = sweep(SweepSpec(models={b: models[b]}, checkpoints="final", analyses=("superposition",),
+                            settings=dict(FAST)), run, n_boot=10)
+    assert again.count("skipped") == 1
+    recorded = json.loads((run / "sweep_spec.json").read_text())["models"]
+    assert recorded == spec.models  # ... and the record keeps every size measured
+    with pytest.raises(ScalelensError, match=f"size {b} was .*run_b, not .*run_a"):
+        sweep(SweepSpec(models={b: models[a]}, analyses=("superposition",), settings=dict(FAST)), run)
+
+
+def test_own_models_are_checked_before_anything_runs(suite_copy, tmp_path):
+    size = read_manifest(suite_copy).sizes[0]
+    with pytest.raises(ScalelensError, match="size x: model path .*nowhere does not exist"):
+        SweepSpec(models={"x": str(tmp_path / "nowhere")})
+    with pytest.raises(ScalelensError, match="bad size label '../up'"):
+        SweepSpec(models={"../up": str(suite_copy / size)})
+    plain = str(suite_copy / size / f"step{read_manifest(suite_copy).steps[-1]}")
+    with pytest.raises(ScalelensError, match="has no step<N> or checkpoint-<N> directories"):
+        expand(SweepSpec(models={"x": plain}, checkpoints=(8,)))
+    with pytest.raises(ScalelensError, match=r"size x \(.*\): checkpoint step\(s\) \[7\] not available"):
+        expand(SweepSpec(models={"x": str(suite_copy / size)}, checkpoints=(7,)))
+    hub = expand(SweepSpec(models={"70m": "EleutherAI/pythia-70m", "gpt2": "gpt2"}, checkpoints="final"))
+    assert [(t.key, t.step) for t in hub] == [("70m/step143000", 143000), ("gpt2/main", None)]
+
+
+def test_a_sweep_tokenizer_serves_models_that_ship_none(suite_copy, tmp_path):
+    size, last = read_manifest(suite_copy).sizes[0], read_manifest(suite_copy).steps[-1]
+    bare = tmp_path / "bare"
+    shutil.copytree(suite_copy / size / f"step{last}", bare)
+    for f in bare.glob("tokenizer*"):
+        f.unlink()
+    kw = dict(models={"x": str(bare)}, analyses=("superposition",), settings=dict(FAST))
+    without = sweep(SweepSpec(**kw), tmp_path / "without")
+    assert without.count("failed") == 1 and "no usable tokenizer" in without.failed[0].error
+    given = sweep(SweepSpec(**kw, tokenizer=str(suite_copy / size / f"step{last}")), tmp_path / "with")
+    assert given.count("done") == 1
