@@ -15,7 +15,7 @@ is a :class:`~scalelens.errors.ScalelensError` with one line naming the fix.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -235,12 +235,21 @@ class CaptureFile:
     # -- data --------------------------------------------------------------------
     def _dataset(self, where: str) -> h5py.Dataset:
         if not self._guard(where, lambda: where in self._f):
-            raise ScalelensError(f"{self.path} has no dataset {where}")
+            raise ScalelensError(f"{self.path} has no dataset {where}{self._holding(where)}")
         obj = self._guard(where, lambda: self._f[where])
         if not isinstance(obj, h5py.Dataset):
             held = ", ".join(self._guard(where, lambda: list(obj))) or "nothing"
             raise ScalelensError(f"{self.path}: {where} is a group, not a dataset (it holds: {held})")
         return obj
+
+    def _holding(self, where: str) -> str:
+        """What the file holds instead of the missing ``where``: the probes, or the probe's datasets."""
+        parts = where.split("/")
+        if len(parts) == 3 and parts[0] == schema.PROBES:
+            if parts[1] not in self.probe_names:
+                return f"; its probes: {', '.join(self.probe_names) or 'none'}"
+            return f"; probe {parts[1]} has: {', '.join(self.datasets(parts[1]))}"
+        return f"; its probes: {', '.join(self.probe_names) or 'none'} (pass probe=NAME)"
 
     def _axes(self, ds: h5py.Dataset, where: str) -> tuple[str, ...]:
         raw = self._guard(f"the axes of {where}", lambda: ds.attrs[schema.AXES_ATTR])
@@ -254,13 +263,28 @@ class CaptureFile:
                                  "(corrupted?); re-run the capture with --overwrite")
         return axes
 
-    def read(self, name: str, probe: str | None = None, done_only: bool = True) -> Labeled:
-        """Read dataset ``name`` (of ``probe``), with axis names; only finished prompts."""
+    def read(self, name: str, probe: str | None = None, done_only: bool = True,
+             prompts: int | slice | Sequence[int] | None = None) -> Labeled:
+        """Read dataset ``name`` (of ``probe``), with axis names; only finished prompts.
+
+        Args:
+            name: Dataset name (``values``), or a root dataset (``tokens``) without ``probe``.
+            probe: Probe name.
+            done_only: Only prompts finished when the file was opened or refreshed.
+            prompts: Only these prompts, read from disk alone: an index (its axis is
+                dropped, as numpy does), a slice or a list of indices (in that order).
+        """
         where = name if probe is None else f"{schema.PROBES}/{probe}/{name}"
         ds = self._dataset(where)
         axes = self._axes(ds, where)
-        by_prompt = done_only and axes and axes[0] == "prompt"
-        data = self._guard(where, lambda: ds[: self._n_done] if by_prompt else ds[()])
+        by_prompt = bool(axes) and axes[0] == "prompt"
+        if prompts is not None:
+            if not by_prompt:
+                raise ScalelensError(f"{self.path}: {where} has no prompt axis (axes {axes}); drop prompts=")
+            rows = _prompt_rows(prompts, self._n_done if done_only else ds.shape[0], self.path)
+            data = self._guard(where, lambda: _read_rows(ds, rows))
+            return Labeled(data[0], axes[1:]) if isinstance(prompts, int) else Labeled(data, axes)
+        data = self._guard(where, lambda: ds[: self._n_done] if done_only and by_prompt else ds[()])
         return Labeled(np.asarray(data), axes)
 
     def datasets(self, probe: str) -> dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]]:
@@ -322,6 +346,32 @@ class CaptureFile:
         if not count:
             return None
         return NonFinite(probe, name, count, tuple(sorted(prompts)), tuple(sorted(layers)))
+
+
+def _prompt_rows(prompts: int | slice | Sequence[int], n: int, path: Path) -> np.ndarray:
+    """Row indices of ``prompts`` among the ``n`` readable ones (negative count from the end)."""
+    if isinstance(prompts, slice):
+        return np.arange(n)[prompts]
+    wanted = [prompts] if isinstance(prompts, int) else list(prompts)
+    if not all(isinstance(i, int | np.integer) and not isinstance(i, bool) for i in wanted):
+        raise ScalelensError(f"prompts must be an index, a slice or a list of indices, got {prompts!r}")
+    bad = [int(i) for i in wanted if not -n <= i < n]
+    if bad:
+        raise ScalelensError(f"{path}: prompt {bad[0]} is out of range; {n} prompts are readable "
+                             "(finished ones only, unless done_only=False)")
+    return np.asarray(wanted, dtype=np.int64) % max(n, 1)
+
+
+def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """``ds[rows]`` in the order given; h5py reads ascending unique rows, so read those, then reorder."""
+    if rows.size == 0:
+        return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
+    unique, inverse = np.unique(rows, return_inverse=True)
+    if unique.size == unique[-1] - unique[0] + 1:  # a contiguous run: one slab
+        block = ds[int(unique[0]): int(unique[-1]) + 1]
+    else:
+        block = ds[unique.tolist()]
+    return np.asarray(block)[inverse]
 
 
 def _h5_reason(e: BaseException) -> str:

@@ -1,0 +1,81 @@
+"""CaptureFile.read(prompts=...): reads only the chosen prompts, as numpy indexing would."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny_models import prompts, tiny_model, word_tokenizer
+
+from scalelens.cache.reader import CaptureFile
+from scalelens.capture import capture
+from scalelens.errors import ScalelensError
+from scalelens.models.load import load_model
+from scalelens.probes.spec import preset
+
+N = 7
+
+
+@pytest.fixture(scope="module")
+def capture_path(tmp_path_factory):
+    lm = load_model(tiny_model(), tokenizer=word_tokenizer())
+    out = tmp_path_factory.mktemp("select") / "c.h5"
+    return capture(lm, [preset("resid"), preset("massive")], prompts(N), out, batch_size=3, progress=False)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-N, N - 1), max_size=9))
+def test_a_list_of_prompts_reads_as_numpy_fancy_indexing(capture_path, idx):
+    with CaptureFile(capture_path) as f:
+        full = f.read("values", probe="resid")
+        part = f.read("values", probe="resid", prompts=idx)
+    assert part.axes == full.axes
+    np.testing.assert_array_equal(part.data, full.data[np.asarray(idx, dtype=int)])
+
+
+def test_an_index_drops_the_prompt_axis_and_a_slice_keeps_it(capture_path):
+    with CaptureFile(capture_path) as f:
+        full = f.read("values", probe="resid")
+        one = f.read("values", probe="resid", prompts=-1)
+        every_other = f.read("values", probe="resid", prompts=slice(1, None, 2))
+        tokens = f.read("tokens", prompts=[4, 0])
+        assert one.axes == full.axes[1:]
+        np.testing.assert_array_equal(one.data, full.data[-1])
+        np.testing.assert_array_equal(every_other.data, full.data[1::2])
+        np.testing.assert_array_equal(tokens.data, f.read("tokens").data[[4, 0]])
+        with pytest.raises(ScalelensError, match=f"prompt {N} is out of range; {N} prompts are readable"):
+            f.read("values", probe="resid", prompts=[0, N])
+        with pytest.raises(ScalelensError, match="prompts must be an index, a slice or a list"):
+            f.read("values", probe="resid", prompts=[0.5])
+
+
+def test_a_prompt_not_yet_finished_is_out_of_range(capture_path, tmp_path):
+    import shutil
+
+    import h5py
+
+    partial = tmp_path / "partial.h5"
+    shutil.copy(capture_path, partial)
+    with h5py.File(partial, "r+") as f:
+        f["progress"][...] = [3, 0]
+    with CaptureFile(partial) as f:
+        assert f.read("values", probe="resid", prompts=-1).data.shape == f.read(
+            "values", probe="resid", prompts=2).data.shape
+        np.testing.assert_array_equal(f.read("values", probe="resid", prompts=-1).data,
+                                      f.read("values", probe="resid").data[2])
+        with pytest.raises(ScalelensError, match="prompt 3 is out of range; 3 prompts are readable"):
+            f.read("values", probe="resid", prompts=3)
+        assert f.read("values", probe="resid", prompts=[5], done_only=False).data.shape[0] == 1
+
+
+def test_a_missing_name_lists_what_the_file_has(capture_path):
+    with CaptureFile(capture_path) as f:
+        with pytest.raises(ScalelensError, match="no dataset probes/resid/valuez; probe resid has: values"):
+            f.read("valuez", probe="resid")
+        with pytest.raises(ScalelensError, match="no dataset probes/attn/values; its probes: massive, resid"):
+            f.read("values", probe="attn")
+        with pytest.raises(ScalelensError, match=r"no dataset values; its probes: .*\(pass probe=NAME\)"):
+            f.read("values")
+        with pytest.raises(ScalelensError, match="progress has no prompt axis"):
+            f.read("progress", prompts=0)
