@@ -91,6 +91,17 @@ ENGLISH_HAYSTACK = (
 )
 
 
+_NEEDLE_KEYS = ("needle", "question", "answer")
+
+
+def _needle_text(value: Any, key: str, where: str) -> str:
+    """A needle field as text: a string or a number (``42``), never null, a list or empty."""
+    ok = isinstance(value, str | int | float) and not isinstance(value, bool)
+    if not ok or not str(value).strip():
+        raise ScalelensError(f'{where}: "{key}" must be non-empty text, got {json.dumps(value)}')
+    return str(value)
+
+
 def read_needles(path: str | Path) -> list[Needle]:
     """Read ``{"needle", "question", "answer"}`` objects, one per line."""
     p = Path(path)
@@ -102,11 +113,12 @@ def read_needles(path: str | Path) -> list[Needle]:
             continue
         try:
             obj = json.loads(line)
-            needles.append(Needle(str(obj["needle"]), str(obj["question"]), str(obj["answer"])))
+            fields = {k: obj[k] for k in _NEEDLE_KEYS}
         except (json.JSONDecodeError, KeyError, TypeError):
             raise ScalelensError(
                 f'{p}:{i + 1}: expected {{"needle": ..., "question": ..., "answer": ...}}'
             ) from None
+        needles.append(Needle(*(_needle_text(v, k, f"{p}:{i + 1}") for k, v in fields.items())))
     if not needles:
         raise ScalelensError(f"needle file {p} has no needles")
     return needles

@@ -433,6 +433,10 @@ CASES: dict[str, Case] = {
         lambda c: c.measure("--analyses", "retrieval_heads", "--needles",
                             str(c.file("n.jsonl", b'{"needle": "caf\xe9"}\n'))),
         ("needle file", "is not UTF-8")),
+    "needle with a null answer": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads", "--needles",
+                            str(c.file("n.jsonl", '{"needle": "a", "question": "q", "answer": null}\n'))),
+        ('n.jsonl:1: "answer" must be non-empty text, got null',)),
     "measure --out is a file": Case(
         lambda c: ["measure", "--model", str(c.model), "--analyses", "superposition", "--out",
                    str(c.file("f.txt", "x"))], ("not a directory",), keep=lambda c: c.tmp / "f.txt"),
