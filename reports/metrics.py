@@ -64,7 +64,7 @@ class MetricRow:
         return "layer" if self.layer is not None else "scalar"
 
 
-def _step_rank(step: int | None) -> float:
+def step_rank(step: int | None) -> float:
     """Order checkpoints; a row without a step (e.g. ``main``) counts as the latest."""
     return math.inf if step is None else float(step)
 
@@ -134,6 +134,12 @@ class MetricTable:
     def _of_series(self, series: Series) -> list[MetricRow]:
         return [r for (_, s), rows in self._groups.items() if s == series for r in rows]
 
+    def latest_rows(self, series: Series) -> list[MetricRow]:
+        """Return every row of one series at its latest checkpoint."""
+        rows = self._of_series(series)
+        last = max((step_rank(r.step) for r in rows), default=None)
+        return [r for r in rows if step_rank(r.step) == last]
+
     def steps(self, series: Series) -> list[int]:
         """Return the sorted training steps measured for one series."""
         return sorted({r.step for r in self._of_series(series) if r.step is not None})
@@ -157,8 +163,8 @@ class MetricTable:
         rows = self.select(key, series)
         if not rows:
             return []
-        last = max(_step_rank(r.step) for r in rows)
-        return [r for r in rows if _step_rank(r.step) == last]
+        last = max(step_rank(r.step) for r in rows)
+        return [r for r in rows if step_rank(r.step) == last]
 
     def scalar(self, key: str, series: Series) -> float:
         """Return a scalar metric at its latest checkpoint, NaN when absent."""

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .metrics import MetricTable, Series, step_rank
 from .rundir import Run
 from .runfiles import DynamicsFit, ScalingFit
 
@@ -99,11 +100,24 @@ def sizes_table(run: Run) -> Table:
 
 
 def latest_scalars_table(run: Run) -> Table:
-    """Return every scalar metric (rows) at the latest checkpoint of each size (columns)."""
+    """Return every scalar metric (rows) at the latest checkpoint of each size (columns).
+
+    A value from an earlier checkpoint (the size's latest lacks that metric, e.g. a failed
+    task) says its step, so sizes compared across a row are not silently at other steps.
+    """
     t = run.table
     series = run.series()
-    rows = tuple((key, *(fmt(t.scalar(key, s)) for s in series)) for key in t.keys("scalar"))
+    newest = {s: step_rank(t.latest_rows(s)[0].step) for s in series}
+    rows = tuple((key, *(_latest_cell(t, key, s, newest[s]) for s in series)) for key in t.keys("scalar"))
     return Table(("metric", *(t.label(s) for s in series)), rows)
+
+
+def _latest_cell(t: MetricTable, key: str, series: Series, newest: float) -> str:
+    rows = [r for r in t.latest(key, series) if r.kind == "scalar"]
+    if not rows:
+        return DASH
+    step = rows[-1].step
+    return fmt(rows[-1].value) + ("" if step_rank(step) == newest else f" (step {step})")
 
 
 def _cell(value: Any) -> str:

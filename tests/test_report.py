@@ -785,3 +785,20 @@ def test_a_run_too_small_to_fit_says_why_in_the_report(tmp_path: Path) -> None:
     paths = render_report(run, progress=False)
     for text in (paths.html.read_text(), paths.markdown.read_text()):
         assert "No scaling fits: a fit needs 3 sizes with values at their last checkpoint" in text
+
+
+def test_a_latest_value_from_an_earlier_checkpoint_says_its_step(tmp_path: Path) -> None:
+    """160m's last checkpoint lacks the loss (its task failed): the scalar table shows its
+    step-10 value marked as such, not silently beside the other sizes' step-20 values."""
+    from scalelens.reports.rundir import load_run
+    from scalelens.reports.tables import latest_scalars_table
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows = [("70m", 20, "loss", 3.0), ("160m", 10, "loss", 2.9), ("160m", 20, "acc", 0.5),
+            ("410m", 20, "loss", 2.2)]
+    text = "".join(f"pythia-{s},{s},step{t},{t},{n},1e5,loss,{m},,,{v}\n"
+                   for (s, t, m, v), n in zip(rows, (1e6, 2e6, 2e6, 4e6), strict=True))
+    (run_dir / "metrics.csv").write_text(",".join(COLUMNS) + "\n" + text)
+    table = latest_scalars_table(load_run(run_dir))
+    assert dict((r[0], r[1:]) for r in table.rows)["loss.loss"] == ("3", "2.9 (step 10)", "2.2")
