@@ -25,6 +25,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """Options that say which model to load and where to run it."""
     p.add_argument("--model", required=True, help="hub id, local HF dir, suite dir or .gguf file")
     p.add_argument("--revision", help="hub revision / checkpoint, e.g. step3000")
+    p.add_argument("--tokenizer", help="tokenizer directory or hub id (default: the model's own)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"),
                    help="model compute dtype (default float32, whatever the checkpoint was saved in)")
@@ -35,7 +36,8 @@ def load_from_args(args: argparse.Namespace):
     from scalelens.models.load import load_model
 
     check_device(args.device, args.dtype)
-    return load_model(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
+    return load_model(args.model, revision=args.revision, tokenizer=args.tokenizer, device=args.device,
+                      dtype=args.dtype)
 
 
 def check_device(device: str, dtype: str | None) -> None:

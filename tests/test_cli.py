@@ -56,6 +56,22 @@ def test_options_some_probes_do_not_take_are_noted_not_fatal(model_dir, prompt_f
         assert f.datasets("predictions")["top1_token"][0] == (5, 1, 1)
 
 
+def test_a_model_without_tokenizer_files_takes_tokenizer(model_dir, prompt_file, tmp_path, capsys):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    for f in bare.glob("*"):
+        if f.name not in ("config.json", "model.safetensors", "generation_config.json"):
+            f.unlink()
+    argv = ["capture", "--model", str(bare), "--prompts", str(prompt_file), "--probes", "resid",
+            "--out", str(tmp_path / "t.h5")]
+    assert main(argv) == 2 and "no usable tokenizer" in capsys.readouterr().err
+    assert main([*argv, "--tokenizer", str(model_dir)]) == 0
+    with CaptureFile(tmp_path / "t.h5") as f:
+        assert f.complete and f.n_done == 5
+
+
 def test_capture_errors_are_one_line(model_dir, prompt_file, tmp_path, capsys):
     out = tmp_path / "e.h5"
     code = main(["capture", "--model", str(model_dir), "--prompts", str(prompt_file), "--layers", "9",
