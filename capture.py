@@ -46,7 +46,8 @@ class CaptureSettings:
     """How a capture runs.
 
     Attributes:
-        batch_size: Prompts per forward pass (and per HDF5 write).
+        batch_size: Prompts per forward pass (and per HDF5 write); an interrupted capture
+            may resume with another one (each prompt's is recorded in ``/batch_size``).
         max_length: Longest prompt accepted, in tokens; default: the model's context.
         backend: ``native`` (torch hooks), ``nnsight`` or ``transformer-lens``.
         overwrite: Replace an existing output instead of resuming it.
@@ -183,8 +184,8 @@ class Capture:
 
     # -- feeding -----------------------------------------------------------------
     def _identity(self, tok: TokenizedPrompts) -> FileIdentity:
+        """What a file must match to be resumed; not the batch size (recorded per prompt instead)."""
         capture = {
-            "batch_size": self.settings.batch_size,
             "backend": self.settings.backend,
             "attention_capture": self.attention_capture,
             "n_prompts": int(tok.ids.shape[0]),

@@ -90,6 +90,9 @@ SAFE_SINCE = [
     "  143, lock and temporary files removed; the rerun resumes.",
     "* **Other weights at the same model path.** A capture file records a fingerprint of the\n"
     "  model's parameters; resuming or reusing it with other weights is refused, naming them.",
+    "* **Resume with another batch size** (was a known gap). The batch size is no longer part of a\n"
+    "  capture file's identity nor of a sweep run directory's; each prompt's is recorded in\n"
+    "  `/batch_size`, so a run that ran out of memory resumes with a smaller `--batch-size`.",
 ]
 
 
@@ -100,8 +103,6 @@ KNOWN_GAPS = [
     "(checked by hand: 4 skipped, 2 done, metrics equal to an uninterrupted local sweep).",
     "* **Power loss.** Nothing is fsynced; a kill -9 keeps everything the page cache holds, a "
     "power cut may not. `progress` would need an fsync after each batch's data to be safe then.",
-    "* **Resume needs the same batch size** (it is part of the file's identity); a run that "
-    "ran out of memory cannot resume with a smaller `--batch-size`.",
 ]
 
 

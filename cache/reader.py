@@ -198,8 +198,23 @@ class CaptureFile:
 
     @property
     def capture(self) -> dict[str, Any]:
-        """Capture settings (batch size, backend, attention capture...)."""
+        """Capture settings (backend, attention capture, prompt count, padded length).
+
+        Files written before the batch size was recorded per prompt (:attr:`batch_sizes`)
+        hold the batch size they were created with here (``batch_size``).
+        """
         return self.attr_json("capture")
+
+    @property
+    def batch_sizes(self) -> np.ndarray | None:
+        """The batch size each finished prompt was captured with, or None.
+
+        A resumed capture may have changed it. None for files written before it was
+        recorded (see :attr:`capture`).
+        """
+        if not self._guard(f"/{schema.BATCH_SIZE}", partial(self._f.__contains__, schema.BATCH_SIZE)):
+            return None
+        return self.read(schema.BATCH_SIZE).data
 
     @property
     def probe_specs(self) -> list[dict[str, Any]]:

@@ -26,6 +26,12 @@ CHUNK_BYTES = 64 * 2**20
 
 
 WEIGHTS_ATTR = "weights_fingerprint"
+NOT_IDENTITY = frozenset({"batch_size"})
+"""``capture`` settings never compared on resume: they do not change what is captured.
+
+Files written before the batch size left the identity hold it in their ``capture``
+attribute; it is ignored there, so they resume with any batch size too.
+"""
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,8 @@ class FileIdentity:
     def mismatch(self, attrs: h5py.AttributeManager) -> str | None:
         """Name what differs from the file's ``attrs`` first, or None.
 
-        A file written before weights were fingerprinted is not checked for them.
+        A file written before weights were fingerprinted is not checked for them;
+        :data:`NOT_IDENTITY` settings (the batch size) are never checked.
         """
         model = _json_object(attrs.get("model"))
         fields = sorted(k for k in {*model, *self.model} if model.get(k) != self.model.get(k))
@@ -51,7 +58,8 @@ class FileIdentity:
             if attrs.get(key) != getattr(self, key):
                 return label
         have = _json_object(attrs.get("capture"))
-        changed = sorted(k for k in {*have, *self.capture} if have.get(k) != self.capture.get(k))
+        changed = sorted(k for k in {*have, *self.capture} - NOT_IDENTITY
+                         if have.get(k) != self.capture.get(k))
         if changed:
             return f"capture setting ({', '.join(changed)})"
         have_weights = attrs.get(WEIGHTS_ATTR)
@@ -114,13 +122,17 @@ class CaptureWriter:
     :meth:`write` per batch (in prompt order), then :meth:`finish`.
     """
 
-    def __init__(self, path: Path, f: h5py.File, creating: Path | None = None) -> None:
+    def __init__(self, path: Path, f: h5py.File, batch_rows: int, creating: Path | None = None) -> None:
         """Wrap an open file; use :meth:`open` instead.
 
+        ``batch_rows``: the batch size recorded for every prompt written (``/batch_size``,
+        when the file has it: files from before it was recorded do not).
         ``creating``: the temporary name ``f`` was created under; it is renamed to ``path``
         once the first batch is written, and deleted if the writer closes before that.
         """
         self.path, self._f = path, f
+        self.batch_rows = batch_rows
+        self._records_batch = schema.BATCH_SIZE in f
         self._creating = creating
         self._lock: WriteLock | None = None
 
@@ -144,7 +156,9 @@ class CaptureWriter:
         until :meth:`close`: a second writer of the same file gets one clear error.
 
         A complete compatible file is an error unless ``reuse_complete`` (then the
-        returned writer is already :attr:`complete`).
+        returned writer is already :attr:`complete`). ``batch_rows`` (prompts per batch)
+        sizes a new file's chunks and is recorded for each prompt written; an incomplete
+        file resumes with any ``batch_rows``.
 
         Raises:
             ScalelensError: if the directory is unwritable, or the file is complete
@@ -169,7 +183,7 @@ class CaptureWriter:
         # killed (kill -9) writer left.
         path.with_name(path.name + ".creating").unlink(missing_ok=True)
         if path.exists() and not overwrite:
-            return cls._resume(path, identity, probes, len(tokens.lengths), reuse_complete)
+            return cls._resume(path, identity, probes, len(tokens.lengths), batch_rows, reuse_complete)
         # A new file is built aside and renamed into place once its first batch is written:
         # a capture that fails before that (bad input found late, Ctrl-C) leaves nothing at
         # ``path``, and a file being overwritten is replaced only by one that holds data.
@@ -181,7 +195,7 @@ class CaptureWriter:
                     group = f.create_group(f"{schema.PROBES}/{name}")
                     for spec in specs:
                         _create_dataset(group, spec, batch_rows)
-            return cls(path, h5py.File(tmp, "r+", locking=False, rdcc_nbytes=0), creating=tmp)
+            return cls(path, h5py.File(tmp, "r+", locking=False, rdcc_nbytes=0), batch_rows, creating=tmp)
         except BaseException as e:  # a full disk, Ctrl-C...: no temporary file left either
             tmp.unlink(missing_ok=True)
             if isinstance(e, OSError):
@@ -190,7 +204,7 @@ class CaptureWriter:
 
     @classmethod
     def _resume(cls, path: Path, identity: FileIdentity, probes: dict[str, list[DatasetSpec]],
-                n_prompts: int, reuse_complete: bool) -> CaptureWriter:
+                n_prompts: int, batch_rows: int, reuse_complete: bool) -> CaptureWriter:
         try:  # read-only first: a complete file that is reused is never touched
             f = h5py.File(path, "r", locking=False)
         except OSError as e:
@@ -205,7 +219,7 @@ class CaptureWriter:
                 f"{schema.SCHEMA_VERSION}; use another --out or --overwrite"
             )
         what = identity.mismatch(f.attrs)
-        writer = cls(path, f)
+        writer = cls(path, f, batch_rows)
         if what is not None:
             f.close()
             raise IncompatibleResumeError(
@@ -221,10 +235,14 @@ class CaptureWriter:
         if writer.complete:
             return writer
         f.close()
-        return cls(path, h5py.File(path, "r+", locking=False, rdcc_nbytes=0))
+        return cls(path, h5py.File(path, "r+", locking=False, rdcc_nbytes=0), batch_rows)
 
     def write(self, start: int, arrays: dict[str, dict[str, np.ndarray]]) -> None:
-        """Write one batch starting at prompt ``start`` and advance progress."""
+        """Write one batch starting at prompt ``start`` and advance progress.
+
+        The batch's rows need not fall on chunk boundaries (a file resumed with another
+        batch size): HDF5 then rewrites the chunks it shares with finished prompts as they are.
+        """
         if start != self.n_done:
             raise RuntimeError(f"batch starts at {start} but {self.n_done} prompts are done")
         stop = start
@@ -234,6 +252,8 @@ class CaptureWriter:
                 ds = group[name]
                 stop = start + arr.shape[0]
                 ds[start:stop] = _pad_to(arr, ds.shape[1:])
+        if self._records_batch:
+            self._f[schema.BATCH_SIZE][start:stop] = self.batch_rows
         self._f.flush()
         self._f[schema.PROGRESS][0] = stop
         self._f.flush()
@@ -368,6 +388,9 @@ def _damage(f: h5py.File, probes: dict[str, list[DatasetSpec]], n_prompts: int) 
                 want = (spec.shape, np.dtype(spec.dtype))
                 if not isinstance(ds, h5py.Dataset) or (ds.shape, ds.dtype) != want:
                     return f"dataset {where} is missing or misshapen"
+        record = f.get(schema.BATCH_SIZE)  # absent from files written before it was recorded
+        if record is not None and (not isinstance(record, h5py.Dataset) or record.shape != (n_prompts,)):
+            return f"/{schema.BATCH_SIZE} is misshapen"
     except (OSError, KeyError, ValueError, TypeError) as e:
         return f"unreadable: {e}"
     return None
@@ -402,3 +425,6 @@ def _write_header(f: h5py.File, identity: FileIdentity, tokens: Any) -> None:
         ds.attrs[schema.AXES_ATTR] = json.dumps(axes_attr(axes))
     _create_dataset(f, DatasetSpec(schema.PROGRESS, (2,), "int64", (Axis.FIELD,)), 2)
     f[schema.PROGRESS][...] = np.zeros(2, dtype=np.int64)
+    n = len(tokens.lengths)  # 4 KiB chunks: each batch rewrites one or two of them, not all n
+    _create_dataset(f, DatasetSpec(schema.BATCH_SIZE, (n,), "int32", (P,)), 1024)
+    f[schema.BATCH_SIZE][...] = np.zeros(n, dtype=np.int32)

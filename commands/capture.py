@@ -6,8 +6,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scalelens.errors import ScalelensError
+
+if TYPE_CHECKING:
+    from scalelens.cache.reader import CaptureFile
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -206,6 +210,24 @@ def _fmt_int(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _batch_sizes(f: CaptureFile) -> str:
+    """The batch size(s) a file's finished prompts were captured with.
+
+    E.g. ``8 (prompts 0-15), 2 (prompts 16-19)`` after a resume with a smaller one.
+    """
+    import numpy as np
+
+    sizes = f.batch_sizes
+    if sizes is None:  # written before batch sizes were recorded per prompt
+        return f"{f.capture.get('batch_size')} (when created)"
+    if not sizes.size:
+        return "none yet"
+    cuts = [0, *(np.flatnonzero(np.diff(sizes)) + 1).tolist(), len(sizes)]
+    if len(cuts) == 2:
+        return str(int(sizes[0]))
+    return ", ".join(f"{int(sizes[a])} (prompts {a}-{b - 1})" for a, b in zip(cuts, cuts[1:], strict=False))
+
+
 def run_inspect(args: argparse.Namespace) -> int:
     """Handle ``scalelens inspect``."""
     from scalelens.cache.reader import CaptureFile
@@ -221,7 +243,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(f"model: {m.get('name')} ({m.get('architecture')}, {_fmt_int(m.get('n_params'))} params, "
               f"revision {m.get('revision')}, step {m.get('step')})")
         cap = f.capture
-        print(f"capture: backend {cap.get('backend')}, batch size {cap.get('batch_size')}, "
+        print(f"capture: backend {cap.get('backend')}, batch size {_batch_sizes(f)}, "
               f"attention: {cap.get('attention_capture')}")
         print(f"prompts: {f.n_prompts}, padded length {cap.get('seq')}")
         for probe in f.probe_names:

@@ -38,6 +38,16 @@ _IDENTITY = ("suite", "family", "models", "dtype", "tokenizer", "analyses", "set
 _OPTIONAL = ("models", "dtype", "tokenizer")
 # A suite rebuilt in place with other settings holds other models under the same task keys.
 _SUITE_BUILD = "suite_build"
+# Settings that do not change a task's results (an interrupted capture resumes with another
+# batch size): neither recorded nor compared; older sweep_spec.json files that hold them pass.
+_NOT_IDENTITY_SETTINGS = ("batch_size",)
+
+
+def _identity_settings(settings: object) -> object:
+    """``settings`` without the ones that do not change results (anything else: as it is)."""
+    if not isinstance(settings, dict):
+        return settings
+    return {k: v for k, v in settings.items() if k not in _NOT_IDENTITY_SETTINGS}
 
 
 def run_identity(spec) -> dict:
@@ -46,6 +56,8 @@ def run_identity(spec) -> dict:
 
     want = {k: v for k, v in spec.to_dict().items()
             if k in _IDENTITY and not (k in _OPTIONAL and v is None)}
+    if "settings" in want:
+        want["settings"] = _identity_settings(want["settings"])
     if spec.suite is not None:
         want[_SUITE_BUILD] = read_manifest(spec.suite).settings_hash
     return want
@@ -67,6 +79,8 @@ def _check_resume(out: Path, path: Path, want: dict) -> None:
     recorded = have
     if _SUITE_BUILD in want and _SUITE_BUILD not in have:  # from a scalelens that did not note it
         have = {**have, _SUITE_BUILD: want[_SUITE_BUILD]}
+    if "settings" in have:  # older files recorded the batch size too
+        have = {**have, "settings": _identity_settings(have["settings"])}
     want = _with_earlier_models(out, have, want)
     if have != want:
         diff = sorted(k for k in {*want, *have} if have.get(k) != want.get(k))
@@ -101,7 +115,8 @@ def check_run_dir(out: Path, spec, overwrite: bool) -> None:
     """Refuse to resume a run directory made with other settings; record them for new runs.
 
     A sweep resumes by skipping tasks whose results.json exists, so a rerun with other
-    analyses, settings or models would silently mix results.
+    analyses, settings or models would silently mix results. The batch size is not
+    compared: a rerun may lower it (say after running out of memory).
     """
     from scalelens.measure.run import write_json
 

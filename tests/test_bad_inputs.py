@@ -624,7 +624,8 @@ SWEEP_CASES: dict[str, tuple[Callable[[Ctx, Path], list[str]], tuple[str, ...]]]
         lambda c, s: ["sweep", "--model", f"a={s / '16k'}", "--suite", str(s), "--out", str(c.tmp / "r")],
         ("not allowed with argument",)),
     "sweep spec with a models entry that is not a path": (
-        lambda c, s: ["sweep", "--spec", str(c.file("m.toml", "[models]\na = 3\n")), "--out", str(c.tmp / "r")],
+        lambda c, s: ["sweep", "--spec", str(c.file("m.toml", "[models]\na = 3\n")),
+                      "--out", str(c.tmp / "r")],
         ("model of size a must be a path or hub id",)),
     "sweep spec with models and a suite": (
         lambda c, s: ["sweep", "--spec", str(_spec(c, s, f'[models]\na = "{s / "16k"}"\n')),

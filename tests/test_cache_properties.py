@@ -147,6 +147,37 @@ def test_resume_at_any_batch_boundary(case, cut, seed, tmp_path_factory):
     assert not out.with_name("int.h5.creating").exists()
 
 
+@SETTINGS
+@given(case=layouts(), cut=st.integers(0, 7), other=st.integers(1, 7))
+def test_resume_with_another_batch_size_writes_the_same_bytes(case, cut, other, tmp_path_factory):
+    """A file resumes with any batch size (its chunks were sized for the first one, so the
+    new batches straddle them) and holds the same bytes as one pass; /batch_size says which
+    batch size wrote each prompt."""
+    n, batch, tokens, layout, data = case
+    done = min(n, (1 + cut % -(-n // batch)) * batch)  # the first run wrote 1 .. all of its batches
+    d = tmp_path_factory.mktemp("rebatch")
+    ref = d / "ref.h5"
+    w = CaptureWriter.open(ref, identity(tokens, batch), tokens, layout, batch)
+    write_batches(w, data, batch, 0, n)
+    w.finish()
+    out = d / "int.h5"
+    w = CaptureWriter.open(out, identity(tokens, batch), tokens, layout, batch)
+    write_batches(w, data, batch, 0, done)
+    w.close()
+    w = CaptureWriter.open(out, identity(tokens, other), tokens, layout, other)
+    assert w.n_done == done
+    write_batches(w, data, other, done, n)
+    w.finish()
+    with h5py.File(ref, "r") as a, h5py.File(out, "r") as b:
+        for probe, specs in layout.items():
+            for spec in specs:
+                where = f"{schema.PROBES}/{probe}/{spec.name}"
+                assert_bitwise(a[where][()], b[where][()])
+        assert list(b[schema.PROGRESS][()]) == [n, 1]
+    with CaptureFile(out) as f:
+        assert f.batch_sizes.tolist() == [batch] * done + [other] * (n - done)
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=layouts(), field=st.sampled_from(["model", "probes", "prompts", "capture"]))
 def test_resume_refuses_any_identity_change_and_leaves_file_alone(case, field, tmp_path_factory):
@@ -161,7 +192,7 @@ def test_resume_refuses_any_identity_change_and_leaves_file_alone(case, field, t
         {**good.model, "name": "another"} if field == "model" else good.model,
         '[{"name": "q"}]' if field == "probes" else good.probes,
         "0" * 64 if field == "prompts" else good.prompts_sha256,
-        {**good.capture, "batch_size": batch + 1} if field == "capture" else good.capture,
+        {**good.capture, "backend": "another"} if field == "capture" else good.capture,
     )
     with pytest.raises(IncompatibleResumeError, match="different"):
         CaptureWriter.open(path, other, tokens, layout, batch)

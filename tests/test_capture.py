@@ -241,8 +241,8 @@ class _nullcontext:
         return False
 
 
-def _interrupted_capture(lm, probes, texts, out, at_batch: int) -> None:
-    """A capture in batches of 2, stopped by Ctrl-C as batch ``at_batch`` starts."""
+def _interrupted_capture(lm, probes, texts, out, at_batch: int, batch_size: int = 2) -> None:
+    """A capture in batches of ``batch_size``, stopped by Ctrl-C as batch ``at_batch`` starts."""
     calls = {"n": 0}
 
     def crash(*_):
@@ -253,7 +253,7 @@ def _interrupted_capture(lm, probes, texts, out, at_batch: int) -> None:
     handle = lm.model.base_model.register_forward_pre_hook(crash)
     try:
         with pytest.raises(KeyboardInterrupt):
-            capture(lm, probes, texts, out, batch_size=2, progress=False)
+            capture(lm, probes, texts, out, batch_size=batch_size, progress=False)
     finally:
         handle.remove()
 
@@ -452,8 +452,76 @@ def test_resume_refuses_other_weights_at_the_same_path(tmp_path):
 def test_a_changed_capture_setting_is_named(tmp_path):
     lm = loaded()
     _interrupted_capture(lm, [preset("resid")], prompts(5), tmp_path / "c.h5", at_batch=2)
-    with pytest.raises(IncompatibleResumeError, match=r"different capture setting \(batch_size\)"):
-        capture(lm, [preset("resid")], prompts(5), tmp_path / "c.h5", batch_size=3, progress=False)
+    with pytest.raises(IncompatibleResumeError, match=r"different capture setting \(backend\)"):
+        capture(lm, [preset("resid")], prompts(5), tmp_path / "c.h5", backend="nnsight", progress=False)
+
+
+def _probe_data(path) -> dict[str, np.ndarray]:
+    with h5py.File(path) as f:
+        return {f"{p}/{k}": f["probes"][p][k][()] for p in f["probes"] for k in f["probes"][p]}
+
+
+def _assert_same_capture(ref, out) -> None:
+    """Probe data equal up to float rounding (batches of another size pad differently)."""
+    want, got = _probe_data(ref), _probe_data(out)
+    assert sorted(want) == sorted(got)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    with h5py.File(ref) as a, h5py.File(out) as b:
+        for name in ("tokens", "segments", "lengths", "progress"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+
+
+@pytest.mark.parametrize(("first", "then"), [(4, 1), (2, 3)])
+def test_resume_with_another_batch_size(first, then, tmp_path, capsys):
+    """A capture that ran out of memory resumes with a smaller --batch-size (or a larger one):
+    batches no longer fall on the file's chunks, and the data equal an uninterrupted run's.
+    Each prompt's batch size is recorded; inspect lists them."""
+    from scalelens.cli import main
+
+    lm = loaded()
+    probes = [preset("resid"), preset("massive"), preset("top1")]
+    ref = capture(lm, probes, prompts(9), tmp_path / "ref.h5", batch_size=first, progress=False)
+    out = tmp_path / "int.h5"
+    _interrupted_capture(lm, probes, prompts(9), out, at_batch=2, batch_size=first)
+    with CaptureFile(out) as f:
+        assert (f.n_done, f.complete) == (first, False)
+    capture(lm, probes, prompts(9), out, batch_size=then, progress=False)
+    _assert_same_capture(ref, out)
+    with CaptureFile(out) as f:
+        assert f.batch_sizes.tolist() == [first] * first + [then] * (9 - first)
+        assert "batch_size" not in f.capture
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    listed = f"batch size {first} (prompts 0-{first - 1}), {then} (prompts {first}-8),"
+    assert listed in capsys.readouterr().out
+    capture(lm, probes, prompts(9), out, batch_size=5, progress=False, reuse_complete=True)  # reused as is
+
+
+def test_a_file_from_before_batch_sizes_were_recorded_resumes_with_another(tmp_path, capsys):
+    """Files written when the batch size was part of the identity (in the ``capture``
+    attribute, no /batch_size) resume and are reused with any batch size."""
+    import json
+
+    from scalelens.cli import main
+
+    lm = loaded()
+    probes = [preset("resid"), preset("massive")]
+    ref = capture(lm, probes, prompts(7), tmp_path / "ref.h5", batch_size=2, progress=False)
+    out = tmp_path / "old.h5"
+    _interrupted_capture(lm, probes, prompts(7), out, at_batch=3)
+    with h5py.File(out, "a") as f:  # as the older scalelens wrote it
+        f.attrs["capture"] = json.dumps({**json.loads(f.attrs["capture"]), "batch_size": 2}, sort_keys=True)
+        if "batch_size" in f:
+            del f["batch_size"]
+    capture(lm, probes, prompts(7), out, batch_size=1, progress=False)
+    _assert_same_capture(ref, out)
+    with CaptureFile(out) as f:
+        assert f.complete and f.batch_sizes is None and f.capture["batch_size"] == 2
+    capture(lm, probes, prompts(7), out, batch_size=3, progress=False, reuse_complete=True)
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    assert "batch size 2 (when created)," in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("impl", ["flash_attention_2", "flex_attention"])

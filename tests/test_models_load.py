@@ -149,7 +149,8 @@ def test_an_hf_trainer_run_loads_its_checkpoints_by_step(micro_suite, manifest, 
             (run / f"checkpoint-{step}" / f.name).unlink()
     by_sugar = load_model(run, checkpoint=early)
     assert (by_sugar.info.revision, by_sugar.info.step) == (f"checkpoint-{early}", early)
-    assert _same_weights(by_sugar.model, AutoModelForCausalLM.from_pretrained(manifest.checkpoint_dir(size, early)))
+    hf = AutoModelForCausalLM.from_pretrained(manifest.checkpoint_dir(size, early))
+    assert _same_weights(by_sugar.model, hf)
     assert load_model(run).info.step == late
     direct = load_model(run / f"checkpoint-{late}")
     assert (direct.info.source_kind, direct.info.step) == ("suite", late)

@@ -409,3 +409,44 @@ def test_a_sweep_tokenizer_serves_models_that_ship_none(suite_copy, tmp_path):
     assert without.count("failed") == 1 and "no usable tokenizer" in without.failed[0].error
     given = sweep(SweepSpec(**kw, tokenizer=str(suite_copy / size / f"step{last}")), tmp_path / "with")
     assert given.count("done") == 1
+
+
+def test_a_rerun_with_another_batch_size_resumes_the_run(suite_copy, tmp_path):
+    """A sweep that ran out of memory is rerun with a smaller batch_size: the run directory is
+    not refused (batch size does not change results) and the interrupted capture resumes with
+    it; another setting is still refused, and a sweep_spec.json that recorded batch_size (as
+    older scalelens did) is accepted."""
+    import h5py
+    import numpy as np
+
+    from scalelens.cache.reader import CaptureFile
+    from scalelens.sweeps.rundir import RUN_SPEC
+    from scalelens.sweeps.tasks import task_dir
+
+    manifest = read_manifest(suite_copy)
+
+    def spec(**settings):
+        return _spec(suite_copy, analyses=("massive_activations",), sizes=(manifest.sizes[0],),
+                     checkpoints=(manifest.steps[-1],), settings={**FAST, "n_sequences": 6, **settings})
+
+    assert sweep(spec(), tmp_path, n_boot=0).count("done") == 1
+    (task,) = expand(spec())
+    h5 = task_dir(tmp_path, task) / "massive.h5"
+    with h5py.File(h5, "r+") as f:  # as a capture killed after its first batch of 4 leaves it
+        before = {k: v[()] for k, v in f["probes/massive"].items()}
+        f["progress"][...] = [4, 0]
+    (task_dir(tmp_path, task) / "results.json").unlink()
+    again = sweep(spec(batch_size=1), tmp_path, n_boot=0)
+    assert again.count("done") == 1 and not again.failed, again.outcomes
+    with CaptureFile(h5) as f:
+        assert f.complete and f.batch_sizes.tolist() == [4, 4, 4, 4, 1, 1]
+        for k, v in f.probe("massive").items():
+            np.testing.assert_allclose(v.data, before[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    with pytest.raises(ScalelensError, match="holds a sweep with different settings"):
+        sweep(spec(gate=-2.0), tmp_path, n_boot=0)
+    path = tmp_path / RUN_SPEC
+    recorded = json.loads(path.read_text())
+    assert "batch_size" not in recorded["settings"]
+    path.write_text(json.dumps({**recorded, "settings": {**recorded["settings"], "batch_size": 4}}))
+    assert sweep(spec(batch_size=2), tmp_path, n_boot=0).count("skipped") == 1
+    assert json.loads(path.read_text()) == recorded  # rewritten without it
