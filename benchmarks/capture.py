@@ -50,8 +50,8 @@ from .pipelines import (
     run_floor,
     run_scalelens,
 )
-from .results import loadavg, machine, record
-from .workload import Loaded, Prompts, build_model, config_name, make_prompts
+from .results import check_outputs, loadavg, machine, record
+from .workload import Loaded, Prompts, build_model, config_name, config_problem, make_prompts
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 FLOOR, FLOOR_HEAD, SCALELENS = "floor", "floor + LM head", "scalelens"
@@ -147,7 +147,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--disk-mb must be positive, got {args.disk_mb}")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch sees no CUDA device")
+    _check_models(ap, args)
+    check_outputs(ap, {"--json": args.json, "--results": None if args.no_record else args.results})
     return args
+
+
+def _check_models(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``ap.error`` for a model flag naming no Pythia config (it raised at the first model built)."""
+    models = {"--model-config": args.model_config, "--memory-model": args.memory_model,
+              "--retrieval-model": None if args.retrieval_model == "tiny" else args.retrieval_model}
+    for flag, name in models.items():
+        problem = config_problem(name) if name is not None else None
+        if problem:
+            ap.error(f"{flag}: {problem}" + (" or tiny" if flag == "--retrieval-model" else ""))
 
 
 # -- measuring one run --------------------------------------------------------------------

@@ -48,6 +48,7 @@ from scalelens.probes.prompts import EmbedBlock, Prompt
 from scalelens.probes.spec import Positions, ProbeSpec, preset
 
 from .pipelines import run_floor, scalelens_probes
+from .results import check_outputs
 from .workload import Loaded, build_model, make_prompts
 
 REPO = str(Path(__file__).resolve().parents[1])
@@ -217,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--cpu-dry-run", action="store_true", help="agreement check CPU vs CPU only (no GPU)")
     args = ap.parse_args(argv)
+    check_outputs(ap, {"--json": args.json})
     if args.cpu_dry_run:
         with tempfile.TemporaryDirectory() as tmp:
             dry = agreement(Path(tmp), device="cpu")

@@ -24,7 +24,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .pipelines import PROBE_SETS, run_floor, run_scalelens
-from .workload import build_model, config_name, make_prompts
+from .results import check_outputs
+from .workload import build_model, config_name, config_problem, make_prompts
 
 
 def top_ops(prof: Any, device: str, n: int) -> list[dict[str, Any]]:
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    if config_problem(args.model_config):
+        ap.error(f"--model-config: {config_problem(args.model_config)}")
+    check_outputs(ap, {"--json": args.json})
     dtype = torch.float16 if args.device == "cuda" else torch.float32
     loaded = build_model(config_name(args.model_config), args.device, dtype)
     prompts = make_prompts(args.n_prompts, args.seq, loaded.info.vocab_size)

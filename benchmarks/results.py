@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import os
 import platform
@@ -134,3 +135,26 @@ def record(path: Path, summary_row: str, section: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def output_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be written (a directory, or no writable directory to hold it); None: it can."""
+    if path.is_dir():
+        return "is a directory; give a file path"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"its directory {parent} does not exist; create it first"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"its directory {parent} is not writable"
+    return None
+
+
+def check_outputs(ap: argparse.ArgumentParser, outputs: dict[str, Path | None]) -> None:
+    """``ap.error`` (one line, exit 2) for the first output flag whose path cannot be written.
+
+    Run before the measurement, so a typo in ``--json`` does not cost the whole run.
+    """
+    for flag, path in outputs.items():
+        problem = output_problem(path) if path is not None else None
+        if problem:
+            ap.error(f"{flag} {path}: {problem}")

@@ -29,13 +29,16 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from scalelens.errors import ScalelensError
 from scalelens.measure.run import ANALYSES, MeasureSettings, measure
 from scalelens.models import load_model
+from scalelens.models.load import check_device_usable, resolve_dtype
 from scalelens.models.pythia import pythia_config
 from scalelens.models.tokenizer import train_tokenizer
 from scalelens.probes.haystack import ENGLISH_HAYSTACK, ENGLISH_NEEDLES
 
-from .workload import config_name
+from .results import check_outputs
+from .workload import config_name, config_problem
 
 
 def save_random(size: str, directory: Path, vocab: int = 4096) -> Path:
@@ -77,19 +80,36 @@ def time_task(directory: Path, device: str, dtype: str, out: Path) -> dict[str, 
     return times
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Time one task per size; print (and optionally write) JSON."""
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options, checked before any model is built (``ap.error``: one line, exit 2)."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.task_time", description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="160m,410m,1.4b")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default=None, help="default float16 on CUDA, float32 on CPU")
+    ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None,
+                    help="default float16 on CUDA, float32 on CPU")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
+    args.dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
+    try:
+        check_device_usable(args.device, resolve_dtype(args.dtype))
+    except ScalelensError as e:
+        ap.error(str(e))
+    args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    problems = [config_problem(s) for s in args.sizes] or ["is empty; give e.g. 160m,410m"]
+    if any(problems):
+        ap.error(f"--sizes: {next(p for p in problems if p)}")
+    check_outputs(ap, {"--json": args.json})
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time one task per size; print (and optionally write) JSON."""
+    args = parse(argv)
+    dtype = args.dtype
     results: dict[str, Any] = {"device": args.device, "dtype": dtype, "sizes": {}}
     if args.device.startswith("cuda"):
         results["gpu"] = torch.cuda.get_device_name()
-    for i, size in enumerate(config_name(s) for s in args.sizes.split(",")):
+    for i, size in enumerate(config_name(s) for s in args.sizes):
         work = Path(tempfile.mkdtemp(prefix=f"scalelens-task-{size}-"))
         try:
             model_dir = save_random(size, work / "model")

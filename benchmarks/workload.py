@@ -23,12 +23,19 @@ from scalelens.models.pythia import PYTHIA_CONFIGS, pythia_config
 PAD, EOS = "[PAD]", "[EOS]"
 
 
+def config_problem(name: str) -> str | None:
+    """Why ``name`` is no known Pythia config (``pythia-70m`` or ``70m``); None when it is one."""
+    if name.removeprefix("pythia-") in PYTHIA_CONFIGS:
+        return None
+    return f"unknown model config {name!r}; use pythia-{{{','.join(PYTHIA_CONFIGS)}}}"
+
+
 def config_name(name: str) -> str:
     """``pythia-70m`` or ``70m`` -> ``70m`` (checked against the known Pythia sizes)."""
-    size = name.removeprefix("pythia-")
-    if size not in PYTHIA_CONFIGS:
-        raise SystemExit(f"unknown model config {name!r}; use pythia-{{{','.join(PYTHIA_CONFIGS)}}}")
-    return size
+    problem = config_problem(name)
+    if problem:
+        raise SystemExit(problem)
+    return name.removeprefix("pythia-")
 
 
 def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:

@@ -49,8 +49,9 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
                    help="text the assistant's turn starts with in the chat format ('' for none)")
     g = p.add_argument_group("massive activations")
     g.add_argument("--text", help="text file for the probe sequences")
-    g.add_argument("--n-sequences", type=int, default=10)
-    g.add_argument("--seq-length", type=int, default=None)
+    g.add_argument("--n-sequences", type=int, default=10, help="probe sequences, 1 to 100,000 (default 10)")
+    g.add_argument("--seq-length", type=int, default=None,
+                   help="tokens per probe sequence, at most the model's context (default min(256, context))")
     g.add_argument("--ratio-threshold", type=float, default=100.0)
     g = p.add_argument_group("text dominance")
     g.add_argument("--dilutions", type=int_list, default=(1, 5, 10))
@@ -61,7 +62,8 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--soft-tokens", choices=("pooled", "random"), default="pooled",
                    help="embeds content: pooled document token embeddings, or seeded random vectors "
                         "at their norm (a content-free control)")
-    g.add_argument("--pool", type=int, default=4, help="document tokens per soft token (embeds)")
+    g.add_argument("--pool", type=int, default=4,
+                   help="document tokens per soft token (embeds); at most the haystack text's tokens")
     g.add_argument("--batch-size", type=int, default=4)
     g = p.add_argument_group("information capacity")
     g.add_argument("--capacity-bias", type=float, default=-27.0,

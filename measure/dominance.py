@@ -95,8 +95,27 @@ def _depths(s: DominanceSettings) -> tuple[float, ...]:
     return tuple(round((i + 0.5) / s.n_prompts, 3) for i in range(s.n_prompts))
 
 
+def check_pool(loaded: Any, s: DominanceSettings) -> None:
+    """Refuse (``embeds`` only) a ``--pool`` larger than the haystack text the document cycles.
+
+    Such a soft token would average more than the whole text, so every block is nearly one
+    repeated vector; and a typo's huge pool would build a document of billions of tokens.
+    """
+    if s.modality != "embeds":
+        return
+    hay = needle_material(loaded, RetrievalSettings(n_needles=1))[1]
+    size = sum(len(loaded.tokenizer("\n" + t, add_special_tokens=False)["input_ids"]) for t in hay)
+    if s.pool > size:
+        raise ScalelensError(f"--pool {s.pool} is more than the {size} tokens of the haystack text the "
+                             f"document is cut from; use --pool {size} or less")
+
+
 def base_tokens(loaded: Any, s: DominanceSettings) -> int:
-    """Other-modality tokens at dilution x1; raises when the largest dilution cannot fit."""
+    """Other-modality tokens at dilution x1; raises when the largest dilution cannot fit.
+
+    Also refuses a ``pool`` larger than the haystack text (:func:`check_pool`).
+    """
+    check_pool(loaded, s)
     rs = RetrievalSettings(depths=_depths(s), n_needles=1)
     reserve = needle_overhead(needle_material(loaded, rs)[0], loaded.tokenizer)
     base = s.base_tokens or (loaded.info.max_position - reserve) // max(s.dilutions)
@@ -118,7 +137,7 @@ def measure_dominance(loaded: Any, s: DominanceSettings, out_dir: Path, overwrit
     for factor in sorted(set(s.dilutions)):
         doc_tokens = base * factor * (s.pool if embeds else 1)
         rs = RetrievalSettings(context_lengths=(doc_tokens,), depths=depths, n_needles=1)
-        tests = haystack_tests(loaded, rs, with_answer=True)
+        tests = haystack_tests(loaded, rs, with_answer=True, within_context=not embeds)
         prompts = embeds_prompts(loaded, tests, s) if embeds else [t.prompt for t in tests]
         path = out_dir / f"dominance{'_embeds' if embeds else ''}_x{factor}.h5"
         capture(loaded, [dominance_probe()], prompts, path,

@@ -19,6 +19,10 @@ from scalelens.measure.text import probe_sequences
 from scalelens.probes.prompts import as_prompts, tokenize
 from scalelens.probes.spec import ProbeSpec
 
+# Far more probe sequences than a measurement averages over (the default is 10): a typo's
+# 10**8 would spend hours building sequences before the first forward pass.
+MAX_SEQUENCES = 100_000
+
 
 @dataclass(frozen=True)
 class MassiveSettings:
@@ -45,6 +49,8 @@ class MassiveSettings:
     def __post_init__(self) -> None:
         if self.n_sequences < 1:
             raise ScalelensError("massive activations need at least one probe sequence")
+        if self.n_sequences > MAX_SEQUENCES:
+            raise ScalelensError(f"--n-sequences must be at most {MAX_SEQUENCES:,}, got {self.n_sequences:,}")
 
 
 def _delimiters(tokenizer: Any) -> list[int]:

@@ -109,14 +109,36 @@ def needle_material(loaded: Any, s: RetrievalSettings) -> tuple[list[Needle], li
     return needles, hay
 
 
-def haystack_tests(loaded: Any, s: RetrievalSettings, with_answer: bool) -> list[HaystackTest]:
-    """Build the needle tests for ``loaded`` under settings ``s``."""
+def haystack_tests(loaded: Any, s: RetrievalSettings, with_answer: bool,
+                   within_context: bool = True) -> list[HaystackTest]:
+    """Build the needle tests for ``loaded`` under settings ``s``.
+
+    ``within_context``: refuse a haystack longer than the model's context before building
+    it (a huge ``--context-lengths`` would otherwise tokenize for hours first). Text
+    dominance's soft-token documents are pooled into fewer vectors, and pass False.
+    """
+    if within_context and s.context_lengths:
+        check_context_lengths(loaded, s.context_lengths)
     needles, hay = needle_material(loaded, s)
     fmt = resolve_prompt_format(loaded.tokenizer, s.prompt_format)
     reserve = needle_overhead(needles, loaded.tokenizer, fmt, s.answer_prefix)
     lengths = list(s.context_lengths or default_context_lengths(loaded.info.max_position, reserve))
     return build_tests(needles, hay, loaded.tokenizer, lengths, s.depths, with_answer=with_answer,
                        prompt_format=fmt, answer_prefix=s.answer_prefix)
+
+
+def check_context_lengths(loaded: Any, lengths: tuple[int, ...]) -> None:
+    """Refuse haystack sizes larger than the model's context, before any haystack is built.
+
+    Raises:
+        ScalelensError: naming the largest size, the context and --context-lengths.
+    """
+    limit, longest = loaded.info.max_position, max(lengths)
+    if limit and longest > limit:
+        raise ScalelensError(
+            f"--context-lengths up to {longest} tokens exceed the model's context of {limit} tokens "
+            "before the needle, question and answer are added; use smaller --context-lengths"
+        )
 
 
 def check_fit(loaded: Any, tests: list[HaystackTest]) -> TokenizedPrompts:

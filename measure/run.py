@@ -89,8 +89,16 @@ def _sparsity(loaded: Any, text: MassiveSettings) -> dict[str, Any]:
     return {"measure": "hoyer", "points": {name: r.to_dict() for name, r in points.items()}}
 
 
+# Analyses that read the probe text (``MeasureSettings.massive``: --text, --seq-length).
+TEXT_ANALYSES = ("massive_activations", *EXTRA_ANALYSES)
+
+
 def _preflight(loaded: Any, analyses: tuple[str, ...], s: MeasureSettings) -> None:
     """Refuse settings the model cannot take before any analysis captures anything."""
+    if set(TEXT_ANALYSES) & set(analyses):
+        from scalelens.measure.text import check_probe_text
+
+        check_probe_text(loaded, s.massive.text, s.massive.length)
     if "retrieval_heads" in analyses:
         from scalelens.measure.retrieval import check_fit, haystack_tests
 
@@ -115,6 +123,7 @@ def measure(loaded: Any, analyses: tuple[str, ...] | str, out: str | Path,
     analyses = parse_analyses(analyses if isinstance(analyses, str) else ",".join(analyses))
     s = settings or MeasureSettings()
     out = Path(out)
+    _preflight(loaded, analyses, s)
     out.mkdir(parents=True, exist_ok=True)
     runners = {
         "retrieval_heads": lambda: _retrieval(loaded, s.retrieval, out, progress, overwrite),
@@ -124,7 +133,6 @@ def measure(loaded: Any, analyses: tuple[str, ...] | str, out: str | Path,
         "information_capacity": lambda: measure_capacity(loaded, s.massive, s.capacity).to_dict(),
         "activation_sparsity": lambda: _sparsity(loaded, s.massive),
     }
-    _preflight(loaded, analyses, s)
     results = {name: runners[name]() for name in analyses}
     data = {
         "scalelens_version": __version__,

@@ -67,3 +67,15 @@ def probe_sequences(loaded: Any, text_file: str | None, n: int, length: int) -> 
             count, j = count + c, j + 1
         out.append("\n".join(parts))
     return out
+
+
+def check_probe_text(loaded: Any, text_file: str | None, length: int | None) -> None:
+    """Refuse an unreadable probe text or a ``--seq-length`` past the model's context.
+
+    Run before any analysis captures, so the error leaves no capture file behind.
+    """
+    limit = loaded.info.max_position
+    if length is not None and limit and length > limit:
+        raise ScalelensError(f"--seq-length {length} exceeds the model's context of {limit} tokens; "
+                             f"use --seq-length {limit} or less")
+    probe_sentences(loaded, text_file)

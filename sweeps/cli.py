@@ -99,8 +99,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     from scalelens.sweeps.run import sweep
     from scalelens.sweeps.spec import check_ray_address, expand
 
-    if args.n_boot < 0:
-        raise ScalelensError(f"--n-boot must be >= 0, got {args.n_boot}")
+    if not 0 <= args.n_boot <= 100_000:  # 10x the most any CI needs; more only makes fits.json hang
+        raise ScalelensError(f"--n-boot must be between 0 and 100,000, got {args.n_boot:,}")
     spec = spec_from_args(args)
     if not (spec.executor == "ray" and spec.address):  # a remote cluster's GPUs are not this machine's
         check_device(spec.device, spec.dtype)

@@ -10,11 +10,13 @@ byte unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,25 @@ from cli_run import run_cli as _run
 from tiny_models import prompts, tiny_model, word_tokenizer
 
 from scalelens.cli import main
+
+
+class Hung(Exception):
+    """A bad input that was not refused within the deadline (the CLI reports it as internal, exit 1)."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float = 60.0) -> Iterator[None]:
+    """Raise :class:`Hung` inside the CLI if it runs longer than ``seconds``: nothing may hang."""
+    def hung(signum, frame):
+        raise Hung(f"no answer within {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _digest(path: Path) -> str | None:
@@ -437,6 +458,33 @@ CASES: dict[str, Case] = {
         lambda c: c.measure("--analyses", "retrieval_heads", "--needles",
                             str(c.file("n.jsonl", '{"needle": "a", "question": "q", "answer": null}\n'))),
         ('n.jsonl:1: "answer" must be non-empty text, got null',)),
+    "haystack sizes far past the context (refused before building them)": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads", "--context-lengths", "20,100000000"),
+        ("--context-lengths up to 100000000 tokens exceed the model's context of 128 tokens",
+         "smaller --context-lengths")),
+    "needle tests past the context, by haystack size alone (reference)": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads", "--retrieval-mode", "reference",
+                            "--context-lengths", "2000"),
+        ("--context-lengths up to 2000 tokens exceed the model's context of 128 tokens",)),
+    "huge --n-sequences": Case(
+        lambda c: c.measure("--analyses", "massive_activations", "--n-sequences", "100000000"),
+        ("--n-sequences must be at most 100,000, got 100,000,000",)),
+    "huge --pool for soft tokens": Case(
+        lambda c: c.measure("--analyses", "text_dominance", "--dominance-modality", "embeds",
+                            "--pool", "100000000"),
+        ("--pool 100000000 is more than the", "tokens of the haystack text", "use --pool")),
+    "non-UTF-8 probe text, listed after a capturing analysis": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads,massive_activations", "--context-lengths", "40",
+                            "--text", str(c.file("t.txt", "caf\xe9 au lait.\n".encode("latin-1")))),
+        ("text file", "is not UTF-8 (bad byte at offset 3)", "re-encode")),
+    "missing probe text for activation sparsity, listed after a capturing analysis": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads,activation_sparsity", "--context-lengths", "40",
+                            "--text", str(c.tmp / "none.txt")),
+        ("text file", "does not exist")),
+    "--seq-length past the context, listed after a capturing analysis": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads,information_capacity", "--context-lengths", "40",
+                            "--seq-length", "500"),
+        ("--seq-length 500 exceeds the model's context of 128 tokens", "--seq-length 128 or less")),
     "measure --out is a file": Case(
         lambda c: ["measure", "--model", str(c.model), "--analyses", "superposition", "--out",
                    str(c.file("f.txt", "x"))], ("not a directory",), keep=lambda c: c.tmp / "f.txt"),
@@ -454,7 +502,8 @@ def test_bad_input(name, ctx, capsys):
     argv = case.argv(ctx)
     kept = case.keep(ctx) if case.keep else None
     before_tree, before = _tree(ctx.tmp), (_digest(kept) if kept else None)
-    rc, _, err = _run(capsys, argv)
+    with _deadline():
+        rc, _, err = _run(capsys, argv)
     assert_one_line(rc, err, *case.needles)
     if kept is not None:
         assert _digest(kept) == before, "an existing file was modified"
@@ -631,6 +680,10 @@ SWEEP_CASES: dict[str, tuple[Callable[[Ctx, Path], list[str]], tuple[str, ...]]]
         lambda c, s: ["sweep", "--spec", str(_spec(c, s, f'[models]\na = "{s / "16k"}"\n')),
                       "--out", str(c.tmp / "r")],
         ("exactly one of --suite DIR, --family pythia or --model",)),
+    "sweep --n-boot past the bound": (
+        lambda c, s: ["sweep", "--suite", str(s), "--sizes", "16k", "--checkpoints", "final",
+                      "--analyses", "superposition", "--n-boot", "1000000000", "--out", str(c.tmp / "r")],
+        ("--n-boot must be between 0 and 100,000, got 1,000,000,000",)),
     "sweep --out is a file": (
         lambda c, s: ["sweep", "--suite", str(s), "--checkpoints", "final", "--sizes", "16k",
                       "--out", str(c.file("r", "x"))],
@@ -644,7 +697,8 @@ def test_bad_sweep_input(name, ctx, micro_suite, capsys):
     argv = build(ctx, micro_suite)
     suite_before = _tree(micro_suite)
     before = _tree(ctx.tmp)
-    rc, _, err = _run(capsys, argv)
+    with _deadline():
+        rc, _, err = _run(capsys, argv)
     assert_one_line(rc, err, *needles)
     assert _tree(ctx.tmp) == before, "something was written"
     assert _tree(micro_suite) == suite_before

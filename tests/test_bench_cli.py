@@ -20,12 +20,63 @@ ROOT = Path(__file__).resolve().parents[1]
     (["--batch-size", "0"], "got '0'"),
     (["--seq", "1"], "--seq must be at least 8"),
     (["--goals", "bogus"], "unknown goal(s) ['bogus']"),
+    (["--model-config", "bogus"], "--model-config: unknown model config 'bogus'; use pythia-{14m,"),
+    (["--memory-model", "70"], "--memory-model: unknown model config '70'"),
+    (["--retrieval-model", "pythia-99m"], "unknown model config 'pythia-99m'; use pythia-{"),
+    (["--json", "/nonexistent/x.json"], "--json /nonexistent/x.json: its directory /nonexistent does not"),
 ])
 def test_capture_benchmark_bad_flags(flags, needle, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.parse(["--no-record", *flags])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and needle in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_capture_benchmark_checks_the_ledger_path_when_recording(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.parse(["--results", "/nonexistent/R.md"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and "--results /nonexistent/R.md: its directory" in err[-1]
+
+
+def _one_error(capsys, exc: pytest.ExceptionInfo, prog: str) -> str:
+    """The single ``prog: error:`` line of an argparse exit (exit code 2, no traceback)."""
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert exc.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"python -m benchmarks.{prog}: error: "), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--device", "foo"], "unknown device 'foo'; use cpu or cuda"),
+    (["--device", "mps"], "device mps: scalelens runs on cpu or cuda"),
+    (["--sizes", "14m,15m"], "--sizes: unknown model config '15m'"),
+    (["--sizes", ","], "--sizes: is empty"),
+    (["--dtype", "int8"], "invalid choice: 'int8'"),
+    (["--json", "/nonexistent/t.json"], "--json /nonexistent/t.json: its directory /nonexistent does not"),
+])
+def test_task_time_bad_flags(flags, needle, capsys):
+    """Refused before any model is built (they raised a traceback after building it, or the
+    --json path failed after the whole run)."""
+    from benchmarks import task_time
+
+    with pytest.raises(SystemExit) as exc:
+        task_time.main(["--sizes", "14m", "--device", "cpu", *flags])
+    assert needle in _one_error(capsys, exc, "task_time")
+
+
+@pytest.mark.parametrize(("prog", "flags", "needle"), [
+    ("profile_capture", ["--model-config", "bogus"], "--model-config: unknown model config 'bogus'"),
+    ("profile_capture", ["--json", "/nonexistent/p.json"], "its directory /nonexistent does not exist"),
+    ("cuda_check", ["--json", "/nonexistent/c.json"], "its directory /nonexistent does not exist"),
+])
+def test_other_benchmark_clis_bad_flags(prog, flags, needle, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(f"benchmarks.{prog}").main(flags)
+    assert needle in _one_error(capsys, exc, prog)
 
 
 def test_capture_benchmark_lists_parse(capsys):
