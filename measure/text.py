@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,18 @@ def probe_sentences(loaded: Any, text_file: str | None) -> list[str]:
 
 
 def probe_sequences(loaded: Any, text_file: str | None, n: int, length: int) -> list[str]:
-    """``n`` sequences of about ``length`` tokens, each starting at another sentence."""
+    """``n`` sequences of about ``length`` tokens, each starting at another sentence.
+
+    Sequence ``i`` starts at sentence ``i * stride`` (mod the sentence count), with a stride
+    coprime to that count, so the first ``len(sentences)`` sequences all start apart.
+    """
     sentences = probe_sentences(loaded, text_file)
     tok = loaded.tokenizer
+    stride = _coprime_stride(len(sentences))
     out = []
     for i in range(n):
         parts: list[str] = []
-        count, j = 0, i * 7
+        count, j = 0, i * stride
         while count < length:
             s = sentences[j % len(sentences)]
             c = len(tok("\n" + s, add_special_tokens=False)["input_ids"])
@@ -67,6 +73,14 @@ def probe_sequences(loaded: Any, text_file: str | None, n: int, length: int) -> 
             count, j = count + c, j + 1
         out.append("\n".join(parts))
     return out
+
+
+def _coprime_stride(n: int, start: int = 7) -> int:
+    """The smallest stride from ``start`` on sharing no factor with ``n`` (7 for most texts)."""
+    stride = start
+    while math.gcd(stride, n) != 1:
+        stride += 1
+    return stride
 
 
 def check_probe_text(loaded: Any, text_file: str | None, length: int | None) -> None:

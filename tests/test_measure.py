@@ -168,3 +168,17 @@ def test_measure_takes_analysis_names_or_all_and_refuses_unknown_ones(tmp_path):
             measure(lm, bad, tmp_path / "b", progress=False)
         assert ", ".join(ANALYSES) in str(e.value)
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("n_sentences", [14, 7, 5])
+def test_probe_sequences_start_at_distinct_sentences(tiny_model_dir, tmp_path, n_sentences):
+    """The built-in English text has 14 sentences: a stride of 7 gave 10 sequences that were
+    only 2 distinct ones, repeated."""
+    lm = load_model(tiny_model_dir)
+    text = tmp_path / "t.txt"
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi".split()
+    text.write_text(" ".join(f"{w} is here." for w in words[:n_sentences]))
+    n = min(10, n_sentences)
+    seqs = probe_sequences(lm, str(text), n, 8)
+    assert len({s.split()[0] for s in seqs}) == n
+    assert len(set(probe_sequences(lm, None, 10, 8))) == 10
