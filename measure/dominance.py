@@ -35,6 +35,8 @@ TEXT = ("question",)
 DOCUMENT = ("haystack", "needle", "needle_answer")
 OTHER = (*DOCUMENT, EMBEDS_LABEL)
 MODALITIES = ("text", "embeds")
+# Prompts per dilution: depths are spread over (0, 1) at 3 decimals, so past 1000 they repeat.
+MAX_PROMPTS = 1000
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class DominanceSettings:
                 f"unknown soft tokens {self.soft_tokens!r}; choose from {', '.join(SOFT_TOKENS)}")
         if self.pool < 1:
             raise ScalelensError(f"pool must be >= 1, got {self.pool}")
+        if not 1 <= self.n_prompts <= MAX_PROMPTS:
+            raise ScalelensError(f"--dominance-prompts must be 1 to {MAX_PROMPTS:,}, got {self.n_prompts:,}")
 
     def provenance(self) -> dict[str, Any]:
         """What O was, for the result: modality and, for ``embeds``, how the block was made."""

@@ -43,6 +43,9 @@ from scalelens.probes.prompts import Prompt, TokenizedPrompts, placeholder_id, t
 from scalelens.probes.spec import Positions, ProbeSpec
 from scalelens.textfiles import read_utf8
 
+# Built-in needles per test set: far past any use (each needle is a test per length and depth).
+MAX_NEEDLES = 1000
+
 
 @dataclass(frozen=True)
 class RetrievalSettings:
@@ -88,6 +91,8 @@ class RetrievalSettings:
         if self.prompt_format not in PROMPT_FORMATS:
             raise ScalelensError(f"prompt format must be one of {', '.join(PROMPT_FORMATS)}, "
                                  f"got {self.prompt_format!r}")
+        if not 1 <= self.n_needles <= MAX_NEEDLES:
+            raise ScalelensError(f"--n-needles must be 1 to {MAX_NEEDLES:,}, got {self.n_needles:,}")
 
 
 def needle_material(loaded: Any, s: RetrievalSettings) -> tuple[list[Needle], list[str]]:
@@ -96,9 +101,12 @@ def needle_material(loaded: Any, s: RetrievalSettings) -> tuple[list[Needle], li
     if kind == "auto":
         kind = "synthetic" if loaded.info.source_kind == "suite" else "english"
     if kind == "synthetic":
-        needles, hay = synthetic_material(max(1, s.n_needles), corpus=suite_corpus(loaded))
+        needles, hay = synthetic_material(s.n_needles, corpus=suite_corpus(loaded))
     elif kind == "english":
-        needles, hay = list(ENGLISH_NEEDLES[: max(1, s.n_needles)]), split_sentences(ENGLISH_HAYSTACK)
+        if s.n_needles > len(ENGLISH_NEEDLES):
+            raise ScalelensError(f"--n-needles {s.n_needles}: the built-in English set has "
+                                 f"{len(ENGLISH_NEEDLES)} needles; give more with --needles FILE.jsonl")
+        needles, hay = list(ENGLISH_NEEDLES[: s.n_needles]), split_sentences(ENGLISH_HAYSTACK)
     else:
         needles, hay = read_needles(kind), split_sentences(ENGLISH_HAYSTACK)
     if s.haystack:

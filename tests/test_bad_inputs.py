@@ -466,6 +466,18 @@ CASES: dict[str, Case] = {
         lambda c: c.measure("--analyses", "retrieval_heads", "--retrieval-mode", "reference",
                             "--context-lengths", "2000"),
         ("--context-lengths up to 2000 tokens exceed the model's context of 128 tokens",)),
+    "huge --n-needles": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads", "--n-needles", "100000000"),
+        ("--n-needles must be 1 to 1,000, got 100,000,000",)),
+    "zero --n-needles": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads", "--n-needles", "0"),
+        ("--n-needles must be 1 to 1,000, got 0",)),
+    "more English needles than there are": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads", "--n-needles", "5"),
+        ("--n-needles 5: the built-in English set has 2 needles", "--needles FILE.jsonl")),
+    "huge --dominance-prompts": Case(
+        lambda c: c.measure("--analyses", "text_dominance", "--dominance-prompts", "100000000"),
+        ("--dominance-prompts must be 1 to 1,000, got 100,000,000",)),
     "huge --n-sequences": Case(
         lambda c: c.measure("--analyses", "massive_activations", "--n-sequences", "100000000"),
         ("--n-sequences must be at most 100,000, got 100,000,000",)),
