@@ -1,15 +1,23 @@
-"""Hub access helpers: offline mode, cached revisions, and clear errors when loading fails."""
+"""Hub access: offline mode, loading from the local cache when the hub cannot answer, clear errors.
+
+Offline (``HF_HUB_OFFLINE``) or with the hub unreachable, a revision loads only if
+the local cache holds all of it; otherwise the error says what is missing and how
+to download it, and is a ``TransientError`` (retried by sweeps) only where the hub
+coming back could fix it.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
-import re
+import warnings
 from pathlib import Path
 
 from ..errors import ScalelensError, TransientError
+from .hub_cache import COMMIT, cached_revisions, cached_snapshot, hub_cache_dir, missing_files, revision_key
+from .pythia import pythia_revisions
 
 _TRUE = {"1", "true", "yes", "on"}
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def is_offline() -> bool:
@@ -21,59 +29,144 @@ def is_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def hub_cache_dir(cache_dir: str | Path | None) -> Path:
-    """The hub cache directory in use (``cache_dir`` or ``HF_HUB_CACHE``)."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    from huggingface_hub import constants
+def use_cache_only(
+    repo_id: str,
+    revision: str,
+    cache_dir: str | Path | None,
+    gguf_file: str | None = None,
+    tokenizer: bool = True,
+) -> bool:
+    """Whether to load ``repo_id@revision`` from the local cache alone; raise where that cannot work.
 
-    return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+    Offline: True once the cache is found to hold all the load needs (else a
+    ``ScalelensError``: retrying cannot help). Online: False while the hub answers.
+    When it cannot be reached, True for a fully cached revision, with a warning,
+    instead of the hub client's minutes of retries for files a snapshot never had;
+    a ``TransientError`` naming what is missing otherwise.
 
-
-def repo_cache_dir(repo_id: str, cache_dir: str | Path | None) -> Path:
-    """``<cache>/models--<org>--<name>``, the hub cache layout of a model repo."""
-    return hub_cache_dir(cache_dir) / ("models--" + repo_id.replace("/", "--"))
-
-
-def cached_revisions(repo_id: str, cache_dir: str | Path | None) -> list[str] | None:
-    """Revisions (refs) of ``repo_id`` in the local cache; ``None`` if it is not cached.
-
-    Steps (``stepN``) are ordered numerically, other refs alphabetically after them.
+    Args:
+        repo_id: Hub id.
+        revision: Branch, tag or commit hash.
+        cache_dir: Hub cache directory (default ``HF_HUB_CACHE``).
+        gguf_file: For a GGUF load, the one file it needs.
+        tokenizer: Whether the tokenizer comes from the repo too.
     """
-    refs = repo_cache_dir(repo_id, cache_dir) / "refs"
-    if not refs.is_dir():
-        return None
-    names = [str(p.relative_to(refs)) for p in refs.rglob("*") if p.is_file()]
-    return sorted(names, key=_revision_key)
-
-
-def _revision_key(name: str) -> tuple[int, int, str]:
-    if name.startswith("step") and name[4:].isdigit():
-        return (0, int(name[4:]), name)
-    return (1, 0, name)
-
-
-def remote_revisions(repo_id: str) -> list[str] | None:
-    """Branches and tags on the hub, or ``None`` when the hub cannot be asked."""
+    snapshot = cached_snapshot(repo_id, revision, cache_dir)
+    missing = None if snapshot is None else missing_files(snapshot, gguf_file, tokenizer)
     if is_offline():
-        return None
+        if missing != []:
+            raise _offline_gap(repo_id, revision, cache_dir, missing)
+        return True
+    why = hub_unreachable(repo_id, revision)
+    if why is None:
+        return False
+    if missing != []:
+        raise _unreachable_gap(repo_id, revision, cache_dir, missing, why)
+    warnings.warn(f"the hub cannot be reached ({why}); loading {repo_id}@{revision} from the "
+                  f"local cache {hub_cache_dir(cache_dir)}", stacklevel=5)
+    return True
+
+
+def hub_unreachable(repo_id: str, revision: str) -> str | None:
+    """Why the hub cannot answer about ``repo_id@revision`` (one request, no retries).
+
+    ``None`` when it answers at all, "not found" or "gated" included: the regular
+    loading path reports those. A connection failure, a timeout
+    (``HF_HUB_ETAG_TIMEOUT``) or a server error (5xx) make it unreachable; a
+    misconfigured proxy does not (the regular path reports it).
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    transport, proxy = _http_errors()
     try:
-        from huggingface_hub import list_repo_refs
-
-        refs = list_repo_refs(repo_id)
-    except Exception:  # noqa: BLE001 - any failure just means "cannot list"
+        HfApi().repo_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except proxy:
         return None
-    return sorted([r.name for r in (*refs.branches, *refs.tags)], key=_revision_key)
+    except transport as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 0
+        return f"HTTP {status}" if status >= 500 else None
+    return None
 
 
-def check_cached_revision(repo_id: str, revision: str, cache_dir: str | Path | None) -> None:
-    """Offline only: raise if the cache holds ``repo_id`` but not ``revision``."""
+def _http_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """``(TransportError, ProxyError)`` classes of the HTTP client huggingface_hub uses.
+
+    ``httpx2`` in huggingface_hub 2, ``httpx`` in 1.x; whichever is installed.
+    """
+    transport: list[type[BaseException]] = []
+    proxy: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        transport.append(module.TransportError)
+        proxy.append(module.ProxyError)
+    return tuple(transport), tuple(proxy)
+
+
+def download_hint(repo_id: str, revision: str, cache_dir: str | Path | None) -> str:
+    """The ``hf`` command that downloads ``repo_id@revision`` into the cache in use."""
+    where = f" --cache-dir {hub_cache_dir(cache_dir)}" if cache_dir is not None else ""
+    return f"hf download {repo_id} --revision {revision}{where}"
+
+
+def _offline_gap(
+    repo_id: str, revision: str, cache_dir: str | Path | None, missing: list[str] | None
+) -> ScalelensError:
+    """The error for a revision HF_HUB_OFFLINE keeps from loading: not or only partly cached."""
+    hint = download_hint(repo_id, revision, cache_dir)
+    if cached_revisions(repo_id, cache_dir) is None:
+        return ScalelensError(
+            f"model {repo_id} is not in the hub cache {hub_cache_dir(cache_dir)} and HF_HUB_OFFLINE "
+            f"is set; download it first ({hint}) or pass a local path"
+        )
+    unknown = _unknown_pythia(repo_id, revision, missing)
+    if unknown is not None:
+        return unknown
+    return ScalelensError(
+        f"{_gap(repo_id, revision, cache_dir, missing)} and HF_HUB_OFFLINE is set; "
+        f"download it where the hub can be reached: {hint}"
+    )
+
+
+def _unreachable_gap(
+    repo_id: str, revision: str, cache_dir: str | Path | None, missing: list[str] | None, why: str
+) -> ScalelensError:
+    """The error for a revision not (fully) cached while the hub cannot be reached.
+
+    Transient, as the hub may come back; unless Pythia has no such revision at all.
+    """
+    unknown = _unknown_pythia(repo_id, revision, missing)
+    if unknown is not None:
+        return unknown
+    return TransientError(
+        f"could not load {repo_id}@{revision}: the hub cannot be reached ({why}) and "
+        f"{_gap(repo_id, revision, cache_dir, missing)}; retry when it can be reached, "
+        f"or download it: {download_hint(repo_id, revision, cache_dir)}"
+    )
+
+
+def _gap(repo_id: str, revision: str, cache_dir: str | Path | None, missing: list[str] | None) -> str:
+    """What the cache lacks of ``repo_id@revision``: all of it (``missing`` None), or some files."""
+    where = hub_cache_dir(cache_dir)
+    if missing is not None:
+        lacking = ", ".join(missing)
+        return f"{repo_id}@{revision} is only partly in the local hub cache {where} (missing: {lacking})"
     known = cached_revisions(repo_id, cache_dir)
-    if not is_offline() or known is None:
-        return
-    snapshot = repo_cache_dir(repo_id, cache_dir) / "snapshots" / revision
-    if revision not in known and not snapshot.is_dir():
-        raise unknown_revision(repo_id, revision, known)
+    listing = f" (cached: {_abbreviate(known)})" if known else ""
+    return f"{repo_id}@{revision} is not in the local hub cache {where}{listing}"
+
+
+def _unknown_pythia(repo_id: str, revision: str, missing: list[str] | None) -> ScalelensError | None:
+    """For an uncached revision a Pythia repo does not have, the unknown-revision error."""
+    known = pythia_revisions(repo_id)
+    if missing is not None or known is None or revision in known or COMMIT.fullmatch(revision):
+        return None
+    return unknown_revision(repo_id, revision, list(known))
 
 
 def unknown_revision(repo_id: str, revision: str, known: list[str] | None) -> ScalelensError:
@@ -88,19 +181,31 @@ def _abbreviate(names: list[str], limit: int = 12) -> str:
     return ", ".join(names[: limit // 2] + ["..."] + names[-limit // 2 :])
 
 
+def remote_revisions(repo_id: str) -> list[str] | None:
+    """Branches and tags on the hub, or ``None`` when the hub cannot be asked."""
+    if is_offline():
+        return None
+    try:
+        from huggingface_hub import list_repo_refs
+
+        refs = list_repo_refs(repo_id)
+    except Exception:  # noqa: BLE001 - any failure just means "cannot list"
+        return None
+    return sorted([r.name for r in (*refs.branches, *refs.tags)], key=revision_key)
+
+
 def explain_failure(
     repo_id: str, revision: str, cache_dir: str | Path | None, exc: Exception
 ) -> ScalelensError:
-    """Turn a ``from_pretrained`` failure for a hub id into one actionable line."""
-    known = cached_revisions(repo_id, cache_dir)
+    """Turn a ``from_pretrained`` failure for a hub id into one actionable line.
+
+    Only the hub's own listing makes a revision unknown; the local cache cannot (a
+    revision not downloaded yet may well exist). Offline, nothing changes between
+    tries, so the error is not transient.
+    """
     remote = remote_revisions(repo_id)
-    listing = remote if remote is not None else known
-    if listing is not None and revision not in listing and not _COMMIT.fullmatch(revision):
-        return unknown_revision(repo_id, revision, listing)
+    if remote is not None and revision not in remote and not COMMIT.fullmatch(revision):
+        return unknown_revision(repo_id, revision, remote)
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if is_offline() and known is None:
-        return ScalelensError(
-            f"model {repo_id} is not in the hub cache {hub_cache_dir(cache_dir)} and "
-            "HF_HUB_OFFLINE is set; download it first or pass a local path"
-        )
-    return TransientError(f"could not load {repo_id}@{revision}: {detail}")
+    error = ScalelensError if is_offline() else TransientError
+    return error(f"could not load {repo_id}@{revision}: {detail}")

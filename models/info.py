@@ -21,7 +21,8 @@ class ModelInfo:
         step: Training step parsed from the revision, if any.
         architecture: HF ``model_type`` (``gpt_neox``, ``llama``, ``gemma2``, ...).
         n_params: Total parameter count computed from the config.
-        n_params_non_embedding: Parameters excluding input and output embeddings.
+        n_params_non_embedding: Parameters excluding the token, position and output
+            embeddings (Kaplan et al. 2020; see ``models.params.count_parameters``).
         d_model: Residual stream width.
         n_layers: Number of decoder layers.
         n_heads: Number of attention (query) heads.

@@ -20,7 +20,8 @@ from transformers import (
 
 from ..errors import ScalelensError
 from .describe import check_architecture, describe
-from .hub import check_cached_revision, explain_failure, is_offline
+from .hub import explain_failure, is_offline, use_cache_only
+from .hub_cache import TOKENIZER_FILES
 from .info import ModelInfo
 from .quiet import quiet_hf_progress
 from .sources import ResolvedSource, checkpoint_revision, resolve_source
@@ -130,9 +131,16 @@ def _hub_options(cache_dir: Any) -> dict[str, Any]:
             "local_files_only": is_offline()}
 
 
-def _hub_kwargs(resolved: ResolvedSource, cache_dir: Any) -> dict[str, Any]:
+def _hub_kwargs(resolved: ResolvedSource, cache_dir: Any, own_tokenizer: bool) -> dict[str, Any]:
+    """``from_pretrained`` options for a hub source: its revision, and whether to stay in the cache.
+
+    See ``use_cache_only``: offline, or with the hub unreachable, a revision must be
+    fully cached (its tokenizer too where it is the ``own_tokenizer``).
+    """
     if resolved.kind == "hub" or (resolved.kind == "gguf" and not Path(resolved.location).is_dir()):
-        return {"revision": resolved.revision, **_hub_options(cache_dir)}
+        local = use_cache_only(resolved.location, resolved.revision or "main", cache_dir,
+                               resolved.gguf_file, tokenizer=own_tokenizer)
+        return {"revision": resolved.revision, **_hub_options(cache_dir), "local_files_only": local}
     return {}
 
 
@@ -145,7 +153,7 @@ def _from_disk(
     dtype: torch.dtype | None,
     attn: str | None,
 ) -> LoadedModel:
-    kwargs = _hub_kwargs(resolved, cache_dir)
+    kwargs = _hub_kwargs(resolved, cache_dir, own_tokenizer=tokenizer is None)
     if resolved.gguf_file:
         kwargs["gguf_file"] = resolved.gguf_file
     config = _load_config(resolved, kwargs, cache_dir)
@@ -161,8 +169,6 @@ def _from_disk(
 
 
 def _load_config(resolved: ResolvedSource, kwargs: dict[str, Any], cache_dir: Any) -> Any:
-    if resolved.kind == "hub":
-        check_cached_revision(resolved.location, resolved.revision or "main", cache_dir)
     try:
         return AutoConfig.from_pretrained(resolved.location, **kwargs)
     except ValueError as exc:
@@ -246,9 +252,6 @@ def _load_weights(
     return model
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-
-
 def _load_tokenizer(
     tokenizer: Any, resolved: ResolvedSource, kwargs: dict[str, Any], vocab_size: int, cache_dir: Any = None
 ) -> PreTrainedTokenizerBase:
@@ -268,7 +271,7 @@ def _load_tokenizer(
 
 
 def _has_tokenizer_files(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in _TOKENIZER_FILES)
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
 def _checkpoint_tokenizer(resolved: ResolvedSource) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from transformers import GPTNeoXConfig
@@ -74,3 +75,18 @@ def pythia_revision(step: int) -> str:
             "or a multiple of 1000 up to 143000"
         )
     return f"step{step}"
+
+
+_PYTHIA_REPO = re.compile(r"EleutherAI/pythia-(?P<size>[\w.]+?)(-deduped)?")
+
+
+def pythia_revisions(repo_id: str) -> tuple[str, ...] | None:
+    """The branches of a public Pythia repo (``step0`` ... ``step143000``, ``main``).
+
+    ``None`` for any other repo (``-v0`` and seed variants included), whose branches
+    only the hub knows.
+    """
+    m = _PYTHIA_REPO.fullmatch(repo_id)
+    if m is None or m.group("size") not in PYTHIA_CONFIGS:
+        return None
+    return (*(f"step{s}" for s in PYTHIA_STEPS), "main")

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig
 
 from scalelens.errors import ScalelensError
 from scalelens.models import LoadedModel, ModelInfo, load_model
+from scalelens.models.hub import cached_revisions
 from scalelens.models.suite import read_manifest
 from scalelens.models.testing import save_tiny_model, write_hub_cache, write_llama_gguf
 
@@ -79,12 +80,149 @@ def test_hub_default_revision_is_main(hub_cache, offline):
     assert lm.info.revision == "main" and lm.info.step is None
 
 
-def test_unknown_hub_revision_names_available_ones(hub_cache, manifest, offline):
+def test_an_uncached_pythia_revision_is_not_called_unknown(hub_cache, manifest, offline):
+    """step3000 is a Pythia checkpoint, just not downloaded: say so, where the cache is, what it
+    holds and how to fetch it. Only a revision Pythia lacks is unknown."""
     with pytest.raises(ScalelensError) as err:
         load_model(REPO, checkpoint=3000, cache_dir=hub_cache)
     message = str(err.value)
-    assert "unknown revision 'step3000'" in message and "\n" not in message
+    assert type(err.value) is ScalelensError and "\n" not in message and "unknown" not in message
+    assert message.startswith(f"{REPO}@step3000 is not in the local hub cache {hub_cache} (cached: ")
     assert f"step{manifest.steps[-1]}" in message and "main" in message
+    assert f"hf download {REPO} --revision step3000 --cache-dir {hub_cache}" in message
+    with pytest.raises(ScalelensError, match=r"unknown revision 'step3' for .*available: step0, step1, "):
+        load_model(REPO, checkpoint=3, cache_dir=hub_cache)
+
+
+def _damaged_copy(hub_cache: Path, tmp_path: Path, revision: str, damage: str) -> Path:
+    """A copy of the hub cache with one revision's snapshot damaged as a cut-off download leaves it."""
+    cache = tmp_path / "hub"
+    shutil.copytree(hub_cache, cache, symlinks=True)
+    repo = cache / ("models--" + REPO.replace("/", "--"))
+    snapshot = repo / "snapshots" / (repo / "refs" / revision).read_text()
+    if damage == "weights":
+        (snapshot / "model.safetensors").unlink()
+    elif damage == "blob":  # the link is there, the blob it points to is not
+        (snapshot / "model.safetensors").resolve().unlink()
+    elif damage == "empty":
+        shutil.rmtree(snapshot)
+        snapshot.mkdir()
+    elif damage == "no snapshot":
+        shutil.rmtree(snapshot)
+    return cache
+
+
+@pytest.mark.parametrize(
+    ("damage", "missing"),
+    [
+        ("weights", "weights (model.safetensors or pytorch_model.bin)"),
+        ("blob", "weights (model.safetensors or pytorch_model.bin)"),
+        ("empty", "config.json, weights (model.safetensors or pytorch_model.bin), tokenizer files"),
+        ("no snapshot", "config.json, weights (model.safetensors or pytorch_model.bin), tokenizer files"),
+    ],
+)
+def test_a_partly_cached_revision_offline_names_what_is_missing(hub_cache, manifest, tmp_path, offline,
+                                                                damage, missing):
+    """One line naming the missing files and the download command; not a TransientError (sweeps
+    retry those), since offline nothing changes between tries."""
+    revision = f"step{manifest.steps[-2]}"
+    cache = _damaged_copy(hub_cache, tmp_path, revision, damage)
+    with pytest.raises(ScalelensError) as err:
+        load_model(REPO, revision=revision, cache_dir=cache)
+    assert type(err.value) is ScalelensError and "\n" not in str(err.value)
+    assert str(err.value) == (
+        f"{REPO}@{revision} is only partly in the local hub cache {cache} (missing: {missing}) and "
+        f"HF_HUB_OFFLINE is set; download it where the hub can be reached: "
+        f"hf download {REPO} --revision {revision} --cache-dir {cache}"
+    )
+    assert load_model(REPO, checkpoint=manifest.steps[-1], cache_dir=cache).info.revision  # others load
+
+
+def test_a_missing_shard_is_named(manifest, tmp_path, offline):
+    size, step = manifest.sizes[0], manifest.steps[-1]
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(manifest.checkpoint_dir(size, step)).save_pretrained(
+        sharded, max_shard_size="20KB")
+    for f in manifest.checkpoint_dir(size, step).glob("tokenizer*"):
+        shutil.copy(f, sharded / f.name)
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert len(shards) > 2
+    repo = write_hub_cache(tmp_path / "hub", REPO, {"main": sharded})
+    (repo / "snapshots" / (repo / "refs" / "main").read_text() / shards[1]).unlink()
+    gap = rf"only partly in the local hub cache .*\(missing: {shards[1]}\) and"
+    with pytest.raises(ScalelensError, match=gap):
+        load_model(REPO, cache_dir=tmp_path / "hub")
+
+
+def test_a_snapshot_downloaded_by_commit_hash_counts_as_cached(hub_cache, manifest, tmp_path, offline):
+    """hf_hub_download(revision=<sha>) leaves snapshots/<sha>/ and no ref: it loads offline, is
+    listed among the cached revisions, and its repo is not 'missing from the cache'."""
+    cache = tmp_path / "hub"
+    shutil.copytree(hub_cache, cache, symlinks=True)
+    refs = cache / ("models--" + REPO.replace("/", "--")) / "refs"
+    step = manifest.steps[-2]
+    commit = (refs / f"step{step}").read_text()
+    shutil.rmtree(refs)  # the repo downloaded by commit hashes only
+    lm = load_model(REPO, revision=commit, cache_dir=cache)
+    expected = AutoModelForCausalLM.from_pretrained(manifest.checkpoint_dir(manifest.sizes[0], step))
+    assert _same_weights(lm.model, expected)
+    assert commit in cached_revisions(REPO, cache)
+    with pytest.raises(ScalelensError, match=rf"{REPO}@main is not in the local hub cache .*{commit}\)"):
+        load_model(REPO, cache_dir=cache)
+
+
+UNREACHABLE = """
+import json, sys, time, warnings
+slept = []
+time.sleep = slept.append  # the hub client's waits between retries, counted instead of waited
+from scalelens.errors import TransientError
+from scalelens.models import load_model
+cache, damaged, full, partial = sys.argv[1:5]
+out = {}
+cases = (("full", full, cache), ("partial", partial, damaged), ("uncached", "step3000", cache))
+for name, rev, where in cases:
+    slept.clear()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        try:
+            out[name] = {"ok": load_model(sys.argv[5], revision=rev, cache_dir=where).info.revision}
+        except Exception as e:
+            out[name] = {"transient": isinstance(e, TransientError), "message": str(e)}
+    out[name]["slept"] = len(slept)
+    out[name]["warnings"] = [str(w.message) for w in seen if "cannot be reached" in str(w.message)]
+print(json.dumps(out))
+"""
+
+
+def test_an_unreachable_hub_loads_a_fully_cached_revision_at_once(hub_cache, manifest, tmp_path):
+    """Without HF_HUB_OFFLINE and with the hub unreachable (a refused port as HF_ENDPOINT), a fully
+    cached revision loads from the cache with a warning, without the hub client's retries (it
+    retried each optional tokenizer file it never had, minutes per load); a partly cached or
+    uncached one fails at once, as a TransientError saying what the cache lacks."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    full, partial = f"step{manifest.steps[-1]}", f"step{manifest.steps[-2]}"
+    damaged = _damaged_copy(hub_cache, tmp_path, partial, "weights")
+    argv = [sys.executable, "-c", UNREACHABLE, str(hub_cache), str(damaged), full, partial, REPO]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["full"]["ok"] == full and out["full"]["slept"] == 0
+    [warning] = out["full"]["warnings"]
+    assert warning.startswith("the hub cannot be reached (ConnectError")
+    assert warning.endswith(f"; loading {REPO}@{full} from the local cache {hub_cache}")
+    gaps = {"partial": "is only partly in the local hub cache", "uncached": "is not in the local hub cache"}
+    for name, gap in gaps.items():
+        assert out[name]["transient"] and out[name]["slept"] == 0, out[name]
+        assert "the hub cannot be reached" in out[name]["message"] and gap in out[name]["message"]
 
 
 def test_uncached_hub_id_offline(hub_cache, offline):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, OPTConfig
 
 from scalelens.errors import ScalelensError
 from scalelens.models.params import count_parameters
@@ -64,7 +64,44 @@ def test_tied_embeddings_are_subtracted_once():
     total, non_embedding = count_parameters(cfg)
     model = AutoModelForCausalLM.from_config(cfg)
     assert total == sum(p.numel() for p in model.parameters())
-    assert non_embedding == total - 100 * 32
+    assert non_embedding == total - 100 * 32 - cfg.n_positions * 32  # wte once, and wpe
+
+
+# Per architecture, the embedding tables of a built model by name (a tied lm_head is
+# not listed apart: named_parameters() yields it once, as the input embedding).
+EMBEDDINGS = {
+    "gpt2": ("transformer.wte.weight", "transformer.wpe.weight"),
+    "opt": ("model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight"),
+    "gpt_neo": ("transformer.wte.weight", "transformer.wpe.weight"),
+    "gptj": ("transformer.wte.weight", "lm_head.weight"),  # rotary: no position table
+}
+SMALL = {
+    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64},
+    "opt": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 64,
+            "word_embed_proj_dim": 32, "max_position_embeddings": 64},
+    "gpt_neo": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "attention_types": [[["global"], 2]],
+                "max_position_embeddings": 64},
+    "gptj": {"n_embd": 32, "n_layer": 2, "n_head": 4, "rotary_dim": 4, "n_positions": 64},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(EMBEDDINGS))
+def test_learned_position_embeddings_are_not_counted_as_non_embedding(arch):
+    """Kaplan et al. (and Pythia's table) exclude position embeddings as well as token ones."""
+    cfg = AutoConfig.for_model(arch, vocab_size=100, **SMALL[arch])
+    model = AutoModelForCausalLM.from_config(cfg)
+    weights = dict(model.named_parameters())
+    total, non_embedding = count_parameters(cfg)
+    assert total == sum(p.numel() for p in weights.values())
+    assert non_embedding == total - sum(weights[name].numel() for name in EMBEDDINGS[arch])
+
+
+def test_gpt2_small_and_opt_125m_match_pythia_160m():
+    """Same blocks (12 x 768, biases, final norm): the same 85,056,000 non-embedding
+    parameters once GPT-2's wpe and OPT's embed_positions are left out with the vocabulary."""
+    assert count_parameters(GPT2Config()) == (124_439_808, 85_056_000)  # GPT-2 small
+    assert count_parameters(OPTConfig()) == (125_239_296, 85_056_000)  # OPT-125m
+    assert count_parameters(pythia_config("160m"))[1] == 85_056_000
 
 
 def test_untied_counts_equal_a_real_model():
