@@ -30,7 +30,7 @@ def summary(title: str, html_name: str, tables: dict[str, Table]) -> str:
     Args:
         title: Document title.
         html_name: File name of the full HTML report, linked relatively.
-        tables: Tables keyed by ``run``, ``sizes``, ``fits``, ``dynamics``, ``scalars``.
+        tables: Tables keyed by ``run``, ``sizes``, ``fits``, ``dynamics``, ``trends``, ``scalars``.
 
     Returns:
         The Markdown text.
@@ -46,5 +46,6 @@ def summary(title: str, html_name: str, tables: dict[str, Table]) -> str:
     lines += _section("Sizes", tables["sizes"], "No sizes.")
     lines += _section("Scaling fits", tables["fits"], tables["fits"].empty or "No scaling fits in fits.json.")
     lines += _section("Training-dynamics fits", tables["dynamics"], "No training-dynamics fits in fits.json.")
+    lines += _section("Trends over training", tables["trends"], tables["trends"].empty)
     lines += _section("Scalar metrics at the latest checkpoint", tables["scalars"], "No scalar metrics.")
     return "\n".join(lines)

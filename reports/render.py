@@ -44,12 +44,13 @@ def plan(run: Run) -> list[sections.SectionPlan]:
 
 
 def report_tables(run: Run) -> dict[str, tables.Table]:
-    """Return the tables keyed by ``run``, ``sizes``, ``fits``, ``dynamics``, ``scalars``."""
+    """Return the tables keyed by ``run``, ``sizes``, ``fits``, ``dynamics``, ``trends``, ``scalars``."""
     return {
         "run": tables.info_table(run.info),
         "sizes": tables.sizes_table(run),
         "fits": tables.fits_table(run.fits.scaling, run.fits.notes),
         "dynamics": tables.dynamics_table(run.fits.dynamics),
+        "trends": tables.trends_table(run),
         "scalars": tables.latest_scalars_table(run),
     }
 
@@ -124,6 +125,7 @@ def render_report(
             created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             sections=drawn,
             tables=tabs,
+            trends_intro=tables.TRENDS_INTRO,
         )
     )
     paths.html.parent.mkdir(parents=True, exist_ok=True)

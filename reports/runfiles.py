@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..analyses.trends import StepTrend
 from ..errors import ScalelensError
 from ..textfiles import read_utf8
 
@@ -56,6 +57,7 @@ class Fits:
     scaling: tuple[ScalingFit, ...] = ()
     dynamics: tuple[DynamicsFit, ...] = ()
     notes: tuple[str, ...] = ()  # why there are no scaling fits, when there are none
+    trends: tuple[StepTrend, ...] = ()  # each metric over training, per size
 
 
 def _num(value: Any) -> float | None:
@@ -142,6 +144,7 @@ def load_fits(path: Path) -> Fits:
         scaling=_entries(doc, "fits", _scaling, path),
         dynamics=_entries(doc, "dynamics", _dynamics, path),
         notes=_entries(doc, "notes", str, path),
+        trends=_entries(doc, "step_trends", StepTrend.from_dict, path),
     )
 
 

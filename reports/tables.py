@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..analyses.trends import MIN_TREND_POINTS
 from .metrics import MetricTable, Series, step_rank
 from .rundir import Run
 from .runfiles import DynamicsFit, ScalingFit
@@ -75,6 +76,30 @@ def dynamics_table(fits: Iterable[DynamicsFit]) -> Table:
         for f in fits
     )
     return Table(("size", "layer", "metric", "params", "R²", "peak step"), rows)
+
+
+TRENDS_INTRO = (
+    "Each scalar metric against training step, per size: the OLS slope of the value on "
+    "log10(step + 1) (its change per tenfold more steps) and Spearman's rank correlation (is the "
+    "change monotone). Checkpoints of one run are not independent samples: read p as a guide."
+)
+TRENDS_EMPTY = f"No trends over training: a size needs {MIN_TREND_POINTS} checkpoints or more."
+
+
+def trends_table(run: Run) -> Table:
+    """Return each scalar metric's trend over training, one row per size (sizes by parameters)."""
+    order = {run.table.label(s): i for i, s in enumerate(run.series())} | {
+        s.size: i for i, s in enumerate(run.series())}
+    trends = sorted(run.fits.trends, key=lambda t: (t.metric, order.get(t.size, len(order)), t.size))
+    rows = tuple(
+        (t.metric, t.size, f"{t.n_points} ({t.first_step}–{t.last_step})",
+         f"{fmt(t.first_value)} → {fmt(t.last_value)}",
+         f"{fmt(t.slope_per_decade)} [{fmt(t.slope_ci[0])}, {fmt(t.slope_ci[1])}]", fmt(t.r2),
+         f"{fmt(t.spearman_rho)} (p {fmt(t.spearman_p)})" if math.isfinite(t.spearman_rho) else DASH)
+        for t in trends
+    )
+    return Table(("metric", "size", "checkpoints", "first → last", "change per decade of steps [95% CI]",
+                  "R²", "Spearman ρ"), rows, empty=TRENDS_EMPTY)
 
 
 def sizes_table(run: Run) -> Table:

@@ -1,4 +1,4 @@
-"""Scaling fits of every scalar metric, and massive-activation dynamics per size.
+"""Scaling fits of every scalar metric, its trend over training, and massive-activation dynamics.
 
 Metrics are fitted against parameter count; the loss also against width (Liu et al.).
 """
@@ -15,6 +15,7 @@ import numpy as np
 
 from scalelens.analyses.dynamics import fit_dynamics_layers
 from scalelens.analyses.scaling import FitResult, fit_scaling, fits_to_json
+from scalelens.analyses.trends import StepTrend, fit_step_trend
 
 # Metrics with an asymptote get a saturating fit beside the power law. The information
 # capacity may be negative (the paper's bias b < 0), where only the saturating form applies.
@@ -139,6 +140,22 @@ def dynamics_fits(rows: list[dict[str, str]]) -> list[Any]:
     return out
 
 
+def step_trends(rows: list[dict[str, str]]) -> list[StepTrend]:
+    """Per scalar metric and size: its trend over the size's checkpoints (see analyses/trends.py)."""
+    table: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        name = f"{r['analysis']}.{r['metric']}"
+        if r["step"] and r["layer"] == "" and r["head"] == "" and name not in NOT_FITTED:
+            table[(name, r["size"])][int(r["step"])] = float(r["value"])
+    out = []
+    for (name, size), by_step in sorted(table.items()):
+        steps = np.array(sorted(by_step), dtype=float)
+        trend = fit_step_trend(steps, np.array([by_step[int(t)] for t in steps]), name, size)
+        if trend is not None:
+            out.append(trend)
+    return out
+
+
 def write_fits(run_dir: Path, n_boot: int = 200, sizes: list[str] | None = None,
                last_steps: dict[str, int] | None = None) -> dict[str, Any]:
     """Write RUN_DIR/fits.json from RUN_DIR/metrics.csv.
@@ -150,6 +167,7 @@ def write_fits(run_dir: Path, n_boot: int = 200, sizes: list[str] | None = None,
 
     rows = _read(run_dir / "metrics.csv")
     data = fits_to_json(scaling_fits(rows, n_boot, sizes, last_steps), dynamics_fits(rows))
+    data["step_trends"] = [t.to_dict() for t in step_trends(rows)]
     note = unfitted_note(rows, sizes, last_steps)
     if note:
         data["notes"] = [note]

@@ -225,7 +225,10 @@ def write_run_dir(path: Path, seed: int = 0) -> Path:
         writer.writeheader()
         for size in SIZES:
             writer.writerows(_size_rows(size, rng))
-    (path / "fits.json").write_text(json.dumps(_fits(), indent=1))
+    from scalelens.sweeps.fits import _read, step_trends
+
+    trends = [t.to_dict() for t in step_trends(_read(path / "metrics.csv"))]
+    (path / "fits.json").write_text(json.dumps({**_fits(), "step_trends": trends}, indent=1))
     (path / "run.json").write_text(
         json.dumps(
             {
@@ -422,6 +425,24 @@ def test_loss_vs_width_fit_is_plotted_and_stated(tmp_path: Path) -> None:
     assert f"alpha = {fit['params']['alpha']:.2g}" in html and "alpha = 0.91 ± 0.04" in html
 
 
+def test_trends_over_training_are_tabled_per_metric_smallest_size_first(report: ReportPaths) -> None:
+    md, html = report.markdown.read_text(), report.html.read_text()
+    trends = md.split("## Trends over training")[1].split("\n## ")[0]
+    key = "| superposition.mean_sq_overlap |"
+    rows = [line.split(" | ") for line in trends.splitlines() if line.startswith(key)]
+    assert [r[1] for r in rows] == list(SIZES)  # by parameter count
+    assert all(r[2] == f"{len(STEPS)} (0–{STEPS[-1]})" for r in rows)
+    assert "Trends over training" in html and "change per decade of steps" in html
+
+
+def test_a_run_without_enough_checkpoints_says_why_there_are_no_trends(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main,,1,1,a,b,,,1\n")
+    md = render_report(run, progress=False).markdown.read_text()
+    assert "_No trends over training: a size needs 4 checkpoints or more._" in md
+
+
 def test_text_is_escaped(report: ReportPaths) -> None:
     html = report.html.read_text()
     assert "&lt;b&gt;raw&lt;/b&gt;" in html
@@ -517,6 +538,8 @@ def test_unknown_metrics_get_generic_plots(tmp_path: Path) -> None:
         (lambda d: (d / "fits.json").write_text('{"version": 2}'), "version 2"),
         (lambda d: (d / "fits.json").write_text('{"fits": [{"metric": "x"}]}'), "entry 0 of 'fits'"),
         (lambda d: (d / "fits.json").write_text('{"fits": 5}'), "'fits' must be a list"),
+        (lambda d: (d / "fits.json").write_text('{"step_trends": [{"metric": "m"}]}'),
+         "entry 0 of 'step_trends'"),
         (lambda d: (d / "fits.json").write_text(
             '{"fits": [{"metric": "m", "form": "power_law", "params": {}, "x": [1, 2], "y": [1]}]}'),
          "x and y differ in length"),

@@ -1,0 +1,71 @@
+"""Each metric's trend over training: the regression on log step, the rank correlation, and
+their way from metrics.csv through fits.json into the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from scalelens.analyses.trends import MIN_TREND_POINTS, StepTrend, fit_step_trend
+from scalelens.sweeps.fits import step_trends, write_fits
+from scalelens.sweeps.metrics import COLUMNS
+
+STEPS = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000, 8000], dtype=float)
+
+
+def test_a_known_slope_per_decade_is_recovered_within_its_interval():
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(200):
+        values = 2.0 + 0.5 * np.log10(STEPS + 1) + rng.normal(0, 0.1, STEPS.size)
+        t = fit_step_trend(STEPS, values, "m", "s")
+        hits += t.slope_ci[0] <= 0.5 <= t.slope_ci[1]
+    assert 0.90 <= hits / 200 <= 0.99  # a 95% interval covers the true slope about 95% of the time
+    assert abs(t.slope_per_decade - 0.5) < 0.1 and t.r2 > 0.8
+    assert (t.n_points, t.first_step, t.last_step) == (15, 0, 8000)
+
+
+def test_the_rank_correlation_sees_any_monotone_change_and_a_constant_has_none():
+    down = fit_step_trend(STEPS, 1 / (STEPS + 1) ** 3, "m", "s")
+    assert down.spearman_rho == pytest.approx(-1.0) and down.spearman_p < 1e-6
+    assert down.slope_per_decade < 0
+    flat = fit_step_trend(STEPS, np.full(STEPS.size, 3.0), "m", "s")
+    assert flat.slope_per_decade == 0 and math.isnan(flat.spearman_rho) and math.isnan(flat.r2)
+    assert flat.to_dict()["spearman_rho"] is None and StepTrend.from_dict(flat.to_dict()).slope_ci == (0, 0)
+
+
+def test_too_few_finite_checkpoints_give_no_trend():
+    values = np.array([1.0, 2.0, np.nan, 3.0, np.inf])
+    assert fit_step_trend(STEPS[:5], values, "m", "s") is None  # 3 finite, under MIN_TREND_POINTS
+    t = fit_step_trend(STEPS[:6], np.append(values, 4.0), "m", "s")
+    assert t is not None and t.n_points == MIN_TREND_POINTS and t.last_value == 4.0
+    ref = stats.linregress(np.log10(STEPS[[0, 1, 3, 5]] + 1), [1.0, 2.0, 3.0, 4.0])
+    assert t.slope_per_decade == pytest.approx(ref.slope)
+
+
+def _row(size, step, metric, value, layer=""):
+    return {"model": "m", "size": size, "revision": f"step{step}", "step": str(step), "n_params": "1000",
+            "n_params_non_embedding": "500", "analysis": "superposition", "metric": metric,
+            "layer": str(layer), "head": "", "value": str(value)}
+
+
+def test_the_sweep_writes_a_trend_per_scalar_metric_and_size(tmp_path):
+    rows = [_row(size, int(t), "mean_sq_overlap", k * math.log10(t + 1)) for size, k in (("a", 1), ("b", 2))
+            for t in STEPS[:6]]
+    rows += [_row("a", int(t), "m", 64) for t in STEPS[:6]]  # bookkeeping: never fitted
+    rows += [_row("a", int(t), "per_layer", 1.0, layer=0) for t in STEPS[:6]]  # not a scalar
+    rows += [_row("c", 0, "mean_sq_overlap", 1.0)]  # one checkpoint: no trend
+    assert [(t.metric, t.size) for t in step_trends(rows)] == [("superposition.mean_sq_overlap", "a"),
+                                                              ("superposition.mean_sq_overlap", "b")]
+    with (tmp_path / "metrics.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    data = write_fits(tmp_path, n_boot=0)
+    slopes = [t["slope_per_decade"] for t in json.loads((tmp_path / "fits.json").read_text())["step_trends"]]
+    assert slopes == [pytest.approx(1.0), pytest.approx(2.0)] and len(data["step_trends"]) == 2
