@@ -83,11 +83,16 @@ def resolve_source(source: str, revision: str | None, gguf_file: str | None) -> 
         return _file_source(path, revision)
     if path.is_dir():
         return _dir_source(path, revision, gguf_file)
-    if _looks_like_path(source) or not _HUB_ID.fullmatch(source):
+    if not looks_like_hub_id(source):
         raise ScalelensError(f"model path {source} does not exist; pass an existing path or hub id")
     kind = "gguf" if gguf_file else "hub"
     rev = revision or "main"
     return ResolvedSource(kind, source, rev, parse_step(rev), gguf_file, source.split("/")[-1])
+
+
+def looks_like_hub_id(source: str) -> bool:
+    """Whether ``source`` (not an existing path) can name a hub repository (``org/name``)."""
+    return not _looks_like_path(source) and bool(_HUB_ID.fullmatch(source))
 
 
 def _looks_like_path(source: str) -> bool:

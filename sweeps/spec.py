@@ -124,7 +124,7 @@ class SweepSpec:
         if self.suite is not None:  # ./suite and /abs/suite are the same suite
             object.__setattr__(self, "suite", str(Path(self.suite).resolve()))
         if self.tokenizer is not None:
-            object.__setattr__(self, "tokenizer", _local_or_hub(self.tokenizer))
+            object.__setattr__(self, "tokenizer", _tokenizer_source(self.tokenizer))
         if self.sizes is not None:
             object.__setattr__(self, "sizes", tuple(dict.fromkeys(self.sizes)))
         if isinstance(self.checkpoints, tuple):
@@ -144,6 +144,16 @@ def _local_or_hub(source: str) -> str:
     """An existing path, resolved (so another spelling is the same model); else as given."""
     path = Path(source).expanduser()
     return str(path.resolve()) if path.exists() else source
+
+
+def _tokenizer_source(source: str) -> str:
+    """An existing tokenizer path (resolved) or a hub id; a missing path is refused up front."""
+    from scalelens.models.sources import looks_like_hub_id
+
+    resolved = _local_or_hub(source)
+    if not Path(resolved).exists() and not looks_like_hub_id(source):
+        raise ScalelensError(f"tokenizer path {source} does not exist; pass a tokenizer directory or hub id")
+    return resolved
 
 
 def _checked_models(models: Any) -> dict[str, str]:

@@ -696,6 +696,10 @@ SWEEP_CASES: dict[str, tuple[Callable[[Ctx, Path], list[str]], tuple[str, ...]]]
         lambda c, s: ["sweep", "--suite", str(s), "--sizes", "16k", "--checkpoints", "final",
                       "--analyses", "superposition", "--n-boot", "1000000000", "--out", str(c.tmp / "r")],
         ("--n-boot must be between 0 and 100,000, got 1,000,000,000",)),
+    "sweep --tokenizer that does not exist": (
+        lambda c, s: ["sweep", "--suite", str(s), "--tokenizer", str(c.tmp / "tok"),
+                      "--out", str(c.tmp / "r")],
+        ("tokenizer path", "tok does not exist")),
     "sweep --out is a file": (
         lambda c, s: ["sweep", "--suite", str(s), "--checkpoints", "final", "--sizes", "16k",
                       "--out", str(c.file("r", "x"))],
