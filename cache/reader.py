@@ -15,6 +15,7 @@ is a :class:`~scalelens.errors.ScalelensError` with one line naming the fix.
 from __future__ import annotations
 
 import json
+import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -258,13 +259,20 @@ class CaptureFile:
         return obj
 
     def _holding(self, where: str) -> str:
-        """What the file holds instead of the missing ``where``: the probes, or the probe's datasets."""
+        """What the file holds instead of the missing ``where``.
+
+        The probe's datasets, or the probes (and, for a name without a probe, the root
+        datasets: ``lengths``, ``tokens``...).
+        """
         parts = where.split("/")
         if len(parts) == 3 and parts[0] == schema.PROBES:
             if parts[1] not in self.probe_names:
                 return f"; its probes: {', '.join(self.probe_names) or 'none'}"
             return f"; probe {parts[1]} has: {', '.join(self.datasets(parts[1]))}"
-        return f"; its probes: {', '.join(self.probe_names) or 'none'} (pass probe=NAME)"
+        roots = self._guard("the root datasets", lambda: [k for k, v in self._f.items()
+                                                            if isinstance(v, h5py.Dataset)])
+        return (f"; its datasets: {', '.join(roots)}; its probes: {', '.join(self.probe_names) or 'none'} "
+                "(pass probe=NAME for a probe's datasets)")
 
     def _axes(self, ds: h5py.Dataset, where: str) -> tuple[str, ...]:
         raw = self._guard(f"the axes of {where}", lambda: ds.attrs[schema.AXES_ATTR])
@@ -296,6 +304,7 @@ class CaptureFile:
         if prompts is not None:
             if not by_prompt:
                 raise ScalelensError(f"{self.path}: {where} has no prompt axis (axes {axes}); drop prompts=")
+            prompts = _as_index(prompts)
             rows = _prompt_rows(prompts, self._n_done if done_only else ds.shape[0], self.path)
             data = self._guard(where, lambda: _read_rows(ds, rows))
             return Labeled(data[0], axes[1:]) if isinstance(prompts, int) else Labeled(data, axes)
@@ -363,13 +372,37 @@ class CaptureFile:
         return NonFinite(probe, name, count, tuple(sorted(prompts)), tuple(sorted(layers)))
 
 
+def _as_index(prompts: Any) -> Any:
+    """A numpy integer (or 0-d integer array) as the Python int it stands for; anything else as is.
+
+    numpy indexing treats them all as one index, which drops the prompt axis.
+    """
+    if isinstance(prompts, np.ndarray) and prompts.ndim == 0 and prompts.dtype.kind in "iu":
+        return int(prompts)
+    return int(prompts) if isinstance(prompts, np.integer) else prompts
+
+
+def _not_prompts(prompts: Any) -> ScalelensError:
+    """The error for a ``prompts=`` that is no index, slice or list of indices."""
+    what = reprlib.repr(prompts)
+    return ScalelensError(f"prompts must be an index, a slice or a list of indices, got {what}")
+
+
 def _prompt_rows(prompts: int | slice | Sequence[int], n: int, path: Path) -> np.ndarray:
     """Row indices of ``prompts`` among the ``n`` readable ones (negative count from the end)."""
     if isinstance(prompts, slice):
-        return np.arange(n)[prompts]
-    wanted = [prompts] if isinstance(prompts, int) else list(prompts)
+        if prompts.step == 0:
+            raise ScalelensError(f"prompts {prompts!r}: a slice step cannot be zero")
+        try:
+            return np.arange(n)[prompts]
+        except TypeError:  # bounds that are not integers
+            raise _not_prompts(prompts) from None
+    try:
+        wanted = [prompts] if isinstance(prompts, int) else list(prompts)
+    except TypeError:  # a float, None...: not iterable
+        raise _not_prompts(prompts) from None
     if not all(isinstance(i, int | np.integer) and not isinstance(i, bool) for i in wanted):
-        raise ScalelensError(f"prompts must be an index, a slice or a list of indices, got {prompts!r}")
+        raise _not_prompts(prompts)
     bad = [int(i) for i in wanted if not -n <= i < n]
     if bad:
         raise ScalelensError(f"{path}: prompt {bad[0]} is out of range; {n} prompts are readable "

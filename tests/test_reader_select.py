@@ -75,7 +75,28 @@ def test_a_missing_name_lists_what_the_file_has(capture_path):
             f.read("valuez", probe="resid")
         with pytest.raises(ScalelensError, match="no dataset probes/attn/values; its probes: massive, resid"):
             f.read("values", probe="attn")
-        with pytest.raises(ScalelensError, match=r"no dataset values; its probes: .*\(pass probe=NAME\)"):
+        with pytest.raises(ScalelensError, match=r"no dataset values; .*its probes: .*\(pass probe=NAME"):
             f.read("values")
+        # a misspelt root dataset: the root ones are listed, not only the probes
+        root = r"no dataset lenghts; its datasets: batch_size, lengths, progress, segments, tokens; its"
+        with pytest.raises(ScalelensError, match=root):
+            f.read("lenghts")
         with pytest.raises(ScalelensError, match="progress has no prompt axis"):
             f.read("progress", prompts=0)
+
+
+def test_numpy_indices_read_as_python_ones_and_bad_selections_are_one_line(capture_path):
+    """A numpy integer (as np.argmax returns) or a 0-d array is one index, as in numpy: the
+    prompt axis is dropped. A float, a zero slice step or float slice bounds are one clear
+    error, not a TypeError or ValueError from deep inside."""
+    with CaptureFile(capture_path) as f:
+        full = f.read("values", probe="resid")
+        for index in (np.int64(2), np.int32(-1), np.array(2), np.uint8(3)):
+            one = f.read("values", probe="resid", prompts=index)
+            assert one.axes == full.axes[1:]
+            np.testing.assert_array_equal(one.data, full.data[index])
+        for bad in (1.0, slice(0, 2.5), np.float64(1)):
+            with pytest.raises(ScalelensError, match="prompts must be an index, a slice or a list"):
+                f.read("values", probe="resid", prompts=bad)
+        with pytest.raises(ScalelensError, match="slice step cannot be zero"):
+            f.read("values", probe="resid", prompts=slice(None, None, 0))
