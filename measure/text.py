@@ -46,8 +46,12 @@ def probe_sentences(loaded: Any, text_file: str | None) -> list[str]:
         return sentences
     manifest = suite_manifest(loaded)
     if manifest is not None:
-        valid = (manifest.root / manifest.valid_text).read_text(encoding="utf-8")
-        return [ln for ln in valid.splitlines() if ln.strip()]
+        path = manifest.root / manifest.valid_text
+        sentences = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not sentences:  # probe_sequences would cycle through no sentences forever
+            raise ScalelensError(f"the suite's validation text {path} has no text; "
+                                 "give probe text with --text FILE")
+        return sentences
     return split_sentences(ENGLISH_HAYSTACK)
 
 

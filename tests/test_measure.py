@@ -182,3 +182,26 @@ def test_probe_sequences_start_at_distinct_sentences(tiny_model_dir, tmp_path, n
     seqs = probe_sequences(lm, str(text), n, 8)
     assert len({s.split()[0] for s in seqs}) == n
     assert len(set(probe_sequences(lm, None, 10, 8))) == 10
+
+
+def test_a_suite_with_empty_validation_text_is_refused_up_front(micro_suite, tmp_path):
+    """A suite checkpoint's probe text is its validation text; an empty one made
+    probe_sequences loop forever (no stride is coprime to 0 sentences). The preflight
+    says so in one line instead."""
+    import shutil
+
+    from scalelens.errors import ScalelensError
+    from scalelens.measure.text import check_probe_text
+
+    suite = tmp_path / "suite"
+    shutil.copytree(micro_suite, suite)
+    manifest = read_manifest(suite)
+    (suite / manifest.valid_text).write_text("\n  \n", encoding="utf-8")
+    lm = load_model(manifest.checkpoint_dir(manifest.sizes[0], manifest.steps[-1]))
+    with pytest.raises(ScalelensError, match="validation text .* has no text; give probe text with --text"):
+        check_probe_text(lm, None, None)
+    with pytest.raises(ScalelensError, match="has no text"):
+        probe_sequences(lm, None, 2, 8)
+    text = tmp_path / "t.txt"
+    text.write_text("w1 w2 w3. w4 w5.")
+    assert len(probe_sequences(lm, str(text), 2, 4)) == 2
