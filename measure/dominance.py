@@ -35,8 +35,9 @@ TEXT = ("question",)
 DOCUMENT = ("haystack", "needle", "needle_answer")
 OTHER = (*DOCUMENT, EMBEDS_LABEL)
 MODALITIES = ("text", "embeds")
-# Prompts per dilution: depths are spread over (0, 1) at 3 decimals, so past 1000 they repeat.
-MAX_PROMPTS = 1000
+# Prompts per dilution: depths are spread over (0, 1) at 3 decimals, so from 1000 on some
+# repeat (at 1000 itself, 28 of them: (i + 0.5) / 1000 sits on the rounding boundary).
+MAX_PROMPTS = 999
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ def dominance_probe() -> ProbeSpec:
 
 
 def _depths(s: DominanceSettings) -> tuple[float, ...]:
+    """One needle depth per prompt, evenly spread over (0, 1), all distinct."""
     return tuple(round((i + 0.5) / s.n_prompts, 3) for i in range(s.n_prompts))
 
 

@@ -477,7 +477,7 @@ CASES: dict[str, Case] = {
         ("--n-needles 5: the built-in English set has 2 needles", "--needles FILE.jsonl")),
     "huge --dominance-prompts": Case(
         lambda c: c.measure("--analyses", "text_dominance", "--dominance-prompts", "100000000"),
-        ("--dominance-prompts must be 1 to 1,000, got 100,000,000",)),
+        ("--dominance-prompts must be 1 to 999, got 100,000,000",)),
     "huge --n-sequences": Case(
         lambda c: c.measure("--analyses", "massive_activations", "--n-sequences", "100000000"),
         ("--n-sequences must be at most 100,000, got 100,000,000",)),

@@ -205,3 +205,15 @@ def test_a_suite_with_empty_validation_text_is_refused_up_front(micro_suite, tmp
     text = tmp_path / "t.txt"
     text.write_text("w1 w2 w3. w4 w5.")
     assert len(probe_sequences(lm, str(text), 2, 4)) == 2
+
+
+def test_every_allowed_dominance_prompt_count_has_distinct_depths():
+    """Depths are rounded to 3 decimals: the documented bound must keep them distinct
+    (1000 prompts gave 28 repeated depths, so 28 prompts measured twice)."""
+    from scalelens.errors import ScalelensError
+    from scalelens.measure.dominance import MAX_PROMPTS, _depths
+
+    for n in range(1, MAX_PROMPTS + 1):
+        assert len(set(_depths(DominanceSettings(n_prompts=n)))) == n, n
+    with pytest.raises(ScalelensError, match="--dominance-prompts must be 1 to"):
+        DominanceSettings(n_prompts=MAX_PROMPTS + 1)
