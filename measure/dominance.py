@@ -130,7 +130,22 @@ def base_tokens(loaded: Any, s: DominanceSettings) -> int:
             f"the model's context ({loaded.info.max_position}) is too short for a x{max(s.dilutions)} "
             "dilution; use smaller --dilutions"
         )
+    _check_base_fits(loaded.info.max_position, base, max(s.dilutions), reserve)
     return base
+
+
+def _check_base_fits(context: int | None, base: int, dilution: int, reserve: int) -> None:
+    """Refuse a ``base_tokens`` whose largest dilution, with needle and question, exceeds the context.
+
+    (The default base is sized to fit.) Checked here, before any analysis captures, and
+    named as what the caller set, not as a ``--context-lengths`` they never gave.
+    """
+    if context and base * dilution + reserve > context:
+        raise ScalelensError(
+            f"base_tokens {base} at a x{dilution} dilution, plus {reserve} tokens of needle and "
+            f"question, exceed the model's context of {context} tokens; use base_tokens of at most "
+            f"{max(0, context - reserve) // dilution} or smaller --dilutions"
+        )
 
 
 def measure_dominance(loaded: Any, s: DominanceSettings, out_dir: Path, overwrite: bool = False,

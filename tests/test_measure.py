@@ -217,3 +217,22 @@ def test_every_allowed_dominance_prompt_count_has_distinct_depths():
         assert len(set(_depths(DominanceSettings(n_prompts=n)))) == n, n
     with pytest.raises(ScalelensError, match="--dominance-prompts must be 1 to"):
         DominanceSettings(n_prompts=MAX_PROMPTS + 1)
+
+
+@pytest.mark.parametrize("modality", ["text", "embeds"])
+def test_a_given_base_tokens_too_large_is_refused_before_any_capture(tmp_path, modality):
+    """DominanceSettings(base_tokens=...) past the context was found only when the dominance
+    capture began (after the other analyses' captures), as '--context-lengths ... exceed', a
+    flag the caller never gave. Now the preflight names base_tokens and what would fit."""
+    from tiny_models import tiny_model, word_tokenizer
+
+    from scalelens.errors import ScalelensError
+
+    lm = load_model(tiny_model(), tokenizer=word_tokenizer())
+    s = MeasureSettings(dominance=DominanceSettings(base_tokens=500, dilutions=(1, 2), n_prompts=2,
+                                                    modality=modality, pool=1))
+    with pytest.raises(ScalelensError, match=r"^base_tokens 500 at a x2 dilution, plus \d+ tokens .* "
+                                             r"context of 128 tokens; use base_tokens of at most \d+") as e:
+        measure(lm, "massive_activations,text_dominance", tmp_path / "out", s, progress=False)
+    assert "--context-lengths" not in str(e.value)
+    assert not (tmp_path / "out").exists()
