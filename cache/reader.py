@@ -212,10 +212,17 @@ class CaptureFile:
 
         A resumed capture may have changed it. None for files written before it was
         recorded (see :attr:`capture`).
+
+        Raises:
+            ScalelensError: when ``/batch_size`` is damaged (not one int per prompt).
         """
         if not self._guard(f"/{schema.BATCH_SIZE}", partial(self._f.__contains__, schema.BATCH_SIZE)):
             return None
-        return self.read(schema.BATCH_SIZE).data
+        sizes = self.read(schema.BATCH_SIZE)
+        if sizes.axes != ("prompt",) or self._dataset(schema.BATCH_SIZE).shape != (self.n_prompts,):
+            raise ScalelensError(f"{self.path}: /{schema.BATCH_SIZE} is not one entry per prompt "
+                                 "(damaged); the probe data are not affected")
+        return sizes.data
 
     @property
     def probe_specs(self) -> list[dict[str, Any]]:

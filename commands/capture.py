@@ -213,11 +213,15 @@ def _fmt_int(value) -> str:
 def _batch_sizes(f: CaptureFile) -> str:
     """The batch size(s) a file's finished prompts were captured with.
 
-    E.g. ``8 (prompts 0-15), 2 (prompts 16-19)`` after a resume with a smaller one.
+    E.g. ``8 (prompts 0-15), 2 (prompts 16-19)`` after a resume with a smaller one;
+    ``unknown`` when ``/batch_size`` is damaged (the probe data are still listed).
     """
     import numpy as np
 
-    sizes = f.batch_sizes
+    try:
+        sizes = f.batch_sizes
+    except ScalelensError:  # informational only: the rest of inspect still runs
+        return "unknown (/batch_size is damaged)"
     if sizes is None:  # written before batch sizes were recorded per prompt
         return f"{f.capture.get('batch_size')} (when created)"
     if not sizes.size:

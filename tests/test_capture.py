@@ -524,6 +524,37 @@ def test_a_file_from_before_batch_sizes_were_recorded_resumes_with_another(tmp_p
     assert "batch size 2 (when created)," in capsys.readouterr().out
 
 
+def _damage_batch_size(path, damage: str) -> None:
+    with h5py.File(path, "a") as f:
+        if damage == "no axes":
+            del f["batch_size"].attrs["axes"]
+            return
+        del f["batch_size"]
+        if damage == "group":
+            f.create_group("batch_size")
+        else:  # shorter than the prompts: its ranges would be silently wrong
+            f.create_dataset("batch_size", data=np.array([2, 2], dtype=np.int32))
+            f["batch_size"].attrs["axes"] = f["lengths"].attrs["axes"]
+
+
+@pytest.mark.parametrize("damage", ["no axes", "group", "short"])
+def test_inspect_a_file_whose_batch_size_record_is_damaged(damage, tmp_path, capsys):
+    """/batch_size is informational: damaged, inspect says its batch size is unknown and still
+    lists the probes (it stopped with 'corrupted; re-run with --overwrite' for probe data that are
+    fine, or showed a short record's ranges as if they covered the file)."""
+    from scalelens.cli import main
+    from scalelens.errors import ScalelensError
+
+    out = capture(loaded(), [preset("resid")], prompts(5), tmp_path / "c.h5", batch_size=2, progress=False)
+    _damage_batch_size(out, damage)
+    with CaptureFile(out) as f, pytest.raises(ScalelensError, match="batch_size"):
+        f.batch_sizes  # noqa: B018 - the property raises
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "batch size unknown (/batch_size is damaged)," in shown and "probe resid:" in shown
+
+
 @pytest.mark.parametrize("impl", ["flash_attention_2", "flex_attention"])
 def test_per_head_probes_refuse_flash_and_flex_attention(impl, tmp_path):
     """transformers finds the flash kernel by the implementation's name (the tap's renamed one
