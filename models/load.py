@@ -80,6 +80,7 @@ def load_model(
     gguf_file: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     tokenizer: Any = None,
+    default_tokenizer: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
     """Load a decoder-only causal LM and describe it.
 
@@ -107,6 +108,9 @@ def load_model(
             tokenizer given by hub id.
         tokenizer: A tokenizer object, or a path/id to load one from; default the
             source's own.
+        default_tokenizer: A path/id to load the tokenizer from when ``tokenizer`` is not
+            given and a local source ships none (its directory, and for a checkpoint its run
+            directory, hold no tokenizer files); a sweep's ``--tokenizer``.
 
     Returns:
         The model in eval mode, its tokenizer and its ``ModelInfo``.
@@ -122,6 +126,8 @@ def load_model(
         return _from_object(source, tokenizer, device, dt, attn_implementation, cache_dir)
     rev = checkpoint_revision(revision, checkpoint)
     resolved = resolve_source(os.fspath(source), rev, gguf_file)
+    if tokenizer is None and default_tokenizer is not None and not ships_tokenizer(resolved):
+        tokenizer = default_tokenizer
     return _from_disk(resolved, os.fspath(source), cache_dir, tokenizer, device, dt, attn_implementation)
 
 
@@ -274,6 +280,13 @@ def _has_tokenizer_files(folder: Path) -> bool:
     return any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
+def ships_tokenizer(resolved: ResolvedSource) -> bool:
+    """Whether a source has a tokenizer of its own: always assumed for hub and GGUF sources."""
+    if resolved.gguf_file or not Path(resolved.location).is_dir():
+        return True
+    return _has_tokenizer_files(Path(_checkpoint_tokenizer(resolved)))
+
+
 def _checkpoint_tokenizer(resolved: ResolvedSource) -> str:
     """Where the source's tokenizer is: its directory, or a checkpoint's run directory."""
     folder = Path(resolved.location)
@@ -297,7 +310,8 @@ def _tokenizer_at(location: str, extra: dict[str, Any], vocab_size: int) -> PreT
 
 
 def _no_tokenizer(location: str, why: str) -> ScalelensError:
-    return ScalelensError(f"no usable tokenizer at {location} ({why}); pass tokenizer=...")
+    return ScalelensError(f"no usable tokenizer at {location} ({why}); pass tokenizer=... "
+                          "(on the command line --tokenizer DIR_OR_HUB_ID)")
 
 
 def _from_object(

@@ -60,11 +60,32 @@ def checkpoint_revision(revision: str | None, checkpoint: int | None) -> str | N
     return sugar
 
 
+# What ``from_pretrained`` loads weights from; a checkpoint directory without one is half-written
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def _complete(folder: Path) -> bool:
+    """Whether a checkpoint directory holds a ``config.json`` and weights."""
+    return (folder / "config.json").is_file() and any((folder / w).is_file() for w in WEIGHT_FILES)
+
+
+def _named_checkpoints(path: Path) -> list[Path]:
+    return [p for p in path.iterdir() if p.is_dir() and _STEP.fullmatch(p.name)]
+
+
 def step_dirs(path: Path) -> dict[str, Path]:
-    """Checkpoint subdirectories (``stepN``, ``checkpoint-N``) holding a ``config.json``, by N."""
-    found = [p for p in path.iterdir() if p.is_dir() and _STEP.fullmatch(p.name)]
-    found = [p for p in found if (p / "config.json").is_file()]
+    """Checkpoint subdirectories (``stepN``, ``checkpoint-N``) holding a config and weights, by N.
+
+    One without either (an HF Trainer save still being written, or interrupted) is left out.
+    """
+    found = [p for p in _named_checkpoints(path) if _complete(p)]
     return {p.name: p for p in sorted(found, key=lambda p: (parse_step(p.name), p.name))}
+
+
+def incomplete_step_dirs(path: Path) -> list[str]:
+    """Names of checkpoint subdirectories that ``step_dirs`` leaves out (no config or weights)."""
+    return sorted(p.name for p in _named_checkpoints(path) if not _complete(p))
 
 
 def resolve_source(source: str, revision: str | None, gguf_file: str | None) -> ResolvedSource:

@@ -97,7 +97,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     """Handle ``scalelens sweep``; exit 1 when some task failed."""
     from scalelens.commands.capture import check_device
     from scalelens.sweeps.run import sweep
-    from scalelens.sweeps.spec import check_ray_address, expand
+    from scalelens.sweeps.spec import check_ray_address, expand, incomplete_checkpoints
 
     if not 0 <= args.n_boot <= 100_000:  # 10x the most any CI needs; more only makes fits.json hang
         raise ScalelensError(f"--n-boot must be between 0 and 100,000, got {args.n_boot:,}")
@@ -105,6 +105,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     if not (spec.executor == "ray" and spec.address):  # a remote cluster's GPUs are not this machine's
         check_device(spec.device, spec.dtype)
     expand(spec)  # unknown sizes or checkpoints: one line before anything runs
+    for note in incomplete_checkpoints(spec):
+        print(f"note: {note}", file=sys.stderr)
     if spec.executor == "ray":
         from scalelens.sweeps.executors import _ray_init
 

@@ -81,7 +81,11 @@ def _check_resume(out: Path, path: Path, want: dict) -> None:
         have = {**have, _SUITE_BUILD: want[_SUITE_BUILD]}
     if "settings" in have:  # older files recorded the batch size too
         have = {**have, "settings": _identity_settings(have["settings"])}
-    want = _with_earlier_models(out, have, want)
+    if "tokenizer" in want and "tokenizer" not in have:  # only for models without one: earlier
+        have = {**have, "tokenizer": want["tokenizer"]}  # tasks all loaded their own
+    models = _earlier_and_new_models(out, have, want)
+    if models is not None:  # sizes added or dropped: the same sweep, recorded with every size
+        have, want = {**have, "models": models}, {**want, "models": models}
     if have != want:
         diff = sorted(k for k in {*want, *have} if have.get(k) != want.get(k))
         what = ", ".join("suite build settings (the suite was rebuilt)" if k == _SUITE_BUILD else k
@@ -94,21 +98,30 @@ def _check_resume(out: Path, path: Path, want: dict) -> None:
         write_json(path, want)
 
 
-def _with_earlier_models(out: Path, have: dict, want: dict) -> dict:
-    """``want`` with the sizes of an earlier run of own models added (sizes may be added later).
+def _earlier_and_new_models(out: Path, have: dict, want: dict) -> dict | None:
+    """The sizes of an earlier run of own models and of this one (sizes may be added or dropped).
 
-    A size label that now names another model would mix two models' results: refused.
+    None when either run is not of own models. A size label that now names another model
+    with measurements would mix two models' results: refused.
     """
     old, new = have.get("models"), want.get("models")
     if not (isinstance(old, dict) and isinstance(new, dict)):
-        return want
-    moved = [s for s in new if s in old and old[s] != new[s]]
+        return None
+    moved = [s for s in new if s in old and old[s] != new[s] and _has_measurements(out, s)]
     if moved:
         raise ScalelensError(
             f"{out} holds a sweep whose size {moved[0]} was {old[moved[0]]}, not {new[moved[0]]}; "
             "use another --out or size label, or pass --overwrite to discard its finished tasks"
         )
-    return {**want, "models": {**old, **new}}
+    return {**old, **new}
+
+
+def _has_measurements(out: Path, size: str) -> bool:
+    """Whether a task of ``size`` wrote anything but an error log (results, partial captures).
+
+    A size re-pointed to another model would then mix, or resume, the first model's.
+    """
+    return any(f.is_file() and f.name != "error.log" for f in (out / "tasks" / size).rglob("*"))
 
 
 def check_run_dir(out: Path, spec, overwrite: bool) -> None:

@@ -253,10 +253,30 @@ def read_spec(path: str | Path) -> SweepSpec:
             raise ScalelensError(f"sweep spec {p}: checkpoints must be log, all, final or a list of "
                                  f"step numbers, got {steps!r}")
         data["checkpoints"] = tuple(steps)
+    _beside_spec(data, p.parent)
     try:
         return SweepSpec(**data)
     except ScalelensError as e:
         raise ScalelensError(f"sweep spec {p}: {e}") from None
+
+
+def _beside_spec(data: dict[str, Any], folder: Path) -> None:
+    """Relative paths in a spec that exist beside it, not in the working directory: beside it.
+
+    ``small = "runs/small"`` in ``project/sweep.toml`` then names ``project/runs/small`` from any
+    working directory (it would otherwise be taken for a hub id).
+    """
+    def moved(value: Any) -> Any:
+        if not isinstance(value, str) or not value or Path(value).expanduser().exists():
+            return value
+        beside = folder / value
+        return str(beside.resolve()) if not Path(value).is_absolute() and beside.exists() else value
+
+    for key in ("suite", "tokenizer"):
+        if key in data:
+            data[key] = moved(data[key])
+    if isinstance(data.get("models"), dict):
+        data["models"] = {size: moved(source) for size, source in data["models"].items()}
 
 
 def check_ray_address(address: str, timeout: float = 5.0) -> None:
@@ -390,6 +410,23 @@ def _known_checkpoints(source: str) -> dict[int, str] | None:
     if _PYTHIA_ID.fullmatch(source):
         return {s: f"step{s}" for s in PYTHIA_STEPS}
     return None
+
+
+def incomplete_checkpoints(spec: SweepSpec) -> list[str]:
+    """One note per own model whose run directory holds checkpoints left out as half-written."""
+    from scalelens.models.sources import incomplete_step_dirs
+
+    if spec.models is None:
+        return []
+    notes = []
+    models = spec.models
+    for size in _check_sizes(spec.sizes, list(models)):
+        path = Path(models[size])
+        skipped = incomplete_step_dirs(path) if path.is_dir() else []
+        if skipped:
+            notes.append(f"size {size}: left out {', '.join(skipped)} of {path}: no config.json or "
+                         "no weights (a save still being written, or interrupted)")
+    return notes
 
 
 def expand(spec: SweepSpec) -> list[Task]:

@@ -77,7 +77,7 @@ def run_task(task: Task, spec: SweepSpec, run_dir: Path, progress: bool = False)
     from scalelens.models.load import load_model
 
     settings = measure_settings(spec.settings)
-    loaded = load_model(task.source, revision=task.revision, tokenizer=spec.tokenizer,
+    loaded = load_model(task.source, revision=task.revision, default_tokenizer=spec.tokenizer,
                         device=spec.device, dtype=spec.dtype)
     out = task_dir(run_dir, task)
     data = measure(loaded, tuple(spec.analyses), out, settings, progress=progress)

@@ -450,3 +450,98 @@ def test_a_rerun_with_another_batch_size_resumes_the_run(suite_copy, tmp_path):
     path.write_text(json.dumps({**recorded, "settings": {**recorded["settings"], "batch_size": 4}}))
     assert sweep(spec(batch_size=2), tmp_path, n_boot=0).count("skipped") == 1
     assert json.loads(path.read_text()) == recorded  # rewritten without it
+
+
+def test_a_rerun_may_add_a_size_to_a_sweep_of_own_models(suite_copy, tmp_path):
+    """A size added on a rerun is measured beside the finished ones (it was refused as
+    'different models'), and the record keeps every size."""
+    manifest = read_manifest(suite_copy)
+    a, b = manifest.sizes[:2]
+    models = {s: str(suite_copy / s / f"step{manifest.steps[-1]}") for s in (a, b)}
+    kw = dict(analyses=("superposition",), settings=dict(FAST))
+    run = tmp_path / "out"
+    assert sweep(SweepSpec(models={a: models[a]}, **kw), run, n_boot=0).count("done") == 1
+    both = SweepSpec(models=models, **kw)
+    again = sweep(both, run, n_boot=0)
+    assert (again.count("skipped"), again.count("done"), again.failed) == (1, 1, [])
+    assert json.loads((run / "sweep_spec.json").read_text())["models"] == both.models
+    with (run / "metrics.csv").open() as fh:
+        assert {r["size"] for r in csv.DictReader(fh)} == {a, b}
+
+
+def test_a_size_that_measured_nothing_may_be_pointed_at_another_model(suite_copy, tmp_path):
+    """A size whose first source was wrong (its task failed, nothing measured) is corrected on
+    the rerun; once it has measurements it may not be re-pointed."""
+    manifest = read_manifest(suite_copy)
+    good = suite_copy / manifest.sizes[0] / f"step{manifest.steps[-1]}"
+    bare = tmp_path / "bare"
+    shutil.copytree(good, bare)
+    for f in bare.glob("tokenizer*"):
+        f.unlink()
+    kw = dict(analyses=("superposition",), settings=dict(FAST))
+    run = tmp_path / "out"
+    assert sweep(SweepSpec(models={"x": str(bare)}, **kw), run, n_boot=0).count("failed") == 1
+    assert sweep(SweepSpec(models={"x": str(good)}, **kw), run, n_boot=0).count("done") == 1
+    other = suite_copy / manifest.sizes[1] / f"step{manifest.steps[-1]}"
+    with pytest.raises(ScalelensError, match="size x was .*, not .*"):
+        sweep(SweepSpec(models={"x": str(other)}, **kw), run, n_boot=0)
+
+
+def test_a_half_written_checkpoint_is_left_out_with_a_note(suite_copy, tmp_path):
+    """A Trainer killed while saving (or still saving) leaves checkpoint-N with a config but no
+    weights: ``final`` is the last complete checkpoint and the sweep names the one left out."""
+    from scalelens.models import load_model
+
+    manifest = read_manifest(suite_copy)
+    last = manifest.steps[-1]
+    run = _trainer_run(suite_copy, manifest.sizes[0], tmp_path / "run")
+    (run / "checkpoint-999").mkdir()
+    shutil.copy(run / f"checkpoint-{last}" / "config.json", run / "checkpoint-999")
+    spec = SweepSpec(models={"x": str(run)}, checkpoints="final", analyses=("superposition",),
+                     settings=dict(FAST))
+    assert [t.key for t in expand(spec)] == [f"x/checkpoint-{last}"]
+    from scalelens.sweeps.spec import incomplete_checkpoints
+
+    (note,) = incomplete_checkpoints(spec)
+    assert "checkpoint-999" in note and "no weights" in note
+    assert load_model(run).info.revision == f"checkpoint-{last}"  # the last complete one
+    with pytest.raises(ScalelensError, match="unknown revision 'step999'"):
+        load_model(run, checkpoint=999)
+
+
+def test_relative_paths_in_a_spec_file_are_found_beside_it(suite_copy, tmp_path, monkeypatch):
+    """``small = "runs/small"`` in project/sweep.toml names project/runs/small from any working
+    directory (it was taken for a hub id, and the sweep tried the hub)."""
+    from scalelens.sweeps.spec import read_spec
+
+    project = tmp_path / "project"
+    run = _trainer_run(suite_copy, read_manifest(suite_copy).sizes[0], project / "runs" / "small")
+    (project / "sweep.toml").write_text('analyses = ["superposition"]\ncheckpoints = "final"\n'
+                                        '[models]\nsmall = "runs/small"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    spec = read_spec(project / "sweep.toml")
+    assert spec.models == {"small": str(run.resolve())}
+    assert [t.source for t in expand(spec)] == [str(run.resolve())]
+
+
+def test_a_sweep_tokenizer_does_not_replace_a_models_own(suite_copy, tmp_path):
+    """``--tokenizer`` is for models that ship none: one with its own keeps it (a 64-token word
+    tokenizer, far too small for it, would be refused), and adding ``--tokenizer`` on a rerun
+    leaves the finished tasks valid."""
+    from tiny_models import word_tokenizer
+
+    manifest = read_manifest(suite_copy)
+    words = tmp_path / "words"
+    word_tokenizer().save_pretrained(words)
+    kw = dict(models={"x": str(suite_copy / manifest.sizes[0])}, analyses=("superposition",),
+              settings=dict(FAST))
+    given = sweep(SweepSpec(**kw, checkpoints="final", tokenizer=str(words)), tmp_path / "given", n_boot=0)
+    assert (given.count("done"), given.failed) == (1, [])
+    run = tmp_path / "out"
+    first = sweep(SweepSpec(**kw, checkpoints=(manifest.steps[-2],)), run, n_boot=0)
+    assert first.count("done") == 1
+    again = sweep(SweepSpec(**kw, checkpoints=tuple(manifest.steps[-2:]), tokenizer=str(words)), run,
+                  n_boot=0)
+    assert (again.count("skipped"), again.count("done"), again.failed) == (1, 1, [])
