@@ -16,8 +16,9 @@ from pathlib import Path
 
 from ..errors import ScalelensError
 
-# Pythia ``step3000``, OLMo ``step1000-tokens4B``, HF Trainer ``checkpoint-3000``
-_STEP = re.compile(r"(?:step(\d+)(?:-tokens\d+[KMBT]?)?|checkpoint-(\d+))")
+# Pythia ``step3000``, OLMo ``step1000-tokens4B``, OLMo 2 ``stage1-step1000-tokens4B``,
+# HF Trainer ``checkpoint-3000``
+_STEP = re.compile(r"(?:(?:stage\d+-)?step(\d+)(?:-tokens\d+[KMBT]?)?|checkpoint-(\d+))")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
@@ -106,9 +107,20 @@ def resolve_source(source: str, revision: str | None, gguf_file: str | None) -> 
         return _dir_source(path, revision, gguf_file)
     if not looks_like_hub_id(source):
         raise ScalelensError(f"model path {source} does not exist; pass an existing path or hub id")
+    _not_a_mistyped_path(source)
     kind = "gguf" if gguf_file else "hub"
     rev = revision or "main"
     return ResolvedSource(kind, source, rev, parse_step(rev), gguf_file, source.split("/")[-1])
+
+
+def _not_a_mistyped_path(source: str) -> None:
+    """Refuse ``dir/name`` where ``dir`` is a local directory: a path with a typo, not a hub id."""
+    head = source.split("/")[0]
+    if "/" in source and Path(head).is_dir():
+        raise ScalelensError(
+            f"model path {source} does not exist (though {head}/ does); check the name, or to load "
+            f"the hub repository {source}, run from a directory without a {head}/ folder"
+        )
 
 
 def looks_like_hub_id(source: str) -> bool:

@@ -449,6 +449,23 @@ def test_nonexistent_path():
         load_model("/no/such/model/dir")
 
 
+def test_a_mistyped_relative_path_is_not_tried_as_a_hub_id(tmp_path, monkeypatch):
+    """``runs/smal`` with a local ``runs/`` folder is a typo, not a hub repository (the hub was
+    tried, twice in a sweep, and the error said to download it)."""
+    (tmp_path / "runs" / "small").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ScalelensError, match=r"model path runs/smal does not exist \(though runs/ does\)"):
+        load_model("runs/smal")
+
+
+def test_checkpoint_names_parse_their_step():
+    from scalelens.models.sources import parse_step
+
+    names = {"step3000": 3000, "step1000-tokens4B": 1000, "stage1-step928646-tokens3896B": 928646,
+             "checkpoint-500": 500, "main": None, "stepx": None, "stage1-main": None}
+    assert {n: parse_step(n) for n in names} == names
+
+
 def test_encoder_architecture_is_refused(tmp_path):
     BertConfig(
         hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
