@@ -21,7 +21,8 @@ def table(t: Table) -> str:
 
 
 def _section(title: str, t: Table, empty: str) -> list[str]:
-    return [f"## {title}", "", table(t) if t.rows else f"_{empty}_", ""]
+    note = [f"_{escape(t.note)}_", ""] if t.note and t.rows else []
+    return [f"## {title}", "", *note, table(t) if t.rows else f"_{empty}_", ""]
 
 
 def summary(title: str, html_name: str, tables: dict[str, Table]) -> str:

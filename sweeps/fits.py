@@ -35,8 +35,27 @@ MIN_SIZES = 3
 
 
 def _read(path: Path) -> list[dict[str, str]]:
+    """The rows of metrics.csv that the fits read, as dicts of strings.
+
+    Those are the scalar rows, the massive-activation ratios and the first row of each
+    (size, step): per-layer and per-head rows are most of a large sweep's table (a full
+    Pythia sweep has ~1M rows, 5% of them scalar) and no fit reads them, while a step or
+    size seen only in them still counts as the sweep's last step or one of its sizes.
+    """
+    seen: set[tuple[str, str]] = set()
     with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+        return [r for r in csv.DictReader(fh) if _wanted(r, seen)]
+
+
+def _wanted(row: dict[str, str], seen: set[tuple[str, str]]) -> bool:
+    """Keep a scalar row, a massive-activation ratio, or the first row of its (size, step)."""
+    first = (row["size"], row["step"])
+    if first not in seen:
+        seen.add(first)
+        return True
+    if row["layer"] == "" and row["head"] == "":
+        return True
+    return row["analysis"] == "massive_activations" and row["metric"] == "ratio"
 
 
 def _step(row: dict[str, str]) -> int:

@@ -107,31 +107,53 @@ def rows_of(results: dict[str, Any], size: str) -> Iterator[dict[str, Any]]:
                        "value": v}
 
 
+def _task_rows(size: str, results_path: Path) -> list[dict[str, Any]]:
+    """The rows of one finished task; ScalelensError naming the file when it is unreadable."""
+    try:
+        return list(rows_of(json.loads(results_path.read_text(encoding="utf-8")), size))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON, UTF-8, shape
+        raise ScalelensError(f"{results_path} is unreadable ({type(exc).__name__}: {exc}); "
+                             "delete it and rerun to redo that task") from None
+
+
 def write_metrics(run_dir: Path, tasks: list[tuple[str, Path]]) -> Path:
-    """Write RUN_DIR/metrics.csv (and .parquet if pyarrow is present) from finished tasks."""
-    rows: list[dict[str, Any]] = []
-    for size, results_path in tasks:
-        try:
-            rows.extend(rows_of(json.loads(results_path.read_text(encoding="utf-8")), size))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON, UTF-8, shape
-            raise ScalelensError(f"{results_path} is unreadable ({type(exc).__name__}: {exc}); "
-                                 "delete it and rerun to redo that task") from None
+    """Write RUN_DIR/metrics.csv (and .parquet if pyarrow is present) from finished tasks.
+
+    Rows are written task by task: a full Pythia sweep has ~1M of them, which as dicts
+    held all at once took ~4 GB. The parquet file gets compact per-column lists instead.
+    """
     path = run_dir / "metrics.csv"
     tmp = path.with_name("metrics.csv.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    columns: dict[str, list[Any]] = {c: [] for c in COLUMNS}
+    try:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+            writer.writeheader()
+            for size, results_path in tasks:
+                rows = _task_rows(size, results_path)
+                writer.writerows(rows)
+                _append_columns(columns, rows)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
-    _parquet(run_dir, rows)
+    _parquet(run_dir, columns)
     return path
 
 
-def _parquet(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+def _append_columns(columns: dict[str, list[Any]], rows: list[dict[str, Any]]) -> None:
+    """Add rows to the parquet columns: layer, head and step as strings, as the CSV has them."""
+    for c, values in columns.items():
+        if c in ("layer", "head", "step"):
+            values.extend(str(r[c]) for r in rows)
+        else:
+            values.extend(r[c] for r in rows)
+
+
+def _parquet(run_dir: Path, columns: dict[str, list[Any]]) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         return
-    cols = {c: [str(r[c]) if c in ("layer", "head", "step") else r[c] for r in rows] for c in COLUMNS}
-    pq.write_table(pa.table(cols), run_dir / "metrics.parquet")
+    pq.write_table(pa.table(columns), run_dir / "metrics.parquet")
