@@ -49,8 +49,9 @@ def test_a_last_step_seen_only_in_per_layer_rows_still_is_the_sweeps_last(tmp_pa
 
 def test_an_unreadable_task_leaves_the_old_metrics_and_no_temporary_file(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
-    good.write_text(json.dumps({"model": {"name": "m", "step": 1, "n_params": 10, "n_params_non_embedding": 5},
-                                "analyses": {"superposition": {"m": 4, "mean_sq_overlap": 0.25}}}))
+    model = {"name": "m", "step": 1, "n_params": 10, "n_params_non_embedding": 5}
+    analyses = {"superposition": {"m": 4, "mean_sq_overlap": 0.25}}
+    good.write_text(json.dumps({"model": model, "analyses": analyses}))
     bad.write_text("{")
     write_metrics(tmp_path, [("s", good)])
     before = (tmp_path / "metrics.csv").read_text()
@@ -71,8 +72,10 @@ def test_many_trends_and_dynamics_fits_are_tabled_as_digests(tmp_path: Path,
     md = render_report(run, progress=False).markdown.read_text()
 
     trends = md.split("## Trends over training")[1].split("\n## ")[0]
-    assert f"This run has {n_trends:,} trends (metric x size)" in trends and "fits.json (step_trends)" in trends
-    rows = [line.split(" | ") for line in trends.splitlines() if line.startswith("| superposition.mean_sq_overlap |")]
+    assert f"This run has {n_trends:,} trends (metric x size)" in trends
+    assert "fits.json (step_trends)" in trends
+    key = "| superposition.mean_sq_overlap |"
+    rows = [line.split(" | ") for line in trends.splitlines() if line.startswith(key)]
     assert len(rows) == 1 and rows[0][1] == "4 (14m–410m)"
     rising, falling, neither = (int(v) for v in rows[0][2].split(" / "))
     assert rising + falling + neither == 4
