@@ -3,12 +3,15 @@
 For one size's checkpoints, the metric is regressed on ``log10(step + 1)`` by OLS
 (``scipy.stats.linregress``): the slope is the change per decade of training steps, with a
 95% t interval from its standard error. Spearman's rank correlation (``scipy.stats.spearmanr``)
-says whether the change is monotone, whatever its shape. Both are descriptive: checkpoints
+says whether the change is monotone, whatever its shape. Its p-value is exact (all orderings of
+the values) up to ``EXACT_MAX_POINTS`` checkpoints: scipy's t approximation gives p = 0 to any
+perfectly monotone series, even 4 points, whose exact p is 1/12. Both are descriptive: checkpoints
 of one run are not independent samples, so the p-value is a guide, not a test.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -18,6 +21,7 @@ import numpy as np
 from scipy import stats
 
 MIN_TREND_POINTS = 4
+EXACT_MAX_POINTS = 8  # 8! = 40,320 orderings
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class StepTrend:
         slope_ci: 95% interval of the slope (t distribution, ``n - 2`` dof).
         r2: R² of that regression.
         spearman_rho: Rank correlation of value and step (NaN when the value is constant).
-        spearman_p: Its two-sided p-value (NaN likewise).
+        spearman_p: Its two-sided p-value (NaN likewise); exact up to ``EXACT_MAX_POINTS``.
     """
 
     metric: str
@@ -110,4 +114,16 @@ def _spearman(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
         res = stats.spearmanr(steps, values)
-    return float(res.statistic), float(res.pvalue)
+    rho = float(res.statistic)
+    if len(steps) > EXACT_MAX_POINTS or not math.isfinite(rho):
+        return rho, float(res.pvalue)
+    return rho, _exact_spearman_p(steps, values, rho)
+
+
+def _exact_spearman_p(steps: np.ndarray, values: np.ndarray, rho: float) -> float:
+    """Two-sided p of ``rho``: the share of all orderings of the values as far from 0 (ties averaged)."""
+    rx, ry = stats.rankdata(steps), stats.rankdata(values)
+    orders = ry[np.array(list(itertools.permutations(range(len(ry)))))]
+    cx, cy = rx - rx.mean(), orders - ry.mean()
+    rhos = cy @ cx / np.sqrt((cx @ cx) * np.einsum("ij,ij->i", cy, cy))
+    return float(np.mean(np.abs(rhos) >= abs(rho) - 1e-12))

@@ -39,6 +39,21 @@ def test_the_rank_correlation_sees_any_monotone_change_and_a_constant_has_none()
     assert flat.to_dict()["spearman_rho"] is None and StepTrend.from_dict(flat.to_dict()).slope_ci == (0, 0)
 
 
+def test_few_checkpoints_get_the_exact_rank_correlation_p_value_not_zero():
+    # scipy's t approximation says p = 0 for any perfectly monotone series; with 4 checkpoints
+    # (the fewest) 2 of the 24 orderings are as extreme, so p is 1/12, not significant at 0.05
+    four = fit_step_trend(STEPS[:4], np.array([1.0, 2.0, 3.0, 4.0]), "m", "s")
+    assert four.spearman_rho == pytest.approx(1.0) and four.spearman_p == pytest.approx(1 / 12)
+    demo = np.array([0, 1, 4, 16, 40, 60, 160], dtype=float)  # the demo's checkpoints
+    assert fit_step_trend(demo, -demo, "m", "s").spearman_p == pytest.approx(2 / 5040)
+    tied = np.array([0.0, 0.0, 0.01, 0.01, 0.08, 0.01, 0.0137])  # ties, as phi_one in the demo
+    t = fit_step_trend(demo, tied, "m", "s")
+    ref = stats.permutation_test((tied,), lambda y: stats.spearmanr(demo, y).statistic,
+                                 permutation_type="pairings", n_resamples=np.inf)
+    assert t.spearman_rho == pytest.approx(stats.spearmanr(demo, tied).statistic)
+    assert t.spearman_p == pytest.approx(ref.pvalue)
+
+
 def test_too_few_finite_checkpoints_give_no_trend():
     values = np.array([1.0, 2.0, np.nan, 3.0, np.inf])
     assert fit_step_trend(STEPS[:5], values, "m", "s") is None  # 3 finite, under MIN_TREND_POINTS
