@@ -231,7 +231,8 @@ class CaptureWriter:
             raise ScalelensError(f"{path} is damaged ({damage}); use another --out or --overwrite")
         if writer.complete and not reuse_complete:
             f.close()
-            raise ScalelensError(f"{path} is already complete; pass --overwrite to redo it")
+            raise ScalelensError(f"{path} is already complete; pass --overwrite (overwrite=True in "
+                                 "Python) to redo it")
         if writer.complete:
             return writer
         f.close()

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="offline end to end: mini suite -> sweep -> fits -> report")
     p.add_argument("--out", type=Path, default=Path("scalelens_out/demo"), help="run directory")
     p.add_argument("--suite", type=Path, help="mini suite directory (default: the cached one)")
-    p.add_argument("--preset", default=None,
+    p.add_argument("--preset", default=None, choices=("default", "micro"),
                    help="suite preset when building: default (if not given) or micro; a finished "
                         "--suite is used as built unless --preset is given")
     p.add_argument("--checkpoints", default=None, type=_checkpoints,

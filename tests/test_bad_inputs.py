@@ -501,6 +501,8 @@ CASES: dict[str, Case] = {
         lambda c: ["measure", "--model", str(c.model), "--analyses", "superposition", "--out",
                    str(c.file("f.txt", "x"))], ("not a directory",), keep=lambda c: c.tmp / "f.txt"),
     # the command line itself
+    "demo with an unknown preset": Case(lambda c: ["demo", "--preset", "gpu", "--out", str(c.tmp / "d")],
+                                        ("argument --preset: invalid choice: 'gpu'",)),
     "unknown sub-command": Case(lambda c: ["captur"], ("invalid choice: 'captur'",)),
     "unknown option": Case(lambda c: c.capture("--layer", "1"),
                            ("unrecognized arguments: --layer 1", "scalelens capture --help")),

@@ -279,7 +279,7 @@ def test_resume_is_exact(tmp_path):
 def test_resume_refuses_other_spec_and_complete_file(tmp_path):
     lm = loaded()
     out = capture(lm, [preset("resid")], prompts(3), tmp_path / "c.h5", progress=False)
-    with pytest.raises(ScalelensError, match="already complete"):
+    with pytest.raises(ScalelensError, match=r"complete; pass --overwrite \(overwrite=True in Python\)"):
         capture(lm, [preset("resid")], prompts(3), out, progress=False)
     with pytest.raises(IncompatibleResumeError, match="probes"):
         capture(lm, [preset("massive")], prompts(3), out, progress=False)
