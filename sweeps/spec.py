@@ -5,12 +5,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import re
 import socket
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from scalelens.errors import ScalelensError
 from scalelens.textfiles import read_utf8
@@ -78,8 +82,10 @@ class SweepSpec:
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.suite, self.family, self.models)) != 1:
-            raise ScalelensError("a sweep needs exactly one of --suite DIR, --family pythia or "
-                                 "--model SIZE=SOURCE (models in a spec)")
+            raise ScalelensError("a sweep needs exactly one of suite=DIR, family='pythia' or "
+                                 "models={size: source} (on the command line --suite DIR, "
+                                 "--family pythia or --model SIZE=SOURCE)")
+        self._python_values()
         if self.dtype not in (None, *DTYPES):
             raise ScalelensError(f"unknown dtype {self.dtype!r}; use {', '.join(DTYPES)}")
         if self.models is not None:
@@ -113,6 +119,26 @@ class SweepSpec:
                                      f"{', '.join(_setting_names())}")
             measure_settings(self.settings)  # values are checked as the measure CLI checks them
 
+    def _python_values(self) -> None:
+        """Lists as tuples, numpy integers as ints and paths as strings, as a notebook passes them.
+
+        A list of steps would otherwise fall through to ``log``, and a list of analyses be
+        refused as no list.
+        """
+        for name in ("sizes", "analyses"):
+            value = getattr(self, name)
+            if _is_sequence(value):
+                object.__setattr__(self, name, tuple(value))
+        if _is_sequence(self.checkpoints):
+            object.__setattr__(self, "checkpoints", tuple(_step(v) for v in self.checkpoints))
+        for name in ("suite", "tokenizer"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
+        if isinstance(self.models, dict):
+            object.__setattr__(self, "models", {size: os.fspath(src) if isinstance(src, os.PathLike) else src
+                                                for size, src in self.models.items()})
+
     def _canonical(self) -> None:
         """Each size, step and analysis once (a repeat would run a task twice).
 
@@ -137,6 +163,19 @@ class SweepSpec:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(SweepSpec)}
+
+
+def _is_sequence(value: Any) -> bool:
+    """A list, tuple or array of values (not a string)."""
+    return isinstance(value, Sequence | np.ndarray) and not isinstance(value, str | bytes)
+
+
+def _step(value: Any) -> int:
+    """A checkpoint step: a non-negative int (numpy integers too)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ScalelensError(f"checkpoint steps must be integers >= 0, got {value!r}; "
+                             "or pass checkpoints='log', 'all' or 'final'")
+    return int(value)
 _SIZE_LABEL = re.compile(r"[A-Za-z0-9][\w.+-]*")
 
 

@@ -693,7 +693,7 @@ SWEEP_CASES: dict[str, tuple[Callable[[Ctx, Path], list[str]], tuple[str, ...]]]
     "sweep spec with models and a suite": (
         lambda c, s: ["sweep", "--spec", str(_spec(c, s, f'[models]\na = "{s / "16k"}"\n')),
                       "--out", str(c.tmp / "r")],
-        ("exactly one of --suite DIR, --family pythia or --model",)),
+        ("exactly one of suite=DIR", "--suite DIR, --family pythia or --model SIZE=SOURCE",)),
     "sweep --n-boot past the bound": (
         lambda c, s: ["sweep", "--suite", str(s), "--sizes", "16k", "--checkpoints", "final",
                       "--analyses", "superposition", "--n-boot", "1000000000", "--out", str(c.tmp / "r")],
