@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +37,11 @@ from scalelens.probes.prompts import (
     tokenize,
 )
 from scalelens.probes.reduce import BatchContext, ProbeRuntime
-from scalelens.probes.spec import PositionKind, ProbeSpec, specs_to_json
+from scalelens.probes.spec import PositionKind, ProbeSpec, preset, specs_to_json
 
 BACKENDS = ("native", "nnsight", "transformer-lens")
+# What ``attach``/``capture`` take as probes: specs or preset names, or one alone.
+Probes = ProbeSpec | str | Iterable[ProbeSpec | str]
 
 
 @dataclass(frozen=True)
@@ -64,12 +67,43 @@ class CaptureSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("batch_size", "max_length"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _whole_number(name, value))
         if self.batch_size < 1:
             raise ScalelensError(f"batch size must be >= 1, got {self.batch_size}")
         if self.backend not in BACKENDS:
             raise ScalelensError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
         if self.max_length is not None and self.max_length < 1:
             raise ScalelensError(f"max length must be >= 1, got {self.max_length}")
+
+
+def _whole_number(name: str, value: Any) -> int:
+    """An int setting given as an int or numpy integer; anything else is refused by name."""
+    if isinstance(value, bool):
+        value = None
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ScalelensError(f"{name} must be an integer, got {value!r}") from None
+
+
+def as_probe_list(probes: Probes) -> list[ProbeSpec]:
+    """Probes as a list of specs: a preset name (``"resid"``) stands for ``preset(name)``.
+
+    One probe or name may be given alone.
+    """
+    items = [probes] if isinstance(probes, ProbeSpec | str) else list(probes)
+    out = []
+    for n, p in enumerate(items):
+        if isinstance(p, str):
+            p = preset(p)
+        if not isinstance(p, ProbeSpec):
+            raise ScalelensError(f"probe {n} is a {type(p).__name__}; pass ProbeSpec objects or preset "
+                                 "names (e.g. [preset('resid'), 'massive'])")
+        out.append(p)
+    return out
 
 
 def _as_loaded(model: Any, tokenizer: Any = None) -> Any:
@@ -93,9 +127,13 @@ def _check_vocab(tok: TokenizedPrompts, vocab_size: int) -> None:
 class Capture:
     """Probes attached to a model; hooks exist only between ``__enter__`` and ``__exit__``."""
 
-    def __init__(self, model: Any, probes: list[ProbeSpec], out: str | Path,
+    def __init__(self, model: Any, probes: Probes, out: str | Path,
                  settings: CaptureSettings | None = None, tokenizer: Any = None) -> None:
-        """Prepare a capture of ``probes`` on ``model`` (a LoadedModel or HF model) into ``out``."""
+        """Prepare a capture of ``probes`` on ``model`` (a LoadedModel or HF model) into ``out``.
+
+        ``probes``: ProbeSpec objects or preset names (see :func:`as_probe_list`).
+        """
+        probes = as_probe_list(probes)
         self.loaded = _as_loaded(model, tokenizer)
         self.settings = settings or CaptureSettings()
         self.out = Path(out)
@@ -370,16 +408,17 @@ def _rows_for(spec: ProbeSpec, tok: TokenizedPrompts) -> np.ndarray:
     return select_positions(tok, spec.positions)
 
 
-def attach(model: Any, probes: list[ProbeSpec], out: str | Path, *, tokenizer: Any = None,
-           **settings: Any) -> Capture:
+def attach(model: Any, probes: Probes, out: str | Path, *,
+           tokenizer: Any = None, **settings: Any) -> Capture:
     """Attach ``probes`` to ``model`` writing to ``out``; use as a context manager.
 
-    Keyword arguments are :class:`CaptureSettings` fields.
+    ``probes`` are ProbeSpec objects or preset names (``"resid"``, ``"massive"``...), or
+    one of them alone. Keyword arguments are :class:`CaptureSettings` fields.
     """
     return Capture(model, probes, out, CaptureSettings(**settings), tokenizer=tokenizer)
 
 
-def capture(model: Any, probes: list[ProbeSpec], prompts: str | Prompt | list[str] | list[Prompt],
+def capture(model: Any, probes: Probes, prompts: str | Prompt | list[str] | list[Prompt],
             out: str | Path, *, tokenizer: Any = None, **settings: Any) -> Path:
     """One-call capture: attach, feed every prompt, detach. Returns the output path.
 

@@ -9,6 +9,7 @@ hub id.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 from dataclasses import dataclass
@@ -49,12 +50,24 @@ def parse_step(revision: str | None) -> int | None:
     return int(m.group(1) or m.group(2)) if m else None
 
 
+def _step_number(value: object) -> int | None:
+    """An integer (a numpy one too, e.g. a step from an array) as an int; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def checkpoint_revision(revision: str | None, checkpoint: int | None) -> str | None:
     """Merge ``checkpoint=3000`` sugar into ``revision="step3000"``."""
     if checkpoint is None:
         return revision
-    if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 0:
+    step = _step_number(checkpoint)
+    if step is None or step < 0:
         raise ScalelensError(f"checkpoint must be a step number >= 0, got {checkpoint!r}")
+    checkpoint = step
     sugar = f"step{checkpoint}"
     if revision is not None and revision != sugar:
         raise ScalelensError(f"revision={revision!r} and checkpoint={checkpoint} disagree; pass only one")

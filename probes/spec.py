@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -100,6 +101,17 @@ class Positions:
             ) from None
 
 
+def _indices(probe: str, what: str, values: Any) -> tuple[int, ...]:
+    """Layer or head indices as a tuple of ints: one index, or a list, tuple, range or array of them."""
+    try:
+        if not hasattr(values, "__iter__"):
+            return (operator.index(values),)
+        return tuple(operator.index(v) for v in values)
+    except TypeError:
+        raise ScalelensError(f"probe {probe!r}: {what} must be integer indices (one, or a list of "
+                             f"them) or None for all, got {values!r}") from None
+
+
 _DTYPES = ("float16", "bfloat16", "float32")
 # Probe names become HDF5 group names: no '/', no '.' or '..', nothing invisible.
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
@@ -139,10 +151,14 @@ class ProbeSpec:
             valid = ", ".join(r.value for r in Reduction)
             raise ScalelensError(f"probe {self.name!r}: unknown reduction {self.reduction!r}; "
                                  f"valid: {valid}") from None
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-        if self.heads is not None:
-            object.__setattr__(self, "heads", tuple(int(x) for x in self.heads))
+        if isinstance(self.positions, str):
+            object.__setattr__(self, "positions", Positions.parse(self.positions))
+        if not isinstance(self.positions, Positions):
+            raise ScalelensError(f"probe {self.name!r}: positions must be a Positions or a string "
+                                 f"such as 'last' or '0,-1', got {self.positions!r}")
+        for what in ("layers", "heads"):
+            if getattr(self, what) is not None:
+                object.__setattr__(self, what, _indices(self.name, what, getattr(self, what)))
         self._validate()
 
     def _validate(self) -> None:

@@ -32,3 +32,54 @@ def test_sweep_spec_errors_name_python_arguments(micro_suite: Path) -> None:
         SweepSpec()
     with pytest.raises(ScalelensError, match="checkpoint steps must be integers >= 0, got 1.5"):
         SweepSpec(suite=micro_suite, checkpoints=[0, 1.5])
+
+
+def _last(suite: Path) -> tuple[str, int]:
+    manifest = read_manifest(suite)
+    return manifest.sizes[-1], manifest.steps[-1]
+
+
+def test_load_model_takes_a_numpy_step(micro_suite: Path) -> None:
+    from scalelens.models import load_model
+
+    size, step = _last(micro_suite)
+    lm = load_model(micro_suite / size, checkpoint=np.asarray(read_manifest(micro_suite).steps)[-1])
+    assert lm.info.revision == f"step{step}" and lm.info.step == step
+
+
+def test_probes_by_name_and_python_values(micro_suite: Path, tmp_path: Path) -> None:
+    """Preset names, one probe alone, a position string, one layer index and numpy ints."""
+    from scalelens.cache.reader import CaptureFile
+    from scalelens.capture import capture
+    from scalelens.models import load_model
+    from scalelens.probes.spec import Positions, ProbeSpec, preset
+
+    lm = load_model(micro_suite / _last(micro_suite)[0])
+    spec = ProbeSpec("last", "resid_post", layers=np.int64(1), positions="last")
+    assert spec.layers == (1,) and spec.positions == Positions.parse("last")
+    assert preset("resid", positions="0,-1").positions == Positions.parse("0,-1")
+    prompts = ["a b c", "d e f g"]
+    capture(lm, ["resid", "massive", spec], prompts, tmp_path / "a.h5", batch_size=np.int64(2),
+            progress=False)
+    capture(lm, spec, prompts, tmp_path / "b.h5", progress=False)
+    with CaptureFile(tmp_path / "a.h5") as f, CaptureFile(tmp_path / "b.h5") as g:
+        assert f.probe_names == ["last", "massive", "resid"] and g.probe_names == ["last"]
+        assert f.read("values", probe="last").data.shape[:3] == (2, 1, 1)
+        last = f.read("values", probe="last").data
+        np.testing.assert_array_equal(last, g.read("values", probe="last").data)
+
+
+def test_wrong_python_types_say_what_to_pass(micro_suite: Path, tmp_path: Path) -> None:
+    from scalelens.capture import capture
+    from scalelens.models import load_model
+    from scalelens.probes.spec import ProbeSpec
+
+    lm = load_model(micro_suite / _last(micro_suite)[0])
+    with pytest.raises(ScalelensError, match="batch_size must be an integer, got 2.5"):
+        capture(lm, ["resid"], ["a b"], tmp_path / "a.h5", batch_size=2.5)
+    with pytest.raises(ScalelensError, match="probe 0 is a dict; pass ProbeSpec objects or preset names"):
+        capture(lm, [{"name": "resid"}], ["a b"], tmp_path / "a.h5")
+    with pytest.raises(ScalelensError, match="positions must be a Positions or a string"):
+        ProbeSpec("x", "resid_post", positions=-1)
+    with pytest.raises(ScalelensError, match="layers must be integer indices"):
+        ProbeSpec("x", "resid_post", layers=[0.5])
