@@ -9,8 +9,8 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,8 @@ def as_probe_list(probes: Probes) -> list[ProbeSpec]:
     return out
 
 
-def _as_loaded(model: Any, tokenizer: Any = None) -> Any:
+def as_loaded(model: Any, tokenizer: Any = None) -> Any:
+    """``model`` if it is a LoadedModel, else ``load_model(model, tokenizer=tokenizer)``."""
     if hasattr(model, "info") and hasattr(model, "tokenizer"):
         return model
     from scalelens.models.load import load_model
@@ -134,7 +135,7 @@ class Capture:
         ``probes``: ProbeSpec objects or preset names (see :func:`as_probe_list`).
         """
         probes = as_probe_list(probes)
-        self.loaded = _as_loaded(model, tokenizer)
+        self.loaded = as_loaded(model, tokenizer)
         self.settings = settings or CaptureSettings()
         self.out = Path(out)
         info = self.loaded.info
@@ -158,6 +159,10 @@ class Capture:
         if self.out.is_dir():
             raise ScalelensError(f"output {self.out} is a directory; give a .h5 file path")
         devices = sorted({str(t.device) for t in self.loaded.model.parameters()})
+        if devices == ["meta"]:
+            raise ScalelensError("the model's weights are on the meta device (never loaded, e.g. built "
+                                 "under torch.device('meta') or init_empty_weights); load them first, "
+                                 "e.g. load_model(path) or from_pretrained(path)")
         if len(devices) > 1:  # device_map="auto" and the like: batches live on one device
             raise ScalelensError(f"the model's parameters lie on {', '.join(devices)}; scalelens captures "
                                  "a model on one device: load it without device_map, or .to() one device")
@@ -178,6 +183,7 @@ class Capture:
         model = self.loaded.model
         stack = ExitStack()
         try:
+            stack.enter_context(eval_mode(model))
             residual = {(p.point, layer) for p in self.probes if p.point.is_module_output
                         for layer in p.layers or ()}
             backend = make_backend(self.settings.backend, model, self.loaded.tokenizer, residual,
@@ -339,6 +345,22 @@ class Capture:
             if rt.selects_positions:
                 arrays[rt.spec.name]["query_pos"] = rows[rt.spec.name][start:stop]
         return arrays
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode (dropout off) and give every module back its own mode after.
+
+    A model left in training mode would otherwise capture with dropout on: every run
+    different, and a resumed file unlike an uninterrupted one.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _kept_positions(rows: list[np.ndarray]) -> np.ndarray:

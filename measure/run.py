@@ -114,14 +114,23 @@ def measure(loaded: Any, analyses: tuple[str, ...] | str, out: str | Path,
             overwrite: bool = False) -> dict[str, Any]:
     """Run ``analyses`` (names, or ``"all"``) on ``loaded``; write ``out/*.h5`` and ``out/results.json``.
 
+    ``loaded`` is a LoadedModel, or anything ``load_model`` loads (a path, hub id or HF
+    model). Returns the results as written to ``results.json``.
+
     Captures already complete in ``out`` are reused, incomplete ones resumed (``overwrite``:
     every capture is redone, e.g. after changing settings that change its prompts). The
     extra analyses (information capacity, activation sparsity) read the massive
     activations' probe text and write no capture file.
     """
+    from scalelens.capture import as_loaded, eval_mode
+
     # "all", "a,b" or names; unknown names or none: one clear error before anything is created
     analyses = parse_analyses(analyses if isinstance(analyses, str) else ",".join(analyses))
+    if settings is not None and not isinstance(settings, MeasureSettings):
+        raise ScalelensError(f"settings must be a MeasureSettings (e.g. MeasureSettings(retrieval="
+                             f"RetrievalSettings(context_lengths=(64,)))), got a {type(settings).__name__}")
     s = settings or MeasureSettings()
+    loaded = as_loaded(loaded)
     out = Path(out)
     _preflight(loaded, analyses, s)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +142,8 @@ def measure(loaded: Any, analyses: tuple[str, ...] | str, out: str | Path,
         "information_capacity": lambda: measure_capacity(loaded, s.massive, s.capacity).to_dict(),
         "activation_sparsity": lambda: _sparsity(loaded, s.massive),
     }
-    results = {name: runners[name]() for name in analyses}
+    with eval_mode(loaded.model):  # dropout off in every forward pass; the model's mode restored
+        results = {name: runners[name]() for name in analyses}
     data = {
         "scalelens_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

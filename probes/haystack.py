@@ -363,5 +363,8 @@ def default_context_lengths(max_position: int, reserve: int = 64, n: int = 3) ->
     """``n`` haystack sizes evenly spaced up to the model's context minus ``reserve`` tokens."""
     top = max_position - reserve
     if top < 16:
-        raise ScalelensError(f"the model's context ({max_position}) is too short for haystack tests")
+        fit = max(16, max_position // 4)
+        raise ScalelensError(f"the model's context ({max_position}) is too short for the default haystack "
+                             f"sizes; give smaller ones: RetrievalSettings(context_lengths=({fit},)) "
+                             f"(on the command line --context-lengths {fit})")
     return sorted({max(16, top * (i + 1) // n) for i in range(n)})

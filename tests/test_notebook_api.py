@@ -83,3 +83,67 @@ def test_wrong_python_types_say_what_to_pass(micro_suite: Path, tmp_path: Path) 
         ProbeSpec("x", "resid_post", positions=-1)
     with pytest.raises(ScalelensError, match="layers must be integer indices"):
         ProbeSpec("x", "resid_post", layers=[0.5])
+
+
+def test_capture_and_measure_run_without_dropout_and_restore_the_mode(micro_suite: Path,
+                                                                     tmp_path: Path) -> None:
+    """A model left in training mode captured with dropout on: two captures differed."""
+    from transformers import AutoModelForCausalLM
+
+    from scalelens.cache.reader import CaptureFile
+    from scalelens.capture import capture
+    from scalelens.measure.run import measure
+    from scalelens.models import load_model
+
+    size, step = _last(micro_suite)
+    own = load_model(micro_suite / size)
+    hf = AutoModelForCausalLM.from_pretrained(micro_suite / size / f"step{step}", hidden_dropout=0.5,
+                                              attention_dropout=0.5)
+    lm = load_model(hf, tokenizer=own.tokenizer)
+    lm.model.train()
+    lm.model.gpt_neox.layers[0].eval()  # a mixed state, given back as it was
+    for name in ("a", "b"):
+        capture(lm, ["resid"], ["a b c d", "e f"], tmp_path / f"{name}.h5", progress=False)
+    with CaptureFile(tmp_path / "a.h5") as a, CaptureFile(tmp_path / "b.h5") as b:
+        first_values = a.read("values", probe="resid").data
+        np.testing.assert_array_equal(first_values, b.read("values", probe="resid").data)
+    first = measure(lm, "information_capacity", tmp_path / "m1", progress=False)
+    again = measure(lm, "information_capacity", tmp_path / "m2", progress=False)
+    assert first["analyses"] == again["analyses"]
+    assert lm.model.training and not lm.model.gpt_neox.layers[0].training
+    assert lm.model.gpt_neox.layers[1].training
+
+
+def test_measure_takes_a_path_and_refuses_a_settings_dict(micro_suite: Path, tmp_path: Path) -> None:
+    from scalelens.measure.run import measure
+
+    size, step = _last(micro_suite)
+    data = measure(str(micro_suite / size), ["superposition"], tmp_path / "m", progress=False)
+    assert data["model"]["step"] == step and (tmp_path / "m" / "results.json").is_file()
+    with pytest.raises(ScalelensError, match="settings must be a MeasureSettings"):
+        measure(str(micro_suite / size), ["superposition"], tmp_path / "n", settings={"massive": {}})
+    assert not (tmp_path / "n").exists()
+
+
+def test_a_meta_model_is_refused_in_one_line(micro_suite: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from scalelens.capture import capture
+    from scalelens.models import load_model
+
+    size, step = _last(micro_suite)
+    own = load_model(micro_suite / size)
+    with torch.device("meta"):
+        config = AutoConfig.from_pretrained(micro_suite / size / f"step{step}")
+        empty = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(ScalelensError, match="weights are on the meta device"):
+        capture(load_model(empty, tokenizer=own.tokenizer), ["resid"], ["a b"], tmp_path / "a.h5")
+    assert not list(tmp_path.iterdir())
+
+
+def test_micro_context_error_names_the_setting(micro_suite: Path, tmp_path: Path) -> None:
+    from scalelens.measure.run import measure
+
+    with pytest.raises(ScalelensError, match=r"RetrievalSettings\(context_lengths=\(16,\)\)"):
+        measure(str(micro_suite / _last(micro_suite)[0]), ["retrieval_heads"], tmp_path / "m")
