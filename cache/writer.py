@@ -107,6 +107,10 @@ def _create_dataset(group: h5py.Group, spec: DatasetSpec, rows: int) -> None:
     ds.attrs[schema.AXES_ATTR] = json.dumps(axes_attr(spec.axes))
 
 
+# The way out of an existing capture that cannot be resumed, for the CLI and the Python API.
+_REDO = "use another --out or --overwrite (in Python another out= or overwrite=True)"
+
+
 def _check_writable(path: Path) -> None:
     parent = path.parent
     if not parent.exists():
@@ -216,19 +220,19 @@ class CaptureWriter:
             f.close()
             raise ScalelensError(
                 f"{path} has schema version {version}, this scalelens writes "
-                f"{schema.SCHEMA_VERSION}; use another --out or --overwrite"
+                f"{schema.SCHEMA_VERSION}; {_REDO}"
             )
         what = identity.mismatch(f.attrs)
         writer = cls(path, f, batch_rows)
         if what is not None:
             f.close()
             raise IncompatibleResumeError(
-                f"{path} holds a capture with different {what}; use another --out or --overwrite"
+                f"{path} holds a capture with different {what}; {_REDO}"
             )
         damage = _damage(f, probes, n_prompts)
         if damage is not None:
             f.close()
-            raise ScalelensError(f"{path} is damaged ({damage}); use another --out or --overwrite")
+            raise ScalelensError(f"{path} is damaged ({damage}); {_REDO}")
         if writer.complete and not reuse_complete:
             f.close()
             raise ScalelensError(f"{path} is already complete; pass --overwrite (overwrite=True in "

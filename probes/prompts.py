@@ -271,8 +271,8 @@ def tokenize(prompts: list[Prompt], tokenizer, max_length: int | None = None,
             raise ScalelensError(f"prompt index {n} tokenises to nothing; remove empty prompts")
         if max_length is not None and len(ids) > max_length:
             raise ScalelensError(
-                f"prompt index {n} has {len(ids)} tokens, more than the limit {max_length} (--max-length, "
-                "at most the model's context); shorten or split the prompt"
+                f"prompt index {n} has {len(ids)} tokens, more than the limit {max_length} (max_length=, "
+                "--max-length on the command line, at most the model's context); shorten or split the prompt"
             )
         rows.append((ids, seg))
     seq = max(len(r[0]) for r in rows)

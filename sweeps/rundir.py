@@ -91,8 +91,8 @@ def _check_resume(out: Path, path: Path, want: dict) -> None:
         what = ", ".join("suite build settings (the suite was rebuilt)" if k == _SUITE_BUILD else k
                          for k in diff)
         raise ScalelensError(
-            f"{out} holds a sweep with different {what}; use another --out, or pass "
-            "--overwrite to discard its finished tasks"
+            f"{out} holds a sweep with different {what}; use another --out, or pass --overwrite "
+            "(overwrite=True in Python) to discard its finished tasks"
         )
     if want != recorded:
         write_json(path, want)

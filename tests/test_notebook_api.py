@@ -147,3 +147,14 @@ def test_micro_context_error_names_the_setting(micro_suite: Path, tmp_path: Path
 
     with pytest.raises(ScalelensError, match=r"RetrievalSettings\(context_lengths=\(16,\)\)"):
         measure(str(micro_suite / _last(micro_suite)[0]), ["retrieval_heads"], tmp_path / "m")
+
+
+def test_rerunning_a_cell_with_other_probes_names_the_python_fix(micro_suite: Path, tmp_path: Path) -> None:
+    from scalelens.capture import capture
+    from scalelens.models import load_model
+
+    lm = load_model(micro_suite / _last(micro_suite)[0])
+    capture(lm, ["resid"], ["a b"], tmp_path / "a.h5", progress=False)
+    with pytest.raises(ScalelensError, match=r"different probe.*another out= or overwrite=True"):
+        capture(lm, ["massive"], ["a b"], tmp_path / "a.h5", progress=False)
+    capture(lm, ["massive"], ["a b"], tmp_path / "a.h5", progress=False, overwrite=True)
