@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from scalelens.probes.spec import PositionKind, ProbeSpec, preset, specs_to_json
 
 BACKENDS = ("native", "nnsight", "transformer-lens")
 # What ``attach``/``capture`` take as probes: specs or preset names, or one alone.
-Probes = ProbeSpec | str | Iterable[ProbeSpec | str]
+Probes: TypeAlias = ProbeSpec | str | Iterable[ProbeSpec | str]
 
 
 @dataclass(frozen=True)
