@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -67,6 +68,12 @@ def use_cache_only(
     return True
 
 
+UNREACHABLE_MEMORY_S = 60.0
+"""How long a hub found unreachable is taken to stay so before it is asked again."""
+
+_unreachable: dict[str, tuple[float, str]] = {}  # endpoint -> (time.monotonic() of the verdict, why)
+
+
 def hub_unreachable(repo_id: str, revision: str) -> str | None:
     """Why the hub cannot answer about ``repo_id@revision`` (one request, no retries).
 
@@ -74,7 +81,27 @@ def hub_unreachable(repo_id: str, revision: str) -> str | None:
     loading path reports those. A connection failure, a timeout
     (``HF_HUB_ETAG_TIMEOUT``) or a server error (5xx) make it unreachable; a
     misconfigured proxy does not (the regular path reports it).
+
+    An unreachable verdict is remembered for ``UNREACHABLE_MEMORY_S`` per endpoint: a
+    sweep of many checkpoints against a hub that hangs waits out the timeout once a
+    minute, not once per task and retry.
     """
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    seen = _unreachable.get(endpoint)
+    if seen is not None and time.monotonic() - seen[0] < UNREACHABLE_MEMORY_S:
+        return seen[1]
+    why = _ask_hub(repo_id, revision)
+    if why is None:
+        _unreachable.pop(endpoint, None)
+    else:
+        _unreachable[endpoint] = (time.monotonic(), why)
+    return why
+
+
+def _ask_hub(repo_id: str, revision: str) -> str | None:
+    """One ``repo_info`` request: why it could not be answered, ``None`` when it was."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 

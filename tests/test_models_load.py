@@ -225,6 +225,33 @@ def test_an_unreachable_hub_loads_a_fully_cached_revision_at_once(hub_cache, man
         assert "the hub cannot be reached" in out[name]["message"] and gap in out[name]["message"]
 
 
+def test_a_hanging_hub_is_waited_for_once_not_per_load(hub_cache, manifest, monkeypatch):
+    """A hub that accepts connections and never answers costs HF_HUB_ETAG_TIMEOUT per
+    question; a sweep asked once per task and retry (20 s per uncached checkpoint, 16
+    minutes for a log sweep of three sizes). The verdict is remembered for a while."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    from scalelens.errors import TransientError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with socket.socket() as silent:  # listens, never accepts: every request times out
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 2)
+        waits = []
+        for step in (2000, 3000, 4000):  # Pythia steps the cache does not hold
+            start = time.monotonic()
+            with pytest.raises(TransientError, match="the hub cannot be reached"):
+                load_model(REPO, revision=f"step{step}", cache_dir=hub_cache)
+            waits.append(time.monotonic() - start)
+    assert waits[0] >= 1.5, waits
+    assert max(waits[1:]) < 1.0, waits
+
+
 def test_uncached_hub_id_offline(hub_cache, offline):
     with pytest.raises(ScalelensError, match="not in the hub cache"):
         load_model("EleutherAI/pythia-999m", cache_dir=hub_cache)
