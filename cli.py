@@ -4,7 +4,8 @@ Errors are one line on stderr (``scalelens: error: <problem>; <fix>``) and a non
 exit code: 2 for bad input or environment (a :class:`ScalelensError`, an argument
 error, an unwritable or full disk), 1 for an unexpected internal error, 130 when
 interrupted (Ctrl-C), 143 when terminated (SIGTERM; cleanup runs as for Ctrl-C).
-``--debug`` (before or after the sub-command) adds the traceback.
+``--debug`` (before or after the sub-command) adds the traceback. scalelens's own
+warnings are one line too (``scalelens: warning: <note>``; ``--debug``: Python's format).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -130,14 +132,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_when_logged()
     if not debug:
         _quiet_hub_retries()
-    hooks = sys.unraisablehook, sys.excepthook
+    hooks = sys.unraisablehook, sys.excepthook, warnings.showwarning
     if not debug:  # h5py reports a failed close of a file on a full disk from __dealloc__
         sys.unraisablehook, sys.excepthook = _quiet_unraisable, _quiet_excepthook(sys.excepthook)
+        warnings.showwarning = _one_line_warning(warnings.showwarning)
     try:
         with _sigterm_as_interrupt():
             return _run(args, debug)
     finally:
-        sys.unraisablehook, sys.excepthook = hooks
+        sys.unraisablehook, sys.excepthook, warnings.showwarning = hooks
 
 
 class Terminated(KeyboardInterrupt):
@@ -180,6 +183,26 @@ def _quiet_excepthook(previous):  # type: ignore[no-untyped-def]
             previous(kind, value, tb)
 
     return hook
+
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _one_line_warning(previous):  # type: ignore[no-untyped-def]
+    """Show scalelens's own warnings as ``scalelens: warning: <message>``, one line.
+
+    Python's format names a source file and repeats a line of scalelens's code (the
+    hub-unreachable note read ``.../sweeps/tasks.py:80: UserWarning: ...`` and then
+    ``loaded = load_model(...)``). Other libraries' warnings keep their format.
+    """
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if not Path(filename).resolve().is_relative_to(_PACKAGE_DIR):
+            return previous(message, category, filename, lineno, file, line)
+        print(f"scalelens: warning: {_one_line(str(message))}", file=file or sys.stderr)
+        return None
+
+    return show
 
 
 def _run(args: argparse.Namespace, debug: bool) -> int:

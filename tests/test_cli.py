@@ -183,3 +183,31 @@ def test_an_unreachable_hub_is_one_line_not_its_retry_warnings(prompt_file, tmp_
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("scalelens: error: could not load scalelens-test/nowhere")
     assert not out.exists()
+
+
+def test_a_scalelens_warning_is_one_line(model_dir, prompt_file, tmp_path):
+    """With the hub unreachable a cached revision loads with a warning; Python's format made it
+    two lines naming a scalelens source file and repeating a line of its code."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from scalelens.models.testing import write_hub_cache
+
+    cache = tmp_path / "hub"
+    write_hub_cache(cache, "scalelens-test/tiny", {"main": model_dir})
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_")}
+    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT=f"http://127.0.0.1:{port}")
+    out = tmp_path / "c.h5"
+    proc = subprocess.run([sys.executable, "-m", "scalelens.cli", "capture", "--model", "scalelens-test/tiny",
+                           "--prompts", str(prompt_file), "--probes", "resid", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 0 and out.exists(), proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("scalelens: warning: the hub cannot be reached (ConnectError")
+    assert lines[0].endswith(f"loading scalelens-test/tiny@main from the local cache {cache}")
