@@ -118,13 +118,60 @@ def run_sweep(args: argparse.Namespace) -> int:
     summary = sweep(spec, args.out, n_boot=args.n_boot, overwrite=args.overwrite)
     print(f"sweep: {summary.count('done')} done, {summary.count('skipped')} skipped, "
           f"{summary.count('failed')} failed; results in {args.out}")
-    report_failures(summary, args.out)
+    note = uncached_note(spec, [o.key for o in summary.failed], "--spec" if args.spec else "--checkpoints")
+    report_failures(summary, args.out, note)
     return 1 if summary.failed else 0
 
 
-def report_failures(summary, out: Path) -> None:
-    """Print each failed task on stderr; raise when no task finished (nothing to report)."""
+def uncached_note(spec, failed: list[str], how: str = "--checkpoints") -> str | None:
+    """One line for failed tasks whose hub revision the local cache lacks (all or part of it).
+
+    Says how many, and which steps every swept hub model has fully cached, so an offline
+    user can sweep those instead of reading one "not in the local hub cache" line per task.
+    ``how`` is where the steps go: ``--checkpoints`` or ``--spec`` (its ``checkpoints``).
+    """
+    from scalelens.models.hub_cache import hub_cache_dir
+    from scalelens.sweeps.spec import expand
+
+    tasks = {t.key: t for t in expand(spec) if _hub_id(t.source)}
+    gaps = [k for k in failed if k in tasks and not _fully_cached(tasks[k].source, tasks[k].revision)]
+    if not gaps:
+        return None
+    steps = sorted(set.intersection(*(_cached_steps(s) for s in {t.source for t in tasks.values()})))
+    where = "checkpoints = [...] in the spec" if how == "--spec" else "--checkpoints"
+    have = (f"steps cached for every size: {', '.join(map(str, steps))} (sweep only those with {where} "
+            f"{','.join(map(str, steps))}), or download the rest" if steps
+            else "no step is cached for every size; download them")
+    return (f"{len(gaps)} of {len(tasks)} tasks failed on checkpoints that are not (fully) in the local "
+            f"hub cache {hub_cache_dir(None)}; {have}")
+
+
+def _hub_id(source: str) -> bool:
+    """A hub id (``org/name``), not a local path."""
+    return "/" in source and not Path(source).expanduser().exists()
+
+
+def _fully_cached(repo_id: str, revision: str | None) -> bool:
+    """Whether the local hub cache holds everything loading ``repo_id@revision`` needs."""
+    from scalelens.models.hub_cache import cached_snapshot, missing_files
+
+    snapshot = cached_snapshot(repo_id, revision or "main", None)
+    return snapshot is not None and snapshot.is_dir() and not missing_files(snapshot)
+
+
+def _cached_steps(repo_id: str) -> set[int]:
+    """The ``stepN`` revisions of ``repo_id`` fully in the local hub cache."""
+    from scalelens.models.hub_cache import cached_revisions, revision_key
+
+    names = cached_revisions(repo_id, None) or []
+    return {revision_key(n)[1] for n in names if revision_key(n)[0] == 0 and _fully_cached(repo_id, n)}
+
+
+def report_failures(summary, out: Path, note: str | None = None) -> None:
+    """Print each failed task, then ``note``, on stderr; raise when no task finished (nothing to report)."""
     for o in summary.failed:
         print(f"  failed {o.key}: {o.error}", file=sys.stderr)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     if not (out / "metrics.csv").exists():
         raise ScalelensError("no task finished, so there is nothing to report; see the errors above")
