@@ -69,9 +69,9 @@ def use_cache_only(
 
 
 UNREACHABLE_MEMORY_S = 60.0
-"""How long a hub found unreachable is taken to stay so before it is asked again."""
+"""How long a hub that timed out is taken to stay so before it is asked again."""
 
-_unreachable: dict[str, tuple[float, str]] = {}  # endpoint -> (time.monotonic() of the verdict, why)
+_unreachable: dict[str, tuple[float, str]] = {}  # endpoint -> (time.monotonic() of the timeout, why)
 
 
 def hub_unreachable(repo_id: str, revision: str) -> str | None:
@@ -82,49 +82,60 @@ def hub_unreachable(repo_id: str, revision: str) -> str | None:
     (``HF_HUB_ETAG_TIMEOUT``) or a server error (5xx) make it unreachable; a
     misconfigured proxy does not (the regular path reports it).
 
-    An unreachable verdict is remembered for ``UNREACHABLE_MEMORY_S`` per endpoint: a
-    sweep of many checkpoints against a hub that hangs waits out the timeout once a
-    minute, not once per task and retry.
+    A timeout is remembered for ``UNREACHABLE_MEMORY_S`` per endpoint: a sweep of many
+    checkpoints against a hub that hangs waits out the timeout once a minute, not once
+    per task and retry; the reason then says how long ago it was found. Failures that
+    cost no wait (a refused connection, no network, a 5xx) are asked again every time,
+    so a network fixed in the meantime is seen at the next load.
     """
     from huggingface_hub import constants
 
     endpoint = constants.ENDPOINT
     seen = _unreachable.get(endpoint)
-    if seen is not None and time.monotonic() - seen[0] < UNREACHABLE_MEMORY_S:
-        return seen[1]
-    why = _ask_hub(repo_id, revision)
-    if why is None:
-        _unreachable.pop(endpoint, None)
+    if seen is not None:
+        age = time.monotonic() - seen[0]
+        if age < UNREACHABLE_MEMORY_S:
+            return (f"{seen[1]}; found {age:.0f} s ago, not asked again for "
+                    f"{UNREACHABLE_MEMORY_S:.0f} s")
+    why, timed_out = _ask_hub(repo_id, revision)
+    if timed_out:
+        _unreachable[endpoint] = (time.monotonic(), why or "timeout")
     else:
-        _unreachable[endpoint] = (time.monotonic(), why)
+        _unreachable.pop(endpoint, None)
     return why
 
 
-def _ask_hub(repo_id: str, revision: str) -> str | None:
-    """One ``repo_info`` request: why it could not be answered, ``None`` when it was."""
+def _ask_hub(repo_id: str, revision: str) -> tuple[str | None, bool]:
+    """One ``repo_info`` request: why it could not be answered (``None`` when it was).
+
+    And whether it timed out: waited ``HF_HUB_ETAG_TIMEOUT`` for nothing.
+    """
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
-    transport, proxy = _http_errors()
+    transport, proxy, timeout = _http_errors()
     try:
         HfApi().repo_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except proxy:
-        return None
+        return None, False
     except transport as exc:
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                isinstance(exc, timeout))
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else 0
-        return f"HTTP {status}" if status >= 500 else None
-    return None
+        return (f"HTTP {status}" if status >= 500 else None), False
+    return None, False
 
 
-def _http_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    """``(TransportError, ProxyError)`` classes of the HTTP client huggingface_hub uses.
+def _http_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...],
+                            tuple[type[BaseException], ...]]:
+    """``(TransportError, ProxyError, TimeoutException)`` classes of the HTTP client huggingface_hub uses.
 
     ``httpx2`` in huggingface_hub 2, ``httpx`` in 1.x; whichever is installed.
     """
     transport: list[type[BaseException]] = []
     proxy: list[type[BaseException]] = []
+    timeout: list[type[BaseException]] = []
     for name in ("httpx2", "httpx"):
         try:
             module = importlib.import_module(name)
@@ -132,7 +143,8 @@ def _http_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseExce
             continue
         transport.append(module.TransportError)
         proxy.append(module.ProxyError)
-    return tuple(transport), tuple(proxy)
+        timeout.append(module.TimeoutException)
+    return tuple(transport), tuple(proxy), tuple(timeout)
 
 
 def download_hint(repo_id: str, revision: str, cache_dir: str | Path | None) -> str:

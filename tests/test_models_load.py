@@ -234,7 +234,9 @@ def test_a_hanging_hub_is_waited_for_once_not_per_load(hub_cache, manifest, monk
     from huggingface_hub import constants
 
     from scalelens.errors import TransientError
+    from scalelens.models import hub
 
+    monkeypatch.setattr(hub, "_unreachable", {})  # no verdict from an earlier test, none left behind
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with socket.socket() as silent:  # listens, never accepts: every request times out
         silent.bind(("127.0.0.1", 0))
@@ -243,11 +245,49 @@ def test_a_hanging_hub_is_waited_for_once_not_per_load(hub_cache, manifest, monk
         monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 2)
         silent.setblocking(False)
         opened = []
-        for step in (2000, 3000, 4000):  # Pythia steps the cache does not hold
-            with pytest.raises(TransientError, match="the hub cannot be reached"):
+        for step, said in ((2000, ""), (3000, r"; found \d+ s ago"), (4000, r"; found \d+ s ago")):
+            # Pythia steps the cache does not hold; a remembered verdict says it is one
+            with pytest.raises(TransientError, match=f"the hub cannot be reached \\(.*{said}"):
                 load_model(REPO, revision=f"step{step}", cache_dir=hub_cache)
             opened.append(_waiting_connections(silent))
     assert opened[0] > 0 and opened[1:] == [0, 0]  # the first load asked and waited; the others knew
+
+
+def test_a_refused_hub_is_asked_again_once_the_network_is_back(monkeypatch):
+    """Only a timeout is remembered: a refused connection (no network, a proxy down) costs no
+    wait, and remembering it kept a network fixed in a notebook "unreachable" for a minute
+    (an uncached revision failed with the stale reason, a cached one loaded without asking)."""
+    import socket
+    import threading
+
+    from huggingface_hub import constants
+
+    from scalelens.models import hub
+
+    monkeypatch.setattr(hub, "_unreachable", {})
+    with socket.socket() as server:  # bound, not listening: connections are refused
+        server.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 10)
+        assert hub.hub_unreachable(REPO, "step1000") is not None
+        server.listen(4)  # the network is back: the hub answers (404, an answer all the same)
+        answering = threading.Thread(target=_answer_not_found, args=(server,), daemon=True)
+        answering.start()
+        assert hub.hub_unreachable(REPO, "step1000") is None
+        answering.join(timeout=10)
+
+
+def _answer_not_found(server) -> None:
+    """Answer one HTTP request on ``server`` with 404 Not Found."""
+    conn = server.accept()[0]
+    with conn:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
 
 def _waiting_connections(listener) -> int:
