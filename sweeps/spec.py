@@ -10,6 +10,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,10 +128,11 @@ class SweepSpec:
         """
         for name in ("sizes", "analyses"):
             value = getattr(self, name)
-            if _is_sequence(value):
+            if isinstance(value, str):  # one alone ("70m"; analyses also as measure takes them)
+                object.__setattr__(self, name, _one_or_parsed(name, value))
+            elif _is_collection(value):
                 object.__setattr__(self, name, tuple(value))
-        if _is_sequence(self.checkpoints):
-            object.__setattr__(self, "checkpoints", tuple(_step(v) for v in self.checkpoints))
+        object.__setattr__(self, "checkpoints", _checkpoint_steps(self.checkpoints))
         for name in ("suite", "tokenizer"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
@@ -165,9 +167,34 @@ class SweepSpec:
 _FIELDS = {f.name for f in dataclasses.fields(SweepSpec)}
 
 
-def _is_sequence(value: Any) -> bool:
-    """A list, tuple or array of values (not a string)."""
-    return isinstance(value, Sequence | np.ndarray) and not isinstance(value, str | bytes)
+def _is_collection(value: Any) -> bool:
+    """A list, tuple, set or array of values (not a string)."""
+    return (isinstance(value, Sequence | AbstractSet | np.ndarray)
+            and not isinstance(value, str | bytes))
+
+
+def _one_or_parsed(name: str, value: str) -> tuple[str, ...]:
+    """``sizes`` or ``analyses`` given as one string: one size; analyses as ``measure`` reads them."""
+    if name == "analyses":
+        from scalelens.measure.run import parse_analyses
+
+        return parse_analyses(value)
+    return (value,)
+
+
+def _checkpoint_steps(value: Any) -> str | tuple[int, ...]:
+    """``checkpoints`` as a mode string or a tuple of steps.
+
+    Steps come as one step alone, or a list, set or array of them. Anything else is
+    refused: a set or a lone step was swept as ``log``, the default.
+    """
+    if isinstance(value, str):
+        return value
+    if _is_collection(value):
+        return tuple(_step(v) for v in value)
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return (_step(value),)
+    raise ScalelensError(f"checkpoints must be 'log', 'all', 'final' or a list of steps, got {value!r}")
 
 
 def _step(value: Any) -> int:

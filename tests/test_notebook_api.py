@@ -27,6 +27,22 @@ def test_sweep_spec_takes_lists_numpy_steps_and_paths(micro_suite: Path) -> None
     assert [t.step for t in expand(own)] == sorted(chosen)
 
 
+def test_sweep_spec_takes_one_step_a_set_and_one_size_alone(micro_suite: Path) -> None:
+    """A lone step or a set of steps was swept as ``log`` (every checkpoint), silently; a lone
+    size string was split into its characters ("unknown size(s) s, m, ...")."""
+    manifest = read_manifest(micro_suite)
+    size, steps = manifest.sizes[0], manifest.steps
+    one = SweepSpec(suite=micro_suite, sizes=size, checkpoints=np.int64(steps[-1]),
+                    analyses="superposition")
+    assert [t.key for t in expand(one)] == [f"{size}/step{steps[-1]}"]
+    assert one.analyses == ("superposition",)
+    chosen = {steps[0], steps[-1]}
+    assert [t.step for t in expand(SweepSpec(suite=micro_suite, sizes={size}, checkpoints=chosen))] \
+        == sorted(chosen)
+    with pytest.raises(ScalelensError, match="checkpoints must be 'log', 'all', 'final' or a list of steps"):
+        SweepSpec(suite=micro_suite, checkpoints=None)
+
+
 def test_sweep_spec_errors_name_python_arguments(micro_suite: Path) -> None:
     with pytest.raises(ScalelensError, match=r"suite=DIR, family='pythia' or models=\{size: source\}"):
         SweepSpec()
