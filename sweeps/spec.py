@@ -203,6 +203,8 @@ def _step(value: Any) -> int:
         raise ScalelensError(f"checkpoint steps must be integers >= 0, got {value!r}; "
                              "or pass checkpoints='log', 'all' or 'final'")
     return int(value)
+
+
 _SIZE_LABEL = re.compile(r"[A-Za-z0-9][\w.+-]*")
 
 
