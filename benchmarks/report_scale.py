@@ -29,28 +29,28 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from scalelens.models.params import count_parameters
+from scalelens.models.pythia import PYTHIA_CONFIGS, pythia_config
+
 from .results import check_outputs
 
-# size: (layers, heads, n_params, n_params_non_embedding), the published Pythia counts.
-PYTHIA: dict[str, tuple[int, int, int, int]] = {
-    "14m": (6, 4, 14_067_712, 1_189_888),
-    "31m": (6, 8, 30_494_720, 4_739_072),
-    "70m": (6, 8, 70_426_624, 18_915_328),
-    "160m": (12, 12, 162_322_944, 85_056_000),
-    "410m": (24, 16, 405_334_016, 302_311_424),
-    "1b": (16, 8, 1_011_781_632, 805_736_448),
-    "1.4b": (24, 16, 1_414_647_808, 1_208_602_624),
-    "2.8b": (32, 32, 2_775_208_960, 2_517_652_480),
-    "6.9b": (32, 32, 6_857_302_016, 6_444_163_072),
-    "12b": (36, 40, 11_846_072_320, 11_327_027_200),
-}
-WIDTH = {"14m": 128, "31m": 256, "70m": 512, "160m": 768, "410m": 1024, "1b": 2048, "1.4b": 2048,
-         "2.8b": 2560, "6.9b": 4096, "12b": 5120}
+PYTHIA = tuple(PYTHIA_CONFIGS)  # the sizes, smallest first
+
+
+@cache
+def pythia_shape(size: str) -> tuple[int, int, int, int, int]:
+    """``(layers, heads, width, n_params, n_params_non_embedding)`` of a Pythia size, from its config."""
+    config = pythia_config(size)
+    n, n_ne = count_parameters(config)
+    return config.num_hidden_layers, config.num_attention_heads, config.hidden_size, n, n_ne
+
+
 DILUTIONS = (1, 5, 10)
 STAGES = ("write_metrics", "write_fits", "render_report")
 ANALYSES = ["retrieval_heads", "massive_activations", "superposition", "text_dominance",
@@ -148,8 +148,8 @@ def _sparsity(rng: np.random.Generator, layers: int, p: float) -> dict[str, Any]
 
 def task_results(size: str, step: int) -> dict[str, Any]:
     """The results.json of one synthetic task (deterministic in ``size`` and ``step``)."""
-    layers, heads, n, n_ne = PYTHIA[size]
-    index = list(PYTHIA).index(size)
+    layers, heads, width, n, n_ne = pythia_shape(size)
+    index = PYTHIA.index(size)
     rng = np.random.default_rng([index, step])
     p = _progress(step)
     model = {"name": f"pythia-{size}", "revision": f"step{step}", "step": step, "n_params": n,
@@ -157,7 +157,7 @@ def task_results(size: str, step: int) -> dict[str, Any]:
     analyses = {
         "retrieval_heads": _retrieval(rng, np.random.default_rng(index), (layers, heads), p),
         "massive_activations": _massive(rng, n, layers, step),
-        "superposition": _superposition(rng, n, WIDTH[size], p),
+        "superposition": _superposition(rng, n, width, p),
         "text_dominance": _dominance(rng, n, layers, p),
         "information_capacity": _capacity(rng, n, p),
         "activation_sparsity": _sparsity(rng, layers, p),
