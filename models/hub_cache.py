@@ -26,8 +26,13 @@ COMMIT = re.compile(r"[0-9a-f]{40}")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 """Any one of these makes a folder hold a tokenizer."""
 
-# (single file, index of shards), in the order transformers looks for them
-_WEIGHTS = ((SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME), (WEIGHTS_NAME, WEIGHTS_INDEX_NAME))
+WEIGHT_FILES = ((SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME), (WEIGHTS_NAME, WEIGHTS_INDEX_NAME))
+"""(single file, index of shards), in the order transformers looks for them."""
+
+
+def has_tokenizer_files(folder: Path) -> bool:
+    """Whether ``folder`` holds one of :data:`TOKENIZER_FILES` (a link to a missing blob does not count)."""
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
 def hub_cache_dir(cache_dir: str | Path | None) -> Path:
@@ -99,13 +104,13 @@ def missing_files(snapshot: Path, gguf_file: str | None = None, tokenizer: bool 
         return [] if (snapshot / gguf_file).exists() else [gguf_file]
     missing = [] if (snapshot / CONFIG_NAME).exists() else [CONFIG_NAME]
     missing += _missing_weights(snapshot)
-    if tokenizer and not any((snapshot / name).exists() for name in TOKENIZER_FILES):
+    if tokenizer and not has_tokenizer_files(snapshot):
         missing.append("tokenizer files")
     return missing
 
 
 def _missing_weights(snapshot: Path) -> list[str]:
-    for single, index in _WEIGHTS:
+    for single, index in WEIGHT_FILES:
         if (snapshot / single).exists():
             return []
         if (snapshot / index).exists():

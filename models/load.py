@@ -21,7 +21,7 @@ from transformers import (
 from ..errors import ScalelensError
 from .describe import check_architecture, describe
 from .hub import explain_failure, is_offline, use_cache_only
-from .hub_cache import TOKENIZER_FILES
+from .hub_cache import has_tokenizer_files
 from .info import ModelInfo
 from .quiet import quiet_hf_progress
 from .sources import ResolvedSource, checkpoint_revision, resolve_source
@@ -276,21 +276,17 @@ def _load_tokenizer(
     return _tokenizer_at(location, extra, vocab_size)
 
 
-def _has_tokenizer_files(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in TOKENIZER_FILES)
-
-
 def ships_tokenizer(resolved: ResolvedSource) -> bool:
     """Whether a source has a tokenizer of its own: always assumed for hub and GGUF sources."""
     if resolved.gguf_file or not Path(resolved.location).is_dir():
         return True
-    return _has_tokenizer_files(Path(_checkpoint_tokenizer(resolved)))
+    return has_tokenizer_files(Path(_checkpoint_tokenizer(resolved)))
 
 
 def _checkpoint_tokenizer(resolved: ResolvedSource) -> str:
     """Where the source's tokenizer is: its directory, or a checkpoint's run directory."""
     folder = Path(resolved.location)
-    if resolved.kind == "suite" and not _has_tokenizer_files(folder) and _has_tokenizer_files(folder.parent):
+    if resolved.kind == "suite" and not has_tokenizer_files(folder) and has_tokenizer_files(folder.parent):
         return str(folder.parent)
     return resolved.location
 
@@ -299,7 +295,7 @@ def _tokenizer_at(location: str, extra: dict[str, Any], vocab_size: int) -> PreT
     """The tokenizer at a directory or hub id; refused when missing, empty or far too small."""
     folder = Path(location)
     has_files = not folder.is_dir() or bool(extra.get("gguf_file"))
-    has_files = has_files or _has_tokenizer_files(folder)
+    has_files = has_files or has_tokenizer_files(folder)
     try:
         tok = AutoTokenizer.from_pretrained(location, **extra) if has_files else None
     except (OSError, ValueError, TypeError) as exc:

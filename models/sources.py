@@ -74,14 +74,12 @@ def checkpoint_revision(revision: str | None, checkpoint: int | None) -> str | N
     return sugar
 
 
-# What ``from_pretrained`` loads weights from; a checkpoint directory without one is half-written
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
-
-
 def _complete(folder: Path) -> bool:
-    """Whether a checkpoint directory holds a ``config.json`` and weights."""
-    return (folder / "config.json").is_file() and any((folder / w).is_file() for w in WEIGHT_FILES)
+    """Whether a checkpoint directory holds a ``config.json`` and weights (else it is half-written)."""
+    from .hub_cache import WEIGHT_FILES
+
+    weights = (folder / name for pair in WEIGHT_FILES for name in pair)
+    return (folder / "config.json").is_file() and any(w.is_file() for w in weights)
 
 
 def _named_checkpoints(path: Path) -> list[Path]:
