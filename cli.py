@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from scalelens.errors import ScalelensError
+from scalelens.errors import ScalelensError, ScalelensWarning
 
 # Sub-command modules; each exposes register(subparsers).
 _COMMAND_MODULES = (
@@ -191,13 +191,15 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 def _one_line_warning(previous):  # type: ignore[no-untyped-def]
     """Show scalelens's own warnings as ``scalelens: warning: <message>``, one line.
 
+    Ours are a :class:`ScalelensWarning`, or any warning raised from scalelens's code.
     Python's format names a source file and repeats a line of scalelens's code (the
     hub-unreachable note read ``.../sweeps/tasks.py:80: UserWarning: ...`` and then
     ``loaded = load_model(...)``). Other libraries' warnings keep their format.
     """
 
     def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
-        if not Path(filename).resolve().is_relative_to(_PACKAGE_DIR):
+        ours = issubclass(category, ScalelensWarning) or Path(filename).resolve().is_relative_to(_PACKAGE_DIR)
+        if not ours:
             return previous(message, category, filename, lineno, file, line)
         print(f"scalelens: warning: {_one_line(str(message))}", file=file or sys.stderr)
         return None

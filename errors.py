@@ -20,3 +20,11 @@ class TransientError(ScalelensError):
     The hub unreachable, an output locked by another process: sweeps retry these and
     no other ScalelensError.
     """
+
+
+class ScalelensWarning(UserWarning):
+    """A note about the user's input or results that does not stop the work.
+
+    The CLI prints these as one ``scalelens: warning: ...`` line; Python users can
+    filter them with ``warnings.filterwarnings("ignore", category=ScalelensWarning)``.
+    """

@@ -14,7 +14,7 @@ Two modalities for O (``DominanceSettings.modality``):
 
 from __future__ import annotations
 
-import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from scalelens.analyses.from_capture import DOMINANCE_PROBE, dominance_from_capt
 from scalelens.analyses.text_dominance import TextDominanceResult
 from scalelens.cache.reader import CaptureFile
 from scalelens.capture import capture
-from scalelens.errors import ScalelensError
+from scalelens.errors import ScalelensError, ScalelensWarning
 from scalelens.measure.retrieval import RetrievalSettings, haystack_tests, needle_material
 from scalelens.probes.embeds import SOFT_TOKENS, soft_tokens, token_embeddings
 from scalelens.probes.haystack import HaystackTest, needle_overhead
@@ -179,7 +179,7 @@ def measure_dominance(loaded: Any, s: DominanceSettings, out_dir: Path, overwrit
 
 
 def _distinct(rows: list[dict[str, Any]], context: int) -> bool:
-    """Whether O really grows from one dilution level to the next; warns on stderr if not.
+    """Whether O really grows from one dilution level to the next; warns if not.
 
     Documents are whole sentences, so in a short context several factors can round to
     the same document (e.g. a 64-token context gives 29 O tokens at x1, x5 and x10).
@@ -188,8 +188,9 @@ def _distinct(rows: list[dict[str, Any]], context: int) -> bool:
     distinct = all(a < b for a, b in zip(sizes, sizes[1:], strict=False))
     if not distinct:
         levels = ", ".join(f"x{r['factor']}: {r['n_other']:.0f}" for r in rows)
-        print(f"warning: text dominance: O does not grow with the dilution ({levels} tokens); "
-              f"the model's {context}-token context is too short for these --dilutions", file=sys.stderr)
+        warnings.warn(f"text dominance: O does not grow with the dilution ({levels} tokens); the model's "
+                      f"{context}-token context is too short for these --dilutions", ScalelensWarning,
+                      stacklevel=2)
     return distinct
 
 

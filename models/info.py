@@ -7,6 +7,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ScalelensWarning
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -60,5 +62,5 @@ class ModelInfo:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            warnings.warn(f"ignoring unknown ModelInfo keys: {unknown}", stacklevel=2)
+            warnings.warn(f"ignoring unknown ModelInfo keys: {unknown}", ScalelensWarning, stacklevel=2)
         return cls(**{k: v for k, v in data.items() if k in names})

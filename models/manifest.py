@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import ScalelensError
+from ..errors import ScalelensError, ScalelensWarning
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -78,7 +78,7 @@ class Manifest:
         names = {f.name for f in fields(cls)} - {"root"}
         unknown = sorted(set(data) - names)
         if unknown:
-            warnings.warn(f"ignoring unknown manifest keys: {unknown}", stacklevel=2)
+            warnings.warn(f"ignoring unknown manifest keys: {unknown}", ScalelensWarning, stacklevel=2)
         missing = sorted(names - set(data) - {"build"})
         if missing:
             raise ScalelensError(f"manifest in {root} lacks {missing}; rebuild the suite")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from scalelens.errors import ScalelensError
+from scalelens.errors import ScalelensError, ScalelensWarning
 from scalelens.hooks.points import CapturePoint, parse_point
 
 
@@ -240,7 +240,7 @@ class ProbeSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            warnings.warn(f"ignoring unknown probe keys: {unknown}", stacklevel=2)
+            warnings.warn(f"ignoring unknown probe keys: {unknown}", ScalelensWarning, stacklevel=2)
         kw = {k: v for k, v in data.items() if k in names}
         pos = data.get("positions") or {}
         pos_names = {f.name for f in dataclasses.fields(Positions)}

@@ -211,3 +211,21 @@ def test_a_scalelens_warning_is_one_line(model_dir, prompt_file, tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("scalelens: warning: the hub cannot be reached (ConnectError")
     assert lines[0].endswith(f"loading scalelens-test/tiny@main from the local cache {cache}")
+
+
+def test_scalelens_warnings_are_one_line_wherever_they_point():
+    """A ScalelensWarning raised with a stacklevel that points into the user's code is still
+    ours; other libraries' warnings go to the previous handler (Python's format)."""
+    import io
+
+    from scalelens.cli import _one_line_warning
+    from scalelens.errors import ScalelensWarning
+
+    shown, passed_on = io.StringIO(), []
+    show = _one_line_warning(lambda *a: passed_on.append(a))
+    show(ScalelensWarning("ignoring unknown probe keys: ['x']\nsecond line"), ScalelensWarning,
+         "/home/me/notebook.py", 3, file=shown)
+    show(UserWarning("a library's note"), UserWarning, "/usr/lib/python3/site-packages/lib.py", 7,
+         file=shown)
+    assert shown.getvalue() == "scalelens: warning: ignoring unknown probe keys: ['x']; second line\n"
+    assert [a[2:4] for a in passed_on] == [("/usr/lib/python3/site-packages/lib.py", 7)]
