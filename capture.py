@@ -106,6 +106,20 @@ def as_probe_list(probes: Probes) -> list[ProbeSpec]:
     return out
 
 
+def tokenizer_source(tokenizer: Any) -> str | None:
+    """Where ``tokenizer`` was loaded from (an absolute directory or a hub id), or None.
+
+    Recorded with a capture so that ``scalelens analyze`` finds the tokenizer a
+    model without one of its own was captured with.
+    """
+    from scalelens.models.sources import looks_like_hub_id
+
+    name = str(getattr(tokenizer, "name_or_path", "") or "")
+    if name and Path(name).is_dir():
+        return str(Path(name).resolve())
+    return name if name and looks_like_hub_id(name) else None
+
+
 def as_loaded(model: Any, tokenizer: Any = None) -> Any:
     """``model`` if it is a LoadedModel, else ``load_model(model, tokenizer=tokenizer)``."""
     if hasattr(model, "info") and hasattr(model, "tokenizer"):
@@ -234,6 +248,7 @@ class Capture:
             "attention_capture": self.attention_capture,
             "n_prompts": int(tok.ids.shape[0]),
             "seq": tok.seq_len,
+            "tokenizer": tokenizer_source(self.loaded.tokenizer),
         }
         return FileIdentity(self.loaded.info.to_dict(), specs_to_json(self.probes),
                             tok.fingerprint(), capture, weights_fingerprint(self.loaded.model))

@@ -12,7 +12,7 @@ from scalelens.analyses.massive import MassiveResult, ResidualSummary, massive_a
 from scalelens.analyses.retrieval import NeedleTest, RetrievalResult, retrieval_scores
 from scalelens.analyses.text_dominance import TextDominanceResult, text_dominance
 from scalelens.cache.reader import CaptureFile
-from scalelens.errors import ScalelensError
+from scalelens.errors import ScalelensError, ScalelensWarning
 
 RETRIEVAL_PROBES = ("retrieval_top1", "retrieval_pred")
 MASSIVE_PROBE = "massive"
@@ -62,30 +62,46 @@ def decode_ids(tokenizer: Any, ids: Any) -> str:
     return str(tokenizer.decode([int(i) for i in arr[arr >= 0]], skip_special_tokens=True))
 
 
-def recorded_tokenizer(model: dict[str, Any]) -> Any | None:
-    """The tokenizer of a capture's model (its ``model`` attribute), from local files only.
+def recorded_tokenizer(model: dict[str, Any], tokenizer: str | None = None) -> Any | None:
+    """The tokenizer a capture was made with, from local files only.
 
-    Returns None when the source is in memory, unreachable offline, or holds no
-    usable tokenizer.
+    The model source's own (its ``model`` attribute) or else ``tokenizer``, the
+    source of the one the capture recorded (``--tokenizer`` for a model without one).
+    Returns None when neither is on disk with a usable tokenizer (an in-memory
+    source, an uncached hub id, no tokenizer files).
     """
-    source = str(model.get("source") or "")
+    vocab = int(model.get("vocab_size") or 0)
+    own = _source_tokenizer(str(model.get("source") or ""), model.get("revision"), vocab)
+    return own if own is not None or not tokenizer else _tokenizer_at(tokenizer, {"local_files_only": True},
+                                                                       vocab)
+
+
+def _source_tokenizer(source: str, revision: str | None, vocab_size: int) -> Any | None:
+    """The tokenizer shipped with a model source (hub id, directory, GGUF), or None."""
     if not source or source.startswith("<"):
         return None
-    from transformers import AutoTokenizer
-
     from scalelens.models.sources import resolve_source
 
     try:
-        resolved = resolve_source(source, model.get("revision"), None)
-        kwargs: dict[str, Any] = {}
-        if resolved.kind == "hub":
-            kwargs = {"revision": resolved.revision, "local_files_only": True}
-        if resolved.gguf_file:
-            kwargs["gguf_file"] = resolved.gguf_file
-        tok = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
-    except Exception:  # any failure means: no tokenizer here, gate on token ids
+        resolved = resolve_source(source, revision, None)
+    except Exception:  # noqa: BLE001 - the source is gone or was never a model on disk
         return None
-    return tok if len(tok) >= int(model.get("vocab_size") or 0) // 2 else None
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if resolved.kind == "hub":
+        kwargs["revision"] = resolved.revision
+    if resolved.gguf_file:
+        kwargs["gguf_file"] = resolved.gguf_file
+    return _tokenizer_at(resolved.location, kwargs, vocab_size)
+
+
+def _tokenizer_at(location: str, kwargs: dict[str, Any], vocab_size: int) -> Any | None:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(location, **kwargs)
+    except Exception:  # noqa: BLE001 - any failure means: no tokenizer here, gate on token ids
+        return None
+    return tok if len(tok) >= vocab_size // 2 else None
 
 
 def retrieval_from_capture(f: CaptureFile, threshold: float = 0.1, gate: float = 0.5,
@@ -93,13 +109,14 @@ def retrieval_from_capture(f: CaptureFile, threshold: float = 0.1, gate: float =
     """Retrieval-head scores from a teacher-forced (fast mode) capture.
 
     The ROUGE-1 gate is taken on stemmed words of the decoded answers, with
-    ``tokenizer`` or else the tokenizer of the recorded model source; when neither
-    is available, on token ids (with a warning; ``recall_unit`` says which).
+    ``tokenizer`` or else the one the capture was made with (:func:`recorded_tokenizer`);
+    when neither is available, on token ids (with a warning; ``recall_unit`` says which).
     """
-    tok = tokenizer if tokenizer is not None else recorded_tokenizer(f.model)
+    tok = tokenizer if tokenizer is not None else recorded_tokenizer(f.model, f.capture.get("tokenizer"))
     if tok is None:
-        warnings.warn(f"{f.path}: the model's tokenizer was not found; the ROUGE-1 gate uses token ids",
-                      stacklevel=2)
+        warnings.warn(f"{f.path}: the model's tokenizer was not found; the ROUGE-1 gate uses token ids "
+                      "(give the tokenizer: tokenizer=..., on the command line --tokenizer)",
+                      ScalelensWarning, stacklevel=2)
     return retrieval_scores(needle_tests(f, tok), threshold=threshold, gate=gate)
 
 

@@ -162,6 +162,19 @@ class CaptureFile:
                 "re-run the capture with --overwrite"
             ) from None
 
+    def __repr__(self) -> str:
+        """One line: the file, the captured model, its probes and how far the capture got."""
+        if not self._f.id.valid:
+            return f"CaptureFile({str(self.path)!r}, closed)"
+        try:
+            m = self.model
+            at = f"@{m['revision']}" if m.get("revision") else ""
+            state = "complete" if self._complete else f"{self._n_done}/{self.n_prompts} prompts done"
+            return (f"CaptureFile({str(self.path)!r}, model={m.get('name')}{at}, "
+                    f"probes={self.probe_names}, {self.n_prompts} prompts, {state})")
+        except ScalelensError:
+            return f"CaptureFile({str(self.path)!r}, unreadable)"
+
     def __enter__(self) -> CaptureFile:
         return self
 

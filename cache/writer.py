@@ -26,11 +26,13 @@ CHUNK_BYTES = 64 * 2**20
 
 
 WEIGHTS_ATTR = "weights_fingerprint"
-NOT_IDENTITY = frozenset({"batch_size"})
+NOT_IDENTITY = frozenset({"batch_size", "tokenizer"})
 """``capture`` settings never compared on resume: they do not change what is captured.
 
 Files written before the batch size left the identity hold it in their ``capture``
-attribute; it is ignored there, so they resume with any batch size too.
+attribute; it is ignored there, so they resume with any batch size too. Where the
+tokenizer came from is a note for later analyses; the token ids it made are in the
+identity (``prompts_sha256``).
 """
 
 

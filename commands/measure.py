@@ -130,6 +130,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "one a file lacks the probes for is an error")
     a.add_argument("--threshold", type=float, default=0.1)
     a.add_argument("--gate", type=float, default=0.5)
+    a.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory or hub id for the retrieval gate's words (default: the one "
+                        "the capture recorded)")
     a.set_defaults(func=run_analyze)
 
 
@@ -179,8 +182,11 @@ def _analyses_in() -> dict[str, list[str]]:
 
 
 def analyze_file(path: Path, threshold: float = 0.1, gate: float = 0.5,
-                 analyses: tuple[str, ...] | None = None) -> dict[str, Any]:
+                 analyses: tuple[str, ...] | None = None, tokenizer: Any = None) -> dict[str, Any]:
     """Every analysis the probes in one capture file support (or exactly ``analyses``).
+
+    ``tokenizer`` (an object) decodes the retrieval answers for the ROUGE-1 gate;
+    by default, the one the capture was made with, where it is on disk.
 
     An incomplete file (a capture still running or interrupted) is analysed over its
     finished prompts and says so in ``"incomplete"``. Probe values that are NaN or
@@ -204,7 +210,7 @@ def analyze_file(path: Path, threshold: float = 0.1, gate: float = 0.5,
         if f.n_done == 0:
             raise ScalelensError(f"{path} holds no finished prompts yet; wait for the capture or rerun it")
         runners = {
-            "retrieval_heads": lambda: fc.retrieval_from_capture(f, threshold, gate).to_dict(),
+            "retrieval_heads": lambda: fc.retrieval_from_capture(f, threshold, gate, tokenizer).to_dict(),
             "massive_activations": lambda: fc.massive_from_capture(f).to_dict(),
             "text_dominance": lambda: fc.dominance_from_capture(f, TEXT, OTHER).to_dict(),
         }
@@ -237,22 +243,27 @@ def run_analyze(args: argparse.Namespace) -> int:
     files = sorted(args.path.glob("*.h5")) if args.path.is_dir() else [args.path]
     if not files:
         raise ScalelensError(f"{args.path} holds no .h5 captures")
+    tokenizer = None
+    if args.tokenizer is not None:
+        from scalelens.models.load import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
     if args.path.is_dir():
-        result = _analyze_dir(args.path, files, analyses, args.threshold, args.gate)
+        result = _analyze_dir(args.path, files, analyses, args.threshold, args.gate, tokenizer)
     else:
-        result = {f.name: analyze_file(f, args.threshold, args.gate, analyses) for f in files}
+        result = {f.name: analyze_file(f, args.threshold, args.gate, analyses, tokenizer) for f in files}
     print(json.dumps(result, indent=1, default=str, allow_nan=True))
     return 0
 
 
 def _analyze_dir(path: Path, files: list[Path], analyses: tuple[str, ...] | None, threshold: float,
-                 gate: float) -> dict[str, Any]:
+                 gate: float, tokenizer: Any = None) -> dict[str, Any]:
     """Analyse every capture in a directory that holds some analysis's probes (others: a note)."""
     result = {}
     for f in files:
         keep = _supported(f, analyses or tuple(_analyses_in()))
         if keep:
-            result[f.name] = analyze_file(f, threshold, gate, keep)
+            result[f.name] = analyze_file(f, threshold, gate, keep, tokenizer)
         else:
             print(f"note: {f.name} holds none of the probes the analyses read; skipped", file=sys.stderr)
     missing = [a for a in analyses or () if not any(a in r for r in result.values())]

@@ -14,7 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ..errors import ScalelensError, TransientError
+from ..errors import ScalelensError, ScalelensWarning, TransientError
 from .hub_cache import COMMIT, cached_revisions, cached_snapshot, hub_cache_dir, missing_files, revision_key
 from .pythia import pythia_revisions
 
@@ -36,6 +36,7 @@ def use_cache_only(
     cache_dir: str | Path | None,
     gguf_file: str | None = None,
     tokenizer: bool = True,
+    model: bool = True,
 ) -> bool:
     """Whether to load ``repo_id@revision`` from the local cache alone; raise where that cannot work.
 
@@ -51,9 +52,10 @@ def use_cache_only(
         cache_dir: Hub cache directory (default ``HF_HUB_CACHE``).
         gguf_file: For a GGUF load, the one file it needs.
         tokenizer: Whether the tokenizer comes from the repo too.
+        model: Whether the model does (False: a tokenizer given by hub id).
     """
     snapshot = cached_snapshot(repo_id, revision, cache_dir)
-    missing = None if snapshot is None else missing_files(snapshot, gguf_file, tokenizer)
+    missing = None if snapshot is None else missing_files(snapshot, gguf_file, tokenizer, model)
     if is_offline():
         if missing != []:
             raise _offline_gap(repo_id, revision, cache_dir, missing)
@@ -64,7 +66,7 @@ def use_cache_only(
     if missing != []:
         raise _unreachable_gap(repo_id, revision, cache_dir, missing, why)
     warnings.warn(f"the hub cannot be reached ({why}); loading {repo_id}@{revision} from the "
-                  f"local cache {hub_cache_dir(cache_dir)}", stacklevel=5)
+                  f"local cache {hub_cache_dir(cache_dir)}", ScalelensWarning, stacklevel=5)
     return True
 
 
@@ -160,7 +162,7 @@ def _offline_gap(
     hint = download_hint(repo_id, revision, cache_dir)
     if cached_revisions(repo_id, cache_dir) is None:
         return ScalelensError(
-            f"model {repo_id} is not in the hub cache {hub_cache_dir(cache_dir)} and HF_HUB_OFFLINE "
+            f"{repo_id} is not in the hub cache {hub_cache_dir(cache_dir)} and HF_HUB_OFFLINE "
             f"is set; download it first ({hint}) or pass a local path"
         )
     unknown = _unknown_pythia(repo_id, revision, missing)

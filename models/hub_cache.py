@@ -93,17 +93,20 @@ def cached_snapshot(repo_id: str, revision: str, cache_dir: str | Path | None) -
     return snapshot if COMMIT.fullmatch(revision) and snapshot.is_dir() else None
 
 
-def missing_files(snapshot: Path, gguf_file: str | None = None, tokenizer: bool = True) -> list[str]:
+def missing_files(snapshot: Path, gguf_file: str | None = None, tokenizer: bool = True,
+                  model: bool = True) -> list[str]:
     """What loading ``snapshot`` needs that it lacks; empty when it is fully cached.
 
-    A GGUF load needs its file only. Otherwise ``config.json``, the weights (every
-    shard an index names) and, with ``tokenizer``, one tokenizer file. A link to a
-    blob that is not there counts as missing.
+    A GGUF load needs its file only. Otherwise, with ``model``, ``config.json`` and the
+    weights (every shard an index names) and, with ``tokenizer``, one tokenizer file.
+    A link to a blob that is not there counts as missing.
     """
     if gguf_file:
         return [] if (snapshot / gguf_file).exists() else [gguf_file]
-    missing = [] if (snapshot / CONFIG_NAME).exists() else [CONFIG_NAME]
-    missing += _missing_weights(snapshot)
+    missing = []
+    if model:
+        missing += [] if (snapshot / CONFIG_NAME).exists() else [CONFIG_NAME]
+        missing += _missing_weights(snapshot)
     if tokenizer and not has_tokenizer_files(snapshot):
         missing.append("tokenizer files")
     return missing

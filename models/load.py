@@ -24,7 +24,7 @@ from .hub import explain_failure, is_offline, use_cache_only
 from .hub_cache import has_tokenizer_files
 from .info import ModelInfo
 from .quiet import quiet_hf_progress
-from .sources import ResolvedSource, checkpoint_revision, resolve_source
+from .sources import ResolvedSource, checkpoint_revision, looks_like_hub_id, resolve_source
 from .wrapped import unwrap
 
 _DTYPES = {
@@ -55,6 +55,14 @@ class LoadedModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     info: ModelInfo
+
+    def __repr__(self) -> str:
+        """One line: what was loaded and where it lives (the model's own repr is pages long)."""
+        i = self.info
+        at = f"@{i.revision}" if i.revision else ""
+        device = next((p.device for p in self.model.parameters()), "no parameters")
+        return (f"LoadedModel({i.name}{at}, {i.architecture}, {i.n_params:,} params, "
+                f"{i.n_layers} layers x {i.n_heads} heads, d_model {i.d_model}, {i.dtype} on {device})")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -270,9 +278,25 @@ def _load_tokenizer(
     """
     if tokenizer is not None and not isinstance(tokenizer, str | os.PathLike):
         return tokenizer
-    location = os.fspath(tokenizer) if tokenizer is not None else _checkpoint_tokenizer(resolved)
-    # the source's own loading options; for a tokenizer of its own, only where the hub cache is
-    extra = kwargs if tokenizer is None else _hub_options(cache_dir)
+    if tokenizer is None:  # the source's own, with the source's loading options
+        return _tokenizer_at(_checkpoint_tokenizer(resolved), kwargs, vocab_size)
+    return load_tokenizer(tokenizer, vocab_size, cache_dir)
+
+
+def load_tokenizer(location: str | os.PathLike[str], vocab_size: int = 0,
+                   cache_dir: Any = None) -> PreTrainedTokenizerBase:
+    """The tokenizer at a directory or hub id (``main``).
+
+    As for a model, a hub id comes from the local hub cache alone, at once, when
+    ``HF_HUB_OFFLINE`` is set or the hub cannot be reached (see ``use_cache_only``).
+
+    Raises:
+        ScalelensError: no tokenizer there, or one with under half of ``vocab_size`` tokens.
+    """
+    location = os.fspath(location)
+    extra = _hub_options(cache_dir)
+    if not Path(location).exists() and looks_like_hub_id(location):
+        extra["local_files_only"] = use_cache_only(location, "main", cache_dir, model=False)
     return _tokenizer_at(location, extra, vocab_size)
 
 

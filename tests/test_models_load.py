@@ -650,3 +650,63 @@ def test_tokenizers_for_in_memory_models_and_by_hub_id(tmp_path, suite_tokenizer
     assert lm.tokenizer("the code").input_ids == suite_tokenizer("the code").input_ids
     lm = load_model(model, tokenizer=REPO, cache_dir=hub_cache)  # in-memory model, tokenizer by hub id
     assert len(lm.tokenizer) == len(suite_tokenizer)
+
+
+def test_loaded_model_repr_is_one_line_naming_what_was_loaded(micro_suite, manifest):
+    size, step = manifest.sizes[0], manifest.steps[-1]
+    lm = load_model(micro_suite / size, revision=f"step{step}", dtype="bf16")
+    i = lm.info
+    assert repr(lm) == (f"LoadedModel({i.name}@step{step}, gpt_neox, {i.n_params:,} params, "
+                        f"{i.n_layers} layers x {i.n_heads} heads, d_model {i.d_model}, bfloat16 on cpu)")
+
+
+TOKENIZER_UNREACHABLE = """
+import json, sys, time, warnings
+slept = []
+time.sleep = slept.append  # the hub client's waits between retries, counted instead of waited
+from scalelens.errors import ScalelensError
+from scalelens.models import load_model
+bare, cache, repo = sys.argv[1:4]
+out = {}
+for name, tok in (("cached", repo), ("uncached", "scalelens-test/no-such-tokenizer")):
+    slept.clear()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        try:
+            out[name] = {"ok": len(load_model(bare, tokenizer=tok, cache_dir=cache).tokenizer)}
+        except ScalelensError as e:
+            out[name] = {"error": type(e).__name__, "message": str(e)}
+    out[name]["slept"] = len(slept)
+    out[name]["warnings"] = [str(w.message) for w in seen if "cannot be reached" in str(w.message)]
+print(json.dumps(out))
+"""
+
+
+def test_a_tokenizer_by_hub_id_with_the_hub_unreachable_loads_from_the_cache_at_once(
+        tmp_path, suite_tokenizer, hub_cache):
+    """A compute node without network, HF_HUB_OFFLINE unset: `--tokenizer HUB_ID` went through the
+    hub client's retries for every tokenizer file (each waiting out HF_HUB_ETAG_TIMEOUT on a hub
+    that hangs); now it is the cached copy at once, with a warning, as for the model itself,
+    and an uncached one is a TransientError naming the download command."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    bare = save_tiny_model("gpt_neox", tmp_path / "bare", vocab_size=len(suite_tokenizer))
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-c", TOKENIZER_UNREACHABLE, str(bare), str(hub_cache), REPO]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["cached"]["ok"] == len(suite_tokenizer) and out["cached"]["slept"] == 0, out
+    [warning] = out["cached"]["warnings"]
+    assert warning.endswith(f"loading {REPO}@main from the local cache {hub_cache}")
+    uncached = out["uncached"]
+    assert uncached["error"] == "TransientError" and uncached["slept"] == 0, uncached
+    assert "scalelens-test/no-such-tokenizer@main is not in the local hub cache" in uncached["message"]
+    assert "hf download scalelens-test/no-such-tokenizer --revision main" in uncached["message"]

@@ -100,3 +100,20 @@ def test_numpy_indices_read_as_python_ones_and_bad_selections_are_one_line(captu
                 f.read("values", probe="resid", prompts=bad)
         with pytest.raises(ScalelensError, match="slice step cannot be zero"):
             f.read("values", probe="resid", prompts=slice(None, None, 0))
+
+
+def test_repr_is_one_line_with_model_probes_and_progress(capture_path, tmp_path):
+    import shutil
+
+    import h5py
+
+    with CaptureFile(capture_path) as f:
+        assert repr(f) == (f"CaptureFile({str(capture_path)!r}, model=GPTNeoXForCausalLM, "
+                           f"probes=['massive', 'resid'], {N} prompts, complete)")
+    assert repr(f) == f"CaptureFile({str(capture_path)!r}, closed)"
+    partial = tmp_path / "partial.h5"
+    shutil.copy(capture_path, partial)
+    with h5py.File(partial, "r+") as h:
+        h["progress"][...] = [3, 0]
+    with CaptureFile(partial) as f:
+        assert repr(f).endswith(f"{N} prompts, 3/{N} prompts done)")

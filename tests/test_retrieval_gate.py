@@ -18,6 +18,7 @@ from scalelens.analyses.from_capture import (
 )
 from scalelens.analyses.retrieval import NeedleTest
 from scalelens.cache.reader import CaptureFile
+from scalelens.errors import ScalelensWarning
 from scalelens.measure import retrieval as r
 from scalelens.models.load import load_model
 from scalelens.models.testing import save_tiny_model
@@ -82,7 +83,7 @@ def test_in_memory_capture_without_tokenizer_warns_and_uses_token_ids(saved, tmp
     loaded = load_model(tiny_model("gpt_neox"), tokenizer=word_tokenizer())
     r.fast_scores(loaded, s, tmp_path / "mem.h5", progress=False)
     with CaptureFile(tmp_path / "mem.h5") as f:
-        with pytest.warns(UserWarning, match="token ids"):
+        with pytest.warns(ScalelensWarning, match="token ids"):
             ids = retrieval_from_capture(f)
         words = retrieval_from_capture(f, tokenizer=loaded.tokenizer)
     assert (ids.recall_unit, words.recall_unit) == ("token_ids", "words")
@@ -96,3 +97,33 @@ def test_reference_and_ablation_recall_use_words(saved):
     prompts = [t.prompt for t in r.haystack_tests(loaded, s, with_answer=True)]
     expected = np.mean([t.gate_recall() for t in tests])
     assert r.needle_recall(loaded, prompts, []) == pytest.approx(expected)
+
+
+def test_analyze_finds_the_tokenizer_a_model_without_one_was_captured_with(saved, tmp_path):
+    """A model directory without tokenizer files, captured with tokenizer=DIR (--tokenizer): the
+    capture records DIR, so analyze gates on words as measure did (it fell back to token ids);
+    `scalelens analyze --tokenizer` gives one explicitly."""
+    import subprocess
+    import sys
+
+    _, _, s = saved
+    word_dir = tmp_path / "tok"
+    word_tokenizer().save_pretrained(word_dir)
+    bare = save_tiny_model("gpt_neox", tmp_path / "bare", vocab_size=64)
+    loaded = load_model(bare, tokenizer=word_dir)
+    (tmp_path / "m").mkdir()
+    measured, _ = r.fast_scores(loaded, s, tmp_path / "m" / "retrieval.h5", progress=False)
+    with CaptureFile(tmp_path / "m" / "retrieval.h5") as f:
+        assert f.capture["tokenizer"] == str(word_dir.resolve())
+        again = retrieval_from_capture(f, gate=s.gate)
+    assert measured.recall_unit == again.recall_unit == "words"
+    assert np.array_equal(measured.scores, again.scores)
+    elsewhere = tmp_path / "moved"
+    word_dir.rename(elsewhere)  # the recorded tokenizer is gone: --tokenizer names it
+    cmd = [sys.executable, "-m", "scalelens.cli", "analyze", str(tmp_path / "m"), "--gate", str(s.gate)]
+    runs = [subprocess.run(cmd + extra, capture_output=True, text=True, timeout=300)
+            for extra in ([], ["--tokenizer", str(elsewhere)])]
+    assert [run.returncode for run in runs] == [0, 0], runs[0].stderr + runs[1].stderr
+    units = [json.loads(run.stdout)["retrieval.h5"]["retrieval_heads"]["recall_unit"] for run in runs]
+    assert units == ["token_ids", "words"]
+    assert "ROUGE-1 gate uses token ids" in runs[0].stderr and "--tokenizer" in runs[0].stderr
