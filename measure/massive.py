@@ -122,10 +122,10 @@ def _loss_with(loaded: Any, ids: torch.Tensor, valid: torch.Tensor, layer: int, 
 
     def hook(_m, _args, output):
         h = output[0] if isinstance(output, tuple) else output
-        sub = h[:, :, dim_idx]
+        sub = h[:, :, dim_idx].float()  # a float16 sum of massive entries overflows past 65504
         big = (sub.abs() >= 0.5 * sub.abs().amax(dim=1, keepdim=True)) & valid[:, :, None]
         value = torch.zeros_like(sub) if mode == "zero" else (sub * big).sum((0, 1)) / big.sum((0, 1))
-        h[:, :, dim_idx] = torch.where(big, value.expand_as(sub), sub)
+        h[:, :, dim_idx] = torch.where(big, value.expand_as(sub), sub).to(h.dtype)
         return output
 
     handle = decoder_layers(loaded.model)[layer].register_forward_hook(hook)

@@ -1,0 +1,55 @@
+"""The zero-vs-mean intervention of measure/massive.py on a tiny model with a planted massive activation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tiny_models import tiny_model, word_tokenizer
+
+from scalelens.measure.massive import MassiveSettings, measure_massive
+from scalelens.models.load import load_model
+
+DIM, VALUE = 3, 3000.0  # the planted massive activation: dim 3 of every "w7" token's residual
+
+
+def _planted(tmp_path_factory, lm_head_row0: float | None = None):
+    """Tiny GPT-NeoX whose input embedding of "w7" holds VALUE in DIM (so every layer's output does)."""
+    model = tiny_model()
+    tok = word_tokenizer()
+    with torch.no_grad():
+        model.gpt_neox.embed_in.weight[tok.convert_tokens_to_ids("w7"), DIM] = VALUE
+        if lm_head_row0 is not None:
+            model.embed_out.weight[0] = lm_head_row0
+    d = tmp_path_factory.mktemp("planted") / "model"
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def planted_dir(tmp_path_factory):
+    return _planted(tmp_path_factory)
+
+
+def _text(tmp_path, lines: list[str]) -> str:
+    path = tmp_path / "probe.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_mean_intervention_in_float16_does_not_overflow(planted_dir, tmp_path):
+    """40 massive entries of 3000 sum to 120,000, past float16's 65,504: the mean must still be
+    about 3000 (summed in float32), so the float16 loss with it is finite and near float32's."""
+    lines = [f"w7 w{i} w{i + 1} w{i + 2}" for i in range(1, 41)]
+    s = MassiveSettings(n_sequences=40, length=4, text=_text(tmp_path, lines), batch_size=8)
+    effects = {}
+    for dtype in ("float32", "float16"):
+        lm = load_model(planted_dir, dtype=dtype)
+        _, effects[dtype] = measure_massive(lm, s, tmp_path / f"massive_{dtype}.h5", progress=False)
+    half, full = effects["float16"], effects["float32"]
+    assert half["dims"] == full["dims"] == [DIM]
+    assert math.isfinite(half["loss_mean"]) and math.isfinite(half["loss_zero"])
+    assert half["loss_mean"] == pytest.approx(full["loss_mean"], abs=0.01)
+    assert half["delta_mean"] == pytest.approx(0.0, abs=0.01)
