@@ -99,7 +99,8 @@ def intervention(loaded: Any, result: MassiveResult, texts: list[str]) -> dict[s
     """Loss on the probe text with the massive activations set to zero vs to their mean.
 
     At the first layer where they appear, every entry of the massive dims whose
-    |value| is at least half that dim's largest |value| in the sequence is replaced.
+    |value| is at least half that dim's largest |value| over all probe sequences is
+    replaced (a sequence without massive activations keeps its entries).
     """
     site = _site(result)
     if site is None:
@@ -123,7 +124,8 @@ def _loss_with(loaded: Any, ids: torch.Tensor, valid: torch.Tensor, layer: int, 
     def hook(_m, _args, output):
         h = output[0] if isinstance(output, tuple) else output
         sub = h[:, :, dim_idx].float()  # a float16 sum of massive entries overflows past 65504
-        big = (sub.abs() >= 0.5 * sub.abs().amax(dim=1, keepdim=True)) & valid[:, :, None]
+        mag = sub.abs() * valid[:, :, None]  # padding never sets the bar
+        big = (mag >= 0.5 * mag.amax(dim=(0, 1), keepdim=True)) & valid[:, :, None]
         value = torch.zeros_like(sub) if mode == "zero" else (sub * big).sum((0, 1)) / big.sum((0, 1))
         h[:, :, dim_idx] = torch.where(big, value.expand_as(sub), sub).to(h.dtype)
         return output

@@ -39,6 +39,19 @@ def _text(tmp_path, lines: list[str]) -> str:
     return str(path)
 
 
+def test_mean_intervention_leaves_sequences_without_the_massive_token_alone(planted_dir, tmp_path):
+    """Only one of four probe sequences holds "w7": the mean of the massive entries (about 3000) must
+    replace those entries only, not the largest ordinary entry of DIM in the other three sequences.
+    Replacing massive entries by their own mean barely moves the loss."""
+    lines = ["w7 w1 w2 w3 w4 w5", "w11 w12 w13 w14 w15 w16", "w21 w22 w23 w24 w25 w26",
+             "w31 w32 w33 w34 w35 w36"]
+    s = MassiveSettings(n_sequences=4, length=6, text=_text(tmp_path, lines))
+    lm = load_model(planted_dir)
+    result, effect = measure_massive(lm, s, tmp_path / "massive.h5", progress=False)
+    assert result.dims == [DIM] and effect["layer"] == 0 and effect["dims"] == [DIM]
+    assert effect["delta_mean"] == pytest.approx(0.0, abs=1e-4)
+
+
 def test_mean_intervention_in_float16_does_not_overflow(planted_dir, tmp_path):
     """40 massive entries of 3000 sum to 120,000, past float16's 65,504: the mean must still be
     about 3000 (summed in float32), so the float16 loss with it is finite and near float32's."""
