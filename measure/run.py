@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from scalelens import __version__
+from scalelens.analyses._common import jsonable
 from scalelens.errors import ScalelensError
 from scalelens.measure.capacity import CapacitySettings, measure_capacity
 from scalelens.measure.dominance import DominanceSettings, measure_dominance
@@ -80,7 +81,7 @@ def _retrieval(loaded: Any, s: RetrievalSettings, out: Path, progress: bool,
 def _massive(loaded: Any, s: MassiveSettings, out: Path, progress: bool, overwrite: bool) -> dict[str, Any]:
     result, effect = measure_massive(loaded, s, out / "massive.h5", overwrite, progress=progress)
     data = result.to_dict()
-    data["intervention"] = effect
+    data["intervention"] = jsonable(effect)  # a NaN loss (float16 overflow) becomes null
     return data
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,19 +10,18 @@ import torch
 from tiny_models import tiny_model, word_tokenizer
 
 from scalelens.measure.massive import MassiveSettings, measure_massive
+from scalelens.measure.run import MeasureSettings, measure
 from scalelens.models.load import load_model
 
 DIM, VALUE = 3, 3000.0  # the planted massive activation: dim 3 of every "w7" token's residual
 
 
-def _planted(tmp_path_factory, lm_head_row0: float | None = None):
+def _planted(tmp_path_factory):
     """Tiny GPT-NeoX whose input embedding of "w7" holds VALUE in DIM (so every layer's output does)."""
     model = tiny_model()
     tok = word_tokenizer()
     with torch.no_grad():
         model.gpt_neox.embed_in.weight[tok.convert_tokens_to_ids("w7"), DIM] = VALUE
-        if lm_head_row0 is not None:
-            model.embed_out.weight[0] = lm_head_row0
     d = tmp_path_factory.mktemp("planted") / "model"
     model.save_pretrained(d)
     tok.save_pretrained(d)
@@ -66,3 +66,20 @@ def test_mean_intervention_in_float16_does_not_overflow(planted_dir, tmp_path):
     assert math.isfinite(half["loss_mean"]) and math.isfinite(half["loss_zero"])
     assert half["loss_mean"] == pytest.approx(full["loss_mean"], abs=0.01)
     assert half["delta_mean"] == pytest.approx(0.0, abs=0.01)
+
+
+def test_a_nan_intervention_loss_is_written_as_null(tmp_path_factory, tmp_path):
+    """A float16 model whose logits overflow (lm-head weight 60,000 on the massive dim) has a NaN
+    loss: measure still writes results.json, with the NaN losses as null like every other result."""
+    model = load_model(_planted(tmp_path_factory)).model
+    with torch.no_grad():
+        model.get_output_embeddings().weight[0, DIM] = 60000.0
+    lm = load_model(model, dtype="float16")
+    s = MeasureSettings(massive=MassiveSettings(n_sequences=2, length=6,
+                                                text=_text(tmp_path, ["w7 w1 w2 w3 w4 w5", "w7 w8 w9"])))
+    data = measure(lm, "massive_activations", tmp_path / "out", s, progress=False)
+    on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
+    effect = on_disk["analyses"]["massive_activations"]["intervention"]
+    assert effect["layer"] == 0 and effect["dims"] == [DIM]
+    assert effect["loss"] is None and effect["loss_mean"] is None and effect["delta_mean"] is None
+    assert data["analyses"]["massive_activations"]["intervention"] == effect
