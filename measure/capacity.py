@@ -112,5 +112,9 @@ def measure_capacity(loaded: Any, text: MassiveSettings, s: CapacitySettings) ->
     texts = probe_sequences(loaded, text.text, text.n_sequences, length)
     tok = tokenize(as_prompts(texts), loaded.tokenizer, loaded.info.max_position)
     nll, count = mean_nll(loaded, tok, text.batch_size)
+    if count and not np.isfinite(nll):  # e.g. float16 logits past 65504
+        raise ScalelensError(f"information capacity: the model's mean loss on the probe text is {nll} "
+                             f"(its {loaded.info.dtype} logits overflow?); measure in float32 or bfloat16, "
+                             "or leave information_capacity out")
     flops = flops_per_token(model_shape(loaded.model.config), mean_context(tok.lengths))
     return information_capacity(nll, count, predicted_bytes(tok, loaded.tokenizer), flops, s.bias)

@@ -83,3 +83,19 @@ def test_a_nan_intervention_loss_is_written_as_null(tmp_path_factory, tmp_path):
     assert effect["layer"] == 0 and effect["dims"] == [DIM]
     assert effect["loss"] is None and effect["loss_mean"] is None and effect["delta_mean"] is None
     assert data["analyses"]["massive_activations"]["intervention"] == effect
+
+
+def test_a_nan_loss_stops_information_capacity_naming_the_dtype(tmp_path_factory, tmp_path):
+    """The same overflowing float16 model: information capacity cannot use a NaN loss; the error
+    says why and what to do, where it said only that the NLL must be finite."""
+    from scalelens.errors import ScalelensError
+
+    model = load_model(_planted(tmp_path_factory)).model
+    with torch.no_grad():
+        model.get_output_embeddings().weight[0, DIM] = 60000.0
+    lm = load_model(model, dtype="float16")
+    s = MeasureSettings(massive=MassiveSettings(n_sequences=2, length=6,
+                                                text=_text(tmp_path, ["w7 w1 w2 w3 w4 w5", "w7 w8 w9"])))
+    with pytest.raises(ScalelensError, match=r"mean loss on the probe text is nan \(its float16 logits "
+                                             r"overflow\?\); measure in float32 or bfloat16"):
+        measure(lm, "information_capacity", tmp_path / "out", s, progress=False)
