@@ -46,9 +46,13 @@ class WriteLock:
                     "wait for it to finish or choose another --out"
                 ) from None
             if self._still_linked(fd):
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, str(os.getpid()).encode(), 0)
                 self._fd = fd
+                try:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, str(os.getpid()).encode(), 0)
+                except BaseException:  # a full disk: drop the lock, or this process keeps it
+                    self.release()
+                    raise
                 return self
             os.close(fd)
         raise TransientError(f"could not lock {self.path} for writing; try again")

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+from cli_run import assert_one_line, file_size_limit, run_cli
 from tiny_models import prompts
 
 from scalelens.cache.lock import WriteLock
@@ -81,6 +82,19 @@ def test_lock_is_exclusive_within_a_process_and_released(tmp_path):
     first.release()  # idempotent
     assert not path.with_name("y.h5.lock").exists()
     WriteLock(path).acquire().release()
+
+
+def test_a_lock_whose_pid_cannot_be_written_is_dropped(args, capsys):
+    """The disk filled before the lock file got its pid: the error is the full disk's, and once
+    there is room again the same process can write the file (the lock was not kept)."""
+    out, argv = args
+    with file_size_limit(0):
+        rc, _, err = run_cli(capsys, argv)
+    assert_one_line(rc, err, "file-size limit")
+    assert not out.with_name("x.h5.lock").exists()
+    assert main(argv) == 0, capsys.readouterr().err
+    with CaptureFile(out) as f:
+        assert f.complete and f.n_done == 6
 
 
 def test_overwrite_replaces_a_complete_file(args, capsys):
