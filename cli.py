@@ -91,11 +91,13 @@ def _one_line(text: str) -> str:
     return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
-_ERRNO_IN_TEXT = re.compile(r"errno = (\d+)")
+# HDF5 writes "errno = 28" in an h5py error's text; Rust libraries (safetensors, tokenizers)
+# end theirs with "(os error 28)".
+_ERRNO_IN_TEXT = re.compile(r"(?:errno = |\(os error )(\d+)")
 
 
 def _errno_of(e: BaseException) -> int | None:
-    """The errno of an OSError, or the one HDF5 names inside an h5py error's text."""
+    """The errno of an OSError, or the one named inside an h5py or Rust library error's text."""
     code = getattr(e, "errno", None)
     if isinstance(code, int):
         return code

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import assert_one_line, file_size_limit, run_cli
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig
 
 from scalelens.errors import ScalelensError
@@ -151,6 +153,23 @@ def test_interrupted_build_is_completed(micro_suite, manifest, tmp_path):
     state = _state(suite / broken / f"step{last}")
     assert all(torch.allclose(state[k], reference[k], atol=1e-6) for k in reference)
     assert not (suite / broken / f".tmp-step{last}").exists()
+
+
+def test_a_build_that_runs_out_of_room_stops_with_one_line_and_resumes(micro_suite, manifest, tmp_path,
+                                                                      capsys):
+    """The weights' writer (safetensors, Rust) fails past a file-size limit as on a full disk:
+    one line and exit 2, not an internal error; the same command then completes the suite."""
+    suite = tmp_path / "suite"
+    argv = ["suite", "build", "--out", str(suite), "--preset", "micro", "--quiet"]
+    with file_size_limit(32 * 1024):  # the tokenizer and JSON files fit, no model.safetensors does
+        rc, _, err = run_cli(capsys, argv)
+    assert_one_line(rc, err, "file-size limit")
+    assert run_cli(capsys, argv)[0] == 0
+    for size, step, path in read_manifest(suite).checkpoints():
+        ours = load_file(path / "model.safetensors")
+        theirs = load_file(micro_suite / size / f"step{step}" / "model.safetensors")
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert not list(suite.rglob(".tmp-*"))
 
 
 def test_parallel_workers_train_the_same_models(micro_suite, manifest, tmp_path):
