@@ -56,10 +56,14 @@ def parse_analyses(text: str) -> tuple[str, ...]:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+    """Write JSON atomically (temporary file, then rename); a failed write leaves no temporary file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=False, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, allow_nan=False, default=str))
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no half-written results.json.tmp, run.json.tmp...
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _retrieval(loaded: Any, s: RetrievalSettings, out: Path, progress: bool,

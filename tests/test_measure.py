@@ -6,13 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from cli_run import file_size_limit
 
 from scalelens.analyses.from_capture import needle_tests
 from scalelens.cache.reader import CaptureFile
 from scalelens.measure import retrieval as r
 from scalelens.measure.dominance import DominanceSettings
 from scalelens.measure.massive import MassiveSettings
-from scalelens.measure.run import ANALYSES, MeasureSettings, measure
+from scalelens.measure.run import ANALYSES, MeasureSettings, measure, write_json
 from scalelens.measure.text import probe_sequences
 from scalelens.models.load import load_model
 from scalelens.models.suite import read_manifest
@@ -236,3 +237,14 @@ def test_a_given_base_tokens_too_large_is_refused_before_any_capture(tmp_path, m
         measure(lm, "massive_activations,text_dominance", tmp_path / "out", s, progress=False)
     assert "--context-lengths" not in str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_json_write_that_runs_out_of_room_leaves_the_old_file_and_no_temporary(tmp_path):
+    """results.json, run.json, fits.json: a full disk (here a file-size limit, EFBIG) leaves the
+    previous file as it was and no half-written ``.tmp`` beside it."""
+    path = tmp_path / "run.json"
+    write_json(path, {"tasks": []})
+    with file_size_limit(4096), pytest.raises(OSError):
+        write_json(path, {"tasks": ["x" * 100] * 100})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+    assert json.loads(path.read_text()) == {"tasks": []}
