@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import shutil
 import time
 from pathlib import Path
@@ -91,12 +92,21 @@ def _suite(suite: Path, preset: str | None, own_cache: bool) -> tuple[Any, bool]
     return build_suite(suite, preset=preset), True
 
 
+def _unwritable_suite(suite: Path, own_cache: bool, e: OSError) -> str:
+    """The error line for a suite directory the demo may not write (its --out is the run directory)."""
+    if own_cache:
+        return (f"the suite cache {suite} is not writable ({e.strerror}: {e.filename}); set "
+                "SCALELENS_CACHE to a writable directory, or pass --suite DIR")
+    return f"--suite {suite} is not writable ({e.strerror}: {e.filename}); pass a writable --suite"
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Build or reuse the suite, sweep it with every analysis, fit, and render the report.
 
     Every analysis: the four mechanisms plus information capacity and activation sparsity.
     """
     from scalelens.commands.measure import check_out_dir
+    from scalelens.errors import ScalelensError
     from scalelens.models.suite import default_suite_dir
     from scalelens.reports.render import render_report
     from scalelens.sweeps.cli import report_failures
@@ -107,7 +117,12 @@ def run_demo(args: argparse.Namespace) -> int:
     check_out_dir(args.out, "run directory", "a run directory")  # before minutes of suite building
     suite = args.suite or default_suite_dir(args.preset or "default")
     print(f"suite: {suite} (built on first use, then reused)")
-    manifest, rebuilt = _suite(suite, args.preset, own_cache=args.suite is None)
+    try:
+        manifest, rebuilt = _suite(suite, args.preset, own_cache=args.suite is None)
+    except OSError as e:  # unwritable: the CLI's own line would say to choose another --out
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise ScalelensError(_unwritable_suite(suite, args.suite is None, e)) from None
     checkpoints = args.checkpoints or spread(manifest.steps)
     spec = SweepSpec(suite=str(suite), checkpoints=checkpoints,
                      executor=args.executor, settings=demo_settings(manifest))
