@@ -105,18 +105,25 @@ def _errno_of(e: BaseException) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _os_error_line(e: BaseException) -> str:
-    """One line for an OSError, with the fix for the common cases (full disk, no permission)."""
+RESUMABLE = frozenset({"capture", "measure", "sweep", "suite", "demo"})
+"""Commands whose rerun resumes where a failure stopped them."""
+
+
+def _os_error_line(e: BaseException, command: str | None = None) -> str:
+    """One line for an OSError, with the fix for the common cases (full disk, no permission).
+
+    Only a ``command`` in :data:`RESUMABLE` (or none named) is told that a rerun resumes.
+    """
     code = _errno_of(e)
     filename = getattr(e, "filename", None)
     where = f" ({filename})" if filename else ""
+    rerun = ("rerun the same command: finished batches are kept and the run resumes"
+             if command is None or command in RESUMABLE else "rerun the same command")
     if code == errno.EFBIG:
         return (f"the output file reached a file-size limit{where} (ulimit -f, or the largest file the "
-                "file system allows); raise the limit or choose another --out, and rerun the same "
-                "command: finished batches are kept and the run resumes")
+                f"file system allows); raise the limit or choose another --out, and {rerun}")
     if code in DISK_FULL:
-        return (f"no space left on the output device{where}; free space (or choose another --out) and "
-                "rerun the same command: finished batches are kept and the run resumes")
+        return f"no space left on the output device{where}; free space (or choose another --out) and {rerun}"
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"permission denied{where}; choose a writable --out or fix the permissions"
     text = getattr(e, "strerror", None) or _one_line(str(e))
@@ -216,7 +223,7 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
         cause = e.__cause__ or e.__context__  # `raise ... from None` keeps the context
         if cause is not None and _errno_of(cause) in DISK_FULL:  # name the fix, not HDF5's message
             what = str(e).split(": ")[0] if ": " in str(e) else ""
-            line = _os_error_line(cause)
+            line = _os_error_line(cause, args.command)
             return _fail(debug, f"{what}: {line}" if what else line, EXIT_BAD_INPUT, True)
         return _fail(debug, _one_line(str(e)), EXIT_BAD_INPUT)
     except KeyboardInterrupt as e:
@@ -228,12 +235,12 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
     except BrokenPipeError:  # e.g. `scalelens inspect x.h5 | head`
         return 0
     except OSError as e:
-        return _fail(debug, _os_error_line(e), EXIT_BAD_INPUT, _errno_of(e) in DISK_FULL)
+        return _fail(debug, _os_error_line(e, args.command), EXIT_BAD_INPUT, _errno_of(e) in DISK_FULL)
     except MemoryError:
         return _fail(debug, "out of memory; lower --batch-size (or --max-length) and rerun", EXIT_BAD_INPUT)
     except Exception as e:  # noqa: BLE001 - anything else is a bug: one line, traceback with --debug
         if _errno_of(e) is not None:  # h5py raises RuntimeError for a failed flush or close
-            return _fail(debug, _os_error_line(e), EXIT_BAD_INPUT, _errno_of(e) in DISK_FULL)
+            return _fail(debug, _os_error_line(e, args.command), EXIT_BAD_INPUT, _errno_of(e) in DISK_FULL)
         if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
             return _fail(debug, "the device ran out of memory; lower --batch-size (or --max-length) and "
                          "rerun", EXIT_BAD_INPUT)

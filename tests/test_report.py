@@ -825,3 +825,21 @@ def test_a_latest_value_from_an_earlier_checkpoint_says_its_step(tmp_path: Path)
     (run_dir / "metrics.csv").write_text(",".join(COLUMNS) + "\n" + text)
     table = latest_scalars_table(load_run(run_dir))
     assert dict((r[0], r[1:]) for r in table.rows)["loss.loss"] == ("3", "2.9 (step 10)", "2.2")
+
+
+def test_a_report_that_runs_out_of_room_does_not_promise_a_resume(run_dir: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A report has no finished batches to keep: its full-disk line says to rerun, not that the
+    run resumes; nothing half-written is left."""
+    from cli_run import file_size_limit
+
+    from scalelens.cli import main
+
+    out = tmp_path / "o"
+    out.mkdir()
+    with file_size_limit(1024):
+        code = main(["report", str(run_dir), "--out", str(out / "r.html")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "file-size limit" in err[0] and err[0].endswith("and rerun the same command"), err[0]
+    assert list(out.iterdir()) == []
