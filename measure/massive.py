@@ -74,7 +74,7 @@ def measure_massive(loaded: Any, s: MassiveSettings, out: Path, overwrite: bool 
     with CaptureFile(out) as f:
         result = massive_from_capture(f, delimiter_ids=_delimiters(loaded.tokenizer),
                                       ratio_threshold=s.ratio_threshold)
-    effect = intervention(loaded, result, texts) if s.intervene else None
+    effect = intervention(loaded, result, texts, s.batch_size) if s.intervene else None
     return result, effect
 
 
@@ -95,43 +95,72 @@ def loss(loaded: Any, ids: torch.Tensor, valid: torch.Tensor) -> float:
     return float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100))
 
 
-def intervention(loaded: Any, result: MassiveResult, texts: list[str]) -> dict[str, Any]:
+def intervention(loaded: Any, result: MassiveResult, texts: list[str], batch_size: int = 4) -> dict[str, Any]:
     """Loss on the probe text with the massive activations set to zero vs to their mean.
 
     At the first layer where they appear, every entry of the massive dims whose
     |value| is at least half that dim's largest |value| over all probe sequences is
-    replaced (a sequence without massive activations keeps its entries).
+    replaced (a sequence without massive activations keeps its entries). Runs
+    ``batch_size`` sequences per forward pass; the losses are means over all tokens.
     """
     site = _site(result)
     if site is None:
         return {"layer": None, "dims": [], "note": "no massive activations to intervene on"}
     layer, dims = site
     tok = tokenize(as_prompts(texts), loaded.tokenizer, loaded.info.max_position)
-    ids = torch.from_numpy(tok.ids.astype(np.int64)).to(loaded.model.device)
-    valid = ids >= 0
-    ids = ids.masked_fill(~valid, 0)
-    base = loss(loaded, ids, valid)
-    losses = {mode: _loss_with(loaded, ids, valid, layer, dims, mode) for mode in ("zero", "mean")}
+    ids = torch.from_numpy(tok.ids.astype(np.int64))
+    batches = [slice(i, i + batch_size) for i in range(0, ids.shape[0], batch_size)]
+    layer_out = decoder_layers(loaded.model)[layer]
+    seen: list[torch.Tensor] = []  # the massive dims' entries at the layer's output, per batch
+
+    def keep(h: torch.Tensor, rows: slice) -> None:
+        seen.append(h[:, :, dims].float().cpu())  # a float16 sum of massive entries overflows past 65504
+
+    base = _mean_loss(loaded, ids, batches, layer_out, keep)
+    sub = torch.cat(seen)
+    valid = (ids >= 0)[:, :, None]
+    mag = sub.abs() * valid  # padding never sets the bar
+    big = (mag >= 0.5 * mag.amax(dim=(0, 1), keepdim=True)) & valid
+    mean = (sub * big).sum((0, 1)) / big.sum((0, 1))
+    losses = {mode: _mean_loss(loaded, ids, batches, layer_out, _replace(dims, big, value))
+              for mode, value in (("zero", torch.zeros_like(mean)), ("mean", mean))}
     return {"layer": layer, "dims": dims, "loss": base, "loss_zero": losses["zero"],
             "loss_mean": losses["mean"], "delta_zero": losses["zero"] - base,
             "delta_mean": losses["mean"] - base}
 
 
-def _loss_with(loaded: Any, ids: torch.Tensor, valid: torch.Tensor, layer: int, dims: list[int],
-               mode: str) -> float:
-    dim_idx = torch.tensor(dims, device=ids.device)
+def _replace(dims: list[int], big: torch.Tensor, value: torch.Tensor) -> Any:
+    """A layer-output edit: the ``big`` entries of ``dims`` set to ``value`` (one per dim)."""
 
-    def hook(_m, _args, output):
-        h = output[0] if isinstance(output, tuple) else output
-        sub = h[:, :, dim_idx].float()  # a float16 sum of massive entries overflows past 65504
-        mag = sub.abs() * valid[:, :, None]  # padding never sets the bar
-        big = (mag >= 0.5 * mag.amax(dim=(0, 1), keepdim=True)) & valid[:, :, None]
-        value = torch.zeros_like(sub) if mode == "zero" else (sub * big).sum((0, 1)) / big.sum((0, 1))
-        h[:, :, dim_idx] = torch.where(big, value.expand_as(sub), sub).to(h.dtype)
+    def edit(h: torch.Tensor, rows: slice) -> None:
+        where = big[rows].to(h.device)
+        sub = h[:, :, dims]
+        h[:, :, dims] = torch.where(where, value.to(h.device, h.dtype).expand_as(sub), sub)
+
+    return edit
+
+
+def _mean_loss(loaded: Any, ids: torch.Tensor, batches: list[slice], layer_out: torch.nn.Module,
+               on_output: Any) -> float:
+    """Next-token cross-entropy (nats) over all valid positions of ``ids``, batch by batch.
+
+    Each batch's layer output goes to ``on_output(h, rows)``, which may edit it in place.
+    """
+    rows = batches[0]
+
+    def hook(_m: Any, _args: Any, output: Any) -> Any:
+        on_output(output[0] if isinstance(output, tuple) else output, rows)  # the batch running now
         return output
 
-    handle = decoder_layers(loaded.model)[layer].register_forward_hook(hook)
+    total, count = 0.0, 0
+    handle = layer_out.register_forward_hook(hook)
     try:
-        return loss(loaded, ids, valid)
+        for rows in batches:
+            part = ids[rows].to(loaded.model.device)
+            valid = part >= 0
+            n = int(valid[:, 1:].sum())
+            value = loss(loaded, part.masked_fill(~valid, 0), valid)
+            total, count = (total + value * n, count + n) if n else (total, count)
     finally:
         handle.remove()
+    return total / count if count else float("nan")

@@ -99,3 +99,22 @@ def test_a_nan_loss_stops_information_capacity_naming_the_dtype(tmp_path_factory
     with pytest.raises(ScalelensError, match=r"mean loss on the probe text is nan \(its float16 logits "
                                              r"overflow\?\); measure in float32 or bfloat16"):
         measure(lm, "information_capacity", tmp_path / "out", s, progress=False)
+
+
+def test_the_intervention_is_batched_and_its_losses_do_not_depend_on_the_batch_size(planted_dir, tmp_path):
+    """It ran every probe sequence in one forward pass (100,000 allowed: the logits alone would
+    not fit); now batch_size at a time, the bar and the mean still taken over all sequences."""
+    from scalelens.measure.massive import intervention
+    from scalelens.measure.text import probe_sequences
+
+    lines = [f"w7 w{i} w{i + 1} w{i + 2} w{i + 3}" if i % 3 == 0 else f"w{i} w{i + 1} w{i + 2}"
+             for i in range(1, 12)]  # ragged: padding in every batch
+    s = MassiveSettings(n_sequences=11, length=5, text=_text(tmp_path, lines), batch_size=11)
+    lm = load_model(planted_dir)
+    result, whole = measure_massive(lm, s, tmp_path / "massive.h5", progress=False)
+    texts = probe_sequences(lm, s.text, s.n_sequences, s.length)
+    assert len({len(t.split()) for t in texts}) > 1
+    for batch_size in (1, 4):
+        effect = intervention(lm, result, texts, batch_size)
+        for key in ("loss", "loss_zero", "loss_mean"):
+            assert effect[key] == pytest.approx(whole[key], rel=1e-5), (batch_size, key)
