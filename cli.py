@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from scalelens import __version__
 from scalelens.errors import ScalelensError, ScalelensWarning
 
 # Sub-command modules; each exposes register(subparsers).
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Interpretability measurements across model scale and training.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"scalelens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:

@@ -229,3 +229,12 @@ def test_scalelens_warnings_are_one_line_wherever_they_point():
          file=shown)
     assert shown.getvalue() == "scalelens: warning: ignoring unknown probe keys: ['x']; second line\n"
     assert [a[2:4] for a in passed_on] == [("/usr/lib/python3/site-packages/lib.py", 7)]
+
+
+def test_version_prints_the_package_version(capsys):
+    from scalelens import __version__
+    from scalelens.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out == f"scalelens {__version__}\n"
