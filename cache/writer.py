@@ -242,7 +242,18 @@ class CaptureWriter:
         if writer.complete:
             return writer
         f.close()
-        return cls(path, h5py.File(path, "r+", locking=False, rdcc_nbytes=0), batch_rows)
+        try:
+            f = h5py.File(path, "r+", locking=False, rdcc_nbytes=0)
+        except OSError as e:
+            if "already open" not in str(e):
+                raise
+            # HDF5 shares one handle per file within a process, and one opened read-only
+            # (a CaptureFile, an h5py.File) cannot be reopened for writing.
+            raise ScalelensError(
+                f"{path} is open for reading in this process (a CaptureFile or h5py.File); "
+                "close it, then rerun to resume the capture"
+            ) from None
+        return cls(path, f, batch_rows)
 
     def write(self, start: int, arrays: dict[str, dict[str, np.ndarray]]) -> None:
         """Write one batch starting at prompt ``start`` and advance progress.

@@ -276,6 +276,22 @@ def test_resume_is_exact(tmp_path):
         assert list(b["progress"][()]) == [9, 1]
 
 
+def test_resuming_a_file_this_process_still_reads_is_one_clear_error(tmp_path):
+    """HDF5 will not open for writing a file the same process holds open read-only (a
+    notebook's CaptureFile): the resume says so in one line, and works once it is closed."""
+    lm = loaded()
+    out = tmp_path / "int.h5"
+    _interrupted_capture(lm, [preset("resid")], prompts(6), out, at_batch=2)
+    with CaptureFile(out) as f:
+        with pytest.raises(ScalelensError, match=r"open for reading in this process.*close it"):
+            capture(lm, [preset("resid")], prompts(6), out, batch_size=2, progress=False)
+        assert f.n_done == 2 and f.read("values", probe="resid").data.shape[0] == 2
+    assert not out.with_name("int.h5.lock").exists()
+    capture(lm, [preset("resid")], prompts(6), out, batch_size=2, progress=False)
+    with CaptureFile(out) as f:
+        assert f.complete and f.n_done == 6
+
+
 def test_resume_refuses_other_spec_and_complete_file(tmp_path):
     lm = loaded()
     out = capture(lm, [preset("resid")], prompts(3), tmp_path / "c.h5", progress=False)
