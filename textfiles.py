@@ -1,7 +1,9 @@
-"""Reading the text files users hand us: one clear error for a file that is not UTF-8."""
+"""Text files: reading users' (one clear error for a file that is not UTF-8), naming our temporaries."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 from scalelens.errors import ScalelensError
@@ -24,3 +26,13 @@ def read_utf8(path: str | Path, what: str) -> str:
         raise ScalelensError(
             f"{what} {p} is not UTF-8 (bad byte at offset {e.start}); re-encode it as UTF-8"
         ) from None
+
+
+def temp_beside(path: Path) -> Path:
+    """A temporary name beside ``path`` for writing it aside and renaming it into place.
+
+    Unique to one write: two processes writing the same file at once (two ``measure`` runs
+    into one directory, two ``report`` runs of one run) never write into, or rename away,
+    each other's temporary file; the last rename wins with a whole file.
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")

@@ -18,6 +18,7 @@ from scalelens.measure.massive import MassiveSettings, measure_massive
 from scalelens.measure.retrieval import RetrievalSettings, ablation, fast_scores, reference_scores
 from scalelens.measure.sparsity import measure_sparsity
 from scalelens.measure.superposition import measure_superposition
+from scalelens.textfiles import temp_beside
 
 # The four published mechanisms of DESIGN.md section 4.
 CORE_ANALYSES = ("retrieval_heads", "massive_activations", "superposition", "text_dominance")
@@ -56,12 +57,13 @@ def parse_analyses(text: str) -> tuple[str, ...]:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary file, then rename); a failed write leaves no temporary file."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write JSON atomically (a temporary file of this write's own, then rename)."""
+    text = json.dumps(data, indent=1, allow_nan=False, default=str)
+    tmp = temp_beside(path)
     try:
-        tmp.write_text(json.dumps(data, indent=1, allow_nan=False, default=str))
+        tmp.write_text(text)
         os.replace(tmp, path)
-    except BaseException:  # a full disk: no half-written results.json.tmp, run.json.tmp...
+    except BaseException:  # a full disk: no half-written temporary file left behind
         tmp.unlink(missing_ok=True)
         raise
 

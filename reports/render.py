@@ -10,6 +10,7 @@ from pathlib import Path
 import jinja2
 
 from ..errors import ScalelensError
+from ..textfiles import temp_beside
 from . import analysis_sections as analyses
 from . import extra_sections, markdown, sections, tables
 from .rundir import Run, load_run
@@ -135,7 +136,7 @@ def render_report(
 
 def _write_both(texts: dict[Path, str]) -> None:
     """Write every file aside, then rename each into place: a failure leaves none half-written."""
-    tmps = {path: path.with_name(path.name + ".tmp") for path in texts}
+    tmps = {path: temp_beside(path) for path in texts}  # this write's own: see temp_beside
     try:
         for path, text in texts.items():
             tmps[path].write_text(text, encoding="utf-8")
