@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from scalelens.errors import ScalelensError
+from scalelens.textfiles import temp_beside
 
 COLUMNS = ("model", "size", "revision", "step", "n_params", "n_params_non_embedding", "analysis",
            "metric", "layer", "head", "value")
@@ -156,4 +157,11 @@ def _parquet(run_dir: Path, columns: dict[str, list[Any]]) -> None:
         import pyarrow.parquet as pq
     except ImportError:
         return
-    pq.write_table(pa.table(columns), run_dir / "metrics.parquet")
+    path = run_dir / "metrics.parquet"
+    tmp = temp_beside(path)  # aside and renamed, as metrics.csv: an open reader keeps a whole file
+    try:
+        pq.write_table(pa.table(columns), tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -12,9 +12,10 @@ import pytest
 
 from scalelens.errors import ScalelensError
 from scalelens.models.suite import read_manifest
-from scalelens.sweeps.metrics import COLUMNS
+from scalelens.sweeps.metrics import COLUMNS, write_metrics
 from scalelens.sweeps.run import sweep
 from scalelens.sweeps.spec import SweepSpec, expand, select_steps
+from scalelens.sweeps.tasks import task_dir
 
 FAST = {"context_lengths": [24], "depths": [0.2, 0.8], "n_needles": 1, "ablation_k": 0,
         "n_sequences": 2, "seq_length": 24, "dilutions": [1, 2], "dominance_prompts": 2,
@@ -575,3 +576,20 @@ def test_checkpoints_missing_from_the_hub_cache_are_summed_up_with_the_cached_st
     assert last == (f"note: 3 of 8 tasks failed on checkpoints that are not (fully) in the local hub cache "
                     f"{cache}; steps cached for every size: 0, 2000 (sweep only those with --checkpoints "
                     "0,2000), or download the rest"), proc.stderr
+
+
+def test_a_reader_of_the_metrics_tables_keeps_a_whole_file_while_a_rerun_rewrites_them(suite_copy, tmp_path):
+    """metrics.csv was renamed into place but metrics.parquet rewritten in place: a reader
+    (pandas, pyarrow) that had it open while a rerun wrote it read the new bytes under the old
+    file's offsets. Both are now written aside and renamed: an open reader keeps the old file."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    spec = _spec(suite_copy, analyses=("superposition",), checkpoints=(read_manifest(suite_copy).steps[-1],))
+    sweep(spec, tmp_path, n_boot=0)
+    tasks = [(t.size, task_dir(tmp_path, t) / "results.json") for t in expand(spec)]
+    with (tmp_path / "metrics.parquet").open("rb") as parquet, (tmp_path / "metrics.csv").open() as table:
+        rows = pq.read_table(tmp_path / "metrics.parquet").num_rows
+        write_metrics(tmp_path, tasks[:1])  # a rerun that has fewer rows to write
+        assert pq.read_table(parquet).num_rows == rows
+        assert len(list(csv.DictReader(table))) == rows
+    assert 0 < pq.read_table(tmp_path / "metrics.parquet").num_rows < rows
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".metrics")) == []
