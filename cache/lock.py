@@ -1,6 +1,8 @@
 """Exclusive write locks: one writer per capture file, one sweep per run directory.
 
 A capture writer holds ``<file>.lock`` while it is open; a sweep holds ``<run>/.sweep.lock``.
+The capture's lock sits beside the file itself (a symlink's target), so writers that reach
+one file by two names share one lock.
 
 Readers take no lock (they read a snapshot, see ``cache/reader.py``). The lock is an
 ``flock`` on a side file, so the kernel drops it when the writing process dies, even by
@@ -25,11 +27,15 @@ class WriteLock:
         Args:
             path: What is written (a capture file, a run directory).
             writer: What writes it, for the error message (``capture``, ``sweep``).
-            lock_path: The lock file; default ``<path>.lock`` beside ``path``.
+            lock_path: The lock file; default ``<path>.lock`` beside the file ``path``
+                names (beside a symlink's target, not the link).
         """
         self.path = path
         self.writer = writer
-        self.lock_path = lock_path or path.with_name(path.name + ".lock")
+        if lock_path is None:
+            real = path.resolve()
+            lock_path = real.with_name(real.name + ".lock")
+        self.lock_path = lock_path
         self._fd: int | None = None
 
     def acquire(self) -> WriteLock:

@@ -61,6 +61,26 @@ def test_second_writer_is_refused_while_the_first_holds_the_file(args, capsys):
         holder.wait()
 
 
+def test_a_file_reached_through_a_symlink_is_locked_as_the_file(args, capsys):
+    """The lock sat beside the name given, so a writer of x.h5 and one of a symlink to it held
+    two locks and wrote one file at once (one then failed: "batch starts at 195 but 196 prompts
+    are done"). The lock is now the file's own, whatever name reaches it."""
+    out, argv = args
+    assert main(argv) == 0
+    link = out.with_name("link.h5")
+    link.symlink_to(out.name)
+    holder = _holder(out)
+    try:
+        code = main([*argv[:-1], str(link)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+        assert f"being written by another capture (process {holder.pid})" in err
+    finally:
+        holder.terminate()
+        holder.wait()
+    assert link.is_symlink() and not link.with_name("link.h5.lock").exists()
+
+
 def test_a_killed_writer_leaves_a_stale_lock_that_blocks_nobody(args, capsys):
     out, argv = args
     holder = _holder(out)
