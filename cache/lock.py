@@ -79,3 +79,36 @@ class WriteLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def lock_holder(lock_path: Path) -> str | None:
+    """The pid of the process that holds the lock at ``lock_path``, or None when none does.
+
+    Never takes the lock itself (a probe could make a writer starting at that moment
+    fail). On Linux ``/proc/locks`` says whether the file is locked and by whom;
+    elsewhere the recorded pid counts while that process is alive.
+    """
+    try:
+        inode = os.stat(lock_path).st_ino
+        recorded = lock_path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return recorded if recorded.isdigit() and _alive(int(recorded)) else None
+    for line in table.splitlines():
+        fields = line.split()  # "1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF"
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            return fields[4]
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -93,8 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=run_capture)
 
-    q = sub.add_parser("inspect", help="print model, probes, shapes and completeness of a capture")
-    q.add_argument("file", type=Path)
+    q = sub.add_parser("inspect", help="print model, probes, shapes and completeness of a capture, "
+                                       "or where a sweep's run directory stands")
+    q.add_argument("file", type=Path, metavar="FILE_OR_RUN",
+                   help="a capture .h5 file or a sweep's run directory")
     q.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,
                    help=f"scan stored values for NaN/inf (default: when under {SCAN_LIMIT_GIB} GiB)")
     q.set_defaults(func=run_inspect)
@@ -235,6 +237,11 @@ def _batch_sizes(f: CaptureFile) -> str:
 def run_inspect(args: argparse.Namespace) -> int:
     """Handle ``scalelens inspect``."""
     from scalelens.cache.reader import CaptureFile
+    from scalelens.sweeps.status import is_run_dir, run_status
+
+    if is_run_dir(args.file):
+        print("\n".join(run_status(args.file).lines()))
+        return 0
 
     with CaptureFile(args.file) as f:
         m = f.model

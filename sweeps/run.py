@@ -51,6 +51,9 @@ def _sweep(spec: SweepSpec, run_dir: Path, n_boot: int) -> SweepSummary:
 
     tasks = expand(spec)
     summary = SweepSummary(run_dir)
+    plan = [{"key": t.key, "status": "skipped" if is_done(run_dir, t) else "pending"} for t in tasks]
+    started = _now()
+    write_json(run_dir / "run.json", _run_info(spec, tasks, plan, started, finished=False))  # `inspect RUN`
     EXECUTORS[spec.executor](tasks, spec, run_dir, summary.outcomes.append)
     finished = [(t.size, task_dir(run_dir, t) / "results.json") for t in tasks if is_done(run_dir, t)]
     if finished:
@@ -60,7 +63,9 @@ def _sweep(spec: SweepSpec, run_dir: Path, n_boot: int) -> SweepSummary:
     else:  # no stale tables from an earlier run may pass for this one's
         for name in RUN_TABLES:
             (run_dir / name).unlink(missing_ok=True)
-    write_json(run_dir / "run.json", _run_info(spec, tasks, summary))
+    outcomes = [{"key": o.key, "status": o.status, "attempts": o.attempts, "error": o.error}
+                for o in summary.outcomes]
+    write_json(run_dir / "run.json", _run_info(spec, tasks, outcomes, started, finished=True))
     return summary
 
 
@@ -72,14 +77,21 @@ def _last_steps(tasks: list) -> dict[str, int]:
     return last
 
 
-def _run_info(spec: SweepSpec, tasks: list, summary: SweepSummary) -> dict[str, Any]:
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _run_info(spec: SweepSpec, tasks: list, outcomes: list[dict[str, Any]], started: str,
+              finished: bool) -> dict[str, Any]:
+    """``run.json``: the plan and, once ``finished``, each task's outcome in this run."""
     return {
         "scalelens_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": _now(),
+        "started": started,
+        "finished": finished,
         "models": sorted({t.source for t in tasks}),
         "sizes": list(dict.fromkeys(t.size for t in tasks)),
         "analyses": list(spec.analyses),
         "settings": spec.to_dict(),
-        "tasks": [{"key": o.key, "status": o.status, "attempts": o.attempts, "error": o.error}
-                  for o in summary.outcomes],
+        "tasks": outcomes,
     }

@@ -593,3 +593,66 @@ def test_a_reader_of_the_metrics_tables_keeps_a_whole_file_while_a_rerun_rewrite
         assert len(list(csv.DictReader(table))) == rows
     assert 0 < pq.read_table(tmp_path / "metrics.parquet").num_rows < rows
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".metrics")) == []
+
+
+def test_inspect_a_run_directory_names_failed_tasks_and_their_errors(suite_copy, tmp_path, capsys):
+    """`scalelens inspect RUN`: where a finished sweep stands, per size, with each failed task's
+    last error line."""
+    from scalelens.cli import main
+    from scalelens.sweeps.status import run_status
+
+    spec = _spec(suite_copy, analyses=("superposition",))
+    broken = expand(spec)[0]
+    cfg = suite_copy / broken.size / broken.revision / "config.json"
+    saved = cfg.read_text()
+    cfg.write_text("{not json")
+    try:
+        sweep(spec, tmp_path, n_boot=0)
+    finally:
+        cfg.write_text(saved)
+    status = run_status(tmp_path)
+    assert status.running is None and status.info["finished"] is True
+    assert status.count("done") == 5 and [k for k, s in status.state.items() if s == "failed"] == [broken.key]
+    assert "config.json" in status.errors[broken.key]
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{tmp_path}: the last sweep finished at ")
+    assert out[2] == "tasks: 6 (5 done, 1 failed)"
+    assert f"  {broken.size}: 1/2 done; failed: {broken.revision}" in out
+    assert f"failed {broken.key}: {status.errors[broken.key]}" in out
+    assert out[-1] == "outputs: metrics.csv, metrics.parquet, fits.json"
+
+
+def test_inspect_sees_a_running_sweep_and_one_that_was_interrupted(suite_copy, tmp_path):
+    """run.json is written when a sweep starts: `inspect` names the running sweep's process
+    (from the kernel's lock table, without taking the lock) and, once it was stopped, says so."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from scalelens.sweeps.status import run_status
+
+    manifest = read_manifest(suite_copy)
+    steps = ",".join(str(s) for s in manifest.steps)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "scalelens.cli", "sweep", "--suite", str(suite_copy),
+                             "--checkpoints", steps, "--analyses", "superposition,massive_activations",
+                             "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "run.json").is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        running = run_status(run)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    planned = len(manifest.sizes) * len(manifest.steps)
+    assert running.running == str(proc.pid) and running.info["finished"] is False
+    assert len(running.state) == planned and running.count("done") + running.count("pending") + running.count(
+        "unfinished") == planned
+    assert proc.returncode == 130 and "interrupted; rerun the same command to resume" in err
+    stopped = run_status(run)
+    assert stopped.running is None and stopped.count("failed") == 0 and stopped.count("pending") > 0
+    assert "the last sweep stopped before finishing" in stopped.lines()[0]
