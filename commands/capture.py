@@ -236,6 +236,7 @@ def _batch_sizes(f: CaptureFile) -> str:
 
 def run_inspect(args: argparse.Namespace) -> int:
     """Handle ``scalelens inspect``."""
+    from scalelens.cache.lock import WriteLock, lock_holder
     from scalelens.cache.reader import CaptureFile
     from scalelens.sweeps.status import is_run_dir, run_status
 
@@ -245,8 +246,11 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     with CaptureFile(args.file) as f:
         m = f.model
+        writer = lock_holder(WriteLock(f.path).lock_path)
         if f.complete:
             state = "complete"
+        elif writer is not None:
+            state = f"being written now by process {writer} ({f.n_done}/{f.n_prompts} prompts done)"
         else:
             state = (f"incomplete ({f.n_done}/{f.n_prompts} prompts; rerun the capture command to "
                      "finish it)")
