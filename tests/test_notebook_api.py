@@ -174,3 +174,31 @@ def test_rerunning_a_cell_with_other_probes_names_the_python_fix(micro_suite: Pa
     with pytest.raises(ScalelensError, match=r"different probe.*another out= or overwrite=True"):
         capture(lm, ["massive"], ["a b"], tmp_path / "a.h5", progress=False)
     capture(lm, ["massive"], ["a b"], tmp_path / "a.h5", progress=False, overwrite=True)
+
+
+def test_the_top_level_api_runs_the_readme_flow(micro_suite: Path, tmp_path: Path) -> None:
+    """`import scalelens` (light: no torch) then scalelens.load_model / attach / CaptureFile /
+    SweepSpec / sweep / render_report, as the README's Python section uses them."""
+    import subprocess
+    import sys
+
+    import scalelens
+
+    light = subprocess.run([sys.executable, "-c", "import sys, scalelens; print('torch' in sys.modules)"],
+                           capture_output=True, text=True, timeout=120)
+    assert light.stdout.strip() == "False", light.stderr
+    assert set(scalelens.__all__) <= set(dir(scalelens))
+    manifest = read_manifest(micro_suite)
+    lm = scalelens.load_model(micro_suite / manifest.sizes[0], checkpoint=manifest.steps[-1])
+    with scalelens.attach(lm, [scalelens.preset("resid")], out=tmp_path / "c.h5") as run:
+        run.feed(["the code of Bako is 4821 .", "w1 w2"])
+    with scalelens.CaptureFile(tmp_path / "c.h5") as f:
+        assert f.complete and f.read("values", probe="resid").data.shape[:2] == (2, lm.info.n_layers)
+    spec = scalelens.SweepSpec(suite=str(micro_suite), sizes=tuple(manifest.sizes[:3]),
+                               checkpoints=(manifest.steps[-1],), analyses=("superposition",))
+    summary = scalelens.sweep(spec, tmp_path / "run", n_boot=0)
+    assert summary.count("done") == 3 and not summary.failed
+    paths = scalelens.render_report(tmp_path / "run", progress=False)
+    assert paths.html.is_file() and paths.html.parent == tmp_path / "run"
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        scalelens.nothing  # noqa: B018
