@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import resource
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from scalelens.cli import main
 
@@ -46,3 +49,25 @@ def file_size_limit(limit: int) -> Iterator[None]:
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)
+
+
+_STARTING_GUN = """
+import sys, time
+from pathlib import Path
+print("ready", flush=True)
+while not Path(sys.argv[1]).exists():
+    time.sleep(0.001)
+"""
+
+
+def race(body: str, go: Path, argvs: list[list[str]]) -> None:
+    """Run the Python ``body`` in one process per argv (its ``sys.argv[2:]``), all released at
+    once when ``go`` appears, and assert that each exits 0."""
+    procs = [subprocess.Popen([sys.executable, "-c", _STARTING_GUN + body, str(go), *argv],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for argv in argvs]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    go.touch()
+    for p in procs:
+        _, err = p.communicate()
+        assert p.returncode == 0, err

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
-from cli_run import file_size_limit
+from cli_run import file_size_limit, race
 
 from scalelens.analyses.from_capture import needle_tests
 from scalelens.cache.reader import CaptureFile
@@ -253,30 +250,18 @@ def test_a_json_write_that_runs_out_of_room_leaves_the_old_file_and_no_temporary
     assert json.loads(path.read_text()) == {"tasks": []}
 
 
-WRITE_RESULTS = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    from scalelens.measure.run import write_json
-    path, me, go = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-    print("ready", flush=True)
-    while not go.exists():
-        time.sleep(0.001)
-    for i in range(300):
-        write_json(path, {"writer": me, "i": i, "pad": "x" * 4000 * (me + 1)})
-""")
+WRITE_RESULTS = """
+from scalelens.measure.run import write_json
+path, me = Path(sys.argv[2]), int(sys.argv[3])
+for i in range(300):
+    write_json(path, {"writer": me, "i": i, "pad": "x" * 4000 * (me + 1)})
+"""
 
 
 def test_two_processes_writing_one_results_json_never_collide(tmp_path):
     """Two measure runs into one directory both write results.json; with one shared
     temporary name one renamed the other's file away (FileNotFoundError) or wrote into it."""
     path, go = tmp_path / "results.json", tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITE_RESULTS, str(path), str(k), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    go.touch()
-    for p in procs:
-        _, err = p.communicate()
-        assert p.returncode == 0, err
+    race(WRITE_RESULTS, go, [[str(path), str(k)] for k in range(2)])
     assert json.loads(path.read_text())["i"] == 299
     assert sorted(f.name for f in tmp_path.iterdir()) == ["go", "results.json"]

@@ -68,15 +68,22 @@ def test_mean_intervention_in_float16_does_not_overflow(planted_dir, tmp_path):
     assert half["delta_mean"] == pytest.approx(0.0, abs=0.01)
 
 
-def test_a_nan_intervention_loss_is_written_as_null(tmp_path_factory, tmp_path):
-    """A float16 model whose logits overflow (lm-head weight 60,000 on the massive dim) has a NaN
-    loss: measure still writes results.json, with the NaN losses as null like every other result."""
+def _overflowing_half(tmp_path_factory, tmp_path):
+    """The planted model in float16 with an lm-head weight of 60,000 on the massive dim (its
+    logits overflow: a NaN loss), and settings over two probe sequences."""
     model = load_model(_planted(tmp_path_factory)).model
     with torch.no_grad():
         model.get_output_embeddings().weight[0, DIM] = 60000.0
     lm = load_model(model, dtype="float16")
     s = MeasureSettings(massive=MassiveSettings(n_sequences=2, length=6,
                                                 text=_text(tmp_path, ["w7 w1 w2 w3 w4 w5", "w7 w8 w9"])))
+    return lm, s
+
+
+def test_a_nan_intervention_loss_is_written_as_null(tmp_path_factory, tmp_path):
+    """A float16 model whose logits overflow (lm-head weight 60,000 on the massive dim) has a NaN
+    loss: measure still writes results.json, with the NaN losses as null like every other result."""
+    lm, s = _overflowing_half(tmp_path_factory, tmp_path)
     data = measure(lm, "massive_activations", tmp_path / "out", s, progress=False)
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
     effect = on_disk["analyses"]["massive_activations"]["intervention"]
@@ -90,12 +97,7 @@ def test_a_nan_loss_stops_information_capacity_naming_the_dtype(tmp_path_factory
     says why and what to do, where it said only that the NLL must be finite."""
     from scalelens.errors import ScalelensError
 
-    model = load_model(_planted(tmp_path_factory)).model
-    with torch.no_grad():
-        model.get_output_embeddings().weight[0, DIM] = 60000.0
-    lm = load_model(model, dtype="float16")
-    s = MeasureSettings(massive=MassiveSettings(n_sequences=2, length=6,
-                                                text=_text(tmp_path, ["w7 w1 w2 w3 w4 w5", "w7 w8 w9"])))
+    lm, s = _overflowing_half(tmp_path_factory, tmp_path)
     with pytest.raises(ScalelensError, match=r"mean loss on the probe text is nan \(its float16 logits "
                                              r"overflow\?\); measure in float32 or bfloat16"):
         measure(lm, "information_capacity", tmp_path / "out", s, progress=False)

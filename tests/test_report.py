@@ -9,9 +9,6 @@ import io
 import json
 import math
 import shutil
-import subprocess
-import sys
-import textwrap
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -848,30 +845,20 @@ def test_a_report_that_runs_out_of_room_does_not_promise_a_resume(run_dir: Path,
     assert list(out.iterdir()) == []
 
 
-WRITE_REPORT = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    from scalelens.reports.render import _write_both
-    html, me, go = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-    print("ready", flush=True)
-    while not go.exists():
-        time.sleep(0.001)
-    for i in range(300):
-        _write_both({html: f"<p>{me} {i}</p>" + "x" * 4000 * (me + 1), html.with_suffix(".md"): f"{me} {i}"})
-""")
+WRITE_REPORT = """
+from scalelens.reports.render import _write_both
+html, me = Path(sys.argv[2]), int(sys.argv[3])
+for i in range(300):
+    _write_both({html: f"<p>{me} {i}</p>" + "x" * 4000 * (me + 1), html.with_suffix(".md"): f"{me} {i}"})
+"""
 
 
 def test_two_reports_written_at_once_never_collide(tmp_path: Path) -> None:
     """Two `scalelens report` runs of one run directory write the same report.html and
     report.md; with one shared temporary name one renamed the other's away or wrote into it."""
+    from cli_run import race
+
     html, go = tmp_path / "report.html", tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITE_REPORT, str(html), str(k), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    go.touch()
-    for p in procs:
-        _, err = p.communicate()
-        assert p.returncode == 0, err
+    race(WRITE_REPORT, go, [[str(html), str(k)] for k in range(2)])
     assert html.read_text().startswith(("<p>0 299</p>", "<p>1 299</p>"))
     assert sorted(f.name for f in tmp_path.iterdir()) == ["go", "report.html", "report.md"]

@@ -70,17 +70,22 @@ def test_local_sweep_writes_metrics_and_fits_and_skips_on_rerun(suite_copy, tmp_
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "tasks").rglob("results.json")) == stamps
 
 
+def _sweep_with_a_broken_config(suite, spec, run_dir, broken):
+    """Sweep ``spec`` with ``broken``'s config.json unreadable (restored after): that task fails."""
+    cfg = suite / broken.size / broken.revision / "config.json"
+    saved = cfg.read_text()
+    cfg.write_text("{not json")
+    try:
+        return sweep(spec, run_dir, n_boot=0)
+    finally:
+        cfg.write_text(saved)
+
+
 def test_failing_task_is_reported_without_stopping_others(suite_copy, tmp_path):
     """A broken checkpoint fails the same way every time: one attempt, then the others run."""
     spec = _spec(suite_copy, analyses=("superposition",))
     broken = expand(spec)[0]
-    cfg = suite_copy / broken.size / broken.revision / "config.json"
-    saved = cfg.read_text()
-    cfg.write_text("{not json")
-    try:
-        summary = sweep(spec, tmp_path, n_boot=0)
-    finally:
-        cfg.write_text(saved)
+    summary = _sweep_with_a_broken_config(suite_copy, spec, tmp_path, broken)
     assert [o.key for o in summary.failed] == [broken.key]
     assert summary.failed[0].attempts == 1 and summary.count("done") == 5
     assert (tmp_path / "tasks" / broken.key / "error.log").is_file()
@@ -93,13 +98,7 @@ def test_a_size_that_failed_everywhere_is_named_in_the_fits(suite_copy, tmp_path
     spec = _spec(suite_copy, analyses=("superposition",), sizes=tuple(manifest.sizes),
                  checkpoints=(manifest.steps[-1],))
     broken = expand(spec)[-1]
-    cfg = suite_copy / broken.size / broken.revision / "config.json"
-    saved = cfg.read_text()
-    cfg.write_text("{not json")
-    try:
-        sweep(spec, tmp_path, n_boot=0)
-    finally:
-        cfg.write_text(saved)
+    _sweep_with_a_broken_config(suite_copy, spec, tmp_path, broken)
     fits = json.loads((tmp_path / "fits.json").read_text())["fits"]
     overlap = [f for f in fits if f["metric"] == "superposition.mean_sq_overlap"]
     assert overlap and all(f"sizes {broken.size} have no value" in f["note"] for f in overlap)
@@ -603,13 +602,7 @@ def test_inspect_a_run_directory_names_failed_tasks_and_their_errors(suite_copy,
 
     spec = _spec(suite_copy, analyses=("superposition",))
     broken = expand(spec)[0]
-    cfg = suite_copy / broken.size / broken.revision / "config.json"
-    saved = cfg.read_text()
-    cfg.write_text("{not json")
-    try:
-        sweep(spec, tmp_path, n_boot=0)
-    finally:
-        cfg.write_text(saved)
+    _sweep_with_a_broken_config(suite_copy, spec, tmp_path, broken)
     status = run_status(tmp_path)
     assert status.running is None and status.info["finished"] is True
     assert status.count("done") == 5 and [k for k, s in status.state.items() if s == "failed"] == [broken.key]
