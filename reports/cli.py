@@ -43,8 +43,18 @@ def run(args: argparse.Namespace) -> int:
         The exit code (0). Input problems raise `scalelens.errors.ScalelensError`,
         which the top-level CLI prints as one line.
     """
+    import sys
+
+    from scalelens.cache.lock import lock_holder
+    from scalelens.sweeps.rundir import LOCK_NAME
+
     from .render import render_report  # deferred: keeps `scalelens --help` fast
 
+    writer = lock_holder(args.run_dir / LOCK_NAME)
+    if writer is not None:
+        print(f"note: a sweep is writing {args.run_dir} now (process {writer}); its tables are rewritten "
+              "when it ends, so this report shows the run before it (`scalelens inspect "
+              f"{args.run_dir}` shows its progress)", file=sys.stderr)
     paths = render_report(args.run_dir, args.out)
     print(f"wrote {paths.html}")
     print(f"wrote {paths.markdown}")

@@ -71,3 +71,24 @@ def race(body: str, go: Path, argvs: list[list[str]]) -> None:
     for p in procs:
         _, err = p.communicate()
         assert p.returncode == 0, err
+
+
+_HOLD = """
+import sys
+{setup}
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def held_elsewhere(setup: str, *argv: str) -> Iterator[int]:
+    """Run ``setup`` (Python that takes a lock from ``sys.argv[1:]``) in another process that
+    keeps it until the block ends; yield that process's pid."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD.format(setup=setup), *argv], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        yield proc.pid
+    finally:
+        proc.communicate("")

@@ -240,24 +240,12 @@ def test_version_prints_the_package_version(capsys):
     assert stop.value.code == 0 and capsys.readouterr().out == f"scalelens {__version__}\n"
 
 
-HOLD_LOCK = """
-import sys
-from pathlib import Path
-from scalelens.cache.lock import WriteLock
-lock = WriteLock(Path(sys.argv[1])).acquire()
-print("locked", flush=True)
-sys.stdin.read()
-"""
-
-
 def test_inspect_names_the_process_still_writing_an_incomplete_capture(model_dir, prompt_file, tmp_path,
                                                                        capsys):
     """An incomplete capture whose writer is alive: inspect said "rerun the capture command",
     which that writer's lock would refuse; it names the writer (without taking the lock)."""
-    import subprocess
-    import sys
-
     import h5py
+    from cli_run import held_elsewhere
 
     out = tmp_path / "c.h5"
     assert main(["capture", "--model", str(model_dir), "--prompts", str(prompt_file), "--probes", "resid",
@@ -268,12 +256,9 @@ def test_inspect_names_the_process_still_writing_an_incomplete_capture(model_dir
     assert main(["inspect", str(out)]) == 0
     assert capsys.readouterr().out.splitlines()[0] == (f"{out}: incomplete (2/5 prompts; rerun the capture "
                                                        "command to finish it)")
-    writer = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert writer.stdout is not None and writer.stdout.readline().strip() == "locked"
+    take = ("from pathlib import Path\nfrom scalelens.cache.lock import WriteLock\n"
+            "lock = WriteLock(Path(sys.argv[1])).acquire()")
+    with held_elsewhere(take, str(out)) as writer:
         assert main(["inspect", str(out)]) == 0
         first = capsys.readouterr().out.splitlines()[0]
-    finally:
-        writer.communicate("")
-    assert first == f"{out}: being written now by process {writer.pid} (2/5 prompts done)"
+    assert first == f"{out}: being written now by process {writer} (2/5 prompts done)"

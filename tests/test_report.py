@@ -862,3 +862,26 @@ def test_two_reports_written_at_once_never_collide(tmp_path: Path) -> None:
     race(WRITE_REPORT, go, [[str(html), str(k)] for k in range(2)])
     assert html.read_text().startswith(("<p>0 299</p>", "<p>1 299</p>"))
     assert sorted(f.name for f in tmp_path.iterdir()) == ["go", "report.html", "report.md"]
+
+
+def test_a_report_while_a_sweep_writes_the_run_says_so(run_dir: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A sweep rewrites the tables only when it ends: a report made meanwhile notes the running
+    sweep (its process) and still renders the run before it."""
+    from cli_run import held_elsewhere
+
+    from scalelens.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    take = ("from pathlib import Path\nfrom scalelens.sweeps.rundir import locked_run_dir\n"
+            "held = locked_run_dir(Path(sys.argv[1]))\nheld.__enter__()")
+    with held_elsewhere(take, str(run)) as sweeper:
+        assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"note: a sweep is writing {run} now (process {sweeper}); its tables are rewritten when "
+                   f"it ends, so this report shows the run before it (`scalelens inspect {run}` shows its "
+                   "progress)"]
+    assert (tmp_path / "r.html").is_file()
+    assert main(["report", str(run), "--out", str(tmp_path / "r2.html")]) == 0
+    assert capsys.readouterr().err == ""
