@@ -235,16 +235,28 @@ def _batch_sizes(f: CaptureFile) -> str:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    """Handle ``scalelens inspect``."""
-    from scalelens.cache.lock import WriteLock, lock_holder
-    from scalelens.cache.reader import CaptureFile
+    """Handle ``scalelens inspect``: a capture, every capture in a directory, or a sweep's run."""
     from scalelens.sweeps.status import is_run_dir, run_status
 
     if is_run_dir(args.file):
         print("\n".join(run_status(args.file).lines()))
         return 0
+    files = sorted(args.file.glob("*.h5")) if args.file.is_dir() else [args.file]
+    if not files:
+        raise ScalelensError(f"{args.file} holds no .h5 captures and is not a sweep's run directory; "
+                             "give a capture file, a measure output directory or a run directory")
+    for n, path in enumerate(files):
+        if n:
+            print()
+        _inspect_file(path, args.scan)
+    return 0
 
-    with CaptureFile(args.file) as f:
+
+def _inspect_file(path: Path, scan: bool | None) -> None:
+    from scalelens.cache.lock import WriteLock, lock_holder
+    from scalelens.cache.reader import CaptureFile
+
+    with CaptureFile(path) as f:
         m = f.model
         writer = lock_holder(WriteLock(f.path).lock_path)
         if f.complete:
@@ -266,7 +278,6 @@ def run_inspect(args: argparse.Namespace) -> int:
             for name, (shape, dtype, axes) in f.datasets(probe).items():
                 dims = ", ".join(f"{a}={s}" for a, s in zip(axes, shape, strict=True))
                 print(f"  {name}: {dtype} [{dims}]")
-        found = warn_nonfinite(f, args.scan)
+        found = warn_nonfinite(f, scan)
         if found:
             print(f"non-finite values: {len(found)} dataset(s) hold NaN/inf (see the warnings)")
-    return 0

@@ -354,7 +354,8 @@ CASES: dict[str, Case] = {
         lambda c: ["inspect", str(_damaged(c, "schema"))], ("schema_version 'one' is not an integer",),
         keep=lambda c: c.tmp / "existing.h5"),
     "inspect a missing file": Case(lambda c: ["inspect", str(c.tmp / "none.h5")], ("does not exist",)),
-    "inspect the root directory": Case(lambda c: ["inspect", "/"], ("/ is a directory",)),
+    "inspect the root directory": Case(lambda c: ["inspect", "/"],
+                                       ("/ holds no .h5 captures", "sweep's run directory")),
     "inspect after an interrupted creation": Case(
         lambda c: ["inspect", str(_creating_leftover(c))], ("interrupted while creating", "rerun")),
     "inspect a truncated file": Case(

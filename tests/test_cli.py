@@ -262,3 +262,23 @@ def test_inspect_names_the_process_still_writing_an_incomplete_capture(model_dir
         assert main(["inspect", str(out)]) == 0
         first = capsys.readouterr().out.splitlines()[0]
     assert first == f"{out}: being written now by process {writer} (2/5 prompts done)"
+
+
+def test_inspect_a_directory_inspects_each_capture_in_it(model_dir, prompt_file, tmp_path, capsys):
+    """A measure output directory: every capture in it, one after the other; a directory with
+    none (and no sweep) is one line naming what to give."""
+    for name in ("a.h5", "b.h5"):
+        assert main(["capture", "--model", str(model_dir), "--prompts", str(prompt_file), "--probes", "resid",
+                     "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    heads = [ln for ln in out if ln.endswith(": complete")]
+    assert heads == [f"{tmp_path / 'a.h5'}: complete", f"{tmp_path / 'b.h5'}: complete"]
+    assert out.count("") == 1 and out.count("probe resid:") == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["inspect", str(empty)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"scalelens: error: {empty} holds no .h5 captures and is not a sweep's run directory; give a "
+        "capture file, a measure output directory or a run directory")
