@@ -89,7 +89,7 @@ def lock_holder(lock_path: Path) -> str | None:
     elsewhere the recorded pid counts while that process is alive.
     """
     try:
-        inode = os.stat(lock_path).st_ino
+        st = os.stat(lock_path)
         recorded = lock_path.read_text().strip()
     except (OSError, UnicodeDecodeError):
         return None
@@ -97,10 +97,16 @@ def lock_holder(lock_path: Path) -> str | None:
         table = Path("/proc/locks").read_text()
     except OSError:
         return recorded if recorded.isdigit() and _alive(int(recorded)) else None
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
     for line in table.splitlines():
         fields = line.split()  # "1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF"
-        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
-            return fields[4]
+        if len(fields) > 5 and fields[1] == "FLOCK":
+            dev, _, ino = fields[5].rpartition(":")
+            # An inode number is unique within one file system only. Where stat's device is
+            # not the one /proc/locks names (btrfs subvolumes), the holder must be the process
+            # whose pid the lock file records.
+            if ino == str(st.st_ino) and (dev == device or fields[4] == recorded):
+                return fields[4]
     return None
 
 

@@ -12,7 +12,7 @@ import pytest
 from cli_run import assert_one_line, file_size_limit, run_cli
 from tiny_models import prompts
 
-from scalelens.cache.lock import WriteLock
+from scalelens.cache.lock import WriteLock, lock_holder
 from scalelens.cache.reader import CaptureFile
 from scalelens.cli import main
 from scalelens.errors import ScalelensError
@@ -126,3 +126,54 @@ def test_overwrite_replaces_a_complete_file(args, capsys):
     assert out.stat().st_ino != inode and not out.with_name("x.h5.lock").exists()
     with CaptureFile(out) as f:
         assert f.complete
+
+
+def test_a_flock_on_another_file_system_with_the_same_inode_number_is_no_writer(args, tmp_path, capsys):
+    """lock_holder matched /proc/locks lines on the inode number alone, which is unique within one
+    file system only: any process holding a flock on another file system's file of that number
+    was named as the capture's writer (and `inspect RUN` said a sweep was running). Two fresh
+    tmpfs number their files alike, which makes such a pair."""
+    from benchmarks import reliability as rel
+
+    if not rel.can_mount():
+        pytest.skip("needs root to mount two small tmpfs")
+    _, argv = args
+    a, b = tmp_path / "a", tmp_path / "b"
+    rel.mount_tmpfs(a, "16m")
+    try:
+        rel.mount_tmpfs(b, "1m")
+        out = a / "x.h5"
+        assert main([*argv[:-1], str(out), "--batch-size", "2"]) == 0
+        import h5py
+
+        with h5py.File(out, "r+") as f:  # as a capture killed after its first batch leaves it
+            f["progress"][...] = [2, 0]
+        stale = out.with_name("x.h5.lock")
+        stale.write_text("999999999")  # what a kill -9'd writer leaves
+        ino = os.stat(stale).st_ino
+        other = next((p for p in (b / f"f{i}" for i in range(5000))
+                      if p.touch() is None and os.stat(p).st_ino == ino), None)
+        if other is None:
+            pytest.skip("no file of the same inode number on the second tmpfs")
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+             "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()", str(other)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            assert lock_holder(stale) is None
+            capsys.readouterr()
+            assert main(["inspect", str(out)]) == 0
+            first = capsys.readouterr().out.splitlines()[0]
+            assert first == f"{out}: incomplete (2/6 prompts; rerun the capture command to finish it)"
+            writer = _holder(out)  # the real writer on the same file system is still named
+            try:
+                assert lock_holder(stale) == str(writer.pid)
+            finally:
+                writer.terminate()
+                writer.wait()
+        finally:
+            holder.communicate("")
+    finally:
+        rel.unmount(b)
+        rel.unmount(a)
