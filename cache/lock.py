@@ -11,11 +11,15 @@ Readers take no lock (they read a snapshot, see ``cache/reader.py``). The lock i
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
 
 from scalelens.errors import TransientError
+
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT)
+"""Why a symlink target's directory may take no lock file (ENOENT: a dangling link)."""
 
 
 class WriteLock:
@@ -32,16 +36,28 @@ class WriteLock:
         """
         self.path = path
         self.writer = writer
+        # Beside the link when the target's directory takes no lock file (read-only media):
+        # a symlinked complete capture is then still reused, as before locks followed links.
+        self._beside_link: Path | None = None
         if lock_path is None:
             real = path.resolve()
             lock_path = real.with_name(real.name + ".lock")
+            link_side = path.with_name(path.name + ".lock")
+            if link_side.absolute() != lock_path:
+                self._beside_link = link_side
         self.lock_path = lock_path
         self._fd: int | None = None
 
     def acquire(self) -> WriteLock:
         """Take the lock, or raise one clear error naming the process that holds it."""
         for _ in range(3):  # a finishing writer may unlink the lock file between open and flock
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                if self._beside_link is None or e.errno not in _UNWRITABLE:
+                    raise
+                self.lock_path, self._beside_link = self._beside_link, None
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -177,3 +177,34 @@ def test_a_flock_on_another_file_system_with_the_same_inode_number_is_no_writer(
     finally:
         rel.unmount(b)
         rel.unmount(a)
+
+
+def test_a_complete_capture_symlinked_from_read_only_media_is_reused(model_dir, tmp_path):
+    """The lock moved beside a symlink's target: a complete capture on read-only media (a shared
+    store) linked into a writable directory, which `measure` reused before, failed with
+    "Read-only file system: .../x.h5.lock". Where the target's directory takes no lock file, the
+    lock sits beside the link again."""
+    from benchmarks import reliability as rel
+
+    from scalelens.capture import capture
+    from scalelens.models.load import load_model
+    from scalelens.probes.spec import preset
+
+    if not rel.can_mount():
+        pytest.skip("needs root to mount a small read-only tmpfs")
+    lm = load_model(str(model_dir))
+    store = tmp_path / "store"
+    rel.mount_tmpfs(store, "16m")
+    try:
+        capture(lm, [preset("resid")], prompts(4), store / "x.h5", batch_size=2, progress=False)
+        rel.mount_tmpfs(store, "16m", read_only=True)
+        work = tmp_path / "work"
+        work.mkdir()
+        (work / "x.h5").symlink_to(store / "x.h5")
+        out = capture(lm, [preset("resid")], prompts(4), work / "x.h5", batch_size=2, progress=False,
+                      reuse_complete=True)
+        with CaptureFile(out) as f:
+            assert f.complete and f.n_done == 4
+        assert (work / "x.h5").is_symlink() and not (work / "x.h5.lock").exists()
+    finally:
+        rel.unmount(store)
