@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import uuid
 from pathlib import Path
 
@@ -33,6 +35,28 @@ def temp_beside(path: Path) -> Path:
 
     Unique to one write: two processes writing the same file at once (two ``measure`` runs
     into one directory, two ``report`` runs of one run) never write into, or rename away,
-    each other's temporary file; the last rename wins with a whole file.
+    each other's temporary file; the last rename wins with a whole file. The ones a
+    killed writer on this host left for ``path`` are removed first (a live writer's, or
+    another host's on a shared file system, are left alone).
     """
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    host = _host()
+    _remove_dead_writers_temporaries(path, host)
+    return path.with_name(f".{path.name}.{host}-{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def _remove_dead_writers_temporaries(path: Path, host: str) -> None:
+    from scalelens.cache.lock import pid_alive
+
+    mine = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(host)}-(\d+)\.[0-9a-f]{{32}}\.tmp")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for other in siblings:
+        found = mine.fullmatch(other.name)
+        if found and not pid_alive(int(found.group(1))):
+            other.unlink(missing_ok=True)

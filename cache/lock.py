@@ -112,7 +112,7 @@ def lock_holder(lock_path: Path) -> str | None:
     try:
         table = Path("/proc/locks").read_text()
     except OSError:
-        return recorded if recorded.isdigit() and _alive(int(recorded)) else None
+        return recorded if recorded.isdigit() and pid_alive(int(recorded)) else None
     device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
     for line in table.splitlines():
         fields = line.split()  # "1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF"
@@ -126,7 +126,8 @@ def lock_holder(lock_path: Path) -> str | None:
     return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -185,7 +185,6 @@ def test_a_complete_capture_symlinked_from_read_only_media_is_reused(model_dir, 
     "Read-only file system: .../x.h5.lock". Where the target's directory takes no lock file, the
     lock sits beside the link again."""
     from benchmarks import reliability as rel
-
     from scalelens.capture import capture
     from scalelens.models.load import load_model
     from scalelens.probes.spec import preset

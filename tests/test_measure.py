@@ -265,3 +265,25 @@ def test_two_processes_writing_one_results_json_never_collide(tmp_path):
     race(WRITE_RESULTS, go, [[str(path), str(k)] for k in range(2)])
     assert json.loads(path.read_text())["i"] == 299
     assert sorted(f.name for f in tmp_path.iterdir()) == ["go", "results.json"]
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    """kill -9 during a write leaves its own hidden temporary (each write has its own name); the
+    next write of the same file on this host removes the dead writer's, not a live one's."""
+    import os
+    import subprocess
+    import sys
+
+    from scalelens.textfiles import temp_beside
+
+    path = tmp_path / "results.json"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead, live = temp_beside(path), temp_beside(path)
+    dead = dead.with_name(dead.name.replace(f"-{os.getpid()}.", f"-{gone.stdout.strip()}."))
+    dead.write_text("{half")
+    live.write_text("{being written")
+    other = tmp_path / ".other.json.x-1.tmp"
+    other.write_text("")
+    write_json(path, {"ok": True})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, other.name])
