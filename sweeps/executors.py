@@ -60,6 +60,7 @@ def run_ray(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -
     ray = _ray_init(spec.address)
     gpus, task_spec = ray_placement(spec)
     remote = ray.remote(num_gpus=gpus, max_retries=0)(attempt)
+    run_dir = run_dir.absolute()  # a cluster's workers run in the directory their node started in
     pending = {remote.remote(t, task_spec, run_dir): t for t in tasks}
     bar = tqdm(total=len(tasks), desc="sweep (ray)", unit="task")
     while pending:

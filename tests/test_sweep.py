@@ -7,6 +7,14 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import pytest
 
@@ -136,6 +144,64 @@ def test_ray_executor_runs_tasks_on_a_local_cluster(suite_copy, tmp_path):
     assert summary.count("done") == 4 and not summary.failed
     with (tmp_path / "metrics.csv").open() as fh:
         assert {r["size"] for r in csv.DictReader(fh)} == set(spec.sizes)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def _ray_head(tmp_path, pythonpath: str | None = None):
+    """A Ray cluster as a user starts one (``ray start --head``), in a directory of its own.
+
+    Yields its address; killed afterwards (the ``ray start --block`` process group, so no
+    other Ray on the machine is touched). ``pythonpath``: put first on its workers' path.
+    """
+    import ray
+
+    home = tmp_path / "head"
+    home.mkdir()
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
+    port = _free_port()
+    log = home / "ray_start.log"
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
+             f"--temp-dir={temp}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+             "--disable-usage-stats", f"--ray-client-server-port={_free_port()}"],
+            cwd=home, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while "Ray runtime started" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        ray.shutdown()
+        with suppress(ProcessLookupError):  # SIGTERM: Ray's processes take 30 s to wind down
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_cluster_writes_a_relative_run_dir_where_the_driver_runs(suite_copy, tmp_path, monkeypatch):
+    """A cluster's workers took a relative --out from the directory `ray start` ran in: the
+    tasks wrote there, and the sweep said "done" and then "no task finished"."""
+    manifest = read_manifest(suite_copy)
+    driver = tmp_path / "driver"
+    driver.mkdir()
+    with _ray_head(tmp_path) as address:
+        monkeypatch.chdir(driver)
+        spec = _spec(suite_copy, analyses=("superposition",), executor="ray", address=address,
+                     sizes=(manifest.sizes[0],), checkpoints=(manifest.steps[-1],))
+        summary = sweep(spec, "run", n_boot=0)
+    assert summary.count("done") == 1 and not summary.failed
+    assert (driver / "run" / "metrics.csv").is_file()
+    assert not (tmp_path / "head" / "run").exists()
 
 
 def test_ray_reserves_gpus_by_the_sweeps_device_not_the_drivers(suite_copy):
