@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from scalelens.errors import ScalelensError
 from scalelens.sweeps.spec import SweepSpec, Task, check_ray_address
-from scalelens.sweeps.tasks import TaskOutcome, attempt
+from scalelens.sweeps.tasks import TaskOutcome, attempt, task_dir
 
 Report = Callable[[TaskOutcome], None]
 
@@ -66,10 +66,36 @@ def run_ray(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
-            pending.pop(ref)
-            report(ray.get(ref))
+            task = pending.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except ray.exceptions.RayError as e:  # attempt() never raises: Ray lost the task
+                outcome = _lost(ray, task, run_dir, e)
+            report(outcome)
             bar.update(1)
     bar.close()
+
+
+def _lost(ray, task: Task, run_dir: Path, e: Exception) -> TaskOutcome:
+    """A task Ray could not run to its end, failed (with error.log) while the sweep goes on.
+
+    Its worker was killed (out of memory, say), its node was lost, or the worker could not
+    import scalelens; a rerun of the sweep retries it.
+    """
+    cause = e
+    while isinstance(cause, ray.exceptions.RayTaskError) and cause.cause not in (None, cause):
+        cause = cause.cause
+    text = str(cause)
+    if "No module named 'scalelens'" in text:
+        line = ("ModuleNotFoundError: a Ray worker cannot import scalelens; install scalelens on every "
+                "node of the cluster, or start the nodes with it on PYTHONPATH")
+    else:
+        first = next((t.strip() for t in text.splitlines() if t.strip()), "")
+        line = f"{type(cause).__name__}: {first}"
+    log = task_dir(run_dir, task)
+    log.mkdir(parents=True, exist_ok=True)
+    (log / "error.log").write_text(f"{e}\n{line}\n")  # its last line is what `inspect RUN` shows
+    return TaskOutcome(task.key, "failed", 1, line)
 
 
 EXECUTORS = {"local": run_local, "ray": run_ray}

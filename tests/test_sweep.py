@@ -204,6 +204,27 @@ def test_ray_cluster_writes_a_relative_run_dir_where_the_driver_runs(suite_copy,
     assert not (tmp_path / "head" / "run").exists()
 
 
+def test_tasks_ray_loses_are_reported_failed_and_the_sweep_goes_on(suite_copy, tmp_path):
+    """A task whose Ray worker died (killed, out of memory, node lost) or could not import
+    scalelens ended the whole sweep with "internal error ... report it", abandoning the rest;
+    now each is a failed task with one clear line and an error.log, as any other failure."""
+    manifest = read_manifest(suite_copy)
+    shadow = tmp_path / "shadow" / "scalelens"
+    shadow.mkdir(parents=True)  # a node whose Python cannot import scalelens
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'scalelens'\", "
+                                        "name='scalelens')\n")
+    with _ray_head(tmp_path, pythonpath=str(shadow.parent)) as address:
+        spec = _spec(suite_copy, analyses=("superposition",), executor="ray", address=address,
+                     sizes=tuple(manifest.sizes[:2]), checkpoints=(manifest.steps[-1],))
+        summary = sweep(spec, tmp_path / "run", n_boot=0)
+    assert [o.status for o in summary.outcomes] == ["failed", "failed"]
+    for o in summary.outcomes:
+        assert o.error.startswith("ModuleNotFoundError: a Ray worker cannot import scalelens")
+        log = (tmp_path / "run" / "tasks" / o.key / "error.log").read_text()
+        assert log.splitlines()[-1] == o.error
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["finished"] is True
+
+
 def test_ray_reserves_gpus_by_the_sweeps_device_not_the_drivers(suite_copy):
     """A CPU sweep asked one GPU per task whenever the driver saw CUDA (one task per GPU, none on
     CPU-only workers); a cuda:N sweep kept the index Ray hides (each task sees its GPU as cuda:0)."""
