@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from scalelens.errors import ScalelensError
+from scalelens.errors import ScalelensError, ScalelensWarning
 from scalelens.sweeps.spec import SweepSpec, Task, check_ray_address
 from scalelens.sweeps.tasks import TaskOutcome, attempt, task_dir
 
@@ -60,6 +61,7 @@ def run_ray(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -
     ray = _ray_init(spec.address)
     gpus, task_spec = ray_placement(spec)
     remote = ray.remote(num_gpus=gpus, max_retries=0)(attempt)
+    _warn_without_gpus(ray, gpus, spec.device)
     run_dir = run_dir.absolute()  # a cluster's workers run in the directory their node started in
     pending = {remote.remote(t, task_spec, run_dir): t for t in tasks}
     bar = tqdm(total=len(tasks), desc="sweep (ray)", unit="task")
@@ -74,6 +76,17 @@ def run_ray(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -
             report(outcome)
             bar.update(1)
     bar.close()
+
+
+def _warn_without_gpus(ray, gpus: int, device: str) -> None:
+    """Say why a CUDA sweep on a cluster without GPUs waits: Ray holds its tasks, silently.
+
+    Not an error: an autoscaling cluster adds a GPU node when tasks ask for one.
+    """
+    if gpus and not ray.cluster_resources().get("GPU"):
+        warnings.warn(f"the Ray cluster has no GPU, so the tasks of this --device {device} sweep wait "
+                      "until a node with one joins (an autoscaler may add it); otherwise stop with "
+                      "Ctrl-C and sweep with --device cpu", ScalelensWarning, stacklevel=3)
 
 
 def _lost(ray, task: Task, run_dir: Path, e: Exception) -> TaskOutcome:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -223,6 +224,23 @@ def test_tasks_ray_loses_are_reported_failed_and_the_sweep_goes_on(suite_copy, t
         log = (tmp_path / "run" / "tasks" / o.key / "error.log").read_text()
         assert log.splitlines()[-1] == o.error
     assert json.loads((tmp_path / "run" / "run.json").read_text())["finished"] is True
+
+
+def test_a_cuda_sweep_on_a_cluster_without_gpus_says_why_it_waits(tmp_path):
+    """Ray holds a task that asks for a GPU until a node with one joins: a --device cuda sweep
+    on a CPU-only cluster sat at 0% with no word of why."""
+    import ray
+
+    from scalelens.errors import ScalelensWarning
+    from scalelens.sweeps.executors import _warn_without_gpus
+
+    with _ray_head(tmp_path) as address:
+        ray.init(address=address, log_to_driver=False)
+        with pytest.warns(ScalelensWarning, match="cluster has no GPU.*--device cpu"):
+            _warn_without_gpus(ray, 1, "cuda")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _warn_without_gpus(ray, 0, "cpu")
 
 
 def test_ray_reserves_gpus_by_the_sweeps_device_not_the_drivers(suite_copy):
