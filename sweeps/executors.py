@@ -36,12 +36,32 @@ def _ray_init(address: str | None):
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=None, include_dashboard=False, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as e:
+        if _token_refused(e):
+            raise ScalelensError(
+                f"the Ray cluster at {address or 'local'} uses token authentication and this process "
+                "has no token it accepts; set RAY_AUTH_MODE=token and give the cluster's token "
+                "(~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)"
+            ) from None
         raise ScalelensError(
             f"cannot reach the Ray cluster at {address or 'local'} ({str(e).splitlines()[0]}); "
             "check --address or drop it to start a local Ray"
         ) from None
     return ray
+
+
+def _token_refused(e: BaseException | None) -> bool:
+    """Whether connecting failed on Ray's token authentication (no token, or another one).
+
+    Ray names it only deep in the chain; the outer error reads as an unreachable cluster.
+    """
+    import ray
+
+    while e is not None:
+        if isinstance(e, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def ray_placement(spec: SweepSpec) -> tuple[int, SweepSpec]:

@@ -154,17 +154,18 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _ray_head(tmp_path, pythonpath: str | None = None):
+def _ray_head(tmp_path, pythonpath: str | None = None, env: dict[str, str] | None = None):
     """A Ray cluster as a user starts one (``ray start --head``), in a directory of its own.
 
     Yields its address; killed afterwards (the ``ray start --block`` process group, so no
-    other Ray on the machine is touched). ``pythonpath``: put first on its workers' path.
+    other Ray on the machine is touched). ``pythonpath``: put first on its workers' path;
+    ``env``: more environment for the cluster.
     """
     import ray
 
     home = tmp_path / "head"
     home.mkdir()
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), **(env or {})}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
     port = _free_port()
@@ -241,6 +242,21 @@ def test_a_cuda_sweep_on_a_cluster_without_gpus_says_why_it_waits(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             _warn_without_gpus(ray, 0, "cpu")
+
+
+def test_a_cluster_refusing_our_token_is_named_not_called_unreachable(tmp_path, monkeypatch):
+    """A cluster with token authentication (Ray's default where a token exists) refused a driver
+    without its token: "cannot reach the Ray cluster ... check --address" (or, with
+    RAY_AUTH_MODE=token and no token at all, "internal error: AuthenticationError")."""
+    import secrets
+
+    from scalelens.sweeps.executors import _ray_init
+
+    monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "1")  # one try, not Ray's 20
+    cluster = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    with _ray_head(tmp_path, env=cluster) as address:
+        with pytest.raises(ScalelensError, match="uses token authentication.*RAY_AUTH_MODE=token"):
+            _ray_init(address)
 
 
 def test_ray_reserves_gpus_by_the_sweeps_device_not_the_drivers(suite_copy):
