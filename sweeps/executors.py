@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -85,17 +86,33 @@ def run_ray(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -
     run_dir = run_dir.absolute()  # a cluster's workers run in the directory their node started in
     pending = {remote.remote(t, task_spec, run_dir): t for t in tasks}
     bar = tqdm(total=len(tasks), desc="sweep (ray)", unit="task")
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            task = pending.pop(ref)
-            try:
-                outcome = ray.get(ref)
-            except ray.exceptions.RayError as e:  # attempt() never raises: Ray lost the task
-                outcome = _lost(ray, task, run_dir, e)
-            report(outcome)
-            bar.update(1)
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                task = pending.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except ray.exceptions.RayError as e:  # attempt() never raises: Ray lost the task
+                    outcome = _lost(ray, task, run_dir, e)
+                report(outcome)
+                bar.update(1)
+    except BaseException:  # Ctrl-C: a driver that lives on (a notebook) left them writing into run_dir
+        with suppress(Exception):  # a lost cluster cannot cancel: the first error is the one to tell
+            _stop(ray, list(pending))
+        raise
     bar.close()
+
+
+def _stop(ray, refs: list) -> None:
+    """Kill ``refs``' tasks and wait until they are gone, so none writes once the run-dir lock is free.
+
+    Killed tasks resume on the next run, as interrupted ones do.
+    """
+    for ref in refs:
+        ray.cancel(ref, force=True)
+    if refs:
+        ray.wait(refs, num_returns=len(refs))
 
 
 def _warn_without_gpus(ray, gpus: int, device: str) -> None:

@@ -154,7 +154,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _ray_head(tmp_path, pythonpath: str | None = None, env: dict[str, str] | None = None):
+def _ray_head(tmp_path, pythonpath: str | None = None, env: dict[str, str] | None = None, cpus: int = 1):
     """A Ray cluster as a user starts one (``ray start --head``), in a directory of its own.
 
     Yields its address; killed afterwards (the ``ray start --block`` process group, so no
@@ -174,7 +174,7 @@ def _ray_head(tmp_path, pythonpath: str | None = None, env: dict[str, str] | Non
     with log.open("w") as fh:
         proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
-             f"--temp-dir={temp}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+             f"--temp-dir={temp}", f"--num-cpus={cpus}", "--num-gpus=0", "--include-dashboard=false",
              "--disable-usage-stats", f"--ray-client-server-port={_free_port()}"],
             cwd=home, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -257,6 +257,60 @@ def test_a_cluster_refusing_our_token_is_named_not_called_unreachable(tmp_path, 
     with _ray_head(tmp_path, env=cluster) as address:
         with pytest.raises(ScalelensError, match="uses token authentication.*RAY_AUTH_MODE=token"):
             _ray_init(address)
+
+
+def _holders(path) -> set[int]:
+    """Other processes that have ``path`` open (from /proc, as lsof finds them)."""
+    want = os.stat(path)
+    pids = set()
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with suppress(OSError):
+            st = os.stat(fd)
+            if (st.st_ino, st.st_dev) == (want.st_ino, want.st_dev) and int(fd.parts[2]) != os.getpid():
+                pids.add(int(fd.parts[2]))
+    return pids
+
+
+def _waited(predicate, seconds: float = 60.0) -> bool:
+    """Whether ``predicate()`` holds within ``seconds`` (polled)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_an_interrupted_ray_sweep_leaves_no_task_running(suite_copy, tmp_path):
+    """Ctrl-C in a driver that lives on (a notebook, the Python API) left the sweep's tasks
+    running on the cluster, writing into the run directory after its lock was released, so a
+    rerun raced them. Here the tasks hang reading the suite's probe text (a FIFO nobody writes),
+    as tasks stuck on a slow disk would, and Ctrl-C comes while they do."""
+    import threading
+
+    manifest = read_manifest(suite_copy)
+    text = suite_copy / manifest.valid_text
+    saved = text.read_bytes()
+    text.unlink()
+    os.mkfifo(text)
+    held = os.open(text, os.O_RDWR | os.O_NONBLOCK)  # a writer that never writes: readers wait
+
+    def ctrl_c():
+        if _waited(lambda: _holders(text)):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        with _ray_head(tmp_path, cpus=2) as address:
+            spec = _spec(suite_copy, analyses=("massive_activations",), executor="ray", address=address,
+                         sizes=tuple(manifest.sizes[:2]), checkpoints=(manifest.steps[-1],))
+            threading.Thread(target=ctrl_c, daemon=True).start()
+            with pytest.raises(KeyboardInterrupt):
+                sweep(spec, tmp_path / "run", n_boot=0)
+            assert _waited(lambda: not _holders(text), 30), "tasks still run after Ctrl-C"
+    finally:
+        os.close(held)
+        text.unlink()
+        text.write_bytes(saved)
 
 
 def test_ray_reserves_gpus_by_the_sweeps_device_not_the_drivers(suite_copy):
