@@ -59,7 +59,8 @@ def probe_sequences(loaded: Any, text_file: str | None, n: int, length: int) -> 
     """``n`` sequences of about ``length`` tokens, each starting at another sentence.
 
     Sequence ``i`` starts at sentence ``i * stride`` (mod the sentence count), with a stride
-    coprime to that count, so the first ``len(sentences)`` sequences all start apart.
+    coprime to that count, so the first ``len(sentences)`` sequences all start apart. A
+    sentence longer than ``length`` on its own is cut to ``length`` tokens.
     """
     sentences = probe_sentences(loaded, text_file)
     tok = loaded.tokenizer
@@ -75,8 +76,27 @@ def probe_sequences(loaded: Any, text_file: str | None, n: int, length: int) -> 
                 break
             parts.append(s)
             count, j = count + c, j + 1
-        out.append("\n".join(parts))
+        out.append(_clip(tok, "\n".join(parts), length))
     return out
+
+
+def _clip(tok: Any, text: str, length: int) -> str:
+    """The longest prefix of ``text`` of at most ``length`` tokens, cut between words.
+
+    Cut in the text, not by decoding token ids: a tokenizer with unknown tokens would
+    give back ``[UNK]`` for the words it does not know.
+    """
+    def fits(k: int) -> bool:
+        return len(tok(text[:k], add_special_tokens=False)["input_ids"]) <= length
+
+    if fits(len(text)):
+        return text
+    lo, hi = 0, len(text)  # fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    space = max(text.rfind(" ", 0, lo + 1), text.rfind("\n", 0, lo + 1))
+    return text[:space].rstrip() if space > 0 and fits(space) else text[:lo]
 
 
 def _coprime_stride(n: int, start: int = 7) -> int:

@@ -287,3 +287,21 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     other.write_text("")
     write_json(path, {"ok": True})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, other.name])
+
+
+def test_a_sentence_longer_than_the_sequence_is_cut_to_it(final_ckpt, tmp_path):
+    """A probe sequence that starts at a sentence longer than --seq-length was that whole sentence:
+    on the micro suite (64-token context) --n-sequences 72 reached one of 73 tokens and the
+    capture refused it; a text file with no full stop was one prompt of the whole file."""
+    lm = final_ckpt
+    limit = lm.info.max_position
+    texts = probe_sequences(lm, None, 80, limit)
+    lengths = [len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert max(lengths) <= limit and max(lengths) >= limit - 8
+    run_on = tmp_path / "run_on.txt"
+    run_on.write_text(" ".join(f"w{i % 50} and" for i in range(400)) + "\n")
+    texts = probe_sequences(lm, str(run_on), 3, 20)
+    assert [len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) <= 20 for t in texts] == [True] * 3
+    s = MeasureSettings(massive=MassiveSettings(n_sequences=80, intervene=False))
+    data = measure(lm, "massive_activations", tmp_path / "out", s, progress=False)
+    assert data["analyses"]["massive_activations"]["n_prompts"] == 80
