@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from scalelens.errors import ScalelensError, ScalelensWarning
 from scalelens.sweeps.spec import SweepSpec, Task, check_ray_address
-from scalelens.sweeps.tasks import TaskOutcome, attempt, task_dir
+from scalelens.sweeps.tasks import TaskOutcome, attempt, is_done, task_dir
 
 Report = Callable[[TaskOutcome], None]
 
@@ -95,13 +95,27 @@ def run_ray(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -
                     outcome = ray.get(ref)
                 except ray.exceptions.RayError as e:  # attempt() never raises: Ray lost the task
                     outcome = _lost(ray, task, run_dir, e)
-                report(outcome)
+                report(unseen(outcome, task, run_dir))
                 bar.update(1)
     except BaseException:  # Ctrl-C: a driver that lives on (a notebook) left them writing into run_dir
         with suppress(Exception):  # a lost cluster cannot cancel: the first error is the one to tell
             _stop(ray, list(pending))
         raise
     bar.close()
+
+
+def unseen(outcome: TaskOutcome, task: Task, run_dir: Path) -> TaskOutcome:
+    """``outcome``, or a failure when a worker finished the task but this machine cannot see it.
+
+    A node that does not share the run directory at the same path writes the task's
+    results where the driver never looks; the sweep said "done", then "no task finished".
+    """
+    if outcome.status not in ("done", "skipped") or is_done(run_dir, task):
+        return outcome
+    line = (f"the task finished on a Ray worker but {task_dir(run_dir, task) / 'results.json'} is not "
+            "there on this machine; put the run directory (and the models) on storage every node "
+            "shares at the same path")
+    return _failed(task, run_dir, line, line)
 
 
 def _stop(ray, refs: list) -> None:
@@ -142,9 +156,14 @@ def _lost(ray, task: Task, run_dir: Path, e: Exception) -> TaskOutcome:
     else:
         first = next((t.strip() for t in text.splitlines() if t.strip()), "")
         line = f"{type(cause).__name__}: {first}"
-    log = task_dir(run_dir, task)
-    log.mkdir(parents=True, exist_ok=True)
-    (log / "error.log").write_text(f"{e}\n{line}\n")  # its last line is what `inspect RUN` shows
+    return _failed(task, run_dir, line, f"{e}\n{line}")
+
+
+def _failed(task: Task, run_dir: Path, line: str, log: str) -> TaskOutcome:
+    """A failed outcome with ``log`` in the task's error.log (its last line is what `inspect RUN` shows)."""
+    folder = task_dir(run_dir, task)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "error.log").write_text(f"{log}\n")
     return TaskOutcome(task.key, "failed", 1, line)
 
 

@@ -824,3 +824,24 @@ def test_inspect_sees_a_running_sweep_and_one_that_was_interrupted(suite_copy, t
     stopped = run_status(run)
     assert stopped.running is None and stopped.count("failed") == 0 and stopped.count("pending") > 0
     assert "the last sweep stopped before finishing" in stopped.lines()[0]
+
+
+def test_a_task_done_on_a_node_that_does_not_share_the_run_dir_is_a_failure(suite_copy, tmp_path):
+    """A Ray worker on a node without the run directory at the same path writes its results
+    where the driver never looks: the sweep said "done" and then "no task finished"; now the
+    task fails naming shared storage (here: the results.json the driver cannot see)."""
+    from scalelens.sweeps.executors import unseen
+    from scalelens.sweeps.status import run_status
+    from scalelens.sweeps.tasks import TaskOutcome
+
+    seen, missing = expand(_spec(suite_copy))[:2]
+    (task_dir(tmp_path, seen)).mkdir(parents=True)
+    (task_dir(tmp_path, seen) / "results.json").write_text("{}")
+    done = TaskOutcome(seen.key, "done", 1)
+    assert unseen(done, seen, tmp_path) is done
+    failed = TaskOutcome(missing.key, "failed", 2, "ValueError: x")
+    assert unseen(failed, missing, tmp_path) is failed
+    lost = unseen(TaskOutcome(missing.key, "done", 1), missing, tmp_path)
+    assert lost.status == "failed" and "storage every node shares at the same path" in lost.error
+    (tmp_path / "run.json").write_text(json.dumps({"tasks": [{"key": seen.key}, {"key": missing.key}]}))
+    assert run_status(tmp_path).errors[missing.key] == lost.error
