@@ -29,6 +29,7 @@ def _ray_init(address: str | None):
     except ImportError:
         raise ScalelensError("the ray executor needs Ray: pip install 'scalelens[ray]'") from None
     if ray.is_initialized():
+        _warn_other_cluster(ray, address)
         return ray
     if address:
         check_ray_address(address)  # ray.init retries an unreachable address for minutes
@@ -49,6 +50,24 @@ def _ray_init(address: str | None):
             "check --address or drop it to start a local Ray"
         ) from None
     return ray
+
+
+def _warn_other_cluster(ray, address: str | None) -> None:
+    """Warn when this process is connected to another cluster than ``address``.
+
+    Ray keeps a process's first connection (a notebook's), so the sweep runs there.
+    """
+    current = ray.get_runtime_context().gcs_address or ""
+    if not address or address == "auto" or not current:
+        return
+    host, _, port = address.rpartition(":")
+    here, _, here_port = current.rpartition(":")
+    loopback = {"localhost", "127.0.0.1", "::1"}
+    if port == here_port and (host == here or host in loopback or here in loopback):
+        return
+    warnings.warn(f"this process is already connected to the Ray cluster at {current}, so the sweep "
+                  f"runs there, not at {address}; call ray.shutdown() first to change clusters",
+                  ScalelensWarning, stacklevel=3)
 
 
 def _token_refused(e: BaseException | None) -> bool:

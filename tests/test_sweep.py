@@ -845,3 +845,27 @@ def test_a_task_done_on_a_node_that_does_not_share_the_run_dir_is_a_failure(suit
     assert lost.status == "failed" and "storage every node shares at the same path" in lost.error
     (tmp_path / "run.json").write_text(json.dumps({"tasks": [{"key": seen.key}, {"key": missing.key}]}))
     assert run_status(tmp_path).errors[missing.key] == lost.error
+
+
+def test_a_sweep_asked_for_another_cluster_than_the_connected_one_warns(suite_copy, tmp_path):
+    """Ray keeps a process's first connection: in a notebook connected to one cluster, a sweep
+    given another --address silently ran on the first; now a warning says where it runs."""
+    import warnings
+
+    import ray
+
+    from scalelens.errors import ScalelensWarning
+    from scalelens.sweeps.executors import _ray_init
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    here = ray.get_runtime_context().gcs_address
+    port = int(here.rpartition(":")[2])
+    with pytest.warns(ScalelensWarning, match=f"already connected to the Ray cluster at {here}, so the sweep "
+                                              f"runs there, not at 127.0.0.1:{port + 1}"):
+        _ray_init(f"127.0.0.1:{port + 1}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _ray_init(f"127.0.0.1:{port}")
+        _ray_init("auto")
+        _ray_init(None)
