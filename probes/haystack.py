@@ -332,7 +332,10 @@ def _content(filled: list[tuple[str, int]], needle: Needle, depth: float) -> lis
     head = ("\n" if before else "") + head
     if head.strip():
         pieces.append(("needle", head.rstrip()))
-    pieces.append(("needle_answer", (" " if head.strip() else "") + answer))
+    elif head:  # a needle that opens with its answer still starts on its own line
+        pieces.append(("needle", head))
+    # after a space, as the answer piece: the copied tokens are the produced ones (" 7" is not "7")
+    pieces.append(("needle_answer", " " + answer))
     if tail.strip():
         pieces.append(("needle", tail))
     if after:
