@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from scalelens.errors import ScalelensError
-from scalelens.probes.haystack import ENGLISH_HAYSTACK, split_sentences
+from scalelens.probes.haystack import ENGLISH_HAYSTACK, clip_to_tokens, split_sentences
 from scalelens.textfiles import read_utf8
 
 
@@ -76,27 +76,8 @@ def probe_sequences(loaded: Any, text_file: str | None, n: int, length: int) -> 
                 break
             parts.append(s)
             count, j = count + c, j + 1
-        out.append(_clip(tok, "\n".join(parts), length))
+        out.append(clip_to_tokens(tok, "\n".join(parts), length))
     return out
-
-
-def _clip(tok: Any, text: str, length: int) -> str:
-    """The longest prefix of ``text`` of at most ``length`` tokens, cut between words.
-
-    Cut in the text, not by decoding token ids: a tokenizer with unknown tokens would
-    give back ``[UNK]`` for the words it does not know.
-    """
-    def fits(k: int) -> bool:
-        return len(tok(text[:k], add_special_tokens=False)["input_ids"]) <= length
-
-    if fits(len(text)):
-        return text
-    lo, hi = 0, len(text)  # fits(lo), not fits(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    space = max(text.rfind(" ", 0, lo + 1), text.rfind("\n", 0, lo + 1))
-    return text[:space].rstrip() if space > 0 and fits(space) else text[:lo]
 
 
 def _coprime_stride(n: int, start: int = 7) -> int:

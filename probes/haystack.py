@@ -167,8 +167,30 @@ def split_sentences(text: str) -> list[str]:
     return [p if p.endswith(".") else p + "." for p in parts]
 
 
+def clip_to_tokens(tok: Any, text: str, length: int) -> str:
+    """The longest prefix of ``text`` of at most ``length`` tokens, cut between words.
+
+    Cut in the text, not by decoding token ids: a tokenizer with unknown tokens would
+    give back ``[UNK]`` for the words it does not know.
+    """
+    def fits(k: int) -> bool:
+        return len(tok(text[:k], add_special_tokens=False)["input_ids"]) <= length
+
+    if fits(len(text)):
+        return text
+    lo, hi = 0, len(text)  # fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    space = max(text.rfind(" ", 0, lo + 1), text.rfind("\n", 0, lo + 1))
+    return text[:space].rstrip() if space > 0 and fits(space) else text[:lo]
+
+
 def _fill(sentences: list[str], tokenizer: Any, budget: int) -> list[tuple[str, int]]:
-    """Cycle through sentences until ``budget`` tokens; each with its token count."""
+    """Cycle through sentences until ``budget`` tokens; each with its token count.
+
+    A first sentence longer than ``budget`` on its own is cut to it.
+    """
     out: list[tuple[str, int]] = []
     total, i = 0, 0
     while total < budget:
@@ -176,6 +198,9 @@ def _fill(sentences: list[str], tokenizer: Any, budget: int) -> list[tuple[str, 
         n = len(tokenizer("\n" + s, add_special_tokens=False)["input_ids"])
         if total + n > budget and out:
             break
+        if n > budget:  # the line break before it counts too
+            s = clip_to_tokens(tokenizer, s, max(1, budget - 1))
+            n = len(tokenizer("\n" + s, add_special_tokens=False)["input_ids"])
         out.append((s, n))
         total, i = total + n, i + 1
     return out

@@ -41,3 +41,16 @@ def test_a_needle_opening_with_its_answer_is_copied_token_for_token(bpe, depth):
     top1 = (need[0] + np.arange(len(ans)))[None, None, :]
     copier = NeedleTest(top1, ids, (int(need[0]), int(need[-1]) + 1), ids[ans])
     assert head_scores(copier)[0, 0] == 1.0
+
+
+def test_a_haystack_sentence_longer_than_the_context_length_is_cut_to_it(bpe, tmp_path):
+    """A haystack of long lines (a paragraph per line, or prose without '. '): the first line
+    was taken whole whatever --context-lengths said, so lengths 40, 80 and 200 were all the same
+    232-token haystack, and a 300-word line was refused as 'haystacks of [50] tokens'."""
+    needle = Needle("the code is 4821 .", "what is the code ?", "4821 .")
+    paragraph = " ".join(["the dog runs home and a cat sits on the mat ."] * 8)
+    assert len(bpe(paragraph)["input_ids"]) > 200
+    for lines in ([paragraph, paragraph], ["word " * 300]):
+        for length in (40, 80, 200):
+            tp = tokenize([build_tests([needle], lines, bpe, [length], (0.5,))[0].prompt], bpe)
+            assert length - 8 <= len(_span(tp, "haystack")) <= length
