@@ -114,6 +114,8 @@ def needle_material(loaded: Any, s: RetrievalSettings) -> tuple[list[Needle], li
         if not path.is_file():
             raise ScalelensError(f"haystack file {path} does not exist")
         hay = split_sentences(read_utf8(path, "haystack file"))
+        if not hay:
+            raise ScalelensError(f"haystack file {path} has no sentences")
     return needles, hay
 
 

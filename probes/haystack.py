@@ -118,7 +118,11 @@ def read_needles(path: str | Path) -> list[Needle]:
             raise ScalelensError(
                 f'{p}:{i + 1}: expected {{"needle": ..., "question": ..., "answer": ...}}'
             ) from None
-        needles.append(Needle(*(_needle_text(v, k, f"{p}:{i + 1}") for k, v in fields.items())))
+        texts = [_needle_text(v, k, f"{p}:{i + 1}") for k, v in fields.items()]
+        try:
+            needles.append(Needle(*texts))
+        except ScalelensError as e:
+            raise ScalelensError(f"{p}:{i + 1}: {e}") from None
     if not needles:
         raise ScalelensError(f"needle file {p} has no needles")
     return needles

@@ -459,6 +459,15 @@ CASES: dict[str, Case] = {
         lambda c: c.measure("--analyses", "retrieval_heads", "--needles",
                             str(c.file("n.jsonl", '{"needle": "a", "question": "q", "answer": null}\n'))),
         ('n.jsonl:1: "answer" must be non-empty text, got null',)),
+    "needle answer not in its needle, on the second line": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads", "--needles", str(c.file(
+            "n.jsonl", '{"needle": "a b", "question": "q", "answer": "b"}\n\n'
+                       '{"needle": "a b", "question": "q", "answer": "c"}\n'))),
+        ("n.jsonl:3: needle answer 'c' does not occur in its needle sentence",)),
+    "haystack file of blank lines": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads", "--haystack",
+                            str(c.file("h.txt", "\r\n  \n\n"))),
+        ("haystack file", "h.txt has no sentences")),
     "haystack sizes far past the context (refused before building them)": Case(
         lambda c: c.measure("--analyses", "retrieval_heads", "--context-lengths", "20,100000000"),
         ("--context-lengths up to 100000000 tokens exceed the model's context of 128 tokens",
