@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from .tables import Table
 
 _HTML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
@@ -39,7 +41,7 @@ def summary(title: str, html_name: str, tables: dict[str, Table]) -> str:
     lines = [
         f"# {escape(title)}",
         "",
-        f"Plots and the full report: [{escape(html_name)}]({html_name.replace(' ', '%20')}).",
+        f"Plots and the full report: [{escape(html_name)}]({quote(html_name)}).",
         "",
     ]
     if tables["run"].rows:

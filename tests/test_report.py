@@ -763,6 +763,15 @@ def test_report_never_overwrites_its_inputs_nor_half_writes(run_dir: Path, tmp_p
     assert not (tmp_path / "x.html").exists()
 
 
+def test_markdown_links_to_an_html_report_of_any_name(run_dir: Path, tmp_path: Path) -> None:
+    # '#' would start a fragment and ')' end the link: the name is percent-encoded in the target
+    name = "rep #1 (a)) 100% é.html"
+    paths = render_report(run_dir, tmp_path / name, progress=False)
+    md = paths.markdown.read_text()
+    target = "rep%20%231%20%28a%29%29%20100%25%20%C3%A9.html"
+    assert f"[rep #1 (a)) 100% é.html]({target})" in md
+
+
 def test_markdown_cells_hold_no_line_breaks() -> None:
     from scalelens.reports.markdown import escape
 
