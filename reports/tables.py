@@ -225,7 +225,7 @@ def _cell(value: Any) -> str:
         return value
     if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
         return ", ".join(str(v) for v in value)
-    return json.dumps(value, sort_keys=True, default=str)
+    return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
 
 
 MAX_FAILED_SHOWN = 10

@@ -99,3 +99,12 @@ def test_run_json_tasks_are_counted_not_dumped() -> None:
     assert cell.startswith("1,512 tasks: 1,500 done, 12 failed. Failed: 12b/step0 (CUDA out of memory); ")
     assert cell.endswith("12b/step9 (CUDA out of memory); and 2 more (run.json)")
     assert dict(tables.info_table({"tasks": ["odd"]}).rows)["tasks"] == "odd"  # not task objects: as it is
+
+
+def test_run_settings_show_unicode_names_as_written() -> None:
+    # a size label or path in é, 中文 or an emoji is the user's own text, not a JSON \u escape
+    info = {"settings": {"models": {"aé": "/runs/中文 😀"}, "sizes": ["aé"]}}
+    rows = dict(tables.info_table(info).rows)
+    assert rows["settings.models"] == '{"aé": "/runs/中文 😀"}'
+    assert rows["settings.sizes"] == "aé"
+
