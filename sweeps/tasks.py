@@ -104,7 +104,8 @@ def attempt(task: Task, spec: SweepSpec, run_dir: Path, retries: int = 1) -> Tas
             error = f"{type(e).__name__}: {e}".splitlines()[0]
             log = task_dir(run_dir, task)
             log.mkdir(parents=True, exist_ok=True)
-            (log / "error.log").write_text(traceback.format_exc())
+            # a path that is not UTF-8 (os.fsdecode: lone surrogates) may be in the traceback
+            (log / "error.log").write_text(traceback.format_exc(), errors="backslashreplace")
             if isinstance(e, ScalelensError) and not isinstance(e, TransientError):
                 return TaskOutcome(task.key, "failed", n, error)
     return TaskOutcome(task.key, "failed", retries + 1, error)

@@ -102,6 +102,21 @@ def test_failing_task_is_reported_without_stopping_others(suite_copy, tmp_path):
     assert rerun.count("done") == 1 and rerun.count("skipped") == 5
 
 
+def test_a_task_failing_under_a_path_that_is_not_utf8_is_reported_not_fatal(micro_suite, tmp_path):
+    """A path holding a byte that is not UTF-8 (legal on Linux) ends up in the task's traceback;
+    writing that error.log must not end the sweep with an internal error."""
+    suite = tmp_path / os.fsdecode(b"suite \xff")
+    shutil.copytree(micro_suite, suite)
+    manifest = read_manifest(suite)
+    spec = _spec(suite, analyses=("superposition",), sizes=tuple(manifest.sizes[:2]),
+                 checkpoints=(manifest.steps[-1],))
+    summary = sweep(spec, tmp_path / "run", n_boot=0)
+    assert len(summary.outcomes) == 2 and summary.count("failed") == 2  # the tokenizers library
+    assert all("no usable tokenizer" in o.error for o in summary.failed)  # cannot open such a path
+    log = tmp_path / "run" / "tasks" / summary.failed[0].key / "error.log"
+    assert "suite \\udcff" in log.read_text()
+
+
 def test_a_size_that_failed_everywhere_is_named_in_the_fits(suite_copy, tmp_path):
     manifest = read_manifest(suite_copy)
     spec = _spec(suite_copy, analyses=("superposition",), sizes=tuple(manifest.sizes),
