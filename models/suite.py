@@ -60,7 +60,7 @@ def default_suite_dir(preset: str = "default") -> Path:
     ``SCALELENS_CACHE`` defaults to ``~/.cache/scalelens``.
     """
     base = os.environ.get("SCALELENS_CACHE") or Path.home() / ".cache" / "scalelens"
-    return Path(base) / f"suite-{preset}-v{FORMAT_VERSION}"
+    return Path(base).expanduser() / f"suite-{preset}-v{FORMAT_VERSION}"
 
 
 def build_suite(

@@ -279,6 +279,13 @@ def test_default_suite_dir_respects_env(monkeypatch, tmp_path):
     assert default_suite_dir().parts[-3:] == (".cache", "scalelens", "suite-default-v1")
 
 
+def test_default_suite_dir_expands_a_tilde_in_the_env(monkeypatch, tmp_path):
+    # as HF_HOME / HF_HUB_CACHE are: SCALELENS_CACHE="~/x" is not a folder named ~ in the working directory
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SCALELENS_CACHE", "~/sl cache")
+    assert default_suite_dir("micro") == tmp_path / "sl cache" / "suite-micro-v1"
+
+
 def test_default_preset_is_a_pythia_like_family():
     preset = PRESETS["default"]
     configs = preset.size_configs()
