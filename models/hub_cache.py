@@ -41,7 +41,8 @@ def hub_cache_dir(cache_dir: str | Path | None) -> Path:
         return Path(cache_dir)
     from huggingface_hub import constants
 
-    return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+    env = os.environ.get("HF_HUB_CACHE")  # read now (tests change it); expanded as huggingface_hub does
+    return Path(os.path.expandvars(os.path.expanduser(env)) if env else constants.HF_HUB_CACHE)
 
 
 def repo_cache_dir(repo_id: str, cache_dir: str | Path | None) -> Path:

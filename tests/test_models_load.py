@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig
 from scalelens.errors import ScalelensError
 from scalelens.models import LoadedModel, ModelInfo, load_model
 from scalelens.models.hub import cached_revisions
+from scalelens.models.hub_cache import hub_cache_dir
 from scalelens.models.suite import read_manifest
 from scalelens.models.testing import save_tiny_model, write_hub_cache, write_llama_gguf
 
@@ -92,6 +93,17 @@ def test_an_uncached_pythia_revision_is_not_called_unknown(hub_cache, manifest, 
     assert f"hf download {REPO} --revision step3000 --cache-dir {hub_cache}" in message
     with pytest.raises(ScalelensError, match=r"unknown revision 'step3' for .*available: step0, step1, "):
         load_model(REPO, checkpoint=3, cache_dir=hub_cache)
+
+
+def test_hf_hub_cache_with_a_tilde_is_the_cache_huggingface_hub_uses(hub_cache, tmp_path, monkeypatch,
+                                                                    offline):
+    """HF_HUB_CACHE='~/hub' (unexpanded: quoted, or from an env file) is ~/hub to huggingface_hub; a
+    cached revision must then load offline, not be called missing from a folder named '~'."""
+    shutil.copytree(hub_cache, tmp_path / "hub", symlinks=True)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", "~/hub")
+    assert hub_cache_dir(None) == tmp_path / "hub"
+    assert cached_revisions(REPO, None) == cached_revisions(REPO, hub_cache)
 
 
 def _damaged_copy(hub_cache: Path, tmp_path: Path, revision: str, damage: str) -> Path:
