@@ -345,6 +345,15 @@ def _beside_spec(data: dict[str, Any], folder: Path) -> None:
             data[key] = moved(data[key])
     if isinstance(data.get("models"), dict):
         data["models"] = {size: moved(source) for size, source in data["models"].items()}
+    settings = data.get("settings")
+    if isinstance(settings, dict):  # the analyses' input files (needles may also be a built-in set's name)
+        for key in _SETTING_FILES:
+            if key in settings and settings[key] not in _BUILTIN_NEEDLES:
+                settings[key] = moved(settings[key])
+
+
+_SETTING_FILES = ("text", "haystack", "needles")
+_BUILTIN_NEEDLES = ("auto", "english", "synthetic")
 
 
 def check_ray_address(address: str, timeout: float = 5.0) -> None:

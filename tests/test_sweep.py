@@ -716,6 +716,30 @@ def test_relative_paths_in_a_spec_file_are_found_beside_it(suite_copy, tmp_path,
     assert [t.source for t in expand(spec)] == [str(run.resolve())]
 
 
+def test_relative_setting_files_in_a_spec_file_are_found_beside_it(suite_copy, tmp_path, monkeypatch):
+    """``text``, ``haystack`` and ``needles`` under [settings] are paths like the models': every task
+    failed with 'text file probe #1.txt does not exist' when run from another directory."""
+    from scalelens.sweeps.spec import read_spec
+
+    project = tmp_path / "project é"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "probe #1.txt").write_text("alpha beta gamma delta. " * 200)
+    (project / "hay.txt").write_text("The sky is blue. The grass is green.\n")
+    (project / "sweep.toml").write_text(
+        f'suite = "{suite_copy}"\nanalyses = ["massive_activations"]\ncheckpoints = "final"\n'
+        f'sizes = ["{read_manifest(suite_copy).sizes[0]}"]\n'
+        '[settings]\ntext = "data/../data/probe #1.txt"\nhaystack = "hay.txt"\nneedles = "english"\n'
+        'n_sequences = 2\nseq_length = 16\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    spec = read_spec(project / "sweep.toml")
+    assert spec.settings["text"] == str(project / "data" / "probe #1.txt")
+    assert spec.settings["haystack"] == str(project / "hay.txt") and spec.settings["needles"] == "english"
+    summary = sweep(spec, tmp_path / "run", n_boot=0)
+    assert summary.count("done") == 1, [o.error for o in summary.failed]
+
+
 def test_a_sweep_tokenizer_does_not_replace_a_models_own(suite_copy, tmp_path):
     """``--tokenizer`` is for models that ship none: one with its own keeps it (a 64-token word
     tokenizer, far too small for it, would be refused), and adding ``--tokenizer`` on a rerun
