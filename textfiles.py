@@ -41,17 +41,29 @@ def temp_beside(path: Path) -> Path:
     """
     host = _host()
     _remove_dead_writers_temporaries(path, host)
-    return path.with_name(f".{path.name}.{host}-{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    return path.with_name(f".{_temp_stem(path.name, host)}.{host}-{os.getpid()}.{uuid.uuid4().hex}.tmp")
 
 
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 
 
+NAME_MAX = 255
+"""Bytes in one file name (Linux, macOS)."""
+
+
+def _temp_stem(name: str, host: str) -> str:
+    """``name``, its bytes cut so the temporary's name fits NAME_MAX (any pid) when it is long."""
+    room = NAME_MAX - len(f"..{host}-{'9' * 10}.{'0' * 32}.tmp")
+    raw = os.fsencode(name)
+    return name if len(raw) <= room else os.fsdecode(raw[:room])
+
+
 def _remove_dead_writers_temporaries(path: Path, host: str) -> None:
     from scalelens.cache.lock import pid_alive
 
-    mine = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(host)}-(\d+)\.[0-9a-f]{{32}}\.tmp")
+    stem = re.escape(_temp_stem(path.name, host))
+    mine = re.compile(rf"\.{stem}\.{re.escape(host)}-(\d+)\.[0-9a-f]{{32}}\.tmp")
     try:
         siblings = list(path.parent.iterdir())
     except OSError:

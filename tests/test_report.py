@@ -772,6 +772,15 @@ def test_markdown_links_to_an_html_report_of_any_name(run_dir: Path, tmp_path: P
     assert f"[rep #1 (a)) 100% é.html]({target})" in md
 
 
+@pytest.mark.parametrize("stem", ["r" * 245, "é" * 122, "中" * 81])
+def test_a_report_of_a_long_but_valid_file_name_is_written(run_dir: Path, tmp_path: Path, stem: str) -> None:
+    # 250 bytes is a valid name; the hidden temporary it is written through, '.NAME.host-pid.uuid.tmp',
+    # was not ('File name too long', naming that temporary)
+    paths = render_report(run_dir, tmp_path / f"{stem}.html", progress=False)
+    assert paths.html.is_file() and paths.markdown.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{stem}.html", f"{stem}.md"])
+
+
 def test_markdown_cells_hold_no_line_breaks() -> None:
     from scalelens.reports.markdown import escape
 
