@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+
+def _html_path(text: str) -> Path:
+    """``--out``: a file path (``out/`` names a directory, and Path would drop its slash)."""
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text} names a directory; pass a file path like {text}report.html")
+    return Path(text)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="directory written by a sweep")
     parser.add_argument(
         "--out",
-        type=Path,
+        type=_html_path,
         metavar="FILE.html",
         default=None,
         help="HTML file to write (default: RUN_DIR/report.html)",

@@ -591,6 +591,22 @@ def test_main_report_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert len(err.splitlines()) == 1 and "does not exist" in err
 
 
+def test_an_out_with_a_trailing_slash_is_refused_not_written_as_a_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 'report RUN --out reports/' wrote an HTML file named 'reports' (and 'reports.md')
+    from scalelens.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main,,1e6,1e5,loss,loss,,,3.1\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["report", str(run), "--out", f"{tmp_path / 'reports'}/"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "names a directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 def test_dynamics_params_accept_lam_or_lambda() -> None:
     t = np.array([0.0, 1e3, 1e5])
     with_lambda = dynamics_from_params(t, DYN | {"A": 2.0})
