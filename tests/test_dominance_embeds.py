@@ -228,11 +228,22 @@ def test_embeds_dilution_is_flagged_distinct(embeds_result):
     assert embeds_result[1]["dilution_distinct"] is True
 
 
-def test_text_dilution_in_a_short_context_warns_and_is_flagged(micro_suite, tmp_path):
-    """In the micro suite's 64-token context x1 / x5 / x10 round to the same whole-sentence document."""
+def test_text_dilution_in_a_short_context_grows_and_collapsed_levels_warn(micro_suite, tmp_path):
+    """In the micro suite's 64-token context x1 / x5 / x10 were one whole-sentence document (29
+    tokens each); the haystack's sentences are now cut to each level's budget, so the document
+    grows with the dilution. Levels that still come out equal are flagged, with a warning."""
+    import warnings
+
     manifest = read_manifest(micro_suite)
     lm = load_model(micro_suite / manifest.sizes[0], revision=f"step{manifest.steps[-1]}")
-    with pytest.warns(ScalelensWarning, match="O does not grow with the dilution.*64-token context"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScalelensWarning)
         res = dom.measure_dominance(lm, dom.DominanceSettings(n_prompts=2), tmp_path, progress=False)
     sizes = [d["n_other"] for d in res["dilution"]]
-    assert res["dilution_distinct"] is False and sizes[0] == sizes[-1]
+    assert res["dilution_distinct"] is True and sizes == sorted(set(sizes)), sizes
+    collapsed = [{"factor": f, "n_other": 29.0} for f in (1, 5, 10)]
+    with pytest.warns(ScalelensWarning, match=r"O does not grow with the dilution \(x1: 29, x5: 29, x10: 29 "
+                                              r"tokens\); the model's 64-token context"):
+        assert dom._distinct(collapsed, 64) is False
+
+
