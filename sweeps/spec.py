@@ -119,6 +119,7 @@ class SweepSpec:
                                      f"{_did_you_mean(unknown, _setting_names())}; valid: "
                                      f"{', '.join(_setting_names())}")
             measure_settings(self.settings)  # values are checked as the measure CLI checks them
+            _check_setting_files(self.settings)
 
     def _python_values(self) -> None:
         """Lists as tuples, numpy integers as ints and paths as strings, as a notebook passes them.
@@ -354,6 +355,19 @@ def _beside_spec(data: dict[str, Any], folder: Path) -> None:
 
 _SETTING_FILES = ("text", "haystack", "needles")
 _BUILTIN_NEEDLES = ("auto", "english", "synthetic")
+
+
+def _check_setting_files(settings: dict[str, Any]) -> None:
+    """Refuse a ``text``, ``haystack`` or ``needles`` file that is not there.
+
+    Checked before any task runs: every task would fail on it.
+    """
+    for key in _SETTING_FILES:
+        value = settings.get(key)
+        if value is None or (key == "needles" and value in _BUILTIN_NEEDLES) or Path(str(value)).is_file():
+            continue
+        raise ScalelensError(f"sweep setting {key} = {str(value)!r}: no such file (a relative path is "
+                             "looked up in the working directory, and beside a --spec file)")
 
 
 def check_ray_address(address: str, timeout: float = 5.0) -> None:

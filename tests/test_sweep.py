@@ -908,3 +908,19 @@ def test_a_sweep_asked_for_another_cluster_than_the_connected_one_warns(suite_co
         _ray_init(f"127.0.0.1:{port}")
         _ray_init("auto")
         _ray_init(None)
+
+
+def test_a_missing_setting_file_is_refused_before_any_task_runs(suite_copy, tmp_path, monkeypatch):
+    """A spec or --text naming a file that is not there failed every task, one by one; it is now
+    one line before anything runs (a built-in needle set is not a file)."""
+    from scalelens.sweeps.spec import read_spec
+
+    for key in ("text", "haystack", "needles"):
+        with pytest.raises(ScalelensError, match=f"sweep setting {key} = 'nowhere #1.txt': no such file"):
+            _spec(suite_copy, settings={**FAST, key: "nowhere #1.txt"})
+    assert _spec(suite_copy, settings={**FAST, "needles": "synthetic"}).settings["needles"] == "synthetic"
+    (tmp_path / "sweep.toml").write_text(f'suite = "{suite_copy}"\n[settings]\ntext = "probe.txt"\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ScalelensError, match="sweep setting text = 'probe.txt': no such file"):
+        read_spec(tmp_path / "sweep.toml")
+    assert not (tmp_path / "run").exists()
