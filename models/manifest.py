@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import ScalelensError, ScalelensWarning
+from ..textfiles import temp_beside
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -115,8 +115,8 @@ def read_manifest(suite_dir: str | Path) -> Manifest:
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON to a temp file in the same directory, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique name opened with "x" (mkstemp would make the file 0600 whatever the umask)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    # this write's own name (see temp_beside), opened with "x" (mkstemp would make it 0600)
+    tmp = temp_beside(path)
     try:
         with open(tmp, "x", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=False)
