@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from scalelens.errors import ScalelensError, ScalelensWarning
 from scalelens.sweeps.spec import SweepSpec, Task, check_ray_address
-from scalelens.sweeps.tasks import TaskOutcome, attempt, is_done, task_dir
+from scalelens.sweeps.tasks import TaskOutcome, attempt, is_done, task_dir, write_error_log
 
 Report = Callable[[TaskOutcome], None]
 
@@ -179,10 +179,8 @@ def _lost(ray, task: Task, run_dir: Path, e: Exception) -> TaskOutcome:
 
 
 def _failed(task: Task, run_dir: Path, line: str, log: str) -> TaskOutcome:
-    """A failed outcome with ``log`` in the task's error.log (its last line is what `inspect RUN` shows)."""
-    folder = task_dir(run_dir, task)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "error.log").write_text(f"{log}\n")
+    """A failed outcome, with ``log`` in the task's error.log."""
+    write_error_log(run_dir, task, f"{log}\n")
     return TaskOutcome(task.key, "failed", 1, line)
 
 

@@ -84,6 +84,14 @@ def run_task(task: Task, spec: SweepSpec, run_dir: Path, progress: bool = False)
     return {"size": task.size, "revision": task.revision, "step": task.step, **data["model"]}
 
 
+def write_error_log(run_dir: Path, task: Task, text: str) -> None:
+    """Write ``task``'s error.log (its last line is what ``scalelens inspect RUN`` shows)."""
+    folder = task_dir(run_dir, task)
+    folder.mkdir(parents=True, exist_ok=True)
+    # a path that is not UTF-8 (os.fsdecode: lone surrogates) may be in the text
+    (folder / "error.log").write_text(text, errors="backslashreplace")
+
+
 def attempt(task: Task, spec: SweepSpec, run_dir: Path, retries: int = 1) -> TaskOutcome:
     """Run ``task`` unless done; never raise.
 
@@ -102,10 +110,7 @@ def attempt(task: Task, spec: SweepSpec, run_dir: Path, retries: int = 1) -> Tas
             raise
         except Exception as e:  # reported per task; the sweep goes on
             error = f"{type(e).__name__}: {e}".splitlines()[0]
-            log = task_dir(run_dir, task)
-            log.mkdir(parents=True, exist_ok=True)
-            # a path that is not UTF-8 (os.fsdecode: lone surrogates) may be in the traceback
-            (log / "error.log").write_text(traceback.format_exc(), errors="backslashreplace")
+            write_error_log(run_dir, task, traceback.format_exc())
             if isinstance(e, ScalelensError) and not isinstance(e, TransientError):
                 return TaskOutcome(task.key, "failed", n, error)
     return TaskOutcome(task.key, "failed", retries + 1, error)
