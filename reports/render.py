@@ -86,9 +86,9 @@ def _output_paths(run_dir: Path, out_html: Path | None) -> ReportPaths:
 
 def _inputs(run_dir: Path) -> set[Path]:
     """The files of a run directory that a report must never overwrite."""
-    from scalelens.sweeps.rundir import RUN_SPEC, RUN_TABLES
+    from scalelens.sweeps.rundir import RUN_INFO, RUN_SPEC, RUN_TABLES
 
-    return {(run_dir / name).resolve() for name in (*RUN_TABLES, "run.json", RUN_SPEC)}
+    return {(run_dir / name).resolve() for name in (*RUN_TABLES, RUN_INFO, RUN_SPEC)}
 
 
 def render_report(

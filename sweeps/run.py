@@ -11,7 +11,7 @@ from scalelens import __version__
 from scalelens.sweeps.executors import EXECUTORS
 from scalelens.sweeps.fits import write_fits
 from scalelens.sweeps.metrics import write_metrics
-from scalelens.sweeps.rundir import RUN_TABLES, check_run_dir, locked_run_dir
+from scalelens.sweeps.rundir import RUN_INFO, RUN_TABLES, check_run_dir, locked_run_dir
 from scalelens.sweeps.spec import SweepSpec, expand
 from scalelens.sweeps.tasks import TaskOutcome, is_done, task_dir
 
@@ -53,7 +53,7 @@ def _sweep(spec: SweepSpec, run_dir: Path, n_boot: int) -> SweepSummary:
     summary = SweepSummary(run_dir)
     plan = [{"key": t.key, "status": "skipped" if is_done(run_dir, t) else "pending"} for t in tasks]
     started = _now()
-    write_json(run_dir / "run.json", _run_info(spec, tasks, plan, started, finished=False))  # `inspect RUN`
+    write_json(run_dir / RUN_INFO, _run_info(spec, tasks, plan, started, finished=False))  # `inspect RUN`
     EXECUTORS[spec.executor](tasks, spec, run_dir, summary.outcomes.append)
     finished = [(t.size, task_dir(run_dir, t) / "results.json") for t in tasks if is_done(run_dir, t)]
     if finished:
@@ -65,7 +65,7 @@ def _sweep(spec: SweepSpec, run_dir: Path, n_boot: int) -> SweepSummary:
             (run_dir / name).unlink(missing_ok=True)
     outcomes = [{"key": o.key, "status": o.status, "attempts": o.attempts, "error": o.error}
                 for o in summary.outcomes]
-    write_json(run_dir / "run.json", _run_info(spec, tasks, outcomes, started, finished=True))
+    write_json(run_dir / RUN_INFO, _run_info(spec, tasks, outcomes, started, finished=True))
     return summary
 
 

@@ -31,6 +31,8 @@ def locked_run_dir(out: Path) -> Iterator[None]:
 
 
 RUN_SPEC = "sweep_spec.json"
+RUN_INFO = "run.json"
+"""The plan (written when a sweep starts) and each task's outcome (when it ends)."""
 # Spec fields that change what a finished task's results mean; the rest (sizes,
 # checkpoints, executor, address, device) may change between runs into the same directory.
 _IDENTITY = ("suite", "family", "models", "dtype", "tokenizer", "analyses", "settings")
@@ -143,7 +145,7 @@ def check_run_dir(out: Path, spec, overwrite: bool) -> None:
 
         if (out / "tasks").exists():
             shutil.rmtree(out / "tasks")
-        for name in (*RUN_TABLES, "run.json", DEFAULT_NAME, Path(DEFAULT_NAME).with_suffix(".md").name):
+        for name in (*RUN_TABLES, RUN_INFO, DEFAULT_NAME, Path(DEFAULT_NAME).with_suffix(".md").name):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, want)

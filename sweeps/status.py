@@ -15,9 +15,8 @@ from pathlib import Path
 from scalelens.cache.lock import lock_holder
 from scalelens.errors import ScalelensError
 
-from .rundir import LOCK_NAME, RUN_SPEC, RUN_TABLES
+from .rundir import LOCK_NAME, RUN_INFO, RUN_SPEC, RUN_TABLES
 
-RUN_INFO = "run.json"
 _OUTPUTS = (*RUN_TABLES, "report.html", "report.md")
 
 
