@@ -30,6 +30,20 @@ def read_utf8(path: str | Path, what: str) -> str:
         ) from None
 
 
+def input_file(path: str | Path, what: str) -> Path:
+    """``path`` (``~`` expanded) checked to be an existing file, for the input ``what`` names.
+
+    Raises:
+        ScalelensError: One line naming ``what`` when the path is missing or a directory.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ScalelensError(f"{what} {p} is a directory; give a file")
+    if not p.is_file():
+        raise ScalelensError(f"{what} {p} does not exist")
+    return p
+
+
 def temp_beside(path: Path) -> Path:
     """A temporary name beside ``path`` for writing it aside and renaming it into place.
 

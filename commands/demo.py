@@ -115,7 +115,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     start = time.monotonic()
     check_out_dir(args.out, "run directory", "a run directory")  # before minutes of suite building
-    suite = args.suite or default_suite_dir(args.preset or "default")
+    suite = args.suite.expanduser() if args.suite else default_suite_dir(args.preset or "default")
     print(f"suite: {suite} (built on first use, then reused)")
     try:
         manifest, rebuilt = _suite(suite, args.preset, own_cache=args.suite is None)

@@ -41,7 +41,7 @@ from scalelens.probes.haystack import (
 )
 from scalelens.probes.prompts import Prompt, TokenizedPrompts, placeholder_id, tokenize
 from scalelens.probes.spec import Positions, ProbeSpec
-from scalelens.textfiles import read_utf8
+from scalelens.textfiles import input_file, read_utf8
 
 # Built-in needles per test set: far past any use (each needle is a test per length and depth).
 MAX_NEEDLES = 1000
@@ -110,9 +110,7 @@ def needle_material(loaded: Any, s: RetrievalSettings) -> tuple[list[Needle], li
     else:
         needles, hay = read_needles(kind), split_sentences(ENGLISH_HAYSTACK)
     if s.haystack:
-        path = Path(s.haystack)
-        if not path.is_file():
-            raise ScalelensError(f"haystack file {path} does not exist")
+        path = input_file(s.haystack, "haystack file")
         hay = split_sentences(read_utf8(path, "haystack file"))
         if not hay:
             raise ScalelensError(f"haystack file {path} has no sentences")

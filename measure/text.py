@@ -8,7 +8,7 @@ from typing import Any
 
 from scalelens.errors import ScalelensError
 from scalelens.probes.haystack import ENGLISH_HAYSTACK, clip_to_tokens, split_sentences
-from scalelens.textfiles import read_utf8
+from scalelens.textfiles import input_file, read_utf8
 
 
 def suite_manifest(loaded: Any) -> Any:
@@ -37,9 +37,7 @@ def suite_corpus(loaded: Any) -> Any:
 def probe_sentences(loaded: Any, text_file: str | None) -> list[str]:
     """Sentences to build probe sequences from (user file, or the built-in text)."""
     if text_file:
-        path = Path(text_file)
-        if not path.is_file():
-            raise ScalelensError(f"text file {path} does not exist")
+        path = input_file(text_file, "text file")
         sentences = split_sentences(read_utf8(path, "text file"))
         if not sentences:
             raise ScalelensError(f"text file {path} has no text")

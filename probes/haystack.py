@@ -32,7 +32,7 @@ from typing import Any
 
 from scalelens.errors import ScalelensError
 from scalelens.probes.prompts import Prompt
-from scalelens.textfiles import read_utf8
+from scalelens.textfiles import input_file, read_utf8
 
 DEPTHS = tuple(round(0.1 * i, 1) for i in range(10))
 PROMPT_FORMATS = ("auto", "base", "chat")
@@ -104,9 +104,7 @@ def _needle_text(value: Any, key: str, where: str) -> str:
 
 def read_needles(path: str | Path) -> list[Needle]:
     """Read ``{"needle", "question", "answer"}`` objects, one per line."""
-    p = Path(path)
-    if not p.is_file():
-        raise ScalelensError(f"needle file {p} does not exist")
+    p = input_file(path, "needle file")
     needles = []
     for i, line in enumerate(read_utf8(p, "needle file").split("\n")):
         if not line.strip():

@@ -14,7 +14,7 @@ import numpy as np
 
 from scalelens.errors import ScalelensError
 from scalelens.probes.spec import PositionKind, Positions
-from scalelens.textfiles import read_utf8
+from scalelens.textfiles import input_file, read_utf8
 
 DEFAULT_LABEL = "text"
 
@@ -147,11 +147,7 @@ def read_prompt_file(path: str | Path) -> list[Prompt]:
         ScalelensError: if the file is missing, not UTF-8, holds no prompts, or a
             ``.jsonl`` line is not a prompt object.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ScalelensError(f"prompt file {path} is a directory; give a .txt or .jsonl file")
-    if not path.is_file():
-        raise ScalelensError(f"prompt file {path} does not exist")
+    path = input_file(path, "prompt file")
     if path.suffix.lower() == ".json":
         raise ScalelensError(f"prompt file {path}: .json is not read; use .jsonl (one JSON object per "
                              "line) or .txt (one prompt per line)")

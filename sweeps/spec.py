@@ -138,6 +138,8 @@ class SweepSpec:
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))
+        if isinstance(self.suite, str):  # "~/suite" from a spec file or a quoted argument
+            object.__setattr__(self, "suite", os.path.expanduser(self.suite))
         if isinstance(self.models, dict):
             object.__setattr__(self, "models", {size: os.fspath(src) if isinstance(src, os.PathLike) else src
                                                 for size, src in self.models.items()})
@@ -336,7 +338,10 @@ def _beside_spec(data: dict[str, Any], folder: Path) -> None:
     working directory (it would otherwise be taken for a hub id).
     """
     def moved(value: Any) -> Any:
-        if not isinstance(value, str) or not value or Path(value).expanduser().exists():
+        if not isinstance(value, str) or not value:
+            return value
+        value = os.path.expanduser(value)  # TOML does not expand "~/data"
+        if Path(value).exists():
             return value
         beside = folder / value
         return str(beside.resolve()) if not Path(value).is_absolute() and beside.exists() else value
@@ -364,7 +369,8 @@ def _check_setting_files(settings: dict[str, Any]) -> None:
     """
     for key in _SETTING_FILES:
         value = settings.get(key)
-        if value is None or (key == "needles" and value in _BUILTIN_NEEDLES) or Path(str(value)).is_file():
+        builtin = key == "needles" and value in _BUILTIN_NEEDLES
+        if value is None or builtin or Path(str(value)).expanduser().is_file():
             continue
         raise ScalelensError(f"sweep setting {key} = {str(value)!r}: no such file (a relative path is "
                              "looked up in the working directory, and beside a --spec file)")

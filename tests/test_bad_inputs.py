@@ -503,6 +503,9 @@ CASES: dict[str, Case] = {
         lambda c: c.measure("--analyses", "retrieval_heads,activation_sparsity", "--context-lengths", "40",
                             "--text", str(c.tmp / "none.txt")),
         ("text file", "does not exist")),
+    "haystack given as a directory": Case(
+        lambda c: c.measure("--analyses", "retrieval_heads", "--haystack", str(c.tmp)),
+        ("haystack file", "is a directory; give a file")),
     "--seq-length past the context, listed after a capturing analysis": Case(
         lambda c: c.measure("--analyses", "retrieval_heads,information_capacity", "--context-lengths", "40",
                             "--seq-length", "500"),

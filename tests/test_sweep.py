@@ -716,6 +716,25 @@ def test_relative_paths_in_a_spec_file_are_found_beside_it(suite_copy, tmp_path,
     assert [t.source for t in expand(spec)] == [str(run.resolve())]
 
 
+def test_home_relative_paths_in_a_spec_file_are_expanded(suite_copy, tmp_path, monkeypatch):
+    """``suite = "~/suite"`` and ``haystack = "~/hay.txt"`` (TOML does not expand ``~``) name the
+    files under the home directory: the suite was refused as missing, and every retrieval task
+    failed with 'haystack file ~/hay.txt does not exist'."""
+    from scalelens.sweeps.spec import read_spec
+
+    home = suite_copy.parent
+    monkeypatch.setenv("HOME", str(home))
+    (home / "hay.txt").write_text("The sky is blue. The grass is green. Water is wet.\n")
+    (tmp_path / "sweep.toml").write_text(
+        f'suite = "~/{suite_copy.name}"\nanalyses = ["retrieval_heads"]\n'
+        f'checkpoints = "final"\nsizes = ["{read_manifest(suite_copy).sizes[0]}"]\n'
+        '[settings]\nhaystack = "~/hay.txt"\nn_needles = 1\ncontext_lengths = [24]\n')
+    spec = read_spec(tmp_path / "sweep.toml")
+    assert spec.suite == str(suite_copy.resolve())
+    summary = sweep(spec, tmp_path / "run", n_boot=0)
+    assert summary.count("done") == 1, [o.error for o in summary.failed]
+
+
 def test_relative_setting_files_in_a_spec_file_are_found_beside_it(suite_copy, tmp_path, monkeypatch):
     """``text``, ``haystack`` and ``needles`` under [settings] are paths like the models': every task
     failed with 'text file probe #1.txt does not exist' when run from another directory."""
