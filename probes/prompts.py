@@ -147,21 +147,21 @@ def read_prompt_file(path: str | Path) -> list[Prompt]:
         ScalelensError: if the file is missing, not UTF-8, holds no prompts, or a
             ``.jsonl`` line is not a prompt object.
     """
-    path = input_file(path, "prompt file")
-    if path.suffix.lower() == ".json":
-        raise ScalelensError(f"prompt file {path}: .json is not read; use .jsonl (one JSON object per "
+    file = input_file(path, "prompt file")
+    if file.suffix.lower() == ".json":
+        raise ScalelensError(f"prompt file {file}: .json is not read; use .jsonl (one JSON object per "
                              "line) or .txt (one prompt per line)")
-    text = read_utf8(path, "prompt file")
+    text = read_utf8(file, "prompt file")
     if "\x00" in text:
-        raise ScalelensError(f"prompt file {path} holds NUL bytes (a binary file?); give a text file")
+        raise ScalelensError(f"prompt file {file} holds NUL bytes (a binary file?); give a text file")
     # lines end at \n (and \r\n) only: str.splitlines() would also split at U+2028, \x0c, \x85...,
     # which JSON strings and ordinary text may hold
     lines = [ln.removesuffix("\r") for ln in text.split("\n")]
     numbered = [(i + 1, ln) for i, ln in enumerate(lines) if ln.strip()]
     if not numbered:
-        raise ScalelensError(f"prompt file {path} has no prompts; write one prompt per line")
-    if path.suffix.lower() == ".jsonl":
-        return [_jsonl_prompt(ln, f"{path}:{i}") for i, ln in numbered]
+        raise ScalelensError(f"prompt file {file} has no prompts; write one prompt per line")
+    if file.suffix.lower() == ".jsonl":
+        return [_jsonl_prompt(ln, f"{file}:{i}") for i, ln in numbered]
     return [Prompt.of(ln) for _, ln in numbered]
 
 
