@@ -6,7 +6,7 @@ import numpy as np
 
 from .runfiles import ScalingFit
 
-# The parameter whose bootstrap CI gives the band, per fit form.
+# The parameter whose CI gives the band, per fit form.
 EXPONENT = {"power_law": "b", "saturating": "alpha"}
 
 

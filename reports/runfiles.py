@@ -21,7 +21,9 @@ class ScalingFit:
     """One fit of a metric against parameter count.
 
     ``form`` is ``power_law`` (y = a N^b) or ``saturating`` (y = C N^-alpha + y_inf);
-    ``ci`` maps parameter names to bootstrap confidence intervals.
+    ``ci`` maps parameter names to confidence intervals, made as ``ci_method`` says
+    (``ols_t``: the log-log regression's t interval; ``bootstrap_percentile``; "" when
+    fits.json does not say, as files written before the power law's t interval did).
     """
 
     metric: str
@@ -35,6 +37,7 @@ class ScalingFit:
     x: tuple[float, ...] = ()
     y: tuple[float, ...] = ()
     note: str = ""
+    ci_method: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ def _scaling(entry: dict[str, Any]) -> ScalingFit:
         x=tuple(float(v) for v in entry.get("x") or ()),
         y=tuple(float(v) for v in entry.get("y") or ()),
         note=str(entry.get("note") or ""),
+        ci_method=str(entry.get("ci_method") or ""),
     )
 
 

@@ -70,7 +70,8 @@ def plan_scaling(run: Run) -> SectionPlan:
         "Metrics vs parameter count",
         "Each scalar metric at the run's last checkpoint (a size without it is left out, as in "
         "the fits), against parameter count, with the fitted curve and the band from the "
-        "exponent's bootstrap CI where fitted.",
+        "exponent's CI where fitted (the OLS t interval of a power law, the bootstrap "
+        "interval of a saturating fit).",
         tuple(jobs),
         "No scalar metrics in this run.",
     )

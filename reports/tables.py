@@ -41,8 +41,15 @@ def _params(params: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={fmt(v)}" for k, v in params.items()) or DASH
 
 
-def _ci(ci: Mapping[str, tuple[float, float]]) -> str:
-    return "; ".join(f"{k} ∈ [{fmt(lo)}, {fmt(hi)}]" for k, (lo, hi) in ci.items()) or DASH
+CI_METHODS = {"ols_t": "OLS t", "bootstrap_percentile": "bootstrap"}
+
+
+def _ci(ci: Mapping[str, tuple[float, float]], method: str = "") -> str:
+    """The intervals, and how they were made when fits.json says."""
+    text = "; ".join(f"{k} ∈ [{fmt(lo)}, {fmt(hi)}]" for k, (lo, hi) in ci.items())
+    if not text:
+        return DASH
+    return f"{text} ({CI_METHODS.get(method, method)})" if method else text
 
 
 def fits_table(fits: Iterable[ScalingFit], notes: Iterable[str] = ()) -> Table:
@@ -53,7 +60,7 @@ def fits_table(fits: Iterable[ScalingFit], notes: Iterable[str] = ()) -> Table:
             f.x_name,
             f.form,
             _params(f.params),
-            _ci(f.ci),
+            _ci(f.ci, f.ci_method),
             fmt(f.r2),
             fmt(f.loo_rel_error),
             str(f.n_points),
@@ -62,7 +69,8 @@ def fits_table(fits: Iterable[ScalingFit], notes: Iterable[str] = ()) -> Table:
         for f in fits
     )
     empty = " ".join(f"No scaling fits: {n}." for n in notes)
-    return Table(("metric", "x", "form", "params", "CI", "R²", "LOO rel. error", "n", "note"), rows, empty)
+    columns = ("metric", "x", "form", "params", "CI", "R²", "LOO rel. error", "n", "note")
+    return Table(columns, rows, empty)
 
 
 MAX_DYNAMICS_ROWS = 100

@@ -402,6 +402,35 @@ def test_extra_metrics_render_through_the_sweep_writers(tmp_path: Path) -> None:
     assert "information_capacity.flops_per_token | n_params" not in md  # config arithmetic, not fitted
 
 
+def test_the_fits_table_prints_the_statsmodels_interval_that_fits_json_holds(tmp_path: Path) -> None:
+    """A power law's row: fits.json's numbers at 4 significant digits, the interval the OLS t
+    interval statsmodels gives for the same log-log regression, and its method named."""
+    import statsmodels.api as sm
+
+    from scalelens.sweeps.fits import write_fits
+    from scalelens.sweeps.metrics import write_metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    tasks = []
+    for size in SIZES:
+        path = tmp_path / f"{size}.json"
+        path.write_text(json.dumps(_extra_results(size)))
+        tasks.append((size, path))
+    write_metrics(run, tasks)
+    metric = "activation_sparsity.hoyer_mlp_out_mean"
+    (fit,) = [f for f in write_fits(run, n_boot=10)["fits"]
+              if (f["metric"], f["x_name"], f["form"]) == (metric, "n_params", "power_law")]
+    ols = sm.OLS(np.log(fit["y"]), sm.add_constant(np.log(fit["x"]))).fit()
+    lo, hi = ols.conf_int(alpha=0.05)[1]
+    assert fit["ci"]["b"] == pytest.approx([lo, hi], rel=1e-10) and fit["r2"] == pytest.approx(ols.rsquared)
+    md = render_report(run, progress=False).markdown.read_text()
+    (row,) = [line for line in md.splitlines() if line.startswith(f"| {metric} | n_params | power_law |")]
+    a, b = fit["params"]["a"], fit["params"]["b"]
+    assert f"| a={a:.4g}, b={b:.4g} |" in row and f"| {fit['r2']:.4g} |" in row
+    assert f"b ∈ [{lo:.4g}, {hi:.4g}] (OLS t) |" in row
+
+
 def test_loss_vs_width_fit_is_plotted_and_stated(tmp_path: Path) -> None:
     """With superposition's width m and the loss in one sweep, the report plots the loss
     against m and states the fitted exponent beside the published 0.91."""

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 import statsmodels.api as sm
+from scipy import stats
 
-from scalelens.analyses import scaling
 from scalelens.analyses.dynamics import dynamics_curve, fit_dynamics
 from scalelens.analyses.scaling import (
     FitResult,
@@ -45,47 +45,44 @@ def test_power_law_matches_statsmodels_and_loo_error_is_an_extrapolation():
     ols = sm.OLS(np.log(y), sm.add_constant(np.log(N))).fit()
     assert fit.params["b"] == pytest.approx(ols.params[1], rel=1e-12)
     assert fit.r2 == pytest.approx(ols.rsquared, rel=1e-12)
-    assert fit.ci == {}
     rest = sm.OLS(np.log(y[:-1]), sm.add_constant(np.log(N[:-1]))).fit()
     pred = np.exp(rest.params[0]) * N[-1] ** rest.params[1]
     assert fit.loo_rel_error == pytest.approx(abs(pred - y[-1]) / y[-1], rel=1e-10)
     assert fit.loo_rel_error > 0.01
 
 
-def test_vectorised_bootstrap_matches_statsmodels_per_resample():
-    rng = np.random.default_rng(1)
-    y = 2.0 * N**-0.2 * np.exp(rng.normal(scale=0.05, size=N.size))
-    idx = scaling._draw_indices(N, 3, 20, seed=4)
-    boot = scaling._boot_params(N, y, idx, "power_law")
-    for i, row in enumerate(idx):
-        assert np.unique(N[row]).size >= 3
-        ref = sm.OLS(np.log(y[row]), sm.add_constant(np.log(N[row]))).fit().params
-        assert boot["b"][i] == pytest.approx(ref[1], rel=1e-9)
-        assert boot["a"][i] == pytest.approx(np.exp(ref[0]), rel=1e-9)
+@pytest.mark.parametrize(("n", "level"), [(3, 0.95), (4, 0.95), (8, 0.95), (8, 0.9)])
+def test_power_law_interval_and_standard_errors_are_statsmodels_ols(n, level):
+    rng = np.random.default_rng(n)
+    y = 2.0 * N[:n] ** -0.2 * np.exp(rng.normal(scale=0.05, size=n))
+    fit = fit_power_law(N[:n], y, n_boot=50, ci_level=level)
+    ols = sm.OLS(np.log(y), sm.add_constant(np.log(N[:n]))).fit()
+    (lo_a, hi_a), (lo_b, hi_b) = ols.conf_int(alpha=1 - level)
+    assert fit.ci["b"] == pytest.approx([lo_b, hi_b], rel=1e-10)
+    assert fit.ci["a"] == pytest.approx([np.exp(lo_a), np.exp(hi_a)], rel=1e-10)
+    assert fit.se == pytest.approx({"b": ols.bse[1], "ln_a": ols.bse[0]}, rel=1e-10)
+    half = stats.t.ppf(0.5 + level / 2, n - 2) * ols.bse[1]  # the t interval, by hand
+    assert fit.ci["b"] == pytest.approx([ols.params[1] - half, ols.params[1] + half], rel=1e-10)
+    assert (fit.ci_method, fit.note) == ("ols_t", "")
 
 
-def test_power_law_bootstrap_ci_covers_truth_for_most_seeds():
-    # Nominal 95% percentile intervals from 8 points undercover somewhat (pairs
-    # bootstrap with few points; ~90% measured over 40 seeds), so ask for >= 80%.
-    # The intervals must also be informative: narrower than 0.1 in the exponent.
-    covered, widths = 0, []
-    for seed in range(30):
+def test_power_law_interval_covers_the_true_exponent_at_its_level_with_four_sizes():
+    # A pairs bootstrap, the interval used before, held the true exponent in 54% of these
+    # 4-size fits at a nominal 95% (resamples of 4 points with >= 3 distinct are nearly the data).
+    covered = 0
+    for seed in range(200):
         rng = np.random.default_rng(seed)
-        y = 3.2 * N**-0.076 * np.exp(rng.normal(scale=0.05, size=N.size))
-        fit = fit_power_law(N, y, n_boot=400, seed=seed)
-        lo, hi = fit.ci["b"]
+        y = 3.2 * N[:4] ** -0.076 * np.exp(rng.normal(scale=0.05, size=4))
+        lo, hi = fit_power_law(N[:4], y, n_boot=0).ci["b"]
         covered += lo <= -0.076 <= hi
-        widths.append(hi - lo)
-        assert lo <= fit.params["b"] <= hi
-    assert covered >= 24
-    assert np.median(widths) < 0.1
+    assert 0.90 <= covered / 200 <= 0.99
 
 
 def test_bootstrap_is_seeded():
-    y = 3.2 * N**-0.076 * np.exp(np.random.default_rng(3).normal(scale=0.05, size=N.size))
-    a, b = fit_power_law(N, y, n_boot=100, seed=5), fit_power_law(N, y, n_boot=100, seed=5)
-    assert a.ci == b.ci
-    assert fit_power_law(N, y, n_boot=100, seed=6).ci != a.ci
+    y = 2.0 * N**-0.5 + 1.0 + np.random.default_rng(3).normal(scale=1e-6, size=N.size)
+    a, b = fit_saturating(N, y, n_boot=30, seed=5), fit_saturating(N, y, n_boot=30, seed=5)
+    assert a.ci == b.ci and a.ci_method == "bootstrap_percentile"
+    assert fit_saturating(N, y, n_boot=30, seed=6).ci != a.ci
 
 
 def test_saturating_exact_recovers_alpha_and_asymptote():
@@ -202,5 +199,5 @@ def test_no_degenerate_interval_at_the_fewest_sizes_a_form_accepts():
     y5 = np.append(y4, 2.0 * 1e7**-0.5 + 1.0)
     wide = fit_saturating(x5, y5, n_boot=200)
     assert wide.ci and all(hi > lo for lo, hi in wide.ci.values())
-    three = fit_power_law(x4[:3], 2 * x4[:3] ** 0.3, n_boot=100)
-    assert three.ci == {} and "3 distinct x" in three.note
+    three = fit_power_law(x4[:3], 2 * x4[:3] ** 0.3 * np.array([1.01, 0.99, 1.0]), n_boot=100)
+    assert three.ci["b"][0] < 0.3 < three.ci["b"][1] and three.note == ""  # the t interval, 1 dof
