@@ -417,6 +417,7 @@ def _dynamics_entry(item: DynamicsFit | Mapping[str, Any]) -> dict[str, Any]:
             "params": item.params,
             "r2": item.r2,
             "peak_step": item.peak_step,
+            "n_points": item.n_points,
         }
     else:
         entry = dict(item)
@@ -440,7 +441,8 @@ def fits_to_json(
 
     Returns:
         ``{"version": 1, "fits": [...], "dynamics": [{"size", "layer",
-        "params", "r2", "peak_step"}, ...]}``, JSON-serialisable.
+        "params", "r2", "peak_step", "n_points"}, ...]}`` (``n_points`` for
+        :class:`DynamicsFit` entries), JSON-serialisable.
     """
     return {
         "version": 1,

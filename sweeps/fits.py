@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from scalelens.analyses.dynamics import fit_dynamics_layers
+from scalelens.analyses.dynamics import DynamicsFit, fit_dynamics
 from scalelens.analyses.scaling import FitResult, fit_scaling, fits_to_json
 from scalelens.analyses.trends import StepTrend, fit_step_trend
 
@@ -140,22 +140,24 @@ def _fit(per_size: dict[str, dict[str, str]], name: str, x_name: str, form: str,
     return replace(fit, note="; ".join(t for t in (fit.note, note) if t))
 
 
-def dynamics_fits(rows: list[dict[str, str]]) -> list[Any]:
-    """Per size and layer: the massive-activation ratio against training step."""
-    table: dict[str, dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+def dynamics_fits(rows: list[dict[str, str]]) -> list[DynamicsFit]:
+    """Per size and layer: the massive-activation ratio against training step.
+
+    Each layer is fitted on the checkpoints that have its ratio (``n_points`` says how
+    many): a layer whose ratio was not finite at one step (metrics.csv leaves such values
+    out) loses that point, not its size's every fit. A layer with under
+    ``MIN_DYNAMICS_POINTS`` checkpoints gets no fit.
+    """
+    table: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
     for r in rows:
         if r["analysis"] == "massive_activations" and r["metric"] == "ratio" and r["step"]:
-            table[r["size"]][int(r["step"])][int(r["layer"])] = float(r["value"])
+            table[(r["size"], int(r["layer"]))][int(r["step"])] = float(r["value"])
     out = []
-    for size, by_step in sorted(table.items()):
-        steps = sorted(by_step)
-        if len(steps) < MIN_DYNAMICS_POINTS:
-            continue
-        layers = sorted(by_step[steps[0]])
-        values = np.array([[by_step[s].get(layer, np.nan) for layer in layers] for s in steps])
-        if np.isnan(values).any():
-            continue
-        out += fit_dynamics_layers(np.array(steps, dtype=float), values, size=size)
+    for (size, layer), by_step in sorted(table.items()):
+        if len(by_step) >= MIN_DYNAMICS_POINTS:
+            steps = np.array(sorted(by_step), dtype=float)
+            values = np.array([by_step[int(t)] for t in steps])
+            out.append(fit_dynamics(steps, values, layer=layer, size=size))
     return out
 
 

@@ -111,3 +111,24 @@ def test_bad_inputs():
         fit_dynamics(-STEPS, STEPS)
     with pytest.raises(ScalelensError):
         stationary_x(0.0)
+
+
+def _ratio_rows(size, steps, values, layer):
+    return [{"size": size, "step": str(int(t)), "analysis": "massive_activations", "metric": "ratio",
+             "layer": str(layer), "head": "", "value": str(v)} for t, v in zip(steps, values, strict=True)]
+
+
+def test_sweep_fits_each_layer_on_the_checkpoints_that_have_its_ratio():
+    """A ratio missing at one checkpoint (non-finite, so not in metrics.csv) drops that point of
+    that layer, not the size's every fit; a layer left with under 6 points has no fit."""
+    from scalelens.sweeps.fits import dynamics_fits
+
+    steps = np.array([0, 1, 8, 64, 512, 4000, 32000, 143000], dtype=float)
+    y0, y1 = dynamics_curve(steps, TRUE), dynamics_curve(steps, {**TRUE, "A": 900.0})
+    gap = np.arange(steps.size) != 3
+    rows = _ratio_rows("1b", steps, y0, 0) + _ratio_rows("1b", steps[gap], y1[gap], 1)
+    rows += _ratio_rows("1b", steps[:5], y0[:5], 2)  # 5 checkpoints: too few
+    fits = dynamics_fits(rows)
+    assert [(f.size, f.layer, f.n_points) for f in fits] == [("1b", 0, 8), ("1b", 1, 7)]
+    assert fits[1].params == pytest.approx(fit_dynamics(steps[gap], y1[gap]).params)
+    assert fits[1].r2 > 0.999

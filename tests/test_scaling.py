@@ -182,7 +182,7 @@ def test_fits_to_json_shape():
     assert set(back["fits"][0]) == set(FitResult.__dataclass_fields__)
     assert back["fits"][0]["ci"]["b"][0] == pytest.approx(-0.076)
     d0 = back["dynamics"][0]
-    assert set(d0) == {"size", "layer", "params", "r2", "peak_step"}
+    assert set(d0) == {"size", "layer", "params", "r2", "peak_step", "n_points"}
     assert (d0["size"], d0["layer"]) == ("410m", 2)
     assert d0["params"]["lam"] == pytest.approx(0.3, rel=1e-3)
     with pytest.raises(ScalelensError):
