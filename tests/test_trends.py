@@ -4,11 +4,13 @@ their way from metrics.csv through fits.json into the report."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 
 import numpy as np
 import pytest
+import statsmodels.api as sm
 from scipy import stats
 
 from scalelens.analyses.trends import MIN_TREND_POINTS, StepTrend, fit_step_trend
@@ -84,3 +86,28 @@ def test_the_sweep_writes_a_trend_per_scalar_metric_and_size(tmp_path):
     data = write_fits(tmp_path, n_boot=0)
     slopes = [t["slope_per_decade"] for t in json.loads((tmp_path / "fits.json").read_text())["step_trends"]]
     assert slopes == [pytest.approx(1.0), pytest.approx(2.0)] and len(data["step_trends"]) == 2
+
+
+PYTHIA_STEPS = np.array([0] + [2**i for i in range(10)] + list(range(1000, 143_001, 1000)), dtype=float)
+
+
+@pytest.mark.parametrize("steps", [PYTHIA_STEPS, PYTHIA_STEPS[:6], PYTHIA_STEPS[[0, 11, 60, 153]]])
+def test_the_slope_interval_and_r2_are_statsmodels_ols_on_log10_step_plus_one(steps):
+    """Step 0 sits at log10(1) = 0; the interval is the t interval statsmodels gives, n - 2 dof."""
+    values = 3.0 - 0.2 * np.log10(steps + 1) + np.random.default_rng(steps.size).normal(0, 0.05, steps.size)
+    t = fit_step_trend(steps, values, "m", "s")
+    ols = sm.OLS(values, sm.add_constant(np.log10(steps + 1))).fit()
+    assert t.slope_per_decade == pytest.approx(ols.params[1], rel=1e-10)
+    assert t.slope_ci == pytest.approx(tuple(ols.conf_int(alpha=0.05)[1]), rel=1e-10)
+    assert t.r2 == pytest.approx(ols.rsquared, rel=1e-10)
+    assert (t.first_step, t.n_points) == (0, steps.size)
+
+
+def test_the_exact_p_with_tied_values_counts_every_ordering():
+    """Against an enumeration of all 720 orderings: |rho| at least the observed one, ties averaged."""
+    steps, values = PYTHIA_STEPS[:6], np.array([1.0, 1.0, 2.0, 2.0, 3.0, 1.0])
+    t = fit_step_trend(steps, values, "m", "s")
+    rhos = np.array([stats.spearmanr(steps, p).statistic for p in itertools.permutations(values)])
+    assert t.spearman_rho == pytest.approx(stats.spearmanr(steps, values).statistic)
+    assert t.spearman_p == pytest.approx(np.mean(np.abs(rhos) >= abs(t.spearman_rho) - 1e-12))
+    assert t.spearman_p == pytest.approx(0.4666666666666667)  # 336 of 720
