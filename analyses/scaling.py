@@ -73,8 +73,8 @@ class FitResult:
         loo_rel_error: Relative error predicting the largest ``x`` from the
             rest, or None.
         n_points: Number of points.
-        x: The ``x`` values.
-        y: The ``y`` values.
+        x: The ``x`` values, ascending.
+        y: The ``y`` values, in the order of ``x``.
         note: Why the fit was skipped, or a warning (a saturating exponent on
             a bound of its range); "" otherwise.
         se: Standard errors of the OLS coefficients (``b``, ``ln_a``) of a
@@ -129,13 +129,19 @@ def _curve(form: Form) -> Callable[[np.ndarray, Mapping[str, float]], np.ndarray
 
 
 def _points(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``y`` as float64 points, validated and sorted by x (then y).
+
+    Sorted, so that a fit does not depend on the order the points come in (sizes listed
+    in another order): the bootstrap draws resamples by index, so its intervals would.
+    """
     xa = as_array("x", x, 1, "fiu").astype(np.float64)
     ya = as_array("y", y, 1, "fiu").astype(np.float64)
     if xa.shape != ya.shape:
         raise ScalelensError(f"x {xa.shape} and y {ya.shape} must have the same length")
     if not (np.isfinite(xa).all() and np.isfinite(ya).all()):
         raise ScalelensError("x and y must be finite; drop missing points before fitting")
-    return xa, ya
+    order = np.lexsort((ya, xa))
+    return xa[order], ya[order]
 
 
 def _power_ols(x: np.ndarray, y: np.ndarray) -> Any:

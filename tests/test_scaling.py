@@ -201,3 +201,16 @@ def test_no_degenerate_interval_at_the_fewest_sizes_a_form_accepts():
     assert wide.ci and all(hi > lo for lo, hi in wide.ci.values())
     three = fit_power_law(x4[:3], 2 * x4[:3] ** 0.3 * np.array([1.01, 0.99, 1.0]), n_boot=100)
     assert three.ci["b"][0] < 0.3 < three.ci["b"][1] and three.note == ""  # the t interval, 1 dof
+
+
+@pytest.mark.parametrize("form", ["power_law", "saturating"])
+def test_a_fit_does_not_depend_on_the_order_of_its_points(form):
+    """Sizes listed in another order (a sweep's --model flags) give the same fit: the
+    bootstrap draws resamples by index, and its intervals once moved with the order."""
+    y = 5.0 * WIDTH**-0.91 + 2.0 + np.random.default_rng(1).normal(scale=0.01, size=WIDTH.size)
+    ref = fit_scaling(WIDTH, y, form=form, n_boot=50)
+    order = np.random.default_rng(2).permutation(WIDTH.size)
+    shuffled = fit_scaling(WIDTH[order], y[order], form=form, n_boot=50)
+    assert ref.ci and shuffled.ci == ref.ci
+    assert (shuffled.params, shuffled.r2, shuffled.loo_rel_error) == (ref.params, ref.r2, ref.loo_rel_error)
+    assert shuffled.x == sorted(WIDTH.tolist()) and shuffled.y == y.tolist()
