@@ -128,8 +128,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--analyses", default=None,
                    help="comma-separated analyses to run (default: every one the probes support); "
                         "one a file lacks the probes for is an error")
-    a.add_argument("--threshold", type=float, default=0.1)
-    a.add_argument("--gate", type=float, default=0.5)
+    a.add_argument("--threshold", type=float, default=None,
+                   help="retrieval-head score bar (default: the measure's, from results.json beside the "
+                        "capture, else 0.1)")
+    a.add_argument("--gate", type=float, default=None,
+                   help="ROUGE-1 recall a test must exceed (default: the measure's, else 0.5)")
+    a.add_argument("--ratio-threshold", type=float, default=None,
+                   help="massive activations' ratio-only bar (default: the measure's, else 100)")
     a.add_argument("--tokenizer", default=None,
                    help="tokenizer directory or hub id for the retrieval gate's words (default: the one "
                         "the capture recorded)")
@@ -181,12 +186,52 @@ def _analyses_in() -> dict[str, list[str]]:
             "text_dominance": [fc.DOMINANCE_PROBE]}
 
 
-def analyze_file(path: Path, threshold: float = 0.1, gate: float = 0.5,
-                 analyses: tuple[str, ...] | None = None, tokenizer: Any = None) -> dict[str, Any]:
+# The analysis settings ``analyze`` takes, and the group of results.json's settings that holds each.
+ANALYZE_SETTINGS = {"threshold": "retrieval", "gate": "retrieval", "ratio_threshold": "massive"}
+
+
+def analyze_settings(path: Path, given: dict[str, float | None]) -> dict[str, float]:
+    """``given`` settings, each one left None taken from the measure that made ``path``.
+
+    A capture in a ``measure`` (or sweep task) directory is analysed as that measure
+    analysed it: its ``results.json`` records the threshold, gate and ratio threshold.
+    Without one (or where it lacks a value), the defaults of ``measure``.
+    """
+    from scalelens.measure.massive import MassiveSettings
+    from scalelens.measure.retrieval import RetrievalSettings
+
+    defaults = {"retrieval": RetrievalSettings(), "massive": MassiveSettings()}
+    recorded = _recorded_settings(path.parent / "results.json")
+    out = {}
+    for name, group in ANALYZE_SETTINGS.items():
+        value = given.get(name)
+        if value is None:
+            value = recorded.get(group, {}).get(name)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            value = getattr(defaults[group], name)
+        out[name] = float(value)
+    return out
+
+
+def _recorded_settings(results: Path) -> dict[str, Any]:
+    """The ``settings`` a measure wrote into ``results``, or {} (no file, or unreadable)."""
+    try:
+        settings = json.loads(results.read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def analyze_file(path: Path, threshold: float | None = None, gate: float | None = None,
+                 analyses: tuple[str, ...] | None = None, tokenizer: Any = None,
+                 ratio_threshold: float | None = None) -> dict[str, Any]:
     """Every analysis the probes in one capture file support (or exactly ``analyses``).
 
-    ``tokenizer`` (an object) decodes the retrieval answers for the ROUGE-1 gate;
-    by default, the one the capture was made with, where it is on disk.
+    ``threshold``, ``gate`` and ``ratio_threshold`` left None are the measure's own
+    (:func:`analyze_settings`), so a rerun reproduces its results.json. ``tokenizer`` (an
+    object) decodes the retrieval answers for the ROUGE-1 gate and names the massive
+    activations' delimiter tokens; by default, the one the capture was made with, where it
+    is on disk.
 
     An incomplete file (a capture still running or interrupted) is analysed over its
     finished prompts and says so in ``"incomplete"``. Probe values that are NaN or
@@ -197,6 +242,7 @@ def analyze_file(path: Path, threshold: float = 0.1, gate: float = 0.5,
     from scalelens.cache.reader import CaptureFile
     from scalelens.measure.dominance import OTHER, TEXT
 
+    s = analyze_settings(path, {"threshold": threshold, "gate": gate, "ratio_threshold": ratio_threshold})
     out: dict[str, Any] = {}
     with CaptureFile(path) as f:
         needs = _analyses_in()
@@ -210,8 +256,11 @@ def analyze_file(path: Path, threshold: float = 0.1, gate: float = 0.5,
         if f.n_done == 0:
             raise ScalelensError(f"{path} holds no finished prompts yet; wait for the capture or rerun it")
         runners = {
-            "retrieval_heads": lambda: fc.retrieval_from_capture(f, threshold, gate, tokenizer).to_dict(),
-            "massive_activations": lambda: fc.massive_from_capture(f).to_dict(),
+            "retrieval_heads": lambda: fc.retrieval_from_capture(
+                f, s["threshold"], s["gate"], tokenizer).to_dict(),
+            "massive_activations": lambda: fc.massive_from_capture(
+                f, delimiter_ids=_delimiters_of(f, tokenizer), ratio_threshold=s["ratio_threshold"],
+            ).to_dict(),
             "text_dominance": lambda: fc.dominance_from_capture(f, TEXT, OTHER).to_dict(),
         }
         for name in wanted:
@@ -232,12 +281,21 @@ def analyze_file(path: Path, threshold: float = 0.1, gate: float = 0.5,
     return out
 
 
+def _delimiters_of(f: Any, tokenizer: Any) -> list[int]:
+    """Delimiter token ids as ``measure`` counts them: of ``tokenizer``, else the capture's own."""
+    from scalelens.analyses.from_capture import recorded_tokenizer
+    from scalelens.measure.massive import delimiter_ids
+
+    tok = tokenizer if tokenizer is not None else recorded_tokenizer(f.model, f.capture.get("tokenizer"))
+    return [] if tok is None else delimiter_ids(tok)
+
+
 def run_analyze(args: argparse.Namespace) -> int:
     """Handle ``scalelens analyze``."""
     from scalelens.measure.run import parse_analyses
 
     analyses = parse_analyses(args.analyses) if args.analyses else None
-    _check_finite(args, ("threshold", "gate"))
+    _check_finite(args, tuple(n for n in ANALYZE_SETTINGS if getattr(args, n) is not None))
     if not args.path.exists():
         raise ScalelensError(f"{args.path} does not exist; give a capture .h5 file or a measure directory")
     files = sorted(args.path.glob("*.h5")) if args.path.is_dir() else [args.path]
@@ -248,22 +306,23 @@ def run_analyze(args: argparse.Namespace) -> int:
         from scalelens.models.load import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer)
+    given = {n: getattr(args, n) for n in ANALYZE_SETTINGS}
     if args.path.is_dir():
-        result = _analyze_dir(args.path, files, analyses, args.threshold, args.gate, tokenizer)
+        result = _analyze_dir(args.path, files, analyses, given, tokenizer)
     else:
-        result = {f.name: analyze_file(f, args.threshold, args.gate, analyses, tokenizer) for f in files}
+        result = {f.name: analyze_file(f, analyses=analyses, tokenizer=tokenizer, **given) for f in files}
     print(json.dumps(result, indent=1, default=str, allow_nan=True))
     return 0
 
 
-def _analyze_dir(path: Path, files: list[Path], analyses: tuple[str, ...] | None, threshold: float,
-                 gate: float, tokenizer: Any = None) -> dict[str, Any]:
+def _analyze_dir(path: Path, files: list[Path], analyses: tuple[str, ...] | None,
+                 given: dict[str, float | None], tokenizer: Any = None) -> dict[str, Any]:
     """Analyse every capture in a directory that holds some analysis's probes (others: a note)."""
     result = {}
     for f in files:
         keep = _supported(f, analyses or tuple(_analyses_in()))
         if keep:
-            result[f.name] = analyze_file(f, threshold, gate, keep, tokenizer)
+            result[f.name] = analyze_file(f, analyses=keep, tokenizer=tokenizer, **given)
         else:
             print(f"note: {f.name} holds none of the probes the analyses read; skipped", file=sys.stderr)
     missing = [a for a in analyses or () if not any(a in r for r in result.values())]

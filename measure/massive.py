@@ -53,7 +53,8 @@ class MassiveSettings:
             raise ScalelensError(f"--n-sequences must be at most {MAX_SEQUENCES:,}, got {self.n_sequences:,}")
 
 
-def _delimiters(tokenizer: Any) -> list[int]:
+def delimiter_ids(tokenizer: Any) -> list[int]:
+    """Token ids the massive-activation analysis counts as delimiters: period, newline, BOS, EOS."""
     ids = set()
     for text in (".", "\n", " ."):
         ids.update(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -72,7 +73,7 @@ def measure_massive(loaded: Any, s: MassiveSettings, out: Path, overwrite: bool 
     capture(loaded, [probe], texts, out, batch_size=s.batch_size, overwrite=overwrite, reuse_complete=True,
             progress=progress)
     with CaptureFile(out) as f:
-        result = massive_from_capture(f, delimiter_ids=_delimiters(loaded.tokenizer),
+        result = massive_from_capture(f, delimiter_ids=delimiter_ids(loaded.tokenizer),
                                       ratio_threshold=s.ratio_threshold)
     effect = intervention(loaded, result, texts, s.batch_size) if s.intervene else None
     return result, effect

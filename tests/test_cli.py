@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from tiny_models import prompts
 
 from scalelens.cache.reader import CaptureFile
@@ -282,3 +283,41 @@ def test_inspect_a_directory_inspects_each_capture_in_it(model_dir, prompt_file,
     assert capsys.readouterr().err.strip() == (
         f"scalelens: error: {empty} holds no .h5 captures and is not a sweep's run directory; give a "
         "capture file, a measure output directory or a run directory")
+
+
+def _with_a_massive_dimension(model_dir, out):
+    """``model_dir``'s model with +5000 on residual dimension 5 after layer 0 (every position):
+    entries that pass Sun et al.'s rule, on every token, delimiters included."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.gpt_neox.layers[0].mlp.dense_4h_to_h.bias[5] = 5000.0
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return out
+
+
+def test_analyze_reproduces_the_measures_results(model_dir, tmp_path, capsys):
+    """`analyze DIR` reruns the analyses with the settings the measure used (its results.json):
+    it once took the default gate, threshold and ratio threshold, and counted no delimiters,
+    so its numbers differed from results.json's for the very same captures."""
+    model = _with_a_massive_dimension(model_dir, tmp_path / "model")
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"w{i} w{i + 1} w{i + 2} w{i + 3}.\n" for i in range(0, 40, 3)))
+    out = tmp_path / "m"
+    assert main(["measure", "--model", str(model), "--analyses", "massive_activations,retrieval_heads",
+                 "--text", str(text), "--n-sequences", "3", "--seq-length", "16", "--ratio-threshold", "2",
+                 "--context-lengths", "16", "--depths", "0.5", "--n-needles", "1", "--gate", "-1",
+                 "--threshold", "0.05", "--ablation-k", "0", "--out", str(out)]) == 0
+    measured = json.loads((out / "results.json").read_text())["analyses"]
+    assert 0 < measured["massive_activations"]["share_delimiter"] < 1
+    assert measured["massive_activations"]["ratio_layers"] and measured["retrieval_heads"]["n_tests_passed"]
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 0
+    again = json.loads(capsys.readouterr().out)
+    for file, name in (("massive.h5", "massive_activations"), ("retrieval.h5", "retrieval_heads")):
+        got = again[file][name]
+        assert got == {k: v for k, v in measured[name].items() if k in got}, name
+    assert main(["analyze", str(out / "retrieval.h5"), "--gate", "2"]) == 0  # given: the flag wins
+    assert json.loads(capsys.readouterr().out)["retrieval.h5"]["retrieval_heads"]["n_tests_passed"] == 0
