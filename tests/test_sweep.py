@@ -149,17 +149,26 @@ def test_a_transient_failure_is_retried(suite_copy, tmp_path):
 
 
 def test_ray_executor_runs_tasks_on_a_local_cluster(suite_copy, tmp_path):
+    """Ray's tasks write the same metrics.csv and fits.json, byte for byte, as the local executor's."""
+    import dataclasses
+
     import ray
 
+    manifest = read_manifest(suite_copy)
     spec = _spec(suite_copy, analyses=("superposition", "massive_activations"), executor="ray",
-                 sizes=tuple(read_manifest(suite_copy).sizes[:2]))
+                 sizes=tuple(manifest.sizes[:3]), checkpoints=(manifest.steps[-1],))
     try:
-        summary = sweep(spec, tmp_path, n_boot=0)
+        summary = sweep(spec, tmp_path / "ray", n_boot=20)
     finally:
         ray.shutdown()
-    assert summary.count("done") == 4 and not summary.failed
-    with (tmp_path / "metrics.csv").open() as fh:
+    assert summary.count("done") == 3 and not summary.failed
+    with (tmp_path / "ray" / "metrics.csv").open() as fh:
         assert {r["size"] for r in csv.DictReader(fh)} == set(spec.sizes)
+    local = sweep(dataclasses.replace(spec, executor="local"), tmp_path / "local", n_boot=20)
+    assert local.count("done") == 3
+    for table in ("metrics.csv", "fits.json"):
+        assert (tmp_path / "ray" / table).read_bytes() == (tmp_path / "local" / table).read_bytes(), table
+    assert json.loads((tmp_path / "local" / "fits.json").read_text())["fits"]  # 3 sizes: fitted
 
 
 def _free_port() -> int:
