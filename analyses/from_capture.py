@@ -157,7 +157,7 @@ def dominance_from_capture(f: CaptureFile, text: tuple[str, ...], other: tuple[s
                            first_token_sink: bool = True) -> TextDominanceResult:
     """MDI/AEI from attention rows of the query segment to labelled key segments."""
     _need(f, DOMINANCE_PROBE, "text_dominance")
-    rows = f.read("values", DOMINANCE_PROBE).data
+    rows = f.lazy("values", DOMINANCE_PROBE)  # read by layer and prompt range: may exceed memory
     qpos = f.read("query_pos", DOMINANCE_PROBE).data
     segments = f.read("segments").data
     kinds = {i: ("text" if lab in text else "other" if lab in other else "ignore")

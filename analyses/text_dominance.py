@@ -46,6 +46,8 @@ from scalelens.analyses._common import as_array, check_shape, jsonable, layer_th
 from scalelens.errors import ScalelensError
 
 KINDS = ("text", "other", "sink", "ignore")
+# Bytes of attention rows (every layer as stored, one as float64) reduced at once.
+CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,12 @@ def _move_first_to_sink(codes: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check(attn: Any, query_valid: Any, key_groups: Any) -> tuple[np.ndarray, ...]:
-    a = as_array("attn", attn, 5, "f")
+def _check(attn: Any, query_valid: Any, key_groups: Any) -> tuple[Any, np.ndarray, np.ndarray]:
+    a = attn if _lazy(attn) else as_array("attn", attn, 5, "f")
+    if a.ndim != 5:
+        raise ScalelensError(f"attn must have 5 dimensions, got shape {a.shape}")
+    if np.dtype(a.dtype).kind != "f":
+        raise ScalelensError(f"attn must have dtype kind in 'f', got {a.dtype}")
     valid = as_array("query_valid", query_valid, 2, "b")
     groups = as_array("key_groups", key_groups, 2, "iu")
     n_p, _, _, n_q, n_k = a.shape
@@ -135,13 +141,46 @@ def _check(attn: Any, query_valid: Any, key_groups: Any) -> tuple[np.ndarray, ..
     return a, valid, groups
 
 
-def _layer_masses(a: np.ndarray, valid: np.ndarray, onehot: np.ndarray) -> np.ndarray:
-    """Mean mass per kind for each layer, shape ``(layer, 4)``."""
+def _lazy(attn: Any) -> bool:
+    """Whether ``attn`` is read in slices (an h5py Dataset, say) rather than taken as an array."""
+    return not isinstance(attn, np.ndarray) and all(hasattr(attn, k) for k in ("shape", "dtype", "ndim"))
+
+
+def _prompt_chunks(a: Any, chunk_bytes: int) -> list[slice]:
+    """Prompt ranges of ``a`` of about ``chunk_bytes`` each (one prompt at least).
+
+    A prompt costs its rows of every layer as stored plus one layer's as float64.
+    """
+    n_p = a.shape[0]
+    layer_size = int(np.prod(a.shape[2:], dtype=np.int64))
+    per_prompt = layer_size * (a.shape[1] * np.dtype(a.dtype).itemsize + 8)
+    step = max(1, chunk_bytes // max(1, per_prompt))
+    return [slice(start, min(n_p, start + step)) for start in range(0, n_p, step)]
+
+
+def _onehot(codes: np.ndarray) -> np.ndarray:
+    """``(prompt, kv_seq, kind)`` float64 indicator of each key's kind."""
+    return (codes[:, :, None] == np.arange(len(KINDS))).astype(np.float64)
+
+
+def _layer_masses(a: Any, valid: np.ndarray, codes: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """Mean mass per kind for each layer, shape ``(layer, 4)``.
+
+    ``a`` is read one range of prompts at a time, so memory does not grow with the prompt
+    count beyond the small per-row sums. Each row's sum is its own prompt's, so the result
+    does not depend on ``chunk_bytes``.
+    """
     weight = valid.astype(np.float64) / (valid.sum() * a.shape[2])
+    parts: list[list[np.ndarray]] = [[] for _ in range(a.shape[1])]
+    for c in _prompt_chunks(a, chunk_bytes):
+        block, onehot = a[c], _onehot(codes[c])
+        for layer, layer_parts in enumerate(parts):
+            rows = np.asarray(block[:, layer], dtype=np.float64)  # (prompt, head, query, kv)
+            layer_parts.append(np.einsum("phqk,pkg->pqg", rows, onehot))  # summed over heads
+        del block
     out = np.empty((a.shape[1], len(KINDS)))
-    for layer in range(a.shape[1]):
-        rows = np.asarray(a[:, layer], dtype=np.float64)  # (prompt, head, query, kv)
-        per_row = np.einsum("phqk,pkg->pqg", rows, onehot)  # summed over heads
+    for layer, layer_parts in enumerate(parts):
+        per_row = layer_parts[0] if len(layer_parts) == 1 else np.concatenate(layer_parts)
         out[layer] = np.einsum("pqg,pq->g", per_row, weight)
     return out
 
@@ -163,17 +202,22 @@ def text_dominance(
     group_kinds: Mapping[int, str],
     *,
     first_token_sink: bool = True,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> TextDominanceResult:
     """Compute attention shares, MDI and AEI per layer and per layer third.
 
     Args:
-        attn: ``(prompt, layer, head, query, kv_seq)`` attention probabilities.
+        attn: ``(prompt, layer, head, query, kv_seq)`` attention probabilities: an array,
+            or an array-like read in slices (``attn[start:stop, layer]``, e.g. an h5py
+            Dataset), so that a large capture is never held in memory whole.
         query_valid: ``(prompt, query)`` bool mask of real query rows.
         key_groups: ``(prompt, kv_seq)`` int group label of each key.
         group_kinds: Label -> ``"text" | "other" | "sink" | "ignore"``; every
             label in ``key_groups`` must be present.
         first_token_sink: Move each prompt's first key that is not padding (negative
             label) to the sink, whatever its kind.
+        chunk_bytes: Prompts are read and reduced in ranges of about this many bytes;
+            the result does not depend on it.
 
     Returns:
         A :class:`TextDominanceResult`.
@@ -186,13 +230,13 @@ def text_dominance(
     codes = _kind_codes(groups, group_kinds)
     if first_token_sink:
         codes = _move_first_to_sink(codes, groups)
-    onehot = (codes[:, :, None] == np.arange(len(KINDS))).astype(np.float64)
+    key_counts = np.stack([(codes == k).sum(axis=1) for k in range(len(KINDS))], axis=1).astype(np.float64)
     rows_per_prompt = valid.sum(axis=1).astype(np.float64)
-    counts = rows_per_prompt @ onehot.sum(axis=1) / rows_per_prompt.sum()
+    counts = rows_per_prompt @ key_counts / rows_per_prompt.sum()
     n_text, n_other = float(counts[0]), float(counts[1])
     if n_text == 0 or n_other == 0:
         raise ScalelensError(f"need text and other keys, got |T|={n_text}, |O|={n_other}")
-    masses = _layer_masses(a, valid, onehot)
+    masses = _layer_masses(a, valid, codes, chunk_bytes)
     per_layer = [{"layer": i, **_stats(m, n_text, n_other)} for i, m in enumerate(masses)]
     parts = layer_thirds(len(masses)) if len(masses) >= 3 else {}
     parts["all"] = list(range(len(masses)))

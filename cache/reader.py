@@ -78,6 +78,31 @@ class NonFinite:
         return f"probe {self.probe}/{self.dataset}: {self.count} NaN/inf value(s) in {where}"
 
 
+class PromptSlices:
+    """A dataset with a leading prompt axis, read only in slices of finished prompts.
+
+    What :meth:`CaptureFile.lazy` returns: ``shape``, ``dtype``, ``ndim`` and ``axes`` as
+    for the array, and ``x[start:stop, ...]`` reads those prompts from disk alone, so an
+    analysis can reduce a capture larger than memory range by range.
+    """
+
+    def __init__(self, read: Callable[[tuple[Any, ...]], np.ndarray], shape: tuple[int, ...],
+                 dtype: np.dtype, axes: tuple[str, ...]) -> None:
+        """Wrap ``read`` (indexes the dataset) over its first ``shape[0]`` prompts."""
+        self._read, self.shape, self.dtype, self.axes = read, shape, dtype, axes
+        self.ndim = len(shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """``key``'s entries; its first index is a slice of prompts (step 1)."""
+        first, *rest = key if isinstance(key, tuple) else (key,)
+        if not isinstance(first, slice):
+            raise TypeError(f"index the prompt axis with a slice, got {first!r}")
+        start, stop, step = first.indices(self.shape[0])
+        if step != 1:
+            raise TypeError("prompt slices take step 1")
+        return np.asarray(self._read((slice(start, max(start, stop)), *rest)))
+
+
 def _short(values: tuple[int, ...], n: int = 8) -> str:
     text = ",".join(str(v) for v in values[:n])
     return text + (f",... ({len(values)} in all)" if len(values) > n else "")
@@ -330,6 +355,20 @@ class CaptureFile:
             return Labeled(data[0], axes[1:]) if isinstance(prompts, int) else Labeled(data, axes)
         data = self._guard(where, lambda: ds[: self._n_done] if done_only and by_prompt else ds[()])
         return Labeled(np.asarray(data), axes)
+
+    def lazy(self, name: str, probe: str | None = None) -> PromptSlices:
+        """Dataset ``name`` (of ``probe``) to read in prompt slices (finished prompts only).
+
+        Unlike :meth:`read` nothing is read yet: ``x[start:stop]`` reads those prompts.
+        """
+        where = name if probe is None else f"{schema.PROBES}/{probe}/{name}"
+        ds = self._dataset(where)
+        axes = self._axes(ds, where)
+        if not axes or axes[0] != "prompt":
+            raise ScalelensError(f"{self.path}: {where} has no prompt axis (axes {axes}); use read()")
+        shape = (self._n_done, *ds.shape[1:])
+        read = partial(self._guard, where)
+        return PromptSlices(lambda key: read(partial(ds.__getitem__, key)), shape, ds.dtype, axes)
 
     def datasets(self, probe: str) -> dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]]:
         """Shapes, dtypes and axes of a probe's datasets."""

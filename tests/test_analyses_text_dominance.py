@@ -138,3 +138,24 @@ def test_bad_inputs():
         text_dominance(attn, valid[:, :2], groups, KINDS)
     with pytest.raises(ScalelensError):
         text_dominance(attn, np.zeros_like(valid), groups, KINDS)
+
+
+def test_read_in_prompt_ranges_gives_the_same_bytes(tmp_path):
+    """Attention rows read lazily (an HDF5 dataset) range by range, down to one prompt at a time,
+    give exactly the result of the whole array in memory (a large capture need not fit)."""
+    import h5py
+
+    rng = np.random.default_rng(3)
+    attn = rng.random((7, 4, 3, 2, 10)).astype(np.float32)
+    attn /= attn.sum(axis=-1, keepdims=True)
+    groups = rng.choice([TEXT, OTHER, PAD], size=(7, 10))
+    groups[:, 1], groups[:, 2] = TEXT, OTHER
+    valid = rng.random((7, 2)) < 0.8
+    valid[0] = True
+    whole = json.dumps(text_dominance(attn, valid, groups, KINDS).to_dict())
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f["attn"] = attn
+        for chunk_bytes in (1, 3 * 10 * 2 * (4 * 4 + 8) * 3, 10**9):
+            lazy = text_dominance(f["attn"], valid, groups, KINDS, chunk_bytes=chunk_bytes)
+            assert json.dumps(lazy.to_dict()) == whole
+        assert json.dumps(text_dominance(attn, valid, groups, KINDS, chunk_bytes=1).to_dict()) == whole

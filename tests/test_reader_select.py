@@ -117,3 +117,28 @@ def test_repr_is_one_line_with_model_probes_and_progress(capture_path, tmp_path)
         h["progress"][...] = [3, 0]
     with CaptureFile(partial) as f:
         assert repr(f).endswith(f"{N} prompts, 3/{N} prompts done)")
+
+
+def test_lazy_reads_slices_of_finished_prompts_as_read_does(capture_path, tmp_path):
+    """CaptureFile.lazy: the shape of the finished prompts; x[a:b, ...] equals read()'s rows."""
+    import shutil
+
+    import h5py
+
+    partial = tmp_path / "partial.h5"
+    shutil.copy(capture_path, partial)
+    with h5py.File(partial, "r+") as f:
+        f["progress"][...] = [5, 0]
+    with CaptureFile(partial) as f:
+        full = f.read("values", probe="resid")
+        lazy = f.lazy("values", probe="resid")
+        assert (lazy.shape, lazy.ndim, lazy.axes) == (full.data.shape, 4, full.axes)
+        assert lazy.dtype == full.data.dtype
+        assert lazy.shape[0] == 5
+        np.testing.assert_array_equal(lazy[1:4, 0], full.data[1:4, 0])
+        np.testing.assert_array_equal(lazy[3:99], full.data[3:5])  # never past the finished prompts
+        assert lazy[4:2].shape == (0, *full.data.shape[1:])
+        with pytest.raises(TypeError, match="slice"):
+            lazy[0]
+        with pytest.raises(ScalelensError, match="no prompt axis"):
+            f.lazy("progress")
