@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import gc
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -179,8 +181,23 @@ def draw(plans: Sequence[SectionPlan], progress: bool | None = None) -> list[Sec
     """
     total = sum(len(p.jobs) for p in plans)
     disable = (None if total >= PROGRESS_MIN_PLOTS else True) if progress is None else not progress
-    with tqdm(total=total, desc="report plots", unit="plot", disable=disable) as bar:
+    with tqdm(total=total, desc="report plots", unit="plot", disable=disable) as bar, _frozen_gc():
         return [_draw_section(plan, bar) for plan in plans]
+
+
+@contextmanager
+def _frozen_gc() -> Iterator[None]:
+    """Let a collection after each plot scan only what was made since (``gc.freeze``).
+
+    A figure is a web of reference cycles. With a large run's million metric rows alive,
+    Python's full collections came rarely, and the figures' garbage piled up (+150 MiB over
+    145 plots); a full collection per plot would rescan every row (3x the drawing time).
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _draw_section(plan: SectionPlan, bar: tqdm) -> Section:
@@ -188,5 +205,7 @@ def _draw_section(plan: SectionPlan, bar: tqdm) -> Section:
     for job in plan.jobs:
         fig = job.make()
         drawn.append(Plot(job.title, plots.to_data_uri(fig), job.caption))
+        del fig
+        gc.collect()  # the figure's cycles (see _frozen_gc)
         bar.update()
     return Section(plan.id, plan.title, plan.intro, tuple(drawn), plan.empty)

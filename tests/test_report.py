@@ -948,3 +948,61 @@ def test_a_report_while_a_sweep_writes_the_run_says_so(run_dir: Path, tmp_path: 
     assert (tmp_path / "r.html").is_file()
     assert main(["report", str(run), "--out", str(tmp_path / "r2.html")]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_metrics_read_from_disk_as_the_text_parses(tmp_path: Path) -> None:
+    """load_metrics streams the file; a byte-order mark, CRLF line ends and a quoted field with a
+    line break inside give the rows the whole decoded text gives."""
+    from scalelens.reports.metrics import load_metrics, parse_metrics
+
+    text = ",".join(COLUMNS) + "\r\n" + "".join(
+        f'pythia-70m,70m,step{k},{k},7e7,1.9e7,massive_activations,ratio,{k % 6},,{k / 7}\r\n'
+        for k in range(3000)) + 'm,"s\nx",main,,1e6,1e5,loss,loss,,,3.25\r\n'
+    path = tmp_path / "metrics.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    got = load_metrics(path)
+    assert got.rows == parse_metrics(io.StringIO(text, newline="")).rows
+    assert len(got.rows) == 3001 and got.rows[0].model == "pythia-70m" and got.rows[-1].size == "s\nx"
+
+
+def test_a_bad_byte_deep_in_metrics_is_named_at_its_offset_in_the_file(tmp_path: Path) -> None:
+    """The error names the offset in the whole file, not in the block being decoded."""
+    from scalelens.reports.metrics import load_metrics
+
+    head = (",".join(COLUMNS) + "\n" + "m,s,main,,1e6,1e5,loss,loss,,,3.1\n" * 5000).encode()
+    path = tmp_path / "metrics.csv"
+    path.write_bytes(head + b"m,s,main,,1e6,1e5,loss,caf\xe9,,,3.1\n")
+    with pytest.raises(ScalelensError, match=f"bad byte at offset {len(head) + 26}\\)"):
+        load_metrics(path)
+
+
+def test_each_figure_is_freed_before_the_next_is_drawn_and_gc_is_left_as_found() -> None:
+    """A figure (a web of reference cycles) is collected once drawn, not left for a rare full
+    collection (with a large run's rows alive, 150 MiB of them piled up); gc is frozen while
+    drawing so that collecting is cheap, and unfrozen afterwards, also when a plot fails."""
+    import gc
+    import weakref
+
+    from scalelens.reports import plots, sections
+
+    made: list[weakref.ref] = []
+    alive_at_make: list[int] = []
+
+    def make():
+        alive_at_make.append(sum(ref() is not None for ref in made))
+        fig, ax = plots.new_figure()
+        ax.plot([0, 1], [1, 0])
+        made.append(weakref.ref(fig))
+        return fig
+
+    def broken():
+        raise ValueError("plot failed")
+
+    jobs = tuple(sections.PlotJob(f"p{i}", make) for i in range(3))
+    drawn = sections.draw([sections.SectionPlan("x", "X", "", jobs)], progress=False)
+    assert [len(p.uri) > 100 for p in drawn[0].plots] == [True] * 3
+    assert alive_at_make == [0, 0, 0]
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(ValueError, match="plot failed"):
+        sections.draw([sections.SectionPlan("x", "X", "", (sections.PlotJob("p", broken),))], progress=False)
+    assert gc.get_freeze_count() == 0
