@@ -193,6 +193,9 @@ def _frozen_gc() -> Iterator[None]:
     Python's full collections came rarely, and the figures' garbage piled up (+150 MiB over
     145 plots); a full collection per plot would rescan every row (3x the drawing time).
     """
+    if gc.get_freeze_count():  # the caller froze objects of its own: leave its state alone
+        yield
+        return
     gc.freeze()
     try:
         yield
