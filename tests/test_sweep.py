@@ -952,3 +952,30 @@ def test_a_missing_setting_file_is_refused_before_any_task_runs(suite_copy, tmp_
     with pytest.raises(ScalelensError, match="sweep setting text = 'probe.txt': no such file"):
         read_spec(tmp_path / "sweep.toml")
     assert not (tmp_path / "run").exists()
+
+
+def test_parquet_holds_the_csv_cells_layer_head_and_step_as_its_strings(tmp_path):
+    """metrics.parquet (its layer/head/step strings interned to save memory) matches metrics.csv
+    cell for cell."""
+    import csv
+    import json
+
+    pq = pytest.importorskip("pyarrow.parquet")
+    from benchmarks.report_scale import task_results
+
+    from scalelens.sweeps.metrics import COLUMNS, write_metrics
+
+    done = []
+    for size, step in (("70m", 0), ("70m", 1000), ("160m", 143000)):
+        path = tmp_path / "tasks" / size / f"step{step}" / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(task_results(size, step)))
+        done.append((size, path))
+    write_metrics(tmp_path, done)
+    table = pq.read_table(tmp_path / "metrics.parquet").to_pydict()
+    with (tmp_path / "metrics.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(table["value"]) > 500
+    for c in COLUMNS:
+        got = [str(v) if c in ("n_params", "n_params_non_embedding", "value") else v for v in table[c]]
+        assert got == [r[c] for r in rows], c
