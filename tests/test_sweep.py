@@ -960,9 +960,9 @@ def test_parquet_holds_the_csv_cells_layer_head_and_step_as_its_strings(tmp_path
     import csv
     import json
 
-    pq = pytest.importorskip("pyarrow.parquet")
-    from benchmarks.report_scale import task_results
+    import pyarrow.parquet as pq
 
+    from benchmarks.report_scale import task_results
     from scalelens.sweeps.metrics import COLUMNS, write_metrics
 
     done = []
