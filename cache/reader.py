@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import reprlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -385,15 +385,20 @@ class CaptureFile:
         """All datasets of probe ``name``."""
         return {k: self.read(k, probe=name) for k in self.datasets(name)}
 
-    def nonfinite(self) -> list[NonFinite]:
-        """Every float dataset of every probe holding NaN or inf among finished prompts.
+    def nonfinite(self, probes: Iterable[str] | None = None) -> list[NonFinite]:
+        """Every float dataset holding NaN or inf among finished prompts.
 
         Padding never holds NaN except the massive summary's ``top_values`` tail, whose
         entries past each prompt's valid count are NaN by design; those are not counted
         (they sit where ``top_pos`` is -1).
+
+        Args:
+            probes: Scan only these probes (those present); None: every probe.
         """
         found = []
-        for probe in self.probe_names:
+        keep = None if probes is None else set(probes)
+        names = [p for p in self.probe_names if keep is None or p in keep]
+        for probe in names:
             for name, (shape, dtype, axes) in self.datasets(probe).items():
                 if np.dtype(dtype).kind != "f" or not shape or axes[0] != "prompt":
                     continue

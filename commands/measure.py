@@ -268,8 +268,7 @@ def analyze_file(path: Path, threshold: float | None = None, gate: float | None 
                 raise ScalelensError(f"analysis {name} needs the model, not a capture file; run "
                                      f"`scalelens measure --analyses {name}`")
             out[name] = runners[name]()
-        bad = [hit for hit in f.nonfinite()
-               if any(hit.probe in needs.get(a, ()) for a in wanted)]
+        bad = f.nonfinite(probes={p for a in wanted for p in needs.get(a, ())})  # only the probes read
         for hit in bad:
             print(f"warning: {path}: {hit.line()}", file=sys.stderr)
         for name in wanted:

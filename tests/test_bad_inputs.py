@@ -28,6 +28,7 @@ from cli_run import assert_one_line
 from cli_run import run_cli as _run
 from tiny_models import prompts, tiny_model, word_tokenizer
 
+from scalelens.cache.reader import CaptureFile
 from scalelens.cli import main
 
 
@@ -602,6 +603,9 @@ def test_nonfinite_activations_are_flagged_not_averaged(ctx, capsys):
     assert all(h["prompts"] == [0, 1, 2, 3, 4] for h in result["nonfinite"])
     ratios = {row["layer"]: row["ratio"] for row in result["per_layer"]}
     assert ratios[0] is not None and ratios[1] is None and ratios[2] is None
+    with CaptureFile(ctx.out) as f:  # analyze scans only the probes its analyses read
+        assert {h.probe for h in f.nonfinite()} == {"resid", "massive"}
+        assert {h.probe for h in f.nonfinite(probes=iter(["massive", "absent"]))} == {"massive"}
 
 
 def test_float16_storage_overflow_names_store_dtype(ctx, capsys):
