@@ -17,7 +17,6 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from scalelens.cache.staging import PinnedPool
 from scalelens.cache.writer import BackgroundWriter, Batch, CaptureWriter, FileIdentity
@@ -38,6 +37,7 @@ from scalelens.probes.prompts import (
 )
 from scalelens.probes.reduce import BatchContext, ProbeRuntime
 from scalelens.probes.spec import PositionKind, ProbeSpec, preset, specs_to_json
+from scalelens.progress import progress_bar
 
 BACKENDS = ("native", "nnsight", "transformer-lens")
 # What ``attach``/``capture`` take as probes: specs or preset names, or one alone.
@@ -297,7 +297,7 @@ class Capture:
                      rows: dict[str, np.ndarray]) -> None:
         """Compute batch after batch; a writer thread writes each one while the next computes."""
         n, bs = len(tok.lengths), self.settings.batch_size
-        bar = tqdm(total=n, initial=writer.n_done, unit="prompt", desc=f"capture {self.out.name}",
+        bar = progress_bar(total=n, initial=writer.n_done, unit="prompt", desc=f"capture {self.out.name}",
                    disable=not self.settings.progress)
         staging = _HostStaging(self.loaded.model.device)
         with BackgroundWriter(writer, depth=2) as background:

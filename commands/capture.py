@@ -194,7 +194,7 @@ def run_capture(args: argparse.Namespace) -> int:
 
     settings = CaptureSettings(batch_size=args.batch_size, max_length=args.max_length,
                                backend=args.backend, overwrite=args.overwrite,
-                               progress=sys.stderr.isatty())
+                               progress=True)
     check_output_file(args.out, args.overwrite)
     prompts = read_prompt_file(args.prompts)
     probes, notes = _probes_from_args(args)

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from scalelens.analyses.from_capture import RETRIEVAL_PROBES, decode_ids, retrieval_from_capture, with_texts
@@ -41,6 +40,7 @@ from scalelens.probes.haystack import (
 )
 from scalelens.probes.prompts import Prompt, TokenizedPrompts, placeholder_id, tokenize
 from scalelens.probes.spec import Positions, ProbeSpec
+from scalelens.progress import progress_bar
 from scalelens.textfiles import input_file, read_utf8
 
 # Built-in needles per test set: far past any use (each needle is a test per length and depth).
@@ -230,7 +230,7 @@ def reference_needle_tests(loaded: Any, s: RetrievalSettings, progress: bool = F
     tok = check_fit(loaded, tests)
     need, ans = tok.labels.index("needle_answer"), tok.labels.index("answer")
     needle_tests = []
-    for i in tqdm(range(len(tests)), desc="retrieval (reference)", disable=not progress):
+    for i in progress_bar(range(len(tests)), desc="retrieval (reference)", unit="test", disable=not progress):
         n = int(tok.lengths[i])
         seg = tok.segments[i, :n]
         start = int(np.flatnonzero(seg == ans)[0])

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
 from ..errors import ScalelensError
+from ..progress import progress_bar
 from .manifest import write_json_atomic
 from .params import count_parameters
 from .quiet import quiet_hf_progress
@@ -152,9 +152,10 @@ def save_checkpoint(final: Path, model: GPTNeoXForCausalLM, tokenizer: Any, info
 def run_jobs(jobs: list[SizeJob], workers: int, progress: bool) -> dict[str, dict[str, Any]]:
     """Train every job (largest first when parallel) and return records keyed by size name."""
     bars = {
-        job.name: tqdm(
+        job.name: progress_bar(
             total=job.train.total_steps,
             desc=f"suite {job.name}",
+            unit="step",
             position=i,
             disable=not progress,
             leave=True,

@@ -12,6 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from scalelens.progress import progress_bar
+
 from . import plots
 from .rundir import Run
 
@@ -174,14 +176,14 @@ def draw(plans: Sequence[SectionPlan], progress: bool | None = None) -> list[Sec
 
     Args:
         plans: The planned sections.
-        progress: Show a tqdm bar; None shows it for many plots on a terminal.
+        progress: Show a progress bar; None shows it for many plots.
 
     Returns:
         The drawn sections in the same order.
     """
     total = sum(len(p.jobs) for p in plans)
-    disable = (None if total >= PROGRESS_MIN_PLOTS else True) if progress is None else not progress
-    with tqdm(total=total, desc="report plots", unit="plot", disable=disable) as bar, _frozen_gc():
+    disable = total < PROGRESS_MIN_PLOTS if progress is None else not progress
+    with progress_bar(total=total, desc="report plots", unit="plot", disable=disable) as bar, _frozen_gc():
         return [_draw_section(plan, bar) for plan in plans]
 
 

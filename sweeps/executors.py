@@ -8,9 +8,8 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from scalelens.errors import ScalelensError, ScalelensWarning
+from scalelens.progress import progress_bar
 from scalelens.sweeps.spec import SweepSpec, Task, check_ray_address
 from scalelens.sweeps.tasks import TaskOutcome, attempt, is_done, task_dir, write_error_log
 
@@ -19,8 +18,22 @@ Report = Callable[[TaskOutcome], None]
 
 def run_local(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -> None:
     """Run tasks one after another in this process."""
-    for task in tqdm(tasks, desc="sweep", unit="task"):
-        report(attempt(task, spec, run_dir))
+    with sweep_bar(len(tasks), "sweep") as bar:
+        for task in tasks:
+            outcome = attempt(task, spec, run_dir)
+            report(outcome)
+            tick(bar, outcome)
+
+
+def sweep_bar(total: int, desc: str):  # type: ignore[no-untyped-def]
+    """The sweep's bar over tasks; in a log, one line per finished task."""
+    return progress_bar(total=total, desc=desc, unit="task", log_every=0.0)
+
+
+def tick(bar, outcome: TaskOutcome) -> None:  # type: ignore[no-untyped-def]
+    """Advance ``bar`` by one task, naming the task and how it ended."""
+    bar.set_postfix_str(f"{outcome.key} {outcome.status}", refresh=False)
+    bar.update(1)
 
 
 def _ray_init(address: str | None):
@@ -104,7 +117,7 @@ def run_ray(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -
     _warn_without_gpus(ray, gpus, spec.device)
     run_dir = run_dir.absolute()  # a cluster's workers run in the directory their node started in
     pending = {remote.remote(t, task_spec, run_dir): t for t in tasks}
-    bar = tqdm(total=len(tasks), desc="sweep (ray)", unit="task")
+    bar = sweep_bar(len(tasks), "sweep (ray)")
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -114,8 +127,9 @@ def run_ray(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -
                     outcome = ray.get(ref)
                 except ray.exceptions.RayError as e:  # attempt() never raises: Ray lost the task
                     outcome = _lost(ray, task, run_dir, e)
-                report(unseen(outcome, task, run_dir))
-                bar.update(1)
+                outcome = unseen(outcome, task, run_dir)
+                report(outcome)
+                tick(bar, outcome)
     except BaseException:  # Ctrl-C: a driver that lives on (a notebook) left them writing into run_dir
         with suppress(Exception):  # a lost cluster cannot cancel: the first error is the one to tell
             _stop(ray, list(pending))
