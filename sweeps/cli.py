@@ -108,11 +108,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     for note in incomplete_checkpoints(spec):
         print(f"note: {note}", file=sys.stderr)
     if spec.executor == "ray":
-        from scalelens.sweeps.executors import _ray_init
+        from scalelens.sweeps.executors import _ray_init, ray_where
 
         if spec.address:
             check_ray_address(spec.address)
-        _ray_init(spec.address)
+        print(f"note: {ray_where(_ray_init(spec.address), spec.address)}", file=sys.stderr)
     elif spec.address:
         raise ScalelensError("--address is for --executor ray; add --executor ray or drop --address")
     summary = sweep(spec, args.out, n_boot=args.n_boot, overwrite=args.overwrite)

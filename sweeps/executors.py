@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 from collections.abc import Callable
 from contextlib import suppress
@@ -47,10 +48,11 @@ def _ray_init(address: str | None):
     if address:
         check_ray_address(address)  # ray.init retries an unreachable address for minutes
     try:
+        # logging_level: no "Started a local Ray instance" or token-authentication notice on stderr
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
         else:
-            ray.init(num_cpus=None, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=None, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as e:
         if _token_refused(e):
             raise ScalelensError(
@@ -63,6 +65,14 @@ def _ray_init(address: str | None):
             "check --address or drop it to start a local Ray"
         ) from None
     return ray
+
+
+def ray_where(ray, address: str | None) -> str:  # type: ignore[no-untyped-def]
+    """One line saying which Ray runs the sweep and what it has (Ray's own banner is silenced)."""
+    res = ray.cluster_resources()
+    gpus = f", {res['GPU']:g} GPUs" if res.get("GPU") else ""
+    where = f"the Ray cluster at {address}" if address else "a local Ray started by this process"
+    return f"sweeping on {where} ({res.get('CPU', 0):g} CPUs{gpus})"
 
 
 def _warn_other_cluster(ray, address: str | None) -> None:
