@@ -140,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_BAD_INPUT, f"scalelens {args.command}: error: unrecognized arguments: "
                                     f"{' '.join(extra)}; see `scalelens {args.command} --help`\n")
     debug = bool(getattr(args, "debug", False))
+    _line_buffered_stdout()
     _quiet_when_logged()
     if not debug:
         _quiet_hub_retries()
@@ -248,6 +249,16 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
                          "rerun", EXIT_BAD_INPUT)
         line = f"internal error: {type(e).__name__}: {_one_line(str(e))}"
         return _fail(debug, f"{line} (rerun with --debug for the traceback and report it)", EXIT_INTERNAL)
+
+
+def _line_buffered_stdout() -> None:
+    """Write each stdout line at once, so that in one log (``> log 2>&1``) it sits where it was said.
+
+    Python buffers stdout in blocks when it is a file, and stderr (progress, notes, errors) not,
+    so a sweep's outcome line came after its failures' lines and a capture's notes.
+    """
+    with contextlib.suppress(AttributeError, ValueError):  # a replaced stdout without reconfigure
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
 
 def _quiet_when_logged() -> None:
