@@ -19,16 +19,28 @@ Report = Callable[[TaskOutcome], None]
 
 def run_local(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -> None:
     """Run tasks one after another in this process."""
-    with sweep_bar(len(tasks), "sweep") as bar:
-        for task in tasks:
+    todo = skip_finished(tasks, run_dir, report)
+    with sweep_bar(len(tasks), len(tasks) - len(todo), "sweep") as bar:
+        for task in todo:
             outcome = attempt(task, spec, run_dir)
             report(outcome)
             tick(bar, outcome)
 
 
-def sweep_bar(total: int, desc: str):  # type: ignore[no-untyped-def]
-    """The sweep's bar over tasks; in a log, one line per finished task."""
-    return progress_bar(total=total, desc=desc, unit="task", log_every=0.0)
+def skip_finished(tasks: list[Task], run_dir: Path, report: Report) -> list[Task]:
+    """Report the tasks finished earlier as skipped; return the others, to run."""
+    todo = []
+    for task in tasks:
+        if is_done(run_dir, task):
+            report(TaskOutcome(task.key, "skipped", 0))
+        else:
+            todo.append(task)
+    return todo
+
+
+def sweep_bar(total: int, skipped: int, desc: str):  # type: ignore[no-untyped-def]
+    """The sweep's bar over tasks, from the ``skipped`` ones; in a log, one line per task run."""
+    return progress_bar(total=total, initial=skipped, desc=desc, unit="task", log_every=0.0)
 
 
 def tick(bar, outcome: TaskOutcome) -> None:  # type: ignore[no-untyped-def]
@@ -126,8 +138,9 @@ def run_ray(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -
     remote = ray.remote(num_gpus=gpus, max_retries=0)(attempt)
     _warn_without_gpus(ray, gpus, spec.device)
     run_dir = run_dir.absolute()  # a cluster's workers run in the directory their node started in
-    pending = {remote.remote(t, task_spec, run_dir): t for t in tasks}
-    bar = sweep_bar(len(tasks), "sweep (ray)")
+    todo = skip_finished(tasks, run_dir, report)
+    pending = {remote.remote(t, task_spec, run_dir): t for t in todo}
+    bar = sweep_bar(len(tasks), len(tasks) - len(todo), "sweep (ray)")
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
