@@ -109,7 +109,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from scalelens.errors import ScalelensError
     from scalelens.models.suite import default_suite_dir
     from scalelens.reports.render import render_report
-    from scalelens.sweeps.cli import report_failures
+    from scalelens.sweeps.cli import outcome_line, report_failures, wrote_tables_line
     from scalelens.sweeps.run import sweep
     from scalelens.sweeps.spec import SweepSpec, expand
 
@@ -130,10 +130,10 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"the results in {args.out} were measured on the old suite; starting afresh")
     expand(spec)  # steps the suite lacks: one line before anything is written
     summary = sweep(spec, args.out, overwrite=args.overwrite or rebuilt)
-    print(f"sweep: {summary.count('done')} done, {summary.count('skipped')} skipped, "
-          f"{summary.count('failed')} failed in {time.monotonic() - start:.0f} s")
+    print(f"{outcome_line(summary)} in {time.monotonic() - start:.0f} s")
     report_failures(summary, args.out)
+    print(wrote_tables_line(args.out))
     paths = render_report(args.out)
-    print(f"report: {paths.html}")
-    print(f"summary: {paths.markdown}")
+    print(f"wrote {paths.html} (the report)")
+    print(f"wrote {paths.markdown} (its summary)")
     return 1 if summary.failed else 0

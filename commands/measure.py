@@ -158,10 +158,12 @@ def run_measure(args: argparse.Namespace) -> int:
         if created and args.out.is_dir() and not any(args.out.iterdir()):
             args.out.rmdir()  # failed before writing anything: leave no empty directory behind
         raise
-    for path in sorted(args.out.glob("*.h5")):
+    captures = sorted(args.out.glob("*.h5"))
+    for path in captures:
         with CaptureFile(path) as f:
             warn_nonfinite(f)
-    print(f"wrote {args.out / 'results.json'}")
+    names = ", ".join(path.name for path in captures)
+    print(f"wrote {args.out / 'results.json'}" + (f" (captures in {args.out}: {names})" if names else ""))
     return 0
 
 

@@ -50,7 +50,7 @@ def _build(args: argparse.Namespace) -> int:
         preset=args.preset,
     )
     print(summary(manifest))
-    print(f"done in {time.perf_counter() - started:.1f}s")
+    print(f"wrote the suite to {args.out} in {time.perf_counter() - started:.1f}s")
     return 0
 
 

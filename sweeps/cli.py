@@ -116,11 +116,24 @@ def run_sweep(args: argparse.Namespace) -> int:
     elif spec.address:
         raise ScalelensError("--address is for --executor ray; add --executor ray or drop --address")
     summary = sweep(spec, args.out, n_boot=args.n_boot, overwrite=args.overwrite)
-    print(f"sweep: {summary.count('done')} done, {summary.count('skipped')} skipped, "
-          f"{summary.count('failed')} failed; results in {args.out}")
+    print(outcome_line(summary))
     note = uncached_note(spec, [o.key for o in summary.failed], "--spec" if args.spec else "--checkpoints")
     report_failures(summary, args.out, note)
+    print(wrote_tables_line(args.out))
     return 1 if summary.failed else 0
+
+
+def outcome_line(summary) -> str:  # type: ignore[no-untyped-def]
+    """``sweep: N done, N skipped, N failed``: what became of the tasks."""
+    return (f"sweep: {summary.count('done')} done, {summary.count('skipped')} skipped, "
+            f"{summary.count('failed')} failed")
+
+
+def wrote_tables_line(out: Path) -> str:
+    """``wrote RUN/metrics.csv, RUN/fits.json``: the run's tables that exist (after a sweep)."""
+    from scalelens.sweeps.rundir import RUN_TABLES
+
+    return "wrote " + ", ".join(str(out / name) for name in RUN_TABLES if (out / name).exists())
 
 
 def uncached_note(spec, failed: list[str], how: str = "--checkpoints") -> str | None:
