@@ -4,8 +4,8 @@ On a terminal (``stderr.isatty()`` and ``TERM`` is not ``dumb``) a step shows tq
 redrawn in place. In a notebook, tqdm's widget. Anywhere else (a job log, ``nohup``, a
 pipe, CI) a bar would be one line of carriage returns growing by a redraw every 0.1 s,
 with cursor-movement escape codes for nested bars; there each bar prints plain lines
-instead: one when the step starts, one at most every ``log_every`` seconds while it runs
-and one when it ends, e.g. ``sweep: 3/6 tasks [00:12<00:12, 4.16s/task]``.
+instead: one at most every ``log_every`` seconds while it runs (none before its first
+unit is done) and one when it ends, e.g. ``sweep: 3/6 tasks [00:12<00:12, 4.16s/task]``.
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ def live_terminal(stream: Any = None) -> bool:
 class LogBar(tqdm):  # type: ignore[type-arg]
     """A tqdm whose every display is one plain line, ``log_every`` seconds apart at most.
 
-    The first and the last state are always shown; a state already shown is not
-    repeated (tqdm redraws the last one when it closes).
+    Nothing is shown before the first unit is done (a step that fails on its first batch
+    leaves only its error line), and a bar closed unfinished (an error, Ctrl-C) shows
+    nothing more, so no progress line follows the error line. The finished state is shown
+    once (tqdm redraws the last state when it closes).
     """
 
     def __init__(self, *args: Any, log_every: float = LOG_EVERY, **kwargs: Any) -> None:
@@ -53,7 +55,7 @@ class LogBar(tqdm):  # type: ignore[type-arg]
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         """Write the current state as one line, unless this state was written already."""
-        if self._shown == self.n and msg is None:
+        if msg is None and (self._shown == self.n or self.n == self.initial):
             return True
         self._shown = self.n
         fp = self.fp
@@ -71,8 +73,9 @@ class LogBar(tqdm):  # type: ignore[type-arg]
         self.disable = True
         self._decr_instances(self)
         self._ema_dt = lambda: None  # the overall rate, as tqdm's own close shows
-        with self._lock:
-            self.display()
+        if self.total is None or self.n >= self.total:
+            with self._lock:
+                self.display()
 
 
 def progress_bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "",

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from scalelens.progress import progress_bar
+from scalelens.progress import live_terminal, progress_bar
 
 from . import plots
 from .rundir import Run
@@ -176,13 +176,14 @@ def draw(plans: Sequence[SectionPlan], progress: bool | None = None) -> list[Sec
 
     Args:
         plans: The planned sections.
-        progress: Show a progress bar; None shows it for many plots.
+        progress: Show a progress bar; None shows it for many plots on a terminal (a report
+            takes seconds, so a log gets no progress lines).
 
     Returns:
         The drawn sections in the same order.
     """
     total = sum(len(p.jobs) for p in plans)
-    disable = total < PROGRESS_MIN_PLOTS if progress is None else not progress
+    disable = (total < PROGRESS_MIN_PLOTS or not live_terminal()) if progress is None else not progress
     with progress_bar(total=total, desc="report plots", unit="plot", disable=disable) as bar, _frozen_gc():
         return [_draw_section(plan, bar) for plan in plans]
 
