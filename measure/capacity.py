@@ -30,7 +30,37 @@ GATED_MLP: dict[str, bool] = {
     "gemma": True,
     "gemma2": True,
     "gemma3_text": True,
+    "qwen3": True,
+    "olmo": True,
+    "olmo2": True,
+    "phi3": True,  # gate and up fused in one matrix: still three d x d_ff products
+    "stablelm": True,
+    "granite": True,
+    "olmo3": True,
+    "cohere": True,
+    "smollm3": True,
+    "helium": True,
+    "glm": True,  # gate and up fused
+    "codegen": False,
+    "persimmon": False,
+    "phi": False,
+    "starcoder2": False,
+    "gptj": False,
+    "opt": False,
+    "falcon": False,
+    "gpt_bigcode": False,
+    "bloom": False,
 }
+
+
+def _kv_heads(cfg: Any, heads: int) -> int:
+    """Key/value heads per layer (Falcon keeps them in its own fields)."""
+    if cfg.model_type == "falcon":
+        if cfg.new_decoder_architecture:
+            return int(cfg.num_kv_heads)
+        return 1 if cfg.multi_query else heads
+    return int(getattr(cfg, "num_key_value_heads", None) or heads)
+
 
 # The reference implementation's default numerator bias (its data sets other than
 # mixed text, -24, and Chinese FineWeb-Edu, -18.7).
@@ -63,12 +93,13 @@ def model_shape(config: Any) -> ModelShape:
         raise ScalelensError(f"no FLOP count for architecture {kind!r}; known: {known}")
     d = int(cfg.hidden_size)
     heads = int(cfg.num_attention_heads)
-    d_ff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    d_ff = next((getattr(cfg, k) for k in ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size")
+                 if getattr(cfg, k, None)), 4 * d)
     return ModelShape(
         d_model=d,
         n_layers=int(cfg.num_hidden_layers),
         n_heads=heads,
-        n_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads),
+        n_kv_heads=_kv_heads(cfg, heads),
         d_head=int(getattr(cfg, "head_dim", None) or d // heads),
         d_ff=int(d_ff),
         vocab_size=int(cfg.vocab_size),
@@ -108,9 +139,9 @@ def mean_nll(loaded: Any, tok: TokenizedPrompts, batch_size: int) -> tuple[float
 
 def measure_capacity(loaded: Any, text: MassiveSettings, s: CapacitySettings) -> CapacityResult:
     """Information capacity of ``loaded`` on the probe text (see ``analyses/capacity.py``)."""
-    length = text.length or min(256, loaded.info.max_position)
+    length = text.length or min(256, loaded.info.max_position or 256)
     texts = probe_sequences(loaded, text.text, text.n_sequences, length)
-    tok = tokenize(as_prompts(texts), loaded.tokenizer, loaded.info.max_position)
+    tok = tokenize(as_prompts(texts), loaded.tokenizer, loaded.info.max_position or None)
     nll, count = mean_nll(loaded, tok, text.batch_size)
     if count and not np.isfinite(nll):  # e.g. float16 logits past 65504
         raise ScalelensError(f"information capacity: the model's mean loss on the probe text is {nll} "

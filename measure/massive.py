@@ -67,7 +67,7 @@ def delimiter_ids(tokenizer: Any) -> list[int]:
 def measure_massive(loaded: Any, s: MassiveSettings, out: Path, overwrite: bool = False,
                     progress: bool = True) -> tuple[MassiveResult, dict[str, Any] | None]:
     """Capture the summary probe over the probe text, analyse it, and intervene."""
-    length = s.length or min(256, loaded.info.max_position)
+    length = s.length or min(256, loaded.info.max_position or 256)
     texts = probe_sequences(loaded, s.text, s.n_sequences, length)
     probe = ProbeSpec(MASSIVE_PROBE, "resid_post", reduction="massive", topk=s.topk)
     capture(loaded, [probe], texts, out, batch_size=s.batch_size, overwrite=overwrite, reuse_complete=True,
@@ -108,7 +108,7 @@ def intervention(loaded: Any, result: MassiveResult, texts: list[str], batch_siz
     if site is None:
         return {"layer": None, "dims": [], "note": "no massive activations to intervene on"}
     layer, dims = site
-    tok = tokenize(as_prompts(texts), loaded.tokenizer, loaded.info.max_position)
+    tok = tokenize(as_prompts(texts), loaded.tokenizer, loaded.info.max_position or None)
     ids = torch.from_numpy(tok.ids.astype(np.int64))
     batches = [slice(i, i + batch_size) for i in range(0, ids.shape[0], batch_size)]
     layer_out = decoder_layers(loaded.model)[layer]

@@ -30,7 +30,7 @@ class ModelInfo:
         n_heads: Number of attention (query) heads.
         d_head: Width of one head.
         vocab_size: Rows of the unembedding.
-        max_position: Longest context the model supports.
+        max_position: Longest context the model supports (0: none declared, e.g. ALiBi BLOOM).
         dtype: Torch dtype of the weights as loaded.
         attn_implementation: The HF attention implementation the model was loaded with.
     """
