@@ -21,7 +21,7 @@ import torch
 from scalelens.cache.staging import PinnedPool
 from scalelens.cache.writer import BackgroundWriter, Batch, CaptureWriter, FileIdentity
 from scalelens.errors import ScalelensError
-from scalelens.hooks.arch import arch_for, layer_part
+from scalelens.hooks.arch import arch_for, check_points, layer_part
 from scalelens.hooks.attention import attention_tap
 from scalelens.hooks.backends import Backend, make_backend
 from scalelens.hooks.points import CapturePoint
@@ -166,6 +166,8 @@ class Capture:
         self._runtimes: list[ProbeRuntime] = []
         self._ctx: BatchContext | None = None
         self.attention_capture = "none"
+        self._tapped_layers: set[int] = set()
+        self._tapped_seen: set[int] = set()
 
     def _refuse_unusable(self) -> None:
         """One clear error, before anything is written, for what this capture cannot do."""
@@ -180,6 +182,7 @@ class Capture:
         if len(devices) > 1:  # device_map="auto" and the like: batches live on one device
             raise ScalelensError(f"the model's parameters lie on {', '.join(devices)}; scalelens captures "
                                  "a model on one device: load it without device_map, or .to() one device")
+        check_points(self.loaded.model, [p.point for p in self.probes])
         tapped = [p.name for p in self.probes if p.point.from_attention_tap]
         if tapped and info.source_kind == "transformer_lens":
             raise ScalelensError(
@@ -208,6 +211,7 @@ class Capture:
             if tapped:
                 modules = {layer: layer_part(model, layer, "attn") for layer in tapped}
                 inner = stack.enter_context(attention_tap(model, modules, self._on_attention))
+                self._tapped_layers = set(tapped)
                 self.attention_capture = f"rows recomputed from post-rotary q,k beside {inner}"
             last = max((i for p in self.probes for i in p.layers or ()), default=None)
             if last is not None and last < self.loaded.info.n_layers - 1:
@@ -227,7 +231,9 @@ class Capture:
         if self._ctx is None:
             return
         if point is CapturePoint.LOGITS:
-            h = _softcapped(self.loaded.model, h)
+            h = _as_returned(self.loaded.model, h)
+        elif h.dim() == 2:  # OPT runs its feed-forward on (batch * seq, d_model) rows
+            h = h.view(self._ctx.ids.shape[0], -1, h.shape[-1])
         for rt in self._runtimes:
             if rt.spec.point is point and layer in rt.layer_index:
                 rt.on_residual(layer, h, self._ctx)
@@ -236,6 +242,7 @@ class Capture:
                       scaling: float, kwargs: dict[str, Any]) -> None:
         if self._ctx is None:
             return
+        self._tapped_seen.add(layer)
         for rt in self._runtimes:
             if rt.spec.point.from_attention_tap and layer in rt.layer_index:
                 rt.on_attention(layer, q, k, mask, scaling, kwargs, self._ctx)
@@ -262,7 +269,7 @@ class Capture:
             raise RuntimeError("use feed() inside `with attach(...) as run:`")
         info = self.loaded.info
         tok = tokenize(as_prompts(prompts), self.loaded.tokenizer,
-                       self.settings.max_length or info.max_position, info.vocab_size)
+                       self.settings.max_length or info.max_position or None, info.vocab_size)
         if tok.embeds:
             self._check_embeds(tok)
         _check_vocab(tok, info.vocab_size)
@@ -285,6 +292,20 @@ class Capture:
             writer.close()
             self._ctx = None
         return self.out
+
+    def _check_tap_fired(self) -> None:
+        """Refuse a batch in which a tapped layer's attention never reached the tap.
+
+        Its per-head datasets would otherwise stay zero: a family whose attention no longer
+        goes through transformers' registry (e.g. after a transformers upgrade).
+        """
+        missing = sorted(self._tapped_layers - self._tapped_seen)
+        if missing:
+            raise ScalelensError(
+                f"{self.loaded.info.architecture}: layer {missing[0]}'s attention never reached the "
+                "attention tap (not computed through transformers' attention registry), so per-head "
+                "probes cannot be captured for this model; drop attn/q/k/top1 probes"
+            )
 
     def _check_embeds(self, tok: TokenizedPrompts) -> None:
         """Refuse embedding blocks this capture cannot feed, before any file is written."""
@@ -350,10 +371,12 @@ class Capture:
         # key: the model needs no padding mask. Passing none lets SDPA take its causal kernels
         # and spares transformers building a 4-D mask (two host syncs per batch on CUDA).
         # Padding positions compute garbage that every probe already drops (``valid``).
+        self._tapped_seen = set()
         if embeds is None:
             self._backend.forward(ids, None)
         else:
             self._backend.forward_embeds(embeds, None)
+        self._check_tap_fired()
         arrays: dict[str, dict[str, torch.Tensor | np.ndarray]] = {}
         for rt in self._runtimes:
             arrays[rt.spec.name] = dict(rt.finish())
@@ -465,11 +488,20 @@ def capture(model: Any, probes: Probes, prompts: str | Prompt | list[str] | list
         return run.feed(prompts)
 
 
-def _softcapped(model: Any, logits: torch.Tensor) -> torch.Tensor:
+def _as_returned(model: Any, logits: torch.Tensor) -> torch.Tensor:
     """The LM head's output as the model returns it.
 
-    Gemma 2 caps logits after the head (``cap * tanh(logits / cap)``), so a hook on the head
-    alone sees them uncapped.
+    Gemma 2 caps logits after the head (``cap * tanh(logits / cap)``), Granite divides them by
+    ``logits_scaling`` and Cohere multiplies them by ``logit_scale``, so a hook on the head alone
+    sees them uncapped and unscaled.
     """
-    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    return logits if not cap else torch.tanh(logits / cap) * cap
+    text = model.config.get_text_config()
+    cap = getattr(text, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    kind = text.model_type
+    if kind in ("granite", "granitemoe") and text.logits_scaling not in (None, 1):
+        logits = logits / text.logits_scaling
+    if kind == "cohere" and text.logit_scale not in (None, 1):
+        logits = logits * text.logit_scale
+    return logits

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torch import nn
 
 from scalelens.errors import ScalelensError
+from scalelens.hooks.points import CapturePoint
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,11 @@ class ArchSpec:
         embed: Path from the top model to the input embedding.
         unembed: Path from the top model to the output (LM head) projection.
         final_norm: Path from the top model to the final norm before the LM head.
+        no_tap: Why per-head probes (``attn_pattern``, ``q``, ``k``) cannot be read in this
+            family, or ``""`` when its attention goes through transformers' attention registry.
+        no_branches: Why ``attn_out``/``mlp_out`` cannot be read in this family, or ``""``.
+        mlp_out_changed: Why ``mlp_out`` read after the forward pass (nnsight keeps module
+            outputs by reference) would be wrong, or ``""``; forward hooks read it in time.
     """
 
     family: str
@@ -30,6 +37,9 @@ class ArchSpec:
     embed: str
     unembed: str
     final_norm: str
+    no_tap: str = ""
+    no_branches: str = ""
+    mlp_out_changed: str = ""
 
 
 _LLAMA_LIKE = ArchSpec(
@@ -42,6 +52,21 @@ _LLAMA_LIKE = ArchSpec(
     final_norm="model.norm",
 )
 
+_GPT2_LIKE = ArchSpec(
+    family="gpt-2-like",
+    layers="transformer.h",
+    attn="attn",
+    mlp="mlp",
+    embed="transformer.wte",
+    unembed="lm_head",
+    final_norm="transformer.ln_f",
+)
+
+# Falcon and BLOOM compute attention in their own forward (SDPA or eager, ALiBi for BLOOM),
+# never through transformers' attention registry, so the tap would see nothing.
+_OWN_ATTENTION = ("its attention is computed inside the model's own code, not through "
+                  "transformers' attention registry that scalelens taps")
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt_neox": ArchSpec(
         family="gpt-neox",
@@ -52,21 +77,89 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         unembed="lm_head",
         final_norm="gpt_neox.final_layer_norm",
     ),
-    "gpt2": ArchSpec(
-        family="gpt-2",
-        layers="transformer.h",
-        attn="attn",
-        mlp="mlp",
-        embed="transformer.wte",
-        unembed="lm_head",
-        final_norm="transformer.ln_f",
-    ),
+    "gpt2": _GPT2_LIKE,
+    "gpt_bigcode": _GPT2_LIKE,
+    "gptj": _GPT2_LIKE,
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
+    "mixtral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
+    "qwen2_moe": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "gemma3_text": _LLAMA_LIKE,
+    "olmo": _LLAMA_LIKE,
+    "olmo2": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,
+    "stablelm": _LLAMA_LIKE,
+    "granite": _LLAMA_LIKE,
+    "starcoder2": _LLAMA_LIKE,
+    "olmo3": _LLAMA_LIKE,
+    "cohere": _LLAMA_LIKE,
+    "smollm3": _LLAMA_LIKE,
+    "granitemoe": ArchSpec(
+        family="granite-moe",
+        layers="model.layers",
+        attn="self_attn",
+        mlp="block_sparse_moe",
+        embed="model.embed_tokens",
+        unembed="lm_head",
+        final_norm="model.norm",
+    ),
+    "helium": _LLAMA_LIKE,
+    "glm": _LLAMA_LIKE,
+    "persimmon": ArchSpec(
+        family="persimmon",
+        layers="model.layers",
+        attn="self_attn",
+        mlp="mlp",
+        embed="model.embed_tokens",
+        unembed="lm_head",
+        final_norm="model.final_layernorm",
+    ),
+    "codegen": _GPT2_LIKE,
+    "phi": ArchSpec(
+        family="phi",
+        layers="model.layers",
+        attn="self_attn",
+        mlp="mlp",
+        embed="model.embed_tokens",
+        unembed="lm_head",
+        final_norm="model.final_layernorm",
+    ),
+    "opt": ArchSpec(  # no MLP module: fc2 is the feed-forward branch's last projection
+        family="opt",
+        layers="model.decoder.layers",
+        attn="self_attn",
+        mlp="fc2",
+        embed="model.decoder.embed_tokens",
+        unembed="lm_head",
+        final_norm="model.decoder.final_layer_norm",
+    ),
+    "falcon": ArchSpec(
+        family="falcon",
+        layers="transformer.h",
+        attn="self_attention",
+        mlp="mlp",
+        embed="transformer.word_embeddings",
+        unembed="lm_head",
+        final_norm="transformer.ln_f",
+        no_tap=_OWN_ATTENTION,
+        mlp_out_changed="with parallel attention Falcon adds the attention output into the MLP's "
+                        "output tensor in place after the MLP returns",
+    ),
+    "bloom": ArchSpec(
+        family="bloom",
+        layers="transformer.h",
+        attn="self_attention",
+        mlp="mlp",
+        embed="transformer.word_embeddings",
+        unembed="lm_head",
+        final_norm="transformer.ln_f",
+        no_tap=_OWN_ATTENTION + " (ALiBi bias included)",
+        no_branches="its attention and MLP modules return their output with the residual already added",
+    ),
 }
 
 
@@ -94,3 +187,30 @@ def layer_part(model: nn.Module, layer: int, which: str) -> nn.Module:
     """Return sub-module ``which`` (``attn`` or ``mlp``) of decoder layer ``layer``."""
     spec = arch_for(model)
     return decoder_layers(model)[layer].get_submodule(getattr(spec, which))
+
+
+_BRANCHES = frozenset({CapturePoint.ATTN_OUT, CapturePoint.MLP_OUT})
+
+
+def check_points(model: nn.Module, points: Iterable[CapturePoint]) -> None:
+    """Raise one line when ``model``'s family cannot give one of ``points`` exactly.
+
+    Per-head points (``attn_pattern``, ``q``, ``k``) need attention computed through
+    transformers' registry; ``attn_out``/``mlp_out`` need sub-modules that return only their
+    branch. A family that cannot is refused rather than captured wrong.
+    """
+    spec = arch_for(model)
+    wanted = set(points)
+    model_type = model.config.model_type  # type: ignore[union-attr]
+    tapped = sorted(p.value for p in wanted if p.from_attention_tap)
+    if tapped and spec.no_tap:
+        raise ScalelensError(
+            f"{model_type} cannot give per-head probes ({', '.join(tapped)}; also retrieval and text "
+            f"dominance): {spec.no_tap}; use resid, massive, norms and logits probes for it"
+        )
+    branches = sorted(p.value for p in wanted & _BRANCHES)
+    if branches and spec.no_branches:
+        raise ScalelensError(
+            f"{model_type} cannot give {', '.join(branches)}: {spec.no_branches}; "
+            "use resid_pre/resid_post instead"
+        )

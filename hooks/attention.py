@@ -23,6 +23,8 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from scalelens.errors import ScalelensError
+from scalelens.hooks.arch import check_points
+from scalelens.hooks.points import CapturePoint
 
 TAP_PREFIX = "scalelens_"
 
@@ -71,8 +73,10 @@ def _register(inner: str) -> str:
 def attention_tap(model: Any, modules: dict[int, nn.Module], callback: TapCallback) -> Iterator[str]:
     """Route ``modules`` (layer -> attention module) through ``callback`` while inside.
 
-    Yields the name of the inner implementation that still computes the outputs.
+    Yields the name of the inner implementation that still computes the outputs. A family
+    whose attention does not go through transformers' registry is refused (one line).
     """
+    check_points(model, [CapturePoint.ATTN_PATTERN])
     inner = model.config._attn_implementation or "eager"
     if inner.startswith(TAP_PREFIX) or any(_UPCAST in vars(m) for m in modules.values()):
         raise RuntimeError("attention tap is already active on this model")

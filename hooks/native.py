@@ -34,11 +34,24 @@ def _module_and_kind(model: Any, point: CapturePoint, layer: int) -> tuple[nn.Mo
     raise ValueError(f"{point} is not a module-output point")
 
 
+def _batch_shape(model: nn.Module, handles: list[Any]) -> dict[str, int]:
+    """Record the batch size each forward pass runs (read by hooks whose module flattens it)."""
+    seen: dict[str, int] = {}
+
+    def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        h = args[0] if args else kwargs["hidden_states"]
+        seen["b"] = h.shape[0]
+
+    handles.append(decoder_layers(model)[0].register_forward_pre_hook(pre, with_kwargs=True))
+    return seen
+
+
 @contextmanager
 def native_hooks(model: nn.Module, wanted: set[tuple[CapturePoint, int]], sink: Sink) -> Iterator[None]:
     """Register forward hooks for ``wanted`` (point, layer) pairs; remove them on exit."""
-    handles = []
+    handles: list[Any] = []
     try:
+        batch = _batch_shape(model, handles) if any(p.is_residual_like for p, _ in wanted) else {}
         for point, layer in sorted(wanted):
             module, kind = _module_and_kind(model, point, layer)
             if kind == "pre":
@@ -47,7 +60,10 @@ def native_hooks(model: nn.Module, wanted: set[tuple[CapturePoint, int]], sink: 
                 handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             else:
                 def post(_m, _args, output, p=point, i=layer):
-                    sink(p, i, _first(output))
+                    h = _first(output)
+                    if h.dim() == 2 and p.is_residual_like:  # OPT's feed-forward: (b * s, d) rows
+                        h = h.view(batch["b"], -1, h.shape[-1])
+                    sink(p, i, h)
                 handles.append(module.register_forward_hook(post))
         yield
     finally:

@@ -44,6 +44,10 @@ class NNsightBackend(Backend):
 
     def __enter__(self) -> NNsightBackend:
         spec = arch_for(self.model)  # unsupported architecture: one-line ScalelensError
+        if spec.mlp_out_changed and any(p is CapturePoint.MLP_OUT for p, _ in self.wanted):
+            family = self.model.config.model_type
+            raise ScalelensError(f"the nnsight backend cannot read mlp_out of {family}: "
+                                 f"{spec.mlp_out_changed}; use backend native")
         if self.tokenizer is None:  # nnsight would fetch one by the model's name
             raise ScalelensError("the nnsight backend needs the model's tokenizer")
         self._reads: list[tuple[CapturePoint, int, str, str]] = [

@@ -102,6 +102,17 @@ TEXT_ANALYSES = ("massive_activations", *EXTRA_ANALYSES)
 
 def _preflight(loaded: Any, analyses: tuple[str, ...], s: MeasureSettings) -> None:
     """Refuse settings the model cannot take before any analysis captures anything."""
+    from scalelens.hooks.arch import check_points
+    from scalelens.hooks.points import CapturePoint
+
+    if {"retrieval_heads", "text_dominance"} & set(analyses):
+        check_points(loaded.model, [CapturePoint.ATTN_PATTERN])
+    if "activation_sparsity" in analyses:
+        check_points(loaded.model, [CapturePoint.MLP_OUT])
+    if "information_capacity" in analyses:
+        from scalelens.measure.capacity import model_shape
+
+        model_shape(loaded.model.config)  # a family without a FLOP count: refused up front
     if set(TEXT_ANALYSES) & set(analyses):
         from scalelens.measure.text import check_probe_text
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_models import ARCHS, prompts, tiny_model, word_tokenizer
-from transformers import AutoModelForCausalLM, OPTConfig
+from transformers import AutoModelForCausalLM, MptConfig
 
 from scalelens.capture import attach, capture
 from scalelens.errors import ScalelensError
@@ -144,11 +144,10 @@ def test_model_left_as_found(backend, fail, tmp_path):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_unsupported_architecture(backend):
     torch.manual_seed(0)
-    cfg = OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
-                    num_attention_heads=2, max_position_embeddings=32, word_embed_proj_dim=16)
+    cfg = MptConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, max_seq_len=32)
     model = AutoModelForCausalLM.from_config(cfg).eval()
     wanted = {(CapturePoint.RESID_POST, 0)}
-    with pytest.raises(ScalelensError, match="unsupported architecture 'opt'"):
+    with pytest.raises(ScalelensError, match="unsupported architecture 'mpt'"):
         with make_backend(backend, model, word_tokenizer(), wanted, lambda *a: None):
             pass
 

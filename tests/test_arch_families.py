@@ -1,0 +1,186 @@
+"""The families beyond tiny_models.ARCHS: captures equal the model's own outputs, or are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers as T
+from tiny_models import VOCAB, prompts, word_tokenizer
+
+from scalelens.cache.reader import CaptureFile
+from scalelens.capture import capture
+from scalelens.errors import ScalelensError
+from scalelens.hooks import arch
+from scalelens.measure.run import measure
+from scalelens.models.load import load_model
+from scalelens.probes.spec import ProbeSpec, preset
+
+_L = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+      "vocab_size": VOCAB, "max_position_embeddings": 128}
+_GQA = {**_L, "num_key_value_heads": 2}
+CONFIGS = {  # each with the feature that could break the recomputed attention
+    "qwen3": lambda: T.Qwen3Config(head_dim=8, **_GQA),  # qk-norm
+    "olmo2": lambda: T.Olmo2Config(**_GQA),  # qk-norm, post-norms
+    "phi3": lambda: T.Phi3Config(pad_token_id=0, **_GQA),  # fused qkv
+    "phi": lambda: T.PhiConfig(partial_rotary_factor=0.5, qk_layernorm=True, **_L),  # parallel
+    "stablelm": lambda: T.StableLmConfig(partial_rotary_factor=0.25, qk_layernorm=True, **_GQA),
+    "granite": lambda: T.GraniteConfig(logits_scaling=4.0, attention_multiplier=0.2, **_GQA),
+    "starcoder2": lambda: T.Starcoder2Config(sliding_window=4, **_GQA),
+    "gptj": lambda: T.GPTJConfig(vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=2, n_head=4,
+                                 rotary_dim=4),
+    "opt": lambda: T.OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                               num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=32),
+    "gpt_bigcode": lambda: T.GPTBigCodeConfig(vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=2,
+                                              n_head=4, multi_query=True),
+    "olmo3": lambda: T.Olmo3Config(sliding_window=4, **_GQA),  # qk-norm, sliding layers
+    "cohere": lambda: T.CohereConfig(logit_scale=0.5, **_GQA),  # parallel, scaled logits
+    "smollm3": lambda: T.SmolLM3Config(pad_token_id=0, **_GQA),  # layers without rotary
+    "helium": lambda: T.HeliumConfig(head_dim=8, **_GQA),
+    "glm": lambda: T.GlmConfig(head_dim=8, pad_token_id=0, **_GQA),  # partial interleaved rotary
+    "persimmon": lambda: T.PersimmonConfig(partial_rotary_factor=0.5, qk_layernorm=True, **_L),
+    "codegen": lambda: T.CodeGenConfig(vocab_size=VOCAB, n_positions=128, n_ctx=128, n_embd=32, n_layer=2,
+                                       n_head=4, rotary_dim=4),
+    "granitemoe": lambda: T.GraniteMoeConfig(num_local_experts=4, num_experts_per_tok=2, logits_scaling=4.0,
+                                             **_GQA),
+    "mixtral": lambda: T.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, sliding_window=4, **_GQA),
+    "falcon": lambda: T.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, new_decoder_architecture=True, num_kv_heads=2),
+    "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
+}
+TAPPED = [k for k in CONFIGS if k not in ("falcon", "bloom")]
+
+
+def build(name: str, attn: str = "eager") -> torch.nn.Module:
+    torch.manual_seed(0)
+    return T.AutoModelForCausalLM.from_config(CONFIGS[name](), attn_implementation=attn).eval()
+
+
+def read(out, names):
+    with CaptureFile(out) as f:
+        return {n: f.read("values", n).data for n in names}, f.read("tokens").data, f.read("lengths").data, \
+            f.probe("top1") if "attn" in names else None
+
+
+@pytest.mark.parametrize("name", TAPPED)
+def test_captures_equal_the_models_own_outputs(name, tmp_path):
+    """resid (hidden states), attention and top-1 rows (eager weights), logits (as returned),
+    and resid_post - resid_pre = attn_out + mlp_out where the branches add straight in."""
+    model = build(name, "sdpa")
+    probes = [preset("resid", dtype="float32"), preset("resid_pre", dtype="float32"), preset("attn"),
+              preset("top1"), preset("attn_out", dtype="float32"), preset("mlp_out", dtype="float32"),
+              ProbeSpec("lg", "logits", dtype="float32")]
+    out = capture(load_model(model, tokenizer=word_tokenizer()), probes, prompts(4), tmp_path / "c.h5",
+                  batch_size=2, progress=False)
+    v, ids, lengths, top1 = read(out, ["resid", "resid_pre", "attn", "attn_out", "mlp_out", "lg"])
+    ref = build(name)
+    for i, n in enumerate(lengths):
+        with torch.no_grad():
+            o = ref(torch.tensor(ids[i, :n], dtype=torch.long)[None], output_hidden_states=True,
+                    output_attentions=True)
+        np.testing.assert_allclose(v["resid"][i, 0, :n], o.hidden_states[1][0], atol=1e-5)
+        np.testing.assert_allclose(v["lg"][i, 0, :n], o.logits[0], atol=1e-5)
+        for layer in range(2):
+            probs = o.attentions[layer][0]
+            np.testing.assert_allclose(v["attn"][i, layer, :, :n, :n], probs, atol=1e-5)
+            q = top1["query_pos"].data[i, 0]
+            np.testing.assert_array_equal(top1["top1_key"].data[i, layer, :, 0], probs[:, q, :n].argmax(-1))
+        if name not in ("olmo2", "olmo3", "granite"):  # post-norms / residual multiplier scale branches
+            step = v["resid"][i, 0, :n] - v["resid_pre"][i, 0, :n]
+            np.testing.assert_allclose(step, v["attn_out"][i, 0, :n] + v["mlp_out"][i, 0, :n], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["falcon", "bloom"])
+def test_own_attention_families_keep_resid_and_refuse_per_head_probes(name, tmp_path):
+    lm = load_model(build(name), tokenizer=word_tokenizer())
+    out = capture(lm, [preset("resid", dtype="float32"), preset("predictions")], prompts(3),
+                  tmp_path / "r.h5", progress=False)
+    v, ids, lengths, _ = read(out, ["resid"])
+    with torch.no_grad():
+        o = build(name)(torch.tensor(ids[0, :lengths[0]], dtype=torch.long)[None], output_hidden_states=True)
+    np.testing.assert_allclose(v["resid"][0, 0, :lengths[0]], o.hidden_states[1][0], atol=1e-5)
+    with pytest.raises(ScalelensError, match=f"{name} cannot give per-head probes"):
+        capture(lm, [preset("top1")], prompts(3), tmp_path / "a.h5", progress=False)
+    with pytest.raises(ScalelensError, match=f"{name} cannot give per-head probes"):
+        measure(lm, "retrieval_heads", tmp_path / "m", progress=False)
+    assert not (tmp_path / "a.h5").exists() and not (tmp_path / "m").exists()
+
+
+def test_bloom_refuses_branches_that_carry_the_residual(tmp_path):
+    lm = load_model(build("bloom"), tokenizer=word_tokenizer())
+    with pytest.raises(ScalelensError, match="bloom cannot give attn_out: .*residual already added"):
+        capture(lm, [preset("attn_out")], prompts(3), tmp_path / "a.h5", progress=False)
+
+
+def test_a_tap_that_never_fires_is_an_error_not_zeros(tmp_path, monkeypatch):
+    """A family listed as tappable whose attention bypasses the registry: refused at the first batch."""
+    monkeypatch.setitem(arch.ARCHITECTURES, "falcon", arch.ArchSpec(
+        "falcon", "transformer.h", "self_attention", "mlp", "transformer.word_embeddings", "lm_head",
+        "transformer.ln_f"))
+    lm = load_model(build("falcon"), tokenizer=word_tokenizer())
+    with pytest.raises(ScalelensError, match="never reached the attention tap"):
+        capture(lm, [preset("attn")], prompts(3), tmp_path / "a.h5", progress=False)
+
+
+@pytest.mark.parametrize("name", ["opt", "granite"])
+def test_measure_runs_every_analysis(name, tmp_path):
+    from scalelens.measure.dominance import DominanceSettings
+    from scalelens.measure.massive import MassiveSettings
+    from scalelens.measure.retrieval import RetrievalSettings
+    from scalelens.measure.run import ANALYSES, MeasureSettings
+
+    s = MeasureSettings(RetrievalSettings(context_lengths=(48,), depths=(0.5,), n_needles=1, ablation_k=1),
+                        MassiveSettings(n_sequences=2, length=12),
+                        DominanceSettings(dilutions=(1, 2), n_prompts=2))
+    data = measure(load_model(build(name, "sdpa"), tokenizer=word_tokenizer()), ANALYSES, tmp_path, s,
+                   progress=False)
+    assert set(data["analyses"]) == set(ANALYSES)
+    mlp = data["analyses"]["activation_sparsity"]["points"]["mlp_out"]
+    assert len(mlp["per_layer"]) == 2 and 0 < mlp["mean_hoyer"] < 1  # OPT: fc2 rows reshaped per token
+
+
+def test_nnsight_reads_opts_flattened_mlp_rows_like_native(tmp_path):
+    """OPT's fc2 returns (batch * seq, d) rows; both backends store them per token, bitwise equal."""
+    lm = load_model(build("opt", "sdpa"), tokenizer=word_tokenizer())
+    probes = [preset("mlp_out", dtype="float32"), preset("resid", dtype="float32")]
+    a = capture(lm, probes, prompts(4), tmp_path / "n.h5", batch_size=2, progress=False)
+    b = capture(lm, probes, prompts(4), tmp_path / "s.h5", batch_size=2, progress=False, backend="nnsight")
+    (va, *_), (vb, *_) = read(a, ["mlp_out"]), read(b, ["mlp_out"])
+    np.testing.assert_array_equal(va["mlp_out"], vb["mlp_out"])
+    assert np.abs(va["mlp_out"]).max() > 1e-3
+
+
+def test_nnsight_refuses_falcons_mlp_out_that_the_model_changes_in_place(tmp_path):
+    """Read after the pass, Falcon's mlp_out would hold mlp + attention (measured: 73% of entries off)."""
+    lm = load_model(build("falcon"), tokenizer=word_tokenizer())
+    with pytest.raises(ScalelensError, match="nnsight backend cannot read mlp_out of falcon"):
+        capture(lm, [preset("mlp_out")], prompts(3), tmp_path / "a.h5", progress=False, backend="nnsight")
+    out = capture(lm, [preset("mlp_out", dtype="float32"), preset("attn_out", dtype="float32"),
+                       preset("resid", dtype="float32"), preset("resid_pre", dtype="float32")],
+                  prompts(3), tmp_path / "n.h5", progress=False)
+    v, _, lengths, _ = read(out, ["mlp_out", "attn_out", "resid", "resid_pre"])
+    n = lengths[0]  # native hooks read it before the in-place add: the branches sum to the step
+    np.testing.assert_allclose(v["resid"][0, 0, :n] - v["resid_pre"][0, 0, :n],
+                               v["attn_out"][0, 0, :n] + v["mlp_out"][0, 0, :n], atol=1e-6)
+
+
+def test_moe_capacity_is_refused_before_anything_runs(tmp_path):
+    lm = load_model(build("mixtral", "sdpa"), tokenizer=word_tokenizer())
+    with pytest.raises(ScalelensError, match="no FLOP count for architecture 'mixtral'"):
+        measure(lm, "massive_activations,information_capacity", tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists()
+
+
+def test_flop_shapes_read_each_familys_own_config_fields():
+    """Falcon's key/value heads and OPT's/Falcon's MLP widths live in fields of their own."""
+    from scalelens.measure.capacity import model_shape
+
+    new = model_shape(CONFIGS["falcon"]())
+    assert (new.n_kv_heads, new.d_ff, new.gated_mlp) == (2, 128, False)
+    assert model_shape(T.FalconConfig(hidden_size=32, num_attention_heads=4)).n_kv_heads == 1  # multi-query
+    plain = T.FalconConfig(hidden_size=32, num_attention_heads=4, multi_query=False)
+    assert model_shape(plain).n_kv_heads == 4
+    opt = model_shape(CONFIGS["opt"]())
+    assert (opt.d_ff, opt.n_kv_heads) == (64, 4)
+    assert model_shape(CONFIGS["gpt_bigcode"]()).n_kv_heads == 1
+    assert model_shape(CONFIGS["phi3"]()).gated_mlp and not model_shape(CONFIGS["starcoder2"]()).gated_mlp
