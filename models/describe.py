@@ -29,7 +29,7 @@ def check_architecture(config: PretrainedConfig) -> None:
         kind = "an encoder or encoder-decoder" if known else "not a causal-LM"
         raise ScalelensError(
             f"unsupported architecture {model_type!r} ({kind} model); "
-            "load a decoder-only causal LM such as gpt_neox, llama, gemma2 or gpt2"
+            "load a decoder-only causal LM such as gpt_neox, llama, qwen3, gemma2 or gpt2"
         )
 
 
