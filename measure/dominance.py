@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from scalelens.analyses.from_capture import DOMINANCE_PROBE, dominance_from_capture
 from scalelens.analyses.text_dominance import TextDominanceResult
 from scalelens.cache.reader import CaptureFile
@@ -218,4 +220,4 @@ def embeds_prompts(loaded: Any, tests: list[HaystackTest], s: DominanceSettings)
 def _group(result: TextDominanceResult, name: str, key: str) -> float | None:
     group = result.groups.get(name) or result.groups["all"]
     value = group.get(key)
-    return None if value is None else float(value)
+    return None if value is None or not np.isfinite(value) else float(value)  # strict JSON, as to_dict

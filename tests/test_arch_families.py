@@ -184,3 +184,19 @@ def test_flop_shapes_read_each_familys_own_config_fields():
     assert (opt.d_ff, opt.n_kv_heads) == (64, 4)
     assert model_shape(CONFIGS["gpt_bigcode"]()).n_kv_heads == 1
     assert model_shape(CONFIGS["phi3"]()).gated_mlp and not model_shape(CONFIGS["starcoder2"]()).gated_mlp
+
+
+def test_text_dominance_with_no_attention_on_the_other_text_writes_results(tmp_path):
+    """A sliding window shorter than the gap between question and document leaves A_O = 0, so the
+    middle-layer MDI is infinite: stored as null (as the per-layer MDIs are), not a JSON crash."""
+    from scalelens.measure.dominance import DominanceSettings
+    from scalelens.measure.run import MeasureSettings
+
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(T.MistralConfig(sliding_window=2, **_GQA)).eval()
+    s = MeasureSettings(dominance=DominanceSettings(dilutions=(1, 2), n_prompts=2))
+    lm = load_model(model, tokenizer=word_tokenizer())
+    data = measure(lm, "text_dominance", tmp_path, s, progress=False)
+    rows = data["analyses"]["text_dominance"]["dilution"]
+    assert [r["mdi_middle"] for r in rows] == [None, None]
+    assert (tmp_path / "results.json").exists()
