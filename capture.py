@@ -25,6 +25,7 @@ from scalelens.hooks.arch import arch_for, check_points, layer_part
 from scalelens.hooks.attention import attention_tap
 from scalelens.hooks.backends import Backend, make_backend
 from scalelens.hooks.points import CapturePoint
+from scalelens.hooks.rope import prompt_batches
 from scalelens.models.describe import weights_fingerprint
 from scalelens.probes.embeds import batch_inputs_embeds, check_blocks, embedding_width
 from scalelens.probes.prompts import (
@@ -316,14 +317,19 @@ class Capture:
 
     def _run_batches(self, writer: CaptureWriter, tok: TokenizedPrompts,
                      rows: dict[str, np.ndarray]) -> None:
-        """Compute batch after batch; a writer thread writes each one while the next computes."""
-        n, bs = len(tok.lengths), self.settings.batch_size
+        """Compute batch after batch; a writer thread writes each one while the next computes.
+
+        A batch never mixes prompts whose rotary frequencies the model would choose differently
+        (longrope's short and long factors; see :func:`~scalelens.hooks.rope.length_classes`),
+        so every prompt is captured as it would be alone.
+        """
+        n = len(tok.lengths)
         bar = progress_bar(total=n, initial=writer.n_done, unit="prompt", desc=f"capture {self.out.name}",
                    disable=not self.settings.progress)
         staging = _HostStaging(self.loaded.model.device)
+        batches = prompt_batches(self.loaded.model, tok.lengths, self.settings.batch_size, writer.n_done)
         with BackgroundWriter(writer, depth=2) as background:
-            for start in range(writer.n_done, n, bs):
-                stop = min(n, start + bs)
+            for start, stop in batches:
                 arrays, ready, done = staging.to_host(self._run_batch(tok, rows, start, stop))
                 background.submit(start, arrays, ready, done)
                 bar.update(stop - start)
