@@ -16,6 +16,7 @@ import torch
 
 from scalelens.analyses.capacity import CapacityResult, ModelShape, flops_per_token, information_capacity
 from scalelens.errors import ScalelensError
+from scalelens.hooks.rope import prompt_batches
 from scalelens.measure.massive import MassiveSettings, loss
 from scalelens.measure.text import probe_sequences
 from scalelens.probes.prompts import TokenizedPrompts, as_prompts, tokenize
@@ -124,11 +125,16 @@ def mean_context(lengths: np.ndarray) -> float:
 
 
 def mean_nll(loaded: Any, tok: TokenizedPrompts, batch_size: int) -> tuple[float, int]:
-    """Mean next-token NLL (nats) over the predicted tokens, and their number."""
+    """Mean next-token NLL (nats) over the predicted tokens, and their number.
+
+    Batches never mix prompts the model's rotary scaling would treat differently
+    (:func:`~scalelens.hooks.rope.prompt_batches`), so each prompt counts as it would alone.
+    """
     total, count = 0.0, 0
     device = loaded.model.device
-    for start in range(0, len(tok.lengths), batch_size):
-        ids = torch.from_numpy(tok.ids[start:start + batch_size].astype(np.int64)).to(device)
+    for start, stop in prompt_batches(loaded.model, tok.lengths, batch_size):
+        width = int(tok.lengths[start:stop].max())  # padded to the batch's own longest prompt
+        ids = torch.from_numpy(tok.ids[start:stop, :width].astype(np.int64)).to(device)
         valid = ids >= 0
         n = int(valid[:, 1:].sum())
         if n:

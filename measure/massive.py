@@ -15,6 +15,7 @@ from scalelens.cache.reader import CaptureFile
 from scalelens.capture import capture
 from scalelens.errors import ScalelensError
 from scalelens.hooks.arch import decoder_layers
+from scalelens.hooks.rope import prompt_batches
 from scalelens.measure.text import probe_sequences
 from scalelens.probes.prompts import as_prompts, tokenize
 from scalelens.probes.spec import ProbeSpec
@@ -102,7 +103,9 @@ def intervention(loaded: Any, result: MassiveResult, texts: list[str], batch_siz
     At the first layer where they appear, every entry of the massive dims whose
     |value| is at least half that dim's largest |value| over all probe sequences is
     replaced (a sequence without massive activations keeps its entries). Runs
-    ``batch_size`` sequences per forward pass; the losses are means over all tokens.
+    ``batch_size`` sequences per forward pass (fewer where the model's rotary scaling would
+    treat them differently: :func:`~scalelens.hooks.rope.prompt_batches`); the losses are
+    means over all tokens.
     """
     site = _site(result)
     if site is None:
@@ -110,12 +113,13 @@ def intervention(loaded: Any, result: MassiveResult, texts: list[str], batch_siz
     layer, dims = site
     tok = tokenize(as_prompts(texts), loaded.tokenizer, loaded.info.max_position or None)
     ids = torch.from_numpy(tok.ids.astype(np.int64))
-    batches = [slice(i, i + batch_size) for i in range(0, ids.shape[0], batch_size)]
+    batches = [slice(a, b) for a, b in prompt_batches(loaded.model, tok.lengths, batch_size)]
     layer_out = decoder_layers(loaded.model)[layer]
     seen: list[torch.Tensor] = []  # the massive dims' entries at the layer's output, per batch
 
     def keep(h: torch.Tensor, rows: slice) -> None:
-        seen.append(h[:, :, dims].float().cpu())  # a float16 sum of massive entries overflows past 65504
+        part = h[:, :, dims].float().cpu()  # a float16 sum of massive entries overflows past 65504
+        seen.append(torch.nn.functional.pad(part, (0, 0, 0, ids.shape[1] - h.shape[1])))  # to the full width
 
     base = _mean_loss(loaded, ids, batches, layer_out, keep)
     sub = torch.cat(seen)
@@ -134,7 +138,7 @@ def _replace(dims: list[int], big: torch.Tensor, value: torch.Tensor) -> Any:
     """A layer-output edit: the ``big`` entries of ``dims`` set to ``value`` (one per dim)."""
 
     def edit(h: torch.Tensor, rows: slice) -> None:
-        where = big[rows].to(h.device)
+        where = big[rows, :h.shape[1]].to(h.device)
         sub = h[:, :, dims]
         h[:, :, dims] = torch.where(where, value.to(h.device, h.dtype).expand_as(sub), sub)
 
@@ -145,7 +149,8 @@ def _mean_loss(loaded: Any, ids: torch.Tensor, batches: list[slice], layer_out: 
                on_output: Any) -> float:
     """Next-token cross-entropy (nats) over all valid positions of ``ids``, batch by batch.
 
-    Each batch's layer output goes to ``on_output(h, rows)``, which may edit it in place.
+    Each batch is cut to its own longest sequence; its layer output goes to
+    ``on_output(h, rows)``, which may edit it in place.
     """
     rows = batches[0]
 
@@ -157,7 +162,8 @@ def _mean_loss(loaded: Any, ids: torch.Tensor, batches: list[slice], layer_out: 
     handle = layer_out.register_forward_hook(hook)
     try:
         for rows in batches:
-            part = ids[rows].to(loaded.model.device)
+            width = int((ids[rows] >= 0).sum(1).max())
+            part = ids[rows, :width].to(loaded.model.device)
             valid = part >= 0
             n = int(valid[:, 1:].sum())
             value = loss(loaded, part.masked_fill(~valid, 0), valid)

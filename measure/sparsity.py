@@ -20,6 +20,7 @@ import torch
 from scalelens.analyses.sparsity import SparsityResult, activation_sparsity
 from scalelens.hooks.backends import make_backend
 from scalelens.hooks.points import CapturePoint
+from scalelens.hooks.rope import prompt_batches
 from scalelens.measure.massive import MassiveSettings
 from scalelens.measure.text import probe_sequences
 from scalelens.probes.prompts import TokenizedPrompts, as_prompts, tokenize
@@ -52,12 +53,13 @@ class _NormSink:
 
 
 def _run(loaded: Any, tok: TokenizedPrompts, batch_size: int, sink: _NormSink) -> None:
+    """Forward ``tok`` batch by batch (see :func:`~scalelens.hooks.rope.prompt_batches`) into ``sink``."""
     wanted = {(p, layer) for p in POINTS for layer in range(loaded.info.n_layers)}
     device = loaded.model.device
     with make_backend("native", loaded.model, loaded.tokenizer, wanted, sink) as backend:
-        for start in range(0, len(tok.lengths), batch_size):
-            width = int(tok.lengths[start:start + batch_size].max())
-            ids = torch.from_numpy(tok.ids[start:start + batch_size, :width].astype(np.int64)).to(device)
+        for start, stop in prompt_batches(loaded.model, tok.lengths, batch_size):
+            width = int(tok.lengths[start:stop].max())
+            ids = torch.from_numpy(tok.ids[start:stop, :width].astype(np.int64)).to(device)
             valid = ids >= 0
             backend.forward(ids.masked_fill(~valid, 0), valid.long())
 
