@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -66,6 +66,8 @@ _GPT2_LIKE = ArchSpec(
 # never through transformers' attention registry, so the tap would see nothing.
 _OWN_ATTENTION = ("its attention is computed inside the model's own code, not through "
                   "transformers' attention registry that scalelens taps")
+_FALCON_LIKE = replace(_GPT2_LIKE, family="falcon-like", attn="self_attention",
+                       embed="transformer.word_embeddings")
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt_neox": ArchSpec(
@@ -98,36 +100,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "olmo3": _LLAMA_LIKE,
     "cohere": _LLAMA_LIKE,
     "smollm3": _LLAMA_LIKE,
-    "granitemoe": ArchSpec(
-        family="granite-moe",
-        layers="model.layers",
-        attn="self_attn",
-        mlp="block_sparse_moe",
-        embed="model.embed_tokens",
-        unembed="lm_head",
-        final_norm="model.norm",
-    ),
+    "granitemoe": replace(_LLAMA_LIKE, family="granite-moe", mlp="block_sparse_moe"),
     "helium": _LLAMA_LIKE,
     "glm": _LLAMA_LIKE,
-    "persimmon": ArchSpec(
-        family="persimmon",
-        layers="model.layers",
-        attn="self_attn",
-        mlp="mlp",
-        embed="model.embed_tokens",
-        unembed="lm_head",
-        final_norm="model.final_layernorm",
-    ),
+    "persimmon": replace(_LLAMA_LIKE, family="persimmon", final_norm="model.final_layernorm"),
     "codegen": _GPT2_LIKE,
-    "phi": ArchSpec(
-        family="phi",
-        layers="model.layers",
-        attn="self_attn",
-        mlp="mlp",
-        embed="model.embed_tokens",
-        unembed="lm_head",
-        final_norm="model.final_layernorm",
-    ),
+    "phi": replace(_LLAMA_LIKE, family="phi", final_norm="model.final_layernorm"),
     "opt": ArchSpec(  # no MLP module: fc2 is the feed-forward branch's last projection
         family="opt",
         layers="model.decoder.layers",
@@ -137,26 +115,16 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         unembed="lm_head",
         final_norm="model.decoder.final_layer_norm",
     ),
-    "falcon": ArchSpec(
+    "falcon": replace(
+        _FALCON_LIKE,
         family="falcon",
-        layers="transformer.h",
-        attn="self_attention",
-        mlp="mlp",
-        embed="transformer.word_embeddings",
-        unembed="lm_head",
-        final_norm="transformer.ln_f",
         no_tap=_OWN_ATTENTION,
         mlp_out_changed="with parallel attention Falcon adds the attention output into the MLP's "
                         "output tensor in place after the MLP returns",
     ),
-    "bloom": ArchSpec(
+    "bloom": replace(
+        _FALCON_LIKE,
         family="bloom",
-        layers="transformer.h",
-        attn="self_attention",
-        mlp="mlp",
-        embed="transformer.word_embeddings",
-        unembed="lm_head",
-        final_norm="transformer.ln_f",
         no_tap=_OWN_ATTENTION + " (ALiBi bias included)",
         no_branches="its attention and MLP modules return their output with the residual already added",
     ),
