@@ -40,6 +40,8 @@ MODALITIES = ("text", "embeds")
 # Prompts per dilution: depths are spread over (0, 1) at 3 decimals, so from 1000 on some
 # repeat (at 1000 itself, 28 of them: (i + 0.5) / 1000 sits on the rounding boundary).
 MAX_PROMPTS = 999
+MIN_BASE = 2
+"""The fewest other-modality tokens (or vectors) at dilution x1."""
 
 
 @dataclass(frozen=True)
@@ -126,14 +128,23 @@ def base_tokens(loaded: Any, s: DominanceSettings) -> int:
     check_pool(loaded, s)
     rs = RetrievalSettings(depths=_depths(s), n_needles=1)
     reserve = needle_overhead(needle_material(loaded, rs)[0], loaded.tokenizer)
-    base = s.base_tokens or (loaded.info.max_position - reserve) // max(s.dilutions)
-    if base < 2:
+    room = loaded.info.max_position - reserve  # tokens left for the document beside needle and question
+    base = s.base_tokens or room // max(s.dilutions)
+    if base < MIN_BASE:
         raise ScalelensError(
             f"the model's context ({loaded.info.max_position}) is too short for a x{max(s.dilutions)} "
-            "dilution; use smaller --dilutions"
+            f"dilution; {_dilution_hint(room)}"
         )
     _check_base_fits(loaded.info.max_position, base, max(s.dilutions), reserve)
     return base
+
+
+def _dilution_hint(room: int) -> str:
+    """The fix for a dilution too large: the largest one that leaves ``MIN_BASE`` tokens at x1."""
+    if room < MIN_BASE:
+        return (f"the needle and question leave {max(room, 0)} tokens for the document; "
+                "use a model of longer context")
+    return f"use --dilutions {room // MIN_BASE} or less"
 
 
 def _check_base_fits(context: int | None, base: int, dilution: int, reserve: int) -> None:

@@ -21,12 +21,14 @@ from scalelens.capture import capture
 from scalelens.errors import ScalelensError
 from scalelens.hooks.arch import layer_part
 from scalelens.hooks.attention import attention_rows, attention_tap
+from scalelens.measure.haystack_fit import context_hint
 from scalelens.measure.text import suite_corpus
 from scalelens.probes.haystack import (
     ANSWER_PREFIX,
     DEPTHS,
     ENGLISH_HAYSTACK,
     ENGLISH_NEEDLES,
+    MIN_DEFAULT_LENGTH,
     PROMPT_FORMATS,
     HaystackTest,
     Needle,
@@ -125,44 +127,57 @@ def haystack_tests(loaded: Any, s: RetrievalSettings, with_answer: bool,
     it (a huge ``--context-lengths`` would otherwise tokenize for hours first). Text
     dominance's soft-token documents are pooled into fewer vectors, and pass False.
     """
-    if within_context and s.context_lengths:
-        check_context_lengths(loaded, s.context_lengths)
     needles, hay = needle_material(loaded, s)
     fmt = resolve_prompt_format(loaded.tokenizer, s.prompt_format)
-    reserve = needle_overhead(needles, loaded.tokenizer, fmt, s.answer_prefix)
-    lengths = list(s.context_lengths or default_context_lengths(loaded.info.max_position, reserve))
+    if within_context and s.context_lengths:
+        check_context_lengths(loaded, s, needles, hay, fmt)
+    lengths = list(s.context_lengths or _default_lengths(loaded, s, needles, hay, fmt))
     return build_tests(needles, hay, loaded.tokenizer, lengths, s.depths, with_answer=with_answer,
                        prompt_format=fmt, answer_prefix=s.answer_prefix)
 
 
-def check_context_lengths(loaded: Any, lengths: tuple[int, ...]) -> None:
-    """Refuse haystack sizes larger than the model's context, before any haystack is built.
+def _default_lengths(loaded: Any, s: RetrievalSettings, needles: list[Needle], hay: list[str],
+                     fmt: str) -> list[int]:
+    """Three haystack sizes up to the context; refused, naming sizes that fit, in a short context."""
+    limit = loaded.info.max_position
+    reserve = needle_overhead(needles, loaded.tokenizer, fmt, s.answer_prefix)
+    if limit and limit - reserve < MIN_DEFAULT_LENGTH:
+        raise ScalelensError(f"the model's context ({limit}) is too short for the default haystack sizes; "
+                             f"{context_hint(loaded, s, needles, hay, fmt)}")
+    return default_context_lengths(limit, reserve)
+
+
+def check_context_lengths(loaded: Any, s: RetrievalSettings, needles: list[Needle], hay: list[str],
+                          fmt: str) -> None:
+    """Refuse haystack sizes larger than the model's context, before any such haystack is built.
 
     Raises:
-        ScalelensError: naming the largest size, the context and --context-lengths.
+        ScalelensError: naming the largest size, the context and sizes that fit.
     """
-    limit, longest = loaded.info.max_position, max(lengths)
+    limit, longest = loaded.info.max_position, max(s.context_lengths or (0,))
     if limit and longest > limit:
         raise ScalelensError(
             f"--context-lengths up to {longest} tokens exceed the model's context of {limit} tokens "
-            "before the needle, question and answer are added; use smaller --context-lengths"
+            f"before the needle, question and answer are added; {context_hint(loaded, s, needles, hay, fmt)}"
         )
 
 
-def check_fit(loaded: Any, tests: list[HaystackTest]) -> TokenizedPrompts:
+def check_fit(loaded: Any, tests: list[HaystackTest], s: RetrievalSettings) -> TokenizedPrompts:
     """The tests' prompts, tokenized.
 
     Raises:
-        ScalelensError: if one is longer than the model's context (naming --context-lengths).
+        ScalelensError: if one is longer than the model's context (naming settings that fit).
     """
     tok = tokenize([t.prompt for t in tests], loaded.tokenizer)
     limit, lengths = loaded.info.max_position, tok.lengths
     if limit and int(lengths.max()) > limit:
         sizes = sorted({t.context_tokens for t in tests})
+        needles, hay = needle_material(loaded, s)
+        fmt = resolve_prompt_format(loaded.tokenizer, s.prompt_format)
         raise ScalelensError(
             f"needle tests of up to {int(lengths.max())} tokens (haystacks of {sizes} tokens plus "
             f"needle, question and answer) exceed the model's context of {limit} tokens; "
-            "use smaller --context-lengths"
+            f"{context_hint(loaded, s, needles, hay, fmt)}"
         )
     return tok
 
@@ -178,7 +193,7 @@ def fast_scores(loaded: Any, s: RetrievalSettings, out: Path, overwrite: bool = 
                 progress: bool = True) -> tuple[RetrievalResult, list[HaystackTest]]:
     """Teacher-forced scoring: one capture pass, then scoring from the file."""
     tests = haystack_tests(loaded, s, with_answer=True)
-    check_fit(loaded, tests)
+    check_fit(loaded, tests, s)
     capture(loaded, retrieval_probes(), [t.prompt for t in tests], out, batch_size=s.batch_size,
             overwrite=overwrite, reuse_complete=True,
             progress=progress)
@@ -227,7 +242,7 @@ def _cache_kwarg(model: Any) -> str:
 def reference_needle_tests(loaded: Any, s: RetrievalSettings, progress: bool = False) -> list[NeedleTest]:
     """Greedy decoding of every test: produced tokens and top-1 keys per step, decoded texts."""
     tests = haystack_tests(loaded, s, with_answer=True)
-    tok = check_fit(loaded, tests)
+    tok = check_fit(loaded, tests, s)
     need, ans = tok.labels.index("needle_answer"), tok.labels.index("answer")
     needle_tests = []
     for i in progress_bar(range(len(tests)), desc="retrieval (reference)", unit="test", disable=not progress):

@@ -120,7 +120,7 @@ def _preflight(loaded: Any, analyses: tuple[str, ...], s: MeasureSettings) -> No
     if "retrieval_heads" in analyses:
         from scalelens.measure.retrieval import check_fit, haystack_tests
 
-        check_fit(loaded, haystack_tests(loaded, s.retrieval, with_answer=True))
+        check_fit(loaded, haystack_tests(loaded, s.retrieval, with_answer=True), s.retrieval)
     if "text_dominance" in analyses:
         from scalelens.measure.dominance import base_tokens
 

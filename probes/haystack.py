@@ -389,12 +389,20 @@ def needle_overhead(needles: list[Needle], tokenizer: Any, prompt_format: str = 
                        for n in needles)
 
 
+MIN_DEFAULT_LENGTH = 16
+"""The smallest default haystack size (tokens); a shorter context needs explicit sizes."""
+
+
 def default_context_lengths(max_position: int, reserve: int = 64, n: int = 3) -> list[int]:
-    """``n`` haystack sizes evenly spaced up to the model's context minus ``reserve`` tokens."""
+    """``n`` haystack sizes evenly spaced up to the model's context minus ``reserve`` tokens.
+
+    Raises:
+        ScalelensError: if that leaves less than :data:`MIN_DEFAULT_LENGTH` tokens (the
+            measurement names sizes that fit, :mod:`scalelens.measure.haystack_fit`).
+    """
     top = max_position - reserve
-    if top < 16:
-        fit = max(16, max_position // 4)
+    if top < MIN_DEFAULT_LENGTH:
         raise ScalelensError(f"the model's context ({max_position}) is too short for the default haystack "
-                             f"sizes; give smaller ones: RetrievalSettings(context_lengths=({fit},)) "
-                             f"(on the command line --context-lengths {fit})")
-    return sorted({max(16, top * (i + 1) // n) for i in range(n)})
+                             "sizes; give smaller ones (context_lengths=, on the command line "
+                             "--context-lengths)")
+    return sorted({max(MIN_DEFAULT_LENGTH, top * (i + 1) // n) for i in range(n)})

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 from collections.abc import Callable, Iterator
@@ -434,11 +435,12 @@ CASES: dict[str, Case] = {
         ("--ablation-k must be >= 0",)),
     "needle tests longer than the model's context (fast)": Case(
         lambda c: c.measure("--analyses", "retrieval_heads", "--context-lengths", "20,120"),
-        ("needle tests of up to", "exceed the model's context of 128 tokens", "smaller --context-lengths")),
+        ("needle tests of up to", "exceed the model's context of 128 tokens",
+         "use --context-lengths 88 or less")),
     "needle tests longer than the model's context (reference)": Case(
         lambda c: c.measure("--analyses", "retrieval_heads", "--retrieval-mode", "reference",
                             "--context-lengths", "120"),
-        ("exceed the model's context of 128 tokens", "smaller --context-lengths")),
+        ("exceed the model's context of 128 tokens", "use --context-lengths 88 or less")),
     "measure --out under a file": Case(
         lambda c: ["measure", "--model", str(c.model), "--out", str(c.file("afile", "x") / "sub")],
         ("lies under", "which is a file")),
@@ -447,7 +449,7 @@ CASES: dict[str, Case] = {
         ("exceed the model's context of 128 tokens",)),
     "dilutions too long, listed after a capturing analysis": Case(
         lambda c: c.measure("--analyses", "massive_activations,text_dominance", "--dilutions", "1,100"),
-        ("too short for a x100 dilution", "smaller --dilutions")),
+        ("too short for a x100 dilution", "use --dilutions 39 or less")),
     "non-UTF-8 haystack file": Case(
         lambda c: c.measure("--analyses", "retrieval_heads", "--haystack",
                             str(c.file("h.txt", "caf\xe9 au lait.\n".encode("latin-1")))),
@@ -472,7 +474,7 @@ CASES: dict[str, Case] = {
     "haystack sizes far past the context (refused before building them)": Case(
         lambda c: c.measure("--analyses", "retrieval_heads", "--context-lengths", "20,100000000"),
         ("--context-lengths up to 100000000 tokens exceed the model's context of 128 tokens",
-         "smaller --context-lengths")),
+         "use --context-lengths 88 or less")),
     "needle tests past the context, by haystack size alone (reference)": Case(
         lambda c: c.measure("--analyses", "retrieval_heads", "--retrieval-mode", "reference",
                             "--context-lengths", "2000"),
@@ -828,3 +830,83 @@ def test_sweep_overwrite_leaves_nothing_of_the_old_run(ctx, micro_suite, capsys)
     assert rc == 2 and "no task finished" in err, err
     left = sorted(p.name for p in run.iterdir())
     assert not {"metrics.csv", "metrics.parquet", "fits.json", "report.html"} & set(left), left
+
+
+# ----------------------------------------------------------------------------------------
+# following the fix: a hint that names settings must name settings that work
+# ----------------------------------------------------------------------------------------
+
+
+def _follow(argv: list[str], line: str) -> list[str]:
+    """``argv`` with the ``--option N`` pairs of the error line's fix (its last ``; `` part) applied."""
+    pairs = re.findall(r"(--[a-z-]+) (\d+)", line.rsplit("; ", 1)[-1])
+    assert pairs, f"the fix names no setting: {line}"
+    argv = list(argv)
+    for option, value in pairs:
+        if option in argv:
+            argv[argv.index(option) + 1] = value
+        else:
+            argv += [option, value]
+    return argv
+
+
+def _fixed_by_its_hint(capsys, argv: list[str], *needles: str) -> list[str]:
+    """Run ``argv`` (refused with one line holding ``needles``), then as its fix says; the second succeeds."""
+    rc, _, err = _run(capsys, argv)
+    fixed = _follow(argv, assert_one_line(rc, err, *needles))
+    rc, out, err = _run(capsys, fixed)
+    assert rc == 0, f"following the fix ({fixed}) failed:\n{err}"
+    assert "wrote" in out
+    return fixed
+
+
+def test_short_context_default_haystacks_hint_fits(ctx, micro_suite, capsys):
+    """A 64-token model: the default sizes are refused naming a --context-lengths that fits
+    beside the needles (it said 16, and 16 gave tests of 71 tokens)."""
+    argv = ["measure", "--model", str(micro_suite / "16k"), "--analyses", "retrieval_heads",
+            "--out", str(ctx.tmp / "m")]
+    fixed = _fixed_by_its_hint(capsys, argv, "too short for the default haystack sizes", "--context-lengths")
+    size = int(fixed[fixed.index("--context-lengths") + 1])
+    rc, _, err = _run(capsys, [*argv[:-1], str(ctx.tmp / "m2"), "--context-lengths", str(size + 1)])
+    assert_one_line(rc, err, "exceed the model's context of 64 tokens", f"--context-lengths {size} or less")
+
+
+@pytest.mark.parametrize("mode, lengths",
+                         [("fast", "20,120"), ("reference", "2000"), ("fast", "20,100000000")])
+def test_context_lengths_past_the_context_hint_fits(ctx, capsys, mode, lengths):
+    _fixed_by_its_hint(capsys, ctx.measure("--analyses", "retrieval_heads", "--retrieval-mode", mode,
+                                           "--context-lengths", lengths),
+                       "exceed the model's context of 128 tokens", "or less")
+
+
+def test_too_many_built_in_needles_hint_fits(ctx, micro_suite, capsys):
+    """No haystack fits beside all four synthetic needles in 64 tokens: fewer needles do."""
+    argv = ["measure", "--model", str(micro_suite / "16k"), "--analyses", "retrieval_heads",
+            "--n-needles", "4", "--context-lengths", "8", "--out", str(ctx.tmp / "m")]
+    fixed = _fixed_by_its_hint(capsys, argv, "no haystack fits beside all 4 needles", "--n-needles")
+    assert 1 <= int(fixed[fixed.index("--n-needles") + 1]) < 4
+
+
+def test_needle_file_hint_names_the_needle_too_long(ctx, micro_suite, capsys):
+    """A needle file whose second needle alone overflows the context: the line names it, and
+    without it the measure runs."""
+    short = '{"needle": "the code of bob is 1 .", "question": "what is the code of bob ?", "answer": "1"}\n'
+    long = json.dumps({"needle": "word " * 60 + "the code of al is 2 .",
+                       "question": "what is the code of al ?", "answer": "2"}) + "\n"
+    argv = ["measure", "--model", str(micro_suite / "16k"), "--analyses", "retrieval_heads",
+            "--needles", str(ctx.file("n.jsonl", short + long)), "--out", str(ctx.tmp / "m")]
+    rc, _, err = _run(capsys, argv)
+    assert_one_line(rc, err, "needle(s) number 2 of", "leave no room for a haystack")
+    argv[argv.index("--needles") + 1] = str(ctx.file("n1.jsonl", short))
+    rc, _, err = _run(capsys, argv)
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("dilutions", ["1,100", "1,40"])
+def test_dilution_too_large_hint_fits(ctx, capsys, dilutions):
+    """The largest dilution named fits (``smaller --dilutions`` sent users from 100 to 40: refused too)."""
+    fixed = _fixed_by_its_hint(capsys, ctx.measure("--analyses", "text_dominance", "--dilutions", dilutions),
+                               "too short for a x", "or less")
+    largest = int(fixed[fixed.index("--dilutions") + 1])
+    rc, _, err = _run(capsys, ctx.measure("--analyses", "text_dominance", "--dilutions", f"1,{largest + 1}"))
+    assert_one_line(rc, err, f"--dilutions {largest} or less")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -159,10 +160,17 @@ def test_a_meta_model_is_refused_in_one_line(micro_suite: Path, tmp_path: Path) 
 
 
 def test_micro_context_error_names_the_setting(micro_suite: Path, tmp_path: Path) -> None:
-    from scalelens.measure.run import measure
+    """The Python setting the error names works when given (it named 16, and 16 did not fit)."""
+    from scalelens.measure.retrieval import RetrievalSettings
+    from scalelens.measure.run import MeasureSettings, measure
 
-    with pytest.raises(ScalelensError, match=r"RetrievalSettings\(context_lengths=\(16,\)\)"):
-        measure(str(micro_suite / _last(micro_suite)[0]), ["retrieval_heads"], tmp_path / "m")
+    model = str(micro_suite / _last(micro_suite)[0])
+    with pytest.raises(ScalelensError, match=r"RetrievalSettings\(context_lengths=\((\d+),\)\)") as e:
+        measure(model, ["retrieval_heads"], tmp_path / "m")
+    size = int(re.search(r"context_lengths=\((\d+),\)", str(e.value)).group(1))  # type: ignore[union-attr]
+    settings = MeasureSettings(retrieval=RetrievalSettings(context_lengths=(size,), ablation_k=0))
+    data = measure(model, ["retrieval_heads"], tmp_path / "m", settings, progress=False)
+    assert data["analyses"]["retrieval_heads"]["n_tests"] > 0
 
 
 def test_rerunning_a_cell_with_other_probes_names_the_python_fix(micro_suite: Path, tmp_path: Path) -> None:
