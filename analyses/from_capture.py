@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,9 +24,34 @@ DOMINANCE_PROBE = "dominance_rows"
 def _need(f: CaptureFile, probe: str, analysis: str) -> None:
     if probe not in f.probe_names:
         raise ScalelensError(
-            f"{f.path} lacks probe {probe!r} needed by {analysis}; capture it with `scalelens measure "
-            f"--analyses {analysis}`"
+            f"{f.path} lacks probe {probe!r} needed by {analysis}; capture it with "
+            f"{measure_command(f, analysis)}"
         )
+
+
+def measure_command(f: CaptureFile, analyses: str) -> str:
+    """The ``scalelens measure`` command, in backticks, that measures ``analyses`` on ``f``'s model.
+
+    Model, revision and a tokenizer other than the model's own are the capture's; only the
+    output directory is left for the user to choose (``--out DIR``). A source that is neither
+    on disk nor a hub id (an in-memory model) is left as ``MODEL``.
+    """
+    from scalelens.models.sources import looks_like_hub_id
+
+    source = str(f.model.get("source") or "")
+    known = bool(source) and (Path(source).exists() or looks_like_hub_id(source))
+    parts = ["scalelens", "measure", "--model", source if known else "MODEL"]
+    if known and f.model.get("revision"):
+        parts += ["--revision", str(f.model["revision"])]
+    tokenizer = str(f.capture.get("tokenizer") or "")
+    if tokenizer and not _within(tokenizer, source):
+        parts += ["--tokenizer", tokenizer]
+    return "`" + shlex.join([*parts, "--analyses", analyses, "--out", "DIR"]).replace("'DIR'", "DIR") + "`"
+
+
+def _within(path: str, source: str) -> bool:
+    """Whether ``path`` is ``source`` or lies under it (the model's own tokenizer)."""
+    return path == source or (bool(source) and Path(path).is_relative_to(source))
 
 
 def needle_tests(f: CaptureFile, tokenizer: Any = None) -> list[NeedleTest]:

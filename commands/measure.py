@@ -253,7 +253,7 @@ def analyze_file(path: Path, threshold: float | None = None, gate: float | None 
         if not wanted:
             raise ScalelensError(
                 f"{path} holds none of the probes the analyses read (it holds: {', '.join(sorted(names))}); "
-                "capture with `scalelens measure`"
+                f"capture with {fc.measure_command(f, 'all')}"
             )
         if f.n_done == 0:
             raise ScalelensError(f"{path} holds no finished prompts yet; wait for the capture or rerun it")
@@ -268,7 +268,7 @@ def analyze_file(path: Path, threshold: float | None = None, gate: float | None 
         for name in wanted:
             if name not in runners:
                 raise ScalelensError(f"analysis {name} needs the model, not a capture file; run "
-                                     f"`scalelens measure --analyses {name}`")
+                                     f"{fc.measure_command(f, name)}")
             out[name] = runners[name]()
         bad = f.nonfinite(probes={p for a in wanted for p in needs.get(a, ())})  # only the probes read
         for hit in bad:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 from collections.abc import Callable, Iterator
@@ -910,3 +911,22 @@ def test_dilution_too_large_hint_fits(ctx, capsys, dilutions):
     largest = int(fixed[fixed.index("--dilutions") + 1])
     rc, _, err = _run(capsys, ctx.measure("--analyses", "text_dominance", "--dilutions", f"1,{largest + 1}"))
     assert_one_line(rc, err, f"--dilutions {largest} or less")
+
+
+def _command_in(line: str, out: Path) -> list[str]:
+    """The argv of the backticked ``scalelens ...`` command an error line names, ``DIR`` as ``out``."""
+    found = re.search(r"`scalelens ([^`]*)`", line)
+    assert found, f"no command in: {line}"
+    return [str(out) if word == "DIR" else word for word in shlex.split(found.group(1))]
+
+
+@pytest.mark.parametrize("analysis", ["superposition", "massive_activations"])
+def test_analyze_names_a_measure_command_that_runs(ctx, capsys, analysis):
+    """``analyze`` of a capture that cannot give ``analysis`` names the ``measure`` command that can,
+    with the capture's model (it named ``scalelens measure --analyses X``: no --model, no --out)."""
+    rc, _, err = _run(capsys, ["analyze", str(ctx.copy_complete()), "--analyses", analysis])
+    argv = _command_in(assert_one_line(rc, err, "scalelens measure --model"), ctx.tmp / "m")
+    assert argv[argv.index("--model") + 1] == str(ctx.model)
+    rc, out, err = _run(capsys, argv)
+    assert rc == 0, err
+    assert analysis in json.loads((ctx.tmp / "m" / "results.json").read_text())["analyses"]
