@@ -85,11 +85,22 @@ def _suite(suite: Path, preset: str | None, own_cache: bool) -> tuple[Any, bool]
     except SuiteSettingsMismatch:
         if not own_cache:
             raise ScalelensError(f"--suite {suite} holds a suite built with other settings than the "
-                                 f"{preset!r} preset; pass the --preset it was built with, or "
-                                 "another --suite") from None
+                                 f"{preset!r} preset{_built_from(suite)}; leave out --preset to use it as "
+                                 "built, or pass another --suite") from None
     print(f"the cached suite in {suite} was built with other settings; rebuilding it")
     shutil.rmtree(suite)
     return build_suite(suite, preset=preset), True
+
+
+def _built_from(suite: Path) -> str:
+    """`` (it was built from the 'micro' preset)``, or "" when its manifest cannot say."""
+    from scalelens.errors import ScalelensError
+    from scalelens.models.manifest import read_manifest
+
+    try:
+        return f" (it was built from the {read_manifest(suite).preset!r} preset)"
+    except (ScalelensError, OSError, KeyError, TypeError, ValueError):
+        return ""
 
 
 def _unwritable_suite(suite: Path, own_cache: bool, e: OSError) -> str:

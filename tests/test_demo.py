@@ -62,8 +62,11 @@ def test_demo_names_a_preset_that_does_not_match_the_suite(micro_suite, tmp_path
     out = tmp_path / "demo"
     rc, _, err = _run(capsys, ["demo", "--suite", str(micro_suite), "--preset", "default",
                                "--out", str(out)])
-    assert_one_line(rc, err, "--preset")
+    assert_one_line(rc, err, "built from the 'micro' preset", "leave out --preset to use it as built")
     assert not out.exists()
+    rc, stdout, err = _run(capsys, ["demo", "--suite", str(micro_suite), "--checkpoints", "final",
+                                    "--out", str(out)])  # as the line says
+    assert rc == 0 and "4 done" in stdout, err
 
 
 def test_demo_bad_checkpoints_are_one_line_and_write_nothing(micro_suite, tmp_path, capsys):
