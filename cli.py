@@ -6,6 +6,8 @@ error, an unwritable or full disk), 1 for an unexpected internal error, 130 when
 interrupted (Ctrl-C), 143 when terminated (SIGTERM; cleanup runs as for Ctrl-C).
 ``--debug`` (before or after the sub-command) adds the traceback. scalelens's own
 warnings are one line too (``scalelens: warning: <note>``; ``--debug``: Python's format).
+``--quiet`` (before or after the sub-command) silences progress bars and ``note:`` lines,
+scalelens's and the libraries' (weight loading); warnings, errors and results still show.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import NoReturn
 
 from scalelens import __version__
 from scalelens.errors import ScalelensError, ScalelensWarning
+from scalelens.output import quiet
 
 # Sub-command modules; each exposes register(subparsers).
 _COMMAND_MODULES = (
@@ -68,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scalelens",
         description="Interpretability measurements across model scale and training.",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    for flag, text in GLOBAL_FLAGS.items():
+        parser.add_argument(flag, action="store_true", help=text)
     parser.add_argument("--version", action="version", version=f"scalelens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
@@ -79,13 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
-    for command in sub.choices.values():  # `scalelens capture ... --debug` works too
-        try:
-            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                 help="show tracebacks on errors")
-        except argparse.ArgumentError:
-            pass
+    for command in _command_parsers(sub):  # `scalelens capture ... --debug` works too
+        for flag, text in GLOBAL_FLAGS.items():
+            with contextlib.suppress(argparse.ArgumentError):
+                command.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
     return parser
+
+
+GLOBAL_FLAGS = {
+    "--debug": "show tracebacks on errors",
+    "--quiet": "no progress bars or notes (warnings, errors and results still show)",
+}
+"""Flags taken before or after the sub-command (``scalelens --quiet sweep ...`` or ``... --quiet``)."""
+
+
+def _command_parsers(sub: argparse._SubParsersAction) -> Iterator[argparse.ArgumentParser]:
+    """Every sub-command's parser, nested ones included (``suite build`` as well as ``suite``)."""
+    for command in sub.choices.values():
+        yield command
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                yield from _command_parsers(action)
 
 
 def _one_line(text: str) -> str:
@@ -140,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_BAD_INPUT, f"scalelens {args.command}: error: unrecognized arguments: "
                                     f"{' '.join(extra)}; see `scalelens {args.command} --help`\n")
     debug = bool(getattr(args, "debug", False))
+    silent = bool(getattr(args, "quiet", False))
     _line_buffered_stdout()
     _quiet_when_logged()
     if not debug:
@@ -149,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.unraisablehook, sys.excepthook = _quiet_unraisable, _quiet_excepthook(sys.excepthook)
         warnings.showwarning = _one_line_warning(warnings.showwarning)
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), quiet(silent), _quiet_library_bars(silent):
             return _run(args, debug)
     finally:
         sys.unraisablehook, sys.excepthook, warnings.showwarning = hooks
@@ -274,6 +293,33 @@ def _quiet_when_logged() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def _quiet_library_bars(on: bool) -> Iterator[None]:
+    """With ``on``: no progress bars from transformers or the hub client (weight loading, downloads).
+
+    Both read ``HF_HUB_DISABLE_PROGRESS_BARS`` when first imported; transformers, if
+    imported already, is switched off here and back on afterwards.
+    """
+    if not on:
+        yield
+        return
+    saved = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    hf = sys.modules.get("transformers.utils.logging")
+    was_on = hf is not None and hf.is_progress_bar_enabled()
+    if hf is not None:
+        hf.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = saved
+        if was_on and hf is not None:
+            hf.enable_progress_bar()
 
 
 def _quiet_hub_retries() -> None:

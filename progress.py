@@ -6,6 +6,8 @@ pipe, CI) a bar would be one line of carriage returns growing by a redraw every 
 with cursor-movement escape codes for nested bars; there each bar prints plain lines
 instead: one at most every ``log_every`` seconds while it runs (none before its first
 unit is done) and one when it ends, e.g. ``sweep: 3/6 tasks [00:12<00:12, 4.16s/task]``.
+
+Inside :func:`scalelens.output.quiet` (the CLI's ``--quiet``) no bar is drawn.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from tqdm import TqdmExperimentalWarning, tqdm
+
+from scalelens.output import is_quiet
 
 with warnings.catch_warnings():  # as tqdm.auto does: its notebook mode warns that it is experimental
     warnings.simplefilter("ignore", category=TqdmExperimentalWarning)
@@ -88,10 +92,11 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, total: int | None = N
         total: Units of work in the step (default: ``len(iterable)``).
         desc: What the step is, e.g. ``capture x.h5``.
         unit: One unit's name, singular (``prompt``, ``task``).
-        disable: Show nothing.
+        disable: Show nothing (as inside :func:`scalelens.output.quiet`).
         log_every: In a log (stderr not a terminal), the most seconds between lines.
         **kwargs: More tqdm options (``initial``, ``position``, ``leave``...).
     """
+    disable = disable or is_quiet()
     if disable or auto_tqdm is not tqdm or live_terminal():  # a notebook's widget, or a live bar
         return auto_tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, **kwargs)
     kwargs.pop("position", None)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scalelens.errors import ScalelensError
+from scalelens.output import note
 
 if TYPE_CHECKING:
     from scalelens.cache.reader import CaptureFile
@@ -125,8 +126,8 @@ def warn_nonfinite(f, scan: bool | None = None) -> list:
     if scan is None:
         scan = size <= SCAN_LIMIT_GIB * 2**30
     if not scan:
-        print(f"note: {f.path}: skipped the NaN/inf scan of {size / 2**30:.1f} GiB of values; "
-              "run `scalelens inspect --scan` to do it", file=sys.stderr)
+        note(f"{f.path}: skipped the NaN/inf scan of {size / 2**30:.1f} GiB of values; "
+             "run `scalelens inspect --scan` to do it")
         return []
     found = f.nonfinite()
     for hit in found:
@@ -182,7 +183,7 @@ def _ignored_options(bases: list, args: argparse.Namespace) -> list[str]:
     for option, (value, skips, why) in ignored.items():
         names = [p.name for p in bases if skips(p)]
         if value is not None and names:
-            notes.append(f"note: {option} does not apply to {', '.join(names)} ({why})")
+            notes.append(f"{option} does not apply to {', '.join(names)} ({why})")
     return notes
 
 
@@ -202,8 +203,8 @@ def run_capture(args: argparse.Namespace) -> int:
     out = capture(loaded, probes, prompts, args.out, **vars(settings))  # leaves nothing if it fails early
     with CaptureFile(out) as f:
         warn_nonfinite(f)
-    for note in notes:  # after the work: a failing command prints its one error line only
-        print(note, file=sys.stderr)
+    for text in notes:  # after the work: a failing command prints its one error line only
+        note(text)
     print(f"wrote {out}")
     return 0
 

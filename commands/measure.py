@@ -12,6 +12,7 @@ from typing import Any
 
 from scalelens.commands.capture import add_model_args, int_list, load_from_args
 from scalelens.errors import ScalelensError
+from scalelens.output import note
 
 
 def float_list(text: str) -> tuple[float, ...]:
@@ -325,7 +326,7 @@ def _analyze_dir(path: Path, files: list[Path], analyses: tuple[str, ...] | None
         if keep:
             result[f.name] = analyze_file(f, analyses=keep, tokenizer=tokenizer, **given)
         else:
-            print(f"note: {f.name} holds none of the probes the analyses read; skipped", file=sys.stderr)
+            note(f"{f.name} holds none of the probes the analyses read; skipped")
     missing = [a for a in analyses or () if not any(a in r for r in result.values())]
     if missing:
         raise ScalelensError(f"no capture in {path} holds the probes {', '.join(missing)} needs; "

@@ -27,7 +27,8 @@ def register(subparsers: Any) -> None:
     build.add_argument("--device", choices=["cpu", "cuda"], help="default: the preset's")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--steps", type=int, help="training steps (default: the preset's)")
-    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bars (as the global --quiet)")
     build.set_defaults(func=_build)
     info = commands.add_parser("info", help="print a suite's manifest summary")
     info.add_argument("dir", help="suite directory")
@@ -46,7 +47,7 @@ def _build(args: argparse.Namespace) -> int:
         steps=args.steps,
         seed=args.seed,
         device=args.device,
-        progress=not args.quiet,
+        progress=not getattr(args, "quiet", False),  # the global --quiet
         preset=args.preset,
     )
     print(summary(manifest))

@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from scalelens.output import note
+
 
 def _html_path(text: str) -> Path:
     """``--out``: a file path (``out/`` names a directory, and Path would drop its slash)."""
@@ -51,8 +53,6 @@ def run(args: argparse.Namespace) -> int:
         The exit code (0). Input problems raise `scalelens.errors.ScalelensError`,
         which the top-level CLI prints as one line.
     """
-    import sys
-
     from scalelens.cache.lock import lock_holder
     from scalelens.sweeps.rundir import LOCK_NAME
 
@@ -60,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
     writer = lock_holder(args.run_dir / LOCK_NAME)
     if writer is not None:
-        print(f"note: a sweep is writing {args.run_dir} now (process {writer}); its tables are rewritten "
-              "when it ends, so this report shows the run before it (`scalelens inspect "
-              f"{args.run_dir}` shows its progress)", file=sys.stderr)
+        note(f"a sweep is writing {args.run_dir} now (process {writer}); its tables are rewritten "
+             "when it ends, so this report shows the run before it (`scalelens inspect "
+             f"{args.run_dir}` shows its progress)")
     paths = render_report(args.run_dir, args.out)
     print(f"wrote {paths.html}")
     print(f"wrote {paths.markdown}")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from scalelens.errors import ScalelensError
+from scalelens.output import note
 from scalelens.sweeps.spec import DTYPES
 
 
@@ -105,20 +106,20 @@ def run_sweep(args: argparse.Namespace) -> int:
     if not (spec.executor == "ray" and spec.address):  # a remote cluster's GPUs are not this machine's
         check_device(spec.device, spec.dtype)
     expand(spec)  # unknown sizes or checkpoints: one line before anything runs
-    for note in incomplete_checkpoints(spec):
-        print(f"note: {note}", file=sys.stderr)
+    for text in incomplete_checkpoints(spec):
+        note(text)
     if spec.executor == "ray":
         from scalelens.sweeps.executors import _ray_init, ray_where
 
         if spec.address:
             check_ray_address(spec.address)
-        print(f"note: {ray_where(_ray_init(spec.address), spec.address)}", file=sys.stderr)
+        note(ray_where(_ray_init(spec.address), spec.address))
     elif spec.address:
         raise ScalelensError("--address is for --executor ray; add --executor ray or drop --address")
     summary = sweep(spec, args.out, n_boot=args.n_boot, overwrite=args.overwrite)
     print(outcome_line(summary))
-    note = uncached_note(spec, [o.key for o in summary.failed], "--spec" if args.spec else "--checkpoints")
-    report_failures(summary, args.out, note)
+    cached = uncached_note(spec, [o.key for o in summary.failed], "--spec" if args.spec else "--checkpoints")
+    report_failures(summary, args.out, cached)
     print(wrote_tables_line(args.out))
     return 1 if summary.failed else 0
 

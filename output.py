@@ -1,0 +1,40 @@
+"""What commands say besides their results: notes, and the switch that silences them (``--quiet``).
+
+A note is information that needs no action (an option a probe ignores, a checkpoint left
+out); it goes to stderr as ``note: ...``. Inside :func:`quiet` notes and progress bars
+(:mod:`scalelens.progress`) are silenced; warnings and errors are not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+_quiet = False  # set only by quiet(), which restores it
+
+
+@contextlib.contextmanager
+def quiet(on: bool = True) -> Iterator[None]:
+    """While inside (``on``): no progress bars and no notes; warnings and errors still show.
+
+    A process-wide switch, so that bars drawn from worker threads are silenced too; it is
+    restored when the block ends.
+    """
+    global _quiet
+    before, _quiet = _quiet, _quiet or on
+    try:
+        yield
+    finally:
+        _quiet = before
+
+
+def is_quiet() -> bool:
+    """Whether progress bars and notes are silenced (:func:`quiet`)."""
+    return _quiet
+
+
+def note(text: str) -> None:
+    """Print ``note: <text>`` on stderr: information that needs no action, silenced by :func:`quiet`."""
+    if not _quiet:
+        print(f"note: {text}", file=sys.stderr)
