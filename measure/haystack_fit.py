@@ -58,10 +58,10 @@ def context_hint(loaded: Any, s: Any, needles: list[Needle], hay: list[str], fmt
     fewer built-in needles (``--n-needles``) when that makes room; else the needles of
     a ``--needles`` file that leave no room at all.
     """
-    per_needle = [fitting_length(loaded, s, [n], hay, fmt) for n in needles]
-    fit = min(per_needle)
+    fit = fitting_length(loaded, s, needles, hay, fmt)
     if fit:
         return f"use --context-lengths {fit} or less (in Python RetrievalSettings(context_lengths=({fit},)))"
+    per_needle = [fitting_length(loaded, s, [n], hay, fmt) for n in needles]  # tests: one needle each
     if s.needles in BUILT_IN:
         room = [i for i in range(1, len(needles)) if min(per_needle[:i])]
         if room:
