@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
+
+# A test run started in the background (`pytest &` in a script, as a CI job may be) inherits
+# SIGINT ignored, and so would every command the tests start, where Python then installs no
+# KeyboardInterrupt handler: the Ctrl-C tests would see a command that cannot be interrupted.
+# A terminal's Ctrl-C is what they model, so the children start with SIGINT's default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # ---------------------------------------------------------------------------
 # models: the micro mini-Pythia suite, built once per test session (~2 s)
