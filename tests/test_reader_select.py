@@ -50,7 +50,8 @@ def test_an_index_drops_the_prompt_axis_and_a_slice_keeps_it(capture_path):
             f.read("values", probe="resid", prompts=[0.5])
 
 
-def test_a_prompt_not_yet_finished_is_out_of_range(capture_path, tmp_path):
+def _partial_copy(capture_path, tmp_path, n_done: int):
+    """A copy of the capture whose /progress says only ``n_done`` prompts are finished."""
     import shutil
 
     import h5py
@@ -58,7 +59,12 @@ def test_a_prompt_not_yet_finished_is_out_of_range(capture_path, tmp_path):
     partial = tmp_path / "partial.h5"
     shutil.copy(capture_path, partial)
     with h5py.File(partial, "r+") as f:
-        f["progress"][...] = [3, 0]
+        f["progress"][...] = [n_done, 0]
+    return partial
+
+
+def test_a_prompt_not_yet_finished_is_out_of_range(capture_path, tmp_path):
+    partial = _partial_copy(capture_path, tmp_path, 3)
     with CaptureFile(partial) as f:
         assert f.read("values", probe="resid", prompts=-1).data.shape == f.read(
             "values", probe="resid", prompts=2).data.shape
@@ -103,32 +109,18 @@ def test_numpy_indices_read_as_python_ones_and_bad_selections_are_one_line(captu
 
 
 def test_repr_is_one_line_with_model_probes_and_progress(capture_path, tmp_path):
-    import shutil
-
-    import h5py
-
     with CaptureFile(capture_path) as f:
         assert repr(f) == (f"CaptureFile({str(capture_path)!r}, model=GPTNeoXForCausalLM, "
                            f"probes=['massive', 'resid'], {N} prompts, complete)")
     assert repr(f) == f"CaptureFile({str(capture_path)!r}, closed)"
-    partial = tmp_path / "partial.h5"
-    shutil.copy(capture_path, partial)
-    with h5py.File(partial, "r+") as h:
-        h["progress"][...] = [3, 0]
+    partial = _partial_copy(capture_path, tmp_path, 3)
     with CaptureFile(partial) as f:
         assert repr(f).endswith(f"{N} prompts, 3/{N} prompts done)")
 
 
 def test_lazy_reads_slices_of_finished_prompts_as_read_does(capture_path, tmp_path):
     """CaptureFile.lazy: the shape of the finished prompts; x[a:b, ...] equals read()'s rows."""
-    import shutil
-
-    import h5py
-
-    partial = tmp_path / "partial.h5"
-    shutil.copy(capture_path, partial)
-    with h5py.File(partial, "r+") as f:
-        f["progress"][...] = [5, 0]
+    partial = _partial_copy(capture_path, tmp_path, 5)
     with CaptureFile(partial) as f:
         full = f.read("values", probe="resid")
         lazy = f.lazy("values", probe="resid")

@@ -371,8 +371,8 @@ def _extra_results(size: str) -> dict:
                          "activation_sparsity": {"measure": "hoyer", "points": points}}}
 
 
-def test_extra_metrics_render_through_the_sweep_writers(tmp_path: Path) -> None:
-    from scalelens.sweeps.fits import write_fits
+def _extra_run(tmp_path: Path) -> Path:
+    """A run directory whose metrics.csv holds ``_extra_results`` of every size."""
     from scalelens.sweeps.metrics import write_metrics
 
     run = tmp_path / "run"
@@ -383,6 +383,13 @@ def test_extra_metrics_render_through_the_sweep_writers(tmp_path: Path) -> None:
         path.write_text(json.dumps(_extra_results(size)))
         tasks.append((size, path))
     write_metrics(run, tasks)
+    return run
+
+
+def test_extra_metrics_render_through_the_sweep_writers(tmp_path: Path) -> None:
+    from scalelens.sweeps.fits import write_fits
+
+    run = _extra_run(tmp_path)
     write_fits(run, n_boot=10)
     paths = render_report(run, progress=False)
     html, md = paths.html.read_text(), paths.markdown.read_text()
@@ -408,16 +415,8 @@ def test_the_fits_table_prints_the_statsmodels_interval_that_fits_json_holds(tmp
     import statsmodels.api as sm
 
     from scalelens.sweeps.fits import write_fits
-    from scalelens.sweeps.metrics import write_metrics
 
-    run = tmp_path / "run"
-    run.mkdir()
-    tasks = []
-    for size in SIZES:
-        path = tmp_path / f"{size}.json"
-        path.write_text(json.dumps(_extra_results(size)))
-        tasks.append((size, path))
-    write_metrics(run, tasks)
+    run = _extra_run(tmp_path)
     metric = "activation_sparsity.hoyer_mlp_out_mean"
     (fit,) = [f for f in write_fits(run, n_boot=10)["fits"]
               if (f["metric"], f["x_name"], f["form"]) == (metric, "n_params", "power_law")]
