@@ -361,8 +361,7 @@ class Capture:
     def _run_batch(self, tok: TokenizedPrompts, rows: dict[str, np.ndarray], start: int,
                    stop: int) -> dict[str, dict[str, torch.Tensor | np.ndarray]]:
         device = self.loaded.model.device
-        width = int(tok.lengths[start:stop].max())
-        ids = _to_device(tok.ids[start:stop, :width].astype(np.int64), device)
+        ids = _to_device(tok.batch_ids(start, stop), device)
         valid = ids >= 0
         ids = ids.masked_fill(~valid, placeholder_id(self.loaded.tokenizer, self.loaded.info.vocab_size))
         # int64 once per batch: every gather along these rows would otherwise convert them

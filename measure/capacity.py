@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from scalelens.analyses.capacity import CapacityResult, ModelShape, flops_per_token, information_capacity
 from scalelens.errors import ScalelensError
 from scalelens.hooks.rope import prompt_batches
-from scalelens.measure.massive import MassiveSettings, loss
+from scalelens.measure.massive import MassiveSettings, mean_loss
 from scalelens.measure.text import probe_sequences
 from scalelens.probes.prompts import TokenizedPrompts, as_prompts, tokenize
 
@@ -130,17 +129,7 @@ def mean_nll(loaded: Any, tok: TokenizedPrompts, batch_size: int) -> tuple[float
     Batches never mix prompts the model's rotary scaling would treat differently
     (:func:`~scalelens.hooks.rope.prompt_batches`), so each prompt counts as it would alone.
     """
-    total, count = 0.0, 0
-    device = loaded.model.device
-    for start, stop in prompt_batches(loaded.model, tok.lengths, batch_size):
-        width = int(tok.lengths[start:stop].max())  # padded to the batch's own longest prompt
-        ids = torch.from_numpy(tok.ids[start:stop, :width].astype(np.int64)).to(device)
-        valid = ids >= 0
-        n = int(valid[:, 1:].sum())
-        if n:
-            total += loss(loaded, ids.masked_fill(~valid, 0), valid) * n
-            count += n
-    return (total / count if count else float("nan")), count
+    return mean_loss(loaded, tok, prompt_batches(loaded.model, tok.lengths, batch_size))
 
 
 def measure_capacity(loaded: Any, text: MassiveSettings, s: CapacitySettings) -> CapacityResult:

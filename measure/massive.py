@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from scalelens.analyses.from_capture import MASSIVE_PROBE, massive_from_capture
@@ -17,7 +17,7 @@ from scalelens.errors import ScalelensError
 from scalelens.hooks.arch import decoder_layers
 from scalelens.hooks.rope import prompt_batches
 from scalelens.measure.text import probe_sequences
-from scalelens.probes.prompts import as_prompts, tokenize
+from scalelens.probes.prompts import TokenizedPrompts, as_prompts, tokenize
 from scalelens.probes.spec import ProbeSpec
 
 # Far more probe sequences than a measurement averages over (the default is 10): a typo's
@@ -97,6 +97,27 @@ def loss(loaded: Any, ids: torch.Tensor, valid: torch.Tensor) -> float:
     return float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100))
 
 
+def mean_loss(loaded: Any, tok: TokenizedPrompts, batches: list[tuple[int, int]],
+              before: Callable[[int, int], None] | None = None) -> tuple[float, int]:
+    """Mean next-token cross-entropy (nats) over the predicted tokens of ``tok``, and their number.
+
+    Runs the prompts ``(start, stop)`` of each of ``batches``, each cut to its own longest
+    prompt; ``before(start, stop)`` is called before each batch's forward pass.
+    """
+    total, count = 0.0, 0
+    for start, stop in batches:
+        if before is not None:
+            before(start, stop)
+        ids = torch.from_numpy(tok.batch_ids(start, stop)).to(loaded.model.device)
+        valid = ids >= 0
+        value = loss(loaded, ids.masked_fill(~valid, 0), valid)
+        n = int(valid[:, 1:].sum())
+        if n:
+            total += value * n
+            count += n
+    return (total / count if count else float("nan")), count
+
+
 def intervention(loaded: Any, result: MassiveResult, texts: list[str], batch_size: int = 4) -> dict[str, Any]:
     """Loss on the probe text with the massive activations set to zero vs to their mean.
 
@@ -112,22 +133,21 @@ def intervention(loaded: Any, result: MassiveResult, texts: list[str], batch_siz
         return {"layer": None, "dims": [], "note": "no massive activations to intervene on"}
     layer, dims = site
     tok = tokenize(as_prompts(texts), loaded.tokenizer, loaded.info.max_position or None)
-    ids = torch.from_numpy(tok.ids.astype(np.int64))
-    batches = [slice(a, b) for a, b in prompt_batches(loaded.model, tok.lengths, batch_size)]
+    batches = prompt_batches(loaded.model, tok.lengths, batch_size)
     layer_out = decoder_layers(loaded.model)[layer]
     seen: list[torch.Tensor] = []  # the massive dims' entries at the layer's output, per batch
 
     def keep(h: torch.Tensor, rows: slice) -> None:
         part = h[:, :, dims].float().cpu()  # a float16 sum of massive entries overflows past 65504
-        seen.append(torch.nn.functional.pad(part, (0, 0, 0, ids.shape[1] - h.shape[1])))  # to the full width
+        seen.append(torch.nn.functional.pad(part, (0, 0, 0, tok.seq_len - h.shape[1])))  # to the full width
 
-    base = _mean_loss(loaded, ids, batches, layer_out, keep)
+    base = _mean_loss(loaded, tok, batches, layer_out, keep)
     sub = torch.cat(seen)
-    valid = (ids >= 0)[:, :, None]
+    valid = torch.from_numpy(tok.ids >= 0)[:, :, None]
     mag = sub.abs() * valid  # padding never sets the bar
     big = (mag >= 0.5 * mag.amax(dim=(0, 1), keepdim=True)) & valid
     mean = (sub * big).sum((0, 1)) / big.sum((0, 1))
-    losses = {mode: _mean_loss(loaded, ids, batches, layer_out, _replace(dims, big, value))
+    losses = {mode: _mean_loss(loaded, tok, batches, layer_out, _replace(dims, big, value))
               for mode, value in (("zero", torch.zeros_like(mean)), ("mean", mean))}
     return {"layer": layer, "dims": dims, "loss": base, "loss_zero": losses["zero"],
             "loss_mean": losses["mean"], "delta_zero": losses["zero"] - base,
@@ -145,29 +165,24 @@ def _replace(dims: list[int], big: torch.Tensor, value: torch.Tensor) -> Any:
     return edit
 
 
-def _mean_loss(loaded: Any, ids: torch.Tensor, batches: list[slice], layer_out: torch.nn.Module,
-               on_output: Any) -> float:
-    """Next-token cross-entropy (nats) over all valid positions of ``ids``, batch by batch.
+def _mean_loss(loaded: Any, tok: TokenizedPrompts, batches: list[tuple[int, int]],
+               layer_out: torch.nn.Module, on_output: Any) -> float:
+    """:func:`mean_loss` with each batch's ``layer_out`` output passed to ``on_output``.
 
-    Each batch is cut to its own longest sequence; its layer output goes to
-    ``on_output(h, rows)``, which may edit it in place.
+    ``on_output(h, rows)`` may edit ``h`` in place; ``rows`` are the batch's prompts.
     """
-    rows = batches[0]
+    rows = slice(0, 0)
+
+    def at(start: int, stop: int) -> None:
+        nonlocal rows
+        rows = slice(start, stop)
 
     def hook(_m: Any, _args: Any, output: Any) -> Any:
         on_output(output[0] if isinstance(output, tuple) else output, rows)  # the batch running now
         return output
 
-    total, count = 0.0, 0
     handle = layer_out.register_forward_hook(hook)
     try:
-        for rows in batches:
-            width = int((ids[rows] >= 0).sum(1).max())
-            part = ids[rows, :width].to(loaded.model.device)
-            valid = part >= 0
-            n = int(valid[:, 1:].sum())
-            value = loss(loaded, part.masked_fill(~valid, 0), valid)
-            total, count = (total + value * n, count + n) if n else (total, count)
+        return mean_loss(loaded, tok, batches, before=at)[0]
     finally:
         handle.remove()
-    return total / count if count else float("nan")

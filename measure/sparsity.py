@@ -58,8 +58,7 @@ def _run(loaded: Any, tok: TokenizedPrompts, batch_size: int, sink: _NormSink) -
     device = loaded.model.device
     with make_backend("native", loaded.model, loaded.tokenizer, wanted, sink) as backend:
         for start, stop in prompt_batches(loaded.model, tok.lengths, batch_size):
-            width = int(tok.lengths[start:stop].max())
-            ids = torch.from_numpy(tok.ids[start:stop, :width].astype(np.int64)).to(device)
+            ids = torch.from_numpy(tok.batch_ids(start, stop)).to(device)
             valid = ids >= 0
             backend.forward(ids.masked_fill(~valid, 0), valid.long())
 

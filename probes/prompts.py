@@ -199,6 +199,11 @@ class TokenizedPrompts:
         """Padded length."""
         return int(self.ids.shape[1])
 
+    def batch_ids(self, start: int, stop: int) -> np.ndarray:
+        """Prompts ``start`` .. ``stop - 1`` as int64 ids cut to the longest of them (-1 pads)."""
+        width = int(self.lengths[start:stop].max())
+        return self.ids[start:stop, :width].astype(np.int64)
+
     def fingerprint(self) -> str:
         """SHA-256 of the token ids and segments (detects a changed prompt set on resume)."""
         h = hashlib.sha256()
