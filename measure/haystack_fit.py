@@ -8,27 +8,10 @@ building the tests and counting their tokens, as the measurement itself does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from scalelens.probes.haystack import Needle, build_tests
+from scalelens.probes.haystack import NEEDLE_SETS, Needle, build_tests, largest_fitting
 from scalelens.probes.prompts import tokenize
-
-BUILT_IN = ("auto", "english", "synthetic")
-"""``--needles`` values that choose a built-in set, whose first N needles ``--n-needles N`` takes."""
-
-
-def largest_fitting(fits: Callable[[int], bool], limit: int) -> int:
-    """The largest ``n`` in ``1..limit`` with ``fits(n)``, by bisection; 0 if none.
-
-    ``fits`` should be monotone (a longer haystack never makes a test shorter); the
-    answer always satisfies ``fits``, even where it is not.
-    """
-    lo, hi = 0, limit + 1  # fits(lo) taken as true, fits(hi) as false
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
 
 
 def fitting_length(loaded: Any, s: Any, needles: list[Needle], hay: list[str], fmt: str) -> int:
@@ -62,7 +45,7 @@ def context_hint(loaded: Any, s: Any, needles: list[Needle], hay: list[str], fmt
     if fit:
         return f"use --context-lengths {fit} or less (in Python RetrievalSettings(context_lengths=({fit},)))"
     per_needle = [fitting_length(loaded, s, [n], hay, fmt) for n in needles]  # tests: one needle each
-    if s.needles in BUILT_IN:
+    if s.needles in NEEDLE_SETS:  # whose first N needles --n-needles N takes
         room = [i for i in range(1, len(needles)) if min(per_needle[:i])]
         if room:
             k = max(room)

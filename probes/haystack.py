@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from scalelens.textfiles import input_file, read_utf8
 
 DEPTHS = tuple(round(0.1 * i, 1) for i in range(10))
 PROMPT_FORMATS = ("auto", "base", "chat")
+NEEDLE_SETS = ("auto", "english", "synthetic")
+"""Built-in needle sets a ``needles`` setting may name instead of a .jsonl file."""
 ANSWER_PREFIX = "Answer:"
 TEMPLATE = "template"  # segment label of the chat template's own text
 _SENTINEL = "\x00scalelens user message\x00"
@@ -169,6 +172,19 @@ def split_sentences(text: str) -> list[str]:
     return [p if p.endswith(".") else p + "." for p in parts]
 
 
+def largest_fitting(fits: Callable[[int], bool], limit: int) -> int:
+    """The largest ``n`` in ``1..limit`` with ``fits(n)``, by bisection; 0 if none.
+
+    ``fits`` should be monotone (a longer prefix or haystack never takes fewer tokens); the
+    answer always satisfies ``fits``, even where it is not.
+    """
+    lo, hi = 0, limit + 1  # fits(lo) taken as true, fits(hi) as false
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
 def clip_to_tokens(tok: Any, text: str, length: int) -> str:
     """The longest prefix of ``text`` of at most ``length`` tokens, cut between words.
 
@@ -180,10 +196,7 @@ def clip_to_tokens(tok: Any, text: str, length: int) -> str:
 
     if fits(len(text)):
         return text
-    lo, hi = 0, len(text)  # fits(lo), not fits(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    lo = largest_fitting(fits, len(text) - 1)
     space = max(text.rfind(" ", 0, lo + 1), text.rfind("\n", 0, lo + 1))
     return text[:space].rstrip() if space > 0 and fits(space) else text[:lo]
 

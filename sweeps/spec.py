@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from scalelens.errors import ScalelensError
+from scalelens.probes.haystack import NEEDLE_SETS
 from scalelens.textfiles import read_utf8
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -354,12 +355,11 @@ def _beside_spec(data: dict[str, Any], folder: Path) -> None:
     settings = data.get("settings")
     if isinstance(settings, dict):  # the analyses' input files (needles may also be a built-in set's name)
         for key in _SETTING_FILES:
-            if key in settings and settings[key] not in _BUILTIN_NEEDLES:
+            if key in settings and settings[key] not in NEEDLE_SETS:
                 settings[key] = moved(settings[key])
 
 
 _SETTING_FILES = ("text", "haystack", "needles")
-_BUILTIN_NEEDLES = ("auto", "english", "synthetic")
 
 
 def _check_setting_files(settings: dict[str, Any]) -> None:
@@ -369,7 +369,7 @@ def _check_setting_files(settings: dict[str, Any]) -> None:
     """
     for key in _SETTING_FILES:
         value = settings.get(key)
-        builtin = key == "needles" and value in _BUILTIN_NEEDLES
+        builtin = key == "needles" and value in NEEDLE_SETS
         if value is None or builtin or Path(str(value)).expanduser().is_file():
             continue
         raise ScalelensError(f"sweep setting {key} = {str(value)!r}: no such file (a relative path is "
