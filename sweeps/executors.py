@@ -140,24 +140,23 @@ def run_ray(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -
     run_dir = run_dir.absolute()  # a cluster's workers run in the directory their node started in
     todo = skip_finished(tasks, run_dir, report)
     pending = {remote.remote(t, task_spec, run_dir): t for t in todo}
-    bar = sweep_bar(len(tasks), len(tasks) - len(todo), "sweep (ray)")
-    try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                task = pending.pop(ref)
-                try:
-                    outcome = ray.get(ref)
-                except ray.exceptions.RayError as e:  # attempt() never raises: Ray lost the task
-                    outcome = _lost(ray, task, run_dir, e)
-                outcome = unseen(outcome, task, run_dir)
-                report(outcome)
-                tick(bar, outcome)
-    except BaseException:  # Ctrl-C: a driver that lives on (a notebook) left them writing into run_dir
-        with suppress(Exception):  # a lost cluster cannot cancel: the first error is the one to tell
-            _stop(ray, list(pending))
-        raise
-    bar.close()
+    with sweep_bar(len(tasks), len(tasks) - len(todo), "sweep (ray)") as bar:
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    task = pending.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                    except ray.exceptions.RayError as e:  # attempt() never raises: Ray lost the task
+                        outcome = _lost(ray, task, run_dir, e)
+                    outcome = unseen(outcome, task, run_dir)
+                    report(outcome)
+                    tick(bar, outcome)
+        except BaseException:  # Ctrl-C: a driver that lives on (a notebook) left them writing into run_dir
+            with suppress(Exception):  # a lost cluster cannot cancel: the first error is the one to tell
+                _stop(ray, list(pending))
+            raise
 
 
 def unseen(outcome: TaskOutcome, task: Task, run_dir: Path) -> TaskOutcome:
