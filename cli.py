@@ -12,6 +12,7 @@ scalelens's and the libraries' (weight loading); warnings, errors and results st
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import errno
@@ -167,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not debug:  # h5py reports a failed close of a file on a full disk from __dealloc__
         sys.unraisablehook, sys.excepthook = _quiet_unraisable, _quiet_excepthook(sys.excepthook)
         warnings.showwarning = _one_line_warning(warnings.showwarning)
+    sys.unraisablehook = _keep_interrupts(sys.unraisablehook)
     try:
         with _sigterm_as_interrupt(), quiet(silent), _quiet_library_bars(silent):
             return _run(args, debug)
@@ -197,6 +199,28 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _is_h5_dealloc(value: object) -> bool:
     return "decrement id ref count" in str(value) or "ObjectID" in repr(value)
+
+
+def _keep_interrupts(previous):  # type: ignore[no-untyped-def]
+    """An unraisable hook that re-delivers Ctrl-C and SIGTERM instead of reporting them.
+
+    A signal that lands while a finalizer runs (an object's ``__del__``, a weakref callback)
+    raises there, where Python only reports the exception, and the command ran on to its end.
+    """
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            terminated = isinstance(unraisable.exc_value, Terminated)
+            # from another thread, a moment later: the handler would otherwise raise inside this
+            # hook (or while it starts the thread), where it is lost again
+            later = threading.Timer(0.05, _thread.interrupt_main,
+                                    args=(signal.SIGTERM if terminated else signal.SIGINT,))
+            later.daemon = True
+            later.start()
+            return
+        previous(unraisable)
+
+    return hook
 
 
 def _quiet_unraisable(unraisable: sys.UnraisableHookArgs) -> None:

@@ -321,3 +321,42 @@ def test_analyze_reproduces_the_measures_results(model_dir, tmp_path, capsys):
         assert got == {k: v for k, v in measured[name].items() if k in got}, name
     assert main(["analyze", str(out / "retrieval.h5"), "--gate", "2"]) == 0  # given: the flag wins
     assert json.loads(capsys.readouterr().out)["retrieval.h5"]["retrieval_heads"]["n_tests_passed"] == 0
+
+
+_FINALIZER_SCRIPT = """
+import sys, time
+from scalelens import cli
+if sys.argv[1] == "kept":
+    sys.unraisablehook = cli._keep_interrupts(sys.unraisablehook)
+
+class Finalized:
+    def __del__(self):  # a Ctrl-C or SIGTERM that lands while a finalizer runs raises here
+        raise cli.Terminated if sys.argv[2] == "term" else KeyboardInterrupt
+
+with cli._sigterm_as_interrupt():
+    try:
+        Finalized()
+        for _ in range(300):
+            time.sleep(0.01)
+        print("ran on")
+    except cli.Terminated:
+        print("terminated")
+    except KeyboardInterrupt:
+        print("interrupted")
+"""
+
+
+@pytest.mark.parametrize(("kind", "expected"), [("int", "interrupted"), ("term", "terminated")])
+def test_an_interrupt_raised_in_a_finalizer_still_stops_the_command(kind, expected):
+    """Python only reports an exception raised in ``__del__``, so a Ctrl-C landing there was lost
+    and a sweep ran on to its end (exit 0); the CLI's unraisable hook re-delivers it."""
+    import subprocess
+    import sys
+
+    def run(mode: str) -> str:
+        done = subprocess.run([sys.executable, "-c", _FINALIZER_SCRIPT, mode, kind],
+                              capture_output=True, text=True, timeout=120)
+        return done.stdout.strip()
+
+    assert run("default") == "ran on"  # the loss the hook exists for
+    assert run("kept") == expected
