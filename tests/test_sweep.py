@@ -887,7 +887,7 @@ def test_inspect_sees_a_running_sweep_and_one_that_was_interrupted(suite_copy, t
     assert running.running == str(proc.pid) and running.info["finished"] is False
     assert len(running.state) == planned and running.count("done") + running.count("pending") + running.count(
         "unfinished") == planned
-    assert proc.returncode == 130 and "interrupted; rerun the same command to resume" in err
+    assert proc.returncode == 130 and "interrupted; rerun the same command to resume" in err, err[-2000:]
     stopped = run_status(run)
     assert stopped.running is None and stopped.count("failed") == 0 and stopped.count("pending") > 0
     assert "the last sweep stopped before finishing" in stopped.lines()[0]
