@@ -30,6 +30,15 @@ def read_utf8(path: str | Path, what: str) -> str:
         ) from None
 
 
+def text_lines(text: str) -> list[str]:
+    """``text``'s lines, ended at LF and CRLF only.
+
+    ``str.splitlines()`` would also split at U+2028, form feed, NEL and other separators that
+    JSON strings and ordinary text may hold inside a line.
+    """
+    return [ln.removesuffix("\r") for ln in text.split("\n")]
+
+
 def input_file(path: str | Path, what: str) -> Path:
     """``path`` (``~`` expanded) checked to be an existing file, for the input ``what`` names.
 

@@ -39,7 +39,9 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--haystack", help="text file of haystack sentences")
     g.add_argument("--context-lengths", type=int_list, help="haystack sizes in tokens, e.g. 300,700")
     g.add_argument("--depths", type=float_list, help="needle depths, e.g. 0.1,0.5,0.9 (default 10)")
-    g.add_argument("--n-needles", type=int, default=2)
+    g.add_argument("--n-needles", type=int, default=None,
+                   help="needles to use: the first N of the set or file (default 2 of a built-in set, "
+                        "every needle of a file)")
     g.add_argument("--threshold", type=float, default=0.1, help="retrieval-head score bar")
     g.add_argument("--gate", type=float, default=0.5, help="ROUGE-1 recall a test must exceed")
     g.add_argument("--ablation-k", type=int, default=5, help="heads masked in the ablation (0: skip)")

@@ -47,6 +47,7 @@ from scalelens.textfiles import input_file, read_utf8
 
 # Built-in needles per test set: far past any use (each needle is a test per length and depth).
 MAX_NEEDLES = 1000
+DEFAULT_NEEDLES = 2  # of a built-in set when n_needles is None
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ class RetrievalSettings:
         haystack: A text file of haystack sentences, or None for the built-in one.
         context_lengths: Haystack sizes in tokens; None: 3 sizes up to the context.
         depths: Needle depths in [0, 1].
-        n_needles: Built-in needles to use.
+        n_needles: Needles to use: the first N of the set or file. None: 2 of a built-in
+            set, every needle of a file.
         threshold: Retrieval-head bar (score > threshold).
         gate: ROUGE-1 recall a test must exceed to count.
         ablation_k: Heads to mask in the ablation (0 skips it).
@@ -76,7 +78,7 @@ class RetrievalSettings:
     haystack: str | None = None
     context_lengths: tuple[int, ...] | None = None
     depths: tuple[float, ...] = DEPTHS
-    n_needles: int = 2
+    n_needles: int | None = None
     threshold: float = 0.1
     gate: float = 0.5
     ablation_k: int = 5
@@ -93,7 +95,7 @@ class RetrievalSettings:
         if self.prompt_format not in PROMPT_FORMATS:
             raise ScalelensError(f"prompt format must be one of {', '.join(PROMPT_FORMATS)}, "
                                  f"got {self.prompt_format!r}")
-        if not 1 <= self.n_needles <= MAX_NEEDLES:
+        if self.n_needles is not None and not 1 <= self.n_needles <= MAX_NEEDLES:
             raise ScalelensError(f"--n-needles must be 1 to {MAX_NEEDLES:,}, got {self.n_needles:,}")
 
 
@@ -102,15 +104,20 @@ def needle_material(loaded: Any, s: RetrievalSettings) -> tuple[list[Needle], li
     kind = s.needles
     if kind == "auto":
         kind = "synthetic" if loaded.info.source_kind == "suite" else "english"
+    n = s.n_needles or DEFAULT_NEEDLES
     if kind == "synthetic":
-        needles, hay = synthetic_material(s.n_needles, corpus=suite_corpus(loaded))
+        needles, hay = synthetic_material(n, corpus=suite_corpus(loaded))
     elif kind == "english":
-        if s.n_needles > len(ENGLISH_NEEDLES):
-            raise ScalelensError(f"--n-needles {s.n_needles}: the built-in English set has "
+        if n > len(ENGLISH_NEEDLES):
+            raise ScalelensError(f"--n-needles {n}: the built-in English set has "
                                  f"{len(ENGLISH_NEEDLES)} needles; give more with --needles FILE.jsonl")
-        needles, hay = list(ENGLISH_NEEDLES[: s.n_needles]), split_sentences(ENGLISH_HAYSTACK)
+        needles, hay = list(ENGLISH_NEEDLES[:n]), split_sentences(ENGLISH_HAYSTACK)
     else:
         needles, hay = read_needles(kind), split_sentences(ENGLISH_HAYSTACK)
+        if s.n_needles and s.n_needles > len(needles):
+            raise ScalelensError(f"--n-needles {s.n_needles}: needle file {kind} has "
+                                 f"{len(needles)} needle(s)")
+        needles = needles[: s.n_needles]
     if s.haystack:
         path = input_file(s.haystack, "haystack file")
         hay = split_sentences(read_utf8(path, "haystack file"))
@@ -140,6 +147,9 @@ def _default_lengths(loaded: Any, s: RetrievalSettings, needles: list[Needle], h
                      fmt: str) -> list[int]:
     """Three haystack sizes up to the context; refused, naming sizes that fit, in a short context."""
     limit = loaded.info.max_position
+    if not limit:
+        raise ScalelensError("the model declares no context length, so there are no default haystack "
+                             "sizes; give them with --context-lengths (in Python context_lengths=)")
     reserve = needle_overhead(needles, loaded.tokenizer, fmt, s.answer_prefix)
     if limit and limit - reserve < MIN_DEFAULT_LENGTH:
         raise ScalelensError(f"the model's context ({limit}) is too short for the default haystack sizes; "

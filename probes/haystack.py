@@ -33,7 +33,7 @@ from typing import Any
 
 from scalelens.errors import ScalelensError
 from scalelens.probes.prompts import Prompt
-from scalelens.textfiles import input_file, read_utf8
+from scalelens.textfiles import input_file, read_utf8, text_lines
 
 DEPTHS = tuple(round(0.1 * i, 1) for i in range(10))
 PROMPT_FORMATS = ("auto", "base", "chat")
@@ -164,8 +164,11 @@ def synthetic_material(n_needles: int = 4, seed: int = 0,
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split haystack text into sentences (lines, or '. '-separated prose)."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    """Split haystack text into sentences (lines, or '. '-separated prose).
+
+    Lines end at LF and CRLF only (:func:`~scalelens.textfiles.text_lines`).
+    """
+    lines = [ln.strip() for ln in text_lines(text) if ln.strip()]
     if len(lines) > 1:
         return lines
     parts = [p.strip() for p in text.replace("\n", " ").split(". ") if p.strip()]

@@ -14,7 +14,7 @@ import numpy as np
 
 from scalelens.errors import ScalelensError
 from scalelens.probes.spec import PositionKind, Positions
-from scalelens.textfiles import input_file, read_utf8
+from scalelens.textfiles import input_file, read_utf8, text_lines
 
 DEFAULT_LABEL = "text"
 
@@ -154,9 +154,7 @@ def read_prompt_file(path: str | Path) -> list[Prompt]:
     text = read_utf8(file, "prompt file")
     if "\x00" in text:
         raise ScalelensError(f"prompt file {file} holds NUL bytes (a binary file?); give a text file")
-    # lines end at \n (and \r\n) only: str.splitlines() would also split at U+2028, \x0c, \x85...,
-    # which JSON strings and ordinary text may hold
-    lines = [ln.removesuffix("\r") for ln in text.split("\n")]
+    lines = text_lines(text)
     numbered = [(i + 1, ln) for i, ln in enumerate(lines) if ln.strip()]
     if not numbered:
         raise ScalelensError(f"prompt file {file} has no prompts; write one prompt per line")

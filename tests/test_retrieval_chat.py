@@ -180,3 +180,33 @@ def test_prompt_format_option(tmp_path):
     base = r.haystack_tests(loaded, r.RetrievalSettings(prompt_format="base", needles="english",
                                                         context_lengths=(20,), depths=(0.5,)), True)
     assert TEMPLATE not in {lab for lab, _ in base[0].prompt.pieces}
+
+
+@pytest.mark.parametrize("n, expected", [(None, 2), (1, 1), (2, 2)])
+def test_n_needles_takes_the_first_n_of_a_needle_file(files, n, expected):
+    """A needle file gives every needle by default and its first N with --n-needles N."""
+    args = ["--needles", str(files[0])] + ([] if n is None else ["--n-needles", str(n)])
+    p = argparse.ArgumentParser()
+    add_analysis_args(p)
+    s = settings_from_args(p.parse_args(args)).retrieval
+    needles, _ = r.needle_material(None, s)
+    assert [x.answer for x in needles] == [NEEDLE.answer, "w4 w5"][:expected]
+
+
+def test_n_needles_past_a_needle_file_is_refused(files):
+    s = r.RetrievalSettings(needles=str(files[0]), n_needles=3)
+    with pytest.raises(ScalelensError, match=r"--n-needles 3: needle file .*\.jsonl has 2 needle\(s\)"):
+        r.needle_material(None, s)
+
+
+def test_a_model_with_no_declared_context_asks_for_haystack_sizes():
+    """max_position_embeddings 0: no default sizes, and the line says so (it said "context (0)")."""
+    model = tiny_model("llama")
+    model.config.max_position_embeddings = 0
+    loaded = load_model(model, tokenizer=word_tokenizer())
+    assert loaded.info.max_position == 0
+    with pytest.raises(ScalelensError, match="declares no context length.*--context-lengths"):
+        r.haystack_tests(loaded, r.RetrievalSettings(needles="english"), with_answer=True)
+    tests = r.haystack_tests(loaded, r.RetrievalSettings(needles="english", context_lengths=(30,),
+                                                        depths=(0.5,)), with_answer=True)
+    assert len(tests) == 2

@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from scalelens.analyses.retrieval import NeedleTest, head_scores
-from scalelens.probes.haystack import Needle, build_tests
+from scalelens.probes.haystack import Needle, build_tests, split_sentences
 from scalelens.probes.prompts import tokenize
 
 HAYSTACK = ["the dog runs home .", "a cat sits on the mat .", "the sun is warm today ."]
@@ -54,3 +54,10 @@ def test_a_haystack_sentence_longer_than_the_context_length_is_cut_to_it(bpe, tm
         for length in (40, 80, 200):
             tp = tokenize([build_tests([needle], lines, bpe, [length], (0.5,))[0].prompt], bpe)
             assert length - 8 <= len(_span(tp, "haystack")) <= length
+
+
+def test_haystack_lines_end_at_lf_and_crlf_only():
+    """U+2028, form feed and NEL inside a haystack line stay in its sentence, as in prompt files."""
+    text = "a b\u2028c .\r\nd\x0ce .\n\ne\x85f .\n"
+    assert split_sentences(text) == ["a b\u2028c .", "d\x0ce .", "e\x85f ."]
+    assert split_sentences("one fact. two facts. three") == ["one fact.", "two facts.", "three."]
