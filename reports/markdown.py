@@ -10,8 +10,14 @@ _HTML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
 
 def escape(text: str) -> str:
-    """Escape text for Markdown: no raw HTML, no table-breaking pipes or newlines."""
-    text = text.translate(_HTML).replace("\\", "\\\\").replace("|", "\\|")
+    """Escape text for Markdown: no raw HTML, table-breaking pipes or newlines, emphasis or code.
+
+    A path like ``runs/*/a`` or a name holding a backtick is shown as written, not as
+    emphasis or inline code spanning the cells after it.
+    """
+    text = text.translate(_HTML).replace("\\", "\\\\")
+    for char in "|*`":
+        text = text.replace(char, "\\" + char)
     return " ".join(text.splitlines())  # \r, \u2028 ... end a table row as \n does
 
 

@@ -831,6 +831,12 @@ def test_markdown_cells_hold_no_line_breaks() -> None:
     assert escape("a\rb\nc\u2028d|e") == "a b c d\\|e"
 
 
+def test_markdown_cells_show_stars_and_backticks_as_written() -> None:
+    from scalelens.reports.markdown import escape
+
+    assert escape("runs/*/a `x* b\\") == "runs/\\*/a \\`x\\* b\\\\"
+
+
 def test_scaling_plot_compares_sizes_at_the_last_step_as_the_fits_do(tmp_path: Path) -> None:
     """A size whose last checkpoint is missing is left out of the scaling plot (its earlier
     checkpoint stood beside the other sizes' last one); a metric with no point still draws."""
