@@ -27,6 +27,17 @@ EXTRA_ANALYSES = ("information_capacity", "activation_sparsity")
 # Every analysis ``measure`` runs; ``--analyses all`` means all of them.
 ANALYSES = CORE_ANALYSES + EXTRA_ANALYSES
 
+RESULTS_FORMAT = 1
+"""How results.json's numbers are measured, recorded in it and in a sweep's sweep_spec.json.
+
+Raise it with any change that makes a finished measurement differ from one made now with
+the same settings (a probe text, haystack, needle or dominance prompt built otherwise, an
+analysis defined otherwise, a key renamed): a sweep then refuses to resume a run directory
+of another format instead of mixing its finished tasks with new ones. ``scalelens_version``
+cannot tell: it stayed 0.1.0 through such changes. Files written before this field existed
+hold none (and were measured in many other ways).
+"""
+
 
 @dataclass(frozen=True)
 class MeasureSettings:
@@ -164,6 +175,7 @@ def measure(loaded: Any, analyses: tuple[str, ...] | str, out: str | Path,
         results = {name: runners[name]() for name in analyses}
     data = {
         "scalelens_version": __version__,
+        "results_format": RESULTS_FORMAT,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": loaded.info.to_dict(),
         "settings": asdict(s),

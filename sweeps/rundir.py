@@ -36,12 +36,14 @@ RUN_INFO = "run.json"
 # Spec fields that change what a finished task's results mean; the rest (sizes,
 # checkpoints, executor, address, device) may change between runs into the same directory.
 _IDENTITY = ("suite", "family", "models", "dtype", "tokenizer", "analyses", "settings")
-# Recorded only when set, so run directories from before these fields existed still resume.
+# Recorded only when set.
 _OPTIONAL = ("models", "dtype", "tokenizer")
 # A suite rebuilt in place with other settings holds other models under the same task keys.
 _SUITE_BUILD = "suite_build"
+# How the finished tasks were measured (measure.run.RESULTS_FORMAT); absent before it was recorded.
+_FORMAT = "results_format"
 # Settings that do not change a task's results (an interrupted capture resumes with another
-# batch size): neither recorded nor compared; older sweep_spec.json files that hold them pass.
+# batch size): neither recorded nor compared.
 _NOT_IDENTITY_SETTINGS = ("batch_size",)
 
 
@@ -54,10 +56,12 @@ def _identity_settings(settings: object) -> object:
 
 def run_identity(spec) -> dict:
     """What a run directory's finished tasks were measured with (``sweep_spec.json``)."""
+    from scalelens.measure.run import RESULTS_FORMAT
     from scalelens.models.manifest import read_manifest
 
     want = {k: v for k, v in spec.to_dict().items()
             if k in _IDENTITY and not (k in _OPTIONAL and v is None)}
+    want[_FORMAT] = RESULTS_FORMAT
     if "settings" in want:
         want["settings"] = _identity_settings(want["settings"])
     if spec.suite is not None:
@@ -78,11 +82,8 @@ def _check_resume(out: Path, path: Path, want: dict) -> None:
             f"{path} is unreadable (not the JSON object a sweep writes), so what its tasks were "
             "measured with is unknown; pass --overwrite to start afresh, or use another --out"
         )
+    _check_format(out, have.get(_FORMAT), want[_FORMAT])
     recorded = have
-    if _SUITE_BUILD in want and _SUITE_BUILD not in have:  # from a scalelens that did not note it
-        have = {**have, _SUITE_BUILD: want[_SUITE_BUILD]}
-    if "settings" in have:  # older files recorded the batch size too
-        have = {**have, "settings": _identity_settings(have["settings"])}
     if "tokenizer" in want and "tokenizer" not in have:  # only for models without one: earlier
         have = {**have, "tokenizer": want["tokenizer"]}  # tasks all loaded their own
     models = _earlier_and_new_models(out, have, want)
@@ -98,6 +99,29 @@ def _check_resume(out: Path, path: Path, want: dict) -> None:
         )
     if want != recorded:
         write_json(path, want)
+
+
+def _check_format(out: Path, have: object, want: int) -> None:
+    """Refuse a run directory whose finished tasks were measured in another results format.
+
+    Their numbers would be mixed, without a word, with those of the tasks run now.
+    """
+    fix = "pass --overwrite (overwrite=True in Python) to start afresh, or use another --out"
+    if type(have) is int and have == want:
+        return
+    if have is not None and type(have) is not int:
+        raise ScalelensError(f"{out / RUN_SPEC} records results format {have!r}, not a whole "
+                             f"number (damaged?); {fix}")
+    if type(have) is int and have > want:
+        raise ScalelensError(
+            f"{out} was written by a newer scalelens (results format {have}; this one writes "
+            f"{want}); upgrade scalelens to resume it, or {fix}"
+        )
+    what = f"results format {have}" if have is not None else "no results format"
+    raise ScalelensError(
+        f"{out} was written by an older scalelens ({what}; this one writes {want}), whose finished "
+        f"tasks may be measured otherwise than new ones would be; {fix}"
+    )
 
 
 def _earlier_and_new_models(out: Path, have: dict, want: dict) -> dict | None:
@@ -130,8 +154,9 @@ def check_run_dir(out: Path, spec, overwrite: bool) -> None:
     """Refuse to resume a run directory made with other settings; record them for new runs.
 
     A sweep resumes by skipping tasks whose results.json exists, so a rerun with other
-    analyses, settings or models would silently mix results. The batch size is not
-    compared: a rerun may lower it (say after running out of memory).
+    analyses, settings or models, or by a scalelens that measures in another results
+    format (``measure.run.RESULTS_FORMAT``), would silently mix results. The batch size
+    is not compared: a rerun may lower it (say after running out of memory).
     """
     from scalelens.measure.run import write_json
 

@@ -800,17 +800,39 @@ def test_a_second_sweep_into_a_busy_run_directory_is_refused(ctx, micro_suite, c
     assert not (run / ".sweep.lock").exists()
 
 
-def test_sweep_resumes_a_run_recorded_without_the_suite_build(ctx, micro_suite, capsys):
-    """Run directories from before the suite build was recorded still resume (and record it)."""
+def test_sweep_refuses_a_run_directory_of_an_older_or_newer_scalelens(ctx, micro_suite, capsys):
+    """A run directory whose finished tasks were measured otherwise is not resumed.
+
+    scalelens up to and including commit d5a6072 wrote sweep_spec.json without a
+    results_format (its version stayed 0.1.0) while what a task measures changed under it: a
+    run started at commit 0fa65f1 and resumed at d5a6072 mixed text-dominance rows of 29 and
+    16 other-text tokens in one metrics.csv. Such a directory, or one of a newer format, is
+    one clear line that leaves it untouched; --overwrite starts it afresh.
+    """
+    from scalelens.measure.run import RESULTS_FORMAT
+
     run = ctx.tmp / "run"
-    argv = ["sweep", "--suite", str(micro_suite), "--sizes", "16k", "--checkpoints", "final",
+    argv = ["sweep", "--suite", str(micro_suite), "--sizes", "16k,37k", "--checkpoints", "final",
             "--analyses", "superposition", "--n-boot", "0", "--out", str(run)]
     assert _run(capsys, argv)[0] == 0
     path = run / "sweep_spec.json"
     recorded = json.loads(path.read_text())
-    path.write_text(json.dumps({k: v for k, v in recorded.items() if k != "suite_build"}))
-    rc, out, err = _run(capsys, argv)
-    assert rc == 0 and "1 skipped" in out, err
+    assert recorded["results_format"] == RESULTS_FORMAT
+    done = sorted(run.glob("tasks/*/*/results.json"))
+    assert [json.loads(p.read_text())["results_format"] for p in done] == [RESULTS_FORMAT] * 2
+    done[0].unlink()  # as an interrupted sweep leaves it
+    older = {k: v for k, v in recorded.items() if k != "results_format"}  # as d5a6072 wrote it
+    for written, said in ((older, "written by an older scalelens (no results format"),
+                          ({**recorded, "results_format": RESULTS_FORMAT + 1}, "upgrade scalelens"),
+                          ({**recorded, "results_format": "1"}, "not a whole number")):
+        path.write_text(json.dumps(written))
+        before = _tree(run)
+        rc, _, err = _run(capsys, argv)
+        assert_one_line(rc, err, said, "--overwrite")
+        assert _tree(run) == before
+    path.write_text(json.dumps(older))
+    rc, out, err = _run(capsys, [*argv, "--overwrite"])
+    assert rc == 0 and "2 done, 0 skipped" in out, err
     assert json.loads(path.read_text()) == recorded
 
 
