@@ -29,10 +29,10 @@ WEIGHTS_ATTR = "weights_fingerprint"
 NOT_IDENTITY = frozenset({"batch_size", "tokenizer"})
 """``capture`` settings never compared on resume: they do not change what is captured.
 
-Files written before the batch size left the identity hold it in their ``capture``
-attribute; it is ignored there, so they resume with any batch size too. Where the
-tokenizer came from is a note for later analyses; the token ids it made are in the
-identity (``prompts_sha256``).
+A batch size given in ``capture`` (as the lower-level API allows) is ignored there: a file
+resumes with any batch size, recorded per prompt in ``/batch_size``. Where the tokenizer
+came from is a note for later analyses; the token ids it made are in the identity
+(``prompts_sha256``).
 """
 
 
@@ -131,14 +131,12 @@ class CaptureWriter:
     def __init__(self, path: Path, f: h5py.File, batch_rows: int, creating: Path | None = None) -> None:
         """Wrap an open file; use :meth:`open` instead.
 
-        ``batch_rows``: the batch size recorded for every prompt written (``/batch_size``,
-        when the file has it: files from before it was recorded do not).
+        ``batch_rows``: the batch size recorded for every prompt written (``/batch_size``).
         ``creating``: the temporary name ``f`` was created under; it is renamed to ``path``
         once the first batch is written, and deleted if the writer closes before that.
         """
         self.path, self._f = path, f
         self.batch_rows = batch_rows
-        self._records_batch = schema.BATCH_SIZE in f
         self._creating = creating
         self._lock: WriteLock | None = None
 
@@ -220,10 +218,7 @@ class CaptureWriter:
         version = f.attrs.get("schema_version")
         if version != schema.SCHEMA_VERSION:
             f.close()
-            raise ScalelensError(
-                f"{path} has schema version {version}, this scalelens writes "
-                f"{schema.SCHEMA_VERSION}; {_REDO}"
-            )
+            raise ScalelensError(_version_mismatch(path, version))
         what = identity.mismatch(f.attrs)
         writer = cls(path, f, batch_rows)
         if what is not None:
@@ -270,8 +265,7 @@ class CaptureWriter:
                 ds = group[name]
                 stop = start + arr.shape[0]
                 ds[start:stop] = _pad_to(arr, ds.shape[1:])
-        if self._records_batch:
-            self._f[schema.BATCH_SIZE][start:stop] = self.batch_rows
+        self._f[schema.BATCH_SIZE][start:stop] = self.batch_rows
         self._f.flush()
         self._f[schema.PROGRESS][0] = stop
         self._f.flush()
@@ -390,6 +384,18 @@ class BackgroundWriter:
             pass
 
 
+def _version_mismatch(path: Path, version: Any) -> str:
+    """Why a capture file of another schema version is neither resumed nor reused."""
+    if isinstance(version, np.integer | int) and version < schema.SCHEMA_VERSION:
+        return (f"{path} was written by an older scalelens (schema version {version}; this one "
+                f"writes {schema.SCHEMA_VERSION}), whose prompts may be captured otherwise; it is "
+                f"still read, but not resumed or reused: {_REDO}")
+    if isinstance(version, np.integer | int):
+        return (f"{path} was written by a newer scalelens (schema version {version}; this one "
+                f"writes {schema.SCHEMA_VERSION}); upgrade scalelens, or {_REDO}")
+    return f"{path} has schema version {version!r}, not a scalelens capture's; {_REDO}"
+
+
 def _damage(f: h5py.File, probes: dict[str, list[DatasetSpec]], n_prompts: int) -> str | None:
     """What is wrong with a file whose identity matches (missing datasets, bad progress), or None."""
     try:
@@ -406,9 +412,9 @@ def _damage(f: h5py.File, probes: dict[str, list[DatasetSpec]], n_prompts: int) 
                 want = (spec.shape, np.dtype(spec.dtype))
                 if not isinstance(ds, h5py.Dataset) or (ds.shape, ds.dtype) != want:
                     return f"dataset {where} is missing or misshapen"
-        record = f.get(schema.BATCH_SIZE)  # absent from files written before it was recorded
-        if record is not None and (not isinstance(record, h5py.Dataset) or record.shape != (n_prompts,)):
-            return f"/{schema.BATCH_SIZE} is misshapen"
+        record = f.get(schema.BATCH_SIZE)
+        if not isinstance(record, h5py.Dataset) or record.shape != (n_prompts,):
+            return f"/{schema.BATCH_SIZE} is missing or misshapen"
     except (OSError, KeyError, ValueError, TypeError) as e:
         return f"unreadable: {e}"
     return None

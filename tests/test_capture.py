@@ -514,9 +514,12 @@ def test_resume_with_another_batch_size(first, then, tmp_path, capsys):
     capture(lm, probes, prompts(9), out, batch_size=5, progress=False, reuse_complete=True)  # reused as is
 
 
-def test_a_file_from_before_batch_sizes_were_recorded_resumes_with_another(tmp_path, capsys):
-    """Files written when the batch size was part of the identity (in the ``capture``
-    attribute, no /batch_size) resume and are reused with any batch size."""
+def test_a_file_of_an_older_schema_is_read_but_not_resumed(tmp_path, capsys):
+    """scalelens up to commit d5a6072 wrote schema 1 (its version stayed 0.1.0 while what a
+    file holds changed: Gemma 2 logits uncapped before f7f0f18, so a resumed file held capped
+    and uncapped rows). Such a file, here as scalelens before 4fcda18 wrote it (the batch size
+    in the ``capture`` attribute, no /batch_size), is read and inspected, but resuming or
+    reusing it is one clear error that leaves it as it was; --overwrite redoes it."""
     import json
 
     from scalelens.cli import main
@@ -527,17 +530,23 @@ def test_a_file_from_before_batch_sizes_were_recorded_resumes_with_another(tmp_p
     out = tmp_path / "old.h5"
     _interrupted_capture(lm, probes, prompts(7), out, at_batch=3)
     with h5py.File(out, "a") as f:  # as the older scalelens wrote it
+        f.attrs["schema_version"] = 1
         f.attrs["capture"] = json.dumps({**json.loads(f.attrs["capture"]), "batch_size": 2}, sort_keys=True)
-        if "batch_size" in f:
-            del f["batch_size"]
-    capture(lm, probes, prompts(7), out, batch_size=1, progress=False)
-    _assert_same_capture(ref, out)
+        del f["batch_size"]
     with CaptureFile(out) as f:
-        assert f.complete and f.batch_sizes is None and f.capture["batch_size"] == 2
-    capture(lm, probes, prompts(7), out, batch_size=3, progress=False, reuse_complete=True)
+        assert f.n_done == 4 and not f.complete and f.batch_sizes is None
+        assert f.read("values", "resid").data.shape[0] == 4
     capsys.readouterr()
     assert main(["inspect", str(out)]) == 0
     assert "batch size 2 (when created)," in capsys.readouterr().out
+    before = out.read_bytes()
+    for reuse in (False, True):
+        with pytest.raises(ScalelensError, match="written by an older scalelens [(]schema version 1; "
+                                                 "this one writes 2[)].*--overwrite"):
+            capture(lm, probes, prompts(7), out, batch_size=2, progress=False, reuse_complete=reuse)
+    assert out.read_bytes() == before
+    capture(lm, probes, prompts(7), out, batch_size=2, progress=False, overwrite=True)
+    _assert_same_capture(ref, out)
 
 
 def _damage_batch_size(path, damage: str) -> None:
