@@ -174,8 +174,10 @@ def test_layers_in_any_order_are_stored_in_that_order(tmp_path):
         flat = np.abs(r[i, :, :n]).reshape(2, -1)
         np.testing.assert_allclose(m["top_values"].data[i, :, 0], flat.max(1), rtol=1e-6)
         np.testing.assert_allclose(m["median_abs"].data[i], np.median(flat, axis=1), rtol=1e-6)
-        q = t["query_pos"].data[i, 0]
-        np.testing.assert_array_equal(t["top1_key"].data[i, :, :, 0], a[i, :, :, q].argmax(-1))
+        # every row, not only row 0 (which attends to key 0 alone, with probability 1, in every layer)
+        np.testing.assert_array_equal(t["query_pos"].data[i, :n], np.arange(n))
+        np.testing.assert_array_equal(t["top1_key"].data[i, :, :, :n], a[i, :, :, :n].argmax(-1))
+        np.testing.assert_allclose(t["top1_prob"].data[i, :, :, :n], a[i, :, :, :n].max(-1), rtol=1e-6)
 
 
 def test_segment_positions_and_heads(tmp_path):
@@ -345,7 +347,7 @@ def test_logit_predictions_and_segment_offset(tmp_path):
         np.testing.assert_array_equal(token[i, 0, : len(q)], logits[q].argmax(-1).numpy())
         np.testing.assert_allclose(prob[i, 0, : len(q)], logits[q].softmax(-1).max(-1).values.numpy(),
                                    rtol=1e-5)
-    assert token[1, 0, 1] == -1
+    assert token[1, 0, 1] == -1 and prob[1, 0, 1] == 0  # a row past prompt 1's positions is blank
 
 
 def test_analyses_of_a_layer_subset_report_model_layers(tmp_path):
@@ -720,3 +722,86 @@ def test_values_do_not_depend_on_batch_size_or_prompt_order(arch, tmp_path):
                 np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-5, err_msg=f"{label} {k}")
             else:
                 np.testing.assert_array_equal(got[k], want, err_msg=f"{label} {k}")
+
+
+def test_grouped_query_q_and_k_give_the_models_own_attention(tmp_path):
+    """Llama with 4 query heads over 2 key heads: the stored keys of query head h are its own
+    group's (h // 2), so softmax(q k^T / sqrt(d_head)) under the causal mask is the model's
+    eager attention for every head, not only for those a wrong key order happens to match."""
+    out = capture(loaded("llama"), [preset("q", dtype="float32"), preset("k", dtype="float32")],
+                  prompts(3), tmp_path / "qk.h5", batch_size=3, progress=False)
+    with CaptureFile(out) as f:
+        q, k = f.read("values", "q").data, f.read("values", "k").data
+        ids, lengths = f.read("tokens").data, f.read("lengths").data
+    assert q.shape[2] == k.shape[2] == 4
+    ref = tiny_model("llama", "eager")
+    for i, n in enumerate(lengths):
+        with torch.no_grad():
+            want = ref(torch.tensor(ids[i, :n], dtype=torch.long)[None], output_attentions=True).attentions
+        scores = torch.tensor(q[i, :, :, :n]) @ torch.tensor(k[i, :, :, :n]).transpose(-1, -2) / 8**0.5
+        causal = torch.ones(n, n, dtype=torch.bool).triu(1)
+        got = scores.masked_fill(causal, float("-inf")).softmax(-1)
+        torch.testing.assert_close(got, torch.stack([a[0] for a in want]), atol=1e-5, rtol=1e-4)
+
+
+def test_attention_softcap_is_applied_as_the_model_does(tmp_path):
+    """Gemma 2 caps attention scores (cap * tanh(s / cap)) before the softmax. With a cap of 1
+    and weights large enough for scores past it, the recomputed probabilities still equal the
+    model's own (a dropped or misapplied cap moves them by far more than the tolerance)."""
+    from tiny_models import config
+    from transformers import AutoModelForCausalLM
+
+    def model():
+        torch.manual_seed(0)
+        cfg = config("gemma2")
+        cfg.attn_logit_softcapping, cfg.initializer_range = 1.0, 0.5
+        return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+
+    lm = load_model(model(), tokenizer=word_tokenizer())
+    out = capture(lm, [preset("attn")], prompts(3), tmp_path / "a.h5", batch_size=3, progress=False)
+    with CaptureFile(out) as f:
+        attn, ids, lengths = f.read("values", "attn").data, f.read("tokens").data, f.read("lengths").data
+    ref = model()
+    for i, n in enumerate(lengths):
+        with torch.no_grad():
+            want = ref(torch.tensor(ids[i, :n], dtype=torch.long)[None], output_attentions=True).attentions
+        torch.testing.assert_close(torch.tensor(attn[i, :, :, :n, :n]), torch.stack([a[0] for a in want]),
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_attention_pattern_of_chosen_heads_at_every_position(tmp_path):
+    """``heads`` on a full attention probe (every row): the chosen heads' patterns, in the order
+    given, as in the all-heads probe; grouped-query Llama, so key heads are chosen with them."""
+    specs = [ProbeSpec("some", "attn_pattern", heads=(3, 0), dtype="float32"),
+             ProbeSpec("one", "attn_pattern", heads=(2,), dtype="float32"), preset("attn")]
+    out = capture(loaded("llama"), specs, prompts(3), tmp_path / "h.h5", batch_size=3, progress=False)
+    with CaptureFile(out) as f:
+        some, one, full = (f.read("values", p).data for p in ("some", "one", "attn"))
+    np.testing.assert_array_equal(some, full[:, :, [3, 0]])
+    np.testing.assert_array_equal(one, full[:, :, [2]])
+
+
+def test_segment_offsets_never_select_padding():
+    """A positive offset that moves a final segment past the prompt's end drops that position
+    (it would read padding); a negative one drops positions before the start."""
+    from scalelens.probes.prompts import Prompt, select_positions, tokenize
+
+    ps = [Prompt((("a", "w1"), ("b", "w2 w3"))), Prompt((("a", "w4 w5"), ("b", "w6 w7 w8 w9")))]
+    tok = tokenize(ps, word_tokenizer())
+    np.testing.assert_array_equal(select_positions(tok, Positions.parse("segment:b@1")),
+                                  [[2, -1, -1], [3, 4, 5]])
+    np.testing.assert_array_equal(select_positions(tok, Positions.parse("segment:a@-1")), [[-1], [0]])
+
+
+def test_special_tokens_only_before_the_first_piece():
+    """A tokenizer that adds BOS adds it once, before the first segment, not before every segment."""
+    from tokenizers.processors import TemplateProcessing
+
+    from scalelens.probes.prompts import Prompt, tokenize
+
+    tokenizer = word_tokenizer()
+    bos = TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 62)])
+    tokenizer._tokenizer.post_processor = bos
+    tok = tokenize([Prompt((("a", "w1 w2"), ("b", "w3")))], tokenizer)
+    np.testing.assert_array_equal(tok.ids, [[62, 1, 2, 3]])
+    np.testing.assert_array_equal(tok.segments, [[0, 0, 0, 1]])

@@ -134,3 +134,22 @@ def test_lazy_reads_slices_of_finished_prompts_as_read_does(capture_path, tmp_pa
             lazy[0]
         with pytest.raises(ScalelensError, match="no prompt axis"):
             f.lazy("progress")
+
+
+def test_nonfinite_counts_a_nan_top_value_at_position_0_but_not_the_padding_tail(capture_path, tmp_path):
+    """The massive summary's NaN tail (top_pos -1) is padding; a NaN where top_pos is a real
+    position, position 0 included, is a fault and is reported with its prompt and layer."""
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "nan.h5"
+    shutil.copy(capture_path, path)
+    with h5py.File(path, "r+") as f:
+        m = f["probes/massive"]
+        m["top_pos"][2, 1, 0], m["top_values"][2, 1, 0] = 0, np.nan
+        m["top_pos"][4, 0, 1], m["top_values"][4, 0, 1] = -1, np.nan
+    with CaptureFile(path) as f:
+        found = f.nonfinite()
+    assert [(h.probe, h.dataset, h.count, h.prompts, h.layers) for h in found] == [
+        ("massive", "top_values", 1, (2,), (1,))]

@@ -58,3 +58,14 @@ def test_dtypes_kept_apart_and_best_fit():
     _, other = pool.take((900,), torch.int64)
     assert other.dtype == torch.int64 and pool.allocations == 3
     assert pool.held_bytes() == big.numel() * 4
+
+
+def test_a_free_buffer_too_small_is_not_handed_out():
+    """A wider batch after a narrower one: the returned buffer is too small, so a new one is made
+    (a view of a prefix shorter than the request would fail or read past the batch)."""
+    pool = PinnedPool(_plain)
+    _, small = pool.take((1000,), torch.float32)
+    pool.give([small])
+    view, got = pool.take((4, 1500), torch.float32)
+    assert view.shape == (4, 1500) and got.numel() >= 6000 and got.data_ptr() != small.data_ptr()
+    assert pool.allocations == 2 and pool.held_bytes() == small.numel() * 4
