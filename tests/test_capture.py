@@ -805,3 +805,38 @@ def test_special_tokens_only_before_the_first_piece():
     tok = tokenize([Prompt((("a", "w1 w2"), ("b", "w3")))], tokenizer)
     np.testing.assert_array_equal(tok.ids, [[62, 1, 2, 3]])
     np.testing.assert_array_equal(tok.segments, [[0, 0, 0, 1]])
+
+
+def test_a_model_left_in_training_mode_is_captured_without_dropout(tmp_path):
+    """Dropout 0.5 and the model in training mode: the capture runs it in eval mode (values equal
+    the model's own eval hidden states) and gives it its training mode back."""
+    from tiny_models import config
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = config("gpt_neox")
+    cfg.hidden_dropout = cfg.attention_dropout = 0.5
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    lm = load_model(model, tokenizer=word_tokenizer())
+    model.train()  # e.g. a user training it between captures
+    probe = preset("resid", layers=(0,), dtype="float32")
+    out = capture(lm, probe, prompts(2), tmp_path / "d.h5", progress=False)
+    assert model.training and all(m.training for m in model.modules())
+    with CaptureFile(out) as f:
+        resid, ids, lengths = f.read("values", "resid").data, f.read("tokens").data, f.read("lengths").data
+    model.eval()
+    for i, n in enumerate(lengths):
+        with torch.no_grad():
+            x = torch.tensor(ids[i, :n], dtype=torch.long)[None]
+            want = model(x, output_hidden_states=True).hidden_states[1][0]
+        torch.testing.assert_close(torch.tensor(resid[i, 0, :n]), want, atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_probes_are_stored_as_float32(tmp_path):
+    """HDF5 has no bfloat16: such probes are stored as float32 (not float16, which would round
+    a float32 model's values), equal to a float32 probe of the same point."""
+    specs = [ProbeSpec("b", "resid_post", dtype="bfloat16"), ProbeSpec("f", "resid_post", dtype="float32")]
+    out = capture(loaded(), specs, prompts(2), tmp_path / "b.h5", progress=False)
+    with CaptureFile(out) as f:
+        assert f.datasets("b")["values"][1] == "float32"
+        np.testing.assert_array_equal(f.read("values", "b").data, f.read("values", "f").data)
