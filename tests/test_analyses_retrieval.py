@@ -187,3 +187,64 @@ def test_gate_takes_word_recall_where_token_ids_disagree():
 def test_needle_text_without_latin_words_falls_back_to_token_ids():
     t = _test([7, 8, 9, 8, 11, 12], _copying_top1(6, []), answer_text="東京", needle_text="東京")
     assert t.recall_unit == "token_ids" and t.gate_recall() == 1.0
+
+
+def test_top1_inside_the_needle_on_a_different_token_is_no_copy():
+    # Each step attends a needle position (inside the span) that holds another token than
+    # the one produced: steps 0-4 look one position ahead (8, 9, 8, 11, 12 against the
+    # produced 7, 8, 9, 8, 11), step 5 one behind (11 against 12). The score is 0.
+    answer = [7, 8, 9, 8, 11, 12]
+    top1 = np.zeros((L, H, 6), dtype=np.int64)
+    top1[1, 2] = [START + 1, START + 2, START + 3, START + 4, START + 5, START + 4]
+    t = _test(answer, top1)
+    assert not copy_events(t).any()
+    assert head_scores(t)[1, 2] == 0.0 and head_scores(t, "steps")[1, 2] == 0.0
+
+
+def test_a_score_equal_to_the_threshold_is_not_a_retrieval_head():
+    # Head (0, 3) copies 3 of 6 needle tokens: score exactly 0.5. The rule is score > threshold.
+    answer = [7, 8, 9, 8, 11, 12]
+    top1 = np.zeros((L, H, 6), dtype=np.int64)
+    top1[2, 0, :] = np.arange(START, END)  # score 1
+    top1[0, 3, :3] = np.arange(START, START + 3)  # score 0.5
+    res = retrieval_scores([_test(answer, top1)], threshold=0.5)
+    assert res.scores[0, 3] == 0.5
+    assert res.retrieval_heads == [[2, 0]]
+    assert res.fraction == pytest.approx(1 / (L * H))
+
+
+def test_fraction_zero_counts_only_heads_that_never_copied():
+    # Head (1, 1) copies one token in one of two passing tests: mean score 1/12, below the
+    # 0.1 bar yet not zero, so it is neither a retrieval head nor a zero-score head.
+    answer = [7, 8, 9, 8, 11, 12]
+    copying = np.zeros((L, H, 6), dtype=np.int64)
+    copying[1, 1, 0] = START
+    res = retrieval_scores([_test(answer, copying), _test(answer, np.zeros_like(copying))])
+    assert res.scores[1, 1] == pytest.approx(1 / 12)
+    assert res.retrieval_heads == [] and res.fraction == 0.0
+    assert res.fraction_zero == pytest.approx(1 - 1 / (L * H))
+
+
+def test_token_id_zero_is_a_real_answer_token_for_the_gate():
+    # Id 0 is a real vocabulary entry (Pythia's <|endoftext|>, GPT-2's "!"); only negative ids pad.
+    assert answer_recall([0, 5, -1], [0, 5]) == 1.0
+    assert answer_recall([5, -1], [0, 5]) == 0.5
+
+
+def test_retrieval_scores_pass_the_counting_mode_on():
+    # The answer repeats the first two needle tokens and the head copies them again:
+    # 6 distinct positions (score 1) but 8 copy events (8 / 6 when counting steps).
+    answer = [7, 8, 9, 8, 11, 12, 7, 8]
+    top1 = _copying_top1(8, range(6))
+    top1[1, 2, 6:] = [START, START + 1]
+    t = _test(answer, top1, recall=1.0)
+    assert retrieval_scores([t]).scores[1, 2] == 1.0
+    res = retrieval_scores([t], counting="steps")
+    assert res.scores[1, 2] == pytest.approx(8 / 6) and res.counting == "steps"
+
+
+def test_a_needle_of_digits_is_gated_on_words():
+    # rouge_score keeps [a-z0-9]: a number is a word, so "1987" is gated on words, not ids.
+    assert rouge_words("Room 42, floor 7b") == ["room", "42", "floor", "7b"]
+    t = _test([150, 151], _copying_top1(2, []), answer_text="In 1987.", needle_text="1987")
+    assert t.recall_unit == "words" and t.gate_recall() == 1.0
