@@ -151,3 +151,18 @@ def test_bad_inputs():
     with pytest.raises(ScalelensError):
         superposition(np.ones((3, 3), dtype=int))
     assert math.isnan(mean_sq_overlap(np.array([[1.0, 0.0], [0.0, 0.0]])))
+
+
+def test_superposition_reports_the_centered_overlap():
+    # e1, e2, e3 in R^4: raw overlaps 0. Minus the mean row (1/3, 1/3, 1/3, 0) each pair has
+    # cos = (-1/3 - 1/3 + 1/9) / (2/3) = -1/2, so the centered mean squared overlap is 1/4.
+    w = np.eye(3, 4) * 2.0
+    res = superposition(w, n_pair_samples=0)
+    assert res.mean_sq_overlap == pytest.approx(0.0, abs=1e-15)
+    assert res.mean_sq_overlap_centered == pytest.approx(0.25, rel=1e-12)
+    assert res.n_zero_rows_centered == 0
+    # Identical rows: overlap 1 raw; every row is zero after centering (no pair left).
+    same = superposition(np.ones((3, 4)), n_pair_samples=0)
+    assert same.mean_sq_overlap == pytest.approx(1.0, rel=1e-12)
+    assert same.n_zero_rows_centered == 3 and math.isnan(same.mean_sq_overlap_centered)
+    assert superposition(w, centered=False, n_pair_samples=0).mean_sq_overlap_centered is None
