@@ -197,3 +197,46 @@ def test_a_layer_with_only_nonfinite_rows_reports_no_ratio():
     h[:, 4, 0, 0] = np.inf
     row = massive_from_activations(h, lengths, tokens, topk=8).per_layer[4]
     assert row["ratio"] is None and row["n_nonfinite"] == 4 and not row["ratio_flag"]
+
+
+def test_sun_rule_bars_are_strict_on_the_value_and_inclusive_on_the_ratio():
+    """|a| > 100 and |a| / median >= 1000, checked on values exactly at either bar."""
+    h = np.zeros((1, 2, 8, 16))
+    h[0, 0] = 0.125  # layer 0: median 0.125
+    h[0, 0, 1, 3] = 125.0  # ratio exactly 1000: massive
+    h[0, 0, 2, 4] = 124.875  # ratio 999: not
+    h[0, 1] = 0.0625  # layer 1: median 0.0625
+    h[0, 1, 3, 5] = 100.0  # |a| exactly 100 (ratio 1600): not
+    h[0, 1, 4, 6] = -100.5  # |a| > 100, ratio 1608: massive
+    h[0, 1, 0, 0] = 300.0  # first token: massive
+    tokens = np.arange(50, 58)[None, :]
+    res = massive_from_activations(h, [8], tokens, topk=4, ratio_threshold=1000.0)
+    got = sorted((e["layer"], e["position"], e["dim"], e["value"], e["ratio"]) for e in res.massive)
+    assert got == [(0, 1, 3, 125.0, 1000.0), (1, 0, 0, 300.0, 4800.0), (1, 4, 6, 100.5, 1608.0)]
+    assert res.share_first_token == pytest.approx(1 / 3)  # position 0 only, not position 1
+    assert res.tokens == [50, 51, 54]
+    # The ratio rule is inclusive too: layer 0's ratio is exactly the 1000 bar.
+    assert [row["ratio"] for row in res.per_layer] == [1000.0, 4800.0]
+    assert res.ratio_layers == [0, 1]
+
+
+def test_per_layer_ratio_and_median_are_means_over_prompts():
+    # One layer, three prompts of four entries [m, m, m, top]: medians 1, 2, 6 and ratios
+    # 10, 20, 60. The layer reports their means (3 and 30), not their medians (2 and 20).
+    h = np.zeros((3, 1, 2, 2))
+    for p, (med, top) in enumerate([(1.0, 10.0), (2.0, 40.0), (6.0, 360.0)]):
+        h[p, 0] = med
+        h[p, 0, 1, 1] = top
+    row = massive_from_activations(h, [2, 2, 2], np.zeros((3, 2), dtype=int)).per_layer[0]
+    assert row["median_abs"] == pytest.approx(3.0)
+    assert row["ratio"] == pytest.approx(30.0)
+    assert row["ratio_max"] == 60.0 and row["max_abs"] == 360.0 and row["prompt"] == 2
+
+
+def test_pooled_median_leaves_out_padding():
+    # Prompt 0 has one valid position [2, 2] and padding [9, 9]; prompt 1 is [[1, 1], [1, 1]].
+    # Valid entries pooled: 1, 1, 1, 1, 2, 2 -> median 1 (with the padding it would be 1.5).
+    h = np.array([[[[2.0, 2.0], [9.0, 9.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])
+    row = massive_from_activations(h, [1, 2], np.zeros((2, 2), dtype=int)).per_layer[0]
+    assert row["median_abs_pooled"] == 1.0
+    assert row["median_abs"] == 1.5  # mean of the per-prompt medians 2 and 1
