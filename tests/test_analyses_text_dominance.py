@@ -159,3 +159,28 @@ def test_read_in_prompt_ranges_gives_the_same_bytes(tmp_path):
             lazy = text_dominance(f["attn"], valid, groups, KINDS, chunk_bytes=chunk_bytes)
             assert json.dumps(lazy.to_dict()) == whole
         assert json.dumps(text_dominance(attn, valid, groups, KINDS, chunk_bytes=1).to_dict()) == whole
+
+
+def test_a_prompt_without_valid_rows_counts_nowhere():
+    # Prompt 1 has no valid query row: it adds no rows, no keys to |T| / |O| and no prompt.
+    attn, valid, groups = _planted()
+    valid[1] = False
+    res = text_dominance(attn, valid, groups, KINDS)
+    assert (res.n_rows, res.n_prompts) == (3, 1)
+    assert (res.n_text, res.n_other) == (6.0, 3.0)
+    assert res.per_layer[0]["mdi"] == pytest.approx((0.4 / 6) / (0.4 / 3))
+
+
+def test_json_form_turns_every_non_finite_number_into_none():
+    from scalelens.analyses._common import jsonable
+
+    got = jsonable({"a": float("inf"), "b": np.float64(-np.inf), "c": np.array([1.0, np.nan]), "d": (2, 0.5)})
+    assert got == {"a": None, "b": None, "c": [1.0, None], "d": [2, 0.5]}
+    # No attention on the other group: MDI and AEI_T are infinite, null in JSON.
+    attn, valid, groups = _planted()
+    attn = np.where((groups == OTHER)[:, None, None, None, :], 0.0, attn)
+    res = text_dominance(attn, valid, groups, KINDS)
+    assert res.per_layer[0]["mdi"] == np.inf
+    d = res.to_dict()
+    assert d["per_layer"][0]["mdi"] is None
+    json.dumps(d, allow_nan=False)
