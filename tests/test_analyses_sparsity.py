@@ -159,3 +159,13 @@ def test_live_sparsity_matches_hooks_on_single_prompts_and_leaves_no_hooks(train
         assert res[point].mean_hoyer == pytest.approx(got.mean())
         assert all(0 < r.hoyer < 1 and 0 < r.hoyer_first < 1 for r in res[point].per_layer)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in trained.model.modules())
+
+
+def test_zero_norms_in_padding_are_not_counted_as_zero_vectors():
+    # Prompt 0 has 2 real positions of 3; its padded position carries zero norms (as a
+    # zero-filled buffer would). Only the real zero vector of prompt 1 is counted.
+    l1 = np.array([[[2.0, 2.0, 0.0]], [[2.0, 0.0, 2.0]]])
+    l2 = np.array([[[2.0, 2.0, 0.0]], [[2.0, 0.0, 2.0]]])  # one-hot vectors: H = 1
+    res = activation_sparsity(l1, l2, np.array([2, 3]), 4, "resid_post")
+    assert res.n_zero_vectors == 1
+    assert res.per_layer[0].hoyer == 1.0 and res.per_layer[0].n_tokens == 2
