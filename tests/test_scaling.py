@@ -214,3 +214,24 @@ def test_a_fit_does_not_depend_on_the_order_of_its_points(form):
     assert ref.ci and shuffled.ci == ref.ci
     assert (shuffled.params, shuffled.r2, shuffled.loo_rel_error) == (ref.params, ref.r2, ref.loo_rel_error)
     assert shuffled.x == sorted(WIDTH.tolist()) and shuffled.y == y.tolist()
+
+
+def test_saturating_r2_is_one_minus_rss_over_the_centred_total():
+    rng = np.random.default_rng(7)
+    y = 3.0 * WIDTH**-0.7 + 2.0 + rng.normal(scale=0.05, size=WIDTH.size)
+    fit = fit_saturating(WIDTH, y, n_boot=0)
+    rss = float(np.sum((fit.predict(WIDTH) - y) ** 2))
+    assert 0.5 < fit.r2 < 0.99  # noisy enough for the total sum of squares to matter
+    assert fit.r2 == pytest.approx(1.0 - rss / float(np.sum((y - y.mean()) ** 2)), rel=1e-9)
+
+
+def test_bootstrap_resamples_with_exactly_the_fewest_distinct_sizes_are_kept():
+    # 5 sizes drawn 5 times with replacement: 4 distinct sizes is 10x as likely as all 5
+    # (0.384 against 0.038), and a saturating fit accepts 4, so those resamples stay in.
+    from scalelens.analyses.scaling import _draw_indices
+
+    x = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    idx = _draw_indices(x, 4, 2000, seed=0)
+    distinct = np.array([np.unique(x[row]).size for row in idx])
+    assert idx.shape == (2000, 5) and distinct.min() == 4
+    assert np.mean(distinct == 4) == pytest.approx(0.384 / (0.384 + 0.0384), abs=0.03)
