@@ -111,3 +111,18 @@ def test_the_exact_p_with_tied_values_counts_every_ordering():
     assert t.spearman_rho == pytest.approx(stats.spearmanr(steps, values).statistic)
     assert t.spearman_p == pytest.approx(np.mean(np.abs(rhos) >= abs(t.spearman_rho) - 1e-12))
     assert t.spearman_p == pytest.approx(0.4666666666666667)  # 336 of 720
+
+
+def test_eight_checkpoints_still_get_the_exact_p_value():
+    # EXACT_MAX_POINTS = 8 is inclusive: a monotone series of 8 has exact p = 2 / 8!.
+    t = fit_step_trend(STEPS[:8], np.arange(8.0), "m", "s")
+    assert t.spearman_p == pytest.approx(2 / math.factorial(8))
+
+
+def test_checkpoints_given_out_of_order_are_sorted_by_step():
+    order = np.random.default_rng(1).permutation(STEPS.size)
+    values = 1.0 + np.log10(STEPS + 1)
+    t = fit_step_trend(STEPS[order], values[order], "m", "s")
+    assert (t.first_step, t.last_step) == (0, 8000)
+    assert (t.first_value, t.last_value) == (1.0, values[-1])
+    assert t.slope_per_decade == pytest.approx(1.0) and t.spearman_rho == pytest.approx(1.0)
