@@ -132,3 +132,42 @@ def test_sweep_fits_each_layer_on_the_checkpoints_that_have_its_ratio():
     assert [(f.size, f.layer, f.n_points) for f in fits] == [("1b", 0, 8), ("1b", 1, 7)]
     assert fits[1].params == pytest.approx(fit_dynamics(steps[gap], y1[gap]).params)
     assert fits[1].r2 > 0.999
+
+
+def _curve_by_hand(t, p):
+    x = p["gamma"] * t + p["t0"]
+    return p["A"] * np.exp(-p["lam"] * x) * np.log(x) + p["K"]
+
+
+def test_cost_and_standard_errors_follow_their_definitions_on_few_points():
+    # 12 checkpoints: the residual degrees of freedom are n - 5 = 7, so a variance taken
+    # over n instead would shrink every standard error by sqrt(7 / 12).
+    steps = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000], dtype=float)
+    true = {"A": 50.0, "lam": 0.5, "gamma": 0.01, "t0": 1.5, "K": 10.0}
+    y = _curve_by_hand(steps, true) + np.random.default_rng(2).normal(scale=0.3, size=steps.size)
+    fit = fit_dynamics(steps, y)
+    resid = _curve_by_hand(steps, fit.params) - y
+    assert fit.cost == pytest.approx(0.5 * float(resid @ resid), rel=1e-9)
+    # Asymptotic covariance s^2 (J^T J)^-1 with s^2 = RSS / (n - 5), J by central differences.
+    cols = []
+    for name in PARAM_NAMES:
+        h = 1e-6 * max(abs(fit.params[name]), 1e-8)
+        up, down = dict(fit.params), dict(fit.params)
+        up[name] += h
+        down[name] -= h
+        cols.append((_curve_by_hand(steps, up) - _curve_by_hand(steps, down)) / (2 * h))
+    jac = np.stack(cols, axis=1)
+    cov = float(resid @ resid) / (steps.size - 5) * np.linalg.inv(jac.T @ jac)
+    for i, name in enumerate(PARAM_NAMES):
+        assert fit.stderr[name] == pytest.approx(np.sqrt(cov[i, i]), rel=1e-3), name
+
+
+def test_peak_after_the_curve_has_peaked_is_the_first_observed_step():
+    # The curve peaks near step 85; observed from step 200 on it only falls, so the
+    # maximum of the fitted curve over the observed range is at the first step.
+    true = {"A": 50.0, "lam": 0.5, "gamma": 0.01, "t0": 1.5, "K": 10.0}
+    steps = np.linspace(200.0, 2000.0, 12)
+    fit = fit_dynamics(steps, _curve_by_hand(steps, true))
+    grid = np.linspace(steps[0], steps[-1], 10_001)
+    assert grid[np.argmax(_curve_by_hand(grid, fit.params))] == steps[0]
+    assert fit.peak_step == steps[0]
