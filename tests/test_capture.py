@@ -840,3 +840,22 @@ def test_bfloat16_probes_are_stored_as_float32(tmp_path):
     with CaptureFile(out) as f:
         assert f.datasets("b")["values"][1] == "float32"
         np.testing.assert_array_equal(f.read("values", "b").data, f.read("values", "f").data)
+
+
+def test_dominance_from_a_capture_honours_first_token_sink_false(tmp_path):
+    """Without the sink option no key is a sink (segments are text, other or ignored), so the
+    sink mass is 0 and the first document key counts in O; with it the sink takes mass."""
+    from scalelens.analyses.from_capture import DOMINANCE_PROBE, dominance_from_capture
+    from scalelens.probes.prompts import Prompt
+
+    ps = [Prompt((("doc", f"w{i} w{i + 1} w{i + 2}"), ("q", f"w{i + 4} w{i + 5}"), ("answer", "w5")))
+          for i in range(2)]
+    spec = ProbeSpec(DOMINANCE_PROBE, "attn_pattern", positions=Positions.parse("segment:answer@-1"),
+                     dtype="float32")
+    out = capture(loaded(), [spec], ps, tmp_path / "d.h5", progress=False)
+    with CaptureFile(out) as f:
+        kept = dominance_from_capture(f, ("q",), ("doc",), first_token_sink=False)
+        sunk = dominance_from_capture(f, ("q",), ("doc",))
+    assert not kept.first_token_sink and all(row["a_sink"] == 0.0 for row in kept.per_layer)
+    assert all(row["a_sink"] > 0.0 for row in sunk.per_layer)
+    assert (kept.n_text, kept.n_other) == (sunk.n_text, sunk.n_other + 1)
