@@ -338,3 +338,23 @@ def test_dynamics_fits_take_numbered_checkpoints_only():
     (fit,) = dynamics_fits(rows)
     assert (fit.size, fit.layer, fit.n_points) == ("s", 1, MIN_DYNAMICS_POINTS)
     assert dynamics_fits(rows[1:]) == []  # one checkpoint short
+
+
+def test_inspect_counts_a_task_with_results_as_done_whatever_its_old_error_log(tmp_path):
+    """results.json is written last: a task holding it is done, even beside an error.log left
+    by an earlier attempt (which ``inspect`` would otherwise report as its failure)."""
+    import json
+
+    from scalelens.sweeps.status import run_status
+
+    (tmp_path / "run.json").write_text(json.dumps({"finished": True, "tasks": [
+        {"key": "a/step1"}, {"key": "a/step2"}, {"key": "a/step3"}]}))
+    for name, files in (("step1", ("results.json", "error.log")), ("step2", ("error.log",)),
+                        ("step3", ("partial.h5",))):
+        folder = tmp_path / "tasks" / "a" / name
+        folder.mkdir(parents=True)
+        for f in files:
+            (folder / f).write_text("boom\n" if f == "error.log" else "{}")
+    status = run_status(tmp_path)
+    assert status.state == {"a/step1": "done", "a/step2": "failed", "a/step3": "unfinished"}
+    assert status.errors == {"a/step2": "boom"}
