@@ -358,3 +358,37 @@ def test_inspect_counts_a_task_with_results_as_done_whatever_its_old_error_log(t
     status = run_status(tmp_path)
     assert status.state == {"a/step1": "done", "a/step2": "failed", "a/step3": "unfinished"}
     assert status.errors == {"a/step2": "boom"}
+
+
+def test_the_massive_activation_loss_gets_a_saturating_fit_too():
+    """A loss has a floor: it is fitted with the saturating form beside the power law."""
+    from scalelens.sweeps.fits import scaling_fits
+
+    per_size = {f"s{i}": (n, n / 2, 20.0 * n ** -0.3 + 2.0) for i, n in enumerate((1e5, 1e6, 1e7, 1e8))}
+    fits = scaling_fits(_fit_rows(per_size, "loss", "massive_activations"), n_boot=0)
+    assert sorted((f.x_name, f.form) for f in fits) == [
+        ("n_params", "power_law"), ("n_params", "saturating"),
+        ("n_params_non_embedding", "power_law"), ("n_params_non_embedding", "saturating")]
+
+
+def test_a_sweep_that_finishes_no_task_leaves_no_earlier_tables(micro_suite, tmp_path):
+    """Tables of an earlier run must not pass for this one's when none of its tasks finished."""
+    import shutil
+
+    from scalelens.models.suite import read_manifest
+    from scalelens.sweeps.run import sweep
+    from scalelens.sweeps.spec import SweepSpec
+
+    suite = tmp_path / "suite"
+    shutil.copytree(micro_suite, suite)
+    manifest = read_manifest(suite)
+    size, step = manifest.sizes[0], manifest.steps[-1]
+    (suite / size / f"step{step}" / "config.json").write_text("{not json")
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("metrics.csv", "fits.json"):
+        (run / name).write_text("stale\n")
+    spec = SweepSpec(suite=str(suite), sizes=(size,), checkpoints=(step,), analyses=("superposition",))
+    summary = sweep(spec, run, n_boot=0)
+    assert summary.count("failed") == 1
+    assert not (run / "metrics.csv").exists() and not (run / "fits.json").exists()
