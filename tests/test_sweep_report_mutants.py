@@ -392,3 +392,24 @@ def test_a_sweep_that_finishes_no_task_leaves_no_earlier_tables(micro_suite, tmp
     summary = sweep(spec, run, n_boot=0)
     assert summary.count("failed") == 1
     assert not (run / "metrics.csv").exists() and not (run / "fits.json").exists()
+
+
+def test_the_saturating_curve_falls_to_its_floor():
+    """y = C N^-alpha + y_inf: the report's curve at N = 1 and N = 100 for C=10, alpha=0.5, y_inf=1."""
+    import numpy as np
+
+    from scalelens.reports.curves import evaluate
+    from scalelens.reports.runfiles import ScalingFit
+
+    fit = ScalingFit("m.x", "n_params", "saturating", {"C": 10.0, "alpha": 0.5, "y_inf": 1.0})
+    assert list(evaluate(fit, np.array([1.0, 100.0]))) == pytest.approx([11.0, 2.0])
+
+
+def test_run_json_lists_sizes_in_the_sweeps_order(tmp_path):
+    from scalelens.sweeps.run import _run_info
+    from scalelens.sweeps.spec import SweepSpec, expand
+
+    run = _own_run(tmp_path)
+    spec = SweepSpec(models={"a": run, "b": run}, sizes=("b", "a"), checkpoints="final",
+                     analyses=("superposition",))
+    assert _run_info(spec, expand(spec), [], "now", finished=False)["sizes"] == ["b", "a"]
