@@ -170,15 +170,17 @@ class MetricTable:
         rows = [r for r in self.latest(key, series) if r.kind == "scalar"]
         return rows[-1].value if rows else math.nan
 
-    def scalar_at_last_step(self, key: str, series: Series) -> float:
-        """Return a scalar metric at the run's last step, as the scaling fits compare sizes.
+    def scalar_at_last_step(self, key: str, series: Series, step: int | None = None) -> float:
+        """Return a scalar metric at its last step, as the scaling fits compare sizes.
 
+        ``step``: the size's own last step (fits.json's ``last_steps``); None: the run's last.
         NaN when this series lacks that step (its latest checkpoint may not stand in for it);
         the latest value when the run has no steps (e.g. ``main`` revisions only).
         """
         if self._last_step is None:
             return self.scalar(key, series)
-        rows = [r for r in self.select(key, series) if r.step == self._last_step and r.kind == "scalar"]
+        at = self._last_step if step is None else step
+        rows = [r for r in self.select(key, series) if r.step == at and r.kind == "scalar"]
         return rows[-1].value if rows else math.nan
 
     def over_steps(self, key: str, series: Series, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:

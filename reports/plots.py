@@ -162,7 +162,7 @@ def scaling_plot(
     """Plot a metric against parameter count (log-log where possible) with fitted curves.
 
     Args:
-        points: Measured points per model family (each size at the run's last checkpoint).
+        points: Measured points per model family (each size at its last checkpoint, as the fits compare them).
         fits: Fits of this metric against the same x; each adds a curve and CI band.
         x_label: Axis label for the parameter count.
         y_label: Axis label for the metric.

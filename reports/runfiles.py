@@ -61,6 +61,11 @@ class Fits:
     dynamics: tuple[DynamicsFit, ...] = ()
     notes: tuple[str, ...] = ()  # why there are no scaling fits, when there are none
     trends: tuple[StepTrend, ...] = ()  # each metric over training, per size
+    last_steps: tuple[tuple[str, int], ...] = ()  # (size, step) each size was compared at
+
+    def last_step(self, size: str) -> int | None:
+        """The step the fits compared ``size`` at; None when fits.json does not say."""
+        return dict(self.last_steps).get(size)
 
 
 def _num(value: Any) -> float | None:
@@ -149,7 +154,14 @@ def load_fits(path: Path) -> Fits:
         dynamics=_entries(doc, "dynamics", _dynamics, path),
         notes=_entries(doc, "notes", str, path),
         trends=_entries(doc, "step_trends", StepTrend.from_dict, path),
+        last_steps=_last_steps(doc.get("last_steps") or {}, path),
     )
+
+
+def _last_steps(value: Any, path: Path) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, dict) or not all(type(v) is int for v in value.values()):
+        raise ScalelensError(f"{path}: last_steps must map sizes to steps; regenerate it with the sweep")
+    return tuple((str(k), v) for k, v in value.items())
 
 
 def load_run_info(path: Path) -> dict[str, Any] | None:

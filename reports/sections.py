@@ -72,7 +72,7 @@ def plan_scaling(run: Run) -> SectionPlan:
     return SectionPlan(
         "scaling",
         "Metrics vs parameter count",
-        "Each scalar metric at the run's last checkpoint (a size without it is left out, as in "
+        "Each scalar metric at each size's last checkpoint (a size without it is left out, as in "
         "the fits), against parameter count, with the fitted curve and the band from the "
         "exponent's CI where fitted (the OLS t interval of a power law, the bootstrap "
         "interval of a saturating fit).",
@@ -87,7 +87,9 @@ def _scaling_job(run: Run, key: str, x_name: str, fits: Sequence) -> Callable[[]
         families.setdefault(run.table.family(s), []).append(s)
     points = {}
     for family, members in families.items():
-        xy = [(run.table.n_params(s, x_name), run.table.scalar_at_last_step(key, s), s.size) for s in members]
+        at = {s: run.fits.last_step(s.size) for s in members}  # where the fits compared each size
+        xy = [(run.table.n_params(s, x_name), run.table.scalar_at_last_step(key, s, at[s]), s.size)
+              for s in members]
         xy = [p for p in xy if np.isfinite(p[0]) and np.isfinite(p[1])]
         if xy:
             points[family] = plots.Points(x=np.array([p[0] for p in xy]), y=np.array([p[1] for p in xy]),

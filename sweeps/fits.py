@@ -182,12 +182,14 @@ def write_fits(run_dir: Path, n_boot: int = 200, sizes: list[str] | None = None,
     """Write RUN_DIR/fits.json from RUN_DIR/metrics.csv.
 
     ``sizes``, ``last_steps``: see :func:`scaling_fits`. ``notes`` says why there are no
-    scaling fits, when there are none.
+    scaling fits, when there are none; ``last_steps`` the step each size was compared at
+    (the report's scaling plots take the same).
     """
     from scalelens.measure.run import write_json
 
     rows = _read(run_dir / "metrics.csv")
     data = fits_to_json(scaling_fits(rows, n_boot, sizes, last_steps), dynamics_fits(rows))
+    data["last_steps"] = _at_last_step(rows, sizes, last_steps)[2]  # where sizes were compared
     data["step_trends"] = [t.to_dict() for t in step_trends(rows)]
     note = unfitted_note(rows, sizes, last_steps)
     if note:

@@ -566,6 +566,7 @@ def test_unknown_metrics_get_generic_plots(tmp_path: Path) -> None:
         (lambda d: (d / "fits.json").write_text('{"version": 2}'), "version 2"),
         (lambda d: (d / "fits.json").write_text('{"fits": [{"metric": "x"}]}'), "entry 0 of 'fits'"),
         (lambda d: (d / "fits.json").write_text('{"fits": 5}'), "'fits' must be a list"),
+        (lambda d: (d / "fits.json").write_text('{"last_steps": {"s": "10"}}'), "last_steps must map sizes"),
         (lambda d: (d / "fits.json").write_text('{"step_trends": [{"metric": "m"}]}'),
          "entry 0 of 'step_trends'"),
         (lambda d: (d / "fits.json").write_text(
@@ -855,6 +856,27 @@ def test_scaling_plot_compares_sizes_at_the_last_step_as_the_fits_do(tmp_path: P
     (points,) = job.args[0].values()
     assert points.labels == ["160m", "410m"] and list(points.y) == [2.5, 2.2]
     assert scaling_plot({}, [], x_label="n_params", y_label="loss") is not None
+
+
+def test_scaling_plot_takes_each_sizes_own_last_step_from_the_fits(tmp_path: Path) -> None:
+    """Sizes that train for different lengths (last steps 10, 10, 20, 20) are fitted each at its
+    own last step; the plot showed only the two that reach the run's last step 20."""
+    from scalelens.reports.rundir import load_run
+    from scalelens.reports.sections import _scaling_job
+    from scalelens.sweeps.fits import write_fits
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows = [("a", 10, 1e6, 3.0), ("b", 10, 2e6, 2.8), ("b", 5, 2e6, 9.0), ("c", 20, 4e6, 2.5),
+            ("c", 10, 4e6, 9.0), ("d", 20, 8e6, 2.3)]
+    text = "".join(f"fam-{s},{s},step{t},{t},{n},1e5,loss,loss,,,{v}\n" for s, t, n, v in rows)
+    (run_dir / "metrics.csv").write_text(",".join(COLUMNS) + "\n" + text)
+    data = write_fits(run_dir, n_boot=0, last_steps={"a": 10, "b": 10, "c": 20, "d": 20})
+    assert data["last_steps"] == {"a": 10, "b": 10, "c": 20, "d": 20}
+    (fit,) = [f for f in data["fits"] if f["x_name"] == "n_params" and f["metric"] == "loss.loss"]
+    job = _scaling_job(load_run(run_dir), "loss.loss", "n_params", ())
+    (points,) = job.args[0].values()
+    assert points.labels == ["a", "b", "c", "d"] and list(points.y) == [3.0, 2.8, 2.5, 2.3] == fit["y"]
 
 
 def test_a_run_too_small_to_fit_says_why_in_the_report(tmp_path: Path) -> None:
