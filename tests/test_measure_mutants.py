@@ -392,3 +392,30 @@ def test_results_json_records_and_uses_the_given_settings(tiny_model_dir, tmp_pa
     rest = [(a, b) for a in range(lm.info.n_layers) for b in range(lm.info.n_heads) if (a, b) not in top]
     assert [tuple(h) for h in abl["random_heads"]] == random.Random(5).sample(rest, 2)
     assert abl["seed"] == 5 and abl["n_tests"] == 1
+
+
+def test_probe_sequence_i_starts_at_sentence_i_times_a_coprime_stride(tiny_model_dir, tmp_path):
+    """20 sentences: the stride is 7 (the first from 7 coprime to 20), so sequence i starts at
+    sentence 7i mod 20, not at sentence i (neighbouring sequences would nearly repeat each other)."""
+    from scalelens.measure.text import probe_sequences
+    from scalelens.models.load import load_model
+
+    lines = [f"w{i} w{20 + i}" for i in range(20)]
+    path = tmp_path / "probe.txt"
+    path.write_text("\n".join(lines) + "\n")
+    seqs = probe_sequences(load_model(tiny_model_dir), str(path), 5, 4)
+    expected = [[lines[(7 * i) % 20], lines[(7 * i + 1) % 20]] for i in range(5)]
+    assert [seq.split("\n") for seq in seqs] == expected
+
+
+def test_delimiters_hold_the_period_space_period_newline_bos_and_eos_tokens(micro_suite):
+    """The massive-activation positions Sun et al. name: first token (BOS) and delimiters."""
+    from transformers import AutoTokenizer
+
+    from scalelens.measure.massive import delimiter_ids
+
+    bpe = AutoTokenizer.from_pretrained(micro_suite / "tokenizer")
+    ids = set(delimiter_ids(bpe))
+    for text in (".", " .", "\n"):
+        assert set(bpe(text, add_special_tokens=False)["input_ids"]) <= ids, text
+    assert {i for i in (bpe.bos_token_id, bpe.eos_token_id) if i is not None} <= ids
