@@ -419,3 +419,18 @@ def test_delimiters_hold_the_period_space_period_newline_bos_and_eos_tokens(micr
     for text in (".", " .", "\n"):
         assert set(bpe(text, add_special_tokens=False)["input_ids"]) <= ids, text
     assert {i for i in (bpe.bos_token_id, bpe.eos_token_id) if i is not None} <= ids
+
+
+def test_results_json_names_the_retrieval_mode_it_ran(tiny_model_dir, tmp_path):
+    """A reference-mode run (greedy decoding) says so: its scores are not the fast mode's."""
+    from scalelens.measure.retrieval import RetrievalSettings
+    from scalelens.measure.run import MeasureSettings, measure
+    from scalelens.models.load import load_model
+
+    ret = RetrievalSettings(mode="reference", context_lengths=(16,), depths=(0.5,), n_needles=1,
+                            ablation_k=0)
+    data = measure(load_model(tiny_model_dir), "retrieval_heads", tmp_path, MeasureSettings(retrieval=ret),
+                   progress=False)
+    assert data["analyses"]["retrieval_heads"]["mode"] == "reference"
+    assert data["settings"]["retrieval"]["mode"] == "reference"
+    assert not (tmp_path / "retrieval.h5").exists()  # reference mode captures nothing
