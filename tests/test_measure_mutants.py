@@ -434,3 +434,11 @@ def test_results_json_names_the_retrieval_mode_it_ran(tiny_model_dir, tmp_path):
     assert data["analyses"]["retrieval_heads"]["mode"] == "reference"
     assert data["settings"]["retrieval"]["mode"] == "reference"
     assert not (tmp_path / "retrieval.h5").exists()  # reference mode captures nothing
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 5])
+def test_dominance_depths_are_the_midpoints_of_n_equal_parts(n):
+    """Prompt i's needle sits at (i + 1/2) / n: inside (0, 1), never at the haystack's very start."""
+    from scalelens.measure.dominance import DominanceSettings, _depths
+
+    assert _depths(DominanceSettings(n_prompts=n)) == pytest.approx([(2 * i + 1) / (2 * n) for i in range(n)])
