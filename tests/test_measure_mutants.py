@@ -442,3 +442,18 @@ def test_dominance_depths_are_the_midpoints_of_n_equal_parts(n):
     from scalelens.measure.dominance import DominanceSettings, _depths
 
     assert _depths(DominanceSettings(n_prompts=n)) == pytest.approx([(2 * i + 1) / (2 * n) for i in range(n)])
+
+
+def test_random_soft_tokens_of_prompt_i_use_seed_plus_i(tiny_model_dir):
+    """Random soft tokens: prompt i's block is drawn with seed + i, so prompts get their own vectors."""
+    from dataclasses import replace
+
+    from scalelens.measure import dominance as dm
+    from scalelens.models.load import load_model
+
+    lm = load_model(tiny_model_dir)
+    s = dm.DominanceSettings(modality="embeds", soft_tokens="random", pool=2, seed=3)
+    prompt = build_tests([NEEDLE], SENTENCES, lm.tokenizer, [12], (0.5,), prompt_format="base")[0].prompt
+    blocks = [dm.embeds_prompt(lm, prompt, s, i).pieces[0][1] for i in range(2)]
+    assert blocks[0] != blocks[1]
+    assert blocks[1] == dm.embeds_prompt(lm, prompt, replace(s, seed=4), 0).pieces[0][1]
