@@ -457,3 +457,18 @@ def test_random_soft_tokens_of_prompt_i_use_seed_plus_i(tiny_model_dir):
     blocks = [dm.embeds_prompt(lm, prompt, s, i).pieces[0][1] for i in range(2)]
     assert blocks[0] != blocks[1]
     assert blocks[1] == dm.embeds_prompt(lm, prompt, replace(s, seed=4), 0).pieces[0][1]
+
+
+def test_superposition_reports_the_lm_head_and_the_input_embedding_separately(tiny_model_dir):
+    """Untied GPT-NeoX: the top level is the unembedding's (W = lm head rows), ``embedding`` the input's."""
+    from scalelens.analyses.superposition import superposition
+    from scalelens.measure.superposition import measure_superposition
+    from scalelens.models.load import load_model
+
+    lm = load_model(tiny_model_dir)
+    out = measure_superposition(lm)
+    head, emb = lm.model.get_output_embeddings().weight, lm.model.get_input_embeddings().weight
+    assert out["tied"] is False
+    assert out["embedding"] == superposition(emb).to_dict()
+    assert {k: v for k, v in out.items() if k not in ("embedding", "tied")} == superposition(head).to_dict()
+    assert out["embedding"]["mean_sq_overlap"] != out["mean_sq_overlap"]
