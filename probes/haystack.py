@@ -360,10 +360,15 @@ def split_needle(needle: Needle) -> tuple[str, str, str]:
 
 
 def _content(filled: list[tuple[str, int]], needle: Needle, depth: float) -> list[tuple[str, str]]:
-    """Haystack with the needle at ``depth``, then the question (no answer)."""
+    """Haystack with the needle at ``depth``, then the question (no answer).
+
+    The needle goes at the first sentence boundary at or after ``depth`` x the haystack's
+    tokens (the reference NIAH code backs up to the boundary at or before it instead; the
+    two differ by at most one sentence, and agree at depths 0 and 1).
+    """
     total = sum(n for _, n in filled)
     cut, acc = len(filled), 0
-    for i, (_, n) in enumerate(filled):  # sentence boundary nearest depth * total
+    for i, (_, n) in enumerate(filled):  # first sentence boundary at or after depth * total
         if acc >= depth * total:
             cut = i
             break
