@@ -200,3 +200,32 @@ def test_text_dominance_with_no_attention_on_the_other_text_writes_results(tmp_p
     rows = data["analyses"]["text_dominance"]["dilution"]
     assert [r["mdi_middle"] for r in rows] == [None, None]
     assert (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_model_info_counts_query_heads_and_their_width(name):
+    """Every family here has 4 query heads of width 32 / 4 = 8, whatever its key/value heads (2 with
+    GQA, 1 multi-query) and whether its config names a head_dim; n_params is the built model's."""
+    from scalelens.models.describe import describe
+
+    info = describe(CONFIGS[name](), name=name, source="-", source_kind="memory", revision=None, step=None,
+                    dtype="float32", attn_implementation="eager")
+    assert (info.d_model, info.n_layers, info.n_heads, info.d_head, info.vocab_size) == (32, 2, 4, 8, VOCAB)
+    assert info.n_params == sum(p.numel() for p in build(name).parameters())
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_table_path_names_the_module_it_claims(name):
+    """layers, attn, mlp, embed, unembed and final_norm of each family's ArchSpec resolve in a real
+    model, to the decoder layers, the input/output embeddings HF reports and the last norm."""
+    model = build(name)
+    spec = arch.arch_for(model)
+    layers = arch.decoder_layers(model)
+    assert len(layers) == 2 and spec.attn and spec.mlp
+    for which in ("attn", "mlp"):
+        part = arch.layer_part(model, 1, which)
+        assert part is not layers[1] and any(part is m for m in layers[1].modules())
+    assert model.get_submodule(spec.embed) is model.get_input_embeddings()
+    assert model.get_submodule(spec.unembed) is model.get_output_embeddings()
+    norm = model.get_submodule(spec.final_norm)
+    assert "norm" in type(norm).__name__.lower() and norm.weight.shape == (32,)

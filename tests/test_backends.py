@@ -103,6 +103,21 @@ def test_same_values_as_native(arch, backend, tmp_path):
         assert np.abs(f["probes"]["resid"]["values"][()]).max() > 1e-3
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_capture_without_logits_stops_after_the_last_wanted_layer(backend, tmp_path):
+    """Without logits the pass may end after the last wanted layer (1 of 0..2), not before it:
+    every wanted layer, that one included, holds native's values."""
+    lm = loaded("llama")
+    probes = [preset("resid", dtype="float32", layers=(0, 1)),
+              preset("mlp_out", dtype="float32", layers=(1,))]
+    kw = {"batch_size": 3, "progress": False}
+    ref = capture(lm, probes, prompts(), tmp_path / "native.h5", **kw)
+    out = capture(lm, probes, prompts(), tmp_path / "b.h5", backend=backend, **kw)
+    assert_same_probes(ref, out, TOL[backend])
+    with h5py.File(out) as f:
+        assert np.abs(f["probes"]["resid"]["values"][()][:, 1]).max() > 1e-3
+
+
 def test_nnsight_attention_tap_matches_native(tmp_path):
     lm = loaded("llama")
     probes = [preset("attn"), preset("q"), preset("k"), preset("top1")]

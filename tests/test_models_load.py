@@ -651,6 +651,18 @@ def test_bfloat16_is_checked_on_the_gpu_named(monkeypatch):
     assert asked == [0, 1, 1]
 
 
+def test_a_gpu_index_past_the_last_is_one_clear_error(monkeypatch):
+    """With 2 GPUs, cuda:1 is the last usable one and cuda:2 is refused (on any machine: the GPU
+    count is set, as in the test above)."""
+    from scalelens.models.load import check_device_usable
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    check_device_usable("cuda:1")
+    with pytest.raises(ScalelensError, match=r"cuda:2: this machine has 2 GPU\(s\) \(cuda:0..cuda:1\)"):
+        check_device_usable("cuda:2")
+
+
 def test_tokenizers_for_in_memory_models_and_by_hub_id(tmp_path, suite_tokenizer, hub_cache, offline):
     """An in-memory model whose directory has no tokenizer is refused (not given transformers'
     empty tokenizer); tokenizer=<hub id> works for in-memory and disk models, from cache_dir."""

@@ -155,6 +155,21 @@ def test_interrupted_build_is_completed(micro_suite, manifest, tmp_path):
     assert not (suite / broken / f".tmp-step{last}").exists()
 
 
+def test_a_size_missing_an_inner_checkpoint_is_retrained(micro_suite, manifest, tmp_path):
+    """A size whose size.json is there but one of its middle checkpoints is gone (deleted by
+    hand) is not finished: the rebuild puts that checkpoint back, with the same weights."""
+    suite = tmp_path / "suite"
+    shutil.copytree(micro_suite, suite)
+    size, step = manifest.sizes[0], manifest.steps[len(manifest.steps) // 2]
+    assert step not in (manifest.steps[0], manifest.steps[-1])
+    shutil.rmtree(suite / size / f"step{step}")
+    rebuilt = build_suite(suite, preset="micro", progress=False)
+    assert all(path.is_dir() for _, _, path in rebuilt.checkpoints())
+    ours = load_file(suite / size / f"step{step}" / "model.safetensors")
+    theirs = load_file(micro_suite / size / f"step{step}" / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in theirs)
+
+
 def test_a_build_that_runs_out_of_room_stops_with_one_line_and_resumes(micro_suite, manifest, tmp_path,
                                                                       capsys):
     """The weights' writer (safetensors, Rust) fails past a file-size limit as on a full disk:
