@@ -40,14 +40,19 @@ def file_size_limit(limit: int) -> Iterator[None]:
     """RLIMIT_FSIZE in this process: writes past ``limit`` bytes fail with EFBIG.
 
     A real failure of the output side, as a full disk's ENOSPC, that needs no root or mount.
+    No bytecode is written meanwhile: importlib does not check how much of a ``.pyc`` was
+    written, so a module first imported inside (the CLI imports lazily) would leave one cut
+    at ``limit`` that every later process fails to read ("marshal data too short").
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    no_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     try:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        sys.dont_write_bytecode = no_bytecode
         signal.signal(signal.SIGXFSZ, handler)
 
 

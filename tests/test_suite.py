@@ -187,6 +187,26 @@ def test_a_build_that_runs_out_of_room_stops_with_one_line_and_resumes(micro_sui
     assert not list(suite.rglob(".tmp-*"))
 
 
+def test_a_module_first_imported_under_a_file_size_limit_leaves_no_broken_bytecode(tmp_path, monkeypatch):
+    """Python writes a .pyc without checking how much was written: under RLIMIT_FSIZE it was cut
+    at the limit and then read back by every later process ("marshal data too short", the
+    CLI's lazily imported sweeps.spec after the test above). No bytecode is written inside."""
+    import importlib
+    import subprocess
+    import sys
+
+    source = "".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(400))
+    (tmp_path / "big_module.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    with file_size_limit(1024):
+        assert importlib.import_module("big_module").f399(1) == 400
+    assert sys.dont_write_bytecode is False
+    later = subprocess.run([sys.executable, "-c", "import big_module; print(big_module.f7(1))"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert (later.returncode, later.stdout.strip()) == (0, "8"), later.stderr[-300:]
+
+
 def test_parallel_workers_train_the_same_models(micro_suite, manifest, tmp_path):
     # Workers are ``python -m scalelens.models.suite_worker`` subprocesses, so a calling
     # script needs no ``if __name__ == "__main__"`` guard (multiprocessing would need one).
