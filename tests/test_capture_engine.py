@@ -17,11 +17,8 @@ def hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def test_stop_after_last_probed_layer_keeps_values_and_leaves_no_hooks(tmp_path, monkeypatch):
-    lm = load_model(tiny_model("gpt_neox"), tokenizer=word_tokenizer())
-    full = capture(lm, [preset("resid", dtype="float32"), preset("massive")], prompts(), tmp_path / "a.h5",
-                   batch_size=3, progress=False)
-    before = hooks(lm.model)
+def _stops_seen(monkeypatch) -> list[int | None]:
+    """The ``stop_after`` of every native forward pass from now on (the pass itself runs)."""
     seen: list[int | None] = []
     real = native.forward
 
@@ -30,6 +27,15 @@ def test_stop_after_last_probed_layer_keeps_values_and_leaves_no_hooks(tmp_path,
         return real(*args, stop_after=stop_after, **kwargs)
 
     monkeypatch.setattr(native, "forward", spy)
+    return seen
+
+
+def test_stop_after_last_probed_layer_keeps_values_and_leaves_no_hooks(tmp_path, monkeypatch):
+    lm = load_model(tiny_model("gpt_neox"), tokenizer=word_tokenizer())
+    full = capture(lm, [preset("resid", dtype="float32"), preset("massive")], prompts(), tmp_path / "a.h5",
+                   batch_size=3, progress=False)
+    before = hooks(lm.model)
+    seen = _stops_seen(monkeypatch)
     probes = [preset("resid", layers=(0,), dtype="float32"), preset("massive", layers=(0,)),
               ProbeSpec("rows", "attn_pattern", layers=(0,), dtype="float32")]
     part = capture(lm, probes, prompts(), tmp_path / "b.h5", batch_size=3, progress=False)
@@ -59,14 +65,7 @@ def test_stop_after_a_middle_layer_still_runs_that_layer(tmp_path, monkeypatch):
     kw = {"batch_size": 3, "progress": False}
     full = capture(lm, [preset("resid", dtype="float32"), preset("resid_pre", dtype="float32")], prompts(3),
                    tmp_path / "a.h5", **kw)
-    seen: list[int | None] = []
-    real = native.forward
-
-    def spy(*args, stop_after=None, **kwargs):
-        seen.append(stop_after)
-        return real(*args, stop_after=stop_after, **kwargs)
-
-    monkeypatch.setattr(native, "forward", spy)
+    seen = _stops_seen(monkeypatch)
     layer1 = [preset(p, layers=(1,), dtype="float32") for p in ("resid", "resid_pre")]
     part = capture(lm, layer1, prompts(3), tmp_path / "b.h5", **kw)
     assert set(seen) == {1}
