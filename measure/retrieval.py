@@ -151,7 +151,7 @@ def _default_lengths(loaded: Any, s: RetrievalSettings, needles: list[Needle], h
         raise ScalelensError("the model declares no context length, so there are no default haystack "
                              "sizes; give them with --context-lengths (in Python context_lengths=)")
     reserve = needle_overhead(needles, loaded.tokenizer, fmt, s.answer_prefix)
-    if limit and limit - reserve < MIN_DEFAULT_LENGTH:
+    if limit - reserve < MIN_DEFAULT_LENGTH:
         raise ScalelensError(f"the model's context ({limit}) is too short for the default haystack sizes; "
                              f"{context_hint(loaded, s, needles, hay, fmt)}")
     return default_context_lengths(limit, reserve)
