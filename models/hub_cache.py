@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 from transformers.utils import (
@@ -20,8 +19,7 @@ from transformers.utils import (
     WEIGHTS_NAME,
 )
 
-COMMIT = re.compile(r"[0-9a-f]{40}")
-"""A full commit hash, the name of a snapshot folder."""
+from .revisions import COMMIT, revision_key
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 """Any one of these makes a folder hold a tokenizer."""
@@ -53,9 +51,11 @@ def repo_cache_dir(repo_id: str, cache_dir: str | Path | None) -> Path:
 def cached_revisions(repo_id: str, cache_dir: str | Path | None) -> list[str] | None:
     """Revisions of ``repo_id`` in the local cache; ``None`` if the cache has nothing of it.
 
-    Refs (``step3000``, ``main``) by name, and snapshots no ref points to (downloaded
-    by commit hash) by their hash: both load offline. Steps are ordered numerically,
-    other refs alphabetically after them, bare hashes last.
+    Refs (``step3000``, ``step1000-tokens4B``, ``main``) by name, and snapshots no ref
+    points to (downloaded by commit hash) by their hash: both load offline. Ordered by
+    :func:`~scalelens.models.revisions.revision_key`: names that give a training step by
+    the step, later stages (``stage2-…``) by their numbers, other refs alphabetically, bare
+    hashes last.
     """
     repo = repo_cache_dir(repo_id, cache_dir)
     refs = _refs(repo)
@@ -71,13 +71,6 @@ def _refs(repo: Path) -> dict[str, str]:
     if not root.is_dir():
         return {}
     return {str(p.relative_to(root)): p.read_text().strip() for p in root.rglob("*") if p.is_file()}
-
-
-def revision_key(name: str) -> tuple[int, int, str]:
-    """Sort key: ``stepN`` by N, then other names alphabetically, then commit hashes."""
-    if name.startswith("step") and name[4:].isdigit():
-        return (0, int(name[4:]), name)
-    return (2 if COMMIT.fullmatch(name) else 1, 0, name)
 
 
 def cached_snapshot(repo_id: str, revision: str, cache_dir: str | Path | None) -> Path | None:

@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ScalelensError
+from .revisions import parse_step
 
-# Pythia ``step3000``, OLMo ``step1000-tokens4B``, OLMo 2 ``stage1-step1000-tokens4B``,
-# HF Trainer ``checkpoint-3000``
-_STEP = re.compile(r"(?:(?:stage\d+-)?step(\d+)(?:-tokens\d+[KMBT]?)?|checkpoint-(\d+))")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
@@ -42,12 +40,6 @@ class ResolvedSource:
     step: int | None
     gguf_file: str | None
     name: str
-
-
-def parse_step(revision: str | None) -> int | None:
-    """Return N for ``stepN`` / ``stepN-tokensMB`` / ``checkpoint-N`` names, else ``None``."""
-    m = _STEP.fullmatch(revision or "")
-    return int(m.group(1) or m.group(2)) if m else None
 
 
 def _step_number(value: object) -> int | None:
@@ -83,7 +75,7 @@ def _complete(folder: Path) -> bool:
 
 
 def _named_checkpoints(path: Path) -> list[Path]:
-    return [p for p in path.iterdir() if p.is_dir() and _STEP.fullmatch(p.name)]
+    return [p for p in path.iterdir() if p.is_dir() and parse_step(p.name) is not None]
 
 
 def step_dirs(path: Path) -> dict[str, Path]:

@@ -550,8 +550,21 @@ def test_checkpoint_names_parse_their_step():
     from scalelens.models.sources import parse_step
 
     names = {"step3000": 3000, "step1000-tokens4B": 1000, "stage1-step928646-tokens3896B": 928646,
-             "checkpoint-500": 500, "main": None, "stepx": None, "stage1-main": None}
+             "stage1-step5000": 5000, "step20000-tokens84B": 20000, "step100-tokens2": 100,
+             "checkpoint-500": 500, "main": None, "stepx": None, "stage1-main": None,
+             "step1000-tokens": None, "step1000-tokens4B-fp32": None, "xstep1000": None}
     assert {n: parse_step(n) for n in names} == names
+
+
+def test_a_later_stage_revision_gives_no_training_step():
+    """OLMo 2's stage 2 counts steps from zero again (stage2-ingredient1-step11931-tokens50B follows
+    stage1-step928646-tokens3896B): its N is no step on the training axis. ``stage2-step1000``
+    parsed as step 1000, one point with ``stage1-step1000``."""
+    from scalelens.models.sources import parse_step
+
+    for name in ("stage2-step1000-tokens4B", "stage2-step1000", "stage2-ingredient1-step11931-tokens50B",
+                 "stage12-step5"):
+        assert parse_step(name) is None, name
 
 
 def test_encoder_architecture_is_refused(tmp_path):

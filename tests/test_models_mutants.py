@@ -104,7 +104,26 @@ def test_cached_revisions_order_steps_numerically_then_names_then_hashes(tmp_pat
     # COMMIT_A and COMMIT_B have refs: listed by ref name only; the loose snapshot by hash.
     assert cached_revisions("org/m", cache) == ["step0", "step2", "step10", "step1000", "main", "refs/pr/1",
                                                 LOOSE]
-    assert revision_key("step3000") == (0, 3000, "step3000")
+    assert revision_key("step3000") == (0, (3000,), "step3000")
+
+
+def test_olmo_revisions_are_listed_by_training_step_then_later_stages(tmp_path):
+    """OLMo ``step<N>-tokens<K>B`` and OLMo 2 ``stage1-step<N>-tokens<K>B`` names sort by N
+    (they sorted alphabetically after the plain steps: step20000-tokens84B before
+    step5000-tokens21B); stage 2 counts from zero again, so its names follow stage 1, by
+    ingredient then step; names without a step, then hashes, last."""
+    refs = {"step20000-tokens84B": COMMIT_A, "step150-tokens1B": COMMIT_B, "main": COMMIT_A,
+            "stage1-step5000-tokens21B": COMMIT_B, "stage1-step928646-tokens3896B": COMMIT_A,
+            "stage2-ingredient2-step1000-tokens5B": COMMIT_B, "step900": COMMIT_A,
+            "stage2-ingredient1-step11931-tokens50B": COMMIT_A,
+            "stage2-ingredient1-step2000-tokens9B": COMMIT_B}
+    cache = fake_cache(tmp_path, refs, loose=(LOOSE,))
+    assert cached_revisions("org/m", cache) == [
+        "step150-tokens1B", "step900", "stage1-step5000-tokens21B", "step20000-tokens84B",
+        "stage1-step928646-tokens3896B", "stage2-ingredient1-step2000-tokens9B",
+        "stage2-ingredient1-step11931-tokens50B", "stage2-ingredient2-step1000-tokens5B", "main", LOOSE]
+    assert revision_key("stage1-step5000-tokens21B") == (0, (5000,), "stage1-step5000-tokens21B")
+    assert revision_key("stage2-ingredient1-step2000-tokens9B")[:2] == (1, (2, 1, 2000, 9))
 
 
 def test_a_model_only_load_needs_no_tokenizer_files(tmp_path):
