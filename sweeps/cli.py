@@ -174,11 +174,16 @@ def _fully_cached(repo_id: str, revision: str | None) -> bool:
 
 
 def _cached_steps(repo_id: str) -> set[int]:
-    """The ``stepN`` revisions of ``repo_id`` fully in the local hub cache."""
-    from scalelens.models.hub_cache import cached_revisions, revision_key
+    """The training steps of ``repo_id``'s revisions fully in the local hub cache.
+
+    A revision gives a step by ``parse_step``: ``step3000``, ``step1000-tokens4B``,
+    ``stage1-step1000-tokens4B``.
+    """
+    from scalelens.models.hub_cache import cached_revisions
+    from scalelens.models.revisions import parse_step
 
     names = cached_revisions(repo_id, None) or []
-    return {revision_key(n)[1] for n in names if revision_key(n)[0] == 0 and _fully_cached(repo_id, n)}
+    return {step for n in names if (step := parse_step(n)) is not None and _fully_cached(repo_id, n)}
 
 
 def report_failures(summary, out: Path, note: str | None = None) -> None:

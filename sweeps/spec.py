@@ -471,7 +471,11 @@ def _model_tasks(spec: SweepSpec) -> list[Task]:
 
 
 def _source_tasks(size: str, source: str, checkpoints: str | tuple[int, ...]) -> list[Task]:
-    """One model's tasks: its checkpoints chosen as for a suite, or its one final model."""
+    """One model's tasks: its checkpoints chosen as for a suite, or its one final model.
+
+    A hub id other than Pythia's has explicit steps only: each loads the revision of the
+    local hub cache that gives that step (``step1000-tokens4B``), else ``step<N>``.
+    """
     from scalelens.models.sources import resolve_source
 
     known = _known_checkpoints(source)
@@ -480,33 +484,60 @@ def _source_tasks(size: str, source: str, checkpoints: str | tuple[int, ...]) ->
             steps = select_steps(list(known), checkpoints)
         except ScalelensError as e:
             raise ScalelensError(f"size {size} ({source}): {e}") from None
-        return [Task(size, source, known[n], n) for n in steps]
+        return [Task(size, source, _one_revision(size, source, n, known[n]), n) for n in steps]
     resolved = resolve_source(source, None, None)
     if isinstance(checkpoints, tuple):
         if resolved.kind != "hub":
             raise ScalelensError(f"size {size}: {source} has no step<N> or checkpoint-<N> directories "
                                  "to choose from; leave checkpoints out (its one model is measured)")
-        return [Task(size, source, f"step{n}", n) for n in checkpoints]  # the hub's stepN convention
+        cached = _cached_step_revisions(source)
+        return [Task(size, source, _one_revision(size, source, n, cached.get(n, [f"step{n}"]), hub=True), n)
+                for n in checkpoints]  # uncached: the hub's stepN convention
     return [Task(size, source, None, resolved.step)]
+
+
+def _one_revision(size: str, source: str, step: int, names: list[str], hub: bool = False) -> str:
+    """The one checkpoint of ``step``; several (``step1000``, ``checkpoint-1000``) are refused.
+
+    A sweep measures each step once: two checkpoints of one step would be one point on the
+    training-step axis twice, or one of them silently left out.
+    """
+    if len(names) == 1:
+        return names[0]
+    if hub:
+        from scalelens.models.hub_cache import repo_cache_dir
+
+        refs = repo_cache_dir(source, None) / "refs"
+        where, fix = "revisions in the local hub cache", f"delete the others' files from {refs}"
+    else:
+        where, fix = "checkpoints", f"move the others out of {source}"
+    raise ScalelensError(f"size {size} ({source}): step {step} is given by {len(names)} {where} "
+                         f"({', '.join(names)}); sweep other steps, or keep one: {fix}")
 
 
 _PYTHIA_ID = re.compile(r"EleutherAI/pythia-[\w.]+", re.IGNORECASE)
 
 
-def _known_checkpoints(source: str) -> dict[int, str] | None:
-    """``{step: revision}`` of a local run directory or a Pythia hub id; None when unknown."""
+def _known_checkpoints(source: str) -> dict[int, list[str]] | None:
+    """``{step: [revisions]}`` of a local run directory or a Pythia hub id; None when unknown."""
     from scalelens.models.pythia import PYTHIA_STEPS
-    from scalelens.models.sources import parse_step, step_dirs
+    from scalelens.models.revisions import revisions_by_step
+    from scalelens.models.sources import step_dirs
 
     path = Path(source)
     if path.is_dir():
-        found: dict[int, str] = {}
-        for name in step_dirs(path):
-            found.setdefault(parse_step(name) or 0, name)
-        return found or None
+        return revisions_by_step(list(step_dirs(path))) or None
     if _PYTHIA_ID.fullmatch(source):
-        return {s: f"step{s}" for s in PYTHIA_STEPS}
+        return {s: [f"step{s}"] for s in PYTHIA_STEPS}
     return None
+
+
+def _cached_step_revisions(repo_id: str) -> dict[int, list[str]]:
+    """``{step: [revisions]}`` of the revisions of hub id ``repo_id`` in the local hub cache."""
+    from scalelens.models.hub_cache import cached_revisions
+    from scalelens.models.revisions import revisions_by_step
+
+    return revisions_by_step(cached_revisions(repo_id, None) or [])
 
 
 def incomplete_checkpoints(spec: SweepSpec) -> list[str]:

@@ -973,3 +973,81 @@ def test_parquet_holds_the_csv_cells_layer_head_and_step_as_its_strings(tmp_path
     for c in COLUMNS:
         got = [str(v) if c in ("n_params", "n_params_non_embedding", "value") else v for v in table[c]]
         assert got == [r[c] for r in rows], c
+
+
+def _olmo_cache(micro_suite, cache, names: dict[str, int]) -> dict[str, str]:
+    """Hub ids ``olmo-test/m-<size>`` in ``cache``, each with the revisions ``names`` (name -> index
+    of the micro suite checkpoint it holds), as ``{size: hub id}``."""
+    from scalelens.models.testing import write_hub_cache
+
+    manifest = read_manifest(micro_suite)
+    models = {}
+    for size in manifest.sizes[:2]:
+        revisions = {n: manifest.checkpoint_dir(size, manifest.steps[i]) for n, i in names.items()}
+        models[size] = f"olmo-test/m-{size}"
+        write_hub_cache(cache, models[size], revisions)
+    return models
+
+
+def test_a_sweep_of_hub_ids_loads_their_cached_olmo_revisions_by_step(micro_suite, tmp_path):
+    """OLMo names its checkpoints step<N>-tokens<K>B (OLMo 2: stage1-step<N>-tokens<K>B): explicit
+    --checkpoints of a hub id load the cached revision that gives each step (they loaded
+    step<N>, which OLMo has not, and failed), recorded at that step; the note on steps not
+    cached names the cached OLMo steps (it named none). Stage 2 and main give no step."""
+    cache = tmp_path / "hub"
+    models = _olmo_cache(micro_suite, cache, {"stage1-step1000-tokens4B": 0, "step2000-tokens8B": 1,
+                                              "stage2-ingredient1-step1000-tokens4B": 2, "main": 2})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    run = tmp_path / "run"
+    pairs = [a for s, m in models.items() for a in ("--model", f"{s}={m}")]
+    argv = [sys.executable, "-m", "scalelens.cli", "sweep", *pairs, "--checkpoints", "1000,2000,3000",
+            "--analyses", "superposition", "--out", str(run)]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "4 done, 0 skipped, 2 failed" in proc.stdout, proc.stderr
+    with (run / "metrics.csv").open() as fh:
+        done = {(r["size"], r["revision"], r["step"]) for r in csv.DictReader(fh)}
+    assert done == {(s, rev, step) for s in models
+                    for rev, step in (("stage1-step1000-tokens4B", "1000"), ("step2000-tokens8B", "2000"))}
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f"note: 2 of 6 tasks failed on checkpoints that are not (fully) in the local hub cache "
+                    f"{cache}; steps cached for every size: 1000, 2000 (sweep only those with --checkpoints "
+                    "1000,2000), or download the rest"), proc.stderr
+
+
+def test_two_cached_revisions_of_one_step_are_refused_not_merged(micro_suite, tmp_path, monkeypatch):
+    """A step on the sweep's axis is measured once: two cached revisions giving it (OLMo 2 has
+    unprefixed step150-tokens1B-style names beside its stage1- ones) are one line naming both
+    (the sweep loaded step1000, which neither is); other steps still sweep."""
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    models = _olmo_cache(micro_suite, cache, {"step1000-tokens4B": 0, "stage1-step1000-tokens4B": 0,
+                                              "stage1-step2000-tokens8B": 1})
+    size, hub = next(iter(models.items()))
+    refs = cache / f"models--olmo-test--m-{size}" / "refs"
+    with pytest.raises(ScalelensError, match=re.escape(
+            f"size {size} ({hub}): step 1000 is given by 2 revisions in the local hub cache "
+            f"(stage1-step1000-tokens4B, step1000-tokens4B); sweep other steps, or keep one: "
+            f"delete the others' files from {refs}")):
+        expand(SweepSpec(models={size: hub}, checkpoints=(1000, 2000)))
+    assert [t.key for t in expand(SweepSpec(models={size: hub}, checkpoints=(2000,)))] == [
+        f"{size}/stage1-step2000-tokens8B"]
+
+
+def test_a_run_with_two_checkpoints_of_one_step_is_refused_not_merged(micro_suite, tmp_path, capsys):
+    """A run's step1000 beside checkpoint-1000 is one line naming both, exit 2, nothing written (the
+    sweep silently measured checkpoint-1000 alone); a choice without that step still sweeps."""
+    from cli_run import assert_one_line, run_cli
+
+    manifest = read_manifest(micro_suite)
+    size = manifest.sizes[0]
+    own = tmp_path / "own"
+    shutil.copytree(micro_suite / size / f"step{manifest.steps[0]}", own / "step1000")
+    shutil.copytree(micro_suite / size / f"step{manifest.steps[0]}", own / "checkpoint-1000")
+    shutil.copytree(micro_suite / size / f"step{manifest.steps[1]}", own / "step2000")
+    rc, _, err = run_cli(capsys, ["sweep", "--model", f"x={own}", "--checkpoints", "all",
+                                  "--analyses", "superposition", "--out", str(tmp_path / "run")])
+    assert_one_line(rc, err, f"size x ({own}): step 1000 is given by 2 checkpoints "
+                    "(checkpoint-1000, step1000)", f"move the others out of {own}")
+    assert not (tmp_path / "run").exists()
+    assert [t.key for t in expand(SweepSpec(models={"x": str(own)}, checkpoints="final"))] == ["x/step2000"]
