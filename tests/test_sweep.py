@@ -148,6 +148,87 @@ def test_a_transient_failure_is_retried(suite_copy, tmp_path):
     assert not (task_dir(tmp_path, task) / "error.log").exists()  # the failure it told of is over
 
 
+@pytest.fixture
+def out_of_memory(tmp_path):
+    """A model directory whose model runs out of memory on its first ``raises`` passes.
+
+    As on a GPU that another job holds for a moment: a real model class, transformers'
+    Llama with a pre-hook on its decoder stack, registered for Llama configs while the test
+    runs (transformers' own restored after). Set ``raises`` on the yielded class; ``passes``
+    counts the decoder passes tried. The directory is the class's ``path``.
+    """
+    import torch
+    import transformers
+    from tiny_models import tiny_model, word_tokenizer
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    class OutOfMemoryLlama(transformers.LlamaForCausalLM):
+        raises = 0
+        passes = 0
+        path = tmp_path / "llama"
+
+        def __init__(self, config: LlamaConfig) -> None:
+            super().__init__(config)
+            self.model.register_forward_pre_hook(self._out_of_memory)
+
+        @classmethod
+        def _out_of_memory(cls, module, args) -> None:  # type: ignore[no-untyped-def]
+            cls.passes += 1
+            if cls.raises > 0:
+                cls.raises -= 1
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB; "
+                                             "another process holds the GPU")
+
+    tiny_model("llama").save_pretrained(OutOfMemoryLlama.path)
+    word_tokenizer().save_pretrained(OutOfMemoryLlama.path)
+    AutoModelForCausalLM.register(LlamaConfig, OutOfMemoryLlama, exist_ok=True)
+    try:
+        yield OutOfMemoryLlama
+    finally:
+        AutoModelForCausalLM.register(LlamaConfig, transformers.LlamaForCausalLM, exist_ok=True)
+
+
+def _one_task_spec(model_dir: Path) -> SweepSpec:
+    return SweepSpec(models={"tiny": str(model_dir)}, checkpoints="final", analyses=("massive_activations",),
+                     settings=dict(FAST))
+
+
+def test_a_failure_that_clears_is_retried_and_the_task_finishes(tmp_path, out_of_memory):
+    """The first try runs out of memory, the retry runs: done in 2 attempts, its data written."""
+    spec = _one_task_spec(out_of_memory.path)
+    (task,) = expand(spec)
+    run = tmp_path / "run"
+    out_of_memory.raises = 1
+    summary = sweep(spec, run, n_boot=0)
+    assert [(o.status, o.attempts) for o in summary.outcomes] == [("done", 2)]
+    assert out_of_memory.raises == 0 and out_of_memory.passes > 1  # the retry ran the model
+    results = json.loads((task_dir(run, task) / "results.json").read_text())
+    assert len(results["analyses"]["massive_activations"]["per_layer"]) == results["model"]["n_layers"]
+    with (run / "metrics.csv").open() as fh:
+        assert any(r["metric"] == "max_ratio" and r["size"] == task.size for r in csv.DictReader(fh))
+    assert not (task_dir(run, task) / "error.log").exists()  # the first try's failure is over
+    run = json.loads((run / "run.json").read_text())
+    assert run["tasks"] == [{"key": task.key, "status": "done", "attempts": 2, "error": None}]
+
+
+def test_a_failure_on_both_tries_is_reported_after_exactly_two(tmp_path, out_of_memory):
+    """Out of memory on every try: two tries made (not one, not three), then failed with its log."""
+    spec = _one_task_spec(out_of_memory.path)
+    (task,) = expand(spec)
+    run = tmp_path / "run"
+    out_of_memory.raises = 5
+    summary = sweep(spec, run, n_boot=0)
+    assert [(o.status, o.attempts) for o in summary.outcomes] == [("failed", 2)]
+    assert out_of_memory.raises == 3 and out_of_memory.passes == 2  # each try ran the model once
+    assert summary.failed[0].error.startswith("OutOfMemoryError: CUDA out of memory.")
+    log = (task_dir(run, task) / "error.log").read_text()
+    assert "Traceback" in log and log.splitlines()[-1].startswith("torch.OutOfMemoryError: CUDA out of memory.")
+    assert not (task_dir(run, task) / "results.json").exists()
+    run = json.loads((run / "run.json").read_text())
+    assert run["tasks"] == [{"key": task.key, "status": "failed", "attempts": 2,
+                             "error": summary.failed[0].error}]
+
+
 def test_ray_executor_runs_tasks_on_a_local_cluster(suite_copy, tmp_path):
     """Ray's tasks write the same metrics.csv and fits.json, byte for byte, as the local executor's."""
     import dataclasses
