@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -155,7 +157,8 @@ def out_of_memory(tmp_path):
     As on a GPU that another job holds for a moment: a real model class, transformers'
     Llama with a pre-hook on its decoder stack, registered for Llama configs while the test
     runs (transformers' own restored after). Set ``raises`` on the yielded class; ``passes``
-    counts the decoder passes tried. The directory is the class's ``path``.
+    counts the decoder passes tried; ``watch``, when set, is called before each (it sees the
+    sweep while the sweep runs). The directory is the class's ``path``.
     """
     import torch
     import transformers
@@ -165,6 +168,7 @@ def out_of_memory(tmp_path):
     class OutOfMemoryLlama(transformers.LlamaForCausalLM):
         raises = 0
         passes = 0
+        watch: Callable[[], None] | None = None
         path = tmp_path / "llama"
 
         def __init__(self, config: LlamaConfig) -> None:
@@ -174,6 +178,8 @@ def out_of_memory(tmp_path):
         @classmethod
         def _out_of_memory(cls, module, args) -> None:  # type: ignore[no-untyped-def]
             cls.passes += 1
+            if cls.watch is not None:
+                cls.watch()
             if cls.raises > 0:
                 cls.raises -= 1
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB; "
@@ -207,8 +213,8 @@ def test_a_failure_that_clears_is_retried_and_the_task_finishes(tmp_path, out_of
     with (run / "metrics.csv").open() as fh:
         assert any(r["metric"] == "max_ratio" and r["size"] == task.size for r in csv.DictReader(fh))
     assert not (task_dir(run, task) / "error.log").exists()  # the first try's failure is over
-    run = json.loads((run / "run.json").read_text())
-    assert run["tasks"] == [{"key": task.key, "status": "done", "attempts": 2, "error": None}]
+    info = json.loads((run / "run.json").read_text())
+    assert info["tasks"] == [{"key": task.key, "status": "done", "attempts": 2, "error": None}]
 
 
 def test_a_failure_on_both_tries_is_reported_after_exactly_two(tmp_path, out_of_memory):
@@ -222,11 +228,41 @@ def test_a_failure_on_both_tries_is_reported_after_exactly_two(tmp_path, out_of_
     assert out_of_memory.raises == 3 and out_of_memory.passes == 2  # each try ran the model once
     assert summary.failed[0].error.startswith("OutOfMemoryError: CUDA out of memory.")
     log = (task_dir(run, task) / "error.log").read_text()
-    assert "Traceback" in log and log.splitlines()[-1].startswith("torch.OutOfMemoryError: CUDA out of memory.")
+    assert "Traceback" in log
+    assert log.splitlines()[-1].startswith("torch.OutOfMemoryError: CUDA out of memory.")
     assert not (task_dir(run, task) / "results.json").exists()
-    run = json.loads((run / "run.json").read_text())
-    assert run["tasks"] == [{"key": task.key, "status": "failed", "attempts": 2,
+    info = json.loads((run / "run.json").read_text())
+    assert info["tasks"] == [{"key": task.key, "status": "failed", "attempts": 2,
                              "error": summary.failed[0].error}]
+
+
+def test_a_rerun_plans_the_tasks_finished_earlier_as_skipped(tmp_path, out_of_memory):
+    """run.json as a rerun writes it when it starts, read while its task runs: the task
+    finished earlier is "skipped" (as the outcome at the end says), the other "pending";
+    `inspect` counts them from disk: 1 done, the running one unfinished."""
+    from scalelens.sweeps.status import run_status
+
+    shutil.copytree(out_of_memory.path, tmp_path / "other")
+    models = {"first": str(out_of_memory.path), "second": str(tmp_path / "other")}
+    run = tmp_path / "run"
+    spec = SweepSpec(models=models, checkpoints="final", analyses=("massive_activations",),
+                     settings=dict(FAST))
+    first, second = expand(spec)
+    assert sweep(dataclasses.replace(spec, sizes=("first",)), run, n_boot=0).count("done") == 1
+    seen: list[tuple[dict, object]] = []
+    out_of_memory.watch = lambda: seen.append((json.loads((run / "run.json").read_text()), run_status(run)))
+    summary = sweep(spec, run, n_boot=0)
+    assert [(o.key, o.status) for o in summary.outcomes] == [(first.key, "skipped"), (second.key, "done")]
+    info, status = seen[0]
+    assert info["finished"] is False
+    assert info["tasks"] == [{"key": first.key, "status": "skipped"},
+                             {"key": second.key, "status": "pending"}]
+    assert status.running == str(os.getpid())
+    assert status.state == {first.key: "done", second.key: "unfinished"}  # its capture is begun
+    assert status.lines()[2:5] == ["tasks: 2 (1 done, 1 unfinished)", "  first: 1/1 done",
+                                   "  second: 0/1 done; unfinished: main"]
+    end = json.loads((run / "run.json").read_text())
+    assert end["finished"] is True and [t["status"] for t in end["tasks"]] == ["skipped", "done"]
 
 
 def test_ray_executor_runs_tasks_on_a_local_cluster(suite_copy, tmp_path):
