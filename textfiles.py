@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import os
 import re
 import socket
@@ -65,6 +66,22 @@ def temp_beside(path: Path) -> Path:
     host = _host()
     _remove_dead_writers_temporaries(path, host)
     return path.with_name(f".{_temp_stem(path.name, host)}.{host}-{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+
+def replace_unless_same(tmp: Path, path: Path) -> bool:
+    """Rename ``tmp`` onto ``path``, or drop ``tmp`` when ``path`` holds the same bytes already.
+
+    A file remade with the same content is then left as it was, its mtime too (a rerun of a
+    finished sweep changes no table that tools like make or rsync would see as new).
+
+    Returns:
+        Whether ``path`` was replaced.
+    """
+    if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
+        tmp.unlink()
+        return False
+    tmp.replace(path)
+    return True
 
 
 def _host() -> str:

@@ -18,7 +18,7 @@ from scalelens.measure.massive import MassiveSettings, measure_massive
 from scalelens.measure.retrieval import RetrievalSettings, ablation, fast_scores, reference_scores
 from scalelens.measure.sparsity import measure_sparsity
 from scalelens.measure.superposition import measure_superposition
-from scalelens.textfiles import temp_beside
+from scalelens.textfiles import replace_unless_same, temp_beside
 
 # The four published mechanisms of DESIGN.md section 4.
 CORE_ANALYSES = ("retrieval_heads", "massive_activations", "superposition", "text_dominance")
@@ -67,13 +67,19 @@ def parse_analyses(text: str) -> tuple[str, ...]:
     return names
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (a temporary file of this write's own, then rename)."""
+def write_json(path: Path, data: dict[str, Any], keep_same: bool = False) -> None:
+    """Write JSON atomically (a temporary file of this write's own, then rename).
+
+    ``keep_same``: leave ``path`` as it is (its mtime too) when it holds this JSON already.
+    """
     text = json.dumps(data, indent=1, allow_nan=False, default=str)
     tmp = temp_beside(path)
     try:
         tmp.write_text(text)
-        os.replace(tmp, path)
+        if keep_same:
+            replace_unless_same(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:  # a full disk: no half-written temporary file left behind
         tmp.unlink(missing_ok=True)
         raise

@@ -179,7 +179,7 @@ def step_trends(rows: list[dict[str, str]]) -> list[StepTrend]:
 
 def write_fits(run_dir: Path, n_boot: int = 200, sizes: list[str] | None = None,
                last_steps: dict[str, int] | None = None) -> dict[str, Any]:
-    """Write RUN_DIR/fits.json from RUN_DIR/metrics.csv.
+    """Write RUN_DIR/fits.json from RUN_DIR/metrics.csv (left untouched when it comes out as it was).
 
     ``sizes``, ``last_steps``: see :func:`scaling_fits`. ``notes`` says why there are no
     scaling fits, when there are none; ``last_steps`` the step each size was compared at
@@ -194,5 +194,5 @@ def write_fits(run_dir: Path, n_boot: int = 200, sizes: list[str] | None = None,
     note = unfitted_note(rows, sizes, last_steps)
     if note:
         data["notes"] = [note]
-    write_json(run_dir / "fits.json", data)
+    write_json(run_dir / "fits.json", data, keep_same=True)
     return data

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from scalelens.errors import ScalelensError
-from scalelens.textfiles import temp_beside
+from scalelens.textfiles import replace_unless_same, temp_beside
 
 COLUMNS = ("model", "size", "revision", "step", "n_params", "n_params_non_embedding", "analysis",
            "metric", "layer", "head", "value")
@@ -121,6 +121,8 @@ def _task_rows(size: str, results_path: Path) -> list[dict[str, Any]]:
 def write_metrics(run_dir: Path, tasks: list[tuple[str, Path]]) -> Path:
     """Write RUN_DIR/metrics.csv (and .parquet if pyarrow is present) from finished tasks.
 
+    A table that comes out as it was is left untouched (its mtime too).
+
     Rows are written task by task: a full Pythia sweep has ~1M of them, and holding them
     all as dicts peaked at 1.4 GB. The parquet file gets per-column lists instead.
     """
@@ -135,10 +137,10 @@ def write_metrics(run_dir: Path, tasks: list[tuple[str, Path]]) -> Path:
                 rows = _task_rows(size, results_path)
                 writer.writerows(rows)
                 _append_columns(columns, rows)
+        replace_unless_same(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    tmp.replace(path)
     _parquet(run_dir, columns)
     return path
 
@@ -166,7 +168,7 @@ def _parquet(run_dir: Path, columns: dict[str, list[Any]]) -> None:
     tmp = temp_beside(path)  # aside and renamed, as metrics.csv: an open reader keeps a whole file
     try:
         pq.write_table(pa.table(columns), tmp)
-        tmp.replace(path)
+        replace_unless_same(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

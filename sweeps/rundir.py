@@ -12,7 +12,8 @@ from scalelens.cache.lock import WriteLock
 from scalelens.errors import ScalelensError
 
 RUN_TABLES = ("metrics.csv", "metrics.parquet", "fits.json")
-"""What a sweep derives from its finished tasks (rewritten by every run)."""
+"""What a sweep derives from its finished tasks (remade by every run; one that comes out
+as it was is left untouched, mtime too)."""
 LOCK_NAME = ".sweep.lock"
 
 

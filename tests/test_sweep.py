@@ -25,6 +25,7 @@ from scalelens.errors import ScalelensError
 from scalelens.models.suite import read_manifest
 from scalelens.sweeps.metrics import COLUMNS, write_metrics
 from scalelens.sweeps.run import sweep
+from scalelens.sweeps.rundir import RUN_TABLES
 from scalelens.sweeps.spec import SweepSpec, expand, select_steps
 from scalelens.sweeps.tasks import task_dir
 
@@ -76,9 +77,23 @@ def test_local_sweep_writes_metrics_and_fits_and_skips_on_rerun(suite_copy, tmp_
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["sizes"] == list(spec.sizes)
     stamps = sorted(p.stat().st_mtime_ns for p in (tmp_path / "tasks").rglob("results.json"))
+    tables = _tables(tmp_path)
+    assert set(tables) == {"metrics.csv", "metrics.parquet", "fits.json"}
     again = sweep(spec, tmp_path, n_boot=20)
     assert again.count("skipped") == 6 and again.count("done") == 0
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "tasks").rglob("results.json")) == stamps
+    assert _tables(tmp_path) == tables  # nothing changed: the same bytes, not rewritten
+    sweep(dataclasses.replace(spec, sizes=spec.sizes[:2]), tmp_path, n_boot=20)  # other tables: remade
+    remade = _tables(tmp_path)
+    assert all(remade[name][0] != tables[name][0] for name in tables)
+    with (tmp_path / "metrics.csv").open() as fh:
+        assert {r["size"] for r in csv.DictReader(fh)} == set(spec.sizes[:2])
+
+
+def _tables(run: Path) -> dict[str, tuple[bytes, int]]:
+    """The run's tables: each one's bytes and mtime."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in map(run.joinpath, RUN_TABLES)
+            if p.is_file()}
 
 
 def _sweep_with_a_broken_config(suite, spec, run_dir, broken):
