@@ -14,6 +14,10 @@ So the greedy next token after the question is the needle's answer word. With th
 (zeroed query: uniform attention over n >= 10 tokens) the answer word's logit falls under 1
 and the model answers ``FILLER``. The other heads output exactly zero, so masking them changes
 nothing.
+
+``copy_model(n_layers, n_heads, copy_head)`` builds other shapes of it (the width stays
+``HIDDEN``; more layers, more parameters), for sweeps over "sizes" that all retrieve, and
+``copy_head=None`` one that never retrieves (it answers ``FILLER`` to every needle).
 """
 
 from __future__ import annotations
@@ -41,9 +45,18 @@ NEEDLES = [{"needle": f"w40 w41 w{a}", "question": "w20 w21", "answer": f"w{a}"}
 HAYSTACK = [f"w{30 + i % 9} w{12 + i} w{45 + i % 5}" for i in range(8)]
 
 
-def copy_model() -> GPT2LMHeadModel:
-    """The hand-set GPT-2 described in the module docstring (eval mode, float32)."""
-    cfg = GPT2Config(vocab_size=VOCAB, n_positions=128, n_embd=HIDDEN, n_layer=N_LAYERS, n_head=N_HEADS,
+def copy_model(n_layers: int = N_LAYERS, n_heads: int = N_HEADS,
+               copy_head: tuple[int, int] | None = COPY_HEAD) -> GPT2LMHeadModel:
+    """The hand-set GPT-2 described in the module docstring (eval mode, float32).
+
+    Args:
+        n_layers: Decoder layers.
+        n_heads: Heads per layer; a head needs 10 dims for the answer words, so at most 12.
+        copy_head: ``(layer, head)`` of the one retrieval head, or None for none.
+    """
+    if HIDDEN // n_heads < len(ANSWER_WORDS) or HIDDEN % n_heads:
+        raise ValueError(f"n_heads={n_heads}: a head of {HIDDEN} dims needs {len(ANSWER_WORDS)}+ dims")
+    cfg = GPT2Config(vocab_size=VOCAB, n_positions=128, n_embd=HIDDEN, n_layer=n_layers, n_head=n_heads,
                      tie_word_embeddings=False, bos_token_id=62, eos_token_id=63)
     model = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
@@ -53,7 +66,8 @@ def copy_model() -> GPT2LMHeadModel:
             if name.endswith((".ln_1.weight", ".ln_2.weight", "ln_f.weight")):
                 p.fill_(1.0)
         model.transformer.wte.weight[:, :VOCAB] = torch.eye(VOCAB)  # one residual dim per token
-        _set_copy_head(model)
+        if copy_head is not None:
+            _set_copy_head(model, copy_head)
         model.transformer.ln_f.weight[CONSTANT_DIM] = 0.0
         model.transformer.ln_f.bias[CONSTANT_DIM] = FILLER_LOGIT
         unembed = model.lm_head.weight
@@ -63,11 +77,12 @@ def copy_model() -> GPT2LMHeadModel:
     return model
 
 
-def _set_copy_head(model: GPT2LMHeadModel) -> None:
+def _set_copy_head(model: GPT2LMHeadModel, copy_head: tuple[int, int]) -> None:
     """Constant query, key on answer words, value/output copying the word (GPT-2's Conv1D: x @ W)."""
-    layer, head = COPY_HEAD
+    layer, head = copy_head
+    head_dim = HIDDEN // model.config.n_head
     attn = model.transformer.h[layer].attn
-    q, k, v = (part * HIDDEN + head * HEAD_DIM for part in range(3))
+    q, k, v = (part * HIDDEN + head * head_dim for part in range(3))
     attn.c_attn.bias[q] = QUERY_BIAS
     # the layer norm maps a one-hot residual to ~11.27 at its dim (~-0.09 elsewhere): 1/11.27
     # makes the copied direction about one unit, as large as the current token's embedding
@@ -75,13 +90,17 @@ def _set_copy_head(model: GPT2LMHeadModel) -> None:
     for a in ANSWER_WORDS:
         attn.c_attn.weight[a, k] = 1.0
         attn.c_attn.weight[a, v + a] = 1.0
-        attn.c_proj.weight[head * HEAD_DIM + a, ANSWER_DIMS + a] = gain
+        attn.c_proj.weight[head * head_dim + a, ANSWER_DIMS + a] = gain
 
 
-def save_copy_model(directory: Path) -> Path:
-    """Save the model, the word tokenizer, ``needles.jsonl`` and ``haystack.txt`` in ``directory``."""
+def save_copy_model(directory: Path, n_layers: int = N_LAYERS, n_heads: int = N_HEADS,
+                    copy_head: tuple[int, int] | None = COPY_HEAD) -> Path:
+    """Save the model, the word tokenizer, ``needles.jsonl`` and ``haystack.txt`` in ``directory``.
+
+    The model goes to ``directory / "model"`` (returned); the shape arguments are ``copy_model``'s.
+    """
     model_dir = directory / "model"
-    copy_model().save_pretrained(model_dir)
+    copy_model(n_layers, n_heads, copy_head).save_pretrained(model_dir)
     word_tokenizer().save_pretrained(model_dir)
     (directory / "needles.jsonl").write_text("".join(json.dumps(n) + "\n" for n in NEEDLES))
     (directory / "haystack.txt").write_text("\n".join(HAYSTACK) + "\n")
