@@ -9,6 +9,7 @@ from functools import partial
 import numpy as np
 
 from . import plots
+from .metrics import Series, step_rank
 from .rundir import Run
 from .sections import PlotJob, SectionPlan
 
@@ -29,18 +30,26 @@ def _missing(analysis: str) -> str:
 
 
 def plan_retrieval(run: Run) -> SectionPlan:
-    """Plan one (layer x head) retrieval-score heatmap per size, latest checkpoint."""
+    """Plan one (layer x head) retrieval-score heatmap per size, latest checkpoint.
+
+    The bar the captions and heatmap titles name is the run's own (its ``threshold`` setting,
+    which the fractions were counted with). A size whose latest checkpoint has no scores (no
+    test passed the gate there) shows its latest scored checkpoint, and the caption names it.
+    """
     table = run.table
+    threshold = retrieval_threshold(run)
     matrices = {s: table.head_matrix(RETRIEVAL_SCORE, s) for s in run.series()}
     matrices = {s: m for s, m in matrices.items() if m.size}
     finite = [np.nanmax(m) for m in matrices.values() if np.isfinite(m).any()]
-    vmax = max(finite + [2 * RETRIEVAL_THRESHOLD])
+    vmax = max(finite + [2 * threshold])
     jobs = []
     for s, matrix in matrices.items():
         label = table.label(s)
         caption = _retrieval_caption(
             table.scalar("retrieval_heads.fraction", s),
             table.scalar("retrieval_heads.fraction_zero", s),
+            threshold,
+            _earlier_step(run, s),
         )
         jobs.append(
             PlotJob(
@@ -50,7 +59,7 @@ def plan_retrieval(run: Run) -> SectionPlan:
                     matrix,
                     title=label,
                     vmax=vmax,
-                    threshold=RETRIEVAL_THRESHOLD,
+                    threshold=threshold,
                     zero_white=True,
                 ),
                 caption,
@@ -67,10 +76,38 @@ def plan_retrieval(run: Run) -> SectionPlan:
     )
 
 
-def _retrieval_caption(fraction: float, zero: float) -> str:
+def retrieval_threshold(run: Run) -> float:
+    """The retrieval-head bar the run's tasks counted with: its ``threshold`` setting, else 0.1.
+
+    Args:
+        run: The loaded run; its ``run.json`` holds the sweep's settings.
+
+    Returns:
+        The score a head must exceed to count as a retrieval head.
+    """
+    spec = (run.info or {}).get("settings")
+    settings = spec.get("settings") if isinstance(spec, dict) else None
+    value = settings.get("threshold") if isinstance(settings, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return RETRIEVAL_THRESHOLD
+
+
+def _earlier_step(run: Run, series: Series) -> int | None:
+    """The step of the heatmap's scores when it is not the size's latest checkpoint, else None."""
+    rows = run.table.latest(RETRIEVAL_SCORE, series)
+    newest = run.table.latest_rows(series)
+    if not rows or not newest or step_rank(rows[0].step) == step_rank(newest[0].step):
+        return None
+    return rows[0].step
+
+
+def _retrieval_caption(fraction: float, zero: float, threshold: float, step: int | None = None) -> str:
     parts = []
+    if step is not None:
+        parts.append(f"step {step}: the latest checkpoint has no scores")
     if math.isfinite(fraction):
-        parts.append(f"fraction > {RETRIEVAL_THRESHOLD:g}: {fraction:.1%}")
+        parts.append(f"fraction > {threshold:g}: {fraction:.1%}")
     if math.isfinite(zero):
         parts.append(f"exactly 0: {zero:.1%}")
     return "; ".join(parts)
