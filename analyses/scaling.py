@@ -45,7 +45,8 @@ from typing import Any, Literal
 
 import numpy as np
 import statsmodels.api as sm
-from scipy.optimize import least_squares, minimize_scalar
+from scipy import stats
+from scipy.optimize import brentq, least_squares, minimize_scalar
 
 from scalelens.analyses._common import as_array, jsonable
 from scalelens.analyses.dynamics import DynamicsFit
@@ -290,6 +291,120 @@ def _bootstrap_ci(x: np.ndarray, y: np.ndarray, n_boot: int, level: float, seed:
     return {
         name: [float(v) for v in np.percentile(draws, [tail, 100.0 - tail])]
         for name, draws in _boot_params(x, y, idx).items()
+    }
+
+
+_PROFILE_GRID = np.geomspace(_ALPHA_GRID[0], _ALPHA_MAX, 4001)
+_N_SAT_PARAMS = 3
+
+
+def profile_threshold(rss_min: float, n: int, level: float, n_params: int = _N_SAT_PARAMS) -> float:
+    """The profile-likelihood cut-off of nonlinear least squares (Bates & Watts 1988, 6.1).
+
+    A parameter value lies in the ``level`` interval when the residual sum of
+    squares minimised over the other parameters with it held fixed is at most
+    ``rss_min * (1 + F / (n - n_params))``, ``F`` the ``level`` quantile of
+    ``F(1, n - n_params)`` (the square of the two-sided ``t(n - n_params)``
+    quantile, so the interval is the profile-t one).
+
+    Args:
+        rss_min: Residual sum of squares of the best fit.
+        n: Number of points.
+        level: Confidence level, in (0, 1).
+        n_params: Parameters of the model (3 for the saturating form).
+
+    Returns:
+        The largest profile RSS inside the interval.
+    """
+    dof = n - n_params
+    return float(rss_min * (1.0 + stats.f.ppf(level, 1, dof) / dof))
+
+
+def _edge(f: Callable[[float], float], outside: float, inside: float) -> float:
+    """The root of ``f`` between a point where it is > 0 and one where it is <= 0."""
+    return float(brentq(f, outside, inside, xtol=1e-12 * max(outside, inside), rtol=1e-12))
+
+
+def _alpha_interval(logu: np.ndarray, y: np.ndarray, alpha_hat: float, threshold: float
+                    ) -> tuple[float, float]:
+    """``{alpha: profile RSS <= threshold}`` (its hull); 0 or inf where it runs off the range."""
+    rss = _profile_rss(_ALPHA_GRID, logu, y)
+    inside = _ALPHA_GRID[rss <= threshold]
+    lo, hi = min(inside.min(initial=alpha_hat), alpha_hat), max(inside.max(initial=alpha_hat), alpha_hat)
+
+    def excess(a: float) -> float:
+        return float(_profile_rss(np.array(a), logu, y)) - threshold
+
+    if lo <= _ALPHA_GRID[0]:
+        lo = 0.0
+    else:
+        lo = _edge(excess, float(_ALPHA_GRID[_ALPHA_GRID < lo].max()), lo)
+    if hi >= _ALPHA_MAX:
+        hi = float("inf")
+    else:
+        hi = _edge(excess, float(_ALPHA_GRID[_ALPHA_GRID > hi].min()), hi)
+    return lo, hi
+
+
+def _slices(z: np.ndarray, y: np.ndarray, threshold: float, which: str
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Per ``alpha`` (rows of ``z``): the interval of ``c`` or ``y_inf`` with RSS <= threshold.
+
+    Given ``alpha`` the RSS is a quadratic in ``c`` (``y_inf`` minimised out) or in
+    ``y_inf`` (``c`` minimised out); its sublevel set is ``centre +- half``.
+    """
+    ones = np.ones_like(z)
+    if which == "y_inf":  # project 1 and y off z
+        zz = np.einsum("ai,ai->a", z, z)[:, None]
+        a = ones - z * (np.einsum("ai,ai->a", z, ones)[:, None] / zz)
+        b = y - z * (np.einsum("ai,i->a", z, y)[:, None] / zz)
+    else:  # project z and y off 1
+        a = z - z.mean(axis=1, keepdims=True)
+        b = np.broadcast_to(y - y.mean(), z.shape)
+    aa = np.einsum("ai,ai->a", a, a)
+    ab = np.einsum("ai,ai->a", a, b)
+    centre = ab / aa
+    rss = np.einsum("ai,ai->a", b, b) - ab * centre
+    half = np.sqrt(np.maximum(threshold - rss, 0.0) / aa)
+    return centre - half, centre + half
+
+
+def _linear_interval(logu: np.ndarray, y: np.ndarray, alphas: np.ndarray, threshold: float,
+                     which: str, scale: np.ndarray) -> list[float]:
+    """The profile interval of ``y_inf`` or ``C``: the union of its per-``alpha`` slices.
+
+    ``alphas`` lie inside the alpha interval (ascending); ``scale`` turns each
+    slice into the reported units (``x_ref**alpha`` for ``C``). A bound is
+    infinite when it is reached at the first ``alpha`` and the alpha interval
+    runs to 0 (there the slices grow like ``1/alpha``), or at the last and it
+    runs to infinity (there ``C = c * x_ref**alpha`` does).
+    """
+    lo, hi = _slices(np.exp(-np.multiply.outer(alphas, logu)), y, threshold, which)
+    lo, hi = np.sort(np.stack([lo * scale, hi * scale]), axis=0)
+    out = []
+    for values, pick, sign in ((lo, np.argmin, -1.0), (hi, np.argmax, 1.0)):
+        at = int(pick(values))
+        open_end = (at == 0 and alphas[0] <= _ALPHA_GRID[0]) or (
+            at == alphas.size - 1 and alphas[-1] >= _ALPHA_MAX and which == "C")
+        out.append(sign * float("inf") if open_end else float(values[at]))
+    return out
+
+
+def _profile_ci(x: np.ndarray, y: np.ndarray, params: Mapping[str, float], level: float
+                ) -> dict[str, list[float]]:
+    """Profile-likelihood intervals of a saturating fit's ``C``, ``alpha``, ``y_inf``."""
+    x_ref = float(np.exp(np.mean(np.log(x))))
+    logu = np.log(x / x_ref)
+    rss_min = float(min(_profile_rss(np.array(params["alpha"]), logu, y),
+                        _profile_rss(_ALPHA_GRID, logu, y).min()))
+    threshold = profile_threshold(rss_min, x.size, level)
+    a_lo, a_hi = _alpha_interval(logu, y, params["alpha"], threshold)
+    inner = _PROFILE_GRID[(_PROFILE_GRID > a_lo) & (_PROFILE_GRID < a_hi)]
+    alphas = np.unique(np.concatenate([inner, [max(a_lo, _ALPHA_GRID[0]), min(a_hi, _ALPHA_MAX)]]))
+    return {
+        "C": _linear_interval(logu, y, alphas, threshold, "C", x_ref**alphas),
+        "alpha": [a_lo, a_hi],
+        "y_inf": _linear_interval(logu, y, alphas, threshold, "y_inf", np.ones_like(alphas)),
     }
 
 
