@@ -367,6 +367,21 @@ def _diverges(near: float, far: float, sign: float) -> bool:
     return sign * far > sign * near and abs(far) > 2.0 * abs(near) and sign * far > 0
 
 
+def _polish(f: Callable[[float], float], alphas: np.ndarray, values: np.ndarray, sign: float) -> float:
+    """The extreme (``sign`` -1: least, 1: greatest) of ``f`` over alpha.
+
+    From its ``values`` on ``alphas``, refined by bounded Brent search between the
+    best one's neighbours.
+    """
+    best = int(np.argmax(sign * values))
+    if alphas.size < 3:
+        return float(values[best])
+    lo, hi = alphas[max(best - 1, 0)], alphas[min(best + 1, alphas.size - 1)]
+    res = minimize_scalar(lambda a: -sign * f(a), bounds=(lo, hi), method="bounded",
+                          options={"xatol": 1e-12 * hi})
+    return float(max(sign * values[best], -res.fun) * sign)
+
+
 def _linear_interval(logu: np.ndarray, y: np.ndarray, alphas: np.ndarray, threshold: float,
                      which: str, x_ref: float) -> list[float]:
     """The profile interval of ``y_inf`` or ``C``: the union of its per-``alpha`` slices.
@@ -378,7 +393,12 @@ def _linear_interval(logu: np.ndarray, y: np.ndarray, alphas: np.ndarray, thresh
     range of ``alpha`` is infinite.
     """
     lo, hi = _scaled_slices(logu, y, alphas, threshold, which, x_ref)
-    out = [float(lo.min()), float(hi.max())]
+
+    def at(alpha: float) -> tuple[float, float]:
+        low, high = _scaled_slices(logu, y, np.array([alpha]), threshold, which, x_ref)
+        return float(low[0]), float(high[0])
+
+    out = [_polish(lambda a: at(a)[0], alphas, lo, -1.0), _polish(lambda a: at(a)[1], alphas, hi, 1.0)]
     edges = [(alphas[0], alphas[0] / 10.0)] if alphas[0] <= _ALPHA_GRID[0] else []
     edges += [(alphas[-1], 2.0 * alphas[-1])] if alphas[-1] >= _ALPHA_MAX else []
     for near_alpha, far_alpha in edges:

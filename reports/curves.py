@@ -78,7 +78,9 @@ def exponent_band(fit: ScalingFit, n: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
     The fitted curve is held fixed at the pivot N_c and only the exponent moves
     within its CI (y_inf held fixed for the saturating form), so the band shows how
-    far the extrapolation is constrained by the exponent alone.
+    far the extrapolation is constrained by the exponent alone. An open end of a
+    saturating exponent's CI (alpha up to inf) makes the band infinite below the
+    pivot on the curve's side; the plot lets it run off the axes.
 
     Args:
         fit: The fit; needs a CI for ``b`` (power law) or ``alpha`` (saturating).
@@ -97,7 +99,7 @@ def exponent_band(fit: ScalingFit, n: np.ndarray) -> tuple[np.ndarray, np.ndarra
         y_c = p["a"] * n_c ** p["b"]
         curves = [y_c * (n / n_c) ** e for e in fit.ci[name]]
     else:
-        amp = p["C"] * n_c ** -p["alpha"]
-        curves = [amp * (n / n_c) ** -e + p["y_inf"] for e in fit.ci[name]]
+        amp = p["C"] * n_c ** -p["alpha"]  # 0 for a flat fit: no 0 * inf where alpha's CI is open
+        curves = [(amp * (n / n_c) ** -e if amp else 0.0 * n) + p["y_inf"] for e in fit.ci[name]]
     stack = np.vstack(curves + [centre])
     return stack.min(axis=0), stack.max(axis=0)

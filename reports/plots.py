@@ -126,17 +126,49 @@ def _fit_label(fit: ScalingFit) -> str:
     return f"{fit.form}{value}{r2}"
 
 
-def _draw_fit(ax: Axes, fit: ScalingFit, grid: np.ndarray, color: str) -> bool:
-    """Draw a fit's curve and exponent band; return False when the fit has no curve."""
+def _past(values: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """``values`` with -inf / inf moved far below / above ``finite`` (on linear and log axes)."""
+    low, high = float(finite.min()), float(finite.max())
+    span = (high - low) or max(abs(high), 1.0)
+    below = min(low - 10 * span, low / 1e3) if low > 0 else low - 10 * span
+    above = max(high + 10 * span, high * 1e3) if high > 0 else high + 10 * span
+    return np.where(values == -np.inf, below, np.where(values == np.inf, above, values))
+
+
+def _draw_fit(ax: Axes, fit: ScalingFit, grid: np.ndarray, color: str) -> np.ndarray | None:
+    """Draw a fit's curve and exponent band; return None when the fit has no curve.
+
+    Returns the finite values drawn when the band is open-ended (an exponent CI with an
+    infinite end), else an empty array: the caller then sets the y limits from them and
+    the data, and the open side of the band runs off the axes.
+    """
     line = curves.evaluate(fit, grid)
     if line is None:
-        return False
+        return None
     ax.plot(grid, line, "--", color=color, lw=1.5, label=_fit_label(fit))
     band = curves.exponent_band(fit, grid)
-    if band is not None:
-        label = f"{curves.EXPONENT[fit.form]} CI band"
+    if band is None:
+        return np.empty(0)
+    label = f"{curves.EXPONENT[fit.form]} CI band"
+    stack = np.concatenate([line, *band])
+    finite = stack[np.isfinite(stack)]
+    if finite.size == stack.size:
         ax.fill_between(grid, *band, color=color, alpha=0.15, lw=0, label=label)
-    return True
+        return np.empty(0)
+    ax.fill_between(grid, _past(band[0], finite), _past(band[1], finite), color=color, alpha=0.15,
+                    lw=0, label=f"{label} (open-ended)")
+    return finite
+
+
+def _set_ylim(ax: Axes, values: np.ndarray) -> None:
+    """Y limits around ``values`` with a 5% margin (in log space on a log axis)."""
+    low, high = float(values.min()), float(values.max())
+    if ax.get_yscale() == "log":
+        pad = (high / low) ** 0.05
+        ax.set_ylim(low / pad, high * pad)
+    else:
+        pad = 0.05 * ((high - low) or max(abs(high), 1.0))
+        ax.set_ylim(low - pad, high + pad)
 
 
 def _values(measured: Sequence[np.ndarray], fitted: Sequence[Sequence[float]]) -> np.ndarray:
@@ -178,7 +210,12 @@ def scaling_plot(
             if np.isfinite(x) and np.isfinite(y):
                 ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     grid = _grid(points, fits)
-    drawn = [f for f, c in zip(fits, fit_colors * 4, strict=False) if grid.size and _draw_fit(ax, f, grid, c)]
+    drawn, open_values = [], []
+    for fit, color in zip(fits, fit_colors * 4, strict=False):
+        shown = _draw_fit(ax, fit, grid, color) if grid.size else None
+        if shown is not None:
+            drawn.append(fit)
+            open_values.append(shown)
     data = next((f for f in drawn if f.x), None)
     if data is not None:  # the points the fits used, once
         ax.plot(data.x, data.y, "o", mfc="none", mec="black", ms=9, label=f"fit data (n={len(data.x)})")
@@ -188,6 +225,9 @@ def scaling_plot(
     if _wide_positive(ys):
         ax.set_yscale("log")
         log_ticks(ax.yaxis, ys)
+    if any(v.size for v in open_values):  # an open band must not set the limits
+        limits = np.concatenate([_finite(ys), *open_values])
+        _set_ylim(ax, limits[limits > 0] if ax.get_yscale() == "log" else limits)
     ax.set(xlabel=x_label, ylabel=y_label, title=y_label)
     _legend(ax)
     return fig

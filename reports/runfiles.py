@@ -22,8 +22,10 @@ class ScalingFit:
 
     ``form`` is ``power_law`` (y = a N^b) or ``saturating`` (y = C N^-alpha + y_inf);
     ``ci`` maps parameter names to confidence intervals, made as ``ci_method`` says
-    (``ols_t``: the log-log regression's t interval; ``bootstrap_percentile``; "" when
-    fits.json does not say, as files written before the power law's t interval did).
+    (``ols_t``: the log-log regression's t interval; ``profile_likelihood``;
+    ``bootstrap_percentile`` in older files; "" when fits.json does not say, as files
+    written before the power law's t interval did). An end the data leave open (null in
+    fits.json) is -inf / inf.
     """
 
     metric: str
@@ -75,6 +77,12 @@ def _num(value: Any) -> float | None:
     return None if math.isnan(out) else out
 
 
+def _interval(value: Any) -> tuple[float, float]:
+    """``[lo, hi]``; JSON's null ends (an interval the data leave open) become -inf / inf."""
+    lo, hi = value
+    return (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
+
+
 def _scaling(entry: dict[str, Any]) -> ScalingFit:
     if len(entry.get("x") or ()) != len(entry.get("y") or ()):
         raise ValueError("its x and y differ in length")
@@ -83,7 +91,7 @@ def _scaling(entry: dict[str, Any]) -> ScalingFit:
         x_name=str(entry.get("x_name", "n_params")),
         form=str(entry["form"]),
         params={k: float(v) for k, v in entry["params"].items()},
-        ci={k: (float(v[0]), float(v[1])) for k, v in (entry.get("ci") or {}).items()},
+        ci={k: _interval(v) for k, v in (entry.get("ci") or {}).items()},
         r2=_num(entry.get("r2")),
         loo_rel_error=_num(entry.get("loo_rel_error")),
         n_points=int(entry.get("n_points") or len(entry.get("x") or ())),

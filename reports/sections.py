@@ -74,8 +74,8 @@ def plan_scaling(run: Run) -> SectionPlan:
         "Metrics vs parameter count",
         "Each scalar metric at each size's last checkpoint (a size without it is left out, as in "
         "the fits), against parameter count, with the fitted curve and the band from the "
-        "exponent's CI where fitted (the OLS t interval of a power law, the bootstrap "
-        "interval of a saturating fit).",
+        "exponent's CI where fitted (the OLS t interval of a power law, the profile-"
+        "likelihood interval of a saturating fit).",
         tuple(jobs),
         "No scalar metrics in this run.",
     )

@@ -41,12 +41,18 @@ def _params(params: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={fmt(v)}" for k, v in params.items()) or DASH
 
 
-CI_METHODS = {"ols_t": "OLS t", "bootstrap_percentile": "bootstrap"}
+CI_METHODS = {"ols_t": "OLS t", "profile_likelihood": "profile likelihood",
+              "bootstrap_percentile": "bootstrap"}
+
+
+def _end(value: float) -> str:
+    """An interval's end; an open (infinite) one as ∞ or −∞."""
+    return ("∞" if value > 0 else "−∞") if math.isinf(value) else fmt(value)
 
 
 def _ci(ci: Mapping[str, tuple[float, float]], method: str = "") -> str:
     """The intervals, and how they were made when fits.json says."""
-    text = "; ".join(f"{k} ∈ [{fmt(lo)}, {fmt(hi)}]" for k, (lo, hi) in ci.items())
+    text = "; ".join(f"{k} ∈ [{_end(lo)}, {_end(hi)}]" for k, (lo, hi) in ci.items())
     if not text:
         return DASH
     return f"{text} ({CI_METHODS.get(method, method)})" if method else text

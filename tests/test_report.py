@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -1033,3 +1034,36 @@ def test_each_figure_is_freed_before_the_next_is_drawn_and_gc_is_left_as_found()
     with pytest.raises(ValueError, match="plot failed"):
         sections.draw([sections.SectionPlan("x", "X", "", (sections.PlotJob("p", broken),))], progress=False)
     assert gc.get_freeze_count() == 0
+
+
+def test_open_interval_ends_go_through_fits_json_the_table_and_the_plot(tmp_path: Path) -> None:
+    """A 4-size saturating fit's interval is open (alpha down to 0, y_inf to -inf): fits.json
+    writes null, loading gives -inf / inf back, the table prints −∞ / ∞, and the plot's y
+    limits come from the data, with the band's open side running off the axes."""
+    from scalelens.analyses.scaling import fit_saturating, fits_to_json
+    from scalelens.reports.plots import Points, scaling_plot
+    from scalelens.reports.runfiles import load_fits
+    from scalelens.reports.tables import fits_table
+
+    x = np.array([70_426_624, 162_322_944, 405_334_016, 1_011_781_632], dtype=float)
+    y = 406.4 * x**-0.34 + 1.69 + np.array([0.004, -0.006, 0.003, 0.001])
+    fit = fit_saturating(x, y, metric="loss")
+    assert fit.ci["alpha"][0] == 0.0 and fit.ci["y_inf"][0] == -np.inf and fit.ci["C"][1] == np.inf
+    path = tmp_path / "fits.json"
+    path.write_text(json.dumps(fits_to_json([fit]), allow_nan=False))
+    assert json.loads(path.read_text())["fits"][0]["ci"]["y_inf"][0] is None
+    (back,) = load_fits(path).scaling
+    assert back.ci["y_inf"] == (-math.inf, fit.ci["y_inf"][1]) and back.ci["C"][1] == math.inf
+    assert back.ci["alpha"] == tuple(fit.ci["alpha"]) and back.ci_method == "profile_likelihood"
+    (row,) = fits_table([back]).rows
+    y_hi, a_hi = fit.ci["y_inf"][1], fit.ci["alpha"][1]
+    assert f"alpha ∈ [0, {a_hi:.4g}]; y_inf ∈ [−∞, {y_hi:.4g}] (profile likelihood)" in row[4]
+    assert "C ∈ [" in row[4] and ", ∞];" in row[4]
+    points = {"pythia": Points(x, y, ["70m", "160m", "410m", "1b"])}
+    closed = scaling_plot(points, [back], x_label="n_params", y_label="loss")
+    assert "alpha CI band" in closed.axes[0].get_legend_handles_labels()[1]  # alpha = 0: a flat edge
+    open_fit = dataclasses.replace(back, ci={"alpha": (0.2, math.inf)})  # a step: inf below the pivot
+    fig = scaling_plot(points, [open_fit], x_label="n_params", y_label="loss")
+    low, high = fig.axes[0].get_ylim()
+    assert 1.5 < low < y.min() and y.max() < high < 4.0  # from the data and the band's finite side
+    assert "alpha CI band (open-ended)" in fig.axes[0].get_legend_handles_labels()[1]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 from scipy import stats
+from scipy.optimize import minimize_scalar
 
 from scalelens.analyses.dynamics import dynamics_curve, fit_dynamics
 from scalelens.analyses.scaling import (
@@ -13,6 +14,7 @@ from scalelens.analyses.scaling import (
     fit_saturating_reference,
     fit_scaling,
     fits_to_json,
+    profile_threshold,
 )
 from scalelens.errors import ScalelensError
 
@@ -76,13 +78,6 @@ def test_power_law_interval_covers_the_true_exponent_at_its_level_with_four_size
         lo, hi = fit_power_law(N[:4], y, n_boot=0).ci["b"]
         covered += lo <= -0.076 <= hi
     assert 0.90 <= covered / 200 <= 0.99
-
-
-def test_bootstrap_is_seeded():
-    y = 2.0 * N**-0.5 + 1.0 + np.random.default_rng(3).normal(scale=1e-6, size=N.size)
-    a, b = fit_saturating(N, y, n_boot=30, seed=5), fit_saturating(N, y, n_boot=30, seed=5)
-    assert a.ci == b.ci and a.ci_method == "bootstrap_percentile"
-    assert fit_saturating(N, y, n_boot=30, seed=6).ci != a.ci
 
 
 def test_saturating_exact_recovers_alpha_and_asymptote():
@@ -189,24 +184,10 @@ def test_fits_to_json_shape():
         fits_to_json([], [{"size": "1b"}])
 
 
-def test_no_degenerate_interval_at_the_fewest_sizes_a_form_accepts():
-    """With exactly the minimum number of distinct x every usable resample is the data: no CI."""
-    x4 = np.array([1e5, 3e5, 1e6, 3e6])
-    y4 = 2.0 * x4**-0.5 + 1.0 + np.array([0.002, -0.001, 0.001, -0.002])
-    fit = fit_saturating(x4, y4, n_boot=200)
-    assert fit.params and fit.ci == {} and "no bootstrap interval" in fit.note
-    x5 = np.append(x4, 1e7)
-    y5 = np.append(y4, 2.0 * 1e7**-0.5 + 1.0)
-    wide = fit_saturating(x5, y5, n_boot=200)
-    assert wide.ci and all(hi > lo for lo, hi in wide.ci.values())
-    three = fit_power_law(x4[:3], 2 * x4[:3] ** 0.3 * np.array([1.01, 0.99, 1.0]), n_boot=100)
-    assert three.ci["b"][0] < 0.3 < three.ci["b"][1] and three.note == ""  # the t interval, 1 dof
-
-
 @pytest.mark.parametrize("form", ["power_law", "saturating"])
 def test_a_fit_does_not_depend_on_the_order_of_its_points(form):
     """Sizes listed in another order (a sweep's --model flags) give the same fit: the
-    bootstrap draws resamples by index, and its intervals once moved with the order."""
+    bootstrap drew resamples by index, and its intervals once moved with the order."""
     y = 5.0 * WIDTH**-0.91 + 2.0 + np.random.default_rng(1).normal(scale=0.01, size=WIDTH.size)
     ref = fit_scaling(WIDTH, y, form=form, n_boot=50)
     order = np.random.default_rng(2).permutation(WIDTH.size)
@@ -225,13 +206,104 @@ def test_saturating_r2_is_one_minus_rss_over_the_centred_total():
     assert fit.r2 == pytest.approx(1.0 - rss / float(np.sum((y - y.mean()) ** 2)), rel=1e-9)
 
 
-def test_bootstrap_resamples_with_exactly_the_fewest_distinct_sizes_are_kept():
-    # 5 sizes drawn 5 times with replacement: 4 distinct sizes is 10x as likely as all 5
-    # (0.384 against 0.038), and a saturating fit accepts 4, so those resamples stay in.
-    from scalelens.analyses.scaling import _draw_indices
+@pytest.mark.parametrize(("n", "level"), [(4, 0.95), (5, 0.95), (8, 0.95), (8, 0.9)])
+def test_profile_threshold_is_rss_min_times_one_plus_t_squared_over_dof(n, level):
+    t = stats.t.ppf(0.5 + level / 2, n - 3)  # the profile-t rule; F(1, d) = t(d)^2
+    assert profile_threshold(2.0, n, level) == pytest.approx(2.0 * (1 + t**2 / (n - 3)), rel=1e-12)
+    assert profile_threshold(1.0, 8, 0.95) == pytest.approx(1 + 6.607891 / 5, rel=1e-6)  # F table
 
-    x = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
-    idx = _draw_indices(x, 4, 2000, seed=0)
-    distinct = np.array([np.unique(x[row]).size for row in idx])
-    assert idx.shape == (2000, 5) and distinct.min() == 4
-    assert np.mean(distinct == 4) == pytest.approx(0.384 / (0.384 + 0.0384), abs=0.03)
+
+def _rss_given_alpha(x, y, alpha):
+    """Least squares of y on [x^-alpha, 1]: the RSS with C and y_inf free (numpy lstsq)."""
+    design = np.column_stack([x**-alpha, np.ones_like(x)])
+    return float(np.sum((design @ np.linalg.lstsq(design, y, rcond=None)[0] - y) ** 2))
+
+
+def _rss_given_y_inf(x, y, y_inf):
+    """min over alpha in [1e-4, 10] and C of the RSS with y_inf held (dense grid, then Brent)."""
+    def rss(alpha):
+        z = x**-alpha
+        c = z @ (y - y_inf) / (z @ z)
+        return float(np.sum((c * z + y_inf - y) ** 2))
+
+    grid = np.geomspace(1e-4, 10, 20001)
+    best = int(np.argmin([rss(a) for a in grid]))
+    res = minimize_scalar(rss, bounds=(grid[max(best - 1, 0)], grid[min(best + 1, grid.size - 1)]),
+                          method="bounded", options={"xatol": 1e-12})
+    return min(float(res.fun), rss(grid[best]))
+
+
+def test_saturating_interval_ends_are_where_the_profile_rss_meets_the_threshold():
+    rng = np.random.default_rng(11)
+    y = 406.4 * N**-0.34 + 1.69 + rng.normal(scale=0.02, size=N.size)
+    fit = fit_saturating(N, y)
+    rss_min = _rss_given_alpha(N, y, fit.params["alpha"])
+    limit = rss_min * (1 + stats.t.ppf(0.975, N.size - 3) ** 2 / (N.size - 3))
+    (a_lo, a_hi), (i_lo, i_hi) = fit.ci["alpha"], fit.ci["y_inf"]
+    assert (fit.ci_method, fit.note) == ("profile_likelihood", "")
+    assert 0.1 < a_lo < fit.params["alpha"] < a_hi < 1.0 and i_lo < fit.params["y_inf"] < i_hi
+    for end in (a_lo, a_hi):
+        assert _rss_given_alpha(N, y, end) == pytest.approx(limit, rel=1e-6)
+    step = 1e-3 * (a_hi - a_lo)
+    assert _rss_given_alpha(N, y, a_lo + step) < limit < _rss_given_alpha(N, y, a_lo - step)
+    assert _rss_given_alpha(N, y, a_hi - step) < limit < _rss_given_alpha(N, y, a_hi + step)
+    for end in (i_lo, i_hi):
+        assert _rss_given_y_inf(N, y, end) == pytest.approx(limit, rel=1e-4)
+    step = 1e-2 * (i_hi - i_lo)
+    assert _rss_given_y_inf(N, y, i_lo - step) > limit > _rss_given_y_inf(N, y, i_lo + step)
+    assert _rss_given_y_inf(N, y, i_hi + step) > limit > _rss_given_y_inf(N, y, i_hi - step)
+    c = fit.ci["C"]
+    assert c[0] < fit.params["C"] < c[1] and np.isfinite(c).all()
+
+
+def test_a_narrower_level_gives_a_narrower_profile_interval():
+    rng = np.random.default_rng(11)
+    y = 406.4 * N**-0.34 + 1.69 + rng.normal(scale=0.02, size=N.size)
+    wide, narrow = fit_saturating(N, y, ci_level=0.95), fit_saturating(N, y, ci_level=0.5)
+    assert wide.ci_method == narrow.ci_method == "profile_likelihood"
+    for name in ("C", "alpha", "y_inf"):
+        assert wide.ci[name][0] < narrow.ci[name][0] < narrow.ci[name][1] < wide.ci[name][1]
+
+
+def test_four_sizes_get_an_interval_whose_open_ends_are_said_and_written_as_null():
+    """One degree of freedom: F(1, 1) = 161 lets alpha run to 0 and y_inf to -inf."""
+    x = N[:4]
+    y = 406.4 * x**-0.34 + 1.69 + np.array([0.004, -0.006, 0.003, 0.001])
+    fit = fit_saturating(x, y)
+    limit = profile_threshold(_rss_given_alpha(x, y, fit.params["alpha"]), 4, 0.95)
+    assert _rss_given_alpha(x, y, 1e-4) < limit  # the set reaches the form's edge: alpha -> 0
+    lo, hi = fit.ci["alpha"]
+    assert lo == 0.0 and fit.params["alpha"] < hi < 10
+    assert _rss_given_alpha(x, y, hi) == pytest.approx(limit, rel=1e-6)
+    assert fit.ci["y_inf"][0] == -np.inf and fit.ci["C"][1] == np.inf
+    assert _rss_given_y_inf(x, y, -1e3) < limit  # y_inf far below is still inside
+    assert fit.ci["y_inf"][1] == pytest.approx(_upper_end(x, y, limit), rel=1e-4)
+    assert "do not bound the 95% interval of C above, alpha below, y_inf below" in fit.note
+    assert fit.ci_method == "profile_likelihood"
+    back = json.loads(json.dumps(fit.to_dict(), allow_nan=False))
+    assert back["ci"]["y_inf"][0] is None and back["ci"]["alpha"][0] == 0.0
+
+
+def _upper_end(x, y, limit):
+    """The largest y_inf whose profile RSS is within the limit (bisection on the hand profile)."""
+    lo, hi = float(y.min()) - 1.0, float(y.max())
+    assert _rss_given_y_inf(x, y, lo) <= limit < _rss_given_y_inf(x, y, hi)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _rss_given_y_inf(x, y, mid) <= limit else (lo, mid)
+    return lo
+
+
+def test_alpha_interval_open_above_is_inf_and_y_inf_stays_bounded():
+    x = WIDTH[:5]
+    y = 100.0 * x**-3.0 + 1.0 + np.array([0.0, 1e-3, -1e-3, 2e-3, -1e-3])
+    fit = fit_saturating(x, y)
+    limit = profile_threshold(_rss_given_alpha(x, y, fit.params["alpha"]), 5, 0.95)
+    assert _rss_given_alpha(x, y, 10.0) < limit  # a step at the smallest width fits too
+    lo, hi = fit.ci["alpha"]
+    assert hi == np.inf and 0.5 < lo < fit.params["alpha"]
+    assert _rss_given_alpha(x, y, lo) == pytest.approx(limit, rel=1e-6)
+    assert np.isfinite(fit.ci["y_inf"]).all() and fit.ci["C"][1] == np.inf  # C ~ x_min**alpha
+    for end in fit.ci["y_inf"]:
+        assert _rss_given_y_inf(x, y, end) == pytest.approx(limit, rel=1e-3)
+    assert "the 95% interval of C above, alpha above (" in fit.note
