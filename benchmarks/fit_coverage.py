@@ -1,6 +1,6 @@
 """Coverage of the saturating fit's confidence intervals, simulated at Pythia's sizes.
 
-Run (about 4 minutes on 2 CPU cores)::
+Run (about 5 minutes on 2 CPU cores)::
 
     python -m benchmarks.fit_coverage --reps 500 --seed 0
 
@@ -45,13 +45,22 @@ Interval = dict[str, list[float]]
 
 @dataclass(frozen=True)
 class Scenario:
-    """A true curve ``C * N**-alpha + y_inf`` and the sd of its additive Gaussian noise."""
+    """A true curve ``C * N**-alpha + y_inf`` and its additive noise: Gaussian with sd
+    ``sigma``, or with ``t_dof`` > 0 Student's t scaled by ``sigma`` (heavy tails, which
+    least squares does not assume)."""
 
     name: str
     c: float
     alpha: float
     y_inf: float
     sigma: float
+    t_dof: float = 0.0
+
+    def noise(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """One draw of the noise at ``size`` points."""
+        if self.t_dof > 0:
+            return np.asarray(self.sigma * rng.standard_t(self.t_dof, size=size))
+        return rng.normal(scale=self.sigma, size=size)
 
     def curve(self, n: np.ndarray) -> np.ndarray:
         """The noiseless metric at parameter counts ``n``."""
@@ -65,6 +74,8 @@ SCENARIOS = (
     Scenario("loss, sd 0.03", 406.4, 0.34, 1.69, 0.03),
     # A rising metric (an MDI-like ratio): 0.33 at 70m to 2.22 at 12b, sd 0.05.
     Scenario("rising, sd 0.05", -3000.0, 0.4, 2.5, 0.05),
+    # Heavy-tailed noise (Student's t, 3 dof, scale 0.01): the Gaussian model is wrong.
+    Scenario("loss, t(3) x 0.01", 406.4, 0.34, 1.69, 0.01, t_dof=3.0),
 )
 
 
@@ -114,7 +125,7 @@ def simulate(scenario: Scenario, k: int, method: str, reps: int, level: float, s
     missing = 0
     for rep in range(reps):
         rng = np.random.default_rng([seed, k, rep])
-        y = scenario.curve(x) + rng.normal(scale=scenario.sigma, size=k)
+        y = scenario.curve(x) + scenario.noise(rng, k)
         ci = METHODS[method](x, y, level, rep)
         if not ci:
             missing += 1

@@ -250,7 +250,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.report_scale", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoints", choices=("all", "log"), default="all",
                     help="154 checkpoints per size (all) or 19 (log)")
-    ap.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples per scaling fit")
+    ap.add_argument("--n-boot", type=int, default=200,
+                    help="passed to write_fits, which no longer uses it (no fit resamples)")
     ap.add_argument("--run-dir", type=Path, default=None,
                     help="write the synthetic run here and keep it (default: a temporary directory)")
     ap.add_argument("--json", type=Path, default=None, help="also write all figures as JSON here")

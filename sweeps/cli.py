@@ -62,7 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=DTYPES, default=None, help="model compute dtype (default float32)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory or hub id for models that ship none")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of each fit")
+    p.add_argument("--n-boot", type=int, default=200,
+                   help="unused: no fit resamples any more (profile-likelihood and t intervals); "
+                        "accepted so that old command lines still run")
     p.add_argument("--overwrite", action="store_true",
                    help="start the run directory afresh when it holds a sweep with other settings")
     p.set_defaults(func=run_sweep)
