@@ -469,9 +469,7 @@ def fit_scaling(
     form: Form = "power_law",
     metric: str = "",
     x_name: str = "n_params",
-    n_boot: int = 1000,
     ci_level: float = 0.95,
-    seed: int = 0,
 ) -> FitResult:
     """Fit ``y`` against ``x`` in the given form, with CIs and LOO error.
 
@@ -481,11 +479,7 @@ def fit_scaling(
         form: ``"power_law"`` or ``"saturating"``.
         metric: Metric name recorded in the result.
         x_name: Regressor name recorded in the result.
-        n_boot: Unused: no interval resamples any more (a saturating fit's
-            was a bootstrap); kept so that existing callers and ``--n-boot``
-            still work.
         ci_level: Confidence level of the intervals, in (0, 1).
-        seed: Unused, as ``n_boot``.
 
     Returns:
         A :class:`FitResult`; skipped (empty params, reason in ``note``) when

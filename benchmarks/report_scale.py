@@ -1,6 +1,6 @@
 """The post-sweep pipeline (metrics.csv -> fits.json -> report) at the size of a full Pythia sweep.
 
-    python -m benchmarks.report_scale [--checkpoints all|log] [--n-boot 200] [--json PATH]
+    python -m benchmarks.report_scale [--checkpoints all|log] [--json PATH]
 
 Writes a synthetic run directory shaped like ``scalelens sweep --family pythia --checkpoints
 all --analyses all``: one ``results.json`` per (size, checkpoint) for the 10 Pythia sizes
@@ -13,7 +13,7 @@ parameter count, training step and depth plus seeded noise, so the run is determ
 every fit has something to fit (massive-activation ratios follow the dynamics curve).
 
 Then times, each stage in a fresh Python process so that its peak RSS is its own:
-``write_metrics`` (reads every results.json), ``write_fits(n_boot)`` and ``render_report``.
+``write_metrics`` (reads every results.json), ``write_fits`` and ``render_report``.
 Prints one line per stage and, with ``--json``, writes all figures there.
 """
 
@@ -188,7 +188,7 @@ def write_run(run_dir: Path, checkpoints: str) -> list[tuple[str, Path]]:
     return done
 
 
-def run_stage(stage: str, run_dir: Path, checkpoints: str, n_boot: int) -> dict[str, float]:
+def run_stage(stage: str, run_dir: Path, checkpoints: str) -> dict[str, float]:
     """Run one stage in this process: wall seconds, and peak RSS (MiB) after the imports and at the end."""
     from scalelens.reports import render_report
     from scalelens.sweeps.fits import write_fits
@@ -201,7 +201,7 @@ def run_stage(stage: str, run_dir: Path, checkpoints: str, n_boot: int) -> dict[
         write_metrics(run_dir, done)
     elif stage == "write_fits":
         steps = pythia_steps(checkpoints)
-        write_fits(run_dir, n_boot, sizes=list(PYTHIA), last_steps=dict.fromkeys(PYTHIA, steps[-1]))
+        write_fits(run_dir, sizes=list(PYTHIA), last_steps=dict.fromkeys(PYTHIA, steps[-1]))
     else:
         render_report(run_dir, progress=False)
     wall = time.perf_counter() - start
@@ -213,10 +213,10 @@ def _peak_rss_mib() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def _child(stage: str, run_dir: Path, checkpoints: str, n_boot: int) -> dict[str, float]:
+def _child(stage: str, run_dir: Path, checkpoints: str) -> dict[str, float]:
     """Run one stage in a fresh interpreter, so its peak RSS is not an earlier stage's."""
     cmd = [sys.executable, "-m", "benchmarks.report_scale", "--stage", stage, "--run-dir", str(run_dir),
-           "--checkpoints", checkpoints, "--n-boot", str(n_boot)]
+           "--checkpoints", checkpoints]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -230,14 +230,14 @@ def _sizes(run_dir: Path) -> dict[str, Any]:
                                      for name in files if (run_dir / name).is_file()}}
 
 
-def measure(run_dir: Path, checkpoints: str, n_boot: int) -> dict[str, Any]:
+def measure(run_dir: Path, checkpoints: str) -> dict[str, Any]:
     """Generate the run into ``run_dir`` and time every stage; all figures in one dict."""
     start = time.perf_counter()
     done = write_run(run_dir, checkpoints)
-    result: dict[str, Any] = {"checkpoints": checkpoints, "n_tasks": len(done), "n_boot": n_boot,
+    result: dict[str, Any] = {"checkpoints": checkpoints, "n_tasks": len(done),
                               "generate_s": round(time.perf_counter() - start, 2)}
     for stage in STAGES:
-        result[stage] = _child(stage, run_dir, checkpoints, n_boot)
+        result[stage] = _child(stage, run_dir, checkpoints)
         r = result[stage]
         print(f"{stage}: {r['wall_s']} s, peak RSS {r['peak_rss_mib']} MiB "
               f"({r['imports_rss_mib']} after imports)", flush=True)
@@ -250,8 +250,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.report_scale", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoints", choices=("all", "log"), default="all",
                     help="154 checkpoints per size (all) or 19 (log)")
-    ap.add_argument("--n-boot", type=int, default=200,
-                    help="passed to write_fits, which no longer uses it (no fit resamples)")
     ap.add_argument("--run-dir", type=Path, default=None,
                     help="write the synthetic run here and keep it (default: a temporary directory)")
     ap.add_argument("--json", type=Path, default=None, help="also write all figures as JSON here")
@@ -267,14 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     """Generate, time, print; 0."""
     args = parse(argv)
     if args.stage:
-        print(json.dumps(run_stage(args.stage, args.run_dir, args.checkpoints, args.n_boot)))
+        print(json.dumps(run_stage(args.stage, args.run_dir, args.checkpoints)))
         return 0
     tmp = None if args.run_dir else Path(tempfile.mkdtemp(prefix="report-scale-"))
     run_dir = args.run_dir or tmp
     assert run_dir is not None
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        result = measure(run_dir, args.checkpoints, args.n_boot)
+        result = measure(run_dir, args.checkpoints)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

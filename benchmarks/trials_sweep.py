@@ -85,7 +85,7 @@ def write_sweep_spec(path: Path, suite: Path, sizes: list[str], steps: list[int]
 
 def sweep_argv(spec: Path, out: Path) -> list[str]:
     """The sweep command every trial runs (and reruns)."""
-    return cli("sweep", "--spec", str(spec), "--out", str(out), "--n-boot", "20")
+    return cli("sweep", "--spec", str(spec), "--out", str(out))
 
 
 @dataclass

@@ -62,9 +62,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=DTYPES, default=None, help="model compute dtype (default float32)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory or hub id for models that ship none")
-    p.add_argument("--n-boot", type=int, default=200,
-                   help="unused: no fit resamples any more (profile-likelihood and t intervals); "
-                        "accepted so that old command lines still run")
     p.add_argument("--overwrite", action="store_true",
                    help="start the run directory afresh when it holds a sweep with other settings")
     p.set_defaults(func=run_sweep)
@@ -102,8 +99,6 @@ def run_sweep(args: argparse.Namespace) -> int:
     from scalelens.sweeps.run import sweep
     from scalelens.sweeps.spec import check_ray_address, expand, incomplete_checkpoints
 
-    if not 0 <= args.n_boot <= 100_000:  # 10x the most any CI needs; more only makes fits.json hang
-        raise ScalelensError(f"--n-boot must be between 0 and 100,000, got {args.n_boot:,}")
     spec = spec_from_args(args)
     if not (spec.executor == "ray" and spec.address):  # a remote cluster's GPUs are not this machine's
         check_device(spec.device, spec.dtype)
@@ -118,7 +113,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         note(ray_where(_ray_init(spec.address), spec.address))
     elif spec.address:
         raise ScalelensError("--address is for --executor ray; add --executor ray or drop --address")
-    summary = sweep(spec, args.out, n_boot=args.n_boot, overwrite=args.overwrite)
+    summary = sweep(spec, args.out, overwrite=args.overwrite)
     print(outcome_line(summary))
     cached = uncached_note(spec, [o.key for o in summary.failed], "--spec" if args.spec else "--checkpoints")
     report_failures(summary, args.out, cached)

@@ -62,7 +62,7 @@ def _step(row: dict[str, str]) -> int:
     return int(row["step"]) if row["step"] else 0
 
 
-def scaling_fits(rows: list[dict[str, str]], n_boot: int = 200, sizes: list[str] | None = None,
+def scaling_fits(rows: list[dict[str, str]], sizes: list[str] | None = None,
                  last_steps: dict[str, int] | None = None) -> list[FitResult]:
     """Power law (and saturating where a metric has an asymptote) for each scalar metric.
 
@@ -82,10 +82,10 @@ def scaling_fits(rows: list[dict[str, str]], n_boot: int = 200, sizes: list[str]
         note = "; ".join(t for t in notes if t)
         forms = ("power_law", "saturating") if name in SATURATING else ("power_law",)
         for x_name in X_NAMES:
-            fits += [_fit(per_size, name, x_name, f, n_boot, note) for f in forms]
+            fits += [_fit(per_size, name, x_name, f, note) for f in forms]
         if name in LOSS_VS_WIDTH and width:
             with_m = {s: {**v, WIDTH: width[s]} for s, v in per_size.items() if s in width}
-            fits.append(_fit(with_m, name, WIDTH, "saturating", n_boot, note))
+            fits.append(_fit(with_m, name, WIDTH, "saturating", note))
     return fits
 
 
@@ -131,12 +131,12 @@ def _steps_note(per_size: dict[str, dict[str, str]], steps: dict[str, int]) -> s
     return f"sizes compared at their own last checkpoint ({at})"
 
 
-def _fit(per_size: dict[str, dict[str, str]], name: str, x_name: str, form: str, n_boot: int,
+def _fit(per_size: dict[str, dict[str, str]], name: str, x_name: str, form: str,
          note: str) -> FitResult:
     """One fit of metric ``name`` (each size's ``value``) against column ``x_name``."""
     x = np.array([float(v[x_name]) for v in per_size.values()])
     y = np.array([float(v["value"]) for v in per_size.values()])
-    fit = fit_scaling(x, y, form=form, metric=name, x_name=x_name, n_boot=n_boot)  # type: ignore[arg-type]
+    fit = fit_scaling(x, y, form=form, metric=name, x_name=x_name)  # type: ignore[arg-type]
     return replace(fit, note="; ".join(t for t in (fit.note, note) if t))
 
 
@@ -177,7 +177,7 @@ def step_trends(rows: list[dict[str, str]]) -> list[StepTrend]:
     return out
 
 
-def write_fits(run_dir: Path, n_boot: int = 200, sizes: list[str] | None = None,
+def write_fits(run_dir: Path, sizes: list[str] | None = None,
                last_steps: dict[str, int] | None = None) -> dict[str, Any]:
     """Write RUN_DIR/fits.json from RUN_DIR/metrics.csv (left untouched when it comes out as it was).
 
@@ -188,7 +188,7 @@ def write_fits(run_dir: Path, n_boot: int = 200, sizes: list[str] | None = None,
     from scalelens.measure.run import write_json
 
     rows = _read(run_dir / "metrics.csv")
-    data = fits_to_json(scaling_fits(rows, n_boot, sizes, last_steps), dynamics_fits(rows))
+    data = fits_to_json(scaling_fits(rows, sizes, last_steps), dynamics_fits(rows))
     data["last_steps"] = _at_last_step(rows, sizes, last_steps)[2]  # where sizes were compared
     data["step_trends"] = [t.to_dict() for t in step_trends(rows)]
     note = unfitted_note(rows, sizes, last_steps)

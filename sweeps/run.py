@@ -33,7 +33,7 @@ class SweepSummary:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-def sweep(spec: SweepSpec, run_dir: str | Path, n_boot: int = 200, overwrite: bool = False) -> SweepSummary:
+def sweep(spec: SweepSpec, run_dir: str | Path, overwrite: bool = False) -> SweepSummary:
     """Run ``spec`` into ``run_dir``: tasks, then metrics.csv, fits.json and run.json.
 
     Finished tasks are skipped. ``run_dir`` records the spec's identity and is refused
@@ -43,10 +43,10 @@ def sweep(spec: SweepSpec, run_dir: str | Path, n_boot: int = 200, overwrite: bo
     run_dir = Path(run_dir)
     with locked_run_dir(run_dir):
         check_run_dir(run_dir, spec, overwrite)
-        return _sweep(spec, run_dir, n_boot)
+        return _sweep(spec, run_dir)
 
 
-def _sweep(spec: SweepSpec, run_dir: Path, n_boot: int) -> SweepSummary:
+def _sweep(spec: SweepSpec, run_dir: Path) -> SweepSummary:
     from scalelens.measure.run import write_json
 
     tasks = expand(spec)
@@ -58,7 +58,7 @@ def _sweep(spec: SweepSpec, run_dir: Path, n_boot: int) -> SweepSummary:
     finished = [(t.size, task_dir(run_dir, t) / "results.json") for t in tasks if is_done(run_dir, t)]
     if finished:
         write_metrics(run_dir, finished)
-        write_fits(run_dir, n_boot, sizes=list(dict.fromkeys(t.size for t in tasks)),
+        write_fits(run_dir, sizes=list(dict.fromkeys(t.size for t in tasks)),
                    last_steps=_last_steps(tasks))
     else:  # no stale tables from an earlier run may pass for this one's
         for name in RUN_TABLES:

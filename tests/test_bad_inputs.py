@@ -714,10 +714,6 @@ SWEEP_CASES: dict[str, tuple[Callable[[Ctx, Path], list[str]], tuple[str, ...]]]
         lambda c, s: ["sweep", "--spec", str(_spec(c, s, f'[models]\na = "{s / "16k"}"\n')),
                       "--out", str(c.tmp / "r")],
         ("exactly one of suite=DIR", "--suite DIR, --family pythia or --model SIZE=SOURCE",)),
-    "sweep --n-boot past the bound": (
-        lambda c, s: ["sweep", "--suite", str(s), "--sizes", "16k", "--checkpoints", "final",
-                      "--analyses", "superposition", "--n-boot", "1000000000", "--out", str(c.tmp / "r")],
-        ("--n-boot must be between 0 and 100,000, got 1,000,000,000",)),
     "sweep --tokenizer that does not exist": (
         lambda c, s: ["sweep", "--suite", str(s), "--tokenizer", str(c.tmp / "tok"),
                       "--out", str(c.tmp / "r")],
@@ -746,7 +742,7 @@ def test_sweep_refuses_to_resume_with_other_settings(ctx, micro_suite, capsys):
     run = ctx.tmp / "run"
     base = ["sweep", "--suite", str(micro_suite), "--sizes", "16k", "--checkpoints", "final",
             "--out", str(run)]
-    rc, _, err = _run(capsys, [*base, "--analyses", "superposition", "--n-boot", "0"])
+    rc, _, err = _run(capsys, [*base, "--analyses", "superposition"])
     assert rc == 0, err
     before = _tree(run)
     rc, _, err = _run(capsys, [*base, "--analyses", "superposition,massive_activations"])
@@ -761,7 +757,7 @@ def test_sweep_refuses_to_resume_on_a_rebuilt_suite(ctx, micro_suite, capsys):
     shutil.copytree(micro_suite, suite)
     run = ctx.tmp / "run"
     argv = ["sweep", "--suite", str(suite), "--sizes", "16k", "--checkpoints", "final",
-            "--analyses", "superposition", "--n-boot", "0", "--out", str(run)]
+            "--analyses", "superposition", "--out", str(run)]
     rc, _, err = _run(capsys, argv)
     assert rc == 0, err
     recorded = json.loads((run / "sweep_spec.json").read_text())
@@ -784,7 +780,7 @@ def test_a_second_sweep_into_a_busy_run_directory_is_refused(ctx, micro_suite, c
 
     run = ctx.tmp / "run"
     argv = ["sweep", "--suite", str(micro_suite), "--sizes", "16k", "--checkpoints", "final",
-            "--analyses", "superposition", "--n-boot", "0", "--out", str(run)]
+            "--analyses", "superposition", "--out", str(run)]
     assert _run(capsys, argv)[0] == 0
     before = _tree(run)
     lock = WriteLock(run, writer="sweep", lock_path=run / ".sweep.lock").acquire()  # as a running sweep
@@ -813,7 +809,7 @@ def test_sweep_refuses_a_run_directory_of_an_older_or_newer_scalelens(ctx, micro
 
     run = ctx.tmp / "run"
     argv = ["sweep", "--suite", str(micro_suite), "--sizes", "16k,37k", "--checkpoints", "final",
-            "--analyses", "superposition", "--n-boot", "0", "--out", str(run)]
+            "--analyses", "superposition", "--out", str(run)]
     assert _run(capsys, argv)[0] == 0
     path = run / "sweep_spec.json"
     recorded = json.loads(path.read_text())
@@ -841,14 +837,14 @@ def test_sweep_overwrite_leaves_nothing_of_the_old_run(ctx, micro_suite, capsys)
     metrics.csv, fits.json and report may not pass for the new run's."""
     run = ctx.tmp / "run"
     base = ["sweep", "--suite", str(micro_suite), "--sizes", "16k", "--checkpoints", "final",
-            "--n-boot", "0", "--out", str(run)]
+            "--out", str(run)]
     rc, _, err = _run(capsys, [*base, "--analyses", "superposition"])
     assert rc == 0 and (run / "metrics.csv").is_file(), err
     (run / "report.html").write_text("old report")
     hay = ctx.file("haystack.txt", "")  # an empty haystack: every retrieval task fails
     spec = ctx.file("s.toml", f'suite = "{micro_suite}"\nsizes = ["16k"]\ncheckpoints = "final"\n'
                               f'analyses = ["retrieval_heads"]\n[settings]\nhaystack = "{hay}"\n')
-    argv = ["sweep", "--spec", str(spec), "--n-boot", "0", "--out", str(run), "--overwrite"]
+    argv = ["sweep", "--spec", str(spec), "--out", str(run), "--overwrite"]
     rc, _, err = _run(capsys, argv)
     assert rc == 2 and "no task finished" in err, err
     left = sorted(p.name for p in run.iterdir())

@@ -133,7 +133,7 @@ def broken_suite(micro_suite, tmp_path_factory) -> Path:
 def _sweep_argv(suite: Path) -> list[str]:
     m = read_manifest(suite)
     return ["sweep", "--suite", str(suite), "--sizes", ",".join(m.sizes[:2]),
-            "--checkpoints", f"{m.steps[0]},{m.steps[-1]}", "--analyses", "superposition", "--n-boot", "0",
+            "--checkpoints", f"{m.steps[0]},{m.steps[-1]}", "--analyses", "superposition",
             "--out", "run"]
 
 

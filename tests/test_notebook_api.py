@@ -204,7 +204,7 @@ def test_the_top_level_api_runs_the_readme_flow(micro_suite: Path, tmp_path: Pat
         assert f.complete and f.read("values", probe="resid").data.shape[:2] == (2, lm.info.n_layers)
     spec = scalelens.SweepSpec(suite=str(micro_suite), sizes=tuple(manifest.sizes[:3]),
                                checkpoints=(manifest.steps[-1],), analyses=("superposition",))
-    summary = scalelens.sweep(spec, tmp_path / "run", n_boot=0)
+    summary = scalelens.sweep(spec, tmp_path / "run")
     assert summary.count("done") == 3 and not summary.failed
     paths = scalelens.render_report(tmp_path / "run", progress=False)
     assert paths.html.is_file() and paths.html.parent == tmp_path / "run"

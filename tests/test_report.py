@@ -391,7 +391,7 @@ def test_extra_metrics_render_through_the_sweep_writers(tmp_path: Path) -> None:
     from scalelens.sweeps.fits import write_fits
 
     run = _extra_run(tmp_path)
-    write_fits(run, n_boot=10)
+    write_fits(run)
     paths = render_report(run, progress=False)
     html, md = paths.html.read_text(), paths.markdown.read_text()
     counts = _section_images(html)
@@ -419,7 +419,7 @@ def test_the_fits_table_prints_the_statsmodels_interval_that_fits_json_holds(tmp
 
     run = _extra_run(tmp_path)
     metric = "activation_sparsity.hoyer_mlp_out_mean"
-    (fit,) = [f for f in write_fits(run, n_boot=10)["fits"]
+    (fit,) = [f for f in write_fits(run)["fits"]
               if (f["metric"], f["x_name"], f["form"]) == (metric, "n_params", "power_law")]
     ols = sm.OLS(np.log(fit["y"]), sm.add_constant(np.log(fit["x"]))).fit()
     lo, hi = ols.conf_int(alpha=0.05)[1]
@@ -447,7 +447,7 @@ def test_loss_vs_width_fit_is_plotted_and_stated(tmp_path: Path) -> None:
         path.write_text(json.dumps(results))
         tasks.append((size, path))
     write_metrics(run, tasks)
-    fits = write_fits(run, n_boot=20)["fits"]
+    fits = write_fits(run)["fits"]
     (fit,) = [f for f in fits if f["x_name"] == "superposition.m"]
     html = render_report(run, progress=False).html.read_text()
     assert "information_capacity.nll_bits_per_token vs superposition.m" in html
@@ -872,7 +872,7 @@ def test_scaling_plot_takes_each_sizes_own_last_step_from_the_fits(tmp_path: Pat
             ("c", 10, 4e6, 9.0), ("d", 20, 8e6, 2.3)]
     text = "".join(f"fam-{s},{s},step{t},{t},{n},1e5,loss,loss,,,{v}\n" for s, t, n, v in rows)
     (run_dir / "metrics.csv").write_text(",".join(COLUMNS) + "\n" + text)
-    data = write_fits(run_dir, n_boot=0, last_steps={"a": 10, "b": 10, "c": 20, "d": 20})
+    data = write_fits(run_dir, last_steps={"a": 10, "b": 10, "c": 20, "d": 20})
     assert data["last_steps"] == {"a": 10, "b": 10, "c": 20, "d": 20}
     (fit,) = [f for f in data["fits"] if f["x_name"] == "n_params" and f["metric"] == "loss.loss"]
     job = _scaling_job(load_run(run_dir), "loss.loss", "n_params", ())
@@ -894,7 +894,7 @@ def test_a_run_too_small_to_fit_says_why_in_the_report(tmp_path: Path) -> None:
         path.write_text(json.dumps(_extra_results(size)))
         tasks.append((size, path))
     write_metrics(run, tasks)
-    fits = write_fits(run, n_boot=10)
+    fits = write_fits(run)
     assert fits["fits"] == [] and "a fit needs 3 sizes" in fits["notes"][0]
     paths = render_report(run, progress=False)
     for text in (paths.html.read_text(), paths.markdown.read_text()):

@@ -24,8 +24,8 @@ def test_the_fits_read_only_the_rows_they_use_and_compute_the_same(tmp_path: Pat
     run = write_run_dir(tmp_path / "run")
     full, kept = _all_rows(run / "metrics.csv"), fits._read(run / "metrics.csv")
     assert len(kept) < len(full) / 2  # the per-head retrieval scores and per-layer rows are left out
-    assert [f.to_dict() for f in fits.scaling_fits(kept, n_boot=20)] == [
-        f.to_dict() for f in fits.scaling_fits(full, n_boot=20)]
+    assert [f.to_dict() for f in fits.scaling_fits(kept)] == [
+        f.to_dict() for f in fits.scaling_fits(full)]
     assert [f.to_dict() for f in fits.dynamics_fits(kept)] == [f.to_dict() for f in fits.dynamics_fits(full)]
     assert fits.step_trends(kept) == fits.step_trends(full)
 
@@ -43,8 +43,8 @@ def test_a_last_step_seen_only_in_per_layer_rows_still_is_the_sweeps_last(tmp_pa
         writer.writerows(rows)
     kept = fits._read(tmp_path / "metrics.csv")
     assert kept == rows
-    assert fits.scaling_fits(kept, n_boot=0) == []  # no size has a value at step 20, the last
-    assert fits.scaling_fits(rows[:3], n_boot=0) != []  # had step 20 been dropped, step 10 would be fitted
+    assert fits.scaling_fits(kept) == []  # no size has a value at step 20, the last
+    assert fits.scaling_fits(rows[:3]) != []  # had step 20 been dropped, step 10 would be fitted
 
 
 def test_an_unreadable_task_leaves_the_old_metrics_and_no_temporary_file(tmp_path: Path) -> None:

@@ -108,7 +108,7 @@ def _spec(path: Path, models: dict[str, Path], files: Path, checkpoints: str = "
 
 def _sweep_and_report(run: Path, spec: Path) -> tuple[list[dict[str, str]], str, str]:
     """Sweep ``spec`` into ``run`` and report it: metrics.csv rows, report.html, report.md."""
-    assert main(["sweep", "--quiet", "--spec", str(spec), "--out", str(run), "--n-boot", "10"]) == 0
+    assert main(["sweep", "--quiet", "--spec", str(spec), "--out", str(run)]) == 0
     assert main(["report", "--quiet", str(run)]) == 0
     with (run / "metrics.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))

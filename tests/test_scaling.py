@@ -28,7 +28,7 @@ WIDTH = 2.0 ** np.arange(4, 13)
 
 
 def test_power_law_exact_data_exact_exponent():
-    fit = fit_power_law(N, 3.2 * N**-0.076, metric="loss", n_boot=200)
+    fit = fit_power_law(N, 3.2 * N**-0.076, metric="loss")
     assert fit.params["b"] == pytest.approx(-0.076, rel=1e-12)
     assert fit.params["a"] == pytest.approx(3.2, rel=1e-10)
     assert fit.r2 == pytest.approx(1.0)
@@ -43,7 +43,7 @@ def test_power_law_exact_data_exact_exponent():
 def test_power_law_matches_statsmodels_and_loo_error_is_an_extrapolation():
     rng = np.random.default_rng(0)
     y = 0.5 * N**0.3 * np.exp(rng.normal(scale=0.1, size=N.size))
-    fit = fit_power_law(N, y, n_boot=0)
+    fit = fit_power_law(N, y)
     ols = sm.OLS(np.log(y), sm.add_constant(np.log(N))).fit()
     assert fit.params["b"] == pytest.approx(ols.params[1], rel=1e-12)
     assert fit.r2 == pytest.approx(ols.rsquared, rel=1e-12)
@@ -57,7 +57,7 @@ def test_power_law_matches_statsmodels_and_loo_error_is_an_extrapolation():
 def test_power_law_interval_and_standard_errors_are_statsmodels_ols(n, level):
     rng = np.random.default_rng(n)
     y = 2.0 * N[:n] ** -0.2 * np.exp(rng.normal(scale=0.05, size=n))
-    fit = fit_power_law(N[:n], y, n_boot=50, ci_level=level)
+    fit = fit_power_law(N[:n], y, ci_level=level)
     ols = sm.OLS(np.log(y), sm.add_constant(np.log(N[:n]))).fit()
     (lo_a, hi_a), (lo_b, hi_b) = ols.conf_int(alpha=1 - level)
     assert fit.ci["b"] == pytest.approx([lo_b, hi_b], rel=1e-10)
@@ -75,14 +75,14 @@ def test_power_law_interval_covers_the_true_exponent_at_its_level_with_four_size
     for seed in range(200):
         rng = np.random.default_rng(seed)
         y = 3.2 * N[:4] ** -0.076 * np.exp(rng.normal(scale=0.05, size=4))
-        lo, hi = fit_power_law(N[:4], y, n_boot=0).ci["b"]
+        lo, hi = fit_power_law(N[:4], y).ci["b"]
         covered += lo <= -0.076 <= hi
     assert 0.90 <= covered / 200 <= 0.99
 
 
 def test_saturating_exact_recovers_alpha_and_asymptote():
     loss = 5.0 * WIDTH**-0.91 + 2.0
-    fit = fit_saturating(WIDTH, loss, metric="loss", x_name="width", n_boot=100)
+    fit = fit_saturating(WIDTH, loss, metric="loss", x_name="width")
     assert fit.params["alpha"] == pytest.approx(0.91, rel=1e-7)
     assert fit.params["y_inf"] == pytest.approx(2.0, rel=1e-8)
     assert fit.params["C"] == pytest.approx(5.0, rel=1e-6)
@@ -95,7 +95,7 @@ def test_saturating_noisy_recovers_alpha_091_within_ci():
     covered_alpha = covered_inf = 0
     for seed in range(20):
         loss = loss0 + np.random.default_rng(seed).normal(scale=0.002, size=WIDTH.size)
-        fit = fit_saturating(WIDTH, loss, n_boot=200, seed=seed)
+        fit = fit_saturating(WIDTH, loss)
         assert fit.params["alpha"] == pytest.approx(0.91, abs=0.08)
         assert fit.params["y_inf"] == pytest.approx(2.0, abs=0.01)
         covered_alpha += fit.ci["alpha"][0] <= 0.91 <= fit.ci["alpha"][1]
@@ -111,7 +111,7 @@ def test_saturating_fast_fit_agrees_with_reference(seed):
     sign = rng.choice([-1.0, 1.0])  # rising and decaying curves
     y = sign * c * WIDTH**-alpha + y_inf
     y = y + rng.normal(scale=0.01 * np.ptp(y), size=y.size)
-    fast = fit_saturating(WIDTH, y, n_boot=0).params
+    fast = fit_saturating(WIDTH, y).params
     ref = fit_saturating_reference(WIDTH, y)
     for name in ("C", "alpha", "y_inf"):
         assert fast[name] == pytest.approx(ref[name], rel=1e-4, abs=1e-6)
@@ -125,7 +125,7 @@ def test_non_positive_values_skip_the_log_fit_with_a_reason():
     assert "y > 0" in fit.note
     with pytest.raises(ScalelensError, match="skipped"):
         fit.predict(N)
-    ok = fit_saturating(N, y, n_boot=0)  # the saturating form accepts any sign of y
+    ok = fit_saturating(N, y)  # the saturating form accepts any sign of y
     assert not ok.skipped
     assert "distinct" in fit_power_law(N[:2], N[:2]).note
     assert "distinct" in fit_saturating(N[:3], N[:3]).note
@@ -135,18 +135,18 @@ def test_non_positive_values_skip_the_log_fit_with_a_reason():
 
 def test_saturating_exponent_on_bound_is_flagged():
     y = 1.0 + 1e-3 * np.log(WIDTH)  # no power-law curvature: alpha runs to its lower bound
-    fit = fit_saturating(WIDTH, y, n_boot=0)
+    fit = fit_saturating(WIDTH, y)
     assert fit.params["alpha"] == pytest.approx(1e-4)
     assert "bound" in fit.note
-    assert fit_saturating(WIDTH, 5.0 * WIDTH**-0.91 + 2.0, n_boot=0).note == ""
+    assert fit_saturating(WIDTH, 5.0 * WIDTH**-0.91 + 2.0).note == ""
 
 
 def test_loo_none_when_too_few_points_and_repeated_largest_x():
-    assert fit_power_law(N[:3], N[:3] ** 0.5, n_boot=0).loo_rel_error is None
+    assert fit_power_law(N[:3], N[:3] ** 0.5).loo_rel_error is None
     x = np.r_[N[:4], N[3]]
     y = 2.0 * x**0.5
     y[-2:] *= [1.1, 0.9]  # two seeds at the largest size; their mean is on the curve
-    assert fit_power_law(x, y, n_boot=0).loo_rel_error == pytest.approx(0.0, abs=1e-12)
+    assert fit_power_law(x, y).loo_rel_error == pytest.approx(0.0, abs=1e-12)
 
 
 def test_bad_inputs():
@@ -165,7 +165,7 @@ def test_fits_to_json_shape():
     true = {"A": 500.0, "lam": 0.3, "gamma": 1e-4, "t0": 1.5, "K": 100.0}
     dyn = fit_dynamics(steps, dynamics_curve(steps, true), layer=2, size="410m")
     fits = [
-        fit_power_law(N, 3.2 * N**-0.076, metric="loss", n_boot=50),
+        fit_power_law(N, 3.2 * N**-0.076, metric="loss"),
         fit_power_law(N, -N, metric="neg"),
     ]
     doc = fits_to_json(fits, [dyn, {"size": "1b", "layer": 0, "params": {}, "r2": None,
@@ -189,9 +189,9 @@ def test_a_fit_does_not_depend_on_the_order_of_its_points(form):
     """Sizes listed in another order (a sweep's --model flags) give the same fit: the
     bootstrap drew resamples by index, and its intervals once moved with the order."""
     y = 5.0 * WIDTH**-0.91 + 2.0 + np.random.default_rng(1).normal(scale=0.01, size=WIDTH.size)
-    ref = fit_scaling(WIDTH, y, form=form, n_boot=50)
+    ref = fit_scaling(WIDTH, y, form=form)
     order = np.random.default_rng(2).permutation(WIDTH.size)
-    shuffled = fit_scaling(WIDTH[order], y[order], form=form, n_boot=50)
+    shuffled = fit_scaling(WIDTH[order], y[order], form=form)
     assert ref.ci and shuffled.ci == ref.ci
     assert (shuffled.params, shuffled.r2, shuffled.loo_rel_error) == (ref.params, ref.r2, ref.loo_rel_error)
     assert shuffled.x == sorted(WIDTH.tolist()) and shuffled.y == y.tolist()
@@ -200,7 +200,7 @@ def test_a_fit_does_not_depend_on_the_order_of_its_points(form):
 def test_saturating_r2_is_one_minus_rss_over_the_centred_total():
     rng = np.random.default_rng(7)
     y = 3.0 * WIDTH**-0.7 + 2.0 + rng.normal(scale=0.05, size=WIDTH.size)
-    fit = fit_saturating(WIDTH, y, n_boot=0)
+    fit = fit_saturating(WIDTH, y)
     rss = float(np.sum((fit.predict(WIDTH) - y) ** 2))
     assert 0.5 < fit.r2 < 0.99  # noisy enough for the total sum of squares to matter
     assert fit.r2 == pytest.approx(1.0 - rss / float(np.sum((y - y.mean()) ** 2)), rel=1e-9)

@@ -59,7 +59,7 @@ def test_log_steps_thin_the_linear_part():
 
 def test_local_sweep_writes_metrics_and_fits_and_skips_on_rerun(suite_copy, tmp_path):
     spec = _spec(suite_copy)
-    summary = sweep(spec, tmp_path, n_boot=20)
+    summary = sweep(spec, tmp_path)
     assert summary.count("done") == 6 and not summary.failed
     with (tmp_path / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -79,11 +79,11 @@ def test_local_sweep_writes_metrics_and_fits_and_skips_on_rerun(suite_copy, tmp_
     stamps = sorted(p.stat().st_mtime_ns for p in (tmp_path / "tasks").rglob("results.json"))
     tables = _tables(tmp_path)
     assert set(tables) == {"metrics.csv", "metrics.parquet", "fits.json"}
-    again = sweep(spec, tmp_path, n_boot=20)
+    again = sweep(spec, tmp_path)
     assert again.count("skipped") == 6 and again.count("done") == 0
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "tasks").rglob("results.json")) == stamps
     assert _tables(tmp_path) == tables  # nothing changed: the same bytes, not rewritten
-    sweep(dataclasses.replace(spec, sizes=spec.sizes[:2]), tmp_path, n_boot=20)  # other tables: remade
+    sweep(dataclasses.replace(spec, sizes=spec.sizes[:2]), tmp_path)  # other tables: remade
     remade = _tables(tmp_path)
     assert all(remade[name][0] != tables[name][0] for name in tables)
     with (tmp_path / "metrics.csv").open() as fh:
@@ -102,7 +102,7 @@ def _sweep_with_a_broken_config(suite, spec, run_dir, broken):
     saved = cfg.read_text()
     cfg.write_text("{not json")
     try:
-        return sweep(spec, run_dir, n_boot=0)
+        return sweep(spec, run_dir)
     finally:
         cfg.write_text(saved)
 
@@ -115,7 +115,7 @@ def test_failing_task_is_reported_without_stopping_others(suite_copy, tmp_path):
     assert [o.key for o in summary.failed] == [broken.key]
     assert summary.failed[0].attempts == 1 and summary.count("done") == 5
     assert (tmp_path / "tasks" / broken.key / "error.log").is_file()
-    rerun = sweep(spec, tmp_path, n_boot=0)
+    rerun = sweep(spec, tmp_path)
     assert rerun.count("done") == 1 and rerun.count("skipped") == 5
 
 
@@ -127,7 +127,7 @@ def test_a_task_failing_under_a_path_that_is_not_utf8_is_reported_not_fatal(micr
     manifest = read_manifest(suite)
     spec = _spec(suite, analyses=("superposition",), sizes=tuple(manifest.sizes[:2]),
                  checkpoints=(manifest.steps[-1],))
-    summary = sweep(spec, tmp_path / "run", n_boot=0)
+    summary = sweep(spec, tmp_path / "run")
     assert len(summary.outcomes) == 2 and summary.count("failed") == 2  # the tokenizers library
     assert all("no usable tokenizer" in o.error for o in summary.failed)  # cannot open such a path
     log = tmp_path / "run" / "tasks" / summary.failed[0].key / "error.log"
@@ -156,12 +156,12 @@ def test_a_transient_failure_is_retried(suite_copy, tmp_path):
     task_dir(tmp_path, task).mkdir(parents=True)
     lock = WriteLock(task_dir(tmp_path, task) / "massive.h5").acquire()
     try:
-        summary = sweep(spec, tmp_path, n_boot=0)
+        summary = sweep(spec, tmp_path)
     finally:
         lock.release()
     assert summary.failed[0].attempts == 2 and "being written by another capture" in summary.failed[0].error
     assert (task_dir(tmp_path, task) / "error.log").is_file()
-    assert sweep(spec, tmp_path, n_boot=0).count("done") == 1
+    assert sweep(spec, tmp_path).count("done") == 1
     assert not (task_dir(tmp_path, task) / "error.log").exists()  # the failure it told of is over
 
 
@@ -220,7 +220,7 @@ def test_a_failure_that_clears_is_retried_and_the_task_finishes(tmp_path, out_of
     (task,) = expand(spec)
     run = tmp_path / "run"
     out_of_memory.raises = 1
-    summary = sweep(spec, run, n_boot=0)
+    summary = sweep(spec, run)
     assert [(o.status, o.attempts) for o in summary.outcomes] == [("done", 2)]
     assert out_of_memory.raises == 0 and out_of_memory.passes > 1  # the retry ran the model
     results = json.loads((task_dir(run, task) / "results.json").read_text())
@@ -238,7 +238,7 @@ def test_a_failure_on_both_tries_is_reported_after_exactly_two(tmp_path, out_of_
     (task,) = expand(spec)
     run = tmp_path / "run"
     out_of_memory.raises = 5
-    summary = sweep(spec, run, n_boot=0)
+    summary = sweep(spec, run)
     assert [(o.status, o.attempts) for o in summary.outcomes] == [("failed", 2)]
     assert out_of_memory.raises == 3 and out_of_memory.passes == 2  # each try ran the model once
     assert summary.failed[0].error.startswith("OutOfMemoryError: CUDA out of memory.")
@@ -263,10 +263,10 @@ def test_a_rerun_plans_the_tasks_finished_earlier_as_skipped(tmp_path, out_of_me
     spec = SweepSpec(models=models, checkpoints="final", analyses=("massive_activations",),
                      settings=dict(FAST))
     first, second = expand(spec)
-    assert sweep(dataclasses.replace(spec, sizes=("first",)), run, n_boot=0).count("done") == 1
+    assert sweep(dataclasses.replace(spec, sizes=("first",)), run).count("done") == 1
     seen: list[tuple[dict, object]] = []
     out_of_memory.watch = lambda: seen.append((json.loads((run / "run.json").read_text()), run_status(run)))
-    summary = sweep(spec, run, n_boot=0)
+    summary = sweep(spec, run)
     assert [(o.key, o.status) for o in summary.outcomes] == [(first.key, "skipped"), (second.key, "done")]
     info, status = seen[0]
     assert info["finished"] is False
@@ -290,13 +290,13 @@ def test_ray_executor_runs_tasks_on_a_local_cluster(suite_copy, tmp_path):
     spec = _spec(suite_copy, analyses=("superposition", "massive_activations"), executor="ray",
                  sizes=tuple(manifest.sizes[:3]), checkpoints=(manifest.steps[-1],))
     try:
-        summary = sweep(spec, tmp_path / "ray", n_boot=20)
+        summary = sweep(spec, tmp_path / "ray")
     finally:
         ray.shutdown()
     assert summary.count("done") == 3 and not summary.failed
     with (tmp_path / "ray" / "metrics.csv").open() as fh:
         assert {r["size"] for r in csv.DictReader(fh)} == set(spec.sizes)
-    local = sweep(dataclasses.replace(spec, executor="local"), tmp_path / "local", n_boot=20)
+    local = sweep(dataclasses.replace(spec, executor="local"), tmp_path / "local")
     assert local.count("done") == 3
     for table in ("metrics.csv", "fits.json"):
         assert (tmp_path / "ray" / table).read_bytes() == (tmp_path / "local" / table).read_bytes(), table
@@ -356,7 +356,7 @@ def test_ray_cluster_writes_a_relative_run_dir_where_the_driver_runs(suite_copy,
         monkeypatch.chdir(driver)
         spec = _spec(suite_copy, analyses=("superposition",), executor="ray", address=address,
                      sizes=(manifest.sizes[0],), checkpoints=(manifest.steps[-1],))
-        summary = sweep(spec, "run", n_boot=0)
+        summary = sweep(spec, "run")
     assert summary.count("done") == 1 and not summary.failed
     assert (driver / "run" / "metrics.csv").is_file()
     assert not (tmp_path / "head" / "run").exists()
@@ -374,7 +374,7 @@ def test_tasks_ray_loses_are_reported_failed_and_the_sweep_goes_on(suite_copy, t
     with _ray_head(tmp_path, pythonpath=str(shadow.parent)) as address:
         spec = _spec(suite_copy, analyses=("superposition",), executor="ray", address=address,
                      sizes=tuple(manifest.sizes[:2]), checkpoints=(manifest.steps[-1],))
-        summary = sweep(spec, tmp_path / "run", n_boot=0)
+        summary = sweep(spec, tmp_path / "run")
     assert [o.status for o in summary.outcomes] == ["failed", "failed"]
     for o in summary.outcomes:
         assert o.error.startswith("ModuleNotFoundError: a Ray worker cannot import scalelens")
@@ -461,7 +461,7 @@ def test_an_interrupted_ray_sweep_leaves_no_task_running(suite_copy, tmp_path):
                          sizes=tuple(manifest.sizes[:2]), checkpoints=(manifest.steps[-1],))
             threading.Thread(target=ctrl_c, daemon=True).start()
             with pytest.raises(KeyboardInterrupt):
-                sweep(spec, tmp_path / "run", n_boot=0)
+                sweep(spec, tmp_path / "run")
             assert _waited(lambda: not _holders(text), 30), "tasks still run after Ctrl-C"
     finally:
         os.close(held)
@@ -484,7 +484,7 @@ def test_extra_metrics_reach_metrics_csv_and_the_scaling_fits(suite_copy, tmp_pa
     manifest = read_manifest(suite_copy)
     spec = _spec(suite_copy, analyses=("information_capacity", "activation_sparsity"),
                  sizes=tuple(manifest.sizes), checkpoints=(manifest.steps[-1],))
-    summary = sweep(spec, tmp_path, n_boot=20)
+    summary = sweep(spec, tmp_path)
     assert summary.count("done") == len(manifest.sizes) and not summary.failed
     with (tmp_path / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -549,17 +549,17 @@ def test_scaling_fits_compare_sizes_at_one_checkpoint():
     values = {(s, step): 0.1 * (i + 1) * (1 if step == 20 else 100)
               for i, s in enumerate(("s1", "s2", "s3", "s4")) for step in (10, 20)}
     del values[("s4", 20)]
-    fits = [f for f in scaling_fits(_rows(values), n_boot=0)
+    fits = [f for f in scaling_fits(_rows(values))
             if f.x_name == "n_params" and f.form == "power_law"]
     assert len(fits) == 1
     assert fits[0].x == [1e3, 1e4, 1e5] and fits[0].y == pytest.approx([0.1, 0.2, 0.3])
     assert "sizes s4 have no value at step 20" in fits[0].note
     gone = {k: v for k, v in values.items() if k[0] != "s4"}  # s4 failed at every step
-    (fit,) = [f for f in scaling_fits(_rows(gone), n_boot=0, sizes=["s1", "s2", "s3", "s4"])
+    (fit,) = [f for f in scaling_fits(_rows(gone), sizes=["s1", "s2", "s3", "s4"])
               if f.x_name == "n_params" and f.form == "power_law"]
     assert "sizes s4 have no value at step 20" in fit.note
     whole = {(s, 20): 0.1 * (i + 1) for i, s in enumerate(("s1", "s2", "s3", "s4"))}
-    assert all(f.note == "" or "no value" not in f.note for f in scaling_fits(_rows(whole), n_boot=0))
+    assert all(f.note == "" or "no value" not in f.note for f in scaling_fits(_rows(whole)))
 
 
 def test_sizes_that_train_for_different_lengths_are_compared_at_their_own_last_step():
@@ -574,13 +574,13 @@ def test_sizes_that_train_for_different_lengths_are_compared_at_their_own_last_s
     rows = _rows(values)
     assert unfitted_note(rows) != ""  # at the run's last step (20) only s3 and s4 have values
     assert "only s3 (step 20), s4 (step 20) have them" in unfitted_note(rows, list(ends))
-    (fit,) = [f for f in scaling_fits(rows, n_boot=0, last_steps=ends)
+    (fit,) = [f for f in scaling_fits(rows, last_steps=ends)
               if f.x_name == "n_params" and f.form == "power_law"]
     assert fit.y == pytest.approx([0.1, 0.2, 0.3, 0.4])
     assert "compared at their own last checkpoint (s1: 10, s2: 10, s3: 20, s4: 20)" in fit.note
     assert unfitted_note(rows, list(ends), ends) == ""
     del values[("s4", 20)]  # a failed last task is still left out, not replaced by step 10
-    (fit,) = [f for f in scaling_fits(_rows(values), n_boot=0, sizes=list(ends), last_steps=ends)
+    (fit,) = [f for f in scaling_fits(_rows(values), sizes=list(ends), last_steps=ends)
               if f.x_name == "n_params" and f.form == "power_law"]
     assert fit.y == pytest.approx([0.1, 0.2, 0.3]) and "sizes s4 have no value at step 20" in fit.note
 
@@ -602,12 +602,12 @@ def test_loss_is_fitted_against_width_as_liu_et_al():
                 for (a, metric), per_size in table.items() for size, v in per_size.items()
                 for m in [widths[size]]]
 
-    (fit,) = [f for f in scaling_fits(rows(True), n_boot=50) if f.x_name == "superposition.m"]
+    (fit,) = [f for f in scaling_fits(rows(True)) if f.x_name == "superposition.m"]
     assert fit.metric == "information_capacity.nll_bits_per_token" and fit.form == "saturating"
     assert fit.params["alpha"] == pytest.approx(0.9, rel=1e-3)
     assert fit.params["y_inf"] == pytest.approx(2.5, rel=1e-3) and fit.n_points == 5
-    assert not [f for f in scaling_fits(rows(False), n_boot=0) if f.x_name == "superposition.m"]
-    assert not [f for f in scaling_fits(rows(True), n_boot=0) if f.metric == "superposition.m"]
+    assert not [f for f in scaling_fits(rows(False)) if f.x_name == "superposition.m"]
+    assert not [f for f in scaling_fits(rows(True)) if f.metric == "superposition.m"]
 
 
 def test_max_ratio_is_left_out_when_a_layer_has_no_ratio():
@@ -695,7 +695,7 @@ def test_a_sweep_of_own_models_runs_each_checkpoint_and_fits_across_sizes(suite_
     assert keys == [f"{a}/checkpoint-{prev}", f"{a}/checkpoint-{last}", f"{b}/checkpoint-{prev}",
                     f"{b}/checkpoint-{last}", f"{c}/main"]
     run = tmp_path / "out"
-    summary = sweep(spec, run, n_boot=10)
+    summary = sweep(spec, run)
     assert summary.count("done") == 5 and not summary.failed
     with (run / "metrics.csv").open() as fh:
         rows = [r for r in csv.DictReader(fh) if r["metric"] == "mean_sq_overlap"]
@@ -706,7 +706,7 @@ def test_a_sweep_of_own_models_runs_each_checkpoint_and_fits_across_sizes(suite_
     assert SweepSpec(models={b: models[b]}, checkpoints="final", analyses=("superposition",),
                      settings=dict(FAST)).models  # a later run may name fewer sizes ...
     again = sweep(SweepSpec(models={b: models[b]}, checkpoints="final", analyses=("superposition",),
-                            settings=dict(FAST)), run, n_boot=10)
+                            settings=dict(FAST)), run)
     assert again.count("skipped") == 1
     recorded = json.loads((run / "sweep_spec.json").read_text())["models"]
     assert recorded == spec.models  # ... and the record keeps every size measured
@@ -759,21 +759,21 @@ def test_a_rerun_with_another_batch_size_resumes_the_run(suite_copy, tmp_path):
         return _spec(suite_copy, analyses=("massive_activations",), sizes=(manifest.sizes[0],),
                      checkpoints=(manifest.steps[-1],), settings={**FAST, "n_sequences": 6, **settings})
 
-    assert sweep(spec(), tmp_path, n_boot=0).count("done") == 1
+    assert sweep(spec(), tmp_path).count("done") == 1
     (task,) = expand(spec())
     h5 = task_dir(tmp_path, task) / "massive.h5"
     with h5py.File(h5, "r+") as f:  # as a capture killed after its first batch of 4 leaves it
         before = {k: v[()] for k, v in f["probes/massive"].items()}
         f["progress"][...] = [4, 0]
     (task_dir(tmp_path, task) / "results.json").unlink()
-    again = sweep(spec(batch_size=1), tmp_path, n_boot=0)
+    again = sweep(spec(batch_size=1), tmp_path)
     assert again.count("done") == 1 and not again.failed, again.outcomes
     with CaptureFile(h5) as f:
         assert f.complete and f.batch_sizes.tolist() == [4, 4, 4, 4, 1, 1]
         for k, v in f.probe("massive").items():
             np.testing.assert_allclose(v.data, before[k], rtol=1e-5, atol=1e-5, err_msg=k)
     with pytest.raises(ScalelensError, match="holds a sweep with different settings"):
-        sweep(spec(gate=-2.0), tmp_path, n_boot=0)
+        sweep(spec(gate=-2.0), tmp_path)
     assert "batch_size" not in json.loads((tmp_path / RUN_SPEC).read_text())["settings"]
 
 
@@ -785,9 +785,9 @@ def test_a_rerun_may_add_a_size_to_a_sweep_of_own_models(suite_copy, tmp_path):
     models = {s: str(suite_copy / s / f"step{manifest.steps[-1]}") for s in (a, b)}
     kw = dict(analyses=("superposition",), settings=dict(FAST))
     run = tmp_path / "out"
-    assert sweep(SweepSpec(models={a: models[a]}, **kw), run, n_boot=0).count("done") == 1
+    assert sweep(SweepSpec(models={a: models[a]}, **kw), run).count("done") == 1
     both = SweepSpec(models=models, **kw)
-    again = sweep(both, run, n_boot=0)
+    again = sweep(both, run)
     assert (again.count("skipped"), again.count("done"), again.failed) == (1, 1, [])
     assert json.loads((run / "sweep_spec.json").read_text())["models"] == both.models
     with (run / "metrics.csv").open() as fh:
@@ -805,11 +805,11 @@ def test_a_size_that_measured_nothing_may_be_pointed_at_another_model(suite_copy
         f.unlink()
     kw = dict(analyses=("superposition",), settings=dict(FAST))
     run = tmp_path / "out"
-    assert sweep(SweepSpec(models={"x": str(bare)}, **kw), run, n_boot=0).count("failed") == 1
-    assert sweep(SweepSpec(models={"x": str(good)}, **kw), run, n_boot=0).count("done") == 1
+    assert sweep(SweepSpec(models={"x": str(bare)}, **kw), run).count("failed") == 1
+    assert sweep(SweepSpec(models={"x": str(good)}, **kw), run).count("done") == 1
     other = suite_copy / manifest.sizes[1] / f"step{manifest.steps[-1]}"
     with pytest.raises(ScalelensError, match="size x was .*, not .*"):
-        sweep(SweepSpec(models={"x": str(other)}, **kw), run, n_boot=0)
+        sweep(SweepSpec(models={"x": str(other)}, **kw), run)
 
 
 def test_a_half_written_checkpoint_is_left_out_with_a_note(suite_copy, tmp_path):
@@ -866,7 +866,7 @@ def test_home_relative_paths_in_a_spec_file_are_expanded(suite_copy, tmp_path, m
         '[settings]\nhaystack = "~/hay.txt"\nn_needles = 1\ncontext_lengths = [24]\n')
     spec = read_spec(tmp_path / "sweep.toml")
     assert spec.suite == str(suite_copy.resolve())
-    summary = sweep(spec, tmp_path / "run", n_boot=0)
+    summary = sweep(spec, tmp_path / "run")
     assert summary.count("done") == 1, [o.error for o in summary.failed]
 
 
@@ -890,7 +890,7 @@ def test_relative_setting_files_in_a_spec_file_are_found_beside_it(suite_copy, t
     spec = read_spec(project / "sweep.toml")
     assert spec.settings["text"] == str(project / "data" / "probe #1.txt")
     assert spec.settings["haystack"] == str(project / "hay.txt") and spec.settings["needles"] == "english"
-    summary = sweep(spec, tmp_path / "run", n_boot=0)
+    summary = sweep(spec, tmp_path / "run")
     assert summary.count("done") == 1, [o.error for o in summary.failed]
 
 
@@ -905,13 +905,12 @@ def test_a_sweep_tokenizer_does_not_replace_a_models_own(suite_copy, tmp_path):
     word_tokenizer().save_pretrained(words)
     kw = dict(models={"x": str(suite_copy / manifest.sizes[0])}, analyses=("superposition",),
               settings=dict(FAST))
-    given = sweep(SweepSpec(**kw, checkpoints="final", tokenizer=str(words)), tmp_path / "given", n_boot=0)
+    given = sweep(SweepSpec(**kw, checkpoints="final", tokenizer=str(words)), tmp_path / "given")
     assert (given.count("done"), given.failed) == (1, [])
     run = tmp_path / "out"
-    first = sweep(SweepSpec(**kw, checkpoints=(manifest.steps[-2],)), run, n_boot=0)
+    first = sweep(SweepSpec(**kw, checkpoints=(manifest.steps[-2],)), run)
     assert first.count("done") == 1
-    again = sweep(SweepSpec(**kw, checkpoints=tuple(manifest.steps[-2:]), tokenizer=str(words)), run,
-                  n_boot=0)
+    again = sweep(SweepSpec(**kw, checkpoints=tuple(manifest.steps[-2:]), tokenizer=str(words)), run)
     assert (again.count("skipped"), again.count("done"), again.failed) == (1, 1, [])
 
 
@@ -951,7 +950,7 @@ def test_a_reader_of_the_metrics_tables_keeps_a_whole_file_while_a_rerun_rewrite
     file's offsets. Both are now written aside and renamed: an open reader keeps the old file."""
     pq = pytest.importorskip("pyarrow.parquet")
     spec = _spec(suite_copy, analyses=("superposition",), checkpoints=(read_manifest(suite_copy).steps[-1],))
-    sweep(spec, tmp_path, n_boot=0)
+    sweep(spec, tmp_path)
     tasks = [(t.size, task_dir(tmp_path, t) / "results.json") for t in expand(spec)]
     with (tmp_path / "metrics.parquet").open("rb") as parquet, (tmp_path / "metrics.csv").open() as table:
         rows = pq.read_table(tmp_path / "metrics.parquet").num_rows

@@ -185,7 +185,7 @@ def test_each_fit_is_made_against_its_own_x():
     from scalelens.sweeps.fits import scaling_fits
 
     per_size = {"s1": (1e6, 2e5, 0.4), "s2": (4e6, 1.5e6, 0.3), "s3": (1.6e7, 9e6, 0.2)}
-    fits = {f.x_name: f for f in scaling_fits(_fit_rows(per_size), n_boot=0)}
+    fits = {f.x_name: f for f in scaling_fits(_fit_rows(per_size))}
     assert fits["n_params"].x == [1e6, 4e6, 1.6e7]
     assert fits["n_params_non_embedding"].x == [2e5, 1.5e6, 9e6]
     assert fits["n_params_non_embedding"].y == [0.4, 0.3, 0.2]
@@ -201,7 +201,7 @@ def test_the_loss_is_paired_with_its_own_sizes_width():
     rows += _fit_rows({s: (m ** 2, m ** 2, loss[s]) for s, m in sorted(widths.items())},
                       "nll_bits_per_token", "information_capacity")
     rows += _fit_rows({"s5": (1e6, 1e6, 2.6)}, "nll_bits_per_token", "information_capacity")
-    (fit,) = [f for f in scaling_fits(rows, n_boot=0) if f.x_name == "superposition.m"]
+    (fit,) = [f for f in scaling_fits(rows) if f.x_name == "superposition.m"]
     assert dict(zip(fit.x, fit.y, strict=True)) == pytest.approx({m: loss[s] for s, m in widths.items()})
 
 
@@ -322,7 +322,7 @@ def test_no_unfitted_note_when_some_metric_has_enough_sizes():
     rows = _fit_rows({"s1": (1e6, 5e5, 0.4), "s2": (4e6, 2e6, 0.3), "s3": (1.6e7, 8e6, 0.2)})
     rows += _fit_rows({"s1": (1e6, 5e5, 1.0), "s2": (4e6, 2e6, 2.0)}, "loss", "massive_activations")
     assert unfitted_note(rows) == ""
-    assert {f.metric for f in scaling_fits(rows, n_boot=0)} == {"superposition.mean_sq_overlap"}
+    assert {f.metric for f in scaling_fits(rows)} == {"superposition.mean_sq_overlap"}
     assert "only s1 (step 9), s2 (step 9) have them" in unfitted_note(rows[3:])
 
 
@@ -365,7 +365,7 @@ def test_the_massive_activation_loss_gets_a_saturating_fit_too():
     from scalelens.sweeps.fits import scaling_fits
 
     per_size = {f"s{i}": (n, n / 2, 20.0 * n ** -0.3 + 2.0) for i, n in enumerate((1e5, 1e6, 1e7, 1e8))}
-    fits = scaling_fits(_fit_rows(per_size, "loss", "massive_activations"), n_boot=0)
+    fits = scaling_fits(_fit_rows(per_size, "loss", "massive_activations"))
     assert sorted((f.x_name, f.form) for f in fits) == [
         ("n_params", "power_law"), ("n_params", "saturating"),
         ("n_params_non_embedding", "power_law"), ("n_params_non_embedding", "saturating")]
@@ -389,7 +389,7 @@ def test_a_sweep_that_finishes_no_task_leaves_no_earlier_tables(micro_suite, tmp
     for name in ("metrics.csv", "fits.json"):
         (run / name).write_text("stale\n")
     spec = SweepSpec(suite=str(suite), sizes=(size,), checkpoints=(step,), analyses=("superposition",))
-    summary = sweep(spec, run, n_boot=0)
+    summary = sweep(spec, run)
     assert summary.count("failed") == 1
     assert not (run / "metrics.csv").exists() and not (run / "fits.json").exists()
 

@@ -83,7 +83,7 @@ def test_the_sweep_writes_a_trend_per_scalar_metric_and_size(tmp_path):
         w = csv.DictWriter(fh, COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    data = write_fits(tmp_path, n_boot=0)
+    data = write_fits(tmp_path)
     slopes = [t["slope_per_decade"] for t in json.loads((tmp_path / "fits.json").read_text())["step_trends"]]
     assert slopes == [pytest.approx(1.0), pytest.approx(2.0)] and len(data["step_trends"]) == 2
 
