@@ -90,21 +90,35 @@ def hub_unreachable(repo_id: str, revision: str) -> str | None:
     cost no wait (a refused connection, no network, a 5xx) are asked again every time,
     so a network fixed in the meantime is seen at the next load.
     """
+    seen = recent_timeout()
+    if seen is not None:
+        return seen
+    why, timed_out = _ask_hub(repo_id, revision)
+    remember_answer(why, timed_out)
+    return why
+
+
+def recent_timeout() -> str | None:
+    """Why the hub (``HF_ENDPOINT``) timed out within ``UNREACHABLE_MEMORY_S``; ``None`` if it did not."""
     from huggingface_hub import constants
 
-    endpoint = constants.ENDPOINT
-    seen = _unreachable.get(endpoint)
-    if seen is not None:
-        age = time.monotonic() - seen[0]
-        if age < UNREACHABLE_MEMORY_S:
-            return (f"{seen[1]}; found {age:.0f} s ago, not asked again for "
-                    f"{UNREACHABLE_MEMORY_S:.0f} s")
-    why, timed_out = _ask_hub(repo_id, revision)
+    seen = _unreachable.get(constants.ENDPOINT)
+    if seen is None:
+        return None
+    age = time.monotonic() - seen[0]
+    if age >= UNREACHABLE_MEMORY_S:
+        return None
+    return f"{seen[1]}; found {age:.0f} s ago, not asked again for {UNREACHABLE_MEMORY_S:.0f} s"
+
+
+def remember_answer(why: str | None, timed_out: bool) -> None:
+    """Record how the hub answered a question: a timeout is remembered, anything else forgets it."""
+    from huggingface_hub import constants
+
     if timed_out:
-        _unreachable[endpoint] = (time.monotonic(), why or "timeout")
+        _unreachable[constants.ENDPOINT] = (time.monotonic(), why or "timeout")
     else:
-        _unreachable.pop(endpoint, None)
-    return why
+        _unreachable.pop(constants.ENDPOINT, None)
 
 
 def _ask_hub(repo_id: str, revision: str) -> tuple[str | None, bool]:
@@ -115,7 +129,7 @@ def _ask_hub(repo_id: str, revision: str) -> tuple[str | None, bool]:
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
-    transport, proxy, timeout = _http_errors()
+    transport, proxy, timeout = http_errors()
     try:
         HfApi().repo_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except proxy:
@@ -129,7 +143,7 @@ def _ask_hub(repo_id: str, revision: str) -> tuple[str | None, bool]:
     return None, False
 
 
-def _http_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...],
+def http_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...],
                             tuple[type[BaseException], ...]]:
     """``(TransportError, ProxyError, TimeoutException)`` classes of the HTTP client huggingface_hub uses.
 

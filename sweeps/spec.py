@@ -473,46 +473,91 @@ def _model_tasks(spec: SweepSpec) -> list[Task]:
 def _source_tasks(size: str, source: str, checkpoints: str | tuple[int, ...]) -> list[Task]:
     """One model's tasks: its checkpoints chosen as for a suite, or its one final model.
 
-    A hub id other than Pythia's has explicit steps only: each loads the revision of the
-    local hub cache that gives that step (``step1000-tokens4B``), else ``step<N>``.
+    A hub id other than Pythia's chooses from its revisions that give a step (see
+    :func:`_hub_tasks`).
     """
     from scalelens.models.sources import resolve_source
 
     known = _known_checkpoints(source)
     if known is not None:
-        try:
-            steps = select_steps(list(known), checkpoints)
-        except ScalelensError as e:
-            raise ScalelensError(f"size {size} ({source}): {e}") from None
-        return [Task(size, source, _one_revision(size, source, n, known[n]), n) for n in steps]
+        return _chosen_tasks(size, source, checkpoints, known, "checkpoints")
     resolved = resolve_source(source, None, None)
+    if resolved.kind == "hub":
+        return _hub_tasks(size, source, checkpoints)
     if isinstance(checkpoints, tuple):
-        if resolved.kind != "hub":
-            raise ScalelensError(f"size {size}: {source} has no step<N> or checkpoint-<N> directories "
-                                 "to choose from; leave checkpoints out (its one model is measured)")
-        cached = _cached_step_revisions(source)
-        return [Task(size, source, _one_revision(size, source, n, cached.get(n, [f"step{n}"]), hub=True), n)
-                for n in checkpoints]  # uncached: the hub's stepN convention
+        raise ScalelensError(f"size {size}: {source} has no step<N> or checkpoint-<N> directories "
+                             "to choose from; leave checkpoints out (its one model is measured)")
     return [Task(size, source, None, resolved.step)]
 
 
-def _one_revision(size: str, source: str, step: int, names: list[str], hub: bool = False) -> str:
+def _chosen_tasks(size: str, source: str, checkpoints: str | tuple[int, ...],
+                  known: dict[int, list[str]], where: str) -> list[Task]:
+    """The tasks of the steps ``checkpoints`` chooses from ``known`` (``{step: [revisions]}``)."""
+    try:
+        steps = select_steps(list(known), checkpoints)
+    except ScalelensError as e:
+        raise ScalelensError(f"size {size} ({source}): {e}") from None
+    return [Task(size, source, _one_revision(size, source, n, known[n], where), n) for n in steps]
+
+
+def _hub_tasks(size: str, source: str, checkpoints: str | tuple[int, ...]) -> list[Task]:
+    """A hub id's tasks: steps chosen from its revisions that give one (``step20000-tokens84B``).
+
+    The revisions are the hub's branches and tags with the locally cached ones. Offline, or
+    with the hub unreachable, they are those known here (the local hub cache, the hub's
+    last listing), and an explicit step known to neither loads ``step<N>`` (its task fails
+    with what the cache lacks). A repo without such revisions measures ``main``; explicit
+    steps are refused for it once the hub has said so.
+    """
+    from scalelens.models.hub_refs import hub_revision_listing
+    from scalelens.models.revisions import revisions_by_step
+
+    listing = hub_revision_listing(source)
+    known = revisions_by_step(list(listing.names))
+    local = not listing.from_hub and set(listing.names) <= set(listing.cached)
+    where = "revisions in the local hub cache" if local else "revisions on the hub"
+    if isinstance(checkpoints, tuple) and not listing.from_hub:
+        return [Task(size, source, _one_revision(size, source, n, known.get(n, [f"step{n}"]), where), n)
+                for n in checkpoints]
+    if known:
+        return _chosen_tasks(size, source, checkpoints, known, where)
+    if isinstance(checkpoints, tuple):
+        raise ScalelensError(
+            f"size {size} ({source}): the hub lists no revision that gives a training step "
+            f"(step<N>, step<N>-tokens<K>, stage1-step<N>; it has {_names_text(listing.names)}), "
+            "so there are no checkpoint steps to choose; leave checkpoints out to measure main"
+        )
+    return [Task(size, source, None, None)]
+
+
+def _names_text(names: tuple[str, ...], n: int = 6) -> str:
+    """``a, b, c and 4 more``, or ``none``."""
+    if not names:
+        return "none"
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _one_revision(size: str, source: str, step: int, names: list[str], where: str) -> str:
     """The one checkpoint of ``step``; several (``step1000``, ``checkpoint-1000``) are refused.
 
     A sweep measures each step once: two checkpoints of one step would be one point on the
-    training-step axis twice, or one of them silently left out.
+    training-step axis twice, or one of them silently left out. ``where`` says where the
+    names are: ``checkpoints`` (a run directory's), ``revisions in the local hub cache`` or
+    ``revisions on the hub``.
     """
     if len(names) == 1:
         return names[0]
-    if hub:
+    if where == "revisions in the local hub cache":
         from scalelens.models.hub_cache import repo_cache_dir
 
         refs = repo_cache_dir(source, None) / "refs"
-        where, fix = "revisions in the local hub cache", f"delete the others' files from {refs}"
+        fix = f"sweep other steps, or keep one: delete the others' files from {refs}"
+    elif where == "checkpoints":
+        fix = f"sweep other steps, or keep one: move the others out of {source}"
     else:
-        where, fix = "checkpoints", f"move the others out of {source}"
+        fix = "sweep other steps"
     raise ScalelensError(f"size {size} ({source}): step {step} is given by {len(names)} {where} "
-                         f"({', '.join(names)}); sweep other steps, or keep one: {fix}")
+                         f"({', '.join(names)}); {fix}")
 
 
 _PYTHIA_ID = re.compile(r"EleutherAI/pythia-[\w.]+", re.IGNORECASE)
@@ -532,14 +577,6 @@ def _known_checkpoints(source: str) -> dict[int, list[str]] | None:
     return None
 
 
-def _cached_step_revisions(repo_id: str) -> dict[int, list[str]]:
-    """``{step: [revisions]}`` of the revisions of hub id ``repo_id`` in the local hub cache."""
-    from scalelens.models.hub_cache import cached_revisions
-    from scalelens.models.revisions import revisions_by_step
-
-    return revisions_by_step(cached_revisions(repo_id, None) or [])
-
-
 def incomplete_checkpoints(spec: SweepSpec) -> list[str]:
     """One note per own model whose run directory holds checkpoints left out as half-written."""
     from scalelens.models.sources import incomplete_step_dirs
@@ -554,6 +591,34 @@ def incomplete_checkpoints(spec: SweepSpec) -> list[str]:
         if skipped:
             notes.append(f"size {size}: left out {', '.join(skipped)} of {path}: no config.json or "
                          "no weights (a save still being written, or interrupted)")
+    return notes
+
+
+def hub_listing_notes(spec: SweepSpec) -> list[str]:
+    """One note per hub id whose ``log``/``all``/``final`` checkpoints the hub could not list.
+
+    They are then chosen from the revisions known here (the local hub cache, the hub's last
+    listing remembered under ``$SCALELENS_CACHE/hub-refs``), or ``main`` when none gives a step.
+    """
+    from scalelens.models.hub_refs import hub_revision_listing
+    from scalelens.models.revisions import revisions_by_step
+    from scalelens.models.sources import looks_like_hub_id
+
+    if spec.models is None or isinstance(spec.checkpoints, tuple):
+        return []
+    notes = []
+    for size in _check_sizes(spec.sizes, list(spec.models)):
+        source = spec.models[size]
+        if Path(source).exists() or not looks_like_hub_id(source) or _known_checkpoints(source) is not None:
+            continue
+        listing = hub_revision_listing(source)
+        if listing.from_hub:
+            continue
+        steps = len(revisions_by_step(list(listing.names)))
+        chosen = (f"checkpoints chosen from the {steps} step(s) known here (local hub cache, the hub's "
+                  "last listing)" if steps else "no revision known here gives a step, so main is measured")
+        notes.append(f"size {size} ({source}): the hub could not list its revisions ({listing.why}); "
+                     f"{chosen}")
     return notes
 
 
