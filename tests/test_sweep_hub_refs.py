@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from scalelens.sweeps.spec import SweepSpec, expand, hub_listing_notes
 OLMO = "olmo-test/m"
 BRANCHES = ["main", "step0-tokens0B", "step1000-tokens4B", "step2000-tokens8B", "step3000-tokens12B",
             "stage2-ingredient1-step1000-tokens4B"]
+OLMO2 = "olmo2-test/m"
+OLMO2_BRANCHES = ["main", "step1000-tokens4B", "stage1-step1000-tokens4B", "stage1-step2000-tokens8B"]
 
 
 class FakeHub:
@@ -94,7 +97,7 @@ def fake_hub(monkeypatch, tmp_path) -> Iterator[FakeHub]:
     monkeypatch.setenv("SCALELENS_CACHE", str(tmp_path / "scalelens"))
     monkeypatch.setattr(hub_refs, "_listed", {})
     monkeypatch.setattr(hub, "_unreachable", {})
-    fake = FakeHub({OLMO: BRANCHES, "plain/model": ["main"]})
+    fake = FakeHub({OLMO: BRANCHES, "plain/model": ["main"], OLMO2: OLMO2_BRANCHES})
     _point_at(monkeypatch, fake.url)
     yield fake
     fake.server.shutdown()
@@ -115,7 +118,7 @@ def test_log_all_final_and_steps_of_a_hub_id_choose_from_its_branches(fake_hub, 
     """final, all and explicit steps of an OLMo-style hub id come from its branch list (they
     measured main alone, and explicit steps loaded step<N>, which OLMo lacks); a cached
     revision the hub does not list joins them; a step neither has is refused naming those
-    there are; planning asks the hub once however often it plans."""
+    there are; planning asks the hub once however often it plans, and never for Pythia."""
     write_hub_cache(tmp_path / "hub", OLMO, {"step500-tokens2B": _any_model(tmp_path)})
     steps = [0, 500, 1000, 2000, 3000]
     assert _keys("final") == ["m/step3000-tokens12B"]
@@ -126,8 +129,22 @@ def test_log_all_final_and_steps_of_a_hub_id_choose_from_its_branches(fake_hub, 
     with pytest.raises(ScalelensError, match=r"^size m \(olmo-test/m\): checkpoint step\(s\) \[5000\] not "
                                              r"available; available: 0, 500, 1000, 2000, 3000$"):
         expand(SweepSpec(models={"m": OLMO}, checkpoints=(1000, 5000)))
+    pythia = SweepSpec(models={"p": "EleutherAI/pythia-70m"}, checkpoints="final")
+    assert [t.key for t in expand(pythia)] == ["p/step143000"]  # Pythia's steps are known: no question
     assert fake_hub.refs_asked() == 1
     assert hub_listing_notes(SweepSpec(models={"m": OLMO}, checkpoints="all")) == []
+
+
+def test_two_hub_branches_of_one_chosen_step_are_one_line(fake_hub):
+    """Two branches giving one step (OLMo 2's step1000-tokens4B beside stage1-step1000-tokens4B)
+    are refused when that step is chosen, naming both (the sweep loaded step1000, which
+    neither is); the fix is no cache deletion, as the hub holds them. Other steps still sweep."""
+    with pytest.raises(ScalelensError, match=re.escape(
+            f"size m ({OLMO2}): step 1000 is given by 2 revisions on the hub (stage1-step1000-tokens4B, "
+            "step1000-tokens4B); sweep other steps")):
+        expand(SweepSpec(models={"m": OLMO2}, checkpoints=(1000, 2000)))
+    assert [t.key for t in expand(SweepSpec(models={"m": OLMO2}, checkpoints="final"))] == [
+        "m/stage1-step2000-tokens8B"]
 
 
 def _any_model(tmp_path: Path) -> Path:
@@ -201,3 +218,36 @@ def test_a_rerun_with_the_hub_unreachable_plans_the_tasks_it_finished(fake_hub, 
 def _metric_rows(run: Path) -> list[dict[str, str]]:
     with (run / "metrics.csv").open(newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def test_a_hanging_hub_is_waited_for_once_then_the_cache_chooses(fake_hub, tmp_path, monkeypatch):
+    """A hub that accepts connections and never answers: the listing waits HF_HUB_ETAG_TIMEOUT
+    once (the hub client alone waits without end), then the cached revisions choose; the
+    timeout is remembered, so planning again, and the loads after it, ask nothing."""
+    from huggingface_hub import constants
+
+    write_hub_cache(tmp_path / "hub", OLMO, {"step1000-tokens4B": _any_model(tmp_path)})
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    with socket.socket() as silent:  # listens, never accepts: every request waits
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        silent.setblocking(False)
+        _point_at(monkeypatch, f"http://127.0.0.1:{silent.getsockname()[1]}")
+        assert _keys("all") == ["m/step1000-tokens4B"]
+        first = _waiting_connections(silent)
+        assert _keys("final") == ["m/step1000-tokens4B"]
+        assert (first, _waiting_connections(silent)) == (1, 0)
+        assert re.fullmatch(r"no answer in 1 s; found \d+ s ago, not asked again for \d+ s",
+                            hub.hub_unreachable(OLMO, "step1000-tokens4B") or "")
+        assert _waiting_connections(silent) == 0
+
+
+def _waiting_connections(listener: socket.socket) -> int:
+    """Accept (and close) the connections waiting in ``listener``'s backlog; how many there were."""
+    n = 0
+    while True:
+        try:
+            listener.accept()[0].close()
+        except BlockingIOError:
+            return n
+        n += 1
