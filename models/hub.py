@@ -237,16 +237,15 @@ def _abbreviate(names: list[str], limit: int = 12) -> str:
 
 
 def remote_revisions(repo_id: str) -> list[str] | None:
-    """Branches and tags on the hub, or ``None`` when the hub cannot be asked."""
-    if is_offline():
-        return None
-    try:
-        from huggingface_hub import list_repo_refs
+    """Branches and tags on the hub, or ``None`` when the hub cannot be asked.
 
-        refs = list_repo_refs(repo_id)
-    except Exception:  # noqa: BLE001 - any failure just means "cannot list"
-        return None
-    return sorted([r.name for r in (*refs.branches, *refs.tags)], key=revision_key)
+    Asked as a sweep's planning asks (:func:`~scalelens.models.hub_refs.hub_names`): at most
+    ``HF_HUB_ETAG_TIMEOUT`` seconds of waiting, a listing of the last minutes reused.
+    """
+    from .hub_refs import hub_names
+
+    names = hub_names(repo_id)[0]
+    return None if names is None else sorted(names, key=revision_key)
 
 
 def explain_failure(

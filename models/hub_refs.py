@@ -59,7 +59,7 @@ def hub_revision_listing(repo_id: str) -> RevisionListing:
         cache's revisions and the listing last remembered on disk, with the reason.
     """
     cached = cached_revisions(repo_id, None) or []
-    names, why = _hub_names(repo_id)
+    names, why = hub_names(repo_id)
     if names is None:
         return RevisionListing(_ordered([*cached, *_recalled(repo_id)]), False, why, _ordered(cached))
     return RevisionListing(_ordered([*names, *cached]), True, None, _ordered(cached))
@@ -69,8 +69,12 @@ def _ordered(names: list[str]) -> tuple[str, ...]:
     return tuple(sorted(set(names), key=revision_key))
 
 
-def _hub_names(repo_id: str) -> tuple[tuple[str, ...] | None, str | None]:
-    """The hub's branches and tags of ``repo_id`` (remembered ones while fresh), or why there are none."""
+def hub_names(repo_id: str) -> tuple[tuple[str, ...] | None, str | None]:
+    """The hub's branches and tags of ``repo_id`` (remembered ones while fresh), or why there are none.
+
+    The hub is not asked offline, nor while a timeout of the last minute is remembered
+    (:func:`~scalelens.models.hub.recent_timeout`); the wait is at most ``HF_HUB_ETAG_TIMEOUT``.
+    """
     from huggingface_hub import constants
 
     if is_offline():

@@ -251,3 +251,26 @@ def _waiting_connections(listener: socket.socket) -> int:
         except BlockingIOError:
             return n
         n += 1
+
+
+def test_a_failed_loads_revision_check_asks_the_hub_as_planning_does(fake_hub, tmp_path, monkeypatch):
+    """explain_failure's listing of the hub's revisions (is the one asked for unknown?) waits at
+    most HF_HUB_ETAG_TIMEOUT on a hanging hub (it waited without end), and names an unknown
+    revision from the fake hub's branches when the hub answers."""
+    from huggingface_hub import constants
+
+    err = hub.explain_failure(OLMO, "step1000", None, OSError("404"))
+    assert "step1000" in str(err) and "step1000-tokens4B" in str(err), err
+    assert hub.remote_revisions(OLMO) == [b for b in BRANCHES if b.startswith("step")] + [
+        "stage2-ingredient1-step1000-tokens4B", "main"]
+    monkeypatch.setattr(hub_refs, "_listed", {})
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    answer: list[object] = []
+    with socket.socket() as silent:  # listens, never accepts: every request waits
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        _point_at(monkeypatch, f"http://127.0.0.1:{silent.getsockname()[1]}")
+        asking = threading.Thread(target=lambda: answer.append(hub.remote_revisions(OLMO)), daemon=True)
+        asking.start()
+        asking.join(60)
+        assert answer == [None]
