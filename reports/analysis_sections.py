@@ -9,9 +9,8 @@ from functools import partial
 import numpy as np
 
 from . import plots
-from .metrics import Series, step_rank
 from .rundir import Run
-from .sections import PlotJob, SectionPlan
+from .sections import PlotJob, SectionPlan, earlier_steps
 
 RETRIEVAL_SCORE = "retrieval_heads.score"
 RETRIEVAL_THRESHOLD = 0.1
@@ -49,7 +48,7 @@ def plan_retrieval(run: Run) -> SectionPlan:
             table.scalar("retrieval_heads.fraction", s),
             table.scalar("retrieval_heads.fraction_zero", s),
             threshold,
-            _earlier_step(run, s),
+            table.earlier_step(RETRIEVAL_SCORE, s),
         )
         jobs.append(
             PlotJob(
@@ -93,15 +92,6 @@ def retrieval_threshold(run: Run) -> float:
     return RETRIEVAL_THRESHOLD
 
 
-def _earlier_step(run: Run, series: Series) -> int | None:
-    """The step of the heatmap's scores when it is not the size's latest checkpoint, else None."""
-    rows = run.table.latest(RETRIEVAL_SCORE, series)
-    newest = run.table.latest_rows(series)
-    if not rows or not newest or step_rank(rows[0].step) == step_rank(newest[0].step):
-        return None
-    return rows[0].step
-
-
 def _retrieval_caption(fraction: float, zero: float, threshold: float, step: int | None = None) -> str:
     parts = []
     if step is not None:
@@ -129,6 +119,7 @@ def plan_massive(run: Run) -> SectionPlan:
                     y_label="max|h| / median|h|",
                     reference=(MASSIVE_BAR, "ratio 1000 (Sun et al. bar)"),
                 ),
+                earlier_steps(run, [MASSIVE_RATIO]),
             ),
         )
         if lines
@@ -158,7 +149,9 @@ def plan_superposition(run: Run) -> SectionPlan:
     }
     points = {k: v for k, v in points.items() if math.isfinite(v[0]) and math.isfinite(v[1])}
     colors = run.colors()
-    jobs = (PlotJob("overlap vs 1/m", lambda: plots.overlap_plot(points, colors)),) if points else ()
+    keys = [f"superposition.{k}" for k in ("inv_m", "mean_sq_overlap", "mean_sq_overlap_centered")]
+    draw = partial(plots.overlap_plot, points, colors)
+    jobs = (PlotJob("overlap vs 1/m", draw, earlier_steps(run, keys)),) if points else ()
     return SectionPlan(
         "superposition",
         "Superposition",
@@ -202,6 +195,7 @@ def plan_text_dominance(run: Run) -> SectionPlan:
             PlotJob(
                 f"{prefix} by layer group",
                 partial(plots.group_bars, values, groups, colors, y_label=prefix),
+                earlier_steps(run, [f"text_dominance.{prefix}_{g}" for g in groups]),
             )
         )
     lines = {table.label(s): table.by_layer(MDI, s) for s in run.series()}
@@ -211,6 +205,7 @@ def plan_text_dominance(run: Run) -> SectionPlan:
             PlotJob(
                 "MDI by layer",
                 lambda: plots.per_layer_plot(lines, colors, y_label="MDI", reference=(1.0, "parity (1)")),
+                earlier_steps(run, [MDI]),
             )
         )
     return SectionPlan(

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import plots
 from .rundir import Run
-from .sections import PlotJob, SectionPlan
+from .sections import PlotJob, SectionPlan, earlier_steps
 
 CAPACITY = "information_capacity.information_capacity"
 CAPACITY_FLOPS = "information_capacity.flops_per_token"
@@ -32,7 +32,7 @@ def plan_capacity(run: Run) -> SectionPlan:
     jobs = (
         (PlotJob("information capacity vs FLOPs per token",
                  partial(plots.capacity_plot, points, run.colors(), mean=mean),
-                 _capacity_caption(points)),)
+                 _join(_capacity_caption(points), earlier_steps(run, [CAPACITY_FLOPS, CAPACITY]))),)
         if points
         else ()
     )
@@ -45,6 +45,10 @@ def plan_capacity(run: Run) -> SectionPlan:
         jobs,
         "No information-capacity results in this run.",
     )
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
 
 
 def _capacity_caption(points: dict[str, tuple[float, float]]) -> str:
@@ -63,7 +67,7 @@ def plan_sparsity(run: Run) -> SectionPlan:
         lines = {k: v for k, v in lines.items() if v[0].size}
         if lines:
             draw = partial(plots.per_layer_plot, lines, colors, y_label=f"Hoyer sparsity, {point}")
-            jobs.append(PlotJob(f"Hoyer sparsity of {point} by layer", draw))
+            jobs.append(PlotJob(f"Hoyer sparsity of {point} by layer", draw, earlier_steps(run, [key])))
     return SectionPlan(
         "sparsity",
         "Activation sparsity",

@@ -77,19 +77,23 @@ class MetricTable:
     _first: dict[Series, MetricRow] = field(init=False, repr=False)
     _kinds: dict[str, dict[str, None]] = field(init=False, repr=False)
     _last_step: int | None = field(init=False, repr=False)
+    _newest: dict[Series, float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         groups: dict[tuple[str, Series], list[MetricRow]] = defaultdict(list)
         first: dict[Series, MetricRow] = {}
+        newest: dict[Series, float] = {}
         kinds: dict[str, dict[str, None]] = {"scalar": {}, "layer": {}, "head": {}}
         for r in self.rows:
             series, key = r.series, r.key
             groups[key, series].append(r)
             first.setdefault(series, r)
+            newest[series] = max(newest.get(series, -math.inf), step_rank(r.step))
             kinds[r.kind].setdefault(key)
         object.__setattr__(self, "_groups", dict(groups))
         object.__setattr__(self, "_first", first)
         object.__setattr__(self, "_kinds", kinds)
+        object.__setattr__(self, "_newest", newest)
         last = max((r.step for r in self.rows if r.step is not None), default=None)
         object.__setattr__(self, "_last_step", last)
 
@@ -164,6 +168,17 @@ class MetricTable:
             return []
         last = max(step_rank(r.step) for r in rows)
         return [r for r in rows if step_rank(r.step) == last]
+
+    def earlier_step(self, key: str, series: Series) -> int | None:
+        """Return the step `latest` takes ``key`` from when it is older than the size's latest checkpoint.
+
+        None when the size's latest checkpoint has the metric (or nothing has it): the values
+        shown as "the latest" are then the latest.
+        """
+        rows = self.latest(key, series)
+        if not rows or step_rank(rows[0].step) == self._newest.get(series):
+            return None
+        return rows[0].step
 
     def scalar(self, key: str, series: Series) -> float:
         """Return a scalar metric at its latest checkpoint, NaN when absent."""

@@ -61,6 +61,29 @@ class Section:
     empty: str = ""
 
 
+def earlier_steps(run: Run, keys: Sequence[str]) -> str:
+    """Name the sizes a plot of ``keys`` shows at a step older than their latest checkpoint.
+
+    A plot "at the latest checkpoint" takes each size's latest values of a metric; a size
+    whose latest checkpoint lacks them (non-finite there, so not in metrics.csv) shows an
+    earlier step's, which the caption must say. "" when every size is at its latest.
+
+    Args:
+        run: The loaded run.
+        keys: The metrics the plot shows.
+
+    Returns:
+        E.g. ``"shown at an earlier step, the latest checkpoint having none: 160m (step 10)"``.
+    """
+    named = []
+    for s in run.series():
+        steps = sorted({step for k in keys if (step := run.table.earlier_step(k, s)) is not None})
+        if steps:
+            word = "step" if len(steps) == 1 else "steps"
+            named.append(f"{run.table.label(s)} ({word} {', '.join(map(str, steps))})")
+    return f"shown at an earlier step, the latest checkpoint having none: {', '.join(named)}" if named else ""
+
+
 def plan_scaling(run: Run) -> SectionPlan:
     """Plan one metric-vs-parameters plot per scalar metric and x variable with fits."""
     jobs = []
@@ -157,13 +180,16 @@ def plan_other(run: Run, handled: set[str]) -> SectionPlan:
     for key in (k for k in table.keys("layer") if k not in handled):
         lines = {table.label(s): table.by_layer(key, s) for s in run.series()}
         lines = {k: v for k, v in lines.items() if v[0].size}
-        jobs.append(PlotJob(key, partial(plots.per_layer_plot, lines, colors, y_label=key)))
+        jobs.append(PlotJob(key, partial(plots.per_layer_plot, lines, colors, y_label=key),
+                            earlier_steps(run, [key])))
     for key in (k for k in table.keys("head") if k not in handled):
         for s in run.series():
             matrix = table.head_matrix(key, s)
             if matrix.size:
                 title = f"{key}, {table.label(s)}"
-                jobs.append(PlotJob(title, partial(plots.heatmap, matrix, title=title)))
+                step = table.earlier_step(key, s)
+                caption = "" if step is None else f"step {step}: the latest checkpoint has none"
+                jobs.append(PlotJob(title, partial(plots.heatmap, matrix, title=title), caption))
     return SectionPlan(
         "other",
         "Other per-layer and per-head metrics",
