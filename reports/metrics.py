@@ -194,8 +194,11 @@ class MetricTable:
         """
         if self._last_step is None:
             return self.scalar(key, series)
-        at = self._last_step if step is None else step
-        rows = [r for r in self.select(key, series) if r.step == at and r.kind == "scalar"]
+        return self.scalar_at_step(key, series, self._last_step if step is None else step)
+
+    def scalar_at_step(self, key: str, series: Series, step: int | None) -> float:
+        """Return a scalar metric at exactly ``step`` (None: a model measured without one); NaN if absent."""
+        rows = [r for r in self.select(key, series) if r.step == step and r.kind == "scalar"]
         return rows[-1].value if rows else math.nan
 
     def over_steps(self, key: str, series: Series, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:

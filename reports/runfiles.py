@@ -63,11 +63,16 @@ class Fits:
     dynamics: tuple[DynamicsFit, ...] = ()
     notes: tuple[str, ...] = ()  # why there are no scaling fits, when there are none
     trends: tuple[StepTrend, ...] = ()  # each metric over training, per size
-    last_steps: tuple[tuple[str, int], ...] = ()  # (size, step) each size was compared at
+    last_steps: tuple[tuple[str, int | None], ...] = ()  # (size, step) each size was compared at
 
     def last_step(self, size: str) -> int | None:
-        """The step the fits compared ``size`` at; None when fits.json does not say."""
+        """The step the fits compared ``size`` at; None when fits.json does not say (or `final_model`)."""
         return dict(self.last_steps).get(size)
+
+    def final_model(self, size: str) -> bool:
+        """Whether the fits compared ``size`` at a model measured without a training step."""
+        steps = dict(self.last_steps)
+        return size in steps and steps[size] is None
 
 
 def _num(value: Any) -> float | None:
@@ -166,8 +171,9 @@ def load_fits(path: Path) -> Fits:
     )
 
 
-def _last_steps(value: Any, path: Path) -> tuple[tuple[str, int], ...]:
-    if not isinstance(value, dict) or not all(type(v) is int for v in value.values()):
+def _last_steps(value: Any, path: Path) -> tuple[tuple[str, int | None], ...]:
+    """fits.json's ``last_steps``: a step per size, null for a final model (measured without one)."""
+    if not isinstance(value, dict) or not all(v is None or type(v) is int for v in value.values()):
         raise ScalelensError(f"{path}: last_steps must map sizes to steps; regenerate it with the sweep")
     return tuple((str(k), v) for k, v in value.items())
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from scalelens.progress import live_terminal, progress_bar
 
 from . import plots
+from .metrics import Series
 from .rundir import Run
 
 # Show a progress bar when a report has at least this many plots.
@@ -110,14 +111,19 @@ def _scaling_job(run: Run, key: str, x_name: str, fits: Sequence) -> Callable[[]
         families.setdefault(run.table.family(s), []).append(s)
     points = {}
     for family, members in families.items():
-        at = {s: run.fits.last_step(s.size) for s in members}  # where the fits compared each size
-        xy = [(run.table.n_params(s, x_name), run.table.scalar_at_last_step(key, s, at[s]), s.size)
-              for s in members]
+        xy = [(run.table.n_params(s, x_name), _compared_value(run, key, s), s.size) for s in members]
         xy = [p for p in xy if np.isfinite(p[0]) and np.isfinite(p[1])]
         if xy:
             points[family] = plots.Points(x=np.array([p[0] for p in xy]), y=np.array([p[1] for p in xy]),
                                           labels=[p[2] for p in xy])
     return partial(plots.scaling_plot, points, fits, x_label=x_name, y_label=key)
+
+
+def _compared_value(run: Run, key: str, series: Series) -> float:
+    """A size's value where the fits compared it: its last step, or its final model (no step)."""
+    if run.fits.final_model(series.size):
+        return run.table.scalar_at_step(key, series, None)
+    return run.table.scalar_at_last_step(key, series, run.fits.last_step(series.size))
 
 
 def plan_steps(run: Run) -> SectionPlan:

@@ -32,6 +32,7 @@ WIDTH = "superposition.m"
 LOSS_VS_WIDTH = ("information_capacity.nll_bits_per_token",)
 MIN_DYNAMICS_POINTS = 6
 MIN_SIZES = 3
+Steps = dict[str, int | None]  # size -> its last step; None: a final model, measured without one
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -58,12 +59,22 @@ def _wanted(row: dict[str, str], seen: set[tuple[str, str]]) -> bool:
     return row["analysis"] == "massive_activations" and row["metric"] == "ratio"
 
 
-def _step(row: dict[str, str]) -> int:
-    return int(row["step"]) if row["step"] else 0
+def _step(row: dict[str, str]) -> int | None:
+    """The row's training step; None for a model measured without one (a final model)."""
+    return int(row["step"]) if row["step"] else None
+
+
+def checkpoint_name(step: int | None) -> str:
+    """``step 1000``, or ``final model`` for a model measured without a training step.
+
+    Step 0 is a real checkpoint (Pythia's ``step0``); metrics.csv leaves the step of a model
+    without one (a plain model directory, a hub id's ``main``) empty.
+    """
+    return "final model" if step is None else f"step {step}"
 
 
 def scaling_fits(rows: list[dict[str, str]], sizes: list[str] | None = None,
-                 last_steps: dict[str, int] | None = None) -> list[FitResult]:
+                 last_steps: Steps | None = None) -> list[FitResult]:
     """Power law (and saturating where a metric has an asymptote) for each scalar metric.
 
     Sizes are compared at their last checkpoint: the sweep's last (largest) step, or each
@@ -90,7 +101,7 @@ def scaling_fits(rows: list[dict[str, str]], sizes: list[str] | None = None,
 
 
 def unfitted_note(rows: list[dict[str, str]], sizes: list[str] | None = None,
-                  last_steps: dict[str, int] | None = None) -> str:
+                  last_steps: Steps | None = None) -> str:
     """Why no metric could be fitted ("" when some could, or when there are no rows)."""
     by_metric, sizes, steps = _at_last_step(rows, sizes, last_steps)
     fitted = {k: v for k, v in by_metric.items() if k not in NOT_FITTED}
@@ -98,14 +109,14 @@ def unfitted_note(rows: list[dict[str, str]], sizes: list[str] | None = None,
         return ""
     have = sorted({s for v in fitted.values() for s in v}, key=sizes.index)
     return (f"a fit needs {MIN_SIZES} sizes with values at their last checkpoint, "
-            f"and only {', '.join(f'{s} (step {steps[s]})' for s in have) or 'none'} have them")
+            f"and only {', '.join(f'{s} ({checkpoint_name(steps[s])})' for s in have) or 'none'} have them")
 
 
-def _at_last_step(rows: list[dict[str, str]], sizes: list[str] | None, last_steps: dict[str, int] | None
-                  ) -> tuple[dict[str, dict[str, dict[str, str]]], list[str], dict[str, int]]:
+def _at_last_step(rows: list[dict[str, str]], sizes: list[str] | None, last_steps: Steps | None
+                  ) -> tuple[dict[str, dict[str, dict[str, str]]], list[str], Steps]:
     """Scalar rows by metric and size at each size's last step; the sizes; those steps."""
     sizes = list(dict.fromkeys([*(sizes or []), *(r["size"] for r in rows)]))
-    final = max((_step(r) for r in rows), default=0)
+    final = max((t for r in rows if (t := _step(r)) is not None), default=None)
     steps = {s: (last_steps or {}).get(s, final) for s in sizes}
     by_metric: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
     for r in rows:
@@ -114,20 +125,20 @@ def _at_last_step(rows: list[dict[str, str]], sizes: list[str] | None, last_step
     return by_metric, sizes, steps
 
 
-def _missing_note(sizes: list[str], per_size: dict[str, dict[str, str]], steps: dict[str, int]) -> str:
+def _missing_note(sizes: list[str], per_size: dict[str, dict[str, str]], steps: Steps) -> str:
     missing = [s for s in sizes if s not in per_size]
     if not missing:
         return ""
     at = {steps[s] for s in missing}
-    where = f"step {at.pop()}" if len(at) == 1 else "their last checkpoint"
+    where = "their last checkpoint" if len(at) > 1 else "the " * (None in at) + checkpoint_name(at.pop())
     return f"sizes {', '.join(missing)} have no value at {where} and are left out"
 
 
-def _steps_note(per_size: dict[str, dict[str, str]], steps: dict[str, int]) -> str:
+def _steps_note(per_size: dict[str, dict[str, str]], steps: Steps) -> str:
     used = {s: steps[s] for s in per_size}
     if len(set(used.values())) < 2:
         return ""
-    at = ", ".join(f"{s}: {t}" for s, t in used.items())
+    at = ", ".join(f"{s}: {'final model' if t is None else t}" for s, t in used.items())
     return f"sizes compared at their own last checkpoint ({at})"
 
 
@@ -178,7 +189,7 @@ def step_trends(rows: list[dict[str, str]]) -> list[StepTrend]:
 
 
 def write_fits(run_dir: Path, sizes: list[str] | None = None,
-               last_steps: dict[str, int] | None = None) -> dict[str, Any]:
+               last_steps: Steps | None = None) -> dict[str, Any]:
     """Write RUN_DIR/fits.json from RUN_DIR/metrics.csv (left untouched when it comes out as it was).
 
     ``sizes``, ``last_steps``: see :func:`scaling_fits`. ``notes`` says why there are no

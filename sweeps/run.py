@@ -69,11 +69,16 @@ def _sweep(spec: SweepSpec, run_dir: Path) -> SweepSummary:
     return summary
 
 
-def _last_steps(tasks: list) -> dict[str, int]:
-    """Each size's last planned checkpoint (sizes of a family may train for different lengths)."""
-    last: dict[str, int] = {}
+def _last_steps(tasks: list) -> dict[str, int | None]:
+    """Each size's last planned checkpoint (sizes of a family may train for different lengths).
+
+    None for a size measured without a training step (a final model), not step 0.
+    """
+    last: dict[str, int | None] = {}
     for t in tasks:
-        last[t.size] = max(last.get(t.size, 0), t.step or 0)
+        last.setdefault(t.size, None)
+        if t.step is not None:
+            last[t.size] = max(last[t.size] or 0, t.step)
     return last
 
 

@@ -228,3 +228,30 @@ def test_report_names_the_step_of_scores_older_than_the_latest_checkpoint(models
     assert _markdown_row(md, "retrieval_heads.n_tests_passed") == ["0"]
     ((_, matrix),) = _heatmaps(tmp_path / "run").values()
     assert matrix.tolist() == _expected_scores("a")
+
+
+def test_final_models_beside_a_training_step_are_compared_as_final_models_not_step_0(models, tmp_path):
+    """Sizes a and b are plain model directories (no training step, metrics.csv's step empty), f a
+    step10 checkpoint: fits.json compares a and b at their final model (null, not step 0), its
+    notes say "final model", and the report's scaling plot shows all three fitted sizes (it
+    looked for a and b at step 0 and left them out)."""
+    from scalelens.reports.sections import plan_scaling
+
+    family = tmp_path / "family"
+    copy_model(*SIZES["c"]).save_pretrained(family / "step10")
+    word_tokenizer().save_pretrained(family / "step10")
+    sizes = {"a": models["a"], "b": models["b"], "f": family}
+    spec = _spec(tmp_path / "spec.toml", sizes, models["a"].parent)
+    rows, _, md = _sweep_and_report(tmp_path / "run", spec)
+    assert {(r["size"], r["revision"], r["step"]) for r in rows} == {("a", "", ""), ("b", "", ""),
+                                                                   ("f", "step10", "10")}
+    fits = json.loads((tmp_path / "run" / "fits.json").read_text())
+    assert fits["last_steps"] == {"a": None, "b": None, "f": 10}
+    (fit,) = [f for f in fits["fits"]
+              if f["metric"] == "retrieval_heads.fraction" and f["x_name"] == "n_params"]
+    assert fit["n_points"] == 3 and fit["note"] == (
+        "sizes compared at their own last checkpoint (a: final model, b: final model, f: 10)")
+    assert "step 0" not in md and "a: 0" not in md
+    (job,) = [j for j in plan_scaling(load_run(tmp_path / "run")).jobs
+              if j.title == "retrieval_heads.fraction vs n_params"]
+    assert sorted(t.get_text() for t in job.make().axes[0].texts) == ["a", "b", "f"]

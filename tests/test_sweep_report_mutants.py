@@ -214,6 +214,31 @@ def test_each_sizes_last_planned_step_is_its_largest():
     assert _last_steps(tasks) == {"a": 10, "b": 40}
 
 
+
+def test_a_final_model_is_named_as_such_and_step_0_stays_step_0():
+    """A size measured without a training step (metrics.csv's step empty) is compared at its final
+    model, not "step 0"; a size whose only checkpoint is step 0 (Pythia's step0) is at step 0."""
+    from scalelens.sweeps.fits import scaling_fits, unfitted_note
+    from scalelens.sweeps.run import _last_steps
+    from scalelens.sweeps.spec import Task
+
+    tasks = [Task("a", "src", None, None), Task("z", "src", "step0", 0), Task("b", "src", "step0", 0),
+             Task("b", "src", "step20", 20)]
+    assert _last_steps(tasks) == {"a": None, "z": 0, "b": 20}
+    final = [{**r, "revision": "", "step": ""} for r in _fit_rows({"a": (1e6, 5e5, 0.4)})]
+    rows = final + _fit_rows({"z": (4e6, 2e6, 0.3)}, step=0)
+    assert unfitted_note(rows, last_steps={"a": None, "z": 0}) == (
+        "a fit needs 3 sizes with values at their last checkpoint, and only a (final model), "
+        "z (step 0) have them")
+    assert unfitted_note(final) == (
+        "a fit needs 3 sizes with values at their last checkpoint, and only a (final model) have them")
+    plain = [{**r, "revision": "", "step": ""} for r in _fit_rows({"b": (2e6, 1e6, 0.5)})]
+    (fit, *_) = scaling_fits(rows + plain + _fit_rows({"c": (8e6, 4e6, 0.2)}, step=0),
+                             last_steps={"a": None, "b": None, "z": 0, "c": 0})
+    assert fit.n_points == 4 and fit.note == (
+        "sizes compared at their own last checkpoint (a: final model, z: 0, b: final model, c: 0)")
+
+
 def test_trends_are_tabled_smallest_size_first_not_by_label(tmp_path):
     """'160m' sorts before '70m' as text; the table orders sizes by parameter count."""
     from scalelens.reports.runfiles import Fits
