@@ -94,7 +94,7 @@ def _run_info(spec: SweepSpec, tasks: list, outcomes: list[dict[str, Any]], star
         "created": _now(),
         "started": started,
         "finished": finished,
-        "models": sorted({t.source for t in tasks}),
+        "models": list(dict.fromkeys(t.source for t in tasks)),  # as the sizes: the spec's order
         "sizes": list(dict.fromkeys(t.size for t in tasks)),
         "analyses": list(spec.analyses),
         "settings": spec.to_dict(),

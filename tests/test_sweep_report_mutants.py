@@ -438,3 +438,20 @@ def test_run_json_lists_sizes_in_the_sweeps_order(tmp_path):
     spec = SweepSpec(models={"a": run, "b": run}, sizes=("b", "a"), checkpoints="final",
                      analyses=("superposition",))
     assert _run_info(spec, expand(spec), [], "now", finished=False)["sizes"] == ["b", "a"]
+
+
+def test_run_json_lists_models_in_the_sweeps_order_not_alphabetically(tmp_path):
+    """The Run table of the report shows run.json's models: Pythia's 70m, 160m, 1.4b in that order
+    (sorted by name, 1.4b came first and 70m last); own models in the order of their sizes."""
+    from scalelens.sweeps.run import _run_info
+    from scalelens.sweeps.spec import SweepSpec, expand
+
+    def models(spec: SweepSpec) -> list[str]:
+        return _run_info(spec, expand(spec), [], "now", finished=False)["models"]
+
+    pythia = SweepSpec(family="pythia", sizes=("70m", "160m", "1.4b"), checkpoints=(143000,),
+                       analyses=("superposition",))
+    assert models(pythia) == ["EleutherAI/pythia-70m", "EleutherAI/pythia-160m", "EleutherAI/pythia-1.4b"]
+    small, big = _own_run(tmp_path / "z"), _own_run(tmp_path / "a")
+    own = SweepSpec(models={"small": small, "big": big}, checkpoints="final", analyses=("superposition",))
+    assert models(own) == [small, big]
