@@ -8,12 +8,17 @@ from functools import partial
 
 import numpy as np
 
+from ..sweeps.metrics import checkpoint_name
 from . import plots
+from .metrics import MetricTable, Series
 from .rundir import Run
 from .sections import PlotJob, SectionPlan, earlier_steps
+from .tables import Table, fmt
 
 RETRIEVAL_SCORE = "retrieval_heads.score"
 RETRIEVAL_THRESHOLD = 0.1
+MAX_HEADS_LISTED = 10
+"""The report lists each size's retrieval heads, highest score first, up to this many."""
 MASSIVE_RATIO = "massive_activations.ratio"
 MASSIVE_BAR = 1000.0
 MDI = "text_dominance.mdi"
@@ -34,6 +39,7 @@ def plan_retrieval(run: Run) -> SectionPlan:
     The bar the captions and heatmap titles name is the run's own (its ``threshold`` setting,
     which the fractions were counted with). A size whose latest checkpoint has no scores (no
     test passed the gate there) shows its latest scored checkpoint, and the caption names it.
+    The caption lists the heads above the bar (`retrieval_heads_table` has them for the Markdown).
     """
     table = run.table
     threshold = retrieval_threshold(run)
@@ -49,6 +55,7 @@ def plan_retrieval(run: Run) -> SectionPlan:
             table.scalar("retrieval_heads.fraction_zero", s),
             threshold,
             table.earlier_step(RETRIEVAL_SCORE, s),
+            _heads_text(top_heads(matrix, threshold)),
         )
         jobs.append(
             PlotJob(
@@ -92,7 +99,62 @@ def retrieval_threshold(run: Run) -> float:
     return RETRIEVAL_THRESHOLD
 
 
-def _retrieval_caption(fraction: float, zero: float, threshold: float, step: int | None = None) -> str:
+def top_heads(matrix: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+    """Every head scoring above ``threshold``: ``(layer, head, score)``, highest score first.
+
+    Args:
+        matrix: Retrieval scores by (layer, head); NaN where not measured.
+        threshold: The score a retrieval head must exceed.
+
+    Returns:
+        The heads, ties in layer then head order.
+    """
+    layers, heads = np.nonzero(np.nan_to_num(matrix, nan=-np.inf) > threshold)
+    found = [(int(i), int(j), float(matrix[i, j])) for i, j in zip(layers, heads, strict=True)]
+    return sorted(found, key=lambda h: (-h[2], h[0], h[1]))
+
+
+def _heads_text(top: list[tuple[int, int, float]]) -> str:
+    """The first `MAX_HEADS_LISTED` of `top_heads` as ``2.5 (0.93), 0.7 (0.4)``, or none."""
+    text = ", ".join(f"{layer}.{head} ({fmt(score)})" for layer, head, score in top[:MAX_HEADS_LISTED])
+    more = len(top) - MAX_HEADS_LISTED
+    return (text + (f", and {more} more" if more > 0 else "")) or "none"
+
+
+def retrieval_heads_table(run: Run) -> Table:
+    """Each size's retrieval heads at its latest scored checkpoint, highest score first.
+
+    Args:
+        run: The loaded run.
+
+    Returns:
+        One row per size with retrieval scores: its checkpoint, how many heads exceed the run's
+        threshold, and the top `MAX_HEADS_LISTED` of them as ``layer.head (score)``.
+    """
+    table, threshold = run.table, retrieval_threshold(run)
+    rows = []
+    for s in run.series():
+        matrix = table.head_matrix(RETRIEVAL_SCORE, s)
+        if matrix.size:
+            top = top_heads(matrix, threshold)
+            counted = f"{len(top)} of {int(np.isfinite(matrix).sum())}"
+            rows.append((table.label(s), _scores_checkpoint(table, s), counted, _heads_text(top)))
+    note = (f"Heads scoring above the run's threshold {threshold:g} (Wu et al. 2024 use 0.1) at each "
+            f"size's latest checkpoint, highest first, up to {MAX_HEADS_LISTED}; the heatmaps are in "
+            "the HTML report.")
+    return Table(("size", "checkpoint", f"heads > {threshold:g}", "top heads, layer.head (score)"),
+                 tuple(rows), note=note)
+
+
+def _scores_checkpoint(table: MetricTable, series: Series) -> str:
+    """The checkpoint of a size's retrieval scores, and why when it is not its latest."""
+    rows = table.latest(RETRIEVAL_SCORE, series)
+    earlier = table.earlier_step(RETRIEVAL_SCORE, series) is not None
+    return checkpoint_name(rows[0].step) + (" (the latest checkpoint has no scores)" if earlier else "")
+
+
+def _retrieval_caption(fraction: float, zero: float, threshold: float, step: int | None = None,
+                       heads: str = "") -> str:
     parts = []
     if step is not None:
         parts.append(f"step {step}: the latest checkpoint has no scores")
@@ -100,6 +162,8 @@ def _retrieval_caption(fraction: float, zero: float, threshold: float, step: int
         parts.append(f"fraction > {threshold:g}: {fraction:.1%}")
     if math.isfinite(zero):
         parts.append(f"exactly 0: {zero:.1%}")
+    if heads:
+        parts.append(f"heads > {threshold:g}, layer.head (score): {heads}")
     return "; ".join(parts)
 
 

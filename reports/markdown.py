@@ -39,7 +39,8 @@ def summary(title: str, html_name: str, tables: dict[str, Table]) -> str:
     Args:
         title: Document title.
         html_name: File name of the full HTML report, linked relatively.
-        tables: Tables keyed by ``run``, ``sizes``, ``fits``, ``dynamics``, ``trends``, ``scalars``.
+        tables: Tables keyed by ``run``, ``sizes``, ``fits``, ``dynamics``, ``trends``, ``scalars``,
+            and optionally ``retrieval``.
 
     Returns:
         The Markdown text.
@@ -57,4 +58,6 @@ def summary(title: str, html_name: str, tables: dict[str, Table]) -> str:
     lines += _section("Training-dynamics fits", tables["dynamics"], "No training-dynamics fits in fits.json.")
     lines += _section("Trends over training", tables["trends"], tables["trends"].empty)
     lines += _section("Scalar metrics at the latest checkpoint", tables["scalars"], "No scalar metrics.")
+    if "retrieval" in tables and tables["retrieval"].rows:  # a run without retrieval heads: no section
+        lines += _section("Retrieval heads at the latest checkpoint", tables["retrieval"], "")
     return "\n".join(lines)

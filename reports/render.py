@@ -45,7 +45,7 @@ def plan(run: Run) -> list[sections.SectionPlan]:
 
 
 def report_tables(run: Run) -> dict[str, tables.Table]:
-    """Return the tables keyed by ``run``, ``sizes``, ``fits``, ``dynamics``, ``trends``, ``scalars``."""
+    """Return the report's tables: run, sizes, fits, dynamics, trends, scalars and retrieval."""
     return {
         "run": tables.info_table(run.info),
         "sizes": tables.sizes_table(run),
@@ -53,6 +53,7 @@ def report_tables(run: Run) -> dict[str, tables.Table]:
         "dynamics": tables.dynamics_table(run.fits.dynamics),
         "trends": tables.trends_table(run),
         "scalars": tables.latest_scalars_table(run),
+        "retrieval": analyses.retrieval_heads_table(run),
     }
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from scalelens.analyses.dynamics import DynamicsFit, fit_dynamics
 from scalelens.analyses.scaling import FitResult, fit_scaling, fits_to_json
 from scalelens.analyses.trends import StepTrend, fit_step_trend
+from scalelens.sweeps.metrics import checkpoint_name
 
 # Metrics with an asymptote get a saturating fit beside the power law. The information
 # capacity may be negative (the paper's bias b < 0), where only the saturating form applies.
@@ -62,15 +63,6 @@ def _wanted(row: dict[str, str], seen: set[tuple[str, str]]) -> bool:
 def _step(row: dict[str, str]) -> int | None:
     """The row's training step; None for a model measured without one (a final model)."""
     return int(row["step"]) if row["step"] else None
-
-
-def checkpoint_name(step: int | None) -> str:
-    """``step 1000``, or ``final model`` for a model measured without a training step.
-
-    Step 0 is a real checkpoint (Pythia's ``step0``); metrics.csv leaves the step of a model
-    without one (a plain model directory, a hub id's ``main``) empty.
-    """
-    return "final model" if step is None else f"step {step}"
 
 
 def scaling_fits(rows: list[dict[str, str]], sizes: list[str] | None = None,

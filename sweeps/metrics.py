@@ -19,6 +19,15 @@ COLUMNS = ("model", "size", "revision", "step", "n_params", "n_params_non_embedd
 Row = tuple[str, str, Any, Any]  # (analysis, metric, layer, head) -> value appended
 
 
+def checkpoint_name(step: int | None) -> str:
+    """``step 1000``, or ``final model`` for a model measured without a training step.
+
+    Step 0 is a real checkpoint (Pythia's ``step0``); metrics.csv leaves the step of a model
+    without one (a plain model directory, a hub id's ``main``) empty.
+    """
+    return "final model" if step is None else f"step {step}"
+
+
 def _num(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None

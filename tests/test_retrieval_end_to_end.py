@@ -130,6 +130,13 @@ def _markdown_row(md: str, metric: str) -> list[str]:
     return [c.strip() for c in line.strip("|").split("|")][1:]
 
 
+def _heads_table(md: str) -> list[list[str]]:
+    """The rows of the Markdown table of retrieval heads (size, checkpoint, count, top heads)."""
+    section = md[md.index("## Retrieval heads at the latest checkpoint"):]
+    lines = [ln for ln in section.splitlines()[6:] if ln.startswith("|")]  # past the note and header
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+
+
 def _heatmaps(run: Path) -> dict[str, tuple[str, np.ndarray]]:
     """Each size's drawn retrieval heatmap: its title and the matrix it shows."""
     out = {}
@@ -186,9 +193,14 @@ def test_sweep_fits_the_fraction_against_parameters(swept):
 
 def test_report_shows_each_size_fraction_heads_and_ablation(swept):
     run, (_, page, md) = swept
-    assert _captions(page) == {"a": "fraction > 0.1: 12.5%; exactly 0: 87.5%",
-                               "b": "fraction > 0.1: 4.2%; exactly 0: 95.8%",
-                               "c": "fraction > 0.1: 3.1%; exactly 0: 96.9%"}
+    heads = "heads > 0.1, layer.head (score)"
+    assert _captions(page) == {"a": f"fraction > 0.1: 12.5%; exactly 0: 87.5%; {heads}: 1.2 (1)",
+                               "b": f"fraction > 0.1: 4.2%; exactly 0: 95.8%; {heads}: 2.5 (1)",
+                               "c": f"fraction > 0.1: 3.1%; exactly 0: 96.9%; {heads}: 0.7 (1)"}
+    assert "Heads scoring above the run's threshold 0.1 (Wu et al. 2024 use 0.1)" in md
+    assert _heads_table(md) == [["a", "final model", "1 of 8", "1.2 (1)"],
+                                ["b", "final model", "1 of 24", "2.5 (1)"],
+                                ["c", "final model", "1 of 32", "0.7 (1)"]]
     assert _markdown_row(md, "retrieval_heads.fraction") == ["0.125", "0.04167", "0.03125"]
     assert _markdown_row(md, "retrieval_heads.n_tests_passed") == [str(N_TESTS)] * 3
     assert _markdown_row(md, "retrieval_heads.recall_unmasked") == ["1", "1", "1"]
@@ -204,9 +216,11 @@ def test_report_names_the_runs_own_retrieval_threshold(models, tmp_path):
     """With ``threshold = 1`` the copy head (score exactly 1) is not above it: the fraction is 0,
     and the report says "> 1", not the default "> 0.1" that the copy head is above."""
     spec = _spec(tmp_path / "spec.toml", {"a": models["a"]}, models["a"].parent, threshold=1.0)
-    rows, page, _ = _sweep_and_report(tmp_path / "run", spec)
+    rows, page, md = _sweep_and_report(tmp_path / "run", spec)
     assert {r["metric"]: r["value"] for r in rows if r["layer"] == ""}["fraction"] == "0.0"
-    assert _captions(page) == {"a": "fraction > 1: 0.0%; exactly 0: 87.5%"}
+    assert _captions(page) == {"a": "fraction > 1: 0.0%; exactly 0: 87.5%; "
+                                    "heads > 1, layer.head (score): none"}
+    assert _heads_table(md) == [["a", "final model", "0 of 8", "none"]]
     ((title, matrix),) = _heatmaps(tmp_path / "run").values()
     assert title == "a: 0/8 heads > 1" and matrix.tolist() == _expected_scores("a")
 
@@ -222,8 +236,9 @@ def test_report_names_the_step_of_scores_older_than_the_latest_checkpoint(models
     rows, page, md = _sweep_and_report(tmp_path / "run", spec)
     passed = {r["step"]: float(r["value"]) for r in rows if r["metric"] == "n_tests_passed"}
     assert passed == {"10": N_TESTS, "20": 0.0}
-    assert _captions(page) == {
-        "a": "step 10: the latest checkpoint has no scores; fraction > 0.1: 12.5%; exactly 0: 87.5%"}
+    assert _captions(page) == {"a": "step 10: the latest checkpoint has no scores; fraction > 0.1: 12.5%; "
+                                    "exactly 0: 87.5%; heads > 0.1, layer.head (score): 1.2 (1)"}
+    assert _heads_table(md) == [["a", "step 10 (the latest checkpoint has no scores)", "1 of 8", "1.2 (1)"]]
     assert _markdown_row(md, "retrieval_heads.fraction") == ["0.125 (step 10)"]
     assert _markdown_row(md, "retrieval_heads.n_tests_passed") == ["0"]
     ((_, matrix),) = _heatmaps(tmp_path / "run").values()
@@ -255,3 +270,24 @@ def test_final_models_beside_a_training_step_are_compared_as_final_models_not_st
     (job,) = [j for j in plan_scaling(load_run(tmp_path / "run")).jobs
               if j.title == "retrieval_heads.fraction vs n_params"]
     assert sorted(t.get_text() for t in job.make().axes[0].texts) == ["a", "b", "f"]
+
+
+def test_the_retrieval_heads_listed_are_the_top_ten_above_the_bar_highest_first(tmp_path):
+    """13 heads above 0.1 (scores 0.2 to 0.75; the tie at 0.5 in layer then head order), 3 at or
+    below it (0.1 is not above): the table counts 13 of 16, lists the top 10 and says 3 more; a
+    size without retrieval scores has no row."""
+    from scalelens.reports.analysis_sections import retrieval_heads_table
+    from scalelens.reports.metrics import parse_metrics
+    from scalelens.reports.rundir import Run
+    from scalelens.reports.runfiles import Fits
+    from scalelens.sweeps.metrics import COLUMNS
+
+    scores = np.array([[0.05, 0.75, 0.1, 0.3], [0.2, 0.5, 0.0, 0.35], [0.4, 0.6, 0.45, 0.25],
+                       [0.55, 0.65, 0.7, 0.5]])
+    lines = [",".join(COLUMNS)] + [f"m,s,step5,5,1e6,1e5,retrieval_heads,score,{i},{j},{v}"
+                                   for (i, j), v in np.ndenumerate(scores)]
+    lines.append("m2,t,step5,5,2e6,1e5,superposition,m,,,8")
+    table = retrieval_heads_table(Run(tmp_path, parse_metrics(lines), Fits(), None))
+    top = ("0.1 (0.75), 3.2 (0.7), 3.1 (0.65), 2.1 (0.6), 3.0 (0.55), 1.1 (0.5), 3.3 (0.5), 2.2 (0.45), "
+           "2.0 (0.4), 1.3 (0.35), and 3 more")
+    assert table.rows == (("s", "step 5", "13 of 16", top),)
