@@ -63,7 +63,7 @@ def page(tmp_path_factory) -> str:
             path.write_text(json.dumps(_results(size, step)))
             tasks.append((size, path))
     write_metrics(run, tasks)
-    write_fits(run, n_boot=10)
+    write_fits(run)
     return render_report(run, progress=False).html.read_text()
 
 
