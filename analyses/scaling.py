@@ -206,7 +206,8 @@ def _fit_saturating(x: np.ndarray, y: np.ndarray) -> tuple[dict[str, float], flo
     """
     x_ref = float(np.exp(np.mean(np.log(x))))
     logu = np.log(x / x_ref)
-    best = int(np.argmin(_profile_rss(_ALPHA_GRID, logu, y)))
+    grid_rss = _profile_rss(_ALPHA_GRID, logu, y)
+    best = int(np.argmin(grid_rss))
     lo, hi = _ALPHA_GRID[max(best - 1, 0)], _ALPHA_GRID[min(best + 1, _ALPHA_GRID.size - 1)]
     res = minimize_scalar(
         lambda a: float(_profile_rss(np.array(a), logu, y)),
@@ -214,7 +215,9 @@ def _fit_saturating(x: np.ndarray, y: np.ndarray) -> tuple[dict[str, float], flo
         method="bounded",
         options={"xatol": 1e-10 * hi},
     )
-    alpha = float(res.x)
+    # bounded Brent never tries the ends of its bracket: keep the grid point when it is as good
+    # (an exponent on a bound of its range is that bound, as its profile interval is built around)
+    alpha = float(res.x) if float(res.fun) < float(grid_rss[best]) else float(_ALPHA_GRID[best])
     c, y_inf = (float(v) for v in _linear_given_alpha(np.exp(-alpha * logu), y))
     params = {"C": c * x_ref**alpha, "alpha": alpha, "y_inf": y_inf}
     ss_tot = float(np.sum((y - y.mean()) ** 2))
@@ -423,12 +426,16 @@ def _profile_ci(x: np.ndarray, y: np.ndarray, params: Mapping[str, float], level
     threshold = profile_threshold(min(rss_hat, float(grid_rss.min())), x.size, level)
     a_lo, a_hi = _alpha_interval(logu, y, best, threshold)
     inner = _PROFILE_GRID[(_PROFILE_GRID > a_lo) & (_PROFILE_GRID < a_hi)]
-    alphas = np.unique(np.concatenate([inner, [max(a_lo, _ALPHA_GRID[0]), min(a_hi, _ALPHA_MAX)]]))
-    return {
+    # the best alpha too: its slice is the widest where the alpha interval is narrower than
+    # the grid's step (precise data), and it holds the estimates themselves
+    alphas = np.unique(np.concatenate([inner, [max(a_lo, _ALPHA_GRID[0]), best, min(a_hi, _ALPHA_MAX)]]))
+    ci = {
         "C": _linear_interval(logu, y, alphas, threshold, "C", x_ref),
         "alpha": [a_lo, a_hi],
         "y_inf": _linear_interval(logu, y, alphas, threshold, "y_inf", x_ref),
     }
+    # rounding (an exact fit's RSS is ~1e-30) must not leave an estimate outside its interval
+    return {k: [min(lo, params[k]), max(hi, params[k])] for k, (lo, hi) in ci.items()}
 
 
 def _loo_rel_error(x: np.ndarray, y: np.ndarray, form: Form) -> float | None:

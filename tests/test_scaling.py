@@ -307,3 +307,38 @@ def test_alpha_interval_open_above_is_inf_and_y_inf_stays_bounded():
     for end in fit.ci["y_inf"]:
         assert _rss_given_y_inf(x, y, end) == pytest.approx(limit, rel=1e-3)
     assert "the 95% interval of C above, alpha above (" in fit.note
+
+
+def test_an_exponent_on_the_top_of_its_range_is_that_bound_not_brents_last_try():
+    """Bounded Brent never evaluates its bracket's ends: alpha came out 9.99999975 where the
+    grid's 10 fits better, and the interval was built around 10 instead."""
+    fit = fit_saturating(N[:6], np.array([5.0, 1, 1, 1, 1, 1]))
+    assert fit.params["alpha"] == 10.0
+    assert "alpha at its bound 10" in fit.note
+
+
+@pytest.mark.parametrize("c", [3.0, -3.0])
+def test_every_estimate_of_an_exact_curve_lies_in_its_interval(c):
+    """An exact curve whose alpha (0.1) is a grid point: the estimates were Brent's
+    0.10000000004, outside the interval [0.1, 0.1] built around the grid point."""
+    fit = fit_saturating(N, c * N**-0.1 + 1.0)
+    for name, (lo, hi) in fit.ci.items():
+        assert lo <= fit.params[name] <= hi, name
+    assert fit.params["alpha"] == pytest.approx(0.1, rel=1e-9)
+
+
+def test_precise_data_get_the_whole_y_inf_interval_where_alpha_is_narrower_than_the_grid():
+    """Deviations of 3e-6: alpha's interval (0.29994..0.30008) lies between two points of the
+    profile grid (0.29% apart), so y_inf's was the union of its slices at alpha's two ends
+    alone, where they are points: 2.7% narrower than the set the hand profile gives."""
+    y = (50.0 * N**-0.3 + 1.5) * (1 + 3e-6 * np.array([1, -1, 0, 1, -1, 0, 1, -1]))
+    fit = fit_saturating(N, y)
+    a_lo, a_hi = fit.ci["alpha"]
+    assert 0 < a_hi / a_lo - 1 < 1e-3
+    limit = profile_threshold(_rss_given_alpha(N, y, fit.params["alpha"]), N.size, 0.95)
+    lo, hi = fit.ci["y_inf"]
+    for end in (lo, hi):
+        assert _rss_given_y_inf(N, y, end) == pytest.approx(limit, rel=1e-3)
+    step = 0.02 * (hi - lo)
+    assert _rss_given_y_inf(N, y, lo + step) < limit and _rss_given_y_inf(N, y, hi - step) < limit
+    assert _rss_given_y_inf(N, y, lo - step) > limit and _rss_given_y_inf(N, y, hi + step) > limit
