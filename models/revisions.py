@@ -3,10 +3,11 @@
 A name gives training step N when it is, as a whole, one of:
 
 - ``step<N>`` (Pythia);
-- ``step<N>-tokens<K>`` with ``K`` a number and an optional ``K``/``M``/``B``/``T`` unit
-  (OLMo, OLMoE and some early OLMo 2 branches: ``step20000-tokens84B``);
+- ``step<N>-tokens<K>`` with ``K`` a number (decimals allowed) and an optional
+  ``K``/``M``/``B``/``T`` unit (OLMo, OLMoE and some early OLMo 2 branches:
+  ``step20000-tokens84B``);
 - ``stage1-step<N>`` with or without the ``-tokens<K>`` part (OLMo 2 pretraining:
-  ``stage1-step928646-tokens3896B``);
+  ``stage1-step928646-tokens3896B``, ``stage1-step1000-tokens2.1B``);
 - ``checkpoint-<N>`` (an HF Trainer save directory).
 
 A later stage's name (OLMo 2 ``stage2-ingredient1-step11931-tokens50B``) gives no step: each
@@ -23,8 +24,10 @@ import re
 COMMIT = re.compile(r"[0-9a-f]{40}")
 """A full commit hash, the name of a snapshot folder."""
 
-_STEP = re.compile(r"(?:stage1-)?step(\d+)(?:-tokens\d+[KMBT]?)?|checkpoint-(\d+)")
-_LATER_STAGE = re.compile(r"stage(\d+)-.+")
+# ASCII digits only (\d also takes other scripts' digits); a token count may have decimals (OLMo 2 early
+# training: stage1-step1000-tokens2.1B)
+_STEP = re.compile(r"(?:stage1-)?step([0-9]+)(?:-tokens[0-9]+(?:\.[0-9]+)?[KMBT]?)?|checkpoint-([0-9]+)")
+_LATER_STAGE = re.compile(r"stage([0-9]+)-.+")
 
 
 def parse_step(revision: str | None) -> int | None:
@@ -64,7 +67,7 @@ def revision_key(name: str) -> tuple[int, tuple[int, ...], str]:
     if step is not None:
         return (0, (step,), name)
     if later_stage(name) is not None:
-        return (1, tuple(int(n) for n in re.findall(r"\d+", name)), name)
+        return (1, tuple(int(n) for n in re.findall(r"[0-9]+", name)), name)
     return (3 if COMMIT.fullmatch(name) else 2, (), name)
 
 

@@ -22,6 +22,7 @@ from scalelens.models.describe import describe
 from scalelens.models.hub_cache import cached_revisions, missing_files, revision_key
 from scalelens.models.load import resolve_dtype
 from scalelens.models.pythia import PYTHIA_CONFIGS, pythia_config, pythia_revisions
+from scalelens.models.revisions import parse_step, revisions_by_step
 from scalelens.models.sources import checkpoint_revision, incomplete_step_dirs, resolve_source, step_dirs
 from scalelens.models.testing import save_tiny_model, tiny_config
 
@@ -224,3 +225,18 @@ def test_a_tokenizer_far_smaller_than_the_vocabulary_is_refused(tmp_path):
     path = save_tiny_model("llama", tmp_path / "m", word_tokenizer(), vocab_size=512)  # 64 tokens
     with pytest.raises(ScalelensError, match=r"no usable tokenizer at .* \(64 tokens\)"):
         load_model(path)
+
+
+def test_token_counts_with_decimals_give_their_step_and_other_scripts_digits_none():
+    """allenai/OLMo-2-0425-1B-early-training's branches are stage1-step1000-tokens2.1B and the
+    like (29 of its 38): they gave no step, so a sweep's log/all/1000 left them out."""
+    assert parse_step("stage1-step1000-tokens2.1B") == 1000
+    assert parse_step("step3000-tokens6.3B") == 3000
+    assert revision_key("stage1-step2000-tokens4.2B") == (0, (2000,), "stage1-step2000-tokens4.2B")
+    assert revisions_by_step(["stage1-step0-tokens0B", "stage1-step2000-tokens4.2B", "main",
+                              "stage1-step1000-tokens2.1B"]) == {
+        0: ["stage1-step0-tokens0B"], 1000: ["stage1-step1000-tokens2.1B"],
+        2000: ["stage1-step2000-tokens4.2B"]}
+    for name in ("step\u0661\u0660\u0660\u0660", "checkpoint-\u0967\u0966", "step1000-tokens2.B",
+                 "step1000-tokens.5B", "step1000-tokens2.1.1B"):
+        assert parse_step(name) is None, name
