@@ -274,3 +274,16 @@ def test_a_failed_loads_revision_check_asks_the_hub_as_planning_does(fake_hub, t
         asking.start()
         asking.join(60)
         assert answer == [None]
+
+
+def test_branches_with_decimal_token_counts_are_checkpoints(fake_hub):
+    """OLMo-2-0425-1B-early-training names its branches stage1-step1000-tokens2.1B: `all` took
+    only the steps whose token count is whole (0 and 10000), and step 1000 was refused."""
+    early = "olmo2-early/m"
+    fake_hub.branches[early] = ["main", "stage1-step0-tokens0B", "stage1-step1000-tokens2.1B",
+                                "stage1-step2000-tokens4.2B", "stage1-step10000-tokens21B"]
+    keys = [t.key for t in expand(SweepSpec(models={"m": early}, checkpoints="all"))]
+    assert keys == ["m/stage1-step0-tokens0B", "m/stage1-step1000-tokens2.1B",
+                    "m/stage1-step2000-tokens4.2B", "m/stage1-step10000-tokens21B"]
+    assert [t.revision for t in expand(SweepSpec(models={"m": early}, checkpoints=(1000,)))] == [
+        "stage1-step1000-tokens2.1B"]
