@@ -13,7 +13,7 @@ from . import plots
 from .metrics import MetricTable, Series
 from .rundir import Run
 from .sections import PlotJob, SectionPlan, earlier_steps
-from .tables import Table, fmt
+from .tables import Table, fmt, interval_end
 
 RETRIEVAL_SCORE = "retrieval_heads.score"
 RETRIEVAL_THRESHOLD = 0.1
@@ -238,7 +238,7 @@ def _loss_vs_width(run: Run) -> str:
     if "alpha" not in fit.params:
         return f" Loss vs width m was not fitted ({fit.note or 'too few sizes'}); {published}."
     ci = fit.ci.get("alpha")
-    band = f" [{ci[0]:.2g}, {ci[1]:.2g}]" if ci else ""
+    band = f" [{interval_end(ci[0], '.2g')}, {interval_end(ci[1], '.2g')}]" if ci else ""
     return (f" Loss (NLL bits per token on the probe text) vs width m, fitted as L = C / m^alpha + "
             f"L_inf over {fit.n_points} sizes: alpha = {fit.params['alpha']:.2g}{band}; {published}.")
 

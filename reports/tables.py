@@ -45,14 +45,14 @@ CI_METHODS = {"ols_t": "OLS t", "profile_likelihood": "profile likelihood",
               "bootstrap_percentile": "bootstrap"}
 
 
-def _end(value: float) -> str:
-    """An interval's end; an open (infinite) one as ∞ or −∞."""
-    return ("∞" if value > 0 else "−∞") if math.isinf(value) else fmt(value)
+def interval_end(value: float, spec: str = ".4g") -> str:
+    """An interval's end formatted with ``spec``; an open (infinite) one as ∞ or −∞."""
+    return ("∞" if value > 0 else "−∞") if math.isinf(value) else format(value, spec)
 
 
 def _ci(ci: Mapping[str, tuple[float, float]], method: str = "") -> str:
     """The intervals, and how they were made when fits.json says."""
-    text = "; ".join(f"{k} ∈ [{_end(lo)}, {_end(hi)}]" for k, (lo, hi) in ci.items())
+    text = "; ".join(f"{k} ∈ [{interval_end(lo)}, {interval_end(hi)}]" for k, (lo, hi) in ci.items())
     if not text:
         return DASH
     return f"{text} ({CI_METHODS.get(method, method)})" if method else text

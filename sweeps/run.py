@@ -33,7 +33,7 @@ class SweepSummary:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-def sweep(spec: SweepSpec, run_dir: str | Path, overwrite: bool = False) -> SweepSummary:
+def sweep(spec: SweepSpec, run_dir: str | Path, *, overwrite: bool = False) -> SweepSummary:
     """Run ``spec`` into ``run_dir``: tasks, then metrics.csv, fits.json and run.json.
 
     Finished tasks are skipped. ``run_dir`` records the spec's identity and is refused

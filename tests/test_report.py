@@ -452,6 +452,9 @@ def test_loss_vs_width_fit_is_plotted_and_stated(tmp_path: Path) -> None:
     html = render_report(run, progress=False).html.read_text()
     assert "information_capacity.nll_bits_per_token vs superposition.m" in html
     assert f"alpha = {fit['params']['alpha']:.2g}" in html and "alpha = 0.91 ± 0.04" in html
+    lo, hi = fit["ci"]["alpha"]
+    assert hi is None  # four sizes leave the exponent open above: said as ∞, not "inf"
+    assert f"alpha = {fit['params']['alpha']:.2g} [{lo:.2g}, ∞];" in html
 
 
 def test_trends_over_training_are_tabled_per_metric_smallest_size_first(report: ReportPaths) -> None:

@@ -1182,3 +1182,13 @@ def test_a_run_with_two_checkpoints_of_one_step_is_refused_not_merged(micro_suit
                     "(checkpoint-1000, step1000)", f"move the others out of {own}")
     assert not (tmp_path / "run").exists()
     assert [t.key for t in expand(SweepSpec(models={"x": str(own)}, checkpoints="final"))] == ["x/step2000"]
+
+
+def test_overwrite_is_keyword_only_so_an_old_positional_n_boot_cannot_set_it():
+    """``sweep(spec, run, 200)`` meant n_boot=200 before n_boot went; positionally it would now
+    discard a run directory's finished tasks, so it is refused instead."""
+    import inspect
+
+    assert inspect.signature(sweep).parameters["overwrite"].kind is inspect.Parameter.KEYWORD_ONLY
+    with pytest.raises(TypeError, match="positional"):
+        sweep(None, "run", 200)  # type: ignore[arg-type, misc]
