@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,22 @@ import pytest
 # A terminal's Ctrl-C is what they model, so the children start with SIGINT's default.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+
+def _refused_endpoint() -> str:
+    """A local URL whose port nothing listens on: every request is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+# Tests never reach the real Hugging Face hub: by default it is a refused local port (set
+# before huggingface_hub is imported, which reads it once; commands the tests start inherit
+# it). Where the network is up, a hub id in a test would otherwise be asked for real (its
+# listing, its files), or wait out a timeout where packets are dropped. Tests of a reachable
+# hub point HF_ENDPOINT at their own fake hub.
+os.environ["HF_ENDPOINT"] = _refused_endpoint()
 
 # ---------------------------------------------------------------------------
 # models: the micro mini-Pythia suite, built once per test session (~2 s)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -747,3 +748,21 @@ def test_a_tokenizer_by_hub_id_with_the_hub_unreachable_loads_from_the_cache_at_
     assert uncached["error"] == "TransientError" and uncached["slept"] == 0, uncached
     assert "scalelens-test/no-such-tokenizer@main is not in the local hub cache" in uncached["message"]
     assert "hf download scalelens-test/no-such-tokenizer --revision main" in uncached["message"]
+
+
+def test_the_tests_hub_is_a_refused_local_port(monkeypatch):
+    """conftest points the hub client at a local port nothing listens on, before it is imported:
+    no test asks the real hub (a hub id there failed fast only where DNS did)."""
+    from huggingface_hub import constants
+
+    from scalelens.models import hub, hub_refs
+    from scalelens.models.hub_refs import hub_names
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "_unreachable", {})  # what this test learns stays in it
+    monkeypatch.setattr(hub_refs, "_listed", {})
+
+    assert constants.ENDPOINT == os.environ["HF_ENDPOINT"]
+    assert constants.ENDPOINT.startswith("http://127.0.0.1:")
+    names, why = hub_names("gpt2")
+    assert names is None and why is not None and "ConnectError" in why, why
