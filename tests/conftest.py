@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,6 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-
 def _refused_endpoint() -> str:
     """A local URL whose port nothing listens on: every request is refused at once."""
     with socket.socket() as s:
@@ -25,12 +27,71 @@ def _refused_endpoint() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-# Tests never reach the real Hugging Face hub: by default it is a refused local port (set
-# before huggingface_hub is imported, which reads it once; commands the tests start inherit
-# it). Where the network is up, a hub id in a test would otherwise be asked for real (its
-# listing, its files), or wait out a timeout where packets are dropped. Tests of a reachable
-# hub point HF_ENDPOINT at their own fake hub.
-os.environ["HF_ENDPOINT"] = _refused_endpoint()
+# ---------------------------------------------------------------------------
+# isolation: no test writes to the user's home, caches or checkout, or sees their settings
+# ---------------------------------------------------------------------------
+
+# Variables that point libraries (and scalelens) at the user's own folders. HOME becomes a
+# fresh folder for the run: Ray writes ~/.ray/auth_token when a test starts a local cluster,
+# Chromium ~/.config/chromium, matplotlib ~/.cache/matplotlib, and huggingface_hub and
+# scalelens default to caches under ~/.cache. The others are unset so that those defaults,
+# under the new HOME, are what the tests see (a test that needs one sets it itself).
+_UNSET = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "HF_HOME", "HF_HUB_CACHE",
+          "HF_ASSETS_CACHE", "HF_TOKEN_PATH", "TRANSFORMERS_CACHE", "SCALELENS_CACHE")
+_SANDBOX = "scalelens_sandbox"
+_saved_environ: dict[str, str] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point HOME, Ray's temp folder and Hypothesis's storage at one fresh folder for the run.
+
+    Set here, before the test modules import huggingface_hub (which reads its cache folder
+    once, at import); the processes the tests start inherit it.
+    """
+    _saved_environ.update(os.environ)
+    # under /tmp, short: Ray's socket paths there must stay under 108 bytes
+    sandbox = Path(tempfile.mkdtemp(prefix="scalelens-tests-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    setattr(config, _SANDBOX, sandbox)
+    for name in _UNSET:
+        os.environ.pop(name, None)
+    os.environ["HOME"] = str(sandbox / "home")
+    # Tests never reach the real Hugging Face hub: it is a refused local port (where the
+    # network is up, a hub id in a test was asked for real, or waited out a timeout where
+    # packets are dropped). Tests of a reachable hub point HF_ENDPOINT at their own fake hub.
+    os.environ["HF_ENDPOINT"] = _refused_endpoint()
+    os.environ["RAY_TMPDIR"] = str(sandbox)  # the sessions of local clusters: sandbox/ray
+    # Hypothesis keeps examples and constants in ./.hypothesis, the checkout when run from it
+    os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(sandbox / "hypothesis"))
+    (sandbox / "home").mkdir()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Restore the environment the run started with and delete the run's sandbox folder."""
+    sandbox = getattr(config, _SANDBOX, None)
+    if sandbox is None:
+        return
+    os.environ.clear()
+    os.environ.update(_saved_environ)
+    shutil.rmtree(sandbox, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _environ_restored() -> Iterator[None]:
+    """Give each test the environment the previous one started with.
+
+    Libraries set variables in ``os.environ`` directly and keep them: a local ``ray.init()``
+    sets ``RAY_AUTH_MODE=token`` (every Ray cluster a later test starts then used token
+    authentication), and ``scalelens.cli.main`` sets ``HF_HUB_VERBOSITY`` and
+    ``HF_HUB_DISABLE_PROGRESS_BARS`` for the process. Runs after ``monkeypatch``'s undo.
+    """
+    before = dict(os.environ)
+    yield
+    for name in set(os.environ) - set(before):
+        del os.environ[name]
+    for name, value in before.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
 
 # ---------------------------------------------------------------------------
 # models: the micro mini-Pythia suite, built once per test session (~2 s)
