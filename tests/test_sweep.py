@@ -1049,18 +1049,23 @@ def test_a_sweep_asked_for_another_cluster_than_the_connected_one_warns(suite_co
     from scalelens.errors import ScalelensWarning
     from scalelens.sweeps.executors import _ray_init
 
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    here = ray.get_runtime_context().gcs_address
-    port = int(here.rpartition(":")[2])
-    with pytest.warns(ScalelensWarning, match=f"already connected to the Ray cluster at {here}, so the sweep "
-                                              f"runs there, not at 127.0.0.1:{port + 1}"):
-        _ray_init(f"127.0.0.1:{port + 1}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        _ray_init(f"127.0.0.1:{port}")
-        _ray_init("auto")
-        _ray_init(None)
+    try:
+        here = ray.get_runtime_context().gcs_address
+        port = int(here.rpartition(":")[2])
+        with pytest.warns(ScalelensWarning, match=f"already connected to the Ray cluster at {here}, so the "
+                                                  f"sweep runs there, not at 127.0.0.1:{port + 1}"):
+            _ray_init(f"127.0.0.1:{port + 1}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _ray_init(f"127.0.0.1:{port}")
+            _ray_init("auto")
+            _ray_init(None)
+    finally:
+        if started:  # a later test's ray.init would otherwise reuse (or warn about) this cluster
+            ray.shutdown()
 
 
 def test_a_missing_setting_file_is_refused_before_any_task_runs(suite_copy, tmp_path, monkeypatch):
