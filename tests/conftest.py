@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from net import refused_endpoint
 
 # A test run started in the background (`pytest &` in a script, as a CI job may be) inherits
 # SIGINT ignored, and so would every command the tests start, where Python then installs no
@@ -18,13 +18,6 @@ import pytest
 # A terminal's Ctrl-C is what they model, so the children start with SIGINT's default.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def _refused_endpoint() -> str:
-    """A local URL whose port nothing listens on: every request is refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 # ---------------------------------------------------------------------------
@@ -58,7 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Tests never reach the real Hugging Face hub: it is a refused local port (where the
     # network is up, a hub id in a test was asked for real, or waited out a timeout where
     # packets are dropped). Tests of a reachable hub point HF_ENDPOINT at their own fake hub.
-    os.environ["HF_ENDPOINT"] = _refused_endpoint()
+    os.environ["HF_ENDPOINT"] = refused_endpoint()
     os.environ["RAY_TMPDIR"] = str(sandbox)  # the sessions of local clusters: sandbox/ray
     # Hypothesis keeps examples and constants in ./.hypothesis, the checkout when run from it
     os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(sandbox / "hypothesis"))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from net import refused_endpoint, waiting_connections
 from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig
 
 from scalelens.errors import ScalelensError
@@ -213,15 +214,11 @@ def test_an_unreachable_hub_loads_a_fully_cached_revision_at_once(hub_cache, man
     retried each optional tokenizer file it never had, minutes per load); a partly cached or
     uncached one fails at once, as a TransientError saying what the cache lacks."""
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:  # a port nothing listens on: connection refused
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    env["HF_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    env["HF_ENDPOINT"] = refused_endpoint()
     full, partial = f"step{manifest.steps[-1]}", f"step{manifest.steps[-2]}"
     damaged = _damaged_copy(hub_cache, tmp_path, partial, "weights")
     argv = [sys.executable, "-c", UNREACHABLE, str(hub_cache), str(damaged), full, partial, REPO]
@@ -262,7 +259,7 @@ def test_a_hanging_hub_is_waited_for_once_not_per_load(hub_cache, manifest, monk
             # Pythia steps the cache does not hold; a remembered verdict says it is one
             with pytest.raises(TransientError, match=f"the hub cannot be reached \\(.*{said}"):
                 load_model(REPO, revision=f"step{step}", cache_dir=hub_cache)
-            opened.append(_waiting_connections(silent))
+            opened.append(waiting_connections(silent))
     assert opened[0] > 0 and opened[1:] == [0, 0]  # the first load asked and waited; the others knew
 
 
@@ -302,16 +299,6 @@ def _answer_not_found(server) -> None:
             data += chunk
         conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
-
-def _waiting_connections(listener) -> int:
-    """Accept (and close) the connections waiting in ``listener``'s backlog; how many there were."""
-    n = 0
-    while True:
-        try:
-            listener.accept()[0].close()
-        except BlockingIOError:
-            return n
-        n += 1
 
 
 def test_uncached_hub_id_offline(hub_cache, offline):
@@ -727,16 +714,12 @@ def test_a_tokenizer_by_hub_id_with_the_hub_unreachable_loads_from_the_cache_at_
     that hangs); now it is the cached copy at once, with a warning, as for the model itself,
     and an uncached one is a TransientError naming the download command."""
     import os
-    import socket
     import subprocess
     import sys
 
     bare = save_tiny_model("gpt_neox", tmp_path / "bare", vocab_size=len(suite_tokenizer))
-    with socket.socket() as s:  # a port nothing listens on: connection refused
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    env["HF_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    env["HF_ENDPOINT"] = refused_endpoint()
     argv = [sys.executable, "-c", TOKENIZER_UNREACHABLE, str(bare), str(hub_cache), REPO]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

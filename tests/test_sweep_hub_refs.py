@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from cli_run import assert_one_line, run_cli
+from net import refused_endpoint, waiting_connections
 
 from scalelens.errors import ScalelensError
 from scalelens.models import hub, hub_refs
@@ -104,11 +105,6 @@ def fake_hub(monkeypatch, tmp_path) -> Iterator[FakeHub]:
     fake.server.server_close()
 
 
-def _refused_endpoint() -> str:
-    with socket.socket() as s:  # a port nothing listens on: connection refused
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
-
 
 def _keys(checkpoints) -> list[str]:
     return [t.key for t in expand(SweepSpec(models={"m": OLMO}, checkpoints=checkpoints))]
@@ -180,7 +176,7 @@ def test_offline_or_unreachable_hub_chooses_from_the_local_cache(fake_hub, tmp_p
         "size m (olmo-test/m): the hub could not list its revisions (HF_HUB_OFFLINE is set); checkpoints "
         "chosen from the 1 step(s) known here (local hub cache, the hub's last listing)"]
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    _point_at(monkeypatch, _refused_endpoint())
+    _point_at(monkeypatch, refused_endpoint())
     assert _keys("all") == ["m/step1000-tokens4B"]
     [text] = hub_listing_notes(SweepSpec(models={"m": OLMO}, checkpoints="log"))
     assert "the hub could not list its revisions (ConnectError" in text
@@ -208,7 +204,7 @@ def test_a_rerun_with_the_hub_unreachable_plans_the_tasks_it_finished(fake_hub, 
     assert {r["revision"] for r in rows} == set(names)
 
     (repo / "refs" / next(iter(names))).unlink()
-    env["HF_ENDPOINT"] = _refused_endpoint()
+    env["HF_ENDPOINT"] = refused_endpoint()
     again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "sweep: 0 done, 3 skipped, 0 failed" in again.stdout, again.stderr
     assert "the hub could not list its revisions (ConnectError" in again.stderr
@@ -234,23 +230,13 @@ def test_a_hanging_hub_is_waited_for_once_then_the_cache_chooses(fake_hub, tmp_p
         silent.setblocking(False)
         _point_at(monkeypatch, f"http://127.0.0.1:{silent.getsockname()[1]}")
         assert _keys("all") == ["m/step1000-tokens4B"]
-        first = _waiting_connections(silent)
+        first = waiting_connections(silent)
         assert _keys("final") == ["m/step1000-tokens4B"]
-        assert (first, _waiting_connections(silent)) == (1, 0)
+        assert (first, waiting_connections(silent)) == (1, 0)
         assert re.fullmatch(r"no answer in 1 s; found \d+ s ago, not asked again for \d+ s",
                             hub.hub_unreachable(OLMO, "step1000-tokens4B") or "")
-        assert _waiting_connections(silent) == 0
+        assert waiting_connections(silent) == 0
 
-
-def _waiting_connections(listener: socket.socket) -> int:
-    """Accept (and close) the connections waiting in ``listener``'s backlog; how many there were."""
-    n = 0
-    while True:
-        try:
-            listener.accept()[0].close()
-        except BlockingIOError:
-            return n
-        n += 1
 
 
 def test_a_failed_loads_revision_check_asks_the_hub_as_planning_does(fake_hub, tmp_path, monkeypatch):
