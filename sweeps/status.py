@@ -56,8 +56,15 @@ class RunStatus:
         out += [f"  {size}: {text}" for size, text in self._per_size().items()]
         out += [f"failed {key}: {self.errors.get(key) or 'no error.log'}"
                 for key, s in self.state.items() if s == "failed"]
-        out.append(f"outputs: {', '.join(self.outputs) if self.outputs else 'none yet'}")
+        out.append(self._outputs_line())
         return out
+
+    def _outputs_line(self) -> str:
+        if not self.outputs:
+            return "outputs: none yet"
+        if self.running is not None:  # the tables of the sweep before, until this one ends
+            return f"outputs (of the sweep before; remade when this one ends): {', '.join(self.outputs)}"
+        return f"outputs: {', '.join(self.outputs)}"
 
     def _headline(self) -> str:
         started = (self.info or {}).get("started") or (self.info or {}).get("created")

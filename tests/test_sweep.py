@@ -276,6 +276,9 @@ def test_a_rerun_plans_the_tasks_finished_earlier_as_skipped(tmp_path, out_of_me
     assert status.state == {first.key: "done", second.key: "unfinished"}  # its capture is begun
     assert status.lines()[2:5] == ["tasks: 2 (1 done, 1 unfinished)", "  first: 1/1 done",
                                    "  second: 0/1 done; unfinished: main"]
+    assert status.lines()[-1] == ("outputs (of the sweep before; remade when this one ends): "
+                                  "metrics.csv, metrics.parquet, fits.json")
+    assert run_status(run).lines()[-1] == "outputs: metrics.csv, metrics.parquet, fits.json"
     end = json.loads((run / "run.json").read_text())
     assert end["finished"] is True and [t["status"] for t in end["tasks"]] == ["skipped", "done"]
 
