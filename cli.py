@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _one_line_warning(warnings.showwarning)
     sys.unraisablehook = _keep_interrupts(sys.unraisablehook)
     try:
-        with _sigterm_as_interrupt(), quiet(silent), _quiet_library_bars(silent):
+        with sigterm_as_interrupt(), quiet(silent), _quiet_library_bars(silent):
             return _run(args, debug)
     finally:
         sys.unraisablehook, sys.excepthook, warnings.showwarning = hooks
@@ -181,7 +181,7 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into :class:`Terminated` while the command runs (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -24,7 +24,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .pipelines import PROBE_SETS, run_floor, run_scalelens
-from .results import check_outputs
+from .results import check_outputs, run_main
 from .workload import build_model, config_name, config_problem, make_prompts
 
 
@@ -80,11 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.float16 if args.device == "cuda" else torch.float32
     loaded = build_model(config_name(args.model_config), args.device, dtype)
     prompts = make_prompts(args.n_prompts, args.seq, loaded.info.vocab_size)
+    with tempfile.TemporaryDirectory(prefix="scalelens-prof-") as tmp:  # the captures go with it
+        runs: dict[str, Callable[[], None]] = {"floor": partial(run_floor, loaded, prompts, args.batch_size)}
+        for s in args.sets.split(","):
+            runs[s] = partial(run_scalelens, loaded, prompts, args.batch_size, s, Path(tmp) / f"{s}.h5")
+        result = _profile_all(runs, args)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def _profile_all(runs: dict[str, Callable[[], None]], args: argparse.Namespace) -> dict[str, Any]:
+    """Warm up and profile each run once; print its launches per batch and top ops."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
-    work = Path(tempfile.mkdtemp(prefix="scalelens-prof-"))
-    runs: dict[str, Callable[[], None]] = {"floor": partial(run_floor, loaded, prompts, args.batch_size)}
-    for s in args.sets.split(","):
-        runs[s] = partial(run_scalelens, loaded, prompts, args.batch_size, s, work / f"{s}.h5")
     result: dict[str, Any] = {}
     for name, fn in runs.items():
         fn()  # warm-up
@@ -99,10 +107,8 @@ def main(argv: list[str] | None = None) -> int:
               f"top {args.top} ops by self {args.device} time")
         for o in ops:
             print(f"  {o['self_ms']:9.2f} ms  {o['calls']:6d} calls  {o['op'][:90]}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    return 0
+    return result
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main, "profile_capture"))

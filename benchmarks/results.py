@@ -7,6 +7,8 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -158,3 +160,20 @@ def check_outputs(ap: argparse.ArgumentParser, outputs: dict[str, Path | None]) 
         problem = output_problem(path) if path is not None else None
         if problem:
             ap.error(f"{flag} {path}: {problem}")
+
+
+def run_main(main: Callable[[], int], name: str) -> int:
+    """``main()``, with SIGTERM (``timeout``'s stop) raised like Ctrl-C so its cleanup runs.
+
+    A benchmark's ``finally`` blocks then remove its temporary models and captures (SIGTERM's
+    default action skipped them, leaving hundreds of MB per cut-off run). Returns ``main``'s
+    exit code, or 143 after one line on stderr when SIGTERM cut it off.
+    """
+    from scalelens.cli import Terminated, sigterm_as_interrupt
+
+    try:
+        with sigterm_as_interrupt():
+            return main()
+    except Terminated:
+        print(f"{name}: cut off (SIGTERM); its temporary files were removed", file=sys.stderr)
+        return 143

@@ -37,7 +37,7 @@ from scalelens.models.pythia import pythia_config
 from scalelens.models.tokenizer import train_tokenizer
 from scalelens.probes.haystack import ENGLISH_HAYSTACK, ENGLISH_NEEDLES
 
-from .results import check_outputs
+from .results import check_outputs, run_main
 from .workload import config_name, config_problem
 
 
@@ -125,4 +125,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main, "task_time"))

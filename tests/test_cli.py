@@ -333,7 +333,7 @@ class Finalized:
     def __del__(self):  # a Ctrl-C or SIGTERM that lands while a finalizer runs raises here
         raise cli.Terminated if sys.argv[2] == "term" else KeyboardInterrupt
 
-with cli._sigterm_as_interrupt():
+with cli.sigterm_as_interrupt():
     try:
         Finalized()
         for _ in range(300):
