@@ -12,6 +12,7 @@ import importlib
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ScalelensError, ScalelensWarning, TransientError
@@ -212,7 +213,7 @@ def _gap(repo_id: str, revision: str, cache_dir: str | Path | None, missing: lis
         lacking = ", ".join(missing)
         return f"{repo_id}@{revision} is only partly in the local hub cache {where} (missing: {lacking})"
     known = cached_revisions(repo_id, cache_dir)
-    listing = f" (cached: {_abbreviate(known)})" if known else ""
+    listing = f" (cached: {abbreviate(known)})" if known else ""
     return f"{repo_id}@{revision} is not in the local hub cache {where}{listing}"
 
 
@@ -226,11 +227,13 @@ def _unknown_pythia(repo_id: str, revision: str, missing: list[str] | None) -> S
 
 def unknown_revision(repo_id: str, revision: str, known: list[str] | None) -> ScalelensError:
     """The error for a revision the repo does not have, naming the ones it has."""
-    listing = f"available: {_abbreviate(known)}" if known else "check the revision name"
+    listing = f"available: {abbreviate(known)}" if known else "check the revision name"
     return ScalelensError(f"unknown revision {revision!r} for {repo_id}; {listing}")
 
 
-def _abbreviate(names: list[str], limit: int = 12) -> str:
+def abbreviate(names: Sequence[str], limit: int = 12) -> str:
+    """``names`` joined by commas; past ``limit``, the first and last halves around ``...``."""
+    names = list(names)
     if len(names) <= limit:
         return ", ".join(names)
     return ", ".join(names[: limit // 2] + ["..."] + names[-limit // 2 :])

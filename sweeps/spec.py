@@ -509,6 +509,7 @@ def _hub_tasks(size: str, source: str, checkpoints: str | tuple[int, ...]) -> li
     with what the cache lacks). A repo without such revisions measures ``main``; explicit
     steps are refused for it once the hub has said so.
     """
+    from scalelens.models.hub import abbreviate
     from scalelens.models.hub_refs import hub_revision_listing
     from scalelens.models.revisions import revisions_by_step
 
@@ -524,17 +525,10 @@ def _hub_tasks(size: str, source: str, checkpoints: str | tuple[int, ...]) -> li
     if isinstance(checkpoints, tuple):
         raise ScalelensError(
             f"size {size} ({source}): the hub lists no revision that gives a training step "
-            f"(step<N>, step<N>-tokens<K>, stage1-step<N>; it has {_names_text(listing.names)}), "
+            f"(step<N>, step<N>-tokens<K>, stage1-step<N>; it has {abbreviate(listing.names) or 'none'}), "
             "so there are no checkpoint steps to choose; leave checkpoints out to measure main"
         )
     return [Task(size, source, None, None)]
-
-
-def _names_text(names: tuple[str, ...], n: int = 6) -> str:
-    """``a, b, c and 4 more``, or ``none``."""
-    if not names:
-        return "none"
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def _one_revision(size: str, source: str, step: int, names: list[str], where: str) -> str:
