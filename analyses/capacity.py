@@ -31,7 +31,11 @@ against a cache of the earlier positions):
 * MLP: ``4 * d_model * d_ff`` per layer for a plain two-matrix MLP (GPT-NeoX /
   Pythia's GELU MLP, GPT-2), ``6 * d_model * d_ff`` for a gated one (SwiGLU/GeGLU:
   Llama, Mistral, Qwen2, Gemma);
-* LM head: ``2 * d_model * vocab`` (all unembedding rows, padding included).
+* LM head: ``2 * d_embed * vocab`` (all unembedding rows, padding included), with
+  ``d_embed`` the width of the token embeddings and unembedding: ``d_model`` except
+  in a model that projects them (OPT-350m: ``word_embed_proj_dim`` 512 beside
+  ``d_model`` 1024), which also pays ``4 * d_model * d_embed`` for its projections
+  into and out of the residual stream.
 
 Not counted (as in the reference): embedding lookups, norms, biases,
 activation functions, softmax, rotary embeddings; Gemma 2/3 sliding windows
@@ -63,6 +67,9 @@ class ModelShape:
         d_ff: MLP hidden width.
         vocab_size: Rows of the unembedding (padded vocabulary).
         gated_mlp: True for a gated MLP (three matrices), False for a plain one (two).
+        d_embed: Width of the token embeddings and the unembedding when the model projects
+            them into and out of the residual stream (OPT's ``word_embed_proj_dim``);
+            None when they are ``d_model`` wide.
     """
 
     d_model: int
@@ -73,11 +80,14 @@ class ModelShape:
     d_ff: int
     vocab_size: int
     gated_mlp: bool
+    d_embed: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_ff", "vocab_size"):
             if int(getattr(self, name)) < 1:
                 raise ScalelensError(f"model shape: {name} must be >= 1, got {getattr(self, name)}")
+        if self.d_embed is not None and int(self.d_embed) < 1:
+            raise ScalelensError(f"model shape: d_embed must be >= 1 or None, got {self.d_embed}")
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,8 @@ class FlopsPerToken:
         lm_head: The unembedding.
         context: Mean number of earlier positions a token attends to.
         total: Sum of the parts.
+        embed_proj: The projections of the token embedding into the residual stream and of
+            the last hidden state out of it (0 when the embeddings are ``d_model`` wide).
     """
 
     attention_proj: float
@@ -99,6 +111,7 @@ class FlopsPerToken:
     lm_head: float
     context: float
     total: float
+    embed_proj: float = 0.0
 
 
 def flops_per_token(shape: ModelShape, context: float) -> FlopsPerToken:
@@ -120,8 +133,11 @@ def flops_per_token(shape: ModelShape, context: float) -> FlopsPerToken:
     proj = 2.0 * s.d_model * s.d_head * (2 * s.n_heads + 2 * s.n_kv_heads) * s.n_layers
     ctx = 4.0 * s.n_heads * s.d_head * context * s.n_layers
     mlp = (6.0 if s.gated_mlp else 4.0) * s.d_model * s.d_ff * s.n_layers
-    head = 2.0 * s.d_model * s.vocab_size
-    return FlopsPerToken(proj, ctx, mlp, head, float(context), proj + ctx + mlp + head)
+    d_embed = s.d_embed or s.d_model
+    head = 2.0 * d_embed * s.vocab_size
+    embed_proj = 0.0 if d_embed == s.d_model else 4.0 * s.d_model * d_embed
+    total = proj + ctx + mlp + head + embed_proj
+    return FlopsPerToken(proj, ctx, mlp, head, float(context), total, embed_proj)
 
 
 @dataclass(frozen=True)

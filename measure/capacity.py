@@ -93,6 +93,7 @@ def model_shape(config: Any) -> ModelShape:
         raise ScalelensError(f"no FLOP count for architecture {kind!r}; known: {known}")
     d = int(cfg.hidden_size)
     heads = int(cfg.num_attention_heads)
+    d_embed = getattr(cfg, "word_embed_proj_dim", None)  # OPT: embeddings projected to and from d
     d_ff = next((getattr(cfg, k) for k in ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size")
                  if getattr(cfg, k, None)), 4 * d)
     return ModelShape(
@@ -104,6 +105,7 @@ def model_shape(config: Any) -> ModelShape:
         d_ff=int(d_ff),
         vocab_size=int(cfg.vocab_size),
         gated_mlp=GATED_MLP[kind],
+        d_embed=int(d_embed) if d_embed and int(d_embed) != d else None,
     )
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, OPTConfig
 
 from scalelens.analyses.capacity import ModelShape, flops_per_token, information_capacity
 from scalelens.errors import ScalelensError
@@ -88,6 +88,26 @@ def test_layer_flops_equal_twice_the_layer_matrices(arch):
     assert f.attention_proj + f.mlp == 2 * matrices
     assert f.lm_head == 2 * config.get_text_config().hidden_size * config.vocab_size
 
+
+
+def test_opt_with_projected_embeddings_counts_the_matrices_it_multiplies_by():
+    """OPT-350m's embeddings are narrower than its residual stream: the LM head is
+    word_embed_proj_dim wide, and project_in/project_out cost a matrix each (counted as
+    2 x the entries of every matrix a token's forward pass multiplies by)."""
+    config = OPTConfig(vocab_size=320, hidden_size=64, num_hidden_layers=2, ffn_dim=128,
+                       num_attention_heads=4, word_embed_proj_dim=32)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    decoder = model.model.decoder
+    layers = sum(p.numel() for p in decoder.layers.parameters() if p.ndim == 2)
+    projections = decoder.project_in.weight.numel() + decoder.project_out.weight.numel()
+    f = flops_per_token(model_shape(config), context=0.0)
+    assert f.attention_proj + f.mlp == 2 * layers
+    assert f.lm_head == 2 * model.lm_head.weight.numel() == 2 * 32 * 320
+    assert f.embed_proj == 2 * projections == 4 * 64 * 32
+    assert f.total == 2 * (layers + projections + model.lm_head.weight.numel())
+    same = OPTConfig(hidden_size=64, word_embed_proj_dim=64)  # OPT-125m and up: no projections
+    assert model_shape(same).d_embed is None and flops_per_token(model_shape(same), 0.0).embed_proj == 0
 
 def test_llama_gqa_and_gated_mlp_by_hand():
     shape = model_shape(tiny_config("llama"))  # d 32, 2 layers, 4 heads, 2 kv heads, d_head 8, d_ff 64
