@@ -20,6 +20,8 @@ _L = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "inte
       "vocab_size": VOCAB, "max_position_embeddings": 128}
 _GQA = {**_L, "num_key_value_heads": 2}
 CONFIGS = {  # each with the feature that could break the recomputed attention
+    "qwen2": lambda: T.Qwen2Config(use_sliding_window=True, sliding_window=4, max_window_layers=1,
+                                   **_GQA),  # q/k/v biases, a sliding window on the layers past the first
     "qwen3": lambda: T.Qwen3Config(head_dim=8, **_GQA),  # qk-norm
     "olmo2": lambda: T.Olmo2Config(**_GQA),  # qk-norm, post-norms
     "phi3": lambda: T.Phi3Config(pad_token_id=0, **_GQA),  # fused qkv
@@ -229,3 +231,58 @@ def test_every_table_path_names_the_module_it_claims(name):
     assert model.get_submodule(spec.unembed) is model.get_output_embeddings()
     norm = model.get_submodule(spec.final_norm)
     assert "norm" in type(norm).__name__.lower() and norm.weight.shape == (32,)
+
+
+_DOMINANCE_MODELS = {  # sliding windows that cut off part of the document, q/k/v biases, softcapping
+    "qwen2": ("sdpa", lambda: T.Qwen2Config(use_sliding_window=True, sliding_window=16, max_window_layers=1,
+                                            initializer_range=0.3, **_GQA)),
+    "gemma2": ("eager", lambda: T.Gemma2Config(head_dim=8, sliding_window=16, attn_logit_softcapping=2.0,
+                                                initializer_range=0.3, **_GQA)),  # no SDPA softcap
+}
+
+
+def _eager_dominance(model: torch.nn.Module, ids: np.ndarray, seg: np.ndarray, lengths: np.ndarray,
+                     labels: list[str]) -> tuple[np.ndarray, float, float]:
+    """(layer, [T, O, sink]) attention mass, |T|, |O| from the eager attentions, straight from the
+    definition: rows of the queries that produce answer tokens, head-averaged, key 0 the sink."""
+    kinds = {labels.index(x): k for k, xs in ((0, ["question"]), (1, ["haystack", "needle", "needle_answer"]))
+             for x in xs if x in labels}
+    mass, n_rows, n_t, n_o = 0.0, 0, 0.0, 0.0
+    for p, n in enumerate(lengths):
+        codes = np.array([kinds.get(int(s), 3) for s in seg[p, :n]])
+        codes[0] = 2
+        start = int(np.flatnonzero(seg[p, :n] == labels.index("answer"))[0])
+        queries = np.arange(start - 1, n - 1)
+        with torch.no_grad():
+            att = model(torch.tensor(ids[p, :n], dtype=torch.long)[None], output_attentions=True).attentions
+        rows = np.stack([a[0, :, queries].double().mean(0).numpy() for a in att])  # (layer, query, key)
+        mass = mass + np.stack([rows[:, :, codes == k].sum((1, 2)) for k in range(3)], axis=1)
+        n_rows += len(queries)
+        n_t, n_o = n_t + len(queries) * (codes == 0).sum(), n_o + len(queries) * (codes == 1).sum()
+    return mass / n_rows, n_t / n_rows, n_o / n_rows
+
+
+@pytest.mark.parametrize("name", sorted(_DOMINANCE_MODELS))
+def test_text_dominance_equals_a_recomputation_from_the_eager_attentions(name, tmp_path):
+    """measure's per-layer A_T, A_O, sink mass and MDI equal those recomputed from the model's eager
+    output_attentions with the paper's definitions (Wu et al. 2025), where a sliding window hides
+    part of the document from the answer queries."""
+    from scalelens.measure.dominance import DominanceSettings
+    from scalelens.measure.run import MeasureSettings
+
+    attn, config = _DOMINANCE_MODELS[name]
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(config(), attn_implementation=attn).eval()
+    s = MeasureSettings(dominance=DominanceSettings(dilutions=(1,), n_prompts=3, batch_size=2))
+    got = measure(load_model(model, tokenizer=word_tokenizer()), "text_dominance", tmp_path, s,
+                  progress=False)["analyses"]["text_dominance"]
+    with CaptureFile(tmp_path / "dominance_x1.h5") as f:
+        ids, seg, lengths, labels = (f.read("tokens").data, f.read("segments").data, f.read("lengths").data,
+                                     f.segment_labels)
+    torch.manual_seed(0)
+    ref = T.AutoModelForCausalLM.from_config(config(), attn_implementation="eager").eval()
+    mass, n_t, n_o = _eager_dominance(ref, ids, seg, lengths, labels)
+    assert (got["n_text"], got["n_other"]) == pytest.approx((n_t, n_o), abs=1e-9)
+    for key, want in (("a_text", mass[:, 0]), ("a_other", mass[:, 1]), ("a_sink", mass[:, 2]),
+                      ("mdi", (mass[:, 0] / n_t) / (mass[:, 1] / n_o))):
+        np.testing.assert_allclose([row[key] for row in got["per_layer"]], want, rtol=1e-5, atol=1e-7)
