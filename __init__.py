@@ -28,6 +28,7 @@ _EXPORTS = {
     "sweep": "scalelens.sweeps.run",
     "render_report": "scalelens.reports.render",
     "ScalelensError": "scalelens.errors",
+    "ScalelensNote": "scalelens.errors",
     "ScalelensWarning": "scalelens.errors",
 }
 """Public names and the modules that define them (``capture`` and ``measure`` are the

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from scalelens import __version__
-from scalelens.errors import ScalelensError, ScalelensWarning
-from scalelens.output import quiet
+from scalelens.errors import ScalelensError, ScalelensNote, ScalelensWarning
+from scalelens.output import note, quiet
 
 # Sub-command modules; each exposes register(subparsers).
 _COMMAND_MODULES = (
@@ -246,6 +246,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 def _one_line_warning(previous):  # type: ignore[no-untyped-def]
     """Show scalelens's own warnings as ``scalelens: warning: <message>``, one line.
 
+    A :class:`ScalelensNote` is shown as a note (``note: <message>``, silenced by ``--quiet``).
     Ours are a :class:`ScalelensWarning`, or any warning raised from scalelens's code.
     Python's format names a source file and repeats a line of scalelens's code (the
     hub-unreachable note read ``.../sweeps/tasks.py:80: UserWarning: ...`` and then
@@ -253,6 +254,8 @@ def _one_line_warning(previous):  # type: ignore[no-untyped-def]
     """
 
     def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, ScalelensNote):
+            return note(_one_line(str(message)))
         ours = issubclass(category, ScalelensWarning) or Path(filename).resolve().is_relative_to(_PACKAGE_DIR)
         if not ours:
             return previous(message, category, filename, lineno, file, line)

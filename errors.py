@@ -28,3 +28,11 @@ class ScalelensWarning(UserWarning):
     The CLI prints these as one ``scalelens: warning: ...`` line; Python users can
     filter them with ``warnings.filterwarnings("ignore", category=ScalelensWarning)``.
     """
+
+
+class ScalelensNote(ScalelensWarning):
+    """Information that needs no action (a checkpoint left out, a fallback taken).
+
+    Library code issues these as warnings so Python users see and can filter them; the CLI
+    prints them as ``note: ...`` lines, silenced by ``--quiet``.
+    """

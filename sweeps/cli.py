@@ -97,14 +97,12 @@ def run_sweep(args: argparse.Namespace) -> int:
     """Handle ``scalelens sweep``; exit 1 when some task failed."""
     from scalelens.commands.capture import check_device
     from scalelens.sweeps.run import sweep
-    from scalelens.sweeps.spec import check_ray_address, expand, hub_listing_notes, incomplete_checkpoints
+    from scalelens.sweeps.spec import check_ray_address, expand
 
     spec = spec_from_args(args)
     if not (spec.executor == "ray" and spec.address):  # a remote cluster's GPUs are not this machine's
         check_device(spec.device, spec.dtype)
     expand(spec)  # unknown sizes or checkpoints: one line before anything runs
-    for text in (*incomplete_checkpoints(spec), *hub_listing_notes(spec)):
-        note(text)
     if spec.executor == "ray":
         from scalelens.sweeps.executors import _ray_init, ray_where
 

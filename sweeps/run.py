@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from scalelens import __version__
+from scalelens.errors import ScalelensNote
 from scalelens.sweeps.executors import EXECUTORS
 from scalelens.sweeps.fits import write_fits
 from scalelens.sweeps.metrics import write_metrics
 from scalelens.sweeps.rundir import RUN_INFO, RUN_TABLES, check_run_dir, locked_run_dir
-from scalelens.sweeps.spec import SweepSpec, expand
+from scalelens.sweeps.spec import SweepSpec, expand, hub_listing_notes, incomplete_checkpoints
 from scalelens.sweeps.tasks import TaskOutcome, is_done, task_dir
 
 
@@ -38,7 +40,9 @@ def sweep(spec: SweepSpec, run_dir: str | Path, *, overwrite: bool = False) -> S
 
     Finished tasks are skipped. ``run_dir`` records the spec's identity and is refused
     when it holds a sweep with other analyses, settings or suite (``overwrite``: discard
-    its finished tasks and start afresh), or while another sweep is writing it.
+    its finished tasks and start afresh), or while another sweep is writing it. Checkpoints
+    left out as half-written, and hub ids whose revisions the hub could not list, are
+    each a :class:`~scalelens.errors.ScalelensNote` warning.
     """
     run_dir = Path(run_dir)
     with locked_run_dir(run_dir):
@@ -50,6 +54,8 @@ def _sweep(spec: SweepSpec, run_dir: Path) -> SweepSummary:
     from scalelens.measure.run import write_json
 
     tasks = expand(spec)
+    for text in (*incomplete_checkpoints(spec), *hub_listing_notes(spec)):
+        warnings.warn(text, ScalelensNote, stacklevel=3)  # at the caller of sweep()
     summary = SweepSummary(run_dir)
     plan = [{"key": t.key, "status": "skipped" if is_done(run_dir, t) else "pending"} for t in tasks]
     started = _now()

@@ -1200,3 +1200,27 @@ def test_overwrite_is_keyword_only_so_an_old_positional_n_boot_cannot_set_it():
     assert inspect.signature(sweep).parameters["overwrite"].kind is inspect.Parameter.KEYWORD_ONLY
     with pytest.raises(TypeError, match="positional"):
         sweep(None, "run", 200)  # type: ignore[arg-type, misc]
+
+
+def test_a_half_written_checkpoint_is_noted_by_python_sweep_and_once_by_the_cli(suite_copy, tmp_path, capsys):
+    """``sweep()`` from Python warns (ScalelensNote) about the checkpoint it leaves out (only the
+    CLI said so before); the CLI prints it once as a ``note:`` line, and ``--quiet`` silences it."""
+    from cli_run import run_cli
+
+    from scalelens.errors import ScalelensNote
+
+    run = _trainer_run(suite_copy, read_manifest(suite_copy).sizes[0], tmp_path / "own")
+    (run / "checkpoint-999").mkdir()
+    shutil.copy(next(run.glob("checkpoint-*/config.json")), run / "checkpoint-999")
+    spec = SweepSpec(models={"x": str(run)}, checkpoints="final", analyses=("superposition",),
+                     settings=dict(FAST))
+    with pytest.warns(ScalelensNote, match=r"size x: left out checkpoint-999 of .*no weights"):
+        assert sweep(spec, tmp_path / "py").count("done") == 1
+    argv = ["sweep", "--model", f"x={run}", "--checkpoints", "final", "--analyses", "superposition"]
+    rc, _, err = run_cli(capsys, [*argv, "--out", str(tmp_path / "cli")])
+    assert rc == 0, err
+    assert [ln for ln in err.splitlines() if "checkpoint-999" in ln] == [
+        f"note: size x: left out checkpoint-999 of {run}: no config.json or no weights (a save still "
+        "being written, or interrupted)"]
+    rc, _, err = run_cli(capsys, [*argv, "--out", str(tmp_path / "quiet"), "--quiet"])
+    assert rc == 0 and "checkpoint-999" not in err, err
