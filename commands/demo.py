@@ -122,6 +122,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from scalelens.reports.render import render_report
     from scalelens.sweeps.cli import outcome_line, report_failures, wrote_tables_line
     from scalelens.sweeps.run import sweep
+    from scalelens.sweeps.rundir import measured_by_older_scalelens
     from scalelens.sweeps.spec import SweepSpec, expand
 
     check_out_dir(args.out, "run directory", "a run directory")  # before minutes of suite building
@@ -136,11 +137,13 @@ def run_demo(args: argparse.Namespace) -> int:
     checkpoints = args.checkpoints or spread(manifest.steps)
     spec = SweepSpec(suite=str(suite), checkpoints=checkpoints,
                      executor=args.executor, settings=demo_settings(manifest))
-    if rebuilt and (args.out / "tasks").exists():
-        print(f"the results in {args.out} were measured on the old suite; starting afresh")
+    older = not rebuilt and measured_by_older_scalelens(args.out, spec)
+    if (rebuilt or older) and (args.out / "tasks").exists():
+        why = "on the old suite" if rebuilt else "by an older scalelens"
+        print(f"the results in {args.out} were measured {why}; starting afresh")
     expand(spec)  # steps the suite lacks: one line before anything is written
     start = time.monotonic()  # the sweep's own time: the suite build has its bars
-    summary = sweep(spec, args.out, overwrite=args.overwrite or rebuilt)
+    summary = sweep(spec, args.out, overwrite=args.overwrite or rebuilt or older)
     print(f"{outcome_line(summary)} in {time.monotonic() - start:.0f} s")
     report_failures(summary, args.out)
     print(wrote_tables_line(args.out))

@@ -27,7 +27,7 @@ EXTRA_ANALYSES = ("information_capacity", "activation_sparsity")
 # Every analysis ``measure`` runs; ``--analyses all`` means all of them.
 ANALYSES = CORE_ANALYSES + EXTRA_ANALYSES
 
-RESULTS_FORMAT = 1
+RESULTS_FORMAT = 2
 """How results.json's numbers are measured, recorded in it and in a sweep's sweep_spec.json.
 
 Raise it with any change that makes a finished measurement differ from one made now with
@@ -36,6 +36,8 @@ analysis defined otherwise, a key renamed): a sweep then refuses to resume a run
 of another format instead of mixing its finished tasks with new ones. ``scalelens_version``
 cannot tell: it stayed 0.1.0 through such changes. Files written before this field existed
 hold none (and were measured in many other ways).
+
+2: information capacity's FLOPs count OPT's embedding projections (OPT-350m).
 """
 
 

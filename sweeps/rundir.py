@@ -125,6 +125,25 @@ def _check_format(out: Path, have: object, want: int) -> None:
     )
 
 
+def measured_by_older_scalelens(out: Path, spec) -> bool:
+    """Whether ``out`` holds this very sweep measured in an older results format.
+
+    Only the results format differs from what ``spec`` would record (the demo starts such a
+    run afresh by itself: its results are remade in a minute).
+    """
+    try:
+        have = json.loads((out / RUN_SPEC).read_text())
+    except (OSError, ValueError):
+        return False
+    want = run_identity(spec)
+    if not isinstance(have, dict):
+        return False
+    old = have.get(_FORMAT)
+    older = old is None or (type(old) is int and old < want[_FORMAT])
+    same = {k: v for k, v in have.items() if k != _FORMAT} == {k: v for k, v in want.items() if k != _FORMAT}
+    return older and same
+
+
 def _earlier_and_new_models(out: Path, have: dict, want: dict) -> dict | None:
     """The sizes of an earlier run of own models and of this one (sizes may be added or dropped).
 

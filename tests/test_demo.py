@@ -46,6 +46,28 @@ def test_demo_starts_afresh_when_its_cached_suite_is_rebuilt(micro_suite, tmp_pa
     assert "4 done, 0 skipped" in stdout
 
 
+def test_demo_starts_afresh_on_results_of_an_older_scalelens(micro_suite, tmp_path, capsys):
+    """A demo run measured in an older results format is remade, not refused (a plain sweep
+    refuses it); another suite's older run in the same --out is still refused, untouched."""
+    from scalelens.measure.run import RESULTS_FORMAT
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--suite", str(micro_suite), "--checkpoints", "final", "--out", str(out)]
+    assert _run(capsys, argv)[0] == 0
+    recorded = json.loads((out / "sweep_spec.json").read_text())
+    (out / "sweep_spec.json").write_text(json.dumps({**recorded, "results_format": RESULTS_FORMAT - 1}))
+    other = tmp_path / "other"
+    shutil.copytree(micro_suite, other)
+    rc, _, err = _run(capsys, ["demo", "--suite", str(other), "--checkpoints", "final", "--out", str(out)])
+    assert_one_line(rc, err, "written by an older scalelens", "--overwrite")
+    assert (out / "tasks").is_dir()
+    rc, stdout, err = _run(capsys, argv)
+    assert rc == 0, err
+    assert f"the results in {out} were measured by an older scalelens; starting afresh" in stdout
+    assert "4 done, 0 skipped" in stdout
+    assert json.loads((out / "sweep_spec.json").read_text())["results_format"] == RESULTS_FORMAT
+
+
 def test_demo_refuses_another_suite_in_the_same_out(micro_suite, tmp_path, capsys):
     out = tmp_path / "demo"
     other = tmp_path / "other"
