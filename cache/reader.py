@@ -156,6 +156,7 @@ class CaptureFile:
                 f"{self.path} uses schema version {version}, newer than this scalelens "
                 f"understands ({schema.SCHEMA_VERSION}); upgrade scalelens to read it"
             )
+        self._schema_version = version
         for name in (schema.PROGRESS, schema.TOKENS, schema.SEGMENTS, schema.LENGTHS):
             if not self._guard(f"dataset {name}", partial(self._f.__contains__, name)):
                 raise ScalelensError(f"{self.path} lacks /{name}: it is not a complete scalelens capture "
@@ -277,6 +278,11 @@ class CaptureFile:
     def segment_labels(self) -> list[str]:
         """Segment label names indexed by ``segments`` codes."""
         return self.attr_json("segment_labels")
+
+    @property
+    def schema_version(self) -> int:
+        """The file's schema version; one below ``schema.SCHEMA_VERSION`` is read but never resumed."""
+        return self._schema_version
 
     @property
     def n_prompts(self) -> int:

@@ -256,6 +256,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 def _inspect_file(path: Path, scan: bool | None) -> None:
     from scalelens.cache.lock import WriteLock, lock_holder
     from scalelens.cache.reader import CaptureFile
+    from scalelens.cache.schema import SCHEMA_VERSION
 
     with CaptureFile(path) as f:
         m = f.model
@@ -264,6 +265,10 @@ def _inspect_file(path: Path, scan: bool | None) -> None:
             state = "complete"
         elif writer is not None:
             state = f"being written now by process {writer} ({f.n_done}/{f.n_prompts} prompts done)"
+        elif f.schema_version < SCHEMA_VERSION:  # the capture command refuses to resume it
+            state = (f"incomplete ({f.n_done}/{f.n_prompts} prompts; written by an older scalelens, "
+                     f"schema version {f.schema_version}, so it is not resumed: capture it again "
+                     "with --overwrite)")
         else:
             state = (f"incomplete ({f.n_done}/{f.n_prompts} prompts; rerun the capture command to "
                      "finish it)")

@@ -265,6 +265,29 @@ def test_inspect_names_the_process_still_writing_an_incomplete_capture(model_dir
     assert first == f"{out}: being written now by process {writer} (2/5 prompts done)"
 
 
+def test_inspect_does_not_offer_to_resume_an_incomplete_capture_of_an_older_schema(model_dir, prompt_file,
+                                                                                     tmp_path, capsys):
+    """An incomplete v1 capture: inspect said "rerun the capture command to finish it", which
+    the capture command refuses (an older schema's file is read, never resumed); it names
+    --overwrite, as that refusal does."""
+    import h5py
+
+    out = tmp_path / "c.h5"
+    argv = ["capture", "--model", str(model_dir), "--prompts", str(prompt_file), "--probes", "resid",
+            "--out", str(out), "--batch-size", "2"]
+    assert main(argv) == 0
+    with h5py.File(out, "r+") as f:  # as scalelens before schema v2 left it after its first batch
+        f.attrs["schema_version"] = 1
+        f["progress"][...] = [2, 0]
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{out}: incomplete (2/5 prompts; written by an older scalelens, schema version 1, so it is "
+        "not resumed: capture it again with --overwrite)")
+    assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+
+
 def test_inspect_a_directory_inspects_each_capture_in_it(model_dir, prompt_file, tmp_path, capsys):
     """A measure output directory: every capture in it, one after the other; a directory with
     none (and no sweep) is one line naming what to give."""
