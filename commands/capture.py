@@ -97,7 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("inspect", help="print model, probes, shapes and completeness of a capture, "
                                        "or where a sweep's run directory stands")
     q.add_argument("file", type=Path, metavar="FILE_OR_RUN",
-                   help="a capture .h5 file or a sweep's run directory")
+                   help="a capture .h5 file, a measure output directory (each capture in it) or a "
+                        "sweep's run directory")
     q.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,
                    help=f"scan stored values for NaN/inf (default: when under {SCAN_LIMIT_GIB} GiB)")
     q.set_defaults(func=run_inspect)

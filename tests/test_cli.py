@@ -288,6 +288,15 @@ def test_inspect_does_not_offer_to_resume_an_incomplete_capture_of_an_older_sche
     assert main([*argv, "--overwrite"]) == 0
 
 
+def test_inspect_help_names_the_measure_directory_it_takes(capsys):
+    """``inspect --help`` named a capture file or a run directory only; a measure output
+    directory (every capture in it) is taken too, as the README's CLI table says."""
+    with pytest.raises(SystemExit) as stop:
+        main(["inspect", "--help"])
+    assert stop.value.code == 0
+    assert "a measure output directory" in " ".join(capsys.readouterr().out.split())
+
+
 def test_inspect_a_directory_inspects_each_capture_in_it(model_dir, prompt_file, tmp_path, capsys):
     """A measure output directory: every capture in it, one after the other; a directory with
     none (and no sweep) is one line naming what to give."""
