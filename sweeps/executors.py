@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
+import threading
 import warnings
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from scalelens.errors import ScalelensError, ScalelensWarning
@@ -61,10 +63,12 @@ def _ray_init(address: str | None):
         check_ray_address(address)  # ray.init retries an unreachable address for minutes
     try:
         # logging_level: no "Started a local Ray instance" or token-authentication notice on stderr
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-        else:
-            ray.init(num_cpus=None, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        with _sigterm_kept():
+            if address:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            else:
+                ray.init(num_cpus=None, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as e:
         if _token_refused(e):
             raise ScalelensError(
@@ -77,6 +81,25 @@ def _ray_init(address: str | None):
             "check --address or drop it to start a local Ray"
         ) from None
     return ray
+
+
+@contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """Give SIGTERM back to this process's own Python handler once ``ray.init`` has run.
+
+    ``ray.init`` replaces it with ``sys.exit(15)``, and its core worker adds a C handler
+    that prints a native stack dump: the CLI's SIGTERM (``timeout``, a scheduler's stop)
+    then ended a Ray sweep with exit 15 or an abort and no line, instead of its cleanup,
+    one line and exit 143. Only a handler set from Python is given back; where there was
+    none (the default), Ray's stays, as Ray wants it.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
 
 
 def ray_where(ray, address: str | None) -> str:  # type: ignore[no-untyped-def]

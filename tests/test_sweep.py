@@ -306,6 +306,33 @@ def test_ray_executor_runs_tasks_on_a_local_cluster(suite_copy, tmp_path):
     assert json.loads((tmp_path / "local" / "fits.json").read_text())["fits"]  # 3 sizes: fitted
 
 
+class _Stopped(Exception):
+    """What the SIGTERM handler of test_starting_ray_keeps_this_processs_sigterm_handler raises."""
+
+
+def test_starting_ray_keeps_this_processs_sigterm_handler():
+    """ray.init replaced the CLI's SIGTERM handler with sys.exit(15) (and its core worker added a
+    C handler printing a native stack dump), so `timeout` or a scheduler's stop ended a Ray sweep
+    with exit 15 or an abort and no line, instead of the CLI's cleanup, one line and exit 143."""
+    import ray
+
+    from scalelens.sweeps.executors import _ray_init
+
+    def stop(signum, frame):
+        raise _Stopped
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        _ray_init(None)
+        assert signal.getsignal(signal.SIGTERM) is stop
+        with pytest.raises(_Stopped):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises as soon as the signal is delivered
+    finally:
+        ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
