@@ -180,14 +180,21 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's or ``timeout``'s stop), raised like Ctrl-C so cleanup runs."""
 
 
+_SIGTERM_SEEN = threading.Event()
+"""Set when SIGTERM came during the command: code that catches the :class:`Terminated` and
+raises a KeyboardInterrupt of its own (Ray's ``ray.wait``) must not turn it into a Ctrl-C."""
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into :class:`Terminated` while the command runs (main thread only)."""
+    _SIGTERM_SEEN.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum: int, frame: object) -> None:
+        _SIGTERM_SEEN.set()
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -278,9 +285,10 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
     except KeyboardInterrupt as e:
         how = ("rerun it without --overwrite to resume" if getattr(args, "overwrite", False)
                else "rerun the same command to resume")
-        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        terminated = isinstance(e, Terminated) or _SIGTERM_SEEN.is_set()
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
         print(f"scalelens: {what}; {how}", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `scalelens inspect x.h5 | head`
         return 0
     except OSError as e:

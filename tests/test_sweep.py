@@ -499,6 +499,37 @@ def test_an_interrupted_ray_sweep_leaves_no_task_running(suite_copy, tmp_path):
         text.write_bytes(saved)
 
 
+def test_sigterm_stops_a_ray_sweep_with_its_own_line_and_exit_code(suite_copy, tmp_path):
+    """SIGTERM while a Ray sweep waited on its tasks read "interrupted", exit 130: ray.wait
+    catches the CLI's Terminated and raises a KeyboardInterrupt of its own. The tasks hang on
+    the suite's probe text (a FIFO nobody writes), so the signal comes while the driver waits."""
+    manifest = read_manifest(suite_copy)
+    text = suite_copy / manifest.valid_text
+    saved = text.read_bytes()
+    text.unlink()
+    os.mkfifo(text)
+    held = os.open(text, os.O_RDWR | os.O_NONBLOCK)  # a writer that never writes: readers wait
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "scalelens.cli", "sweep", "--suite", str(suite_copy),
+                             "--sizes", manifest.sizes[0], "--checkpoints", str(manifest.steps[-1]),
+                             "--analyses", "massive_activations", "--executor", "ray", "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _waited(lambda: _holders(text) - {proc.pid} or proc.poll() is not None, 120)
+        assert proc.pid not in _holders(text)  # a Ray worker waits, not the driver
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        os.close(held)
+        text.unlink()
+        text.write_bytes(saved)
+    assert proc.returncode == 143, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("note:", "sweep"))]
+    assert lines == ["scalelens: terminated (SIGTERM); rerun the same command to resume"], err[-2000:]
+    assert not (run / ".sweep.lock").exists()
+
+
 def test_ray_reserves_gpus_by_the_sweeps_device_not_the_drivers(suite_copy):
     """A CPU sweep asked one GPU per task whenever the driver saw CUDA (one task per GPU, none on
     CPU-only workers); a cuda:N sweep kept the index Ray hides (each task sees its GPU as cuda:0)."""
