@@ -496,8 +496,23 @@ def _chosen_tasks(size: str, source: str, checkpoints: str | tuple[int, ...],
     try:
         steps = select_steps(list(known), checkpoints)
     except ScalelensError as e:
-        raise ScalelensError(f"size {size} ({source}): {e}") from None
+        raise ScalelensError(f"size {size} ({source}): {e}{_half_written(source, checkpoints)}") from None
     return [Task(size, source, _one_revision(size, source, n, known[n], where), n) for n in steps]
+
+
+def _half_written(source: str, checkpoints: str | tuple[int, ...]) -> str:
+    """``; checkpoint-N has no config.json ...`` for asked-for steps whose directory is half-written."""
+    from scalelens.models.revisions import parse_step
+    from scalelens.models.sources import incomplete_step_dirs
+
+    path = Path(source)
+    if not isinstance(checkpoints, tuple) or not path.is_dir():
+        return ""
+    names = [n for n in incomplete_step_dirs(path) if parse_step(n) in checkpoints]
+    if not names:
+        return ""
+    return (f"; {', '.join(names)} {'has' if len(names) == 1 else 'have'} no config.json or no weights "
+            "(a save still being written, or interrupted)")
 
 
 def _hub_tasks(size: str, source: str, checkpoints: str | tuple[int, ...]) -> list[Task]:

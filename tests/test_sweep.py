@@ -1282,3 +1282,20 @@ def test_a_half_written_checkpoint_is_noted_by_python_sweep_and_once_by_the_cli(
         "being written, or interrupted)"]
     rc, _, err = run_cli(capsys, [*argv, "--out", str(tmp_path / "quiet"), "--quiet"])
     assert rc == 0 and "checkpoint-999" not in err, err
+
+
+def test_a_half_written_checkpoint_asked_for_by_step_is_named_in_the_refusal(suite_copy, tmp_path, capsys):
+    """``--checkpoints 999`` with checkpoint-999 half-written: the one error line says why step 999
+    is not available (it said only "step(s) [999] not available", and the note naming the
+    half-written directory was never reached)."""
+    from cli_run import assert_one_line, run_cli
+
+    run = _trainer_run(suite_copy, read_manifest(suite_copy).sizes[0], tmp_path / "own")
+    (run / "checkpoint-999").mkdir()
+    shutil.copy(next(run.glob("checkpoint-*/config.json")), run / "checkpoint-999")
+    rc, _, err = run_cli(capsys, ["sweep", "--model", f"x={run}", "--checkpoints", "999",
+                                  "--analyses", "superposition", "--out", str(tmp_path / "out")])
+    assert_one_line(rc, err, f"size x ({run}): checkpoint step(s) [999] not available",
+                    "; checkpoint-999 has no config.json or no weights (a save still being written, "
+                    "or interrupted)")
+    assert not (tmp_path / "out").exists()
