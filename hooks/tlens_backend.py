@@ -72,7 +72,7 @@ class TransformerLensBackend(Backend):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """Run one batch through the bridge with a sink-feeding hook per wanted point."""
-        bridge = self._bridge if self._bridge is not None else self._build()
+        bridge = self._bridge if self._bridge is not None else self._build(input_ids)
         from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
         def stop(tensor: torch.Tensor, *, hook: Any) -> torch.Tensor:
@@ -91,7 +91,7 @@ class TransformerLensBackend(Backend):
             except StopAtLayerException:
                 pass
 
-    def _build(self) -> Any:
+    def _build(self, input_ids: torch.Tensor) -> Any:
         impl = getattr(self.model.config, "_attn_implementation", None) or ""
         if impl.startswith(TAP_PREFIX):
             raise ScalelensError(
@@ -117,6 +117,7 @@ class TransformerLensBackend(Backend):
             raise ScalelensError(f"transformer-lens could not wrap {architecture}: {first}") from exc
         if bridge.compatibility_mode:  # processed (folded/centred) weights would change values
             raise ScalelensError("transformer-lens bridge came up in compatibility mode; refusing")
+        _check_runs(bridge, architecture, input_ids)
         missing = [n for n in (hook_name(p, i) for p, i in self.wanted) if n not in bridge.hook_dict]
         if missing:
             raise ScalelensError(
@@ -130,6 +131,25 @@ class TransformerLensBackend(Backend):
             self._stop_at = at[0] if at else None
         self._bridge = bridge
         return bridge
+
+
+def _check_runs(bridge: Any, architecture: str, input_ids: torch.Tensor) -> None:
+    """Refuse, in one line, a bridge whose adapter cannot run this model.
+
+    An adapter written for another transformers version can build and then fail inside its
+    own forward (CodeGen's reads an attribute transformers no longer has). Two tokens of the
+    first prompt, without hooks, find that out before any capture hook runs, so a failure of
+    scalelens's own hooks is never mistaken for one of the bridge.
+    """
+    try:
+        with torch.inference_mode():
+            bridge(input_ids[:1, :2], return_type=None, use_cache=False, output_attentions=False)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ScalelensError(
+            f"transformer-lens's {architecture} bridge cannot run this model "
+            f"({type(exc).__name__}: {first}); use backend native or nnsight"
+        ) from exc
 
 
 def _feed(sink: Any, point: CapturePoint, layer: int) -> Any:

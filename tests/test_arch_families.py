@@ -166,6 +166,35 @@ def test_nnsight_refuses_falcons_mlp_out_that_the_model_changes_in_place(tmp_pat
                                v["attn_out"][0, 0, :n] + v["mlp_out"][0, 0, :n], atol=1e-6)
 
 
+def _hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_transformer_lens_equals_native_or_refuses_in_one_line(name, tmp_path):
+    """Under --backend transformer-lens each family gives native's residual-like values and logits
+    (within the bridge's own attention arithmetic), or is refused with one ScalelensError line before
+    anything is written, the model left as it was. CodeGen's bridge builds, then failed inside its
+    own forward with an AttributeError (the CLI's 'internal error ... report it')."""
+    model = build(name)
+    lm = load_model(model, tokenizer=word_tokenizer())
+    names = ["resid", "resid_pre"] + ([] if arch.arch_for(model).no_branches else ["attn_out", "mlp_out"])
+    probes = [*(preset(n, dtype="float32") for n in names), ProbeSpec("lg", "logits", dtype="float32")]
+    ref = capture(lm, probes, prompts(4), tmp_path / "n.h5", batch_size=2, progress=False)
+    modules, hooks = [(n, type(m)) for n, m in model.named_modules()], _hooks(model)
+    try:
+        out = capture(lm, probes, prompts(4), tmp_path / "t.h5", batch_size=2, progress=False,
+                      backend="transformer-lens")
+    except ScalelensError as exc:
+        assert "transformer-lens" in str(exc) and "\n" not in str(exc)
+        assert not (tmp_path / "t.h5").exists()
+    else:
+        want, got = read(ref, [*names, "lg"])[0], read(out, [*names, "lg"])[0]
+        for n in want:
+            np.testing.assert_allclose(got[n], want[n], atol=1e-6, rtol=1e-5, err_msg=n)
+    assert [(n, type(m)) for n, m in model.named_modules()] == modules and _hooks(model) == hooks
+
+
 def test_moe_capacity_is_refused_before_anything_runs(tmp_path):
     lm = load_model(build("mixtral", "sdpa"), tokenizer=word_tokenizer())
     with pytest.raises(ScalelensError, match="no FLOP count for architecture 'mixtral'"):
