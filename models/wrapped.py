@@ -56,4 +56,11 @@ def _bridge(obj: Any) -> PreTrainedModel:
             f"TransformerBridge wraps a {type(inner).__name__}, not a Hugging Face model; "
             "boot it with TransformerBridge.boot_transformers"
         )
+    if getattr(obj, "_weights_processed", False):  # set by process_weights, in place on the model
+        raise ScalelensError(
+            "this TransformerBridge's weights were processed (enable_compatibility_mode or "
+            "process_weights: layer norms folded, writing weights and unembedding centred), so its "
+            "activations and logits are not the model's; pass a bridge booted without processing "
+            "(enable_compatibility_mode(no_processing=True) keeps the weights) or the model itself"
+        )
     return inner
