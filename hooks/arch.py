@@ -28,6 +28,8 @@ class ArchSpec:
         no_branches: Why ``attn_out``/``mlp_out`` cannot be read in this family, or ``""``.
         mlp_out_changed: Why ``mlp_out`` read after the forward pass (nnsight keeps module
             outputs by reference) would be wrong, or ``""``; forward hooks read it in time.
+        mlp_out_changed_by: Config flags of which one must be true for that to happen; empty:
+            always.
     """
 
     family: str
@@ -40,6 +42,12 @@ class ArchSpec:
     no_tap: str = ""
     no_branches: str = ""
     mlp_out_changed: str = ""
+    mlp_out_changed_by: tuple[str, ...] = ()
+
+    def changes_mlp_out(self, config: object) -> bool:
+        """Whether a model of this family with ``config`` changes its MLP output after returning it."""
+        flags = self.mlp_out_changed_by
+        return bool(self.mlp_out_changed) and (not flags or any(getattr(config, f, False) for f in flags))
 
 
 _LLAMA_LIKE = ArchSpec(
@@ -121,6 +129,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         no_tap=_OWN_ATTENTION,
         mlp_out_changed="with parallel attention Falcon adds the attention output into the MLP's "
                         "output tensor in place after the MLP returns",
+        mlp_out_changed_by=("parallel_attn", "new_decoder_architecture"),
     ),
     "bloom": replace(
         _FALCON_LIKE,

@@ -44,7 +44,7 @@ class NNsightBackend(Backend):
 
     def __enter__(self) -> NNsightBackend:
         spec = arch_for(self.model)  # unsupported architecture: one-line ScalelensError
-        if spec.mlp_out_changed and any(p is CapturePoint.MLP_OUT for p, _ in self.wanted):
+        if spec.changes_mlp_out(self.model.config) and any(p is CapturePoint.MLP_OUT for p, _ in self.wanted):
             family = self.model.config.model_type
             raise ScalelensError(f"the nnsight backend cannot read mlp_out of {family}: "
                                  f"{spec.mlp_out_changed}; use backend native")

@@ -166,6 +166,23 @@ def test_nnsight_refuses_falcons_mlp_out_that_the_model_changes_in_place(tmp_pat
                                v["attn_out"][0, 0, :n] + v["mlp_out"][0, 0, :n], atol=1e-6)
 
 
+def test_nnsight_reads_mlp_out_of_a_falcon_without_parallel_attention(tmp_path):
+    """Only parallel attention adds into the MLP's output in place; a sequential Falcon (Falcon-RW's
+    layout) was refused all the same. Its mlp_out under nnsight is native's, bitwise."""
+    torch.manual_seed(0)
+    config = T.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            parallel_attn=False)
+    model = T.AutoModelForCausalLM.from_config(config).eval()
+    lm = load_model(model, tokenizer=word_tokenizer())
+    probes = [preset("mlp_out", dtype="float32"), preset("attn_out", dtype="float32")]
+    a = capture(lm, probes, prompts(4), tmp_path / "n.h5", batch_size=2, progress=False)
+    b = capture(lm, probes, prompts(4), tmp_path / "s.h5", batch_size=2, progress=False, backend="nnsight")
+    (va, *_), (vb, *_) = read(a, ["mlp_out", "attn_out"]), read(b, ["mlp_out", "attn_out"])
+    for name in va:
+        np.testing.assert_array_equal(vb[name], va[name])
+    assert np.abs(va["mlp_out"]).max() > 1e-3
+
+
 def _hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
