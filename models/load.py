@@ -170,6 +170,8 @@ def _from_disk(
     kwargs = _hub_kwargs(resolved, cache_dir, own_tokenizer=tokenizer is None)
     if resolved.gguf_file:
         kwargs["gguf_file"] = resolved.gguf_file
+        if Path(resolved.location).is_dir():
+            check_gguf_readable(Path(resolved.location) / resolved.gguf_file)
     config = _load_config(resolved, kwargs, cache_dir)
     check_architecture(config)
     tok = _load_tokenizer(tokenizer, resolved, kwargs, config.get_text_config().vocab_size, cache_dir)
@@ -194,6 +196,22 @@ def _load_config(resolved: ResolvedSource, kwargs: dict[str, Any], cache_dir: An
         raise _failure(resolved, cache_dir, exc) from exc
     except OSError as exc:
         raise _failure(resolved, cache_dir, exc) from exc
+
+
+def check_gguf_readable(file: Path) -> None:
+    """One error naming a local GGUF file that is cut short or not GGUF at all.
+
+    gguf's reader otherwise fails inside transformers with a ``struct.error`` (a file cut in
+    its header) or a ``ValueError`` naming neither the file nor the problem.
+    """
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(file)
+    except Exception as exc:  # any failure to parse the bytes is a bad file (struct, ValueError, OSError...)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ScalelensError(f"{file} is not a readable GGUF file (truncated or corrupt: {detail}); "
+                             "export or download it again") from exc
 
 
 def check_device_usable(device: str | torch.device | None, dtype: torch.dtype | None = None) -> None:
@@ -230,7 +248,8 @@ def _failure(resolved: ResolvedSource, cache_dir: Any, exc: Exception) -> Scalel
     if resolved.kind in ("hub", "gguf") and not Path(resolved.location).is_dir():
         return explain_failure(resolved.location, resolved.revision or "main", cache_dir, exc)
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ScalelensError(f"could not load {resolved.location}: {detail}")
+    where = Path(resolved.location) / resolved.gguf_file if resolved.gguf_file else resolved.location
+    return ScalelensError(f"could not load {where}: {detail}")
 
 
 def _load_weights(

@@ -4,8 +4,8 @@
 - ``save_tiny_model(arch, path, tokenizer)``: a random-init model saved as an HF directory.
 - ``write_hub_cache(cache_dir, repo_id, revisions)``: lay directories out like the HF hub
   cache (``models--org--name/{blobs,refs,snapshots}``), one snapshot per revision.
-- ``write_llama_gguf(model, tokenizer, path)``: export a Llama model to F32 GGUF in the
-  tensor layout llama.cpp writes and transformers reads back.
+- ``write_llama_gguf(model, tokenizer, path)``, ``write_gpt2_gguf(...)``: export a Llama or
+  GPT-2 model to F32 GGUF in the tensor layout llama.cpp writes and transformers reads back.
 """
 
 from __future__ import annotations
@@ -170,26 +170,74 @@ def write_llama_gguf(model: PreTrainedModel, tokenizer: Any, path: str | Path) -
     import gguf
 
     cfg = model.config
-    writer = gguf.GGUFWriter(str(path), "llama")
-    _gguf_hparams(writer, cfg)
+
+    def llama_layout(name: str, data: np.ndarray) -> np.ndarray:
+        if name.endswith("attn_q"):
+            return _permute_qk(data, cfg.num_attention_heads)
+        if name.endswith("attn_k"):
+            return _permute_qk(data, cfg.num_key_value_heads)
+        return data
+
+    return _write_gguf(model, tokenizer, path, gguf.MODEL_ARCH.LLAMA, _gguf_hparams, llama_layout)
+
+
+def write_gpt2_gguf(model: PreTrainedModel, tokenizer: Any, path: str | Path) -> Path:
+    """Export a ``GPT2LMHeadModel`` and its byte-level BPE tokenizer to an F32 GGUF file.
+
+    llama.cpp stores GPT-2's ``Conv1D`` weights (``c_attn``, ``c_proj``, ``c_fc``) transposed.
+
+    Args:
+        model: The GPT-2 model.
+        tokenizer: A fast byte-level BPE tokenizer.
+        path: Output ``.gguf`` file.
+
+    Returns:
+        ``path``.
+    """
+    import gguf
+
+    conv1d = ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
+
+    def gpt2_layout(name: str, data: np.ndarray) -> np.ndarray:
+        return data.T if name.endswith(conv1d) and data.ndim == 2 else data
+
+    return _write_gguf(model, tokenizer, path, gguf.MODEL_ARCH.GPT2, _gguf_gpt2_hparams, gpt2_layout)
+
+
+def _write_gguf(model: PreTrainedModel, tokenizer: Any, path: str | Path, arch: Any,
+                hparams: Any, layout: Any) -> Path:
+    """Write ``model``'s tensors (``layout(gguf_name, array)`` each) under llama.cpp's names."""
+    import gguf
+
+    cfg = model.config
+    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
+    hparams(writer, cfg)
     _gguf_tokenizer(writer, tokenizer)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+    names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
     for hf_name, tensor in model.state_dict().items():
         base, suffix = hf_name.rsplit(".", 1)
         gguf_name = names.get_name(base)
         if gguf_name is None:
             continue
-        data = tensor.detach().to(torch.float32).cpu().numpy()
-        if gguf_name.endswith("attn_q"):
-            data = _permute_qk(data, cfg.num_attention_heads)
-        elif gguf_name.endswith("attn_k"):
-            data = _permute_qk(data, cfg.num_key_value_heads)
+        data = layout(gguf_name, tensor.detach().to(torch.float32).cpu().numpy())
         writer.add_tensor(f"{gguf_name}.{suffix}", np.ascontiguousarray(data))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return Path(path)
+
+
+def _gguf_gpt2_hparams(writer: Any, cfg: PretrainedConfig) -> None:
+    writer.add_name("tiny-gpt2")
+    writer.add_file_type(0)  # all F32
+    writer.add_block_count(cfg.n_layer)
+    writer.add_context_length(cfg.n_positions)
+    writer.add_embedding_length(cfg.n_embd)
+    writer.add_feed_forward_length(cfg.n_inner or 4 * cfg.n_embd)
+    writer.add_head_count(cfg.n_head)
+    writer.add_layer_norm_eps(cfg.layer_norm_epsilon)
+    writer.add_vocab_size(cfg.vocab_size)
 
 
 def _gguf_hparams(writer: Any, cfg: PretrainedConfig) -> None:

@@ -6,6 +6,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from net import refused_endpoint, waiting_connections
@@ -17,6 +18,7 @@ from scalelens.models.hub import cached_revisions
 from scalelens.models.hub_cache import hub_cache_dir
 from scalelens.models.suite import read_manifest
 from scalelens.models.testing import save_tiny_model, write_hub_cache, write_llama_gguf
+from scalelens.models.tokenizer import train_tokenizer
 
 REPO = "EleutherAI/pythia-160m"
 
@@ -515,6 +517,65 @@ def test_gguf_file_round_trips_a_llama(tmp_path, suite_tokenizer):
         torch.testing.assert_close(lm.model(ids).logits, original(ids).logits)
     by_dir = load_model(tmp_path, gguf_file="tiny-llama.gguf")
     assert by_dir.info == lm.info and lm.info.source == str(gguf_path)
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    docs = [f"the quick brown fox jumps over the lazy dog {i} times" for i in range(200)]
+    return train_tokenizer(docs, 300)
+
+
+def _capture_equals_hidden_states(lm, original, prompts):
+    """resid_post of every layer but the last (taken before the final norm) equals HF's hidden_states."""
+    from scalelens import CaptureFile, ProbeSpec, attach
+
+    out = Path(lm.info.source).with_suffix(".h5")
+    with attach(lm, [ProbeSpec("r", "resid_post", dtype="float32")], out=out, batch_size=len(prompts)) as run:
+        run.feed(prompts)
+    with CaptureFile(out) as f:
+        got = f.read("values", probe="r").data
+    for i, text in enumerate(prompts):
+        ids = _ids(lm.tokenizer, text)
+        with torch.no_grad():
+            hidden = original(ids, output_hidden_states=True).hidden_states
+        for layer in range(lm.info.n_layers - 1):
+            np.testing.assert_allclose(got[i, layer, : ids.shape[1]], hidden[layer + 1][0].numpy(), atol=1e-6)
+
+
+def test_gguf_capture_equals_the_source_llama(tmp_path, bpe_tokenizer):
+    path = save_tiny_model("llama", tmp_path / "llama", bpe_tokenizer)
+    original = AutoModelForCausalLM.from_pretrained(path).eval()
+    lm = load_model(tmp_path, gguf_file=write_llama_gguf(original, bpe_tokenizer, tmp_path / "l.gguf").name)
+    _capture_equals_hidden_states(lm, original, ["the quick brown fox", "jumps over the lazy dog 7 times"])
+
+
+@pytest.mark.parametrize("cut", ["header", "tensors", "magic", "empty"])
+def test_a_truncated_or_corrupt_gguf_is_one_error_naming_the_file(tmp_path, bpe_tokenizer, cut):
+    """A GGUF cut inside its header raised struct.error (an internal error on the command line);
+    the others named the directory, not the file."""
+    path = save_tiny_model("llama", tmp_path / "llama", bpe_tokenizer)
+    good = write_llama_gguf(AutoModelForCausalLM.from_pretrained(path), bpe_tokenizer, tmp_path / "good.gguf")
+    data = good.read_bytes()
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes({"header": data[:3000], "tensors": data[:-5000], "magic": b"GGUF\x03\x00\x00\x00xx",
+                     "empty": b""}[cut])
+    with pytest.raises(ScalelensError, match=rf"{bad} is not a readable GGUF file \(truncated or corrupt"):
+        load_model(bad)
+
+
+def test_a_gguf_cut_in_its_header_is_one_line_on_the_command_line(tmp_path, capsys):
+    """It was an internal error (exit 1, 'report it') from gguf's struct.error."""
+    from cli_run import assert_one_line, run_cli
+
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\n")
+    out = tmp_path / "o.h5"
+    argv = ["capture", "--model", str(bad), "--prompts", str(prompts), "--out", str(out)]
+    rc, _, err = run_cli(capsys, argv)
+    assert_one_line(rc, err, f"{bad} is not a readable GGUF file")
+    assert not out.exists()
 
 
 # --- errors ----------------------------------------------------------------------
