@@ -186,7 +186,8 @@ def _from_disk(
 
 def _load_config(resolved: ResolvedSource, kwargs: dict[str, Any], cache_dir: Any) -> Any:
     try:
-        return AutoConfig.from_pretrained(resolved.location, **kwargs)
+        config = AutoConfig.from_pretrained(resolved.location, **kwargs)
+        return _fill_gguf_gaps(config) if resolved.gguf_file else config
     except ValueError as exc:
         if any(k in str(exc) for k in ("model_type", "model type", "Unrecognized")):
             raise ScalelensError(
@@ -196,6 +197,23 @@ def _load_config(resolved: ResolvedSource, kwargs: dict[str, Any], cache_dir: An
         raise _failure(resolved, cache_dir, exc) from exc
     except OSError as exc:
         raise _failure(resolved, cache_dir, exc) from exc
+
+
+def _fill_gguf_gaps(config: PretrainedConfig) -> PretrainedConfig:
+    """Settings transformers reads from a GGUF file under names its model class ignores.
+
+    A GPT-2 GGUF's context length lands in ``n_ctx`` and its feed-forward width in
+    ``feed_forward_length``, leaving ``n_positions`` 1024 and ``n_inner`` 4 * ``n_embd``: the
+    weights of any other GPT-2 would not fit the model built from that config.
+    """
+    if config.model_type != "gpt2":
+        return config
+    if getattr(config, "n_ctx", None):
+        config.n_positions = int(config.n_ctx)
+    width = getattr(config, "feed_forward_length", None)
+    if width and int(width) != 4 * config.n_embd:
+        config.n_inner = int(width)
+    return config
 
 
 def check_gguf_readable(file: Path) -> None:

@@ -214,10 +214,11 @@ def _write_gguf(model: PreTrainedModel, tokenizer: Any, path: str | Path, arch: 
     hparams(writer, cfg)
     _gguf_tokenizer(writer, tokenizer)
     names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
+    tied = bool(cfg.get_text_config().tie_word_embeddings)
     for hf_name, tensor in model.state_dict().items():
         base, suffix = hf_name.rsplit(".", 1)
         gguf_name = names.get_name(base)
-        if gguf_name is None:
+        if gguf_name is None or (gguf_name == "output" and tied):  # llama.cpp writes no tied head
             continue
         data = layout(gguf_name, tensor.detach().to(torch.float32).cpu().numpy())
         writer.add_tensor(f"{gguf_name}.{suffix}", np.ascontiguousarray(data))

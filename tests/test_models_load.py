@@ -17,7 +17,7 @@ from scalelens.models import LoadedModel, ModelInfo, load_model
 from scalelens.models.hub import cached_revisions
 from scalelens.models.hub_cache import hub_cache_dir
 from scalelens.models.suite import read_manifest
-from scalelens.models.testing import save_tiny_model, write_hub_cache, write_llama_gguf
+from scalelens.models.testing import save_tiny_model, write_gpt2_gguf, write_hub_cache, write_llama_gguf
 from scalelens.models.tokenizer import train_tokenizer
 
 REPO = "EleutherAI/pythia-160m"
@@ -540,6 +540,18 @@ def _capture_equals_hidden_states(lm, original, prompts):
             hidden = original(ids, output_hidden_states=True).hidden_states
         for layer in range(lm.info.n_layers - 1):
             np.testing.assert_allclose(got[i, layer, : ids.shape[1]], hidden[layer + 1][0].numpy(), atol=1e-6)
+
+
+def test_gguf_file_round_trips_a_gpt2_of_short_context(tmp_path, bpe_tokenizer):
+    """transformers reads a GPT-2 GGUF's context length into ``n_ctx`` and its feed-forward width
+    into ``feed_forward_length``, leaving ``n_positions`` 1024 and ``n_inner`` 4 * n_embd: a GPT-2
+    of any other context or width failed with a RuntimeError about mismatched sizes."""
+    path = save_tiny_model("gpt2", tmp_path / "gpt2", bpe_tokenizer, n_inner=64)
+    original = AutoModelForCausalLM.from_pretrained(path).eval()
+    lm = load_model(write_gpt2_gguf(original, bpe_tokenizer, tmp_path / "tiny-gpt2.gguf"))
+    assert (lm.info.source_kind, lm.info.architecture, lm.info.max_position) == ("gguf", "gpt2", 128)
+    assert lm.info.n_params == sum(p.numel() for p in original.parameters())
+    _capture_equals_hidden_states(lm, original, ["the quick brown fox", "jumps over the lazy dog 7 times"])
 
 
 def test_gguf_capture_equals_the_source_llama(tmp_path, bpe_tokenizer):
