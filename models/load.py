@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ..errors import ScalelensError
+from ..errors import ScalelensError, ScalelensWarning
 from .describe import check_architecture, describe
 from .hub import explain_failure, is_offline, use_cache_only
 from .hub_cache import has_tokenizer_files
 from .info import ModelInfo
-from .quiet import quiet_hf_progress
+from .quiet import quiet_hf_progress, quiet_load_report
 from .sources import ResolvedSource, checkpoint_revision, looks_like_hub_id, resolve_source
 from .wrapped import unwrap
 
@@ -282,12 +283,14 @@ def _load_weights(
     target = torch.device(device or "cpu")
     placement = {"device_map": str(target)} if target.type != "cpu" else {}
     try:
-        with quiet_hf_progress():
-            model = AutoModelForCausalLM.from_pretrained(
+        with quiet_hf_progress(), quiet_load_report():
+            model, loading = AutoModelForCausalLM.from_pretrained(
                 resolved.location,
                 config=config,
                 dtype=dtype or torch.float32,
                 attn_implementation=attn,
+                ignore_mismatched_sizes=True,  # refused below, in one line naming a weight
+                output_loading_info=True,
                 **placement,
                 **kwargs,
             )
@@ -298,9 +301,31 @@ def _load_weights(
                 "use attn_implementation='eager'"
             ) from exc
         raise _failure(resolved, cache_dir, exc) from exc
+    _check_loading(resolved, loading)
     if not placement:
         model.to(target)  # type: ignore[arg-type]  # in place
     return model
+
+
+def _check_loading(resolved: ResolvedSource, loading: dict[str, Any]) -> None:
+    """Refuse weights whose shapes differ from the config's; warn of weights left random.
+
+    transformers' own multi-line load report (silenced by ``quiet_load_report``) would
+    otherwise end in a RuntimeError for the first, and only warn of the second.
+    """
+    where = Path(resolved.location) / resolved.gguf_file if resolved.gguf_file else resolved.location
+    mismatched = sorted(loading.get("mismatched_keys") or [])
+    if mismatched:
+        key, stored, wanted = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise ScalelensError(
+            f"could not load {where}: its weights do not match its config: {key} is {tuple(stored)} in the "
+            f"checkpoint, {tuple(wanted)} in the config{more}; load the config saved with these weights")
+    missing = sorted(loading.get("missing_keys") or [])
+    if missing:
+        warnings.warn(f"{where}: {len(missing)} weight(s) not in the checkpoint were left randomly "
+                      f"initialised: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}",
+                      ScalelensWarning, stacklevel=4)
 
 
 def _load_tokenizer(

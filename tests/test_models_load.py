@@ -590,6 +590,25 @@ def test_a_gguf_cut_in_its_header_is_one_line_on_the_command_line(tmp_path, caps
     assert not out.exists()
 
 
+def test_weights_that_do_not_fit_the_config_are_one_error(tmp_path, bpe_tokenizer, capsys):
+    """A config.json edited (or saved) apart from its weights raised transformers' RuntimeError,
+    an internal error on the command line, after a many-line load report."""
+    path = save_tiny_model("gpt2", tmp_path / "gpt2", bpe_tokenizer)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "n_positions": 256}))
+    with pytest.raises(ScalelensError, match=r"weights do not match its config: transformer\.wpe\.weight is "
+                                             r"\(128, 32\) in the checkpoint, \(256, 32\) in the config"):
+        load_model(path)
+    from cli_run import assert_one_line, run_cli
+
+    prompts, out = tmp_path / "p.txt", tmp_path / "o.h5"
+    prompts.write_text("the fox\n")
+    argv = ["capture", "--model", str(path), "--prompts", str(prompts), "--out", str(out)]
+    capsys.readouterr()  # save_tiny_model's progress bar
+    assert_one_line(*run_cli(capsys, argv)[::2], "its weights do not match its config")
+    assert not out.exists()
+
+
 # --- errors ----------------------------------------------------------------------
 
 
