@@ -168,6 +168,11 @@ def _dir_source(path: Path, revision: str | None, gguf_file: str | None) -> Reso
             f"{path} is a suite; load one size, e.g. {path / (sizes[0] if sizes else '<size>')}"
             f" (sizes: {', '.join(sizes)})"
         )
+    ggufs = sorted(p.name for p in path.glob("*.gguf") if p.is_file())
+    if ggufs:  # a GGUF download: the file is the model
+        raise ScalelensError(f"{path} has no config.json but holds GGUF file(s) ({', '.join(ggufs[:3])}"
+                             f"{', ...' if len(ggufs) > 3 else ''}); pass the .gguf file itself, e.g. "
+                             f"{path / ggufs[0]}")
     raise ScalelensError(f"{path} has no config.json or step<N> / checkpoint-<N> checkpoints; "
                          "pass a model directory")
 

@@ -841,3 +841,14 @@ def test_the_tests_hub_is_a_refused_local_port(monkeypatch):
     assert constants.ENDPOINT.startswith("http://127.0.0.1:")
     names, why = hub_names("gpt2")
     assert names is None and why is not None and "ConnectError" in why, why
+
+
+def test_a_directory_holding_only_a_gguf_names_the_file_to_pass(tmp_path):
+    """A GGUF download's directory said only "has no config.json ...; pass a model directory"."""
+    (tmp_path / "dl").mkdir()
+    file = tmp_path / "dl" / "model-q8.gguf"
+    file.write_bytes(b"GGUF")
+    with pytest.raises(ScalelensError) as e:
+        load_model(tmp_path / "dl")
+    assert str(e.value) == (f"{tmp_path / 'dl'} has no config.json but holds GGUF file(s) (model-q8.gguf); "
+                            f"pass the .gguf file itself, e.g. {file}")
