@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,10 +17,29 @@ def quiet_hf_progress() -> Iterator[None]:
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with _quiet_gguf_bar():
+            yield
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def _quiet_gguf_bar() -> Iterator[None]:
+    """Silence the bar transformers' GGUF reader draws with plain tqdm (the switch above misses it)."""
+    try:
+        module = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    except ImportError:  # a transformers without GGUF support
+        module = None
+    bar = getattr(module, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    module.tqdm = functools.partial(bar, disable=True)  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        module.tqdm = bar  # type: ignore[union-attr]
 
 
 

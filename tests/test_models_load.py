@@ -852,3 +852,13 @@ def test_a_directory_holding_only_a_gguf_names_the_file_to_pass(tmp_path):
         load_model(tmp_path / "dl")
     assert str(e.value) == (f"{tmp_path / 'dl'} has no config.json but holds GGUF file(s) (model-q8.gguf); "
                             f"pass the .gguf file itself, e.g. {file}")
+
+
+def test_loading_a_gguf_draws_no_bar_of_transformers(tmp_path, bpe_tokenizer, capsys):
+    """transformers' GGUF reader drew "Converting and de-quantizing GGUF tensors..." with plain
+    tqdm, past the switch that keeps its other load bars out of scalelens's output."""
+    path = save_tiny_model("llama", tmp_path / "llama", bpe_tokenizer)
+    gguf = write_llama_gguf(AutoModelForCausalLM.from_pretrained(path), bpe_tokenizer, tmp_path / "l.gguf")
+    capsys.readouterr()
+    load_model(gguf)
+    assert "GGUF tensors" not in capsys.readouterr().err
