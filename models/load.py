@@ -284,7 +284,7 @@ def _load_weights(
     placement = {"device_map": str(target)} if target.type != "cpu" else {}
     try:
         with quiet_hf_progress(), quiet_load_report():
-            model, loading = AutoModelForCausalLM.from_pretrained(
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
                 resolved.location,
                 config=config,
                 dtype=dtype or torch.float32,
@@ -294,6 +294,7 @@ def _load_weights(
                 **placement,
                 **kwargs,
             )
+        model, loading = loaded  # (model, loading info) with output_loading_info
     except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated/corrupt file
         if "attention implementation" in str(exc):
             raise ScalelensError(

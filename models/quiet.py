@@ -43,8 +43,9 @@ def _quiet_gguf_bar() -> Iterator[None]:
 
 
 
-def _not_a_load_report(record: logging.LogRecord) -> bool:
-    return "LOAD REPORT" not in str(record.msg)
+class _NotALoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
 
 
 @contextmanager
@@ -55,8 +56,9 @@ def quiet_load_report() -> Iterator[None]:
     check) whenever that logger's own level is WARNING or above.
     """
     logger = hf_logging.get_logger("transformers.modeling_utils")
-    logger.addFilter(_not_a_load_report)
+    report_filter = _NotALoadReport()
+    logger.addFilter(report_filter)
     try:
         yield
     finally:
-        logger.removeFilter(_not_a_load_report)
+        logger.removeFilter(report_filter)
