@@ -13,8 +13,9 @@ Fit: bounded least squares (``scipy.optimize.least_squares``, trust-region
 reflective) on steps rescaled to ``[0, 1]`` and values standardised, started
 from several data-driven guesses; the lowest-cost fit wins. Each start picks a
 decay ``lam`` from a grid, puts the curve's stationary point on the step where
-the data deviate most from their final value, and sets ``A`` so the curve
-reaches that deviation there.
+the data lie furthest above their final value (a peak, ``A > 0``) or on the one
+where they lie furthest below it (a dip, ``A < 0``), and sets ``A`` so the
+curve reaches that deviation there.
 
 Stationary point: ``d/dx [exp(-lam x) log x] = exp(-lam x) (1/x - lam log x)``
 vanishes where ``x log x = 1/lam``, i.e. ``x* = exp(W(1/lam))`` with ``W`` the
@@ -142,11 +143,24 @@ def _residual_jacobian(theta: np.ndarray, s: np.ndarray, z: np.ndarray) -> np.nd
 
 
 def _starts(s: np.ndarray, z: np.ndarray) -> list[np.ndarray]:
-    """Initial guesses in scaled units, one per decay on the grid."""
+    """Initial guesses in scaled units: per extreme of the data, one per decay on the grid.
+
+    The extremes are the steps where the data lie furthest above and furthest below their
+    final value: a curve may peak (``A > 0``) or dip (``A < 0``), and the larger deviation
+    need not be the feature (a high step-0 value beside a dip), so each sign gets its starts.
+    """
     k0 = float(np.median(z[-max(2, z.size // 10) :]))
-    i = int(np.argmax(np.abs(z - k0)))
-    dev = float(z[i] - k0) or 1.0
-    s_peak = max(float(s[i]), 1e-3)
+    dev = z - k0
+    extremes = dict.fromkeys(int(i) for i in (np.argmax(dev), np.argmin(dev)) if dev[i] != 0)
+    out = []
+    for i in extremes or (int(np.argmax(np.abs(dev))),):
+        out += _starts_at(float(s[i]), float(dev[i]) or 1.0, k0)
+    return out
+
+
+def _starts_at(s_i: float, dev: float, k0: float) -> list[np.ndarray]:
+    """Starts whose stationary point lies at step ``s_i`` with deviation ``dev`` from ``k0``."""
+    s_peak = max(s_i, 1e-3)
     out = []
     for lam in _LAM_GRID:
         t0 = 1.0

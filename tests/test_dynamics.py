@@ -171,3 +171,18 @@ def test_peak_after_the_curve_has_peaked_is_the_first_observed_step():
     grid = np.linspace(steps[0], steps[-1], 10_001)
     assert grid[np.argmax(_curve_by_hand(grid, fit.params))] == steps[0]
     assert fit.peak_step == steps[0]
+
+
+def test_a_dip_is_found_when_the_largest_deviation_is_the_first_step():
+    # A layer's massive-activation ratio in a micro-suite sweep (size 50k, layer 0): high
+    # at step 0, a dip to 4.5 by step 8, back up to ~4.9. The largest deviation from the
+    # final value is step 0's, above it; every start used to be a peak there (A > 0), so
+    # the fit ended in a spike at step 0.05 with R² 0.7285, while the dip (A < 0, t0 on
+    # its bound) has R² 0.7859 (an independent 300-start least-squares search agrees).
+    steps = np.array([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 24.0])
+    ratio = np.array([5.37568178, 5.05892284, 4.60390113, 4.53160079, 4.5011868, 5.0027252, 4.76763489])
+    fit = fit_dynamics(steps, ratio)
+    assert fit.r2 == pytest.approx(0.78585, abs=1e-4)
+    assert fit.params["A"] < 0
+    resid = dynamics_curve(steps, fit.params) - ratio
+    assert 0.5 * float(resid @ resid) == pytest.approx(fit.cost, rel=1e-12)
