@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -89,11 +89,17 @@ class Prompt:
     """
 
     pieces: tuple[tuple[str, str | EmbedBlock], ...]
+    source: str | None = field(default=None, compare=False)
+    """Where the prompt was read (``prompts.txt:12``), for error lines; not part of its identity."""
 
     @classmethod
-    def of(cls, text: str) -> Prompt:
+    def of(cls, text: str, source: str | None = None) -> Prompt:
         """A prompt with one piece labelled ``text``."""
-        return cls(((DEFAULT_LABEL, text),))
+        return cls(((DEFAULT_LABEL, text),), source)
+
+    def named(self, index: int) -> str:
+        """How error lines name this prompt: its file and line, else ``prompt index N``."""
+        return f"prompt {self.source}" if self.source else f"prompt index {index}"
 
     @property
     def text(self) -> str:
@@ -132,9 +138,9 @@ def _jsonl_prompt(line: str, where: str) -> Prompt:
             raise ScalelensError(
                 f'{where}: "segments" must be a non-empty list of {{"label": str, "text": str}} objects'
             )
-        return Prompt(tuple((s["label"], s["text"]) for s in segments))
+        return Prompt(tuple((s["label"], s["text"]) for s in segments), where)
     if isinstance(obj, dict) and isinstance(obj.get("text"), str):
-        return Prompt.of(obj["text"])
+        return Prompt.of(obj["text"], where)
     raise ScalelensError(f'{where}: expected an object with "text" (a string) or "segments"')
 
 
@@ -160,7 +166,7 @@ def read_prompt_file(path: str | Path) -> list[Prompt]:
         raise ScalelensError(f"prompt file {file} has no prompts; write one prompt per line")
     if file.suffix.lower() == ".jsonl":
         return [_jsonl_prompt(ln, f"{file}:{i}") for i, ln in numbered]
-    return [Prompt.of(ln) for _, ln in numbered]
+    return [Prompt.of(ln, f"{file}:{i}") for i, ln in numbered]
 
 
 class EmbedSpan(NamedTuple):
@@ -267,10 +273,10 @@ def tokenize(prompts: list[Prompt], tokenizer, max_length: int | None = None,
             ids += piece
             seg += [labels.index(label)] * len(piece)
         if not ids:
-            raise ScalelensError(f"prompt index {n} tokenises to nothing; remove empty prompts")
+            raise ScalelensError(f"{prompt.named(n)} tokenises to nothing; remove empty prompts")
         if max_length is not None and len(ids) > max_length:
             raise ScalelensError(
-                f"prompt index {n} has {len(ids)} tokens, more than the limit {max_length} (max_length=, "
+                f"{prompt.named(n)} has {len(ids)} tokens, more than the limit {max_length} (max_length=, "
                 "--max-length on the command line, at most the model's context); shorten or split the prompt"
             )
         rows.append((ids, seg))

@@ -311,8 +311,12 @@ CASES: dict[str, Case] = {
     ".json instead of .jsonl": Case(
         lambda c: c.capture(prompts=c.file("p.json", '[{"text": "w1"}]')), (".json is not read", ".jsonl")),
     "prompt longer than the context": Case(
-        lambda c: c.capture(prompts=c.file("long.txt", " ".join(["w1"] * 200) + "\n")),
-        ("prompt index 0 has 200 tokens", "more than the limit 128")),
+        lambda c: c.capture(prompts=c.file("long.txt", "w1 w2\n\n" + " ".join(["w1"] * 200) + "\n")),
+        ("long.txt:3 has 200 tokens", "more than the limit 128")),  # its line, blank ones counted
+    "JSONL prompt longer than the context": Case(
+        lambda c: c.capture(prompts=c.file("long.jsonl", '{"text": "w1"}\n{"segments": [{"label": "d", '
+                                           f'"text": "{" ".join(["w1"] * 200)}"}}]}}\n')),
+        ("long.jsonl:2 has 200 tokens",)),
     "--max-length beyond the context": Case(
         lambda c: c.capture("--max-length", "4096"), ("exceeds the model's context of 128",)),
     # batch and capture settings
