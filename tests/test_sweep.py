@@ -475,24 +475,31 @@ def test_an_interrupted_ray_sweep_leaves_no_task_running(suite_copy, tmp_path):
     import threading
 
     manifest = read_manifest(suite_copy)
-    text = suite_copy / manifest.valid_text
+    with _probe_text_that_hangs(suite_copy) as text, _ray_head(tmp_path, cpus=2) as address:
+
+        def ctrl_c():
+            if _waited(lambda: _holders(text)):
+                os.kill(os.getpid(), signal.SIGINT)
+
+        spec = _spec(suite_copy, analyses=("massive_activations",), executor="ray", address=address,
+                     sizes=tuple(manifest.sizes[:2]), checkpoints=(manifest.steps[-1],))
+        threading.Thread(target=ctrl_c, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            sweep(spec, tmp_path / "run")
+        assert _waited(lambda: not _holders(text), 30), "tasks still run after Ctrl-C"
+
+
+@contextmanager
+def _probe_text_that_hangs(suite: Path):
+    """The suite's probe text as a FIFO nobody writes, restored after: tasks reading it hang,
+    as tasks stuck on a slow disk would."""
+    text = suite / read_manifest(suite).valid_text
     saved = text.read_bytes()
     text.unlink()
     os.mkfifo(text)
     held = os.open(text, os.O_RDWR | os.O_NONBLOCK)  # a writer that never writes: readers wait
-
-    def ctrl_c():
-        if _waited(lambda: _holders(text)):
-            os.kill(os.getpid(), signal.SIGINT)
-
     try:
-        with _ray_head(tmp_path, cpus=2) as address:
-            spec = _spec(suite_copy, analyses=("massive_activations",), executor="ray", address=address,
-                         sizes=tuple(manifest.sizes[:2]), checkpoints=(manifest.steps[-1],))
-            threading.Thread(target=ctrl_c, daemon=True).start()
-            with pytest.raises(KeyboardInterrupt):
-                sweep(spec, tmp_path / "run")
-            assert _waited(lambda: not _holders(text), 30), "tasks still run after Ctrl-C"
+        yield text
     finally:
         os.close(held)
         text.unlink()
@@ -504,26 +511,19 @@ def test_sigterm_stops_a_ray_sweep_with_its_own_line_and_exit_code(suite_copy, t
     catches the CLI's Terminated and raises a KeyboardInterrupt of its own. The tasks hang on
     the suite's probe text (a FIFO nobody writes), so the signal comes while the driver waits."""
     manifest = read_manifest(suite_copy)
-    text = suite_copy / manifest.valid_text
-    saved = text.read_bytes()
-    text.unlink()
-    os.mkfifo(text)
-    held = os.open(text, os.O_RDWR | os.O_NONBLOCK)  # a writer that never writes: readers wait
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "scalelens.cli", "sweep", "--suite", str(suite_copy),
-                             "--sizes", manifest.sizes[0], "--checkpoints", str(manifest.steps[-1]),
-                             "--analyses", "massive_activations", "--executor", "ray", "--out", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert _waited(lambda: _holders(text) - {proc.pid} or proc.poll() is not None, 120)
-        assert proc.pid not in _holders(text)  # a Ray worker waits, not the driver
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-        os.close(held)
-        text.unlink()
-        text.write_bytes(saved)
+    with _probe_text_that_hangs(suite_copy) as text:
+        proc = subprocess.Popen([sys.executable, "-m", "scalelens.cli", "sweep", "--suite", str(suite_copy),
+                                 "--sizes", manifest.sizes[0], "--checkpoints", str(manifest.steps[-1]),
+                                 "--analyses", "massive_activations", "--executor", "ray", "--out", str(run)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert _waited(lambda: _holders(text) - {proc.pid} or proc.poll() is not None, 120)
+            assert proc.pid not in _holders(text)  # a Ray worker waits, not the driver
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
     assert proc.returncode == 143, err[-2000:]
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("note:", "sweep"))]
     assert lines == ["scalelens: terminated (SIGTERM); rerun the same command to resume"], err[-2000:]
