@@ -42,7 +42,6 @@ def _quiet_gguf_bar() -> Iterator[None]:
         module.tqdm = bar  # type: ignore[union-attr]
 
 
-
 class _NotALoadReport(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "LOAD REPORT" not in str(record.msg)

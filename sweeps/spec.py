@@ -500,6 +500,9 @@ def _chosen_tasks(size: str, source: str, checkpoints: str | tuple[int, ...],
     return [Task(size, source, _one_revision(size, source, n, known[n], where), n) for n in steps]
 
 
+_HALF_WRITTEN = "no config.json or no weights (a save still being written, or interrupted)"
+
+
 def _half_written(source: str, checkpoints: str | tuple[int, ...]) -> str:
     """``; checkpoint-N has no config.json ...`` for asked-for steps whose directory is half-written."""
     from scalelens.models.revisions import parse_step
@@ -511,8 +514,7 @@ def _half_written(source: str, checkpoints: str | tuple[int, ...]) -> str:
     names = [n for n in incomplete_step_dirs(path) if parse_step(n) in checkpoints]
     if not names:
         return ""
-    return (f"; {', '.join(names)} {'has' if len(names) == 1 else 'have'} no config.json or no weights "
-            "(a save still being written, or interrupted)")
+    return f"; {', '.join(names)} {'has' if len(names) == 1 else 'have'} {_HALF_WRITTEN}"
 
 
 def _hub_tasks(size: str, source: str, checkpoints: str | tuple[int, ...]) -> list[Task]:
@@ -598,8 +600,7 @@ def incomplete_checkpoints(spec: SweepSpec) -> list[str]:
         path = Path(models[size])
         skipped = incomplete_step_dirs(path) if path.is_dir() else []
         if skipped:
-            notes.append(f"size {size}: left out {', '.join(skipped)} of {path}: no config.json or "
-                         "no weights (a save still being written, or interrupted)")
+            notes.append(f"size {size}: left out {', '.join(skipped)} of {path}: {_HALF_WRITTEN}")
     return notes
 
 
