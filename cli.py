@@ -160,10 +160,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     f"{' '.join(extra)}; see `scalelens {args.command} --help`\n")
     debug = bool(getattr(args, "debug", False))
     silent = bool(getattr(args, "quiet", False))
-    _line_buffered_stdout()
-    _quiet_when_logged()
-    if not debug:
-        _quiet_hub_retries()
+    with _process_settings_kept():
+        _line_buffered_stdout()
+        _quiet_when_logged()
+        if not debug:
+            _quiet_hub_retries()
+        return _run_hooked(args, debug, silent)
+
+
+def _run_hooked(args: argparse.Namespace, debug: bool, silent: bool) -> int:
+    """Run the command under the CLI's warning, exception and SIGTERM handling, restored after."""
     hooks = sys.unraisablehook, sys.excepthook, warnings.showwarning
     if not debug:  # h5py reports a failed close of a file on a full disk from __dealloc__
         sys.unraisablehook, sys.excepthook = _quiet_unraisable, _quiet_excepthook(sys.excepthook)
@@ -323,38 +329,72 @@ def _quiet_when_logged() -> None:
     """
     if sys.stderr.isatty():
         return
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as hf_logging
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # for the processes the command starts
+    _library_bars_off()
 
-        hf_logging.disable_progress_bar()
+
+def _library_bars_off() -> None:
+    """Switch off transformers' and the hub client's progress bars in this process.
+
+    The hub client is imported already (:func:`_process_settings_kept`), so the variable
+    it reads at import no longer reaches it; transformers, imported later, follows it.
+    """
+    hf = sys.modules.get("transformers.utils.logging")
+    if hf is not None:
+        hf.disable_progress_bar()  # and the hub client's
+    else:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+
+
+_HUB_VARIABLES = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_HUB_VERBOSITY")
+"""The variables :func:`main` sets for its run (and the processes it starts), unset after."""
+
+
+@contextlib.contextmanager
+def _process_settings_kept() -> Iterator[None]:
+    """Give the process back as :func:`main` found it (a notebook calls ``main`` in-process).
+
+    The run sets the hub variables, silences the hub client's logger, switches off
+    library progress bars and line-buffers stdout; a notebook's later downloads showed
+    no bars and its hub warnings were lost. The hub client is imported first so that it
+    reads the user's variables, not the run's.
+    """
+    import huggingface_hub.utils as hub_utils
+
+    environ = {name: os.environ.get(name) for name in _HUB_VARIABLES}
+    hub_logger = logging.getLogger("huggingface_hub")
+    level, bars_on = hub_logger.level, not hub_utils.are_progress_bars_disabled()
+    stdout, line_buffering = sys.stdout, getattr(sys.stdout, "line_buffering", None)
+    try:
+        yield
+    finally:
+        for name, value in environ.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        hub_logger.setLevel(level)
+        if bars_on:
+            hf = sys.modules.get("transformers.utils.logging")
+            (hf.enable_progress_bar if hf is not None else hub_utils.enable_progress_bars)()
+        if line_buffering is not None and sys.stdout is stdout:
+            with contextlib.suppress(AttributeError, ValueError):
+                stdout.reconfigure(line_buffering=line_buffering)  # type: ignore[union-attr]
 
 
 @contextlib.contextmanager
 def _quiet_library_bars(on: bool) -> Iterator[None]:
     """With ``on``: no progress bars from transformers or the hub client (weight loading, downloads).
 
-    Both read ``HF_HUB_DISABLE_PROGRESS_BARS`` when first imported; transformers, if
-    imported already, is switched off here and back on afterwards.
+    The variable is for the processes the command starts; :func:`_process_settings_kept`
+    switches the bars back on and unsets it after the run.
     """
-    if not on:
-        yield
-        return
-    saved = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    hf = sys.modules.get("transformers.utils.logging")
-    was_on = hf is not None and hf.is_progress_bar_enabled()
-    if hf is not None:
-        hf.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
-        else:
-            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = saved
-        if was_on and hf is not None:
-            hf.enable_progress_bar()
+    if on:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        _library_bars_off()
+    yield
 
 
 def _quiet_hub_retries() -> None:
@@ -363,7 +403,7 @@ def _quiet_hub_retries() -> None:
     It warns twice per retry, ten lines while the hub is unreachable; ``--debug`` or
     ``HF_HUB_VERBOSITY`` shows them.
     """
-    level = os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is imported
+    level = os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # for the processes the command starts
     if level == "error":  # and for an import that came first
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 

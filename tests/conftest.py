@@ -74,8 +74,7 @@ def _environ_restored() -> Iterator[None]:
 
     Libraries set variables in ``os.environ`` directly and keep them: a local ``ray.init()``
     sets ``RAY_AUTH_MODE=token`` (every Ray cluster a later test starts then used token
-    authentication), and ``scalelens.cli.main`` sets ``HF_HUB_VERBOSITY`` and
-    ``HF_HUB_DISABLE_PROGRESS_BARS`` for the process. Runs after ``monkeypatch``'s undo.
+    authentication). Runs after ``monkeypatch``'s undo.
     """
     before = dict(os.environ)
     yield

@@ -94,3 +94,31 @@ def test_suite_build_takes_the_global_flags_after_its_sub_command(tmp_path, caps
     assert rc == 0 and err == "" and "wrote the suite" in out
     rc, _, err = _run(capsys, [*argv[:-1], str(tmp_path / "t"), "--sizes", "nope", "--debug"])
     assert rc == 2 and "Traceback" in err and "unknown size 'nope'" in err
+
+
+def test_main_gives_a_notebook_its_hub_settings_back(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """``main()`` in-process (a notebook's stderr is no terminal) left HF_HUB_DISABLE_PROGRESS_BARS
+    and HF_HUB_VERBOSITY set, the hub client's logger at ERROR, transformers' and the hub
+    client's progress bars off and stdout line-buffered: the notebook's later loads and
+    downloads showed no bars and its hub warnings were lost."""
+    import logging
+    import os
+    import sys
+
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_HUB_VERBOSITY"):
+        monkeypatch.delenv(name, raising=False)
+    hub = logging.getLogger("huggingface_hub")
+    monkeypatch.setattr(hub, "level", logging.WARNING)
+    hf_logging.enable_progress_bar()
+    buffering = sys.stdout.line_buffering
+    for flags in ((), ("--quiet",)):
+        rc, _, err = _run(capsys, ["measure", "--model", str(tiny_model_dir), "--analyses", "superposition",
+                                   "--out", str(tmp_path / "m"), "--overwrite", *flags])
+        assert rc == 0, err
+        assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ and "HF_HUB_VERBOSITY" not in os.environ
+        assert hub.level == logging.WARNING
+        assert hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
+        assert sys.stdout.line_buffering == buffering
