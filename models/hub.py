@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ScalelensError, ScalelensWarning, TransientError
+from ..errors import ScalelensError, ScalelensWarning, TransientError, first_line
 from .hub_cache import COMMIT, cached_revisions, cached_snapshot, hub_cache_dir, missing_files, revision_key
 from .pythia import pythia_revisions
 
@@ -263,6 +263,6 @@ def explain_failure(
     remote = remote_revisions(repo_id)
     if remote is not None and revision not in remote and not COMMIT.fullmatch(revision):
         return unknown_revision(repo_id, revision, remote)
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    detail = first_line(exc)
     error = ScalelensError if is_offline() else TransientError
     return error(f"could not load {repo_id}@{revision}: {detail}")

@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ..errors import ScalelensError, ScalelensWarning
+from ..errors import ScalelensError, ScalelensWarning, first_line
 from .describe import check_architecture, describe
 from .hub import explain_failure, is_offline, use_cache_only
 from .hub_cache import has_tokenizer_files
@@ -228,7 +228,7 @@ def check_gguf_readable(file: Path) -> None:
     try:
         GGUFReader(file)
     except Exception as exc:  # any failure to parse the bytes is a bad file (struct, ValueError, OSError...)
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc)
         raise ScalelensError(f"{file} is not a readable GGUF file (truncated or corrupt: {detail}); "
                              "export or download it again") from exc
 
@@ -266,8 +266,8 @@ def bf16_supported(index: int) -> bool:
 def _failure(resolved: ResolvedSource, cache_dir: Any, exc: Exception) -> ScalelensError:
     if resolved.kind in ("hub", "gguf") and not Path(resolved.location).is_dir():
         return explain_failure(resolved.location, resolved.revision or "main", cache_dir, exc)
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    where = Path(resolved.location) / resolved.gguf_file if resolved.gguf_file else resolved.location
+    detail = first_line(exc)
+    where = _named(resolved)
     return ScalelensError(f"could not load {where}: {detail}")
 
 
@@ -308,13 +308,18 @@ def _load_weights(
     return model
 
 
+def _named(resolved: ResolvedSource) -> str | Path:
+    """What error lines name for ``resolved``: the GGUF file itself, else its location."""
+    return Path(resolved.location) / resolved.gguf_file if resolved.gguf_file else resolved.location
+
+
 def _check_loading(resolved: ResolvedSource, loading: dict[str, Any]) -> None:
     """Refuse weights whose shapes differ from the config's; warn of weights left random.
 
     transformers' own multi-line load report (silenced by ``quiet_load_report``) would
     otherwise end in a RuntimeError for the first, and only warn of the second.
     """
-    where = Path(resolved.location) / resolved.gguf_file if resolved.gguf_file else resolved.location
+    where = _named(resolved)
     mismatched = sorted(loading.get("mismatched_keys") or [])
     if mismatched:
         key, stored, wanted = mismatched[0]
