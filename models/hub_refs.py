@@ -3,10 +3,12 @@
 The hub is asked once per repo with ``list_repo_refs``, waiting at most
 ``HF_HUB_ETAG_TIMEOUT`` seconds (the hub client itself waits without limit). Its answer is
 kept in memory for ``LISTING_MEMORY_S`` (a sweep plans its tasks more than once) and on disk
-under ``$SCALELENS_CACHE/hub-refs``. With ``HF_HUB_OFFLINE`` set, or when the hub cannot
-answer, the listing is the local hub cache's revisions plus the last listing remembered on
-disk: a rerun of a sweep then plans the tasks it planned while the hub answered, even where
-the hub cache no longer holds all of them.
+under ``$SCALELENS_CACHE/hub-refs``; a listing the hub did not give (an error, a timeout) is
+not asked for again in the process, so a sweep's planning waits for it once, not once per plan.
+With ``HF_HUB_OFFLINE`` set, or when the hub cannot answer, the listing is the local hub
+cache's revisions plus the last listing remembered on disk: a rerun of a sweep then plans
+the tasks it planned while the hub answered, even where the hub cache no longer holds all
+of them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from .revisions import revision_key
 LISTING_MEMORY_S = 300.0
 """How long a listing the hub gave is used before the hub is asked again (in this process)."""
 
-_listed: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}  # (endpoint, repo) -> (time, names)
+_listed: dict[tuple[str, str], tuple[float, tuple[str, ...] | None, str | None]] = {}
+"""(endpoint, repo) -> (time of the answer, the names or None, why there are none)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ def hub_names(repo_id: str) -> tuple[tuple[str, ...] | None, str | None]:
     """The hub's branches and tags of ``repo_id`` (remembered ones while fresh), or why there are none.
 
     The hub is not asked offline, nor while a timeout of the last minute is remembered
-    (:func:`~scalelens.models.hub.recent_timeout`); the wait is at most ``HF_HUB_ETAG_TIMEOUT``.
+    (:func:`~scalelens.models.hub.recent_timeout`), nor again in this process once it failed
+    to list ``repo_id``; the wait is at most ``HF_HUB_ETAG_TIMEOUT``.
     """
     from huggingface_hub import constants
 
@@ -81,15 +85,15 @@ def hub_names(repo_id: str) -> tuple[tuple[str, ...] | None, str | None]:
         return None, "HF_HUB_OFFLINE is set"
     key = (constants.ENDPOINT, repo_id)
     seen = _listed.get(key)
-    if seen is not None and time.monotonic() - seen[0] < LISTING_MEMORY_S:
-        return seen[1], None
+    if seen is not None and (seen[1] is None or time.monotonic() - seen[0] < LISTING_MEMORY_S):
+        return seen[1], seen[2]
     why = recent_timeout()
     if why is not None:
         return None, why
     names, why, timed_out = _ask_refs(repo_id, float(constants.HF_HUB_ETAG_TIMEOUT))
     remember_answer(why if names is None else None, timed_out)
+    _listed[key] = (time.monotonic(), names, why)
     if names is not None:
-        _listed[key] = (time.monotonic(), names)
         _remember(repo_id, names)
     return names, why
 

@@ -37,10 +37,12 @@ OLMO2_BRANCHES = ["main", "step1000-tokens4B", "stage1-step1000-tokens4B", "stag
 
 
 class FakeHub:
-    """A hub answering ``/api/models/{repo}/refs`` with ``branches[repo]``; anything else 503."""
+    """A hub answering ``/api/models/{repo}/refs`` with ``branches[repo]`` (503 for a repo in
+    ``down``); anything else 503."""
 
     def __init__(self, branches: dict[str, list[str]]) -> None:
         self.branches = branches
+        self.down: set[str] = set()
         self.asked: list[str] = []
         hub_ = self
 
@@ -48,7 +50,7 @@ class FakeHub:
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 hub_.asked.append(self.path)
                 repo = self.path.removeprefix("/api/models/").removesuffix("/refs")
-                if not self.path.endswith("/refs"):
+                if not self.path.endswith("/refs") or repo in hub_.down:
                     self._send(503, {"error": "unavailable"})
                 elif repo in hub_.branches:
                     self._send(200, {"branches": [_ref(n) for n in hub_.branches[repo]],
@@ -180,6 +182,24 @@ def test_offline_or_unreachable_hub_chooses_from_the_local_cache(fake_hub, tmp_p
     assert _keys("all") == ["m/step1000-tokens4B"]
     [text] = hub_listing_notes(SweepSpec(models={"m": OLMO}, checkpoints="log"))
     assert "the hub could not list its revisions (ConnectError" in text
+
+
+def test_a_failed_listing_is_asked_for_once_per_process(fake_hub, tmp_path, capsys):
+    """A hub failing to list a repo (503) was asked 4 times by one sweep command (its check of
+    the spec, the sweep's plan, its notes, the closing cache note), each of which may wait up
+    to HF_HUB_ETAG_TIMEOUT; now once, the note still saying why; another repo is still asked."""
+    fake_hub.down.add(OLMO)
+    rc, _, err = run_cli(capsys, ["sweep", "--model", f"m={OLMO}", "--checkpoints", "all",
+                                  "--analyses", "superposition", "--out", str(tmp_path / "run")])
+    assert rc != 0 and "Traceback" not in err
+    assert "note: size m (olmo-test/m): the hub could not list its revisions (HTTP 503)" in err, err
+    assert fake_hub.refs_asked() == 1
+    assert hub_listing_notes(SweepSpec(models={"m": OLMO}, checkpoints="all")) != []
+    assert _keys("final") == ["m/main"]
+    assert fake_hub.refs_asked() == 1
+    assert [t.key for t in expand(SweepSpec(models={"m": OLMO2}, checkpoints="final"))] == [
+        "m/stage1-step2000-tokens8B"]
+    assert fake_hub.refs_asked() == 2
 
 
 def test_a_rerun_with_the_hub_unreachable_plans_the_tasks_it_finished(fake_hub, micro_suite, tmp_path):
