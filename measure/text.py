@@ -8,7 +8,7 @@ from typing import Any
 
 from scalelens.errors import ScalelensError
 from scalelens.probes.haystack import ENGLISH_HAYSTACK, clip_to_tokens, split_sentences
-from scalelens.textfiles import input_file, read_utf8
+from scalelens.textfiles import input_file, read_utf8, text_lines
 
 
 def suite_manifest(loaded: Any) -> Any:
@@ -45,7 +45,8 @@ def probe_sentences(loaded: Any, text_file: str | None) -> list[str]:
     manifest = suite_manifest(loaded)
     if manifest is not None:
         path = manifest.root / manifest.valid_text
-        sentences = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        text = read_utf8(path, "the suite's validation text")
+        sentences = [ln for ln in text_lines(text) if ln.strip()]  # lines end as split_sentences's do
         if not sentences:  # probe_sequences would cycle through no sentences forever
             raise ScalelensError(f"the suite's validation text {path} has no text; "
                                  "give probe text with --text FILE")

@@ -208,6 +208,23 @@ def test_a_suite_with_empty_validation_text_is_refused_up_front(micro_suite, tmp
     assert len(probe_sequences(lm, str(text), 2, 4)) == 2
 
 
+def test_a_suites_validation_lines_end_at_lf_and_crlf_only(micro_suite, tmp_path):
+    """A suite's validation text was split with str.splitlines(), which also ends a line at
+    U+2028, form feed and NEL: a corpus line holding one became two probe sentences, where a
+    --text file's line (split_sentences) stays one."""
+    import shutil
+
+    from scalelens.measure.text import probe_sentences
+
+    suite = tmp_path / "suite"
+    shutil.copytree(micro_suite, suite)
+    manifest = read_manifest(suite)
+    (suite / manifest.valid_text).write_text("a b\u2028c .\r\nd\x0ce .\n\ne\x85f .\n", encoding="utf-8",
+                                             newline="")
+    lm = load_model(manifest.checkpoint_dir(manifest.sizes[0], manifest.steps[-1]))
+    assert probe_sentences(lm, None) == ["a b\u2028c .", "d\x0ce .", "e\x85f ."]
+
+
 def test_every_allowed_dominance_prompt_count_has_distinct_depths():
     """Depths are rounded to 3 decimals: the documented bound must keep them distinct
     (1000 prompts gave 28 repeated depths, so 28 prompts measured twice)."""
