@@ -40,6 +40,23 @@ def text_lines(text: str) -> list[str]:
     return [ln.removesuffix("\r") for ln in text.split("\n")]
 
 
+def user_path(text: str) -> Path:
+    """``text`` as a path with a leading ``~`` expanded: the argparse type of path options.
+
+    The shell leaves ``'~/runs'`` (quoted) and ``--out=~/runs`` as they are; a researcher
+    means their home directory, not a directory named ``~`` in the working directory.
+    """
+    return Path(text).expanduser()
+
+
+def user_source(text: str) -> str:
+    """A path-or-name option (model, tokenizer, needles): ``~`` expanded where it starts it.
+
+    Anything else (a hub id, ``english``) is given back as it is.
+    """
+    return os.path.expanduser(text) if text.startswith("~") else text
+
+
 def input_file(path: str | Path, what: str) -> Path:
     """``path`` (``~`` expanded) checked to be an existing file, for the input ``what`` names.
 

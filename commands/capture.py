@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from scalelens.errors import ScalelensError
 from scalelens.output import note
+from scalelens.textfiles import user_path, user_source
 
 if TYPE_CHECKING:
     from scalelens.cache.reader import CaptureFile
@@ -28,9 +29,11 @@ def int_list(text: str) -> tuple[int, ...]:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Options that say which model to load and where to run it."""
-    p.add_argument("--model", required=True, help="hub id, local HF dir, suite dir or .gguf file")
+    p.add_argument("--model", required=True, type=user_source,
+                   help="hub id, local HF dir, suite dir or .gguf file")
     p.add_argument("--revision", help="hub revision / checkpoint, e.g. step3000")
-    p.add_argument("--tokenizer", help="tokenizer directory or hub id (default: the model's own)")
+    p.add_argument("--tokenizer", type=user_source,
+                   help="tokenizer directory or hub id (default: the model's own)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"),
                    help="model compute dtype (default float32, whatever the checkpoint was saved in)")
@@ -74,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``capture`` and ``inspect``."""
     p = sub.add_parser("capture", help="run prompts through a model and store probe data in HDF5")
     add_model_args(p)
-    p.add_argument("--prompts", required=True, type=Path,
+    p.add_argument("--prompts", required=True, type=user_path,
                    help=".txt (one prompt per line) or .jsonl with \"text\" or \"segments\"")
     p.add_argument("--probes", default="resid,attn,massive",
                    help="comma-separated presets: resid, resid_pre, attn_out, mlp_out, attn, q, k, "
@@ -87,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "when the first is negative); default all, for top1 and predictions last")
     p.add_argument("--store-dtype", choices=("float16", "float32"), default=None,
                    help="storage dtype of full tensors (default float16; attention float32)")
-    p.add_argument("--out", required=True, type=Path, help="output .h5 file")
+    p.add_argument("--out", required=True, type=user_path, help="output .h5 file")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=None, help="longest prompt in tokens")
     p.add_argument("--backend", default="native", help="native, nnsight or transformer-lens")
@@ -96,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser("inspect", help="print model, probes, shapes and completeness of a capture, "
                                        "or where a sweep's run directory stands")
-    q.add_argument("file", type=Path, metavar="FILE_OR_RUN",
+    q.add_argument("file", type=user_path, metavar="FILE_OR_RUN",
                    help="a capture .h5 file, a measure output directory (each capture in it) or a "
                         "sweep's run directory")
     q.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,

@@ -13,6 +13,7 @@ from typing import Any
 from scalelens.commands.capture import add_model_args, int_list, load_from_args
 from scalelens.errors import ScalelensError
 from scalelens.output import note
+from scalelens.textfiles import user_path, user_source
 
 
 def float_list(text: str) -> tuple[float, ...]:
@@ -35,8 +36,10 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
                         "text_dominance, information_capacity, activation_sparsity (default all)")
     g = p.add_argument_group("retrieval heads")
     g.add_argument("--retrieval-mode", choices=("fast", "reference"), default="fast")
-    g.add_argument("--needles", default="auto", help="auto, english, synthetic or a .jsonl file")
-    g.add_argument("--haystack", help="text file of haystack sentences")
+    g.add_argument("--needles", default="auto", type=user_source,
+                   help="auto, english, synthetic or a .jsonl file")
+    g.add_argument("--haystack", type=user_source,
+                   help="text file of haystack sentences")
     g.add_argument("--context-lengths", type=int_list, help="haystack sizes in tokens, e.g. 300,700")
     g.add_argument("--depths", type=float_list, help="needle depths, e.g. 0.1,0.5,0.9 (default 10)")
     g.add_argument("--n-needles", type=int, default=None,
@@ -51,7 +54,8 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--answer-prefix", default="Answer:",
                    help="text the assistant's turn starts with in the chat format ('' for none)")
     g = p.add_argument_group("massive activations")
-    g.add_argument("--text", help="text file for the probe sequences")
+    g.add_argument("--text", type=user_source,
+                   help="text file for the probe sequences")
     g.add_argument("--n-sequences", type=int, default=10, help="probe sequences, 1 to 100,000 (default 10)")
     g.add_argument("--seq-length", type=int, default=None,
                    help="tokens per probe sequence, at most the model's context (default min(256, context))")
@@ -122,12 +126,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("measure", help="capture and run the analyses on one model; write results.json")
     add_model_args(p)
     add_analysis_args(p)
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--out", required=True, type=user_path, help="output directory")
     p.add_argument("--overwrite", action="store_true",
                    help="redo the captures already in --out (default: reuse complete ones, resume the rest)")
     p.set_defaults(func=run_measure)
     a = sub.add_parser("analyze", help="rerun analyses on existing captures (no model needed)")
-    a.add_argument("path", type=Path, help="a capture .h5 file or a measure output directory")
+    a.add_argument("path", type=user_path, help="a capture .h5 file or a measure output directory")
     a.add_argument("--analyses", default=None,
                    help="comma-separated analyses to run (default: every one the probes support); "
                         "one a file lacks the probes for is an error")

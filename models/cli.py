@@ -6,6 +6,7 @@ import argparse
 import time
 from typing import Any
 
+from ..textfiles import user_source
 from .manifest import Manifest, read_manifest
 
 PRESET_NAMES = ("default", "micro", "gpu")
@@ -20,9 +21,11 @@ def register(subparsers: Any) -> None:
     suite = subparsers.add_parser("suite", help="build or describe a mini Pythia-style suite")
     commands = suite.add_subparsers(dest="suite_command", required=True)
     build = commands.add_parser("build", help="train the suite (reuses a finished build)")
-    build.add_argument("--out", required=True, help="suite directory")
+    build.add_argument("--out", required=True, type=user_source,
+                       help="suite directory")
     build.add_argument("--sizes", help="comma-separated size names or LAYERSxWIDTHxHEADS shapes")
-    build.add_argument("--corpus", help="train on this UTF-8 text file instead of the built-in one")
+    build.add_argument("--corpus", type=user_source,
+                       help="train on this UTF-8 text file instead of the built-in one")
     build.add_argument("--preset", default="default", choices=PRESET_NAMES)
     build.add_argument("--device", choices=["cpu", "cuda"], help="default: the preset's")
     build.add_argument("--seed", type=int, default=0)
@@ -31,7 +34,8 @@ def register(subparsers: Any) -> None:
                        help="no progress bars (as the global --quiet)")
     build.set_defaults(func=_build)
     info = commands.add_parser("info", help="print a suite's manifest summary")
-    info.add_argument("dir", help="suite directory")
+    info.add_argument("dir", type=user_source,
+                      help="suite directory")
     info.set_defaults(func=_info)
 
 

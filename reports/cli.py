@@ -7,13 +7,14 @@ import os
 from pathlib import Path
 
 from scalelens.output import note
+from scalelens.textfiles import user_path
 
 
 def _html_path(text: str) -> Path:
     """``--out``: a file path (``out/`` names a directory, and Path would drop its slash)."""
     if text.endswith(("/", os.sep)):
         raise argparse.ArgumentTypeError(f"{text} names a directory; pass a file path like {text}report.html")
-    return Path(text)
+    return user_path(text)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Render RUN_DIR (metrics.csv, optional fits.json and run.json) into one "
         "self-contained HTML file and a Markdown summary with the same base name.",
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="directory written by a sweep")
+    parser.add_argument("run_dir", type=user_path, metavar="RUN_DIR", help="directory written by a sweep")
     parser.add_argument(
         "--out",
         type=_html_path,

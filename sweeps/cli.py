@@ -9,6 +9,7 @@ from pathlib import Path
 from scalelens.errors import ScalelensError
 from scalelens.output import note
 from scalelens.sweeps.spec import DTYPES
+from scalelens.textfiles import user_path, user_source
 
 
 def _checkpoints(text: str) -> str | tuple[int, ...]:
@@ -26,7 +27,7 @@ def _size_source(text: str) -> tuple[str, str]:
     size, sep, source = text.partition("=")
     if not sep or not size.strip() or not source.strip():
         raise argparse.ArgumentTypeError(f"--model wants SIZE=SOURCE (e.g. small=runs/small), got {text!r}")
-    return size.strip(), source.strip()
+    return size.strip(), user_source(source.strip())
 
 
 def _models(pairs: list[tuple[str, str]] | None) -> dict[str, str] | None:
@@ -45,22 +46,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``sweep``."""
     p = sub.add_parser("sweep", help="measure every (size, checkpoint); write metrics.csv and fits.json")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--suite", help="a mini-suite directory (scalelens suite build)")
+    src.add_argument("--suite", type=user_source, help="a mini-suite directory (scalelens suite build)")
     src.add_argument("--family", help="a hub family: pythia")
     src.add_argument("--model", action="append", type=_size_source, metavar="SIZE=SOURCE",
                      help="your own family, once per size: a run directory with stepN / checkpoint-N "
                           "checkpoints, a model directory, a hub id or a .gguf file")
-    src.add_argument("--spec", type=Path, help="a TOML sweep spec instead of flags")
+    src.add_argument("--spec", type=user_path, help="a TOML sweep spec instead of flags")
     p.add_argument("--sizes", help="comma-separated sizes (default all)")
     p.add_argument("--checkpoints", type=_checkpoints, default=None,
                    help="log, all, final or steps (default log)")
     p.add_argument("--analyses", default=None, help="comma-separated analyses (default all)")
-    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--out", required=True, type=user_path, help="run directory")
     p.add_argument("--executor", choices=("local", "ray"), default=None, help="local (default) or ray")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="model compute dtype (default float32)")
-    p.add_argument("--tokenizer", default=None,
+    p.add_argument("--tokenizer", default=None, type=user_source,
                    help="tokenizer directory or hub id for models that ship none")
     p.add_argument("--overwrite", action="store_true",
                    help="start the run directory afresh when it holds a sweep with other settings")

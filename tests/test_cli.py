@@ -392,3 +392,29 @@ def test_an_interrupt_raised_in_a_finalizer_still_stops_the_command(kind, expect
 
     assert run("default") == "ran on"  # the loss the hook exists for
     assert run("kept") == expected
+
+
+def test_path_options_expand_a_leading_tilde(model_dir, prompt_file, tmp_path, monkeypatch, capsys):
+    """'~/x' reaches scalelens unexpanded when quoted or written --out=~/x: capture refused it
+    ("output directory ~ does not exist"), and a sweep or demo into '~/run' wrote part of the run
+    into ./~/run and part into $HOME/run. Every path option now means the home directory."""
+    import shutil
+
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    shutil.copytree(model_dir, home / "model")
+    shutil.copy(prompt_file, home / "prompts.txt")
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    assert main(["capture", "--model", "~/model", "--prompts", "~/prompts.txt", "--probes", "resid",
+                 "--out=~/c.h5"]) == 0, capsys.readouterr().err
+    with CaptureFile(home / "c.h5") as f:
+        assert f.complete and f.n_done == 5
+    capsys.readouterr()
+    assert main(["inspect", "~/c.h5"]) == 0
+    assert "complete" in capsys.readouterr().out
+    assert main(["sweep", "--model", "a=~/model", "--analyses", "superposition", "--out=~/run"]) == 0
+    assert (home / "run" / "metrics.csv").is_file()
+    assert main(["report", "~/run"]) == 0
+    assert (home / "run" / "report.html").is_file()
+    assert list(cwd.iterdir()) == []
