@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 from .tables import Table
 
 _HTML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
+_EDGE_UNDERSCORE = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
+"""An ``_`` not inside a word: one that may open or close emphasis (``n_params`` cannot)."""
+
 
 def escape(text: str) -> str:
-    """Escape text for Markdown: no raw HTML, table-breaking pipes or newlines, emphasis or code.
+    """Escape text for Markdown: no raw HTML, breaking pipes or newlines, emphasis, links or code.
 
-    A path like ``runs/*/a`` or a name holding a backtick is shown as written, not as
-    emphasis or inline code spanning the cells after it.
+    A path like ``runs/*/a`` or a name holding a backtick, ``_x_``, ``~~x~~`` or ``[x](y)``
+    is shown as written, not as emphasis, a link or inline code spanning the cells after it.
+    An ``_`` inside a word (``n_params``) and brackets not followed by ``(`` (``b ∈ [0, 1]``)
+    are left as they are: they cannot start emphasis or a link (the summary defines no
+    reference links).
     """
     text = text.translate(_HTML).replace("\\", "\\\\")
-    for char in "|*`":
+    for char in "|*`~":
         text = text.replace(char, "\\" + char)
+    text = _EDGE_UNDERSCORE.sub(r"\\_", text).replace("](", "\\](")  # [x](y) is a link; [x] alone is not
     return " ".join(text.splitlines())  # \r, \u2028 ... end a table row as \n does
 
 

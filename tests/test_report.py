@@ -1070,3 +1070,31 @@ def test_open_interval_ends_go_through_fits_json_the_table_and_the_plot(tmp_path
     low, high = fig.axes[0].get_ylim()
     assert 1.5 < low < y.min() and y.max() < high < 4.0  # from the data and the band's finite side
     assert "alpha CI band (open-ended)" in fig.axes[0].get_legend_handles_labels()[1]
+
+
+def test_names_are_shown_as_written_in_markdown_and_html(tmp_path: Path) -> None:
+    """A model name or size label holding Markdown was formatted in report.md: ``_u_`` as
+    emphasis, ``~~s~~`` struck through, ``[l](v)`` a link. They are escaped now (as ``*``, ``|``,
+    backticks and ``<`` were), and ``_`` inside a word and brackets of intervals are left as they
+    are; the HTML report shows the name as text."""
+    run = write_run_dir(tmp_path / "run")
+    name = "a<b>*x*|y _u_ [l](v) ~~s~~ `c`"
+    with (run / "metrics.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        row["model"] = name
+        row["size"] = "_s_" if row["size"] == "70m" else row["size"]
+    with (run / "metrics.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plan = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**plan, "models": [name]}))
+    paths = render_report(run, progress=False)
+    md = paths.markdown.read_text()
+    shown = r"a&lt;b&gt;\*x\*\|y \_u\_ [l\](v) \~\~s\~\~ \`c\`"
+    assert f"| models | {shown} |" in md
+    assert f"| {shown} | \\_s\\_ | " in md
+    assert "| massive_activations.max_ratio | n_params |" in md and "b ∈ [" in md
+    html = paths.html.read_text()
+    assert "a&lt;b&gt;*x*|y _u_ [l](v) ~~s~~ `c`" in html and "<b>*x*" not in html
