@@ -37,6 +37,25 @@ def fmt(value: float | int | None) -> str:
     return f"{value:.4g}"
 
 
+_COUNT_SCALES = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"))
+
+
+def count(value: float | None) -> str:
+    """Format a parameter count with 4 significant digits and a k/M/B/T suffix; NaN: a dash.
+
+    ``3312`` -> ``3.312k``, ``37340`` -> ``37.34k``, ``70426624`` -> ``70.43M``: one format
+    from the smallest mini-suite model to the largest hub one (``.4g`` wrote ``3312`` beside
+    ``3.734e+04``).
+    """
+    if value is None or math.isnan(value):
+        return DASH
+    rounded = float(f"{value:.4g}")  # 999,950 is 1M, not 1000k
+    for scale, suffix in _COUNT_SCALES:
+        if abs(rounded) >= scale:
+            return f"{rounded / scale:.4g}{suffix}"
+    return f"{rounded:.4g}"
+
+
 def _params(params: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={fmt(v)}" for k, v in params.items()) or DASH
 
@@ -201,8 +220,8 @@ def sizes_table(run: Run) -> Table:
             (
                 s.model,
                 s.size,
-                fmt(t.n_params(s)),
-                fmt(t.n_params(s, "n_params_non_embedding")),
+                count(t.n_params(s)),
+                count(t.n_params(s, "n_params_non_embedding")),
                 str(len(t.revisions(s))),
                 fmt(steps[-1]) if steps else DASH,
             )

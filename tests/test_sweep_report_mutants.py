@@ -88,11 +88,23 @@ def test_sizes_table_shows_each_count_in_its_column(tmp_path):
     rows = [_row(s, step, "mean_sq_overlap", 0.1, n_params=n, n_non_emb=n // 4)
             for s, n in (("big", 9_000_000), ("small", 1_000_000)) for step in (10, 300, 20)]
     table = sizes_table(_run(tmp_path, rows))
-    assert table.rows == (("fam-small", "small", "1e+06", "2.5e+05", "3", "300"),
-                          ("fam-big", "big", "9e+06", "2.25e+06", "3", "300"))
+    assert table.rows == (("fam-small", "small", "1M", "250k", "3", "300"),
+                          ("fam-big", "big", "9M", "2.25M", "3", "300"))
     t = parse_metrics(_csv(rows))
     small = t.series()[0]
     assert t.n_params(small, "n_params_non_embedding") == 250_000 and t.n_params(small) == 1_000_000
+
+
+def test_sizes_table_counts_share_one_format_across_scales(tmp_path):
+    """Parameter counts were written with .4g: 3312 beside 3.734e+04 in one column. Now each
+    is 4 significant digits with a k/M/B/T suffix, in HTML and Markdown alike (one Table)."""
+    from scalelens.reports.tables import sizes_table
+
+    counts = {"a": 512, "b": 3312, "c": 37_340, "d": 999_950, "e": 70_426_624, "f": 1_207_000_000_000}
+    rows = [_row(s, 10, "mean_sq_overlap", 0.1, n_params=n, n_non_emb=n // 2) for s, n in counts.items()]
+    table = sizes_table(_run(tmp_path, rows))
+    assert [r[2:4] for r in table.rows] == [("512", "256"), ("3.312k", "1.656k"), ("37.34k", "18.67k"),
+                                            ("1M", "500k"), ("70.43M", "35.21M"), ("1.207T", "603.5B")]
 
 
 def _scaling_fit(r2: float, loo: float, ci: tuple[float, float]):
