@@ -108,8 +108,10 @@ def _command_parsers(sub: argparse._SubParsersAction) -> Iterator[argparse.Argum
 
 
 def _one_line(text: str) -> str:
-    """Collapse a message onto one line."""
-    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    """Collapse a message onto one line; characters that do not print (ESC, tab) are escaped."""
+    from scalelens.output import printable
+
+    return "; ".join(printable(part.strip()) for part in str(text).splitlines() if part.strip())
 
 
 # HDF5 writes "errno = 28" in an h5py error's text; Rust libraries (safetensors, tokenizers)

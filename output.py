@@ -34,6 +34,22 @@ def is_quiet() -> bool:
     return _quiet
 
 
+def shown(name: object) -> str:
+    r"""A user-given name (model path, revision) for a line of text output.
+
+    As it is when every character prints (spaces and letters of any script included);
+    otherwise its ``repr``, so a newline, tab or terminal escape in a directory name shows
+    as ``\n``, ``\t``, ``\x1b`` instead of breaking the line or recolouring the terminal.
+    """
+    text = str(name)
+    return text if text.isprintable() else repr(text)
+
+
+def printable(text: str) -> str:
+    """``text`` with each character that does not print (other than a newline) escaped, as ``repr`` does."""
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
+
+
 def note(text: str) -> None:
     """Print ``note: <text>`` on stderr: information that needs no action, silenced by :func:`quiet`."""
     if not _quiet:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scalelens.errors import ScalelensError
-from scalelens.output import note
+from scalelens.output import note, shown
 from scalelens.textfiles import user_path, user_source
 
 if TYPE_CHECKING:
@@ -276,9 +276,9 @@ def _inspect_file(path: Path, scan: bool | None) -> None:
         else:
             state = (f"incomplete ({f.n_done}/{f.n_prompts} prompts; rerun the capture command to "
                      "finish it)")
-        print(f"{f.path}: {state}")
-        print(f"model: {m.get('name')} ({m.get('architecture')}, {_fmt_int(m.get('n_params'))} params, "
-              f"revision {m.get('revision')}, step {m.get('step')})")
+        print(f"{shown(f.path)}: {state}")
+        print(f"model: {shown(m.get('name'))} ({m.get('architecture')}, {_fmt_int(m.get('n_params'))} "
+              f"params, revision {shown(m.get('revision'))}, step {m.get('step')})")
         cap = f.capture
         print(f"capture: backend {cap.get('backend')}, batch size {_batch_sizes(f)}, "
               f"attention: {cap.get('attention_capture')}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ScalelensError
+from ..output import shown
 from .revisions import parse_step
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -109,7 +110,7 @@ def resolve_source(source: str, revision: str | None, gguf_file: str | None) -> 
     if path.is_dir():
         return _dir_source(path, revision, gguf_file)
     if not looks_like_hub_id(source):
-        raise ScalelensError(f"model path {source} does not exist; pass an existing path or hub id")
+        raise ScalelensError(f"model path {shown(source)} does not exist; pass an existing path or hub id")
     _not_a_mistyped_path(source)
     kind = "gguf" if gguf_file else "hub"
     rev = revision or "main"
@@ -121,8 +122,9 @@ def _not_a_mistyped_path(source: str) -> None:
     head = source.split("/")[0]
     if "/" in source and Path(head).is_dir():
         raise ScalelensError(
-            f"model path {source} does not exist (though {head}/ does); check the name, or to load "
-            f"the hub repository {source}, run from a directory without a {head}/ folder"
+            f"model path {shown(source)} does not exist (though {shown(head)}/ does); check the name, "
+            f"or to load the hub repository {shown(source)}, run from a directory without a "
+            f"{shown(head)}/ folder"
         )
 
 

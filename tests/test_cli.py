@@ -418,3 +418,26 @@ def test_path_options_expand_a_leading_tilde(model_dir, prompt_file, tmp_path, m
     assert main(["report", "~/run"]) == 0
     assert (home / "run" / "report.html").is_file()
     assert list(cwd.iterdir()) == []
+
+
+def test_names_with_control_characters_are_shown_escaped(model_dir, prompt_file, tmp_path, capsys):
+    """A model directory named with a newline and a terminal escape was printed raw by inspect
+    (its model line split in two, the terminal recoloured) and in the missing-path error (the
+    newline became '; '). Such names are shown as repr now; a name with spaces and accents is not."""
+    import shutil
+
+    from cli_run import assert_one_line, run_cli
+
+    for name, expected in (("my\nmodel\x1b[31m", r"'my\nmodel\x1b[31m'"), ("mödel ä b", "mödel ä b")):
+        shutil.copytree(model_dir, tmp_path / name)
+        out = tmp_path / f"{len(name)}.h5"
+        rc, _, err = run_cli(capsys, ["capture", "--model", str(tmp_path / name), "--prompts",
+                                      str(prompt_file), "--probes", "resid", "--out", str(out)])
+        assert rc == 0, err
+        rc, text, _ = run_cli(capsys, ["inspect", str(out)])
+        assert rc == 0 and text.splitlines()[1].startswith(f"model: {expected} (gpt_neox, "), text
+        assert "\x1b" not in text
+    rc, _, err = run_cli(capsys, ["measure", "--model", str(tmp_path / "no\nsuch\tmodel"), "--out",
+                                  str(tmp_path / "m")])
+    line = assert_one_line(rc, err, "model path", "does not exist")
+    assert repr(str(tmp_path / "no\nsuch\tmodel")) in line
