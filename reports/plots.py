@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from . import curves
@@ -44,8 +46,25 @@ def new_figure(figsize: tuple[float, float] = FIGSIZE) -> tuple[Figure, Axes]:
     return fig, ax
 
 
+_MATH_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+def _literal_dollars(fig: Figure) -> None:
+    r"""Show every ``$`` in the figure's own texts (titles, labels, legends) as a dollar sign.
+
+    Model names, size labels and metric names come from the user's files; matplotlib read
+    ``fam$\frac$A`` as mathtext and stopped the report with a parse error. No text of
+    ours is mathtext; tick labels, which the formatters may write as mathtext, are made
+    while drawing, after this.
+    """
+    for text in fig.findobj(Text):
+        if "$" in text.get_text():
+            text.set_text(_MATH_DOLLAR.sub(r"\\$", text.get_text()))
+
+
 def to_data_uri(fig: Figure) -> str:
     """Render a figure to a ``data:image/png;base64,...`` URI."""
+    _literal_dollars(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -1098,3 +1098,21 @@ def test_names_are_shown_as_written_in_markdown_and_html(tmp_path: Path) -> None
     assert "| massive_activations.max_ratio | n_params |" in md and "b ∈ [" in md
     html = paths.html.read_text()
     assert "a&lt;b&gt;*x*|y _u_ [l](v) ~~s~~ `c`" in html and "<b>*x*" not in html
+
+
+def test_dollar_signs_in_names_are_plotted_as_written(tmp_path: Path) -> None:
+    """Model names are legend labels where two models share a size: matplotlib read
+    ``fam$\\frac$A`` as mathtext and the report stopped with a parse error (an internal error
+    on the command line). Dollars in the figures' texts are literal now."""
+    run = write_run_dir(tmp_path / "run")
+    with (run / "metrics.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        row["model"] = "fam$\\frac$A" if row["size"] in ("14m", "70m") else "fam$x^2$B"
+        row["size"] = {"70m": "14m", "410m": "160m"}.get(row["size"], row["size"])
+    with (run / "metrics.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    paths = render_report(run, progress=False)
+    assert "fam$\\frac$A" in paths.html.read_text() and "fam$x^2$B" in paths.markdown.read_text()
