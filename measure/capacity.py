@@ -41,6 +41,13 @@ GATED_MLP: dict[str, bool] = {
     "smollm3": True,
     "helium": True,
     "glm": True,  # gate and up fused
+    "glm4": True,  # gate and up fused
+    "exaone4": True,
+    "ernie4_5": True,
+    "seed_oss": True,
+    "nemotron": False,  # up, squared ReLU, down
+    "apertus": False,  # up, xIELU, down
+    "arcee": False,  # up, squared ReLU, down
     "codegen": False,
     "persimmon": False,
     "phi": False,

@@ -46,11 +46,23 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
     "granitemoe": lambda: T.GraniteMoeConfig(num_local_experts=4, num_experts_per_tok=2, logits_scaling=4.0,
                                              **_GQA),
     "mixtral": lambda: T.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, sliding_window=4, **_GQA),
+    "olmoe": lambda: T.OlmoeConfig(num_experts=4, num_experts_per_tok=2, **_GQA),  # qk-norm, experts
+    "qwen3_moe": lambda: T.Qwen3MoeConfig(head_dim=8, num_experts=4, num_experts_per_tok=2,
+                                          moe_intermediate_size=16, **_GQA),
+    "glm4": lambda: T.Glm4Config(head_dim=8, pad_token_id=0, **_GQA),  # post-norms, partial rotary
+    "nemotron": lambda: T.NemotronConfig(head_dim=8, pad_token_id=0, partial_rotary_factor=0.5, **_GQA),
+    "exaone4": lambda: T.Exaone4Config(head_dim=8, sliding_window=4, **_GQA),  # post-norms, sliding layers
+    "ernie4_5": lambda: T.Ernie4_5Config(head_dim=8, pad_token_id=0, **_GQA),
+    "seed_oss": lambda: T.SeedOssConfig(head_dim=8, pad_token_id=0, attention_bias=True, **_GQA),
+    "apertus": lambda: T.ApertusConfig(head_dim=8, pad_token_id=0, **_GQA),  # qk-norm, xIELU
+    "arcee": lambda: T.ArceeConfig(head_dim=8, pad_token_id=0, **_GQA),
     "falcon": lambda: T.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, new_decoder_architecture=True, num_kv_heads=2),
     "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
 }
 TAPPED = [k for k in CONFIGS if k not in ("falcon", "bloom")]
+POST_SCALED = ("olmo2", "olmo3", "granite", "glm4", "exaone4")  # post-norms / residual multiplier
+MOE = ["mixtral", "granitemoe", "olmoe", "qwen3_moe"]
 
 
 def build(name: str, attn: str = "eager") -> torch.nn.Module:
@@ -87,7 +99,7 @@ def test_captures_equal_the_models_own_outputs(name, tmp_path):
             np.testing.assert_allclose(v["attn"][i, layer, :, :n, :n], probs, atol=1e-5)
             q = top1["query_pos"].data[i, 0]
             np.testing.assert_array_equal(top1["top1_key"].data[i, layer, :, 0], probs[:, q, :n].argmax(-1))
-        if name not in ("olmo2", "olmo3", "granite"):  # post-norms / residual multiplier scale branches
+        if name not in POST_SCALED:
             step = v["resid"][i, 0, :n] - v["resid_pre"][i, 0, :n]
             np.testing.assert_allclose(step, v["attn_out"][i, 0, :n] + v["mlp_out"][i, 0, :n], atol=1e-5)
 
@@ -183,6 +195,22 @@ def test_nnsight_reads_mlp_out_of_a_falcon_without_parallel_attention(tmp_path):
     assert np.abs(va["mlp_out"]).max() > 1e-3
 
 
+@pytest.mark.parametrize("name", ["olmoe", "qwen3_moe", "glm4", "nemotron", "exaone4", "ernie4_5", "seed_oss",
+                                  "apertus", "arcee"])
+def test_nnsight_equals_native_bitwise(name, tmp_path):
+    """The nnsight backend reads the same modules (and the same attention tap) as native hooks."""
+    lm = load_model(build(name, "sdpa"), tokenizer=word_tokenizer())
+    names = ["resid", "resid_pre", "attn_out", "mlp_out"]
+    probes = [*(preset(n, dtype="float32") for n in names), preset("attn"), preset("top1"),
+              ProbeSpec("lg", "logits", dtype="float32")]
+    a = capture(lm, probes, prompts(4), tmp_path / "n.h5", batch_size=2, progress=False)
+    b = capture(lm, probes, prompts(4), tmp_path / "s.h5", batch_size=2, progress=False, backend="nnsight")
+    va, vb = read(a, [*names, "attn", "lg"])[0], read(b, [*names, "attn", "lg"])[0]
+    for n in va:
+        np.testing.assert_array_equal(vb[n], va[n], err_msg=n)
+    assert np.abs(va["mlp_out"]).max() > 1e-4  # not all zeros
+
+
 def _hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
@@ -212,11 +240,26 @@ def test_transformer_lens_equals_native_or_refuses_in_one_line(name, tmp_path):
     assert [(n, type(m)) for n, m in model.named_modules()] == modules and _hooks(model) == hooks
 
 
-def test_moe_capacity_is_refused_before_anything_runs(tmp_path):
-    lm = load_model(build("mixtral", "sdpa"), tokenizer=word_tokenizer())
-    with pytest.raises(ScalelensError, match="no FLOP count for architecture 'mixtral'"):
+@pytest.mark.parametrize("name", MOE)
+def test_moe_capacity_is_refused_before_anything_runs(name, tmp_path):
+    lm = load_model(build(name), tokenizer=word_tokenizer())
+    with pytest.raises(ScalelensError, match=f"no FLOP count for architecture '{name}'"):
         measure(lm, "massive_activations,information_capacity", tmp_path / "m", progress=False)
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("name", [k for k in sorted(CONFIGS) if k not in MOE])
+def test_flops_count_every_weight_matrix_of_the_model_once(name):
+    """Context-free FLOPs per token are 2 x the entries of the model's matrices (attention
+    projections, MLP, LM head, OPT's embedding projections): a gated MLP counted as plain, or
+    grouped key/value heads counted as full, would be off by a whole matrix."""
+    from transformers.pytorch_utils import Conv1D
+
+    from scalelens.analyses.capacity import flops_per_token
+    from scalelens.measure.capacity import model_shape
+
+    mats = sum(m.weight.numel() for m in build(name).modules() if isinstance(m, torch.nn.Linear | Conv1D))
+    assert flops_per_token(model_shape(CONFIGS[name]()), 0.0).total == 2 * mats
 
 
 def test_flop_shapes_read_each_familys_own_config_fields():
