@@ -181,14 +181,27 @@ def _blocked(pos: torch.Tensor, kv: int, window: int | None) -> torch.Tensor:
 
 def _probs(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor | None, mask: Any, scaling: float,
            kwargs: dict[str, Any], offset: int, memo: dict[Any, Any],
-           out: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(mask(softcap(q k^T * scaling))) in float32, in place after the product."""
+           out: torch.Tensor | None = None, heads: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(mask(softcap(q k^T * scaling))) in float32, in place after the product.
+
+    With attention sinks (GPT-OSS passes a learned logit per query head as ``s_aux``) each
+    row's softmax also takes its head's sink logit, whose share is dropped afterwards, as the
+    model's eager attention does: such rows sum to less than 1. ``heads``: the query heads
+    ``q`` holds (a device index), or None for all.
+    """
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(scaling)
     softcap = kwargs.get("softcap")
     if softcap:
         scores.div_(softcap).tanh_().mul_(softcap)
     scores = _masked_scores(scores, rows, mask, kwargs, offset, memo)
-    probs = torch.softmax(scores, dim=-1, out=out) if out is not None else torch.softmax(scores, dim=-1)
+    sinks = kwargs.get("s_aux")
+    if sinks is not None:
+        sinks = sinks.float() if heads is None else sinks.float().index_select(0, heads)
+        sink = sinks.view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+        probs = out.copy_(probs) if out is not None else probs.contiguous()
+    else:
+        probs = torch.softmax(scores, dim=-1, out=out) if out is not None else torch.softmax(scores, dim=-1)
     return probs if mask is None else probs.nan_to_num_(0.0)  # a row a mask blocks entirely: NaN
 
 
@@ -210,7 +223,8 @@ def attention_rows(
             (such rows come back as garbage for the caller to mask).
         mask: The mask the model passed to its attention function (4-D or None).
         scaling: Softmax scaling the model uses.
-        kwargs: The attention call's keyword arguments (``softcap``, ``sliding_window``).
+        kwargs: The attention call's keyword arguments (``softcap``, ``sliding_window``,
+            ``s_aux``: attention sinks).
         memo: A dict kept across the layers of one batch (same ``rows``): the row index and
             the causal block are built once in it instead of per layer.
 
@@ -245,7 +259,8 @@ def attention_probs(
         key: (batch, kv_head, kv_seq, d_head) post-rotary keys.
         mask: The mask the model passed to its attention function (4-D or None).
         scaling: Softmax scaling the model uses.
-        kwargs: The attention call's keyword arguments (``softcap``, ``sliding_window``).
+        kwargs: The attention call's keyword arguments (``softcap``, ``sliding_window``,
+            ``s_aux``: attention sinks).
         heads: Query heads to keep (a device index), or None for all.
         out: (batch, head, seq, kv_seq) float32 tensor to write into, or None.
         memo: As for :func:`attention_rows` (the causal block, built once per batch).
@@ -258,4 +273,4 @@ def attention_probs(
     if heads is not None:
         q, k = q.index_select(1, heads), k.index_select(1, heads)
     offset = key.shape[2] - query.shape[2]
-    return _probs(q, k, None, mask, scaling, kwargs, offset, {} if memo is None else memo, out)
+    return _probs(q, k, None, mask, scaling, kwargs, offset, {} if memo is None else memo, out, heads)

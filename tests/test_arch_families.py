@@ -56,17 +56,21 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
     "seed_oss": lambda: T.SeedOssConfig(head_dim=8, pad_token_id=0, attention_bias=True, **_GQA),
     "apertus": lambda: T.ApertusConfig(head_dim=8, pad_token_id=0, **_GQA),  # qk-norm, xIELU
     "arcee": lambda: T.ArceeConfig(head_dim=8, pad_token_id=0, **_GQA),
+    "gpt_oss": lambda: T.GptOssConfig(head_dim=8, num_local_experts=4, num_experts_per_tok=2,
+                                      sliding_window=4, **_GQA),  # attention sinks, sliding layers
     "falcon": lambda: T.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, new_decoder_architecture=True, num_kv_heads=2),
     "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
 }
 TAPPED = [k for k in CONFIGS if k not in ("falcon", "bloom")]
 POST_SCALED = ("olmo2", "olmo3", "granite", "glm4", "exaone4")  # post-norms / residual multiplier
-MOE = ["mixtral", "granitemoe", "olmoe", "qwen3_moe"]
+MOE = ["mixtral", "granitemoe", "olmoe", "qwen3_moe", "gpt_oss"]
+EAGER_ONLY = ("gpt_oss",)
 
 
 def build(name: str, attn: str = "eager") -> torch.nn.Module:
     torch.manual_seed(0)
+    attn = "eager" if name in EAGER_ONLY else attn
     return T.AutoModelForCausalLM.from_config(CONFIGS[name](), attn_implementation=attn).eval()
 
 
@@ -102,6 +106,29 @@ def test_captures_equal_the_models_own_outputs(name, tmp_path):
         if name not in POST_SCALED:
             step = v["resid"][i, 0, :n] - v["resid_pre"][i, 0, :n]
             np.testing.assert_allclose(step, v["attn_out"][i, 0, :n] + v["mlp_out"][i, 0, :n], atol=1e-5)
+
+
+def test_attention_sinks_take_their_share_of_every_row_for_any_head_subset(tmp_path):
+    """GPT-OSS's learned sink logit per head joins each row's softmax and is dropped, so rows sum to
+    less than 1; a probe of some heads only gets those heads' sinks (eager output_attentions)."""
+    import dataclasses
+
+    model = build("gpt_oss")
+    with torch.no_grad():
+        for layer in arch.decoder_layers(model):
+            layer.self_attn.sinks.copy_(torch.tensor([2.0, -1.0, 0.5, 3.0]))
+    probes = [dataclasses.replace(preset("attn"), name="ah", heads=(3, 1))]
+    out = capture(load_model(model, tokenizer=word_tokenizer()), probes, prompts(3), tmp_path / "c.h5",
+                  batch_size=2, progress=False)
+    with CaptureFile(out) as f:
+        got, ids, lengths = f.read("values", "ah").data, f.read("tokens").data, f.read("lengths").data
+    for i, n in enumerate(lengths):
+        with torch.no_grad():
+            o = model(torch.tensor(ids[i, :n], dtype=torch.long)[None], output_attentions=True)
+        for layer in range(2):
+            want = o.attentions[layer][0, [3, 1]]
+            np.testing.assert_allclose(got[i, layer, :, :n, :n], want, atol=1e-6)
+    assert got[0, 0, 0, : lengths[0], : lengths[0]].sum(-1).max() < 0.5  # head 3's sink takes most
 
 
 @pytest.mark.parametrize("name", ["falcon", "bloom"])
@@ -196,7 +223,7 @@ def test_nnsight_reads_mlp_out_of_a_falcon_without_parallel_attention(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["olmoe", "qwen3_moe", "glm4", "nemotron", "exaone4", "ernie4_5", "seed_oss",
-                                  "apertus", "arcee"])
+                                  "apertus", "arcee", "gpt_oss"])
 def test_nnsight_equals_native_bitwise(name, tmp_path):
     """The nnsight backend reads the same modules (and the same attention tap) as native hooks."""
     lm = load_model(build(name, "sdpa"), tokenizer=word_tokenizer())
