@@ -123,6 +123,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "seed_oss": _LLAMA_LIKE,
     "apertus": _LLAMA_LIKE,
     "arcee": _LLAMA_LIKE,
+    "deepseek_v3": _LLAMA_LIKE,  # q/k heads (nope + rope parts) wider than v heads
     "gpt_oss": _LLAMA_LIKE,  # attention sinks: the tap's softmax takes them (hooks/attention.py)
     "opt": ArchSpec(  # no MLP module: fc2 is the feed-forward branch's last projection
         family="opt",

@@ -48,7 +48,8 @@ def describe(
 
     Widths and counts come from the config's standard accessors (``hidden_size``,
     ``num_hidden_layers``, ``num_attention_heads``), which transformers maps for
-    GPT-2-style names; ``d_head`` honours an explicit ``head_dim`` (Gemma, Llama).
+    GPT-2-style names; ``d_head`` honours an explicit ``head_dim`` (Gemma, Llama), and is the
+    query/key width ``qk_head_dim`` under multi-head latent attention (DeepSeek V3).
 
     Args:
         config: The model's config.
@@ -73,7 +74,9 @@ def describe(
         )
     d_model = int(text.hidden_size)
     n_heads = int(text.num_attention_heads)
-    d_head = getattr(text, "head_dim", None) or d_model // n_heads
+    # multi-head latent attention (DeepSeek V3): queries and keys are qk_head_dim wide (no-rope
+    # and rope parts), while its head_dim names the rope part alone
+    d_head = getattr(text, "qk_head_dim", None) or getattr(text, "head_dim", None) or d_model // n_heads
     total, non_embedding = count_parameters(config)
     return ModelInfo(
         name=name,

@@ -28,7 +28,7 @@ class ModelInfo:
         d_model: Residual stream width.
         n_layers: Number of decoder layers.
         n_heads: Number of attention (query) heads.
-        d_head: Width of one head.
+        d_head: Width of one query/key head (what the ``q``/``k`` probes store).
         vocab_size: Rows of the unembedding.
         max_position: Longest context the model supports (0: none declared, e.g. ALiBi BLOOM).
         dtype: Torch dtype of the weights as loaded.

@@ -58,13 +58,18 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
     "arcee": lambda: T.ArceeConfig(head_dim=8, pad_token_id=0, **_GQA),
     "gpt_oss": lambda: T.GptOssConfig(head_dim=8, num_local_experts=4, num_experts_per_tok=2,
                                       sliding_window=4, **_GQA),  # attention sinks, sliding layers
+    "deepseek_v3": lambda: T.DeepseekV3Config(  # latent attention: q/k heads 8 + 4 wide, v heads 8
+        kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8,
+        n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, moe_intermediate_size=16,
+        first_k_dense_replace=1,
+        **{**_L, "num_key_value_heads": 4}),  # keys are expanded to every query head
     "falcon": lambda: T.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, new_decoder_architecture=True, num_kv_heads=2),
     "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
 }
 TAPPED = [k for k in CONFIGS if k not in ("falcon", "bloom")]
 POST_SCALED = ("olmo2", "olmo3", "granite", "glm4", "exaone4")  # post-norms / residual multiplier
-MOE = ["mixtral", "granitemoe", "olmoe", "qwen3_moe", "gpt_oss"]
+MOE = ["mixtral", "granitemoe", "olmoe", "qwen3_moe", "gpt_oss", "deepseek_v3"]
 EAGER_ONLY = ("gpt_oss",)
 
 
@@ -129,6 +134,28 @@ def test_attention_sinks_take_their_share_of_every_row_for_any_head_subset(tmp_p
             want = o.attentions[layer][0, [3, 1]]
             np.testing.assert_allclose(got[i, layer, :, :n, :n], want, atol=1e-6)
     assert got[0, 0, 0, : lengths[0], : lengths[0]].sum(-1).max() < 0.5  # head 3's sink takes most
+
+
+def test_latent_attention_q_and_k_are_what_its_softmax_reads(tmp_path):
+    """DeepSeek V3's q/k heads are 8 no-rope + 4 rotary dims (its config's head_dim names the 4),
+    its v heads 8: the q and k probes store all 12, and softmax(q k^T * scaling) under the
+    causal mask gives its eager attention back."""
+    model = build("deepseek_v3")
+    probes = [ProbeSpec(p, p, dtype="float32") for p in ("q", "k")]
+    out = capture(load_model(model, tokenizer=word_tokenizer()), probes, prompts(3), tmp_path / "c.h5",
+                  batch_size=2, progress=False)
+    with CaptureFile(out) as f:
+        q, k, ids, lengths = (f.read("values", "q").data, f.read("values", "k").data, f.read("tokens").data,
+                              f.read("lengths").data)
+    assert q.shape[-1] == k.shape[-1] == 12
+    for i, n in enumerate(lengths):
+        with torch.no_grad():
+            o = model(torch.tensor(ids[i, :n], dtype=torch.long)[None], output_attentions=True)
+        for layer in range(2):
+            scaling = arch.layer_part(model, layer, "attn").scaling
+            scores = torch.tensor(q[i, layer, :, :n]) @ torch.tensor(k[i, layer, :, :n]).transpose(-1, -2)
+            scores = scores * scaling + torch.full((n, n), float("-inf")).triu(1)
+            np.testing.assert_allclose(scores.softmax(-1), o.attentions[layer][0], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["falcon", "bloom"])
@@ -322,13 +349,16 @@ def test_text_dominance_with_no_attention_on_the_other_text_writes_results(tmp_p
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_model_info_counts_query_heads_and_their_width(name):
-    """Every family here has 4 query heads of width 32 / 4 = 8, whatever its key/value heads (2 with
-    GQA, 1 multi-query) and whether its config names a head_dim; n_params is the built model's."""
+    """Every family here has 4 query heads of width 32 / 4 = 8 (DeepSeek V3's q/k: 12), whatever its
+    key/value heads (2 with GQA, 1 multi-query) and whether its config names a head_dim; n_params is
+    the built model's."""
     from scalelens.models.describe import describe
 
     info = describe(CONFIGS[name](), name=name, source="-", source_kind="memory", revision=None, step=None,
                     dtype="float32", attn_implementation="eager")
-    assert (info.d_model, info.n_layers, info.n_heads, info.d_head, info.vocab_size) == (32, 2, 4, 8, VOCAB)
+    d_head = 12 if name == "deepseek_v3" else 8  # its q/k heads: 8 wide without rotary, 4 with
+    assert (info.d_model, info.n_layers, info.n_heads, info.vocab_size) == (32, 2, 4, VOCAB)
+    assert info.d_head == d_head
     assert info.n_params == sum(p.numel() for p in build(name).parameters())
 
 
