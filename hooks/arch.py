@@ -30,6 +30,8 @@ class ArchSpec:
             outputs by reference) would be wrong, or ``""``; forward hooks read it in time.
         mlp_out_changed_by: Config flags of which one must be true for that to happen; empty:
             always.
+        own_attn: True where the attention module's ``attention._attn(query, key, value, mask)``
+            computes attention outside the registry and the tap wraps it (GPT-Neo).
     """
 
     family: str
@@ -43,6 +45,7 @@ class ArchSpec:
     no_branches: str = ""
     mlp_out_changed: str = ""
     mlp_out_changed_by: tuple[str, ...] = ()
+    own_attn: bool = False
 
     def changes_mlp_out(self, config: object) -> bool:
         """Whether a model of this family with ``config`` changes its MLP output after returning it."""
@@ -134,6 +137,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         unembed="lm_head",
         final_norm="model.decoder.final_layer_norm",
     ),
+    "gpt_neo": replace(_GPT2_LIKE, family="gpt-neo", own_attn=True),
     "falcon": replace(
         _FALCON_LIKE,
         family="falcon",

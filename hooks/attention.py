@@ -23,7 +23,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from scalelens.errors import ScalelensError
-from scalelens.hooks.arch import check_points
+from scalelens.hooks.arch import arch_for, check_points
 from scalelens.hooks.points import CapturePoint
 
 TAP_PREFIX = "scalelens_"
@@ -78,7 +78,8 @@ def attention_tap(model: Any, modules: dict[int, nn.Module], callback: TapCallba
     """
     check_points(model, [CapturePoint.ATTN_PATTERN])
     inner = model.config._attn_implementation or "eager"
-    if inner.startswith(TAP_PREFIX) or any(_UPCAST in vars(m) for m in modules.values()):
+    if inner.startswith(TAP_PREFIX) or any(_UPCAST in vars(m) or _OWN in vars(getattr(m, "attention", m))
+                                           for m in modules.values()):
         raise RuntimeError("attention tap is already active on this model")
     if "flash" in inner or "flex" in inner:
         # transformers picks the flash kernel by the implementation's name (a renamed one has
@@ -89,6 +90,10 @@ def attention_tap(model: Any, modules: dict[int, nn.Module], callback: TapCallba
         )
     if inner == "eager" and any(getattr(m, "reorder_and_upcast_attn", False) for m in modules.values()):
         with _upcast_tap(modules, callback):  # GPT-2's upcast path runs only under "eager"
+            yield inner
+        return
+    if arch_for(model).own_attn:
+        with _own_attn_tap(modules, callback):
             yield inner
         return
     name = _register(inner)
@@ -127,6 +132,42 @@ def _tapped_upcast(layer: int, module: nn.Module, method: Callable[..., Any],
                    callback: TapCallback) -> Callable[..., Any]:
     def tapped(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any = None):
         replaced = callback(layer, query, key, attention_mask, float(module.scaling), {})  # type: ignore[arg-type]
+        return method(query if replaced is None else replaced, key, value, attention_mask)
+
+    return tapped
+
+
+_OWN = "_attn"
+
+
+@contextmanager
+def _own_attn_tap(modules: dict[int, nn.Module], callback: TapCallback) -> Iterator[None]:
+    """Tap GPT-Neo attention, computed in its own ``attention._attn`` rather than the registry.
+
+    The method is wrapped on each instance. GPT-Neo does not scale its scores, and its local
+    layers keep their sliding window in a causal buffer (``bias``) instead of the mask they are
+    passed, so the tap gets that buffer folded into the mask.
+    """
+    for layer, module in modules.items():
+        inner = module.get_submodule("attention")
+        setattr(inner, _OWN, _tapped_own(layer, inner, getattr(inner, _OWN), callback))
+    try:
+        yield
+    finally:
+        for module in modules.values():
+            vars(module.get_submodule("attention")).pop(_OWN, None)
+
+
+def _tapped_own(layer: int, module: nn.Module, method: Callable[..., Any],
+                callback: TapCallback) -> Callable[..., Any]:
+    def tapped(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any = None):
+        q, kv = query.shape[-2], key.shape[-2]
+        allowed = module.get_buffer("bias")[:, :, kv - q:kv, :kv]  # causal, and the local window
+        if attention_mask is None:
+            mask = allowed.expand(query.shape[0], -1, -1, -1)
+        else:
+            mask = attention_mask.masked_fill(~allowed, float("-inf"))
+        replaced = callback(layer, query, key, mask, 1.0, {})
         return method(query if replaced is None else replaced, key, value, attention_mask)
 
     return tapped

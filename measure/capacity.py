@@ -24,6 +24,7 @@ from scalelens.probes.prompts import TokenizedPrompts, as_prompts, tokenize
 GATED_MLP: dict[str, bool] = {
     "gpt_neox": False,
     "gpt2": False,
+    "gpt_neo": False,
     "llama": True,
     "mistral": True,
     "qwen2": True,

@@ -63,6 +63,9 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
         n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, moe_intermediate_size=16,
         first_k_dense_replace=1,
         **{**_L, "num_key_value_heads": 4}),  # keys are expanded to every query head
+    "gpt_neo": lambda: T.GPTNeoConfig(  # attention in its own code, unscaled; a local layer
+        vocab_size=VOCAB, max_position_embeddings=128, hidden_size=32, num_layers=2, num_heads=4,
+        attention_types=[[["global", "local"], 1]], window_size=4),
     "falcon": lambda: T.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, new_decoder_architecture=True, num_kv_heads=2),
     "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
@@ -70,7 +73,7 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
 TAPPED = [k for k in CONFIGS if k not in ("falcon", "bloom")]
 POST_SCALED = ("olmo2", "olmo3", "granite", "glm4", "exaone4")  # post-norms / residual multiplier
 MOE = ["mixtral", "granitemoe", "olmoe", "qwen3_moe", "gpt_oss", "deepseek_v3"]
-EAGER_ONLY = ("gpt_oss",)
+EAGER_ONLY = ("gpt_oss", "gpt_neo")
 
 
 def build(name: str, attn: str = "eager") -> torch.nn.Module:
@@ -158,6 +161,26 @@ def test_latent_attention_q_and_k_are_what_its_softmax_reads(tmp_path):
             np.testing.assert_allclose(scores.softmax(-1), o.attentions[layer][0], atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["gpt_neo", "gpt_oss", "deepseek_v3"])
+def test_cached_retrieval_decoding_top1_equals_recomputed_eager(name):
+    """Retrieval's KV-cached greedy decoding taps GPT-Neo's own attention (its 4-token local
+    window), GPT-OSS's sinks and DeepSeek V3's cached latents as the eager weights of the whole
+    prefix recomputed at every step say."""
+    from scalelens.measure import retrieval
+
+    ids = torch.randint(0, 50, (1, 12), generator=torch.Generator().manual_seed(0))
+    top1, produced = retrieval._greedy_top1(load_model(build(name), tokenizer=word_tokenizer()), ids, 6)
+    model, tops, want = build(name), [], []
+    with torch.inference_mode():
+        for _ in range(6):
+            out = model(input_ids=ids, use_cache=False, output_attentions=True)
+            tops.append(np.stack([a[0, :, -1].argmax(-1).numpy() for a in out.attentions]))
+            want.append(int(out.logits[0, -1].argmax()))
+            ids = torch.cat([ids, ids.new_tensor([[want[-1]]])], dim=1)
+    assert produced == want
+    np.testing.assert_array_equal(top1, np.stack(tops, axis=-1))
+
+
 @pytest.mark.parametrize("name", ["falcon", "bloom"])
 def test_own_attention_families_keep_resid_and_refuse_per_head_probes(name, tmp_path):
     lm = load_model(build(name), tokenizer=word_tokenizer())
@@ -190,7 +213,7 @@ def test_a_tap_that_never_fires_is_an_error_not_zeros(tmp_path, monkeypatch):
         capture(lm, [preset("attn")], prompts(3), tmp_path / "a.h5", progress=False)
 
 
-@pytest.mark.parametrize("name", ["opt", "granite"])
+@pytest.mark.parametrize("name", ["opt", "granite", "gpt_neo"])
 def test_measure_runs_every_analysis(name, tmp_path):
     from scalelens.measure.dominance import DominanceSettings
     from scalelens.measure.massive import MassiveSettings
@@ -250,7 +273,7 @@ def test_nnsight_reads_mlp_out_of_a_falcon_without_parallel_attention(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["olmoe", "qwen3_moe", "glm4", "nemotron", "exaone4", "ernie4_5", "seed_oss",
-                                  "apertus", "arcee", "gpt_oss"])
+                                  "apertus", "arcee", "gpt_oss", "gpt_neo"])
 def test_nnsight_equals_native_bitwise(name, tmp_path):
     """The nnsight backend reads the same modules (and the same attention tap) as native hooks."""
     lm = load_model(build(name, "sdpa"), tokenizer=word_tokenizer())
