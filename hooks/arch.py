@@ -20,9 +20,7 @@ class ArchSpec:
         layers: Path from the top model to the ``ModuleList`` of decoder layers.
         attn: Path from a decoder layer to its self-attention module.
         mlp: Path from a decoder layer to its MLP module.
-        embed: Path from the top model to the input embedding.
         unembed: Path from the top model to the output (LM head) projection.
-        final_norm: Path from the top model to the final norm before the LM head.
         no_tap: Why per-head probes (``attn_pattern``, ``q``, ``k``) cannot be read in this
             family, or ``""`` when its attention goes through transformers' attention registry.
         no_branches: Why ``attn_out``/``mlp_out`` cannot be read in this family, or ``""``.
@@ -38,9 +36,7 @@ class ArchSpec:
     layers: str
     attn: str
     mlp: str
-    embed: str
     unembed: str
-    final_norm: str
     no_tap: str = ""
     no_branches: str = ""
     mlp_out_changed: str = ""
@@ -58,9 +54,7 @@ _LLAMA_LIKE = ArchSpec(
     layers="model.layers",
     attn="self_attn",
     mlp="mlp",
-    embed="model.embed_tokens",
     unembed="lm_head",
-    final_norm="model.norm",
 )
 
 _GPT2_LIKE = ArchSpec(
@@ -68,17 +62,14 @@ _GPT2_LIKE = ArchSpec(
     layers="transformer.h",
     attn="attn",
     mlp="mlp",
-    embed="transformer.wte",
     unembed="lm_head",
-    final_norm="transformer.ln_f",
 )
 
 # Falcon and BLOOM compute attention in their own forward (SDPA or eager, ALiBi for BLOOM),
 # never through transformers' attention registry, so the tap would see nothing.
 _OWN_ATTENTION = ("its attention is computed inside the model's own code, not through "
                   "transformers' attention registry that scalelens taps")
-_FALCON_LIKE = replace(_GPT2_LIKE, family="falcon-like", attn="self_attention",
-                       embed="transformer.word_embeddings")
+_FALCON_LIKE = replace(_GPT2_LIKE, family="falcon-like", attn="self_attention")
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt_neox": ArchSpec(
@@ -86,9 +77,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         layers="gpt_neox.layers",
         attn="attention",
         mlp="mlp",
-        embed="gpt_neox.embed_in",
         unembed="lm_head",
-        final_norm="gpt_neox.final_layer_norm",
     ),
     "gpt2": _GPT2_LIKE,
     "gpt_bigcode": _GPT2_LIKE,
@@ -114,9 +103,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "granitemoe": replace(_LLAMA_LIKE, family="granite-moe", mlp="block_sparse_moe"),
     "helium": _LLAMA_LIKE,
     "glm": _LLAMA_LIKE,
-    "persimmon": replace(_LLAMA_LIKE, family="persimmon", final_norm="model.final_layernorm"),
+    "persimmon": _LLAMA_LIKE,
     "codegen": _GPT2_LIKE,
-    "phi": replace(_LLAMA_LIKE, family="phi", final_norm="model.final_layernorm"),
+    "phi": _LLAMA_LIKE,
     "olmoe": _LLAMA_LIKE,
     "qwen3_moe": _LLAMA_LIKE,
     "glm4": _LLAMA_LIKE,
@@ -133,9 +122,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         layers="model.decoder.layers",
         attn="self_attn",
         mlp="fc2",
-        embed="model.decoder.embed_tokens",
         unembed="lm_head",
-        final_norm="model.decoder.final_layer_norm",
     ),
     "gpt_neo": replace(_GPT2_LIKE, family="gpt-neo", own_attn=True),
     "falcon": replace(
