@@ -116,6 +116,22 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "apertus": _LLAMA_LIKE,
     "arcee": _LLAMA_LIKE,
     "deepseek_v3": _LLAMA_LIKE,  # q/k heads (nope + rope parts) wider than v heads
+    "ministral": _LLAMA_LIKE,
+    "cohere2": _LLAMA_LIKE,
+    "internlm3": _LLAMA_LIKE,
+    "exaone": _LLAMA_LIKE,
+    "hunyuan_v1_dense": _LLAMA_LIKE,
+    "vaultgemma": _LLAMA_LIKE,
+    "nanochat": _LLAMA_LIKE,
+    "jais2": _LLAMA_LIKE,
+    "cwm": _LLAMA_LIKE,
+    "glm4_moe": _LLAMA_LIKE,
+    "ernie4_5_moe": _LLAMA_LIKE,
+    "hunyuan_v1_moe": _LLAMA_LIKE,
+    "phimoe": _LLAMA_LIKE,
+    "minimax_m2": _LLAMA_LIKE,
+    "flex_olmo": _LLAMA_LIKE,
+    "solar_open": _LLAMA_LIKE,
     "gpt_oss": _LLAMA_LIKE,  # attention sinks: the tap's softmax takes them (hooks/attention.py)
     "opt": ArchSpec(  # no MLP module: fc2 is the feed-forward branch's last projection
         family="opt",

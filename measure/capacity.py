@@ -49,6 +49,15 @@ GATED_MLP: dict[str, bool] = {
     "nemotron": False,  # up, squared ReLU, down
     "apertus": False,  # up, xIELU, down
     "arcee": False,  # up, squared ReLU, down
+    "ministral": True,
+    "cohere2": True,
+    "internlm3": True,
+    "exaone": True,
+    "hunyuan_v1_dense": True,
+    "vaultgemma": True,
+    "cwm": True,
+    "nanochat": False,  # up, squared ReLU, down
+    "jais2": False,
     "codegen": False,
     "persimmon": False,
     "phi": False,

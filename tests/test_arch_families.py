@@ -19,6 +19,7 @@ from scalelens.probes.spec import ProbeSpec, preset
 _L = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
       "vocab_size": VOCAB, "max_position_embeddings": 128}
 _GQA = {**_L, "num_key_value_heads": 2}
+_H = {**_GQA, "head_dim": 8, "pad_token_id": 0}
 CONFIGS = {  # each with the feature that could break the recomputed attention
     "qwen2": lambda: T.Qwen2Config(use_sliding_window=True, sliding_window=4, max_window_layers=1,
                                    **_GQA),  # q/k/v biases, a sliding window on the layers past the first
@@ -56,6 +57,24 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
     "seed_oss": lambda: T.SeedOssConfig(head_dim=8, pad_token_id=0, attention_bias=True, **_GQA),
     "apertus": lambda: T.ApertusConfig(head_dim=8, pad_token_id=0, **_GQA),  # qk-norm, xIELU
     "arcee": lambda: T.ArceeConfig(head_dim=8, pad_token_id=0, **_GQA),
+    "ministral": lambda: T.MinistralConfig(sliding_window=4, **_H),  # sliding layers
+    "cohere2": lambda: T.Cohere2Config(sliding_window=4, logit_scale=0.5, **_H),  # no-rope layers
+    "internlm3": lambda: T.InternLM3Config(**_H),
+    "exaone": lambda: T.ExaoneConfig(**_H),
+    "hunyuan_v1_dense": lambda: T.HunYuanDenseV1Config(**_H),  # qk-norm
+    "vaultgemma": lambda: T.VaultGemmaConfig(sliding_window=4, attn_logit_softcapping=2.0, **_H),
+    "nanochat": lambda: T.NanoChatConfig(**_H),  # capped logits, weightless norms
+    "jais2": lambda: T.Jais2Config(**_H),
+    "cwm": lambda: T.CwmConfig(sliding_window=4, **_H),
+    "glm4_moe": lambda: T.Glm4MoeConfig(n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
+                                        moe_intermediate_size=16, first_k_dense_replace=1, **_H),
+    "ernie4_5_moe": lambda: T.Ernie4_5_MoeConfig(moe_num_experts=4, moe_k=2, moe_intermediate_size=16, **_H),
+    "hunyuan_v1_moe": lambda: T.HunYuanMoEV1Config(num_experts=4, moe_topk=2, **_H),
+    "phimoe": lambda: T.PhimoeConfig(num_local_experts=4, num_experts_per_tok=2, sliding_window=4, **_GQA),
+    "minimax_m2": lambda: T.MiniMaxM2Config(num_local_experts=4, num_experts_per_tok=2, **_H),
+    "flex_olmo": lambda: T.FlexOlmoConfig(pad_token_id=0, num_experts=4, num_experts_per_tok=2, **_GQA),
+    "solar_open": lambda: T.SolarOpenConfig(n_routed_experts=4, num_experts_per_tok=2, n_group=1,
+                                            topk_group=1, moe_intermediate_size=16, **_H),
     "gpt_oss": lambda: T.GptOssConfig(head_dim=8, num_local_experts=4, num_experts_per_tok=2,
                                       sliding_window=4, **_GQA),  # attention sinks, sliding layers
     "deepseek_v3": lambda: T.DeepseekV3Config(  # latent attention: q/k heads 8 + 4 wide, v heads 8
@@ -71,9 +90,10 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
     "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
 }
 TAPPED = [k for k in CONFIGS if k not in ("falcon", "bloom")]
-POST_SCALED = ("olmo2", "olmo3", "granite", "glm4", "exaone4")  # post-norms / residual multiplier
-MOE = ["mixtral", "granitemoe", "olmoe", "qwen3_moe", "gpt_oss", "deepseek_v3"]
-EAGER_ONLY = ("gpt_oss", "gpt_neo")
+POST_SCALED = ("olmo2", "olmo3", "granite", "glm4", "exaone4", "flex_olmo")  # post-norms, residual multiplier
+MOE = ["mixtral", "granitemoe", "olmoe", "qwen3_moe", "gpt_oss", "deepseek_v3", "glm4_moe", "ernie4_5_moe",
+       "hunyuan_v1_moe", "phimoe", "minimax_m2", "flex_olmo", "solar_open"]
+EAGER_ONLY = ("gpt_oss", "gpt_neo", "vaultgemma")
 
 
 def build(name: str, attn: str = "eager") -> torch.nn.Module:
