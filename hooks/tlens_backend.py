@@ -75,13 +75,24 @@ class TransformerLensBackend(Backend):
         bridge = self._bridge if self._bridge is not None else self._build(input_ids)
         from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
+        last = max((i for _, i in self.wanted), default=-1)
+        reached: list[bool] = []  # the last wanted layer's hooks have run
+
         def stop(tensor: torch.Tensor, *, hook: Any) -> torch.Tensor:
-            raise StopAtLayerException(tensor)
+            # A module can run before the blocks too (NanoChat's final norm also normalises the
+            # embeddings): stop only once every wanted layer is behind.
+            if reached:
+                raise StopAtLayerException(tensor)
+            return tensor
+
+        def mark(tensor: Any, *, hook: Any) -> Any:
+            reached.append(True)
+            return tensor
 
         hooks: list[tuple[str, Any]] = [(hook_name(p, i), _feed(self.sink, p, i))
                                         for p, i in sorted(self.wanted)]
-        if self._stop_at is not None:
-            hooks.append((self._stop_at, stop))
+        if self._stop_at is not None:  # no logits wanted: every wanted point is a layer's
+            hooks += [(f"blocks.{last}.hook_out", mark), (self._stop_at, stop)]
         with torch.inference_mode(), bridge.hooks(fwd_hooks=hooks):
             try:
                 # output_attentions=False: the bridge would otherwise ask HF to keep every

@@ -336,6 +336,16 @@ def test_transformer_lens_equals_native_or_refuses_in_one_line(name, tmp_path):
     assert [(n, type(m)) for n, m in model.named_modules()] == modules and _hooks(model) == hooks
 
 
+def test_transformer_lens_stops_after_the_last_wanted_layer_not_at_a_norm_run_earlier(tmp_path):
+    """NanoChat's final norm also normalises the embeddings: stopping the bridge at its first call
+    (no logits wanted) ended the pass before any block, an internal 'hooks did not fire' error."""
+    lm = load_model(build("nanochat"), tokenizer=word_tokenizer())
+    probes = [preset("resid", dtype="float32")]
+    ref = capture(lm, probes, prompts(3), tmp_path / "n.h5", progress=False)
+    out = capture(lm, probes, prompts(3), tmp_path / "t.h5", progress=False, backend="transformer-lens")
+    np.testing.assert_allclose(read(out, ["resid"])[0]["resid"], read(ref, ["resid"])[0]["resid"], atol=1e-6)
+
+
 @pytest.mark.parametrize("name", MOE)
 def test_moe_capacity_is_refused_before_anything_runs(name, tmp_path):
     lm = load_model(build(name), tokenizer=word_tokenizer())
