@@ -291,10 +291,11 @@ def test_nnsight_reads_mlp_out_of_a_falcon_without_parallel_attention(tmp_path):
     assert np.abs(va["mlp_out"]).max() > 1e-3
 
 
-@pytest.mark.parametrize("name", ["olmoe", "qwen3_moe", "glm4", "nemotron", "exaone4", "ernie4_5", "seed_oss",
-                                  "apertus", "arcee", "gpt_oss", "gpt_neo"])
+@pytest.mark.parametrize("name", ["olmoe", "gpt_oss", "gpt_neo"])
 def test_nnsight_equals_native_bitwise(name, tmp_path):
-    """The nnsight backend reads the same modules (and the same attention tap) as native hooks."""
+    """The nnsight backend reads the same modules (and the same attention tap) as native hooks: an
+    expert block's output, attention sinks, GPT-Neo's own attention (the llama-like families share
+    OLMoE's module paths; the ARCHS tests cover Llama itself)."""
     lm = load_model(build(name, "sdpa"), tokenizer=word_tokenizer())
     names = ["resid", "resid_pre", "attn_out", "mlp_out"]
     probes = [*(preset(n, dtype="float32") for n in names), preset("attn"), preset("top1"),
