@@ -19,7 +19,6 @@ import errno
 import importlib
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -30,7 +29,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from scalelens import __version__
-from scalelens.errors import ScalelensError, ScalelensNote, ScalelensWarning
+from scalelens.errors import (
+    DISK_FULL,
+    ScalelensError,
+    ScalelensNote,
+    ScalelensWarning,
+    errno_of,
+    is_disk_full,
+)
 from scalelens.output import note, quiet
 
 # Sub-command modules; each exposes register(subparsers).
@@ -43,7 +49,6 @@ _COMMAND_MODULES = (
     "scalelens.commands.demo",
 )
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
@@ -114,20 +119,6 @@ def _one_line(text: str) -> str:
     return "; ".join(printable(part.strip()) for part in str(text).splitlines() if part.strip())
 
 
-# HDF5 writes "errno = 28" in an h5py error's text; Rust libraries (safetensors, tokenizers)
-# end theirs with "(os error 28)".
-_ERRNO_IN_TEXT = re.compile(r"(?:errno = |\(os error )(\d+)")
-
-
-def _errno_of(e: BaseException) -> int | None:
-    """The errno of an OSError, or the one named inside an h5py or Rust library error's text."""
-    code = getattr(e, "errno", None)
-    if isinstance(code, int):
-        return code
-    match = _ERRNO_IN_TEXT.search(str(e))
-    return int(match.group(1)) if match else None
-
-
 RESUMABLE = frozenset({"capture", "measure", "sweep", "suite", "demo"})
 """Commands whose rerun resumes where a failure stopped them."""
 
@@ -137,7 +128,7 @@ def _os_error_line(e: BaseException, command: str | None = None) -> str:
 
     Only a ``command`` in :data:`RESUMABLE` (or none named) is told that a rerun resumes.
     """
-    code = _errno_of(e)
+    code = errno_of(e)
     filename = getattr(e, "filename", None)
     where = f" ({filename})" if filename else ""
     rerun = ("rerun the same command: finished batches are kept and the run resumes"
@@ -284,8 +275,8 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
     try:
         return int(args.func(args) or 0)
     except ScalelensError as e:
-        cause = e.__cause__ or e.__context__  # `raise ... from None` keeps the context
-        if cause is not None and _errno_of(cause) in DISK_FULL:  # name the fix, not HDF5's message
+        if is_disk_full(e):  # name the fix, not HDF5's message
+            cause = e.__cause__ or e.__context__  # `raise ... from None` keeps the context
             what = str(e).split(": ")[0] if ": " in str(e) else ""
             line = _os_error_line(cause, args.command)
             return _fail(debug, f"{what}: {line}" if what else line, EXIT_BAD_INPUT, True)
@@ -300,12 +291,12 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
     except BrokenPipeError:  # e.g. `scalelens inspect x.h5 | head`
         return 0
     except OSError as e:
-        return _fail(debug, _os_error_line(e, args.command), EXIT_BAD_INPUT, _errno_of(e) in DISK_FULL)
+        return _fail(debug, _os_error_line(e, args.command), EXIT_BAD_INPUT, errno_of(e) in DISK_FULL)
     except MemoryError:
         return _fail(debug, "out of memory; lower --batch-size (or --max-length) and rerun", EXIT_BAD_INPUT)
     except Exception as e:  # noqa: BLE001 - anything else is a bug: one line, traceback with --debug
-        if _errno_of(e) is not None:  # h5py raises RuntimeError for a failed flush or close
-            return _fail(debug, _os_error_line(e, args.command), EXIT_BAD_INPUT, _errno_of(e) in DISK_FULL)
+        if errno_of(e) is not None:  # h5py raises RuntimeError for a failed flush or close
+            return _fail(debug, _os_error_line(e, args.command), EXIT_BAD_INPUT, errno_of(e) in DISK_FULL)
         if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
             return _fail(debug, "the device ran out of memory; lower --batch-size (or --max-length) and "
                          "rerun", EXIT_BAD_INPUT)

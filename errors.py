@@ -2,6 +2,37 @@
 
 from __future__ import annotations
 
+import errno
+import re
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""The errnos of an output that has no room: a full disk, a quota, a file-size limit."""
+
+# HDF5 writes "errno = 28" in an h5py error's text; Rust libraries (safetensors, tokenizers)
+# end theirs with "(os error 28)".
+_ERRNO_IN_TEXT = re.compile(r"(?:errno = |\(os error )(\d+)")
+
+
+def errno_of(e: BaseException) -> int | None:
+    """The errno of an OSError, or the one named inside an h5py or Rust library error's text."""
+    code = getattr(e, "errno", None)
+    if isinstance(code, int):
+        return code
+    match = _ERRNO_IN_TEXT.search(str(e))
+    return int(match.group(1)) if match else None
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or, for a :class:`ScalelensError`, what it was raised from) is a full disk.
+
+    A ScalelensError that wraps one (``cannot create X: ...``) counts: its cause is kept as
+    ``__cause__`` or, after ``raise ... from None``, as ``__context__``.
+    """
+    if isinstance(e, ScalelensError):
+        cause = e.__cause__ or e.__context__
+        return cause is not None and errno_of(cause) in DISK_FULL
+    return errno_of(e) in DISK_FULL
+
 
 def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message, or its type's name when the message is empty."""

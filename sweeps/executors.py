@@ -20,11 +20,11 @@ Report = Callable[[TaskOutcome], None]
 
 
 def run_local(tasks: list[Task], spec: SweepSpec, run_dir: Path, report: Report) -> None:
-    """Run tasks one after another in this process."""
+    """Run tasks one after another in this process; a full disk stops them (raised)."""
     todo = skip_finished(tasks, run_dir, report)
     with sweep_bar(len(tasks), len(tasks) - len(todo), "sweep") as bar:
         for task in todo:
-            outcome = attempt(task, spec, run_dir)
+            outcome = attempt(task, spec, run_dir, stop_on_full_disk=True)
             report(outcome)
             tick(bar, outcome)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from scalelens.errors import ScalelensError, TransientError
+from scalelens.errors import ScalelensError, TransientError, is_disk_full
 from scalelens.sweeps.spec import SweepSpec, Task
 
 
@@ -92,11 +92,15 @@ def write_error_log(run_dir: Path, task: Task, text: str) -> None:
     (folder / "error.log").write_text(text, errors="backslashreplace")
 
 
-def attempt(task: Task, spec: SweepSpec, run_dir: Path, retries: int = 1) -> TaskOutcome:
-    """Run ``task`` unless done; never raise.
+def attempt(task: Task, spec: SweepSpec, run_dir: Path, retries: int = 1,
+            stop_on_full_disk: bool = False) -> TaskOutcome:
+    """Run ``task`` unless done; never raise, except a full disk with ``stop_on_full_disk``.
 
     A failure is retried ``retries`` times, except a ScalelensError that is not a
     TransientError: bad settings or a broken checkpoint fail the same way every time.
+    With ``stop_on_full_disk``, a full disk (or file-size limit) is raised as it came, with
+    no error.log (there may be no room for one): every later task would fail on it too,
+    so the sweep stops as at Ctrl-C and a rerun resumes the task.
     """
     if is_done(run_dir, task):
         return TaskOutcome(task.key, "skipped", 0)
@@ -109,6 +113,8 @@ def attempt(task: Task, spec: SweepSpec, run_dir: Path, retries: int = 1) -> Tas
         except KeyboardInterrupt:
             raise
         except Exception as e:  # reported per task; the sweep goes on
+            if stop_on_full_disk and is_disk_full(e):
+                raise
             error = f"{type(e).__name__}: {e}".splitlines()[0]
             write_error_log(run_dir, task, traceback.format_exc())
             if isinstance(e, ScalelensError) and not isinstance(e, TransientError):

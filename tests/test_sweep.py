@@ -1299,3 +1299,40 @@ def test_a_half_written_checkpoint_asked_for_by_step_is_named_in_the_refusal(sui
                     "; checkpoint-999 has no config.json or no weights (a save still being written, "
                     "or interrupted)")
     assert not (tmp_path / "out").exists()
+
+
+def _limited(limit: int) -> Callable[[], None]:
+    """A ``preexec_fn``: RLIMIT_FSIZE (writes past ``limit`` bytes fail with EFBIG, as on a full disk)."""
+    import resource
+
+    def set_limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return set_limit
+
+
+def test_a_full_disk_stops_the_sweep_with_one_line_and_a_rerun_resumes(micro_suite, tmp_path, capsys):
+    """A full disk fails every task after it too. The sweep went on: each task "failed" with
+    HDF5's text (``RuntimeError: Set slist enabled failed (file write failed: ...``), retried,
+    with an error.log cut at the limit, exit 1 (or 139: HDF5 crashed at exit closing the files
+    whose flush failed). It stops now with the one full-disk line, and the rerun resumes."""
+    from cli_run import run_cli
+
+    manifest = read_manifest(micro_suite)
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(f'suite = "{micro_suite}"\nsizes = ["{manifest.sizes[0]}"]\n'
+                    f"checkpoints = {json.dumps(list(manifest.steps[-2:]))}\n[settings]\n"
+                    + "".join(f"{k} = {json.dumps(v)}\n" for k, v in FAST.items()))
+    run = tmp_path / "run"
+    argv = ["sweep", "--spec", str(spec), "--out", str(run), "--quiet"]
+    # run.json fits in 8 KiB, a task's first capture file does not
+    p = subprocess.run([sys.executable, "-m", "scalelens.cli", *argv], preexec_fn=_limited(8192),
+                       capture_output=True, text=True, timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert (p.returncode, len(lines)) == (2, 1), p.stderr[-2000:]
+    assert lines[0].startswith("scalelens: error: ") and "file-size limit" in lines[0], lines[0]
+    assert not [f for f in run.rglob("*") if f.name == "error.log" or f.name.endswith(".creating")]
+    assert json.loads((run / "run.json").read_text())["finished"] is False
+    rc, out, err = run_cli(capsys, argv)
+    assert rc == 0 and "sweep: 2 done, 0 skipped, 0 failed" in out, err
