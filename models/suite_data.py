@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..errors import ScalelensError
 from .corpus import documents_sha256, generate_documents, read_text_file
+from .manifest import staged_dir
 from .presets import SuitePreset
 from .tokenizer import encode_documents, save_tokenizer, train_tokenizer
 from .train import chunk_stream
@@ -56,12 +56,9 @@ def load_or_train_tokenizer(out: Path, train_docs: list[str], vocab_size: int) -
     final = out / TOKENIZER_DIR
     if (final / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(final))
-    tmp = out / f".tmp-{TOKENIZER_DIR}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = train_tokenizer(train_docs, vocab_size)
-    save_tokenizer(tokenizer, tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with staged_dir(final) as tmp:
+        save_tokenizer(tokenizer, tmp)
     return AutoTokenizer.from_pretrained(str(final))
 
 

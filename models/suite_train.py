@@ -28,7 +28,7 @@ from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
 from ..errors import ScalelensError
 from ..progress import progress_bar
-from .manifest import write_json_atomic
+from .manifest import staged_dir, write_json_atomic
 from .params import count_parameters
 from .quiet import quiet_hf_progress
 from .train import TrainConfig, eval_loss, init_model, train_model
@@ -140,13 +140,10 @@ def _size_record(
 
 def save_checkpoint(final: Path, model: GPTNeoXForCausalLM, tokenizer: Any, info: dict[str, Any]) -> None:
     """Save to a hidden temp directory, then rename: no half-written checkpoint is visible."""
-    tmp = final.parent / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / CHECKPOINT_RECORD).write_text(json.dumps(info, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with staged_dir(final) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / CHECKPOINT_RECORD).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def run_jobs(jobs: list[SizeJob], workers: int, progress: bool) -> dict[str, dict[str, Any]]:

@@ -187,6 +187,17 @@ def test_a_build_that_runs_out_of_room_stops_with_one_line_and_resumes(micro_sui
     assert not list(suite.rglob(".tmp-*"))
 
 
+@pytest.mark.parametrize("limit", [4096, 32 * 1024])
+def test_a_build_that_runs_out_of_room_leaves_no_temporary_directory(tmp_path, capsys, limit):
+    """The tokenizer (4 KiB: its tokenizer.json is cut) and each checkpoint are written into a
+    hidden .tmp-<name> directory; a failed write left it behind, half-written, until a rerun."""
+    suite = tmp_path / "suite"
+    with file_size_limit(limit):
+        rc, _, err = run_cli(capsys, ["suite", "build", "--out", str(suite), "--preset", "micro", "--quiet"])
+    assert_one_line(rc, err, "file-size limit")
+    assert sorted(str(p.relative_to(suite)) for p in suite.rglob(".tmp-*")) == []
+
+
 def test_a_module_first_imported_under_a_file_size_limit_leaves_no_broken_bytecode(tmp_path, monkeypatch):
     """Python writes a .pyc without checking how much was written: under RLIMIT_FSIZE it was cut
     at the limit and then read back by every later process ("marshal data too short", the
