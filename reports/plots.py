@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +50,11 @@ def new_figure(figsize: tuple[float, float] = FIGSIZE) -> tuple[Figure, Axes]:
 _MATH_DOLLAR = re.compile(r"(?<!\\)\$")
 
 
+def _escape_dollars(text: str) -> str:
+    """``text`` with every unescaped ``$`` escaped, so that matplotlib shows it as written."""
+    return _MATH_DOLLAR.sub(r"\\$", text)
+
+
 def _literal_dollars(fig: Figure) -> None:
     r"""Show every ``$`` in the figure's own texts (titles, labels, legends) as a dollar sign.
 
@@ -59,12 +65,66 @@ def _literal_dollars(fig: Figure) -> None:
     """
     for text in fig.findobj(Text):
         if "$" in text.get_text():
-            text.set_text(_MATH_DOLLAR.sub(r"\\$", text.get_text()))
+            text.set_text(_escape_dollars(text.get_text()))
+
+
+def _wrap(text: str, chars: int) -> str:
+    r"""``text`` broken into lines of at most ``chars`` characters, never inside a ``\$``."""
+    lines = textwrap.wrap(text, max(chars, 8), break_on_hyphens=True) or [text]
+    return "\n".join(lines).replace("\\\n$", "\n\\$")
+
+
+def _labels(fig: Figure) -> list[tuple[Text, Axes, bool]]:
+    """Each axes' title, x label and y label, with its axes and whether it is vertical."""
+    return [(text, ax, vertical) for ax in fig.axes
+            for text, vertical in ((ax.title, False), (ax.xaxis.label, False), (ax.yaxis.label, True))]
+
+
+def _share_that_fits(fig: Figure, text: Text, ax: Axes, vertical: bool) -> float:
+    """The share of a title or label that fits the figure (1 or more: all of it).
+
+    A title or label is centred on its axes, so its room is twice the distance from the
+    axes' centre to the nearer edge of the figure.
+    """
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    box, extent = ax.get_window_extent(renderer), text.get_window_extent(renderer)
+    if vertical:
+        centre, edge, length = box.y0 + box.height / 2, fig.bbox.height, extent.height
+    else:
+        centre, edge, length = box.x0 + box.width / 2, fig.bbox.width, extent.width
+    return float(2 * min(centre, edge - centre) / max(length, 1.0))
+
+
+def _fit_texts(fig: Figure) -> None:
+    """Wrap each title and axis label that runs off the figure, until all fit.
+
+    A title holding a long model name ran off both sides of the figure and was cut (and a
+    long y label off its top and bottom); wrapped, the layout makes room for its lines.
+    Texts under 60% of the figure fit wherever the layout puts them, and cost no layout here.
+    """
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    written = {}
+    for text, ax, vertical in _labels(fig):
+        extent = text.get_window_extent(renderer)
+        share = extent.height / fig.bbox.height if vertical else extent.width / fig.bbox.width
+        if text.get_text() and share > 0.6:
+            written[text] = (text.get_text(), ax, vertical)
+    for _ in range(4 if written else 0):
+        fig.canvas.draw()  # the layout, as saved: wrapped lines move the axes
+        shares = {text: _share_that_fits(fig, text, ax, vertical)
+                  for text, (_, ax, vertical) in written.items()}
+        if all(share >= 1.0 for share in shares.values()):
+            return
+        for text, share in shares.items():
+            if share < 1.0:
+                widest = max(map(len, text.get_text().split("\n")))
+                text.set_text(_wrap(written[text][0], int(widest * 0.92 * share)))
 
 
 def to_data_uri(fig: Figure) -> str:
-    """Render a figure to a ``data:image/png;base64,...`` URI."""
+    """Render a figure to a ``data:image/png;base64,...`` URI (long titles and labels wrapped)."""
     _literal_dollars(fig)
+    _fit_texts(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
