@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import re
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
@@ -189,13 +190,42 @@ def _log_y_if_wide(ax: Axes, values: np.ndarray, min_range: float = 30.0) -> Non
         log_ticks(ax.yaxis, values)
 
 
-def _legend(ax: Axes, *, outside: bool = False) -> None:
-    if not ax.get_legend_handles_labels()[0]:
+MAX_LEGEND_COLUMNS = 4
+
+
+def _legend_columns(n: int) -> list[int]:
+    """Column counts to try for ``n`` entries, most first, each giving rows as full as it can."""
+    counts = [math.ceil(n / rows) for rows in range(math.ceil(n / MAX_LEGEND_COLUMNS), n + 1)]
+    return list(dict.fromkeys(counts))
+
+
+def _legend(ax: Axes) -> None:
+    """Put the legend below the axes, in as many columns as fit, growing the figure to hold it.
+
+    Inside the axes a legend covered data wherever none of its spots was free (lines that
+    span the width, a CI band, eight series of long model names); to the right it squeezed
+    the axes to a sliver. Below, it covers nothing and the axes keep their size.
+    """
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
         return
-    if outside:
-        ax.legend(fontsize="small", frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    else:
-        ax.legend(fontsize="small", frameon=False)
+    fig = ax.get_figure(root=True)
+    assert isinstance(fig, Figure)
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    labels = [_escape_dollars(label) for label in labels]
+    for ncol in _legend_columns(len(labels)):
+        legend = fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize="small",
+                            frameon=False)
+        width = legend.get_window_extent(renderer).width
+        if width <= 0.98 * fig.bbox.width:
+            break
+        legend.remove()
+        if ncol == 1:  # one column and still too wide: wrap the labels
+            chars = int(max(map(len, labels)) * 0.9 * fig.bbox.width / width)
+            legend = fig.legend(handles, [_wrap(label, chars) for label in labels],
+                                loc="outside lower center", ncol=1, fontsize="small", frameon=False)
+    height = legend.get_window_extent(renderer).height / fig.dpi
+    fig.set_figheight(fig.get_figheight() + height)
 
 
 def _fit_label(fit: ScalingFit) -> str:
@@ -473,7 +503,7 @@ def group_bars(
     _log_y_if_wide(ax, all_values, 10.0)
     ax.set_xticks(base, groups)
     ax.set(ylabel=y_label, title=f"{y_label} by layer group")
-    _legend(ax, outside=True)
+    _legend(ax)
     return fig
 
 

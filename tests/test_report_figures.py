@@ -8,21 +8,116 @@ must stay inside the figure.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+
 import numpy as np
+import pytest
 from matplotlib.backend_bases import RendererBase
 from matplotlib.figure import Figure
 from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 
 from scalelens.reports import plots
+from scalelens.reports.runfiles import ScalingFit
 
 LONG = ("EleutherAI/pythia-deduped-v0-long-experimental-name",
         "EleutherAI/pythia-standard-training-run-seed-1234")
+SIZES = ("14m", "70m", "160m", "410m")
+LABELS = [f"{model} {size}" for size in SIZES for model in LONG]  # 8 series, as two families share sizes
+COLORS = plots.palette(LABELS)
 STEPS = np.array([0, 1, 2, 4, 8, 16, 24], dtype=float)
 
 
 def _renderer(fig: Figure) -> RendererBase:
     fig.canvas.draw()
     return fig.canvas.get_renderer()  # type: ignore[attr-defined]
+
+
+def _overlap(a: Bbox, b: Bbox, slack: float = 1.0) -> bool:
+    """True when the boxes share more than ``slack`` pixels in both directions."""
+    return min(a.x1, b.x1) - max(a.x0, b.x0) > slack and min(a.y1, b.y1) - max(a.y0, b.y0) > slack
+
+
+def _tick_boxes(fig: Figure, axis: str) -> list[Bbox]:
+    """The boxes of the tick labels shown on the first axes' x or y axis, major and minor."""
+    renderer = _renderer(fig)
+    ax = fig.axes[0]
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    low, high = sorted(which.get_view_interval())
+    ticks = [*which.get_major_ticks(), *which.get_minor_ticks()]
+    labels = [t.label1 for t in ticks if low <= t.get_loc() <= high]
+    return [t.get_window_extent(renderer) for t in labels if t.get_visible() and t.get_text()]
+
+
+def _steps() -> Figure:
+    lines = {label: (STEPS, 20_000.0 * (1 + i) + 0 * STEPS) for i, label in enumerate(LABELS)}
+    return plots.steps_plot(lines, COLORS, y_label="information_capacity.flops_per_token")
+
+
+def _per_layer() -> Figure:
+    lines = {label: (np.arange(6.0), 3.0 + np.arange(6.0) + i) for i, label in enumerate(LABELS)}
+    return plots.per_layer_plot(lines, COLORS, y_label="MDI", reference=(1.0, "parity (1)"))
+
+
+def _scaling() -> Figure:
+    x = np.array([15_600.0, 37_344.0, 50_048.0, 93_504.0])
+    y = np.array([-1.055, -0.918, -0.889, -0.809])
+    points = {model: plots.Points(x=x * (1 + i), y=y, labels=["16k", "37k", "50k", "94k"])
+              for i, model in enumerate(LONG)}
+    fit = ScalingFit("information_capacity.information_capacity", "n_params", "saturating",
+                     {"C": -7.433, "alpha": 0.2473, "y_inf": -0.3719},
+                     {"alpha": (0.0, float("inf"))}, r2=0.998, x=tuple(x), y=tuple(y))
+    return plots.scaling_plot(points, [fit], x_label="n_params", y_label=fit.metric)
+
+
+def _bars() -> Figure:
+    values = {label: {"early": 3.9, "middle": 6.8, "late": 3.9} for label in LABELS}
+    return plots.group_bars(values, ["early", "middle", "late"], COLORS, y_label="mdi")
+
+
+def _overlap_plot() -> Figure:
+    points = {label: (1 / (16 * (1 + i)), 0.55, 0.6) for i, label in enumerate(LABELS)}
+    return plots.overlap_plot(points, COLORS)
+
+
+def _capacity() -> Figure:
+    points = {label: (20_000.0 * (1 + i), -1.0 + 0.03 * i) for i, label in enumerate(LABELS)}
+    return plots.capacity_plot(points, COLORS, mean=-0.9)
+
+
+def _dynamics() -> Figure:
+    params = {"A": -0.66, "lambda": 0.06, "gamma": 1.15, "t0": 1.0, "K": 5.37}
+    observed = {layer: (STEPS, 5.4 - 0.1 * STEPS + layer) for layer in range(6)}
+    return plots.dynamics_plot(observed, dict.fromkeys(range(6), params), title=f"{LONG[0]} 14m: ratio",
+                               y_label="massive_activations.ratio")
+
+
+FIGURES: dict[str, Callable[[], Figure]] = {
+    "steps": _steps, "per_layer": _per_layer, "scaling": _scaling, "group_bars": _bars,
+    "overlap": _overlap_plot, "capacity": _capacity, "dynamics": _dynamics,
+}
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_a_legend_of_eight_long_names_covers_no_data_and_leaves_the_axes_their_room(name: str) -> None:
+    """Inside the axes, eight legend entries of long model names covered the lines (and a
+    legend of any names covered a line spanning the width, or a CI band); to the right of
+    grouped bars they squeezed the bars to a sliver whose group names ran into each other.
+    The legend now sits below the axes, inside the figure, which grows to hold it."""
+    fig = FIGURES[name]()
+    plots.to_data_uri(fig)
+    renderer = _renderer(fig)
+    legends = [*fig.legends, *(leg for ax in fig.axes if (leg := ax.get_legend()) is not None)]
+    assert len(legends) == 1
+    box = legends[0].get_window_extent(renderer)
+    ax = fig.axes[0]
+    assert not _overlap(box, ax.get_window_extent(renderer)), (box, ax.get_window_extent(renderer))
+    assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+    assert ax.get_window_extent(renderer).width >= 0.5 * fig.bbox.width
+    assert ax.get_window_extent(renderer).height >= 1.8 * fig.dpi
+    ticks = _tick_boxes(fig, "x")
+    assert not any(_overlap(a, b, slack=0.0) for a, b in itertools.combinations(ticks, 2))
 
 
 def _inside(text: Text, fig: Figure) -> bool:
