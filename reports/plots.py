@@ -435,6 +435,7 @@ def per_layer_plot(
     if reference is not None:
         ax.axhline(reference[0], color="grey", ls=":", lw=1, label=reference[1])
     _log_y_if_wide(ax, np.concatenate([v for _, v in lines.values()]))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="layer", ylabel=y_label, title=y_label)
     _legend(ax)
     return fig

@@ -152,3 +152,14 @@ def test_a_dollar_in_a_wrapped_title_stays_escaped() -> None:
     text = fig.axes[0].title.get_text()
     assert "\\\n$" not in text and text.replace("\n", "").replace("\\$", "$") == title
     assert _inside(fig.axes[0].title, fig)
+
+
+def test_the_layer_axis_shows_whole_layers() -> None:
+    """Two-layer models (the micro and default mini suites) got layer ticks at 0.2, 0.4, ..."""
+    lines = {"16k": (np.array([0.0]), np.array([3.1])), "50k": (np.array([0.0, 1.0]), np.array([4.7, 4.6]))}
+    fig = plots.per_layer_plot(lines, plots.palette(list(lines)), y_label="Hoyer sparsity, resid_post")
+    _renderer(fig)
+    ax = fig.axes[0]
+    low, high = ax.get_xlim()
+    shown = [t for t in ax.get_xticks() if low <= t <= high]
+    assert shown == [0.0, 1.0]
