@@ -424,7 +424,8 @@ def per_layer_plot(
         lines: ``(layers, values)`` per series label.
         colors: Colour per series label.
         y_label: Metric name.
-        reference: Optional ``(y, label)`` horizontal reference line.
+        reference: Optional ``(y, label)`` horizontal reference line; the y axis is
+            logarithmic when the data and the reference span more than 30 times.
 
     Returns:
         The figure.
@@ -432,9 +433,11 @@ def per_layer_plot(
     fig, ax = new_figure()
     for label, (layers, values) in lines.items():
         ax.plot(layers, values, "o-", color=colors.get(label), ms=3, lw=1.2, label=label)
+    shown = np.concatenate([v for _, v in lines.values()])
     if reference is not None:
         ax.axhline(reference[0], color="grey", ls=":", lw=1, label=reference[1])
-    _log_y_if_wide(ax, np.concatenate([v for _, v in lines.values()]))
+        shown = np.append(shown, reference[0])  # far above the data, it flattened a linear axis
+    _log_y_if_wide(ax, shown)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="layer", ylabel=y_label, title=y_label)
     _legend(ax)

@@ -163,3 +163,18 @@ def test_the_layer_axis_shows_whole_layers() -> None:
     low, high = ax.get_xlim()
     shown = [t for t in ax.get_xticks() if low <= t <= high]
     assert shown == [0.0, 1.0]
+
+
+def test_a_reference_far_above_the_data_does_not_flatten_it() -> None:
+    """The massive-activation bar at 1000 on a linear axis squeezed ratios of 2.4-6 into the
+    bottom 0.4% of the plot, every size one line; the axis is logarithmic now."""
+    lines = {"16k": (np.array([0.0]), np.array([2.4])), "94k": (np.array([0.0, 1.0]), np.array([5.6, 6.0]))}
+    fig = plots.per_layer_plot(lines, plots.palette(list(lines)), y_label="max|h| / median|h|",
+                               reference=(1000.0, "ratio 1000 (Sun et al. bar)"))
+    renderer = _renderer(fig)
+    ax = fig.axes[0]
+    to_pixels = ax.transData.transform
+    span = to_pixels((0.0, 6.0))[1] - to_pixels((0.0, 2.4))[1]
+    assert span >= 0.1 * ax.get_window_extent(renderer).height
+    low, high = ax.get_ylim()
+    assert low <= 2.4 and high >= 1000.0
