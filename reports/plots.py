@@ -466,6 +466,9 @@ def overlap_plot(points: Mapping[str, tuple[float, float, float]], colors: Mappi
         ax.plot([], [], "s", mfc="none", mec="grey", label="centred rows")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ys = _finite(np.array([v for p in points.values() for v in p[1:]]))
+        log_ticks(ax.xaxis, ref)
+        log_ticks(ax.yaxis, np.concatenate([ref, ys[ys > 0]]))
     ax.set(
         xlabel="1/m (inverse width)",
         ylabel="mean squared overlap",

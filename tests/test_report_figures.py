@@ -178,3 +178,15 @@ def test_a_reference_far_above_the_data_does_not_flatten_it() -> None:
     assert span >= 0.1 * ax.get_window_extent(renderer).height
     low, high = ax.get_ylim()
     assert low <= 2.4 and high >= 1000.0
+
+
+def test_overlap_plot_tick_labels_do_not_run_into_each_other() -> None:
+    """With widths 16-48 (under a decade of 1/m), the log axes labelled every minor tick as
+    2×10⁻², 3×10⁻², 4×10⁻², ..., which ran into each other."""
+    points = {"16k": (1 / 16, 0.57, 0.61), "37k": (1 / 32, 0.53, 0.58), "50k": (1 / 32, 0.53, 0.56),
+              "94k": (1 / 48, 0.49, 0.52)}
+    fig = plots.overlap_plot(points, plots.palette(list(points)))
+    for axis in ("x", "y"):
+        boxes = _tick_boxes(fig, axis)
+        assert len(boxes) >= 3
+        assert not any(_overlap(a, b, slack=0.0) for a, b in itertools.combinations(boxes, 2)), axis
