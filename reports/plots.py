@@ -363,6 +363,11 @@ def steps_plot(lines: Mapping[str, XY], colors: Mapping[str, Color], *, y_label:
     return fig
 
 
+# magma_r without its palest tenth: its first colour (a score just above 0) was all but white,
+# the colour of an exact 0 (luminance contrast 1.06; from 0.1 on, 1.44).
+_SCORE_CMAP = ListedColormap(colormaps["magma_r"](np.linspace(0.1, 1.0, 256)))
+
+
 def heatmap(
     matrix: np.ndarray,
     *,
@@ -389,7 +394,7 @@ def heatmap(
     values = _finite(matrix)
     top = vmax if vmax is not None else (float(values.max()) if values.size else 1.0)
     if zero_white:
-        cmap = colormaps["magma_r"].with_extremes(bad="lightgrey", under="white")
+        cmap = _SCORE_CMAP.with_extremes(bad="lightgrey", under="white")
         low, top = 1e-12, max(top, 1e-9)
     else:
         cmap = colormaps["viridis"].with_extremes(bad="lightgrey")

@@ -190,3 +190,21 @@ def test_overlap_plot_tick_labels_do_not_run_into_each_other() -> None:
         boxes = _tick_boxes(fig, axis)
         assert len(boxes) >= 3
         assert not any(_overlap(a, b, slack=0.0) for a, b in itertools.combinations(boxes, 2)), axis
+
+
+def _luminance(rgb: tuple[float, ...]) -> float:
+    """WCAG relative luminance of an sRGB colour."""
+    linear = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in rgb[:3]]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def test_a_retrieval_score_just_above_zero_is_not_white() -> None:
+    """In retrieval-score maps white means exactly 0 (45-73% of heads); the smallest positive
+    score was drawn in magma's palest yellow, contrast 1.06 against white: a head scoring
+    0.001 looked like one scoring 0."""
+    matrix = np.array([[0.0, 0.001], [0.2, 0.4]])
+    fig = plots.heatmap(matrix, title="14m", vmax=0.4, threshold=0.1, zero_white=True)
+    image = fig.axes[0].images[0]
+    zero, small = (image.cmap(image.norm(v)) for v in (0.0, 0.001))
+    assert zero[:3] == (1.0, 1.0, 1.0)
+    assert 1.05 / (_luminance(small) + 0.05) >= 1.3
