@@ -505,7 +505,7 @@ def _as_returned(model: Any, logits: torch.Tensor) -> torch.Tensor:
     if cap:
         logits = torch.tanh(logits / cap) * cap
     kind = text.model_type
-    if kind in ("granite", "granitemoe") and text.logits_scaling not in (None, 1):
+    if kind in ("granite", "granitemoe", "granitemoeshared") and text.logits_scaling not in (None, 1):
         logits = logits / text.logits_scaling
     if kind in ("cohere", "cohere2") and text.logit_scale not in (None, 1):
         logits = logits * text.logit_scale

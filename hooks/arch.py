@@ -132,6 +132,14 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "minimax_m2": _LLAMA_LIKE,
     "flex_olmo": _LLAMA_LIKE,
     "solar_open": _LLAMA_LIKE,
+    "deepseek_v2": _LLAMA_LIKE,  # latent attention as deepseek_v3's
+    "glm4_moe_lite": _LLAMA_LIKE,  # latent attention as deepseek_v3's
+    "minicpm3": _LLAMA_LIKE,  # latent attention as deepseek_v3's, scaled branches
+    "llama4_text": replace(_LLAMA_LIKE, family="llama4", mlp="feed_forward"),  # chunked and no-rope layers
+    "granitemoeshared": replace(_LLAMA_LIKE, family="granite-moe", mlp="block_sparse_moe"),
+    "bitnet": _LLAMA_LIKE,
+    "iquestcoder": _LLAMA_LIKE,
+    "ministral3": _LLAMA_LIKE,
     "gpt_oss": _LLAMA_LIKE,  # attention sinks: the tap's softmax takes them (hooks/attention.py)
     "opt": ArchSpec(  # no MLP module: fc2 is the feed-forward branch's last projection
         family="opt",
@@ -141,6 +149,39 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         unembed="lm_head",
     ),
     "gpt_neo": replace(_GPT2_LIKE, family="gpt-neo", own_attn=True),
+    "biogpt": ArchSpec(  # no MLP module, as OPT
+        family="biogpt",
+        layers="biogpt.layers",
+        attn="self_attn",
+        mlp="fc2",
+        unembed="output_projection",
+    ),
+    "ctrl": replace(_GPT2_LIKE, family="ctrl", attn="multi_head_attention", mlp="ffn"),
+    "xglm": ArchSpec(  # no MLP module, as OPT
+        family="xglm",
+        layers="model.layers",
+        attn="self_attn",
+        mlp="fc2",
+        unembed="lm_head",
+        no_tap=_OWN_ATTENTION,
+    ),
+    "mpt": ArchSpec(  # its MLP module adds the residual itself: its down projection is the branch
+        family="mpt",
+        layers="transformer.blocks",
+        attn="attn",
+        mlp="ffn.down_proj",
+        unembed="lm_head",
+        no_tap=_OWN_ATTENTION + " (ALiBi bias included)",
+    ),
+    "gpt_neox_japanese": ArchSpec(
+        family="gpt-neox-japanese",
+        layers="gpt_neox_japanese.layers",
+        attn="attention",
+        mlp="mlp",
+        unembed="embed_out",
+        no_tap=_OWN_ATTENTION,
+        no_branches="its last layer adds an attention bias outside the attention module",
+    ),
     "falcon": replace(
         _FALCON_LIKE,
         family="falcon",

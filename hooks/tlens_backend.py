@@ -110,6 +110,15 @@ class TransformerLensBackend(Backend):
                 "TransformerBridge recomputes attention itself, bypassing the attention tap; "
                 "use backend native or nnsight for per-head probes"
             )
+        spec = arch_for(self.model)
+        if "." in spec.mlp and any(p is CapturePoint.MLP_OUT for p, _ in self.wanted):
+            # The bridge hooks the whole MLP module; scalelens reads a part of it (MPT's MLP
+            # module returns its output with the residual added, its down projection does not).
+            raise ScalelensError(
+                f"the transformer-lens backend cannot capture mlp_out of {self.model.config.model_type}: "
+                f"its MLP module returns the residual added, the branch is {spec.mlp}; "
+                "use backend native or nnsight"
+            )
         from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
         from transformer_lens.model_bridge.sources import build_bridge_from_module
 

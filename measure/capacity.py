@@ -67,7 +67,24 @@ GATED_MLP: dict[str, bool] = {
     "falcon": False,
     "gpt_bigcode": False,
     "bloom": False,
+    "bitnet": True,
+    "iquestcoder": True,
+    "ministral3": True,
+    "biogpt": False,
+    "ctrl": False,
+    "xglm": False,
+    "mpt": False,
+    "gpt_neox_japanese": False,
 }
+
+
+def _ff_multiple(cfg: Any) -> int:
+    """The MLP width as a multiple of d_model where no field names the width.
+
+    GPT-NeoX Japanese states the multiple; 4 elsewhere (MPT's modelling code builds 4 d whatever
+    its config's ``expansion_ratio`` says).
+    """
+    return int(getattr(cfg, "intermediate_multiple_size", None) or 4)
 
 
 def _kv_heads(cfg: Any, heads: int) -> int:
@@ -111,8 +128,8 @@ def model_shape(config: Any) -> ModelShape:
     d = int(cfg.hidden_size)
     heads = int(cfg.num_attention_heads)
     d_embed = getattr(cfg, "word_embed_proj_dim", None)  # OPT: embeddings projected to and from d
-    d_ff = next((getattr(cfg, k) for k in ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size")
-                 if getattr(cfg, k, None)), 4 * d)
+    widths = ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "dff")
+    d_ff = next((getattr(cfg, k) for k in widths if getattr(cfg, k, None)), None) or _ff_multiple(cfg) * d
     return ModelShape(
         d_model=d,
         n_layers=int(cfg.num_hidden_layers),

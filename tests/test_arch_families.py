@@ -20,6 +20,8 @@ _L = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "inte
       "vocab_size": VOCAB, "max_position_embeddings": 128}
 _GQA = {**_L, "num_key_value_heads": 2}
 _H = {**_GQA, "head_dim": 8, "pad_token_id": 0}
+_MLA_MOE = {**_L, "num_key_value_heads": 4, "n_routed_experts": 4, "num_experts_per_tok": 2, "n_group": 1,
+            "topk_group": 1, "moe_intermediate_size": 16, "first_k_dense_replace": 1}
 CONFIGS = {  # each with the feature that could break the recomputed attention
     "qwen2": lambda: T.Qwen2Config(use_sliding_window=True, sliding_window=4, max_window_layers=1,
                                    **_GQA),  # q/k/v biases, a sliding window on the layers past the first
@@ -82,6 +84,31 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
         n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, moe_intermediate_size=16,
         first_k_dense_replace=1,
         **{**_L, "num_key_value_heads": 4}),  # keys are expanded to every query head
+    "deepseek_v2": lambda: T.DeepseekV2Config(  # V2-Lite's latent attention: no query compression
+        kv_lora_rank=16, q_lora_rank=None, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, **_MLA_MOE),
+    "glm4_moe_lite": lambda: T.Glm4MoeLiteConfig(kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=8,
+                                                 qk_rope_head_dim=4, v_head_dim=8, **_MLA_MOE),
+    "minicpm3": lambda: T.MiniCPM3Config(  # latent attention, branches scaled into the residual
+        kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8,
+        **{**_L, "num_key_value_heads": 4}),
+    "llama4_text": lambda: T.Llama4TextConfig(  # chunked attention, no-rope layers, qk L2 norm, experts
+        num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=1, attention_chunk_size=4,
+        intermediate_size_mlp=64, **_H),
+    "granitemoeshared": lambda: T.GraniteMoeSharedConfig(num_local_experts=4, num_experts_per_tok=2,
+                                                         shared_intermediate_size=16, logits_scaling=4.0,
+                                                         **_GQA),
+    "bitnet": lambda: T.BitNetConfig(pad_token_id=0, **_GQA),  # sub-norms inside attention and MLP
+    "iquestcoder": lambda: T.IQuestCoderConfig(**_H),
+    "ministral3": lambda: T.Ministral3Config(**_H),
+    "biogpt": lambda: T.BioGptConfig(pad_token_id=0, **_L),  # scaled embeddings, fc2 as the MLP
+    "ctrl": lambda: T.CTRLConfig(vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=2, n_head=4, dff=64),
+    "xglm": lambda: T.XGLMConfig(vocab_size=VOCAB, max_position_embeddings=128, d_model=32, num_layers=2,
+                                 attention_heads=4, ffn_dim=64, pad_token_id=0),  # own attention
+    "mpt": lambda: T.MptConfig(  # own attention with ALiBi, MLP adds the residual (and is 4 d wide,
+        vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, expansion_ratio=2, pad_token_id=0),  # not 2 d
+    "gpt_neox_japanese": lambda: T.GPTNeoXJapaneseConfig(  # own attention, last layer's bias outside it
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_multiple_size=2, max_position_embeddings=128, pad_token_id=0),
     "gpt_neo": lambda: T.GPTNeoConfig(  # attention in its own code, unscaled; a local layer
         vocab_size=VOCAB, max_position_embeddings=128, hidden_size=32, num_layers=2, num_heads=4,
         attention_types=[[["global", "local"], 1]], window_size=4),
@@ -89,11 +116,16 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
                                      num_attention_heads=4, new_decoder_architecture=True, num_kv_heads=2),
     "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
 }
-TAPPED = [k for k in CONFIGS if k not in ("falcon", "bloom")]
-POST_SCALED = ("olmo2", "olmo3", "granite", "glm4", "exaone4", "flex_olmo")  # post-norms, residual multiplier
+OWN_ATTENTION = ("falcon", "bloom", "xglm", "mpt", "gpt_neox_japanese")  # refuse per-head probes
+TAPPED = [k for k in CONFIGS if k not in OWN_ATTENTION]
+POST_SCALED = ("olmo2", "olmo3", "granite", "glm4", "exaone4", "flex_olmo", "granitemoeshared",
+               "minicpm3")  # post-norms, residual multiplier
 MOE = ["mixtral", "granitemoe", "olmoe", "qwen3_moe", "gpt_oss", "deepseek_v3", "glm4_moe", "ernie4_5_moe",
-       "hunyuan_v1_moe", "phimoe", "minimax_m2", "flex_olmo", "solar_open"]
-EAGER_ONLY = ("gpt_oss", "gpt_neo", "vaultgemma")
+       "hunyuan_v1_moe", "phimoe", "minimax_m2", "flex_olmo", "solar_open", "deepseek_v2", "glm4_moe_lite",
+       "llama4_text", "granitemoeshared"]
+NO_FLOPS = [*MOE, "minicpm3"]  # experts; latent attention's low-rank projections
+MLA = ("deepseek_v3", "deepseek_v2", "glm4_moe_lite", "minicpm3")  # q/k heads 8 no-rope + 4 rotary dims
+EAGER_ONLY = ("gpt_oss", "gpt_neo", "vaultgemma", "xglm", "mpt", "gpt_neox_japanese")
 
 
 def build(name: str, attn: str = "eager") -> torch.nn.Module:
@@ -159,11 +191,12 @@ def test_attention_sinks_take_their_share_of_every_row_for_any_head_subset(tmp_p
     assert got[0, 0, 0, : lengths[0], : lengths[0]].sum(-1).max() < 0.5  # head 3's sink takes most
 
 
-def test_latent_attention_q_and_k_are_what_its_softmax_reads(tmp_path):
+@pytest.mark.parametrize("name", ["deepseek_v3", "deepseek_v2", "minicpm3"])
+def test_latent_attention_q_and_k_are_what_its_softmax_reads(name, tmp_path):
     """DeepSeek V3's q/k heads are 8 no-rope + 4 rotary dims (its config's head_dim names the 4),
     its v heads 8: the q and k probes store all 12, and softmax(q k^T * scaling) under the
-    causal mask gives its eager attention back."""
-    model = build("deepseek_v3")
+    causal mask gives its eager attention back (V2-Lite's uncompressed queries and MiniCPM3 too)."""
+    model = build(name)
     probes = [ProbeSpec(p, p, dtype="float32") for p in ("q", "k")]
     out = capture(load_model(model, tokenizer=word_tokenizer()), probes, prompts(3), tmp_path / "c.h5",
                   batch_size=2, progress=False)
@@ -201,7 +234,7 @@ def test_cached_retrieval_decoding_top1_equals_recomputed_eager(name):
     np.testing.assert_array_equal(top1, np.stack(tops, axis=-1))
 
 
-@pytest.mark.parametrize("name", ["falcon", "bloom"])
+@pytest.mark.parametrize("name", OWN_ATTENTION)
 def test_own_attention_families_keep_resid_and_refuse_per_head_probes(name, tmp_path):
     lm = load_model(build(name), tokenizer=word_tokenizer())
     out = capture(lm, [preset("resid", dtype="float32"), preset("predictions")], prompts(3),
@@ -215,6 +248,34 @@ def test_own_attention_families_keep_resid_and_refuse_per_head_probes(name, tmp_
     with pytest.raises(ScalelensError, match=f"{name} cannot give per-head probes"):
         measure(lm, "retrieval_heads", tmp_path / "m", progress=False)
     assert not (tmp_path / "a.h5").exists() and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("name", ["xglm", "mpt", "gpt_neox_japanese"])
+def test_own_attention_families_give_the_models_resid_logits_and_branches(name, tmp_path):
+    """resid and the logits equal the model's own outputs, and the branches sum to the
+    residual step: XGLM's fc2 and MPT's down projection (its MLP module returns the residual added).
+    GPT-NeoX Japanese adds its last layer's attention bias outside the attention module: refused."""
+    lm = load_model(build(name), tokenizer=word_tokenizer())
+    branches = [] if arch.arch_for(lm.model).no_branches else ["attn_out", "mlp_out"]
+    names = ["resid", "resid_pre", *branches]
+    probes = [*(preset(n, dtype="float32") for n in names), ProbeSpec("lg", "logits", dtype="float32")]
+    out = capture(lm, probes, prompts(4), tmp_path / "r.h5", batch_size=2, progress=False)
+    v, ids, lengths, _ = read(out, [*names, "lg"])
+    for i, n in enumerate(lengths):
+        with torch.no_grad():
+            o = lm.model(torch.tensor(ids[i, :n], dtype=torch.long)[None], output_hidden_states=True)
+        np.testing.assert_allclose(v["lg"][i, 0, :n], o.logits[0], atol=1e-5)
+        np.testing.assert_allclose(v["resid"][i, 0, :n], o.hidden_states[1][0], atol=1e-5)  # the last: normed
+        for layer in range(2):
+            if branches:
+                step = v["resid"][i, layer, :n] - v["resid_pre"][i, layer, :n]
+                both = v["attn_out"][i, layer, :n] + v["mlp_out"][i, layer, :n]
+                np.testing.assert_allclose(step, both, atol=1e-5)
+    if not branches:
+        with pytest.raises(ScalelensError, match=f"{name} cannot give attn_out, mlp_out: .*attention bias"):
+            capture(lm, [preset("attn_out"), preset("mlp_out")], prompts(3), tmp_path / "a.h5",
+                    progress=False)
+        assert not (tmp_path / "a.h5").exists()
 
 
 def test_bloom_refuses_branches_that_carry_the_residual(tmp_path):
@@ -347,7 +408,7 @@ def test_transformer_lens_stops_after_the_last_wanted_layer_not_at_a_norm_run_ea
     np.testing.assert_allclose(read(out, ["resid"])[0]["resid"], read(ref, ["resid"])[0]["resid"], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", MOE)
+@pytest.mark.parametrize("name", NO_FLOPS)
 def test_moe_capacity_is_refused_before_anything_runs(name, tmp_path):
     lm = load_model(build(name), tokenizer=word_tokenizer())
     with pytest.raises(ScalelensError, match=f"no FLOP count for architecture '{name}'"):
@@ -355,7 +416,7 @@ def test_moe_capacity_is_refused_before_anything_runs(name, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("name", [k for k in sorted(CONFIGS) if k not in MOE])
+@pytest.mark.parametrize("name", [k for k in sorted(CONFIGS) if k not in NO_FLOPS])
 def test_flops_count_every_weight_matrix_of_the_model_once(name):
     """Context-free FLOPs per token are 2 x the entries of the model's matrices (attention
     projections, MLP, LM head, OPT's embedding projections): a gated MLP counted as plain, or
@@ -409,7 +470,7 @@ def test_model_info_counts_query_heads_and_their_width(name):
 
     info = describe(CONFIGS[name](), name=name, source="-", source_kind="memory", revision=None, step=None,
                     dtype="float32", attn_implementation="eager")
-    d_head = 12 if name == "deepseek_v3" else 8  # its q/k heads: 8 wide without rotary, 4 with
+    d_head = 12 if name in MLA else 8  # its q/k heads: 8 wide without rotary, 4 with
     assert (info.d_model, info.n_layers, info.n_heads, info.vocab_size) == (32, 2, 4, VOCAB)
     assert info.d_head == d_head
     assert info.n_params == sum(p.numel() for p in build(name).parameters())

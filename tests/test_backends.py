@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_models import ARCHS, prompts, tiny_model, word_tokenizer
-from transformers import AutoModelForCausalLM, MptConfig
+from transformers import AutoModelForCausalLM, OpenAIGPTConfig
 
 from scalelens.capture import attach, capture
 from scalelens.errors import ScalelensError
@@ -188,10 +188,10 @@ def test_model_left_as_found(backend, fail, tmp_path):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_unsupported_architecture(backend):
     torch.manual_seed(0)
-    cfg = MptConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, max_seq_len=32)
+    cfg = OpenAIGPTConfig(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=32)
     model = AutoModelForCausalLM.from_config(cfg).eval()
     wanted = {(CapturePoint.RESID_POST, 0)}
-    with pytest.raises(ScalelensError, match="unsupported architecture 'mpt'"):
+    with pytest.raises(ScalelensError, match="unsupported architecture 'openai-gpt'"):
         with make_backend(backend, model, word_tokenizer(), wanted, lambda *a: None):
             pass
 
