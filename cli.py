@@ -20,6 +20,7 @@ import importlib
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 import traceback
@@ -35,9 +36,10 @@ from scalelens.errors import (
     ScalelensNote,
     ScalelensWarning,
     errno_of,
+    filename_of,
     is_disk_full,
 )
-from scalelens.output import note, quiet
+from scalelens.output import note, printable, quiet
 
 # Sub-command modules; each exposes register(subparsers).
 _COMMAND_MODULES = (
@@ -114,32 +116,105 @@ def _command_parsers(sub: argparse._SubParsersAction) -> Iterator[argparse.Argum
 
 def _one_line(text: str) -> str:
     """Collapse a message onto one line; characters that do not print (ESC, tab) are escaped."""
-    from scalelens.output import printable
-
     return "; ".join(printable(part.strip()) for part in str(text).splitlines() if part.strip())
 
 
-RESUMABLE = frozenset({"capture", "measure", "sweep", "suite", "demo"})
-"""Commands whose rerun resumes where a failure stopped them."""
+RESUMED = {
+    "capture": "finished batches are kept and the run resumes",
+    "measure": "finished batches are kept and the run resumes",
+    "sweep": "finished tasks are kept and the sweep resumes",
+    "suite build": "finished sizes are kept and the build resumes",
+    "demo": "finished work is kept and the demo resumes",
+}
+"""Commands whose rerun resumes where a failure stopped them, and what it keeps."""
+
+OUTPUT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "capture": ("--out",), "measure": ("--out",), "sweep": ("--out",), "suite build": ("--out",),
+    "report": ("--out",), "demo": ("--out", "--suite"),
+}
+"""The options that say where each command writes (the demo's suite: ``--suite``, else the cache).
+The commands not listed (``inspect``, ``analyze``, ``suite info``) write to stdout only."""
 
 
-def _os_error_line(e: BaseException, command: str | None = None) -> str:
+def command_name(args: argparse.Namespace) -> str:
+    """The sub-command ``args`` were parsed for: ``capture``, or ``suite build`` for a nested one."""
+    return " ".join(filter(None, (getattr(args, "command", None), getattr(args, "suite_command", None))))
+
+
+def _outputs(args: argparse.Namespace) -> dict[str, Path | None]:
+    """The command's output options (:data:`OUTPUT_OPTIONS`) and the paths given to them."""
+    options = OUTPUT_OPTIONS.get(command_name(args), ())
+    return {option: getattr(args, option[2:].replace("-", "_"), None) for option in options}
+
+
+def _stdout_is_a_file() -> bool:
+    """Whether stdout is redirected to a regular file (one that a full disk or ``ulimit -f`` stops)."""
+    try:
+        return stat.S_ISREG(os.fstat(sys.stdout.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):  # a replaced stdout (a notebook, pytest's capture)
+        return False
+
+
+def _lies_under(filename: str, directory: Path) -> bool:
+    return Path(os.path.abspath(filename)).is_relative_to(os.path.abspath(directory))
+
+
+def _option_for(filename: str | None, outputs: dict[str, Path | None]) -> str | None:
+    """The output option (``--out``) that moves ``filename`` elsewhere; None when none does.
+
+    The option whose path holds the file; a file under none of them (the demo's suite in the
+    cache) the second option's, the command's first (``--out``) otherwise.
+    """
+    if not outputs:
+        return None
+    options = list(outputs)
+    if filename:
+        held = [o for o, path in outputs.items() if path is not None and _lies_under(filename, path)]
+        if held:
+            return held[-1]
+        if len(options) > 1:
+            return options[1]
+    return options[0]
+
+
+def _full(filename: str | None, outputs: dict[str, Path | None], other: str) -> tuple[str, str, str]:
+    """What reached the limit, the device that is full, and where else to write, for a full disk."""
+    if filename:
+        return f"a write to {printable(filename)}", f"the output device ({printable(filename)})", other
+    if outputs:
+        return "the output file", "the output device", other
+    if _stdout_is_a_file():  # a command that writes only to stdout, redirected to a file
+        return "the standard output", "the device of the standard output", "redirect it to another disk"
+    return "an output file", "the output device", other
+
+
+def _os_error_line(e: BaseException, command: str | None = None, named: bool = False,
+                   outputs: dict[str, Path | None] | None = None) -> str:
     """One line for an OSError, with the fix for the common cases (full disk, no permission).
 
-    Only a ``command`` in :data:`RESUMABLE` (or none named) is told that a rerun resumes.
+    The line names the file when the error (or HDF5's text in an h5py error) does, unless
+    ``named`` (the caller's line names it already). It suggests the output option that moves
+    the output (``outputs``; default ``{"--out": None}``), or, for a command that writes only
+    to stdout, redirecting it; only a ``command`` in :data:`RESUMED` (or none named) is told
+    that a rerun resumes.
     """
     code = errno_of(e)
-    filename = getattr(e, "filename", None)
-    where = f" ({filename})" if filename else ""
-    rerun = ("rerun the same command: finished batches are kept and the run resumes"
-             if command is None or command in RESUMABLE else "rerun the same command")
-    if code == errno.EFBIG:
-        return (f"the output file reached a file-size limit{where} (ulimit -f, or the largest file the "
-                f"file system allows); raise the limit or choose another --out, and {rerun}")
+    filename = None if named else filename_of(e)
+    outputs = {"--out": None} if outputs is None else outputs
+    option = _option_for(filename, outputs)
+    other = f"choose another {option}" if option else ""
+    resumed = RESUMED.get(command or "capture")
+    rerun = f"rerun the same command: {resumed}" if resumed else "rerun the same command"
+    where = f" ({printable(filename)})" if filename else ""
     if code in DISK_FULL:
-        return f"no space left on the output device{where}; free space (or choose another --out) and {rerun}"
+        subject, device, other = _full(filename, outputs, other)
+        if code == errno.EFBIG:
+            return (f"{subject} reached a file-size limit (ulimit -f, or the largest file the file system "
+                    f"allows); raise the limit{f' or {other}' if other else ''}, and {rerun}")
+        return f"no space left on {device}; free space{f' (or {other})' if other else ''} and {rerun}"
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"permission denied{where}; choose a writable --out or fix the permissions"
+        writable = f"choose a writable {option} or " if option else ""
+        return f"permission denied{where}; {writable}fix the permissions"
     text = getattr(e, "strerror", None) or _one_line(str(e))
     return f"{text}{where}"
 
@@ -272,13 +347,18 @@ def _one_line_warning(previous):  # type: ignore[no-untyped-def]
 
 
 def _run(args: argparse.Namespace, debug: bool) -> int:
+    command, outputs = command_name(args), _outputs(args)
+
+    def os_line(e: BaseException, named: bool = False) -> str:
+        return _os_error_line(e, command, named, outputs)
+
     try:
         return int(args.func(args) or 0)
     except ScalelensError as e:
         if is_disk_full(e):  # name the fix, not HDF5's message
             cause = e.__cause__ or e.__context__  # `raise ... from None` keeps the context
             what = str(e).split(": ")[0] if ": " in str(e) else ""
-            line = _os_error_line(cause, args.command)
+            line = os_line(cause, named=bool(what))
             return _fail(debug, f"{what}: {line}" if what else line, EXIT_BAD_INPUT, True)
         return _fail(debug, _one_line(str(e)), EXIT_BAD_INPUT)
     except KeyboardInterrupt as e:
@@ -291,12 +371,12 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
     except BrokenPipeError:  # e.g. `scalelens inspect x.h5 | head`
         return 0
     except OSError as e:
-        return _fail(debug, _os_error_line(e, args.command), EXIT_BAD_INPUT, errno_of(e) in DISK_FULL)
+        return _fail(debug, os_line(e), EXIT_BAD_INPUT, errno_of(e) in DISK_FULL)
     except MemoryError:
         return _fail(debug, "out of memory; lower --batch-size (or --max-length) and rerun", EXIT_BAD_INPUT)
     except Exception as e:  # noqa: BLE001 - anything else is a bug: one line, traceback with --debug
         if errno_of(e) is not None:  # h5py raises RuntimeError for a failed flush or close
-            return _fail(debug, _os_error_line(e, args.command), EXIT_BAD_INPUT, errno_of(e) in DISK_FULL)
+            return _fail(debug, os_line(e), EXIT_BAD_INPUT, errno_of(e) in DISK_FULL)
         if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
             return _fail(debug, "the device ran out of memory; lower --batch-size (or --max-length) and "
                          "rerun", EXIT_BAD_INPUT)

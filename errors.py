@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import re
+from collections.abc import Iterator
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 """The errnos of an output that has no room: a full disk, a quota, a file-size limit."""
@@ -11,6 +14,8 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # HDF5 writes "errno = 28" in an h5py error's text; Rust libraries (safetensors, tokenizers)
 # end theirs with "(os error 28)".
 _ERRNO_IN_TEXT = re.compile(r"(?:errno = |\(os error )(\d+)")
+# HDF5's "file write failed: ..., filename = '/runs/x.h5.creating', file descriptor = 4, errno = 27, ..."
+_FILENAME_IN_TEXT = re.compile(r"filename = '([^']+)'")
 
 
 def errno_of(e: BaseException) -> int | None:
@@ -20,6 +25,32 @@ def errno_of(e: BaseException) -> int | None:
         return code
     match = _ERRNO_IN_TEXT.search(str(e))
     return int(match.group(1)) if match else None
+
+
+def filename_of(e: BaseException) -> str | None:
+    """The file an OSError names, or the one inside an h5py error's text (HDF5's ``filename = '...'``)."""
+    name = getattr(e, "filename", None)
+    if isinstance(name, str | bytes) and name:
+        return os.fsdecode(name)
+    match = _FILENAME_IN_TEXT.search(str(e))
+    return match.group(1) if match else None
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Name ``path`` in an I/O error raised inside that names no file, so the CLI's line can.
+
+    A write's OSError (``[Errno 28] No space left on device``) and a Rust library's error
+    (``File too large (os error 27)``) say nothing of the file; the error gets ``path`` as
+    its ``filename`` (see :func:`filename_of`).
+    """
+    try:
+        yield
+    except Exception as e:
+        if errno_of(e) is not None and filename_of(e) is None:
+            with contextlib.suppress(AttributeError, TypeError):  # an exception type without __dict__
+                e.filename = os.fspath(path)  # type: ignore[attr-defined]
+        raise
 
 
 def is_disk_full(e: BaseException) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 from scalelens import __version__
 from scalelens.analyses._common import jsonable
-from scalelens.errors import ScalelensError
+from scalelens.errors import ScalelensError, naming
 from scalelens.measure.capacity import CapacitySettings, measure_capacity
 from scalelens.measure.dominance import DominanceSettings, measure_dominance
 from scalelens.measure.massive import MassiveSettings, measure_massive
@@ -77,7 +77,8 @@ def write_json(path: Path, data: dict[str, Any], keep_same: bool = False) -> Non
     text = json.dumps(data, indent=1, allow_nan=False, default=str)
     tmp = temp_beside(path)
     try:
-        tmp.write_text(text)
+        with naming(path):
+            tmp.write_text(text)
         if keep_same:
             replace_unless_same(tmp, path)
         else:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import ScalelensError, ScalelensWarning
+from ..errors import ScalelensError, ScalelensWarning, naming
 from ..textfiles import temp_beside
 
 FORMAT_VERSION = 1
@@ -121,7 +121,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     # this write's own name (see temp_beside), opened with "x" (mkstemp would make it 0600)
     tmp = temp_beside(path)
     try:
-        with open(tmp, "x", encoding="utf-8") as fh:
+        with naming(path), open(tmp, "x", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=False)
             fh.write("\n")
         os.replace(tmp, path)
@@ -136,12 +136,14 @@ def staged_dir(final: Path) -> Iterator[Path]:
 
     One a killed build left is removed first, and one whose writing fails (a full disk,
     Ctrl-C) is removed before the error goes on: a failed build leaves no half-written
-    files, and ``final`` is replaced only by a whole directory.
+    files, and ``final`` is replaced only by a whole directory. An I/O error that names
+    no file names ``final``.
     """
     tmp = final.parent / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        yield tmp
+        with naming(final):
+            yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jinja2
 
-from ..errors import ScalelensError
+from ..errors import ScalelensError, naming
 from ..textfiles import temp_beside
 from . import analysis_sections as analyses
 from . import extra_sections, markdown, sections, tables
@@ -140,7 +140,8 @@ def _write_both(texts: dict[Path, str]) -> None:
     tmps = {path: temp_beside(path) for path in texts}  # this write's own: see temp_beside
     try:
         for path, text in texts.items():
-            tmps[path].write_text(text, encoding="utf-8")
+            with naming(path):
+                tmps[path].write_text(text, encoding="utf-8")
         for path, tmp in tmps.items():
             os.replace(tmp, path)
     finally:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from scalelens.errors import ScalelensError
+from scalelens.errors import ScalelensError, naming
 from scalelens.textfiles import replace_unless_same, temp_beside
 
 COLUMNS = ("model", "size", "revision", "step", "n_params", "n_params_non_embedding", "analysis",
@@ -139,7 +139,7 @@ def write_metrics(run_dir: Path, tasks: list[tuple[str, Path]]) -> Path:
     tmp = path.with_name("metrics.csv.tmp")
     columns: dict[str, list[Any]] = {c: [] for c in COLUMNS}
     try:
-        with tmp.open("w", newline="") as fh:
+        with naming(path), tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=COLUMNS)
             writer.writeheader()
             for size, results_path in tasks:
@@ -176,7 +176,8 @@ def _parquet(run_dir: Path, columns: dict[str, list[Any]]) -> None:
     path = run_dir / "metrics.parquet"
     tmp = temp_beside(path)  # aside and renamed, as metrics.csv: an open reader keeps a whole file
     try:
-        pq.write_table(pa.table(columns), tmp)
+        with naming(path):
+            pq.write_table(pa.table(columns), tmp)
         replace_unless_same(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -441,3 +441,75 @@ def test_names_with_control_characters_are_shown_escaped(model_dir, prompt_file,
                                   str(tmp_path / "m")])
     line = assert_one_line(rc, err, "model path", "does not exist")
     assert repr(str(tmp_path / "no\nsuch\tmodel")) in line
+
+
+def _limited_cli(argv: list[str], limit: int, stdout=None, **env: str):
+    """``scalelens ARGV`` as its own process under RLIMIT_FSIZE ``limit`` (writes past it fail
+    with EFBIG, as on a full disk): in-process, HDF5 may crash later closing what it left."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit_writes() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return subprocess.run([sys.executable, "-m", "scalelens.cli", *argv], preexec_fn=limit_writes,
+                          stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, **env}, timeout=300)
+
+
+def _one_error_line(p) -> str:
+    lines = p.stderr.strip().splitlines()
+    assert (p.returncode, len(lines)) == (2, 1), p.stderr[-2000:]
+    assert lines[0].startswith("scalelens: error: ") and "Traceback" not in p.stderr
+    return lines[0]
+
+
+def test_a_full_disk_line_names_the_file_hdf5_failed_to_write(model_dir, prompt_file, tmp_path):
+    """h5py's RuntimeError ("Set slist enabled failed (file write failed: ..., filename =
+    '.../x.h5.creating', ..., errno = 27, ...)") named the file, but the line said only "the
+    output file"; it names it now."""
+    out = tmp_path / "x.h5"
+    p = _limited_cli(["capture", "--model", str(model_dir), "--prompts", str(prompt_file), "--probes",
+                      "resid,attn", "--out", str(out), "--quiet"], 3000)  # the lock fits, the file does not
+    line = _one_error_line(p)
+    assert f"a write to {out}.creating reached a file-size limit" in line, line
+    assert "choose another --out" in line and line.endswith("finished batches are kept and the run resumes")
+
+
+@pytest.mark.parametrize("command", ["inspect", "analyze", "suite info"])
+def test_a_full_disk_under_redirected_stdout_names_stdout_not_an_out_option(command, model_dir, prompt_file,
+                                                                            micro_suite, tmp_path, capsys):
+    """``inspect``, ``analyze`` and ``suite info`` write only to stdout: on a full disk (or past
+    ``ulimit -f``) the line told them to "choose another --out", which they do not have, and
+    ``suite info`` that "finished batches are kept and the run resumes" (as ``suite build``)."""
+    capture = tmp_path / "c.h5"
+    assert main(["capture", "--model", str(model_dir), "--prompts", str(prompt_file), "--probes", "massive",
+                 "--out", str(capture), "--quiet"]) == 0
+    argv = {"inspect": ["inspect", str(capture)], "analyze": ["analyze", str(capture)],
+            "suite info": ["suite", "info", str(micro_suite)]}[command]
+    assert main(argv) == 0 and len(capsys.readouterr().out) > 100  # what it prints does not fit
+    with (tmp_path / "out.txt").open("w") as stdout:
+        line = _one_error_line(_limited_cli(argv, 100, stdout=stdout))
+    assert "the standard output reached a file-size limit" in line, line
+    assert "redirect it to another disk" in line and "--out" not in line and "resumes" not in line, line
+    assert line.endswith("and rerun the same command"), line
+
+
+def test_a_demo_whose_suite_cache_is_full_is_told_to_choose_another_suite(tmp_path):
+    """The demo builds its suite in the cache (or --suite), not under --out: "choose another
+    --out" would not have moved it; the line names the suite's directory and --suite."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    # matplotlib's font cache, built once per home on first import, is no part of this test
+    subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], check=True, timeout=120)
+    p = _limited_cli(["demo", "--preset", "micro", "--out", str(tmp_path / "run"), "--quiet"], 4096,
+                     SCALELENS_CACHE=str(cache))  # the suite's tokenizer.json does not fit
+    line = _one_error_line(p)
+    assert f"a write to {cache}" in line and "choose another --suite" in line, line
+    assert line.endswith("finished work is kept and the demo resumes"), line

@@ -936,6 +936,7 @@ def test_a_report_that_runs_out_of_room_does_not_promise_a_resume(run_dir: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert "file-size limit" in err[0] and err[0].endswith("and rerun the same command"), err[0]
+    assert f"a write to {out / 'r.html'} " in err[0] and "choose another --out" in err[0], err[0]
     assert list(out.iterdir()) == []
 
 
