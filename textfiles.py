@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from scalelens.errors import ScalelensError
@@ -85,11 +86,14 @@ def temp_beside(path: Path) -> Path:
     return path.with_name(f".{_temp_stem(path.name, host)}.{host}-{os.getpid()}.{uuid.uuid4().hex}.tmp")
 
 
-def replace_unless_same(tmp: Path, path: Path) -> bool:
+def replace_unless_same(tmp: Path, path: Path, stale: Iterable[Path] = ()) -> bool:
     """Rename ``tmp`` onto ``path``, or drop ``tmp`` when ``path`` holds the same bytes already.
 
     A file remade with the same content is then left as it was, its mtime too (a rerun of a
     finished sweep changes no table that tools like make or rsync would see as new).
+    ``stale``: files made from ``path``'s content (fits.json from metrics.csv), removed before
+    ``path`` changes: when remaking them fails (a full disk), none is left beside a ``path``
+    it was not made from, and the next write makes them again.
 
     Returns:
         Whether ``path`` was replaced.
@@ -97,6 +101,8 @@ def replace_unless_same(tmp: Path, path: Path) -> bool:
     if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
         tmp.unlink()
         return False
+    for other in stale:
+        other.unlink(missing_ok=True)
     tmp.replace(path)
     return True
 

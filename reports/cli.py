@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         which the top-level CLI prints as one line.
     """
     from scalelens.cache.lock import lock_holder
-    from scalelens.sweeps.rundir import LOCK_NAME
+    from scalelens.sweeps.rundir import LOCK_NAME, RUN_INFO
 
     from .render import render_report  # deferred: keeps `scalelens --help` fast
 
@@ -64,7 +64,22 @@ def run(args: argparse.Namespace) -> int:
         note(f"a sweep is writing {args.run_dir} now (process {writer}); its tables are rewritten "
              "when it ends, so this report shows the run before it (`scalelens inspect "
              f"{args.run_dir}` shows its progress)")
+    elif _stopped(args.run_dir / RUN_INFO):
+        note(f"the last sweep into {args.run_dir} stopped before it finished (its run.json says so): "
+             "its tables may be those of the sweep before, or missing (fits.json); rerun the same "
+             "sweep to complete them")
     paths = render_report(args.run_dir, args.out)
     print(f"wrote {paths.html}")
     print(f"wrote {paths.markdown}")
     return 0
+
+
+def _stopped(info: Path) -> bool:
+    """Whether ``run.json`` says its sweep stopped before it finished (a crash, a full disk, Ctrl-C)."""
+    import json
+
+    try:
+        doc = json.loads(info.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none (a run directory made otherwise), or damaged: the report says
+        return False
+    return isinstance(doc, dict) and doc.get("finished") is False

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from scalelens.errors import ScalelensError, naming
+from scalelens.sweeps.rundir import RUN_TABLES
 from scalelens.textfiles import replace_unless_same, temp_beside
 
 COLUMNS = ("model", "size", "revision", "step", "n_params", "n_params_non_embedding", "analysis",
@@ -130,7 +131,10 @@ def _task_rows(size: str, results_path: Path) -> list[dict[str, Any]]:
 def write_metrics(run_dir: Path, tasks: list[tuple[str, Path]]) -> Path:
     """Write RUN_DIR/metrics.csv (and .parquet if pyarrow is present) from finished tasks.
 
-    A table that comes out as it was is left untouched (its mtime too).
+    A table that comes out as it was is left untouched (its mtime too). When metrics.csv
+    changes, the tables made from the old one (metrics.parquet, fits.json) are removed first:
+    a write that fails after it (a full disk) leaves none of them beside the new metrics.csv,
+    and the rerun makes them again.
 
     Rows are written task by task: a full Pythia sweep has ~1M of them, and holding them
     all as dicts peaked at 1.4 GB. The parquet file gets per-column lists instead.
@@ -146,7 +150,7 @@ def write_metrics(run_dir: Path, tasks: list[tuple[str, Path]]) -> Path:
                 rows = _task_rows(size, results_path)
                 writer.writerows(rows)
                 _append_columns(columns, rows)
-        replace_unless_same(tmp, path)
+        replace_unless_same(tmp, path, stale=[run_dir / name for name in RUN_TABLES if name != path.name])
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -1336,3 +1336,42 @@ def test_a_full_disk_stops_the_sweep_with_one_line_and_a_rerun_resumes(micro_sui
     assert json.loads((run / "run.json").read_text())["finished"] is False
     rc, out, err = run_cli(capsys, argv)
     assert rc == 0 and "sweep: 2 done, 0 skipped, 0 failed" in out, err
+
+
+def test_a_table_write_that_fails_leaves_no_fits_of_the_earlier_metrics(suite_copy, tmp_path, capsys):
+    """The tables are written in turn (metrics.csv, metrics.parquet, fits.json). A rerun that
+    adds a size and fills the disk after metrics.csv left the fits.json (and metrics.parquet)
+    of the run before beside the new metrics.csv: the report paired new metrics with old fits.
+    The old ones are removed before metrics.csv changes, the report says the sweep stopped,
+    and the rerun remakes them."""
+    import pyarrow.parquet as pq
+    from cli_run import file_size_limit, run_cli
+
+    manifest = read_manifest(suite_copy)
+    a, b = manifest.sizes[:2]
+    models = {s: str(suite_copy / s / f"step{manifest.steps[-1]}") for s in (a, b)}
+    kw = dict(analyses=("superposition",), settings=dict(FAST))
+    run = tmp_path / "run"
+    sweep(SweepSpec(models={a: models[a]}, **kw), run)
+    results = next((run / "tasks").rglob("results.json")).stat().st_size
+    parquet = (run / "metrics.parquet").stat().st_size
+    limit = results + 200  # b's results.json, run.json and metrics.csv fit; no metrics.parquet does
+    assert (run / "metrics.csv").stat().st_size * 2 < limit < parquet
+    with file_size_limit(limit), pytest.raises(OSError, match="metrics.parquet"):
+        sweep(SweepSpec(models=models, **kw), run)
+
+    def sizes_in_csv() -> set[str]:
+        with (run / "metrics.csv").open() as fh:
+            return {r["size"] for r in csv.DictReader(fh)}
+
+    assert sizes_in_csv() == {a, b}
+    for name in ("fits.json", "metrics.parquet"):  # none of the run before
+        assert not (run / name).exists(), name
+    assert json.loads((run / "run.json").read_text())["finished"] is False
+    rc, _, err = run_cli(capsys, ["report", str(run)])
+    assert rc == 0 and f"note: the last sweep into {run} stopped before it finished" in err, err
+    again = sweep(SweepSpec(models=models, **kw), run)
+    assert (again.count("skipped"), again.failed) == (2, [])
+    assert sizes_in_csv() == {a, b}
+    assert set(json.loads((run / "fits.json").read_text())["last_steps"]) == {a, b}
+    assert set(pq.read_table(run / "metrics.parquet").column("size").to_pylist()) == {a, b}
