@@ -85,10 +85,20 @@ def earlier_steps(run: Run, keys: Sequence[str]) -> str:
     return f"shown at an earlier step, the latest checkpoint having none: {', '.join(named)}" if named else ""
 
 
+MIN_SCALING_SIZES = 2
+"""A metric-vs-parameters plot needs this many sizes: one size would be a single dot."""
+
+
 def plan_scaling(run: Run) -> SectionPlan:
-    """Plan one metric-vs-parameters plot per scalar metric and x variable with fits."""
+    """Plan one metric-vs-parameters plot per scalar metric and x variable with fits.
+
+    A run of fewer than ``MIN_SCALING_SIZES`` sizes gets no plots (each would be one point),
+    and the section says why in one line.
+    """
+    keys = run.table.keys("scalar")
+    few = len(run.series()) < MIN_SCALING_SIZES
     jobs = []
-    for key in run.table.keys("scalar"):
+    for key in [] if few else keys:
         fits = [f for f in run.fits.scaling if f.metric == key]
         for x_name in dict.fromkeys([f.x_name for f in fits] or ["n_params"]):
             chosen = tuple(f for f in fits if f.x_name == x_name)
@@ -101,8 +111,19 @@ def plan_scaling(run: Run) -> SectionPlan:
         "exponent's CI where fitted (the OLS t interval of a power law, the profile-"
         "likelihood interval of a saturating fit).",
         tuple(jobs),
-        "No scalar metrics in this run.",
+        _scaling_empty(run, keys, few),
     )
+
+
+def _scaling_empty(run: Run, keys: Sequence[str], few: bool) -> str:
+    """Why the scaling section has no plots (when it has none)."""
+    if not keys:
+        return "No scalar metrics in this run."
+    if few:
+        n = len(run.series())
+        return (f"Not plotted: this run has {n} size, and a plot against parameter count needs "
+                f"{MIN_SCALING_SIZES} or more (each value is in the scalar metrics table below).")
+    return ""
 
 
 def _scaling_job(run: Run, key: str, x_name: str, fits: Sequence) -> Callable[[], Figure]:

@@ -524,6 +524,30 @@ def test_missing_optional_inputs_still_render(tmp_path: Path) -> None:
     assert "_No scaling fits in fits.json._" in paths.markdown.read_text()
 
 
+def _keep_sizes(run: Path, sizes: set[str]) -> None:
+    """Leave only the rows of ``sizes`` in a run's metrics.csv."""
+    header, *rows = (run / "metrics.csv").read_text().splitlines()
+    kept = [r for r in rows if r.split(",")[COLUMNS.index("size")] in sizes]
+    (run / "metrics.csv").write_text("\n".join([header, *kept]) + "\n")
+
+
+def test_a_one_size_run_draws_no_single_point_scaling_plots(tmp_path: Path) -> None:
+    """One size: each "vs parameter count" plot would be one dot, so none is drawn and the section
+    says why in one line; the other sections still plot that size."""
+    run = write_run_dir(tmp_path / "run")
+    (run / "fits.json").unlink()
+    _keep_sizes(run, {"160m"})
+    html = render_report(run, progress=False).html.read_text()
+    counts = _section_images(html)
+    assert counts["scaling"] == 0 and counts["steps"] == 16 and counts["retrieval"] == 1
+    assert "vs n_params" not in html
+    assert ("Not plotted: this run has 1 size, and a plot against parameter count needs 2 or more "
+            "(each value is in the scalar metrics table below).") in html
+    two = write_run_dir(tmp_path / "two")
+    _keep_sizes(two, {"70m", "160m"})
+    assert _section_images(render_report(two, progress=False).html.read_text())["scaling"] == 16
+
+
 def test_column_order_and_bom_do_not_matter(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
