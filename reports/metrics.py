@@ -312,7 +312,8 @@ def parse_metrics(lines: Iterable[str]) -> MetricTable:
             continue
         if len(rec) < len(header):
             raise ScalelensError(
-                f"metrics.csv line {line} has {len(rec)} fields, the header {len(header)}; "
+                f"metrics.csv line {line} has {len(rec)} field{'' if len(rec) == 1 else 's'}, "
+                f"the header {len(header)}; "
                 "fix or regenerate the file with the sweep"
             )
         rows.append(_parse_row(rec, col, line))

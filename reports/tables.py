@@ -276,7 +276,8 @@ def tasks_digest(tasks: list[Any]) -> str | None:
     for t in tasks:
         status = str(t.get("status"))
         counts[status] = counts.get(status, 0) + 1
-    text = f"{len(tasks):,} tasks: " + ", ".join(f"{n:,} {status}" for status, n in counts.items())
+    noun = "task" if len(tasks) == 1 else "tasks"
+    text = f"{len(tasks):,} {noun}: " + ", ".join(f"{n:,} {status}" for status, n in counts.items())
     failed = [t for t in tasks if t.get("status") == "failed"]
     shown = "; ".join(f"{t.get('key')} ({t.get('error') or 'no error recorded'})"
                       for t in failed[:MAX_FAILED_SHOWN])

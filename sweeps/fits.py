@@ -100,8 +100,9 @@ def unfitted_note(rows: list[dict[str, str]], sizes: list[str] | None = None,
     if not fitted or max(len(v) for v in fitted.values()) >= MIN_SIZES:
         return ""
     have = sorted({s for v in fitted.values() for s in v}, key=sizes.index)
+    named = ", ".join(f"{s} ({checkpoint_name(steps[s])})" for s in have)
     return (f"a fit needs {MIN_SIZES} sizes with values at their last checkpoint, "
-            f"and only {', '.join(f'{s} ({checkpoint_name(steps[s])})' for s in have) or 'none'} have them")
+            f"and only {named} {'has' if len(have) == 1 else 'have'} them")
 
 
 def _at_last_step(rows: list[dict[str, str]], sizes: list[str] | None, last_steps: Steps | None
@@ -123,6 +124,8 @@ def _missing_note(sizes: list[str], per_size: dict[str, dict[str, str]], steps: 
         return ""
     at = {steps[s] for s in missing}
     where = "their last checkpoint" if len(at) > 1 else "the " * (None in at) + checkpoint_name(at.pop())
+    if len(missing) == 1:
+        return f"size {missing[0]} has no value at {where} and is left out"
     return f"sizes {', '.join(missing)} have no value at {where} and are left out"
 
 

@@ -590,6 +590,7 @@ def test_unknown_metrics_get_generic_plots(tmp_path: Path) -> None:
             "line 2: value='oops'",
         ),
         (lambda d: (d / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main\n"), "line 2 has 3 fields"),
+        (lambda d: (d / "metrics.csv").write_text(",".join(COLUMNS) + "\nm\n"), "line 2 has 1 field,"),
         (lambda d: (d / "fits.json").write_text("{not json"), "not valid JSON"),
         (lambda d: (d / "fits.json").write_text('{"version": 2}'), "version 2"),
         (lambda d: (d / "fits.json").write_text('{"fits": [{"metric": "x"}]}'), "entry 0 of 'fits'"),

@@ -98,6 +98,7 @@ def test_run_json_tasks_are_counted_not_dumped() -> None:
     cell = dict(tables.info_table({"tasks": tasks}).rows)["tasks"]
     assert cell.startswith("1,512 tasks: 1,500 done, 12 failed. Failed: 12b/step0 (CUDA out of memory); ")
     assert cell.endswith("12b/step9 (CUDA out of memory); and 2 more (run.json)")
+    assert dict(tables.info_table({"tasks": tasks[:1]}).rows)["tasks"] == "1 task: 1 done"
     assert dict(tables.info_table({"tasks": ["odd"]}).rows)["tasks"] == "odd"  # not task objects: as it is
 
 

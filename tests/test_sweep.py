@@ -142,7 +142,7 @@ def test_a_size_that_failed_everywhere_is_named_in_the_fits(suite_copy, tmp_path
     _sweep_with_a_broken_config(suite_copy, spec, tmp_path, broken)
     fits = json.loads((tmp_path / "fits.json").read_text())["fits"]
     overlap = [f for f in fits if f["metric"] == "superposition.mean_sq_overlap"]
-    assert overlap and all(f"sizes {broken.size} have no value" in f["note"] for f in overlap)
+    assert overlap and all(f"size {broken.size} has no value" in f["note"] for f in overlap)
 
 
 def test_a_transient_failure_is_retried(suite_copy, tmp_path):
@@ -614,11 +614,14 @@ def test_scaling_fits_compare_sizes_at_one_checkpoint():
             if f.x_name == "n_params" and f.form == "power_law"]
     assert len(fits) == 1
     assert fits[0].x == [1e3, 1e4, 1e5] and fits[0].y == pytest.approx([0.1, 0.2, 0.3])
-    assert "sizes s4 have no value at step 20" in fits[0].note
+    assert "size s4 has no value at step 20 and is left out" in fits[0].note
     gone = {k: v for k, v in values.items() if k[0] != "s4"}  # s4 failed at every step
     (fit,) = [f for f in scaling_fits(_rows(gone), sizes=["s1", "s2", "s3", "s4"])
               if f.x_name == "n_params" and f.form == "power_law"]
-    assert "sizes s4 have no value at step 20" in fit.note
+    assert "size s4 has no value at step 20 and is left out" in fit.note
+    (fit,) = [f for f in scaling_fits(_rows(gone), sizes=["s1", "s2", "s3", "s4", "s5"])
+              if f.x_name == "n_params" and f.form == "power_law"]
+    assert "sizes s4, s5 have no value at step 20 and are left out" in fit.note
     whole = {(s, 20): 0.1 * (i + 1) for i, s in enumerate(("s1", "s2", "s3", "s4"))}
     assert all(f.note == "" or "no value" not in f.note for f in scaling_fits(_rows(whole)))
 
@@ -643,7 +646,8 @@ def test_sizes_that_train_for_different_lengths_are_compared_at_their_own_last_s
     del values[("s4", 20)]  # a failed last task is still left out, not replaced by step 10
     (fit,) = [f for f in scaling_fits(_rows(values), sizes=list(ends), last_steps=ends)
               if f.x_name == "n_params" and f.form == "power_law"]
-    assert fit.y == pytest.approx([0.1, 0.2, 0.3]) and "sizes s4 have no value at step 20" in fit.note
+    assert fit.y == pytest.approx([0.1, 0.2, 0.3])
+    assert "size s4 has no value at step 20 and is left out" in fit.note
 
 
 def test_loss_is_fitted_against_width_as_liu_et_al():

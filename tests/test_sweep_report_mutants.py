@@ -243,7 +243,7 @@ def test_a_final_model_is_named_as_such_and_step_0_stays_step_0():
         "a fit needs 3 sizes with values at their last checkpoint, and only a (final model), "
         "z (step 0) have them")
     assert unfitted_note(final) == (
-        "a fit needs 3 sizes with values at their last checkpoint, and only a (final model) have them")
+        "a fit needs 3 sizes with values at their last checkpoint, and only a (final model) has them")
     plain = [{**r, "revision": "", "step": ""} for r in _fit_rows({"b": (2e6, 1e6, 0.5)})]
     (fit, *_) = scaling_fits(rows + plain + _fit_rows({"c": (8e6, 4e6, 0.2)}, step=0),
                              last_steps={"a": None, "b": None, "z": 0, "c": 0})
