@@ -1142,3 +1142,34 @@ def test_dollar_signs_in_names_are_plotted_as_written(tmp_path: Path) -> None:
         writer.writerows(rows)
     paths = render_report(run, progress=False)
     assert "fam$\\frac$A" in paths.html.read_text() and "fam$x^2$B" in paths.markdown.read_text()
+
+
+STICKY_PROBE = """
+const wrap = document.querySelector('#scalars .table-wrap');
+wrap.scrollIntoView({block: 'center'});
+const head = wrap.querySelector('thead th'), first = wrap.querySelector('tbody td');
+const second = first.nextElementSibling, before = second.getBoundingClientRect().left;
+wrap.scrollLeft = 600;
+const box = wrap.getBoundingClientRect(), cell = first.getBoundingClientRect();
+const hit = document.elementFromPoint(cell.left + 3, cell.top + cell.height / 2);
+return {overflow: wrap.scrollWidth - wrap.clientWidth, scrolled: wrap.scrollLeft, box: box.left,
+        cell: cell.left, head: head.getBoundingClientRect().left,
+        moved: before - second.getBoundingClientRect().left, text: first.textContent, on_top: hit === first};
+"""
+
+
+def test_a_wide_tables_first_column_stays_at_the_box_edge_when_it_scrolls(browser, tmp_path: Path) -> None:
+    """30 long-named sizes make the scalars table scroll inside its box; scrolled 600 px, the other
+    columns move by 600 and the metric-name column (cell and header) stays at the box's left edge,
+    drawn over the cells scrolled beneath it (it scrolled out of view before)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [f"m,size-with-a-long-descriptive-name-{i:02d},main,,{1e6 * (i + 1)},{5e5 * (i + 1)},loss,loss,,,"
+            f"{3 - i / 100}" for i in range(30)]
+    (run / "metrics.csv").write_text(",".join(COLUMNS) + "\n" + "\n".join(rows) + "\n")
+    browser.get(render_report(run, progress=False).html.resolve().as_uri())
+    got = browser.execute_script(STICKY_PROBE)
+    assert got["overflow"] > 600 and got["scrolled"] == 600
+    assert got["moved"] == pytest.approx(600, abs=1) and got["text"] == "loss.loss"
+    assert got["cell"] == pytest.approx(got["box"], abs=1) and got["head"] == pytest.approx(got["box"], abs=1)
+    assert got["on_top"]
