@@ -9,6 +9,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -963,6 +964,52 @@ def test_a_report_that_runs_out_of_room_does_not_promise_a_resume(run_dir: Path,
     assert "file-size limit" in err[0] and err[0].endswith("and rerun the same command"), err[0]
     assert f"a write to {out / 'r.html'} " in err[0] and "choose another --out" in err[0], err[0]
     assert list(out.iterdir()) == []
+
+
+FIRST_REPORT_ON_A_FULL_DISK = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from cli_run import file_size_limit
+from scalelens.cli import main
+with file_size_limit(4096):
+    code = main(["report", sys.argv[2]])
+sys.exit(code)
+"""
+
+
+def test_a_first_report_on_a_full_disk_says_one_line_not_matplotlibs_too(tmp_path: Path) -> None:
+    """A fresh MPLCONFIGDIR: matplotlib builds its font list on first import and saves it as a
+    cache, which a full disk (here a 4 KiB file-size limit) refuses; its "Could not save
+    font_manager cache" warning was a second stderr line beside the report's own one."""
+    import subprocess
+    import sys
+
+    from cli_run import assert_one_line
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main,5,1e6,5e5,loss,loss,,,3.5\n")
+    mpl = tmp_path / "mpl"
+    mpl.mkdir()
+    env = {**os.environ, "MPLCONFIGDIR": str(mpl)}
+    done = subprocess.run([sys.executable, "-c", FIRST_REPORT_ON_A_FULL_DISK, str(Path(__file__).parent),
+                           str(run)], env=env, capture_output=True, text=True)
+    assert [p.name for p in mpl.iterdir() if p.name.startswith("fontlist")], "matplotlib built no font list"
+    assert_one_line(done.returncode, done.stderr, "file-size limit", "report.html")
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.csv"]
+
+
+def test_only_the_font_cache_warning_of_matplotlib_is_silenced(caplog: pytest.LogCaptureFixture) -> None:
+    """The filter drops matplotlib's one cache-save warning; its other font warnings still show."""
+    import logging
+
+    import scalelens.reports  # noqa: F401 - installs the filter
+
+    log = logging.getLogger("matplotlib.font_manager")
+    with caplog.at_level(logging.WARNING, logger="matplotlib.font_manager"):
+        log.warning("Could not save font_manager cache %s", OSError(28, "No space left on device"))
+        log.warning("findfont: Font family %r not found.", "Nonesuch")
+    assert [r.getMessage() for r in caplog.records] == ["findfont: Font family 'Nonesuch' not found."]
 
 
 WRITE_REPORT = """
