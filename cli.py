@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import _thread
 import argparse
+import ast
 import contextlib
 import errno
 import importlib
@@ -215,8 +216,29 @@ def _os_error_line(e: BaseException, command: str | None = None, named: bool = F
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         writable = f"choose a writable {option} or " if option else ""
         return f"permission denied{where}; {writable}fix the permissions"
+    if (tried := _temp_dirs_tried(e)) is not None:
+        return (f"no usable temporary directory (tried {tried}: each full or not writable); set TMPDIR "
+                "to a directory with free space and rerun")
     text = getattr(e, "strerror", None) or _one_line(str(e))
     return f"{text}{where}"
+
+
+_NO_TEMP_DIR = "No usable temporary directory found in "
+"""Python's ``tempfile`` error when no candidate directory takes a file (a full ``/tmp``):
+raised by a library that asks for the temporary directory when it is imported (torch, via dill)."""
+
+
+def _temp_dirs_tried(e: BaseException) -> str | None:
+    """The directories ``tempfile`` tried, when ``e`` is its no-usable-directory error; else None."""
+    text = getattr(e, "strerror", None)
+    if not isinstance(e, FileNotFoundError) or not isinstance(text, str) or not text.startswith(_NO_TEMP_DIR):
+        return None
+    listed = text[len(_NO_TEMP_DIR):]
+    try:
+        dirs = ast.literal_eval(listed)
+    except (ValueError, SyntaxError):
+        return listed
+    return ", ".join(map(str, dirs)) if isinstance(dirs, list) else listed
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -513,3 +513,35 @@ def test_a_demo_whose_suite_cache_is_full_is_told_to_choose_another_suite(tmp_pa
     line = _one_error_line(p)
     assert f"a write to {cache}" in line and "choose another --suite" in line, line
     assert line.endswith("finished work is kept and the demo resumes"), line
+
+
+NO_ROOM_FOR_TEMP_FILES = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from cli_run import file_size_limit
+from scalelens.cli import main
+with file_size_limit(0):  # no file can grow: no candidate temporary directory takes tempfile's probe
+    code = main(["measure", "--model", sys.argv[2], "--out", sys.argv[3]])
+sys.exit(code)
+"""
+
+
+def test_no_usable_temporary_directory_names_tmpdir_as_the_fix(tmp_path):
+    """torch imports dill, which asks tempfile for the temporary directory at import; with /tmp
+    and the others full that raised "No usable temporary directory found in [...]" inside the
+    command, printed as it was. The line now says what was tried and to set TMPDIR."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cli_run import assert_one_line
+
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "TEMP", "TMP")}
+    done = subprocess.run([sys.executable, "-c", NO_ROOM_FOR_TEMP_FILES, str(Path(__file__).parent),
+                           str(tmp_path / "no-model"), str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    line = assert_one_line(done.returncode, done.stderr, "set TMPDIR to a directory with free space")
+    assert f"no usable temporary directory (tried /tmp, /var/tmp, /usr/tmp, {tmp_path}: each full" in line
+    assert not out.exists()
