@@ -109,6 +109,27 @@ def _create_dataset(group: h5py.Group, spec: DatasetSpec, rows: int) -> None:
     ds.attrs[schema.AXES_ATTR] = json.dumps(axes_attr(spec.axes))
 
 
+def _create_unbuffered(path: Path) -> h5py.File:
+    """Create (truncate) ``path`` with HDF5's raw-data buffers off: no write waits for a close.
+
+    HDF5 keeps a small contiguous dataset's data in its sieve buffer, and chunks in the chunk
+    cache, and writes them when the dataset is closed. On a full disk that write fails inside
+    the close, and HDF5 leaves the dataset registered but half torn down; it closes it again
+    while the interpreter exits (``H5_term_library``) and crashes the process (a segfault, exit
+    -11, after the error was raised: h5py issue 914). With both buffers off each write reaches
+    the file in the call that makes it and fails there, so no close has data left to write.
+    The file is laid out as ``h5py.File(path, "w")`` lays it out.
+    """
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)  # h5py's default
+    mdc_nelmts, rdcc_nslots, _, rdcc_w0 = fapl.get_cache()
+    fapl.set_cache(mdc_nelmts, rdcc_nslots, 0, rdcc_w0)
+    fapl.set_sieve_buf_size(0)
+    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
+    fcpl.set_obj_track_times(False)  # h5py's default
+    return h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl))
+
+
 # The way out of an existing capture that cannot be resumed, for the CLI and the Python API.
 _REDO = "use another --out or --overwrite (in Python another out= or overwrite=True)"
 
@@ -193,7 +214,7 @@ class CaptureWriter:
         # ``path``, and a file being overwritten is replaced only by one that holds data.
         tmp = path.with_name(path.name + ".creating")
         try:
-            with h5py.File(tmp, "w") as f:
+            with _create_unbuffered(tmp) as f:
                 _write_header(f, identity, tokens)
                 for name, specs in probes.items():
                     group = f.create_group(f"{schema.PROBES}/{name}")
