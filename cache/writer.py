@@ -19,7 +19,7 @@ from scalelens import __version__
 from scalelens.axes import Axis, axes_attr
 from scalelens.cache import schema
 from scalelens.cache.lock import WriteLock
-from scalelens.errors import IncompatibleResumeError, ScalelensError
+from scalelens.errors import IncompatibleResumeError, ScalelensError, errno_of
 from scalelens.probes.reduce import DatasetSpec
 
 CHUNK_BYTES = 64 * 2**20
@@ -223,6 +223,10 @@ class CaptureWriter:
             return cls(path, h5py.File(tmp, "r+", locking=False, rdcc_nbytes=0), batch_rows, creating=tmp)
         except BaseException as e:  # a full disk, Ctrl-C...: no temporary file left either
             tmp.unlink(missing_ok=True)
+            # h5py raises RuntimeError for a write that fails inside a flush or close
+            code = errno_of(e) if isinstance(e, OSError | RuntimeError) else None
+            if code is not None:  # HDF5's text is kept as the cause (__context__)
+                raise ScalelensError(f"cannot create {path}: {os.strerror(code)}") from None
             if isinstance(e, OSError):
                 raise ScalelensError(f"cannot create {path}: {e.strerror or e}") from None
             raise

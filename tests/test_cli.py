@@ -476,7 +476,8 @@ def test_a_full_disk_line_names_the_file_hdf5_failed_to_write(model_dir, prompt_
     p = _limited_cli(["capture", "--model", str(model_dir), "--prompts", str(prompt_file), "--probes",
                       "resid,attn", "--out", str(out), "--quiet"], 3000)  # the lock fits, the file does not
     line = _one_error_line(p)
-    assert f"a write to {out}.creating reached a file-size limit" in line, line
+    assert line.startswith(f"scalelens: error: cannot create {out}: "), line
+    assert "reached a file-size limit" in line, line
     assert "choose another --out" in line and line.endswith("finished batches are kept and the run resumes")
 
 
