@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import _thread
 import argparse
-import ast
 import contextlib
-import errno
 import importlib
 import logging
 import os
 import signal
-import stat
 import sys
 import threading
 import traceback
@@ -37,10 +34,10 @@ from scalelens.errors import (
     ScalelensNote,
     ScalelensWarning,
     errno_of,
-    filename_of,
     is_disk_full,
 )
-from scalelens.output import note, printable, quiet
+from scalelens.os_errors import command_name, os_error_line, outputs_of
+from scalelens.output import note, one_line, quiet
 
 # Sub-command modules; each exposes register(subparsers).
 _COMMAND_MODULES = (
@@ -71,7 +68,7 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """Print ``<prog>: error: <message>; see <prog> --help`` and exit 2."""
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {_one_line(message)}; see `{self.prog} --help`\n")
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {one_line(message)}; see `{self.prog} --help`\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,132 +110,6 @@ def _command_parsers(sub: argparse._SubParsersAction) -> Iterator[argparse.Argum
         for action in command._actions:
             if isinstance(action, argparse._SubParsersAction):
                 yield from _command_parsers(action)
-
-
-def _one_line(text: str) -> str:
-    """Collapse a message onto one line; characters that do not print (ESC, tab) are escaped."""
-    return "; ".join(printable(part.strip()) for part in str(text).splitlines() if part.strip())
-
-
-RESUMED = {
-    "capture": "finished batches are kept and the run resumes",
-    "measure": "finished batches are kept and the run resumes",
-    "sweep": "finished tasks are kept and the sweep resumes",
-    "suite build": "finished sizes are kept and the build resumes",
-    "demo": "finished work is kept and the demo resumes",
-}
-"""Commands whose rerun resumes where a failure stopped them, and what it keeps."""
-
-OUTPUT_OPTIONS: dict[str, tuple[str, ...]] = {
-    "capture": ("--out",), "measure": ("--out",), "sweep": ("--out",), "suite build": ("--out",),
-    "report": ("--out",), "demo": ("--out", "--suite"),
-}
-"""The options that say where each command writes (the demo's suite: ``--suite``, else the cache).
-The commands not listed (``inspect``, ``analyze``, ``suite info``) write to stdout only."""
-
-
-def command_name(args: argparse.Namespace) -> str:
-    """The sub-command ``args`` were parsed for: ``capture``, or ``suite build`` for a nested one."""
-    return " ".join(filter(None, (getattr(args, "command", None), getattr(args, "suite_command", None))))
-
-
-def _outputs(args: argparse.Namespace) -> dict[str, Path | None]:
-    """The command's output options (:data:`OUTPUT_OPTIONS`) and the paths given to them."""
-    options = OUTPUT_OPTIONS.get(command_name(args), ())
-    return {option: getattr(args, option[2:].replace("-", "_"), None) for option in options}
-
-
-def _stdout_is_a_file() -> bool:
-    """Whether stdout is redirected to a regular file (one that a full disk or ``ulimit -f`` stops)."""
-    try:
-        return stat.S_ISREG(os.fstat(sys.stdout.fileno()).st_mode)
-    except (AttributeError, OSError, ValueError):  # a replaced stdout (a notebook, pytest's capture)
-        return False
-
-
-def _lies_under(filename: str, directory: Path) -> bool:
-    return Path(os.path.abspath(filename)).is_relative_to(os.path.abspath(directory))
-
-
-def _option_for(filename: str | None, outputs: dict[str, Path | None]) -> str | None:
-    """The output option (``--out``) that moves ``filename`` elsewhere; None when none does.
-
-    The option whose path holds the file; a file under none of them (the demo's suite in the
-    cache) the second option's, the command's first (``--out``) otherwise.
-    """
-    if not outputs:
-        return None
-    options = list(outputs)
-    if filename:
-        held = [o for o, path in outputs.items() if path is not None and _lies_under(filename, path)]
-        if held:
-            return held[-1]
-        if len(options) > 1:
-            return options[1]
-    return options[0]
-
-
-def _full(filename: str | None, outputs: dict[str, Path | None], other: str) -> tuple[str, str, str]:
-    """What reached the limit, the device that is full, and where else to write, for a full disk."""
-    if filename:
-        return f"a write to {printable(filename)}", f"the output device ({printable(filename)})", other
-    if outputs:
-        return "the output file", "the output device", other
-    if _stdout_is_a_file():  # a command that writes only to stdout, redirected to a file
-        return "the standard output", "the device of the standard output", "redirect it to another disk"
-    return "an output file", "the output device", other
-
-
-def _os_error_line(e: BaseException, command: str | None = None, named: bool = False,
-                   outputs: dict[str, Path | None] | None = None) -> str:
-    """One line for an OSError, with the fix for the common cases (full disk, no permission).
-
-    The line names the file when the error (or HDF5's text in an h5py error) does, unless
-    ``named`` (the caller's line names it already). It suggests the output option that moves
-    the output (``outputs``; default ``{"--out": None}``), or, for a command that writes only
-    to stdout, redirecting it; only a ``command`` in :data:`RESUMED` (or none named) is told
-    that a rerun resumes.
-    """
-    code = errno_of(e)
-    filename = None if named else filename_of(e)
-    outputs = {"--out": None} if outputs is None else outputs
-    option = _option_for(filename, outputs)
-    other = f"choose another {option}" if option else ""
-    resumed = RESUMED.get(command or "capture")
-    rerun = f"rerun the same command: {resumed}" if resumed else "rerun the same command"
-    where = f" ({printable(filename)})" if filename else ""
-    if code in DISK_FULL:
-        subject, device, other = _full(filename, outputs, other)
-        if code == errno.EFBIG:
-            return (f"{subject} reached a file-size limit (ulimit -f, or the largest file the file system "
-                    f"allows); raise the limit{f' or {other}' if other else ''}, and {rerun}")
-        return f"no space left on {device}; free space{f' (or {other})' if other else ''} and {rerun}"
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        writable = f"choose a writable {option} or " if option else ""
-        return f"permission denied{where}; {writable}fix the permissions"
-    if (tried := _temp_dirs_tried(e)) is not None:
-        return (f"no usable temporary directory (tried {tried}: each full or not writable); set TMPDIR "
-                "to a directory with free space and rerun")
-    text = getattr(e, "strerror", None) or _one_line(str(e))
-    return f"{text}{where}"
-
-
-_NO_TEMP_DIR = "No usable temporary directory found in "
-"""Python's ``tempfile`` error when no candidate directory takes a file (a full ``/tmp``):
-raised by a library that asks for the temporary directory when it is imported (torch, via dill)."""
-
-
-def _temp_dirs_tried(e: BaseException) -> str | None:
-    """The directories ``tempfile`` tried, when ``e`` is its no-usable-directory error; else None."""
-    text = getattr(e, "strerror", None)
-    if not isinstance(e, FileNotFoundError) or not isinstance(text, str) or not text.startswith(_NO_TEMP_DIR):
-        return None
-    listed = text[len(_NO_TEMP_DIR):]
-    try:
-        dirs = ast.literal_eval(listed)
-    except (ValueError, SyntaxError):
-        return listed
-    return ", ".join(map(str, dirs)) if isinstance(dirs, list) else listed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -358,21 +229,21 @@ def _one_line_warning(previous):  # type: ignore[no-untyped-def]
 
     def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
         if issubclass(category, ScalelensNote):
-            return note(_one_line(str(message)))
+            return note(one_line(str(message)))
         ours = issubclass(category, ScalelensWarning) or Path(filename).resolve().is_relative_to(_PACKAGE_DIR)
         if not ours:
             return previous(message, category, filename, lineno, file, line)
-        print(f"scalelens: warning: {_one_line(str(message))}", file=file or sys.stderr)
+        print(f"scalelens: warning: {one_line(str(message))}", file=file or sys.stderr)
         return None
 
     return show
 
 
 def _run(args: argparse.Namespace, debug: bool) -> int:
-    command, outputs = command_name(args), _outputs(args)
+    command, outputs = command_name(args), outputs_of(args)
 
     def os_line(e: BaseException, named: bool = False) -> str:
-        return _os_error_line(e, command, named, outputs)
+        return os_error_line(e, command, named, outputs)
 
     try:
         return int(args.func(args) or 0)
@@ -382,7 +253,7 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
             what = str(e).split(": ")[0] if ": " in str(e) else ""
             line = os_line(cause, named=bool(what))
             return _fail(debug, f"{what}: {line}" if what else line, EXIT_BAD_INPUT, True)
-        return _fail(debug, _one_line(str(e)), EXIT_BAD_INPUT)
+        return _fail(debug, one_line(str(e)), EXIT_BAD_INPUT)
     except KeyboardInterrupt as e:
         how = ("rerun it without --overwrite to resume" if getattr(args, "overwrite", False)
                else "rerun the same command to resume")
@@ -402,7 +273,7 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
         if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
             return _fail(debug, "the device ran out of memory; lower --batch-size (or --max-length) and "
                          "rerun", EXIT_BAD_INPUT)
-        line = f"internal error: {type(e).__name__}: {_one_line(str(e))}"
+        line = f"internal error: {type(e).__name__}: {one_line(str(e))}"
         return _fail(debug, f"{line} (rerun with --debug for the traceback and report it)", EXIT_INTERNAL)
 
 

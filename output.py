@@ -50,6 +50,11 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
 
 
+def one_line(text: str) -> str:
+    """Collapse a message onto one line; characters that do not print (ESC, tab) are escaped."""
+    return "; ".join(printable(part.strip()) for part in str(text).splitlines() if part.strip())
+
+
 def note(text: str) -> None:
     """Print ``note: <text>`` on stderr: information that needs no action, silenced by :func:`quiet`."""
     if not _quiet:
