@@ -71,6 +71,10 @@ _OWN_ATTENTION = ("its attention is computed inside the model's own code, not th
                   "transformers' attention registry that scalelens taps")
 _FALCON_LIKE = replace(_GPT2_LIKE, family="falcon-like", attn="self_attention")
 
+# No MLP module: fc2 is the feed-forward branch's last projection (OPT; BioGPT and XGLM too).
+_OPT_LIKE = ArchSpec(family="opt", layers="model.decoder.layers", attn="self_attn", mlp="fc2",
+                     unembed="lm_head")
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt_neox": ArchSpec(
         family="gpt-neox",
@@ -141,30 +145,11 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "iquestcoder": _LLAMA_LIKE,
     "ministral3": _LLAMA_LIKE,
     "gpt_oss": _LLAMA_LIKE,  # attention sinks: the tap's softmax takes them (hooks/attention.py)
-    "opt": ArchSpec(  # no MLP module: fc2 is the feed-forward branch's last projection
-        family="opt",
-        layers="model.decoder.layers",
-        attn="self_attn",
-        mlp="fc2",
-        unembed="lm_head",
-    ),
+    "opt": _OPT_LIKE,
     "gpt_neo": replace(_GPT2_LIKE, family="gpt-neo", own_attn=True),
-    "biogpt": ArchSpec(  # no MLP module, as OPT
-        family="biogpt",
-        layers="biogpt.layers",
-        attn="self_attn",
-        mlp="fc2",
-        unembed="output_projection",
-    ),
+    "biogpt": replace(_OPT_LIKE, family="biogpt", layers="biogpt.layers", unembed="output_projection"),
     "ctrl": replace(_GPT2_LIKE, family="ctrl", attn="multi_head_attention", mlp="ffn"),
-    "xglm": ArchSpec(  # no MLP module, as OPT
-        family="xglm",
-        layers="model.layers",
-        attn="self_attn",
-        mlp="fc2",
-        unembed="lm_head",
-        no_tap=_OWN_ATTENTION,
-    ),
+    "xglm": replace(_OPT_LIKE, family="xglm", layers="model.layers", no_tap=_OWN_ATTENTION),
     "mpt": ArchSpec(  # its MLP module adds the residual itself: its down projection is the branch
         family="mpt",
         layers="transformer.blocks",
