@@ -55,7 +55,7 @@ def user_source(text: str) -> str:
 
     Anything else (a hub id, ``english``) is given back as it is.
     """
-    return os.path.expanduser(text) if text.startswith("~") else text
+    return os.path.expanduser(text)  # changes only a text that starts with ~
 
 
 def input_file(path: str | Path, what: str) -> Path:
