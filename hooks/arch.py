@@ -145,6 +145,17 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "iquestcoder": _LLAMA_LIKE,
     "ministral3": _LLAMA_LIKE,
     "gpt_oss": _LLAMA_LIKE,  # attention sinks: the tap's softmax takes them (hooks/attention.py)
+    "sarvam_mla": _LLAMA_LIKE,  # DeepSeek V3's modelling code
+    "sarvam_moe": _LLAMA_LIKE,  # GLM-4 MoE's modelling code
+    "dots1": _LLAMA_LIKE,
+    "cohere_compass_text": _LLAMA_LIKE,  # parallel, scaled logits, no-rope layers
+    "dbrx": ArchSpec(  # attention inside a norm-attention-norm block
+        family="dbrx",
+        layers="transformer.blocks",
+        attn="norm_attn_norm.attn",
+        mlp="ffn",
+        unembed="lm_head",
+    ),
     "opt": _OPT_LIKE,
     "gpt_neo": replace(_GPT2_LIKE, family="gpt-neo", own_attn=True),
     "biogpt": replace(_OPT_LIKE, family="biogpt", layers="biogpt.layers", unembed="output_projection"),

@@ -75,6 +75,7 @@ GATED_MLP: dict[str, bool] = {
     "xglm": False,
     "mpt": False,
     "gpt_neox_japanese": False,
+    "cohere_compass_text": True,
 }
 
 

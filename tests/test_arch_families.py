@@ -98,6 +98,22 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
                                                          shared_intermediate_size=16, logits_scaling=4.0,
                                                          **_GQA),
     "bitnet": lambda: T.BitNetConfig(pad_token_id=0, **_GQA),  # sub-norms inside attention and MLP
+    "sarvam_mla": lambda: T.SarvamMLAConfig(  # DeepSeek V3's code
+        kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, **_MLA_MOE),
+    "sarvam_moe": lambda: T.SarvamMoEConfig(  # GLM-4 MoE's code, qk-norm
+        n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, moe_intermediate_size=16,
+        first_k_dense_replace=1, **_H),
+    "dots1": lambda: T.Dots1Config(  # shared expert, a sliding layer
+        n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=16,
+        first_k_dense_replace=1, sliding_window=4, max_window_layers=1, **_H),
+    "dbrx": lambda: T.DbrxConfig(  # attention inside a norm-attention-norm block, clipped qkv, experts
+        vocab_size=VOCAB, d_model=32, n_heads=4, n_layers=2, max_seq_len=128,
+        attn_config={"kv_n_heads": 2, "clip_qkv": 8.0, "rope_theta": 10000.0},
+        ffn_config={"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2}),
+    "cohere_compass_text": lambda: T.CohereCompassTextConfig(  # parallel, scaled logits, a no-rope full layer
+        sliding_window=4, logit_scale=0.5, layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": None}, **_H),
     "iquestcoder": lambda: T.IQuestCoderConfig(**_H),
     "ministral3": lambda: T.Ministral3Config(**_H),
     "biogpt": lambda: T.BioGptConfig(pad_token_id=0, **_L),  # scaled embeddings, fc2 as the MLP
@@ -122,9 +138,10 @@ POST_SCALED = ("olmo2", "olmo3", "granite", "glm4", "exaone4", "flex_olmo", "gra
                "minicpm3")  # post-norms, residual multiplier
 MOE = ["mixtral", "granitemoe", "olmoe", "qwen3_moe", "gpt_oss", "deepseek_v3", "glm4_moe", "ernie4_5_moe",
        "hunyuan_v1_moe", "phimoe", "minimax_m2", "flex_olmo", "solar_open", "deepseek_v2", "glm4_moe_lite",
-       "llama4_text", "granitemoeshared"]
+       "llama4_text", "granitemoeshared", "sarvam_mla", "sarvam_moe", "dots1", "dbrx"]
 NO_FLOPS = [*MOE, "minicpm3"]  # experts; latent attention's low-rank projections
-MLA = ("deepseek_v3", "deepseek_v2", "glm4_moe_lite", "minicpm3")  # q/k heads 8 no-rope + 4 rotary dims
+# q/k heads 8 no-rope + 4 rotary dims
+MLA = ("deepseek_v3", "deepseek_v2", "glm4_moe_lite", "minicpm3", "sarvam_mla")
 EAGER_ONLY = ("gpt_oss", "gpt_neo", "vaultgemma", "xglm", "mpt", "gpt_neox_japanese")
 
 
@@ -352,11 +369,12 @@ def test_nnsight_reads_mlp_out_of_a_falcon_without_parallel_attention(tmp_path):
     assert np.abs(va["mlp_out"]).max() > 1e-3
 
 
-@pytest.mark.parametrize("name", ["olmoe", "gpt_oss", "gpt_neo"])
+@pytest.mark.parametrize("name", ["olmoe", "gpt_oss", "gpt_neo", "dbrx"])
 def test_nnsight_equals_native_bitwise(name, tmp_path):
     """The nnsight backend reads the same modules (and the same attention tap) as native hooks: an
-    expert block's output, attention sinks, GPT-Neo's own attention (the llama-like families share
-    OLMoE's module paths; the ARCHS tests cover Llama itself)."""
+    expert block's output, attention sinks, GPT-Neo's own attention, DBRX's attention nested in its
+    norm block (the llama-like families share OLMoE's module paths; the ARCHS tests cover Llama
+    itself)."""
     lm = load_model(build(name, "sdpa"), tokenizer=word_tokenizer())
     names = ["resid", "resid_pre", "attn_out", "mlp_out"]
     probes = [*(preset(n, dtype="float32") for n in names), preset("attn"), preset("top1"),
@@ -376,7 +394,8 @@ def _hooks(model: torch.nn.Module) -> int:
 # Structurally distinct representatives (every family was run once, README lists the outcomes):
 # fc2 as MLP, parallel GPT-J, own attention (GPT-Neo, XGLM, MPT's refused mlp_out), bridges that fail
 # (CodeGen, Phi with qk-layernorm, Falcon's new decoder) or are missing (Helium), BLOOM without branches,
-# scaled or capped logits, post-norms, weightless norms, experts, latent attention, sinks.
+# scaled or capped logits, post-norms, weightless norms, experts, latent attention, sinks (DBRX: no
+# bridge, refused).
 TLENS = ["opt", "gptj", "gpt_neo", "xglm", "mpt", "codegen", "phi", "falcon", "helium", "bloom", "granite",
          "cohere2", "olmo2", "nanochat", "mixtral", "deepseek_v3", "gpt_oss"]
 
