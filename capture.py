@@ -497,7 +497,7 @@ def _as_returned(model: Any, logits: torch.Tensor) -> torch.Tensor:
     """The LM head's output as the model returns it.
 
     Gemma 2 caps logits after the head (``cap * tanh(logits / cap)``), Granite divides them by
-    ``logits_scaling`` and Cohere (1, 2 and Compass) multiplies them by ``logit_scale``, so a hook
+    ``logits_scaling`` and Cohere (1, 2, 2 MoE, Compass) multiplies them by ``logit_scale``, so a hook
     on the head alone sees them uncapped and unscaled.
     """
     text = model.config.get_text_config()
@@ -507,6 +507,7 @@ def _as_returned(model: Any, logits: torch.Tensor) -> torch.Tensor:
     kind = text.model_type
     if kind in ("granite", "granitemoe", "granitemoeshared") and text.logits_scaling not in (None, 1):
         logits = logits / text.logits_scaling
-    if kind in ("cohere", "cohere2", "cohere_compass_text") and text.logit_scale not in (None, 1):
+    scaled = ("cohere", "cohere2", "cohere2_moe", "cohere_compass_text")
+    if kind in scaled and text.logit_scale not in (None, 1):
         logits = logits * text.logit_scale
     return logits

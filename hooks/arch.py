@@ -149,6 +149,28 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "sarvam_moe": _LLAMA_LIKE,  # GLM-4 MoE's modelling code
     "dots1": _LLAMA_LIKE,
     "cohere_compass_text": _LLAMA_LIKE,  # parallel, scaled logits, no-rope layers
+    "apertus1p5_text": _LLAMA_LIKE,
+    "hyperclovax": _LLAMA_LIKE,
+    "aria_text": _LLAMA_LIKE,
+    "exaone_moe": _LLAMA_LIKE,
+    "hy_v3": _LLAMA_LIKE,
+    "mellum": _LLAMA_LIKE,
+    "cohere2_moe": _LLAMA_LIKE,  # parallel, scaled logits
+    "flint": _LLAMA_LIKE,
+    "mimo_v2_flash": _LLAMA_LIKE,
+    "afmoe": _LLAMA_LIKE,
+    "beam": _LLAMA_LIKE,
+    "kolibri1": _LLAMA_LIKE,
+    "axk1": _LLAMA_LIKE,  # latent attention as deepseek_v3's
+    "youtu": _LLAMA_LIKE,  # latent attention as deepseek_v3's
+    "modernbert-decoder": replace(_LLAMA_LIKE, family="modernbert-decoder", attn="attn", unembed="decoder"),
+    "jetmoe": replace(
+        _LLAMA_LIKE,
+        family="jetmoe",
+        attn="self_attention",
+        no_tap="its query heads are picked per token by a router from expert projections (mixture of "
+               "attention heads), so a head index names no fixed head",
+    ),
     "dbrx": ArchSpec(  # attention inside a norm-attention-norm block
         family="dbrx",
         layers="transformer.blocks",

@@ -76,6 +76,8 @@ GATED_MLP: dict[str, bool] = {
     "mpt": False,
     "gpt_neox_japanese": False,
     "cohere_compass_text": True,
+    "apertus1p5_text": False,  # up, xIELU, down
+    "hyperclovax": True,
 }
 
 

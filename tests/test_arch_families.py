@@ -114,6 +114,42 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
         sliding_window=4, logit_scale=0.5, layer_types=["sliding_attention", "full_attention"],
         rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                          "full_attention": None}, **_H),
+    "apertus1p5_text": lambda: T.Apertus1p5TextConfig(pad_token_id=0, **_GQA),  # xIELU
+    "hyperclovax": lambda: T.HyperCLOVAXConfig(**_H),  # post-norms
+    "aria_text": lambda: T.AriaTextConfig(moe_num_experts=4, moe_topk=2, **_H),
+    "exaone_moe": lambda: T.ExaoneMoeConfig(  # sliding layers
+        num_experts=4, num_experts_per_tok=2, num_shared_experts=1, moe_intermediate_size=16,
+        first_k_dense_replace=1, sliding_window=4, pad_token_id=0, **_GQA),
+    "hy_v3": lambda: T.HYV3Config(num_experts=4, num_experts_per_tok=2, num_shared_experts=1,
+                                  moe_intermediate_size=16, **_H),
+    "mellum": lambda: T.MellumConfig(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, **_H),
+    "cohere2_moe": lambda: T.Cohere2MoeConfig(  # parallel, sliding layers, logits scaled by 1/16
+        num_experts=4, num_experts_per_tok=2, num_shared_experts=1, sliding_window=4, **_H),
+    "flint": lambda: T.FlintConfig(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                   shared_expert_intermediate_size=16, mlp_only_layers=[0], **_H),
+    "mimo_v2_flash": lambda: T.MiMoV2FlashConfig(  # a sliding layer, v heads of their own width
+        n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, moe_intermediate_size=16,
+        sliding_window=4, v_head_dim=8, **_H),
+    "afmoe": lambda: T.AfmoeConfig(  # post-norms, muP-scaled embeddings, a sliding layer
+        num_experts=4, num_experts_per_tok=2, num_shared_experts=1, moe_intermediate_size=16,
+        sliding_window=4, mup_enabled=True, layer_types=["sliding_attention", "full_attention"], **_H),
+    "beam": lambda: T.BeamConfig(  # post-norms, gated attention output, a sliding layer, experts on layer 1
+        num_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, moe_intermediate_size=16,
+        sliding_window=4, mlp_layer_types=["dense", "sparse"], **_H),
+    "kolibri1": lambda: T.Kolibri1Config(  # post-norms, sliding layers
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16,
+        sliding_window=4, **{k: v for k, v in _H.items() if k != "intermediate_size"}),
+    "axk1": lambda: T.AXK1Config(  # latent attention as deepseek_v3's
+        kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8,
+        **{k: v for k, v in _MLA_MOE.items() if k != "first_k_dense_replace"}),
+    "youtu": lambda: T.YoutuConfig(  # dense latent attention
+        kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8,
+        **{**_L, "num_key_value_heads": 4}),
+    "modernbert-decoder": lambda: T.ModernBertDecoderConfig(  # a sliding layer, a head before the unembedding
+        local_attention=8, pad_token_id=0, **_L),
+    "jetmoe": lambda: T.JetMoeConfig(  # query heads picked per token from 4 expert projections
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_key_value_heads=2, kv_channels=8,
+        intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128),
     "iquestcoder": lambda: T.IQuestCoderConfig(**_H),
     "ministral3": lambda: T.Ministral3Config(**_H),
     "biogpt": lambda: T.BioGptConfig(pad_token_id=0, **_L),  # scaled embeddings, fc2 as the MLP
@@ -132,17 +168,22 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
                                      num_attention_heads=4, new_decoder_architecture=True, num_kv_heads=2),
     "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
 }
-OWN_ATTENTION = ("falcon", "bloom", "xglm", "mpt", "gpt_neox_japanese")  # refuse per-head probes
+OWN_ATTENTION = ("falcon", "bloom", "xglm", "mpt", "gpt_neox_japanese",  # refuse per-head probes
+                 "jetmoe")  # JetMoE's heads are chosen per token: no head index names one head
 TAPPED = [k for k in CONFIGS if k not in OWN_ATTENTION]
 POST_SCALED = ("olmo2", "olmo3", "granite", "glm4", "exaone4", "flex_olmo", "granitemoeshared",
-               "minicpm3")  # post-norms, residual multiplier
+               "minicpm3", "hyperclovax", "afmoe", "beam", "kolibri1")  # post-norms, residual multiplier
 MOE = ["mixtral", "granitemoe", "olmoe", "qwen3_moe", "gpt_oss", "deepseek_v3", "glm4_moe", "ernie4_5_moe",
        "hunyuan_v1_moe", "phimoe", "minimax_m2", "flex_olmo", "solar_open", "deepseek_v2", "glm4_moe_lite",
-       "llama4_text", "granitemoeshared", "sarvam_mla", "sarvam_moe", "dots1", "dbrx"]
-NO_FLOPS = [*MOE, "minicpm3"]  # experts; latent attention's low-rank projections
+       "llama4_text", "granitemoeshared", "sarvam_mla", "sarvam_moe", "dots1", "dbrx", "aria_text",
+       "exaone_moe", "hy_v3", "mellum", "cohere2_moe", "flint", "mimo_v2_flash", "afmoe", "beam", "kolibri1",
+       "axk1", "jetmoe"]
+# experts; latent attention's low-rank projections; ModernBERT's prediction head (no term for it)
+NO_FLOPS = [*MOE, "minicpm3", "youtu", "modernbert-decoder"]
 # q/k heads 8 no-rope + 4 rotary dims
-MLA = ("deepseek_v3", "deepseek_v2", "glm4_moe_lite", "minicpm3", "sarvam_mla")
-EAGER_ONLY = ("gpt_oss", "gpt_neo", "vaultgemma", "xglm", "mpt", "gpt_neox_japanese")
+MLA = ("deepseek_v3", "deepseek_v2", "glm4_moe_lite", "minicpm3", "sarvam_mla", "axk1", "youtu")
+EAGER_ONLY = ("gpt_oss", "gpt_neo", "vaultgemma", "xglm", "mpt", "gpt_neox_japanese", "flint",
+              "mimo_v2_flash")
 
 
 def build(name: str, attn: str = "eager") -> torch.nn.Module:
@@ -267,10 +308,11 @@ def test_own_attention_families_keep_resid_and_refuse_per_head_probes(name, tmp_
     assert not (tmp_path / "a.h5").exists() and not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("name", ["xglm", "mpt", "gpt_neox_japanese"])
+@pytest.mark.parametrize("name", ["xglm", "mpt", "gpt_neox_japanese", "jetmoe"])
 def test_own_attention_families_give_the_models_resid_logits_and_branches(name, tmp_path):
     """resid and the logits equal the model's own outputs, and the branches sum to the
-    residual step: XGLM's fc2 and MPT's down projection (its MLP module returns the residual added).
+    residual step: XGLM's fc2 and MPT's down projection (its MLP module returns the residual added),
+    JetMoE's mixture-of-attention block.
     GPT-NeoX Japanese adds its last layer's attention bias outside the attention module: refused."""
     lm = load_model(build(name), tokenizer=word_tokenizer())
     branches = [] if arch.arch_for(lm.model).no_branches else ["attn_out", "mlp_out"]
@@ -394,10 +436,10 @@ def _hooks(model: torch.nn.Module) -> int:
 # Structurally distinct representatives (every family was run once, README lists the outcomes):
 # fc2 as MLP, parallel GPT-J, own attention (GPT-Neo, XGLM, MPT's refused mlp_out), bridges that fail
 # (CodeGen, Phi with qk-layernorm, Falcon's new decoder) or are missing (Helium), BLOOM without branches,
-# scaled or capped logits, post-norms, weightless norms, experts, latent attention, sinks (DBRX: no
-# bridge, refused).
+# scaled or capped logits, post-norms, weightless norms, experts, latent attention, sinks, ModernBERT's
+# prediction head before its unembedding (DBRX: no bridge, refused).
 TLENS = ["opt", "gptj", "gpt_neo", "xglm", "mpt", "codegen", "phi", "falcon", "helium", "bloom", "granite",
-         "cohere2", "olmo2", "nanochat", "mixtral", "deepseek_v3", "gpt_oss"]
+         "cohere2", "olmo2", "nanochat", "mixtral", "deepseek_v3", "gpt_oss", "modernbert-decoder"]
 
 
 @pytest.mark.parametrize("name", TLENS)
