@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import torch
 from transformers import PretrainedConfig
+from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -63,8 +67,25 @@ def describe(
 
     Returns:
         The filled ``ModelInfo``.
+
+    Raises:
+        ScalelensError: For a config without those sizes, or one that sets them per layer
+            (``per_layer_config``: Gemma 4's head widths), in one line.
     """
     text = config.get_text_config()
+    try:
+        return _describe(config, text, name=name, source=source, source_kind=source_kind,
+                         revision=revision, step=step, dtype=dtype, attn_implementation=attn_implementation)
+    except AmbiguousGlobalPerLayerAttributeError as exc:  # Gemma 4: head widths set per layer
+        key = re.search(r"'(\w+)' is a per-layer attribute", str(exc))
+        raise ScalelensError(
+            f"unsupported architecture {text.model_type!r}: its config sets "
+            f"{key.group(1) if key else 'some sizes'} per layer (per_layer_config), and scalelens "
+            "needs every layer the same (d_head, n_heads, ...)"
+        ) from None
+
+
+def _describe(config: PretrainedConfig, text: PretrainedConfig, **fields: Any) -> ModelInfo:
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")
                if getattr(text, k, None) is None]
     if missing:
@@ -79,11 +100,6 @@ def describe(
     d_head = getattr(text, "qk_head_dim", None) or getattr(text, "head_dim", None) or d_model // n_heads
     total, non_embedding = count_parameters(config)
     return ModelInfo(
-        name=name,
-        source=source,
-        source_kind=source_kind,
-        revision=revision,
-        step=step,
         architecture=str(text.model_type),
         n_params=total,
         n_params_non_embedding=non_embedding,
@@ -93,8 +109,7 @@ def describe(
         d_head=int(d_head),
         vocab_size=int(text.vocab_size),
         max_position=int(getattr(text, "max_position_embeddings", 0) or 0),
-        dtype=dtype,
-        attn_implementation=attn_implementation,
+        **fields,
     )
 
 

@@ -337,6 +337,19 @@ def test_own_attention_families_give_the_models_resid_logits_and_branches(name, 
         assert not (tmp_path / "a.h5").exists()
 
 
+def test_a_config_with_per_layer_head_widths_is_refused_in_one_line():
+    """Gemma 4 sets head_dim per layer (its full-attention layers' own width): reading config.head_dim
+    raised transformers' AmbiguousGlobalPerLayerAttributeError out of load_model, a traceback."""
+    torch.manual_seed(0)
+    config = T.Gemma4TextConfig(hidden_size_per_layer_input=8, vocab_size_per_layer_input=VOCAB,
+                                sliding_window=4, **_H)
+    model = T.AutoModelForCausalLM.from_config(config).eval()
+    with pytest.raises(ScalelensError, match="^unsupported architecture 'gemma4_text': its config sets "
+                                             "head_dim per layer") as exc:
+        load_model(model, tokenizer=word_tokenizer())
+    assert "\n" not in str(exc.value)
+
+
 def test_bloom_refuses_branches_that_carry_the_residual(tmp_path):
     lm = load_model(build("bloom"), tokenizer=word_tokenizer())
     with pytest.raises(ScalelensError, match="bloom cannot give attn_out: .*residual already added"):
