@@ -89,7 +89,7 @@ def retrieval_model(device: str, config: str = "tiny", seed: int = 0) -> Loaded:
 def _reference_tests(loaded: Loaded, s: r.RetrievalSettings) -> list[tuple[np.ndarray, np.ndarray, bool]]:
     """Per test: reference top-1 keys (layer, head, step), produced tokens, greedy == needle."""
     tests = r.haystack_tests(loaded, s, with_answer=True)
-    tok = tokenize([t.prompt for t in tests], loaded.tokenizer, loaded.info.max_position)
+    tok = tokenize([t.prompt for t in tests], loaded.tokenizer, loaded.info.max_position or None)
     ans, need = tok.labels.index("answer"), tok.labels.index("needle_answer")
     out = []
     for i in range(len(tests)):

@@ -62,6 +62,10 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ratio-threshold", type=float, default=100.0)
     g = p.add_argument_group("text dominance")
     g.add_argument("--dilutions", type=int_list, default=(1, 5, 10))
+    g.add_argument("--base-tokens", type=int, default=None,
+                   help="document tokens at dilution x1 (default: what fits the context beside needle and "
+                        "question at the largest dilution; needed for a model that declares no context, "
+                        "e.g. BLOOM)")
     g.add_argument("--dominance-prompts", type=int, default=8)
     g.add_argument("--dominance-modality", choices=("text", "embeds"), default="text",
                    help="O group: the document's tokens (text) or the document as a block of soft "
@@ -117,7 +121,7 @@ def settings_from_args(args: argparse.Namespace):
                               ratio_threshold=args.ratio_threshold, batch_size=args.batch_size)
     dominance = DominanceSettings(dilutions=args.dilutions, n_prompts=args.dominance_prompts,
                                   batch_size=args.batch_size, modality=args.dominance_modality,
-                                  soft_tokens=args.soft_tokens, pool=args.pool)
+                                  soft_tokens=args.soft_tokens, pool=args.pool, base_tokens=args.base_tokens)
     return MeasureSettings(retrieval, massive, dominance, CapacitySettings(bias=args.capacity_bias))
 
 

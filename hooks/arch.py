@@ -30,6 +30,9 @@ class ArchSpec:
             always.
         own_attn: True where the attention module's ``attention._attn(query, key, value, mask)``
             computes attention outside the registry and the tap wraps it (GPT-Neo).
+        alibi_qkv: True where the attention module computes attention in its own forward from
+            one fused ``query_key_value`` projection plus an ALiBi bias it is passed (BLOOM):
+            the tap reads queries and keys from that projection's output.
     """
 
     family: str
@@ -42,6 +45,7 @@ class ArchSpec:
     mlp_out_changed: str = ""
     mlp_out_changed_by: tuple[str, ...] = ()
     own_attn: bool = False
+    alibi_qkv: bool = False
 
     def changes_mlp_out(self, config: object) -> bool:
         """Whether a model of this family with ``config`` changes its MLP output after returning it."""
@@ -65,8 +69,8 @@ _GPT2_LIKE = ArchSpec(
     unembed="lm_head",
 )
 
-# Falcon and BLOOM compute attention in their own forward (SDPA or eager, ALiBi for BLOOM),
-# never through transformers' attention registry, so the tap would see nothing.
+# Falcon computes attention in its own forward (SDPA or eager), never through transformers'
+# attention registry, so the tap would see nothing (BLOOM too, but its fused projection is tapped).
 _OWN_ATTENTION = ("its attention is computed inside the model's own code, not through "
                   "transformers' attention registry that scalelens taps")
 _FALCON_LIKE = replace(_GPT2_LIKE, family="falcon-like", attn="self_attention")
@@ -211,7 +215,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "bloom": replace(
         _FALCON_LIKE,
         family="bloom",
-        no_tap=_OWN_ATTENTION + " (ALiBi bias included)",
+        alibi_qkv=True,
         no_branches="its attention and MLP modules return their output with the residual already added",
     ),
 }

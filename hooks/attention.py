@@ -79,7 +79,7 @@ def attention_tap(model: Any, modules: dict[int, nn.Module], callback: TapCallba
     check_points(model, [CapturePoint.ATTN_PATTERN])
     inner = model.config._attn_implementation or "eager"
     if inner.startswith(TAP_PREFIX) or any(_UPCAST in vars(m) or _OWN in vars(getattr(m, "attention", m))
-                                           for m in modules.values()):
+                                           or id(m) in _FUSED for m in modules.values()):
         raise RuntimeError("attention tap is already active on this model")
     if "flash" in inner or "flex" in inner:
         # transformers picks the flash kernel by the implementation's name (a renamed one has
@@ -94,6 +94,10 @@ def attention_tap(model: Any, modules: dict[int, nn.Module], callback: TapCallba
         return
     if arch_for(model).own_attn:
         with _own_attn_tap(modules, callback):
+            yield inner
+        return
+    if arch_for(model).alibi_qkv:
+        with _fused_qkv_tap(modules, callback):
             yield inner
         return
     name = _register(inner)
@@ -173,6 +177,75 @@ def _tapped_own(layer: int, module: nn.Module, method: Callable[..., Any],
     return tapped
 
 
+_FUSED: set[int] = set()  # attention modules whose fused projection is tapped now
+
+
+@contextmanager
+def _fused_qkv_tap(modules: dict[int, nn.Module], callback: TapCallback) -> Iterator[None]:
+    """Tap BLOOM attention, computed in its own forward from one fused ``query_key_value``.
+
+    A pre-hook on the attention module keeps its call's mask and cache and gives it its own
+    copy of the ALiBi bias; a hook on the fused projection splits queries and keys from its
+    output (keys after the cached ones) and hands them over with that bias as
+    ``kwargs["alibi"]`` (batch, head, 1, kv). A callback may return a replacement query
+    (head ablation), written back into the projection's output, and may edit the bias in place:
+    the layer's attention adds the edited bias (BLOOM fixes its scale, ``beta``, at 1.0).
+    """
+    handles = []
+    for layer, module in modules.items():
+        call: dict[str, Any] = {}
+        handles.append(module.register_forward_pre_hook(_keep_call(call), with_kwargs=True))
+        handles.append(module.get_submodule("query_key_value").register_forward_hook(
+            _split_fused(layer, module, call, callback)))
+        _FUSED.add(id(module))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module in modules.values():
+            _FUSED.discard(id(module))
+
+
+def _keep_call(call: dict[str, Any]) -> Callable[..., tuple[tuple[Any, ...], dict[str, Any]]]:
+    def keep(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]):
+        kwargs = {**kwargs, "alibi": kwargs["alibi"].clone()}  # shared by all layers: this layer's own
+        call.clear()
+        call.update(kwargs)
+        return args, kwargs
+
+    return keep
+
+
+def _split_fused(layer: int, module: Any, call: dict[str, Any],
+                 callback: TapCallback) -> Callable[..., torch.Tensor | None]:
+    def split(proj: nn.Module, args: Any, fused: torch.Tensor) -> torch.Tensor | None:
+        b, s = fused.shape[:2]
+        h, d = module.num_heads, module.head_dim
+        heads = fused.view(b, s, h, 3, d)
+        query, key = heads[..., 0, :].transpose(1, 2), heads[..., 1, :].transpose(1, 2)
+        past = _cached_keys(call.get("layer_past"), module.layer_idx)
+        key = key if past is None else torch.cat([past, key], dim=2)
+        alibi = call["alibi"].view(b, h, 1, -1)[..., :key.shape[2]]
+        replaced = callback(layer, query, key, call.get("attention_mask"), float(module.inv_norm_factor),
+                            {"alibi": alibi})
+        if replaced is None:
+            return None
+        fused = fused.clone()
+        fused.view(b, s, h, 3, d)[..., 0, :] = replaced.transpose(1, 2)
+        return fused
+
+    return split
+
+
+def _cached_keys(cache: Any, layer: int) -> torch.Tensor | None:
+    """Keys a cache holds for ``layer`` before this call, (batch, head, n, d_head), or None."""
+    if cache is None or layer >= len(cache.layers) or not cache.layers[layer].is_initialized:
+        return None
+    n = cache.layers[layer].get_seq_length()
+    return cache.layers[layer].keys[..., :n, :]
+
+
 def _repeat_kv(key: torch.Tensor, n_heads: int) -> torch.Tensor:
     groups = n_heads // key.shape[1]
     return key if groups == 1 else key.repeat_interleave(groups, dim=1)
@@ -225,6 +298,7 @@ def _probs(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor | None, mask: An
            out: torch.Tensor | None = None, heads: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(mask(softcap(q k^T * scaling))) in float32, in place after the product.
 
+    An ALiBi bias (``kwargs["alibi"]``, (batch, head, 1, kv)) is added to the scaled scores.
     With attention sinks (GPT-OSS passes a learned logit per query head as ``s_aux``) each
     row's softmax also takes its head's sink logit, whose share is dropped afterwards, as the
     model's eager attention does: such rows sum to less than 1. ``heads``: the query heads
@@ -234,6 +308,9 @@ def _probs(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor | None, mask: An
     softcap = kwargs.get("softcap")
     if softcap:
         scores.div_(softcap).tanh_().mul_(softcap)
+    alibi = kwargs.get("alibi")
+    if alibi is not None:  # BLOOM's per-head linear bias, added before the mask
+        scores.add_(alibi.float() if heads is None else alibi.float().index_select(1, heads))
     scores = _masked_scores(scores, rows, mask, kwargs, offset, memo)
     sinks = kwargs.get("s_aux")
     if sinks is not None:

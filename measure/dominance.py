@@ -49,7 +49,9 @@ class DominanceSettings:
     """Settings of the text-dominance measurement.
 
     Attributes:
-        base_tokens: Document size at dilution x1; None: (context - 64) / max(dilutions).
+        base_tokens: Document size at dilution x1 (at least 2); None: what the context leaves
+            beside needle and question, / max(dilutions) (a model that declares no context
+            length, e.g. BLOOM, needs it given).
         dilutions: Document size factors (the paper's x1, x5, x10).
         n_prompts: Prompts per dilution level.
         first_token_sink: Exclude the first token (reported separately as the sink).
@@ -128,13 +130,22 @@ def base_tokens(loaded: Any, s: DominanceSettings) -> int:
     check_pool(loaded, s)
     rs = RetrievalSettings(depths=_depths(s), n_needles=1)
     reserve = needle_overhead(needle_material(loaded, rs)[0], loaded.tokenizer)
-    room = loaded.info.max_position - reserve  # tokens left for the document beside needle and question
-    base = s.base_tokens or room // max(s.dilutions)
-    if base < MIN_BASE:
-        raise ScalelensError(
-            f"the model's context ({loaded.info.max_position}) is too short for a x{max(s.dilutions)} "
-            f"dilution; {_dilution_hint(room)}"
-        )
+    if s.base_tokens is not None:
+        if s.base_tokens < MIN_BASE:
+            raise ScalelensError(f"--base-tokens must be at least {MIN_BASE}, got {s.base_tokens}")
+        base = s.base_tokens
+    elif not loaded.info.max_position:
+        raise ScalelensError("the model declares no context length, so text dominance has no default "
+                             "document size; give one with --base-tokens (in Python "
+                             "DominanceSettings(base_tokens=))")
+    else:
+        room = loaded.info.max_position - reserve  # tokens left for the document beside needle and question
+        base = room // max(s.dilutions)
+        if base < MIN_BASE:
+            raise ScalelensError(
+                f"the model's context ({loaded.info.max_position}) is too short for a x{max(s.dilutions)} "
+                f"dilution; {_dilution_hint(room)}"
+            )
     _check_base_fits(loaded.info.max_position, base, max(s.dilutions), reserve)
     return base
 
@@ -156,7 +167,7 @@ def _check_base_fits(context: int | None, base: int, dilution: int, reserve: int
     if context and base * dilution + reserve > context:
         raise ScalelensError(
             f"base_tokens {base} at a x{dilution} dilution, plus {reserve} tokens of needle and "
-            f"question, exceed the model's context of {context} tokens; use base_tokens of at most "
+            f"question, exceed the model's context of {context} tokens; use --base-tokens of at most "
             f"{max(0, context - reserve) // dilution} or smaller --dilutions"
         )
 

@@ -275,7 +275,10 @@ def reference_scores(loaded: Any, s: RetrievalSettings, progress: bool = True) -
 # -- masking ablation ---------------------------------------------------------------
 @contextmanager
 def masked_heads(loaded: Any, heads: list[tuple[int, int]]) -> Iterator[None]:
-    """Make the listed heads attend uniformly (zeroed pre-softmax logits) while inside."""
+    """Make the listed heads attend uniformly (zeroed pre-softmax logits) while inside.
+
+    The query is zeroed; an ALiBi family's bias for those heads (BLOOM) is zeroed too.
+    """
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
@@ -284,6 +287,8 @@ def masked_heads(loaded: Any, heads: list[tuple[int, int]]) -> Iterator[None]:
     def zero_query(layer, q, k, mask, scaling, kwargs):
         q = q.clone()
         q[:, by_layer[layer]] = 0
+        if "alibi" in kwargs:
+            kwargs["alibi"][:, by_layer[layer]] = 0
         return q
 
     if not heads:
@@ -295,7 +300,7 @@ def masked_heads(loaded: Any, heads: list[tuple[int, int]]) -> Iterator[None]:
 
 def needle_recall(loaded: Any, prompts: list[Prompt], heads: list[tuple[int, int]]) -> float:
     """Mean ROUGE-1 recall (stemmed words, as the gate) of greedy answers with ``heads`` masked."""
-    tok = tokenize(prompts, loaded.tokenizer, loaded.info.max_position)
+    tok = tokenize(prompts, loaded.tokenizer, loaded.info.max_position or None)
     need, ans = tok.labels.index("needle_answer"), tok.labels.index("answer")
     recalls = []
     pad = placeholder_id(loaded.tokenizer, loaded.info.vocab_size)

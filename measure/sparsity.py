@@ -65,9 +65,9 @@ def _run(loaded: Any, tok: TokenizedPrompts, batch_size: int, sink: _NormSink) -
 
 def measure_sparsity(loaded: Any, text: MassiveSettings) -> dict[str, SparsityResult]:
     """Per-layer Hoyer sparsity of ``resid_post`` and ``mlp_out`` on the probe text."""
-    length = text.length or min(256, loaded.info.max_position)
+    length = text.length or min(256, loaded.info.max_position or 256)
     texts = probe_sequences(loaded, text.text, text.n_sequences, length)
-    tok = tokenize(as_prompts(texts), loaded.tokenizer, loaded.info.max_position)
+    tok = tokenize(as_prompts(texts), loaded.tokenizer, loaded.info.max_position or None)
     sink = _NormSink()
     _run(loaded, tok, text.batch_size, sink)
     n_layers = loaded.info.n_layers

@@ -250,7 +250,7 @@ def test_a_given_base_tokens_too_large_is_refused_before_any_capture(tmp_path, m
     s = MeasureSettings(dominance=DominanceSettings(base_tokens=500, dilutions=(1, 2), n_prompts=2,
                                                     modality=modality, pool=1))
     with pytest.raises(ScalelensError, match=r"^base_tokens 500 at a x2 dilution, plus \d+ tokens .* "
-                                             r"context of 128 tokens; use base_tokens of at most \d+") as e:
+                                             r"context of 128 tokens; use --base-tokens of at most \d+") as e:
         measure(lm, "massive_activations,text_dominance", tmp_path / "out", s, progress=False)
     assert "--context-lengths" not in str(e.value)
     assert not (tmp_path / "out").exists()

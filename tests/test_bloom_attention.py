@@ -1,0 +1,154 @@
+"""BLOOM's per-head probes: read from its fused query_key_value projection plus its ALiBi bias."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import transformers as T
+from tiny_models import VOCAB, prompts, word_tokenizer
+
+from scalelens.cache.reader import CaptureFile
+from scalelens.capture import capture
+from scalelens.hooks import arch
+from scalelens.hooks.attention import attention_tap
+from scalelens.measure import retrieval
+from scalelens.models.load import load_model
+from scalelens.probes.spec import ProbeSpec, preset
+
+
+def bloom(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)
+    return T.AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+
+
+def _eager(model, ids: np.ndarray, **kw):
+    with torch.no_grad():
+        return model(torch.tensor(ids, dtype=torch.long)[None], output_attentions=True, **kw)
+
+
+def test_attention_top1_and_q_k_equal_blooms_own_weights(tmp_path):
+    """Padded batches of 2: each head's rows, a head subset, the top-1 keys, and softmax of
+    q k^T / sqrt(d) plus the ALiBi bias from the q and k probes all give BLOOM's own attentions."""
+    model = bloom()
+    probes = [preset("attn"), dataclasses.replace(preset("attn"), name="sub", heads=(3, 1)), preset("top1"),
+              ProbeSpec("q", "q", dtype="float32"), ProbeSpec("k", "k", dtype="float32")]
+    out = capture(load_model(model, tokenizer=word_tokenizer()), probes, prompts(5), tmp_path / "c.h5",
+                  batch_size=2, progress=False)
+    with CaptureFile(out) as f:
+        v = {n: f.read("values", n).data for n in ("attn", "sub", "q", "k")}
+        ids, lengths, top1 = f.read("tokens").data, f.read("lengths").data, f.probe("top1")
+    assert len(set(lengths)) > 1  # padding inside a batch
+    slopes = torch.tensor([2.0 ** (-2 * (h + 1)) for h in range(4)])  # 4 heads: 1/4, 1/16, ...
+    for i, n in enumerate(lengths):
+        o = _eager(model, ids[i, :n])
+        qpos = top1["query_pos"].data[i, 0]
+        for layer in range(2):
+            want = o.attentions[layer][0]
+            np.testing.assert_allclose(v["attn"][i, layer, :, :n, :n], want, atol=1e-6)
+            np.testing.assert_allclose(v["sub"][i, layer, :, :n, :n], want[[3, 1]], atol=1e-6)
+            np.testing.assert_array_equal(top1["top1_key"].data[i, layer, :, 0], want[:, qpos, :n].argmax(-1))
+            q, k = torch.tensor(v["q"][i, layer, :, :n]), torch.tensor(v["k"][i, layer, :, :n])
+            scores = q @ k.transpose(-1, -2) / 8**0.5 + slopes[:, None, None] * torch.arange(n)
+            scores = scores + torch.full((n, n), float("-inf")).triu(1)
+            np.testing.assert_allclose(scores.softmax(-1), want, atol=1e-6)
+    assert np.abs(v["attn"][0, 0, 0] - v["attn"][0, 0, 3]).max() > 0.1  # heads differ (bias slopes)
+
+
+def test_cached_retrieval_decoding_top1_equals_recomputed_eager():
+    """Retrieval's KV-cached greedy decoding reads the cached keys and the whole prefix's bias."""
+    ids = torch.randint(0, 50, (1, 12), generator=torch.Generator().manual_seed(0))
+    top1, produced = retrieval._greedy_top1(load_model(bloom(), tokenizer=word_tokenizer()), ids, 6)
+    model, tops, want = bloom(), [], []
+    with torch.inference_mode():
+        for _ in range(6):
+            out = model(input_ids=ids, use_cache=False, output_attentions=True)
+            tops.append(np.stack([a[0, :, -1].argmax(-1).numpy() for a in out.attentions]))
+            want.append(int(out.logits[0, -1].argmax()))
+            ids = torch.cat([ids, ids.new_tensor([[want[-1]]])], dim=1)
+    assert produced == want
+    np.testing.assert_array_equal(top1, np.stack(tops, axis=-1))
+
+
+def test_masked_heads_attend_uniformly_without_their_alibi_bias():
+    """The retrieval ablation zeroes a head's logits: its query and its ALiBi bias, so its rows are
+    uniform over the keys it may see; the other heads, and other layers, keep their own rows."""
+    lm = load_model(bloom(), tokenizer=word_tokenizer())
+    ids = np.arange(3, 12)
+    plain = _eager(lm.model, ids).attentions
+    with retrieval.masked_heads(lm, [(1, 2)]):
+        masked = _eager(lm.model, ids).attentions
+    n = len(ids)
+    uniform = torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None]
+    np.testing.assert_allclose(masked[1][0, 2], uniform, atol=1e-6)
+    np.testing.assert_allclose(masked[1][0, [0, 1, 3]], plain[1][0, [0, 1, 3]], atol=1e-6)
+    np.testing.assert_allclose(masked[0][0], plain[0][0], atol=1e-6)
+    np.testing.assert_allclose(_eager(lm.model, ids).attentions[1][0], plain[1][0], atol=0)  # undone
+
+
+def test_the_tap_leaves_no_hooks_and_refuses_to_nest():
+    model = bloom()
+    modules = {i: arch.layer_part(model, i, "attn") for i in range(2)}
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    with attention_tap(model, modules, lambda *a: None):
+        with pytest.raises(RuntimeError, match="already active"):
+            with attention_tap(model, modules, lambda *a: None):
+                pass
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks
+
+
+def test_an_edit_of_one_layers_bias_stays_in_that_layer():
+    """The model builds one ALiBi tensor for all layers: the tap hands each layer its own copy, so
+    zeroing a head's bias in layer 0 leaves layer 1's bias (slope 1/64 for head 2 of 4) as it was."""
+    model = bloom()
+    modules = {i: arch.layer_part(model, i, "attn") for i in range(2)}
+    seen = {}
+
+    def edit(layer, q, k, mask, scaling, kwargs):
+        if layer == 0:
+            kwargs["alibi"][:, 2] = 0
+        seen[layer] = kwargs["alibi"][0, 2, 0].clone()
+
+    with attention_tap(model, modules, edit):
+        _eager(model, np.arange(3, 9))
+    np.testing.assert_allclose(seen[0], np.zeros(6))
+    np.testing.assert_allclose(seen[1], np.arange(6) / 64)
+
+
+def test_measure_runs_every_analysis_bloom_can_give(tmp_path):
+    """Retrieval heads (with the ablation), massive activations, superposition, text dominance and
+    information capacity; activation sparsity needs branches BLOOM's modules do not return."""
+    from scalelens.measure.dominance import DominanceSettings
+    from scalelens.measure.massive import MassiveSettings
+    from scalelens.measure.retrieval import RetrievalSettings
+    from scalelens.measure.run import CORE_ANALYSES, MeasureSettings, measure
+
+    s = MeasureSettings(RetrievalSettings(context_lengths=(48,), depths=(0.5,), n_needles=1, ablation_k=1),
+                        MassiveSettings(n_sequences=2, length=12),
+                        DominanceSettings(dilutions=(1, 2), n_prompts=2, base_tokens=12))
+    wanted = (*CORE_ANALYSES, "information_capacity")
+    data = measure(load_model(bloom(), tokenizer=word_tokenizer()), wanted, tmp_path, s, progress=False)
+    got = data["analyses"]
+    assert set(got) == set(wanted)
+    assert np.asarray(got["retrieval_heads"]["scores"]).shape == (2, 4)
+    assert got["retrieval_heads"]["ablation"]["top_heads"]
+    assert all(np.isfinite(layer["mdi"]) for layer in got["text_dominance"]["per_layer"])
+    assert [d["other_tokens"] for d in got["text_dominance"]["dilution"]] == [12, 24]
+
+
+@pytest.mark.parametrize("extra, needle", [([], "declares no context length"),
+                                           (["--base-tokens", "1"], "--base-tokens must be at least 2")])
+def test_text_dominance_without_a_context_needs_a_document_size(extra, needle, tmp_path, capsys):
+    """BLOOM declares no context (ALiBi), so there is no default x1 document: one line names
+    --base-tokens, before anything is written."""
+    from cli_run import assert_one_line, run_cli
+
+    bloom().save_pretrained(tmp_path / "m")
+    word_tokenizer().save_pretrained(tmp_path / "m")
+    rc, _, err = run_cli(capsys, ["measure", "--model", str(tmp_path / "m"), "--analyses", "text_dominance",
+                                  "--out", str(tmp_path / "o"), *extra])
+    assert_one_line(rc, err, needle, "--base-tokens")
+    assert not (tmp_path / "o").exists()
