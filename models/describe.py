@@ -108,7 +108,7 @@ def _describe(config: PretrainedConfig, text: PretrainedConfig, **fields: Any) -
         n_heads=n_heads,
         d_head=int(d_head),
         vocab_size=int(text.vocab_size),
-        max_position=int(getattr(text, "max_position_embeddings", 0) or 0),
+        max_position=_context(text),
         **fields,
     )
 
@@ -133,3 +133,8 @@ def weights_fingerprint(model: torch.nn.Module, per_tensor: int = 256) -> str:
     digest = hashlib.sha256("|".join(shapes).encode())
     digest.update(bytes(values))
     return digest.hexdigest()[:16]
+
+
+def _context(config: PretrainedConfig) -> int:
+    """The context length a config declares: ``max_position_embeddings`` (MPT: ``max_seq_len``); 0: none."""
+    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "max_seq_len", 0) or 0)

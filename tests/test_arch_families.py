@@ -170,7 +170,7 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
 }
 OWN_ATTENTION = ("falcon", "xglm", "mpt", "gpt_neox_japanese",  # refuse per-head probes
                  "jetmoe")  # JetMoE's heads are chosen per token: no head index names one head
-TAPPED = [k for k in CONFIGS if k not in (*OWN_ATTENTION, "bloom")]  # bloom: tests/test_bloom_attention.py
+TAPPED = [k for k in CONFIGS if k not in (*OWN_ATTENTION, "bloom")]  # bloom: tests/test_alibi_families.py
 POST_SCALED = ("olmo2", "olmo3", "granite", "glm4", "exaone4", "flex_olmo", "granitemoeshared",
                "minicpm3", "hyperclovax", "afmoe", "beam", "kolibri1")  # post-norms, residual multiplier
 MOE = ["mixtral", "granitemoe", "olmoe", "qwen3_moe", "gpt_oss", "deepseek_v3", "glm4_moe", "ernie4_5_moe",

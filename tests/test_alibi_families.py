@@ -1,4 +1,5 @@
-"""BLOOM's per-head probes: read from its fused query_key_value projection plus its ALiBi bias."""
+"""ALiBi families: BLOOM's per-head probes, read from its fused query_key_value projection plus
+its ALiBi bias, and the context lengths BLOOM (none) and MPT (max_seq_len) declare."""
 
 from __future__ import annotations
 
@@ -152,3 +153,18 @@ def test_text_dominance_without_a_context_needs_a_document_size(extra, needle, t
                                   "--out", str(tmp_path / "o"), *extra])
     assert_one_line(rc, err, needle, "--base-tokens")
     assert not (tmp_path / "o").exists()
+
+
+def test_mpt_declares_its_max_seq_len_and_measures_activation_sparsity(tmp_path):
+    """MPT names its context max_seq_len: it was read as none (0), and the sparsity probe text was
+    then cut at a 0-token limit."""
+    from scalelens.measure.massive import MassiveSettings
+    from scalelens.measure.run import MeasureSettings, measure
+
+    torch.manual_seed(0)
+    config = T.MptConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, max_seq_len=96)
+    lm = load_model(T.AutoModelForCausalLM.from_config(config).eval(), tokenizer=word_tokenizer())
+    assert lm.info.max_position == 96
+    settings = MeasureSettings(massive=MassiveSettings(n_sequences=2))
+    data = measure(lm, ("activation_sparsity",), tmp_path, settings, progress=False)
+    assert len(data["analyses"]["activation_sparsity"]["points"]["mlp_out"]["per_layer"]) == 2
