@@ -8,7 +8,8 @@ A name gives training step N when it is, as a whole, one of:
   ``step20000-tokens84B``);
 - ``stage1-step<N>`` with or without the ``-tokens<K>`` part (OLMo 2 pretraining:
   ``stage1-step928646-tokens3896B``, ``stage1-step1000-tokens2.1B``);
-- ``checkpoint-<N>`` (an HF Trainer save directory).
+- ``checkpoint-<N>`` (an HF Trainer save directory);
+- ``global_step<N>`` (Megatron-DeepSpeed: BLOOM's ``bigscience/bloom-560m-intermediate`` branches).
 
 A later stage's name (OLMo 2 ``stage2-ingredient1-step11931-tokens50B``) gives no step: each
 stage counts its steps and tokens from zero again (that branch follows
@@ -26,7 +27,8 @@ COMMIT = re.compile(r"[0-9a-f]{40}")
 
 # ASCII digits only (\d also takes other scripts' digits); a token count may have decimals (OLMo 2 early
 # training: stage1-step1000-tokens2.1B)
-_STEP = re.compile(r"(?:stage1-)?step([0-9]+)(?:-tokens[0-9]+(?:\.[0-9]+)?[KMBT]?)?|checkpoint-([0-9]+)")
+_STEP = re.compile(r"(?:stage1-)?step([0-9]+)(?:-tokens[0-9]+(?:\.[0-9]+)?[KMBT]?)?"
+                   r"|checkpoint-([0-9]+)|global_step([0-9]+)")
 _LATER_STAGE = re.compile(r"stage([0-9]+)-.+")
 
 
@@ -35,14 +37,14 @@ def parse_step(revision: str | None) -> int | None:
 
     Args:
         revision: A name such as ``step3000``, ``step1000-tokens4B``,
-            ``stage1-step1000-tokens4B`` or ``checkpoint-3000``.
+            ``stage1-step1000-tokens4B``, ``checkpoint-3000`` or ``global_step3000``.
 
     Returns:
         N for the names the module docstring lists; ``None`` for any other name, a later
         stage's (``stage2-…``) included.
     """
     m = _STEP.fullmatch(revision or "")
-    return int(m.group(1) or m.group(2)) if m else None
+    return int(next(g for g in m.groups() if g is not None)) if m else None
 
 
 def later_stage(revision: str) -> int | None:

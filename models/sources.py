@@ -80,7 +80,7 @@ def _named_checkpoints(path: Path) -> list[Path]:
 
 
 def step_dirs(path: Path) -> dict[str, Path]:
-    """Checkpoint subdirectories (``stepN``, ``checkpoint-N``) holding a config and weights, by N.
+    """Checkpoint subdirectories (``stepN``, ``checkpoint-N``, ``global_stepN``) with config and weights.
 
     One without either (an HF Trainer save still being written, or interrupted) is left out.
     """

@@ -49,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--suite", type=user_source, help="a mini-suite directory (scalelens suite build)")
     src.add_argument("--family", help="a hub family: pythia")
     src.add_argument("--model", action="append", type=_size_source, metavar="SIZE=SOURCE",
-                     help="your own family, once per size: a run directory with stepN / checkpoint-N "
-                          "checkpoints, a model directory, a hub id or a .gguf file")
+                     help="your own family, once per size: a run directory with stepN / checkpoint-N / "
+                          "global_stepN checkpoints, a model directory, a hub id or a .gguf file")
     src.add_argument("--spec", type=user_path, help="a TOML sweep spec instead of flags")
     p.add_argument("--sizes", help="comma-separated sizes (default all)")
     p.add_argument("--checkpoints", type=_checkpoints, default=None,

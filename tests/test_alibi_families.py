@@ -168,3 +168,14 @@ def test_mpt_declares_its_max_seq_len_and_measures_activation_sparsity(tmp_path)
     settings = MeasureSettings(massive=MassiveSettings(n_sequences=2))
     data = measure(lm, ("activation_sparsity",), tmp_path, settings, progress=False)
     assert len(data["analyses"]["activation_sparsity"]["points"]["mlp_out"]["per_layer"]) == 2
+
+
+def test_blooms_intermediate_branches_give_their_step():
+    """BLOOM's training checkpoints are hub branches ``global_step<N>`` (Megatron-DeepSpeed)."""
+    from scalelens.models.revisions import parse_step, revision_key
+
+    names = {"global_step1000": 1000, "global_step0": 0, "global_step": None, "xglobal_step5": None,
+             "global_step5-x": None, "global_step1000-tokens4B": None}
+    assert {n: parse_step(n) for n in names} == names
+    assert sorted(["main", "global_step200", "global_step30"], key=revision_key) == [
+        "global_step30", "global_step200", "main"]
