@@ -30,9 +30,11 @@ class ArchSpec:
             always.
         own_attn: True where the attention module's ``attention._attn(query, key, value, mask)``
             computes attention outside the registry and the tap wraps it (GPT-Neo).
-        alibi_qkv: True where the attention module computes attention in its own forward from
-            one fused ``query_key_value`` projection plus an ALiBi bias it is passed (BLOOM):
-            the tap reads queries and keys from that projection's output.
+        proj_tap: Where the tap reads queries and keys of a family whose attention module
+            computes attention in its own forward: ``"fused_alibi"``, from one fused
+            ``query_key_value`` projection, plus the ALiBi bias the module is passed (BLOOM);
+            ``"q_proj"``, from ``q_proj``'s output, the keys from ``k_proj`` on the same input
+            (XGLM, which scales its queries after the projection); ``""``: neither.
     """
 
     family: str
@@ -45,7 +47,7 @@ class ArchSpec:
     mlp_out_changed: str = ""
     mlp_out_changed_by: tuple[str, ...] = ()
     own_attn: bool = False
-    alibi_qkv: bool = False
+    proj_tap: str = ""
 
     def changes_mlp_out(self, config: object) -> bool:
         """Whether a model of this family with ``config`` changes its MLP output after returning it."""
@@ -186,7 +188,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt_neo": replace(_GPT2_LIKE, family="gpt-neo", own_attn=True),
     "biogpt": replace(_OPT_LIKE, family="biogpt", layers="biogpt.layers", unembed="output_projection"),
     "ctrl": replace(_GPT2_LIKE, family="ctrl", attn="multi_head_attention", mlp="ffn"),
-    "xglm": replace(_OPT_LIKE, family="xglm", layers="model.layers", no_tap=_OWN_ATTENTION),
+    "xglm": replace(_OPT_LIKE, family="xglm", layers="model.layers", proj_tap="q_proj"),
     "mpt": ArchSpec(  # its MLP module adds the residual itself: its down projection is the branch
         family="mpt",
         layers="transformer.blocks",
@@ -215,7 +217,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "bloom": replace(
         _FALCON_LIKE,
         family="bloom",
-        alibi_qkv=True,
+        proj_tap="fused_alibi",
         no_branches="its attention and MLP modules return their output with the residual already added",
     ),
 }

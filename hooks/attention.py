@@ -96,8 +96,8 @@ def attention_tap(model: Any, modules: dict[int, nn.Module], callback: TapCallba
         with _own_attn_tap(modules, callback):
             yield inner
         return
-    if arch_for(model).alibi_qkv:
-        with _fused_qkv_tap(modules, callback):
+    if arch_for(model).proj_tap:
+        with _projection_tap(modules, callback, arch_for(model).proj_tap):
             yield inner
         return
     name = _register(inner)
@@ -177,26 +177,32 @@ def _tapped_own(layer: int, module: nn.Module, method: Callable[..., Any],
     return tapped
 
 
-_FUSED: set[int] = set()  # attention modules whose fused projection is tapped now
+_FUSED: set[int] = set()  # attention modules whose projections are tapped now
 
 
 @contextmanager
-def _fused_qkv_tap(modules: dict[int, nn.Module], callback: TapCallback) -> Iterator[None]:
-    """Tap BLOOM attention, computed in its own forward from one fused ``query_key_value``.
+def _projection_tap(modules: dict[int, nn.Module], callback: TapCallback, kind: str) -> Iterator[None]:
+    """Tap attention computed in the module's own forward, at its query projection.
 
-    A pre-hook on the attention module keeps its call's mask and cache and gives it its own
-    copy of the ALiBi bias; a hook on the fused projection splits queries and keys from its
-    output (keys after the cached ones) and hands them over with that bias as
-    ``kwargs["alibi"]`` (batch, head, 1, kv). A callback may return a replacement query
-    (head ablation), written back into the projection's output, and may edit the bias in place:
-    the layer's attention adds the edited bias (BLOOM fixes its scale, ``beta``, at 1.0).
+    A pre-hook on the attention module keeps its call's mask and cache. ``kind``
+    ``"fused_alibi"`` (BLOOM): a hook on the fused ``query_key_value`` projection splits queries
+    and keys from its output and hands them over with the layer's ALiBi bias as
+    ``kwargs["alibi"]`` (batch, head, 1, kv); the pre-hook gives the layer its own copy of that
+    bias (the model builds one for all layers), so a callback may edit it in place and the layer
+    adds the edited bias (BLOOM fixes its scale, ``beta``, at 1.0). ``"q_proj"`` (XGLM): a hook
+    on ``q_proj`` hands over its output and the keys ``k_proj`` makes of the same input. Keys
+    follow the cached ones while decoding. A callback may return a replacement query (head
+    ablation), written back into the projection's output.
     """
     handles = []
     for layer, module in modules.items():
         call: dict[str, Any] = {}
         handles.append(module.register_forward_pre_hook(_keep_call(call), with_kwargs=True))
-        handles.append(module.get_submodule("query_key_value").register_forward_hook(
-            _split_fused(layer, module, call, callback)))
+        if kind == "fused_alibi":
+            hook, proj = _split_fused(layer, module, call, callback), "query_key_value"
+        else:
+            hook, proj = _q_and_k(layer, module, call, callback), "q_proj"
+        handles.append(module.get_submodule(proj).register_forward_hook(hook))
         _FUSED.add(id(module))
     try:
         yield
@@ -209,12 +215,18 @@ def _fused_qkv_tap(modules: dict[int, nn.Module], callback: TapCallback) -> Iter
 
 def _keep_call(call: dict[str, Any]) -> Callable[..., tuple[tuple[Any, ...], dict[str, Any]]]:
     def keep(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]):
-        kwargs = {**kwargs, "alibi": kwargs["alibi"].clone()}  # shared by all layers: this layer's own
+        if "alibi" in kwargs:
+            kwargs = {**kwargs, "alibi": kwargs["alibi"].clone()}  # shared by all layers: this layer's own
         call.clear()
         call.update(kwargs)
         return args, kwargs
 
     return keep
+
+
+def _with_cached(key: torch.Tensor, call: dict[str, Any], layer: int) -> torch.Tensor:
+    past = _cached_keys(call.get("layer_past", call.get("cache")), layer)
+    return key if past is None else torch.cat([past, key], dim=2)
 
 
 def _split_fused(layer: int, module: Any, call: dict[str, Any],
@@ -224,8 +236,7 @@ def _split_fused(layer: int, module: Any, call: dict[str, Any],
         h, d = module.num_heads, module.head_dim
         heads = fused.view(b, s, h, 3, d)
         query, key = heads[..., 0, :].transpose(1, 2), heads[..., 1, :].transpose(1, 2)
-        past = _cached_keys(call.get("layer_past"), module.layer_idx)
-        key = key if past is None else torch.cat([past, key], dim=2)
+        key = _with_cached(key, call, module.layer_idx)
         alibi = call["alibi"].view(b, h, 1, -1)[..., :key.shape[2]]
         replaced = callback(layer, query, key, call.get("attention_mask"), float(module.inv_norm_factor),
                             {"alibi": alibi})
@@ -234,6 +245,19 @@ def _split_fused(layer: int, module: Any, call: dict[str, Any],
         fused = fused.clone()
         fused.view(b, s, h, 3, d)[..., 0, :] = replaced.transpose(1, 2)
         return fused
+
+    return split
+
+
+def _q_and_k(layer: int, module: Any, call: dict[str, Any],
+             callback: TapCallback) -> Callable[..., torch.Tensor | None]:
+    def split(proj: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor | None:
+        b, s = out.shape[:2]
+        h, d = module.num_heads, module.head_dim
+        query = out.view(b, s, h, d).transpose(1, 2)
+        key = _with_cached(module.k_proj(args[0]).view(b, s, h, d).transpose(1, 2), call, module.layer_idx)
+        replaced = callback(layer, query, key, call.get("attention_mask"), float(module.scaling), {})
+        return None if replaced is None else replaced.transpose(1, 2).reshape(b, s, h * d)
 
     return split
 

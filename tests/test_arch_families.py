@@ -155,7 +155,7 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
     "biogpt": lambda: T.BioGptConfig(pad_token_id=0, **_L),  # scaled embeddings, fc2 as the MLP
     "ctrl": lambda: T.CTRLConfig(vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=2, n_head=4, dff=64),
     "xglm": lambda: T.XGLMConfig(vocab_size=VOCAB, max_position_embeddings=128, d_model=32, num_layers=2,
-                                 attention_heads=4, ffn_dim=64, pad_token_id=0),  # own attention
+                                 attention_heads=4, ffn_dim=64, pad_token_id=0),  # own attention (tapped)
     "mpt": lambda: T.MptConfig(  # own attention with ALiBi, MLP adds the residual (and is 4 d wide,
         vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, expansion_ratio=2, pad_token_id=0),  # not 2 d
     "gpt_neox_japanese": lambda: T.GPTNeoXJapaneseConfig(  # own attention, last layer's bias outside it
@@ -168,9 +168,9 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
                                      num_attention_heads=4, new_decoder_architecture=True, num_kv_heads=2),
     "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
 }
-OWN_ATTENTION = ("falcon", "xglm", "mpt", "gpt_neox_japanese",  # refuse per-head probes
+OWN_ATTENTION = ("falcon", "mpt", "gpt_neox_japanese",  # refuse per-head probes
                  "jetmoe")  # JetMoE's heads are chosen per token: no head index names one head
-TAPPED = [k for k in CONFIGS if k not in (*OWN_ATTENTION, "bloom")]  # bloom: tests/test_alibi_families.py
+TAPPED = [k for k in CONFIGS if k not in (*OWN_ATTENTION, "bloom")]  # bloom: tests/test_projection_taps.py
 POST_SCALED = ("olmo2", "olmo3", "granite", "glm4", "exaone4", "flex_olmo", "granitemoeshared",
                "minicpm3", "hyperclovax", "afmoe", "beam", "kolibri1")  # post-norms, residual multiplier
 MOE = ["mixtral", "granitemoe", "olmoe", "qwen3_moe", "gpt_oss", "deepseek_v3", "glm4_moe", "ernie4_5_moe",
@@ -272,7 +272,7 @@ def test_latent_attention_q_and_k_are_what_its_softmax_reads(name, tmp_path):
             np.testing.assert_allclose(scores.softmax(-1), o.attentions[layer][0], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["gpt_neo", "gpt_oss", "deepseek_v3"])
+@pytest.mark.parametrize("name", ["gpt_neo", "gpt_oss", "deepseek_v3", "xglm"])
 def test_cached_retrieval_decoding_top1_equals_recomputed_eager(name):
     """Retrieval's KV-cached greedy decoding taps GPT-Neo's own attention (its 4-token local
     window), GPT-OSS's sinks and DeepSeek V3's cached latents as the eager weights of the whole
@@ -308,10 +308,10 @@ def test_own_attention_families_keep_resid_and_refuse_per_head_probes(name, tmp_
     assert not (tmp_path / "a.h5").exists() and not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("name", ["xglm", "mpt", "gpt_neox_japanese", "jetmoe"])
+@pytest.mark.parametrize("name", ["mpt", "gpt_neox_japanese", "jetmoe"])
 def test_own_attention_families_give_the_models_resid_logits_and_branches(name, tmp_path):
     """resid and the logits equal the model's own outputs, and the branches sum to the
-    residual step: XGLM's fc2 and MPT's down projection (its MLP module returns the residual added),
+    residual step: MPT's down projection (its MLP module returns the residual added),
     JetMoE's mixture-of-attention block.
     GPT-NeoX Japanese adds its last layer's attention bias outside the attention module: refused."""
     lm = load_model(build(name), tokenizer=word_tokenizer())
@@ -365,7 +365,7 @@ def test_a_tap_that_never_fires_is_an_error_not_zeros(tmp_path, monkeypatch):
         capture(lm, [preset("attn")], prompts(3), tmp_path / "a.h5", progress=False)
 
 
-@pytest.mark.parametrize("name", ["opt", "granite", "gpt_neo"])
+@pytest.mark.parametrize("name", ["opt", "granite", "gpt_neo", "xglm"])
 def test_measure_runs_every_analysis(name, tmp_path):
     from scalelens.measure.dominance import DominanceSettings
     from scalelens.measure.massive import MassiveSettings

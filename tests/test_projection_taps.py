@@ -1,5 +1,6 @@
-"""ALiBi families: BLOOM's per-head probes, read from its fused query_key_value projection plus
-its ALiBi bias, and the context lengths BLOOM (none) and MPT (max_seq_len) declare."""
+"""Attention computed in a family's own code, tapped at its projections: BLOOM's fused
+query_key_value plus its ALiBi bias, XGLM's q_proj and k_proj; the contexts BLOOM (none) and
+MPT (max_seq_len) declare."""
 
 from __future__ import annotations
 
@@ -74,10 +75,18 @@ def test_cached_retrieval_decoding_top1_equals_recomputed_eager():
     np.testing.assert_array_equal(top1, np.stack(tops, axis=-1))
 
 
-def test_masked_heads_attend_uniformly_without_their_alibi_bias():
-    """The retrieval ablation zeroes a head's logits: its query and its ALiBi bias, so its rows are
-    uniform over the keys it may see; the other heads, and other layers, keep their own rows."""
-    lm = load_model(bloom(), tokenizer=word_tokenizer())
+def xglm() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = T.XGLMConfig(vocab_size=VOCAB, max_position_embeddings=128, d_model=32, num_layers=2,
+                          attention_heads=4, ffn_dim=64, pad_token_id=0)
+    return T.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("build", [bloom, xglm])
+def test_masked_heads_attend_uniformly_without_their_alibi_bias(build):
+    """The retrieval ablation zeroes a head's logits: its query (and BLOOM's ALiBi bias), so its rows
+    are uniform over the keys it may see; the other heads, and other layers, keep their own rows."""
+    lm = load_model(build(), tokenizer=word_tokenizer())
     ids = np.arange(3, 12)
     plain = _eager(lm.model, ids).attentions
     with retrieval.masked_heads(lm, [(1, 2)]):
