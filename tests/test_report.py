@@ -255,6 +255,20 @@ def report(run_dir: Path) -> ReportPaths:
     return render_report(run_dir, progress=False)
 
 
+@pytest.fixture(scope="module")
+def small_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of two sizes' loss at one step (read-only): one plot, so its report is quick to draw.
+
+    For the tests of where and how a report is written (its file names, a full disk, a sweep
+    holding the run), which run_dir's 70 figures only slowed down.
+    """
+    run = tmp_path_factory.mktemp("small") / "run"
+    run.mkdir()
+    rows = ["m,14m,main,5,1e6,5e5,loss,loss,,,3.5", "m,70m,main,5,4e6,2e6,loss,loss,,,3.1"]
+    (run / "metrics.csv").write_text(",".join(COLUMNS) + "\n" + "\n".join(rows) + "\n")
+    return run
+
+
 class _Collector(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -838,20 +852,21 @@ def test_report_never_overwrites_its_inputs_nor_half_writes(run_dir: Path, tmp_p
     assert not (tmp_path / "x.html").exists()
 
 
-def test_markdown_links_to_an_html_report_of_any_name(run_dir: Path, tmp_path: Path) -> None:
+def test_markdown_links_to_an_html_report_of_any_name(small_run_dir: Path, tmp_path: Path) -> None:
     # '#' would start a fragment and ')' end the link: the name is percent-encoded in the target
     name = "rep #1 (a)) 100% é.html"
-    paths = render_report(run_dir, tmp_path / name, progress=False)
+    paths = render_report(small_run_dir, tmp_path / name, progress=False)
     md = paths.markdown.read_text()
     target = "rep%20%231%20%28a%29%29%20100%25%20%C3%A9.html"
     assert f"[rep #1 (a)) 100% é.html]({target})" in md
 
 
 @pytest.mark.parametrize("stem", ["r" * 245, "é" * 122, "中" * 81])
-def test_a_report_of_a_long_but_valid_file_name_is_written(run_dir: Path, tmp_path: Path, stem: str) -> None:
+def test_a_report_of_a_long_but_valid_file_name_is_written(small_run_dir: Path, tmp_path: Path,
+                                                           stem: str) -> None:
     # 250 bytes is a valid name; the hidden temporary it is written through, '.NAME.host-pid.uuid.tmp',
     # was not ('File name too long', naming that temporary)
-    paths = render_report(run_dir, tmp_path / f"{stem}.html", progress=False)
+    paths = render_report(small_run_dir, tmp_path / f"{stem}.html", progress=False)
     assert paths.html.is_file() and paths.markdown.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{stem}.html", f"{stem}.md"])
 
@@ -947,7 +962,7 @@ def test_a_latest_value_from_an_earlier_checkpoint_says_its_step(tmp_path: Path)
     assert dict((r[0], r[1:]) for r in table.rows)["loss.loss"] == ("3", "2.9 (step 10)", "2.2")
 
 
-def test_a_report_that_runs_out_of_room_does_not_promise_a_resume(run_dir: Path, tmp_path: Path,
+def test_a_report_that_runs_out_of_room_does_not_promise_a_resume(small_run_dir: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """A report has no finished batches to keep: its full-disk line says to rerun, not that the
     run resumes; nothing half-written is left."""
@@ -958,7 +973,7 @@ def test_a_report_that_runs_out_of_room_does_not_promise_a_resume(run_dir: Path,
     out = tmp_path / "o"
     out.mkdir()
     with file_size_limit(1024):
-        code = main(["report", str(run_dir), "--out", str(out / "r.html")])
+        code = main(["report", str(small_run_dir), "--out", str(out / "r.html")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert "file-size limit" in err[0] and err[0].endswith("and rerun the same command"), err[0]
@@ -1031,7 +1046,7 @@ def test_two_reports_written_at_once_never_collide(tmp_path: Path) -> None:
     assert sorted(f.name for f in tmp_path.iterdir()) == ["go", "report.html", "report.md"]
 
 
-def test_a_report_while_a_sweep_writes_the_run_says_so(run_dir: Path, tmp_path: Path,
+def test_a_report_while_a_sweep_writes_the_run_says_so(small_run_dir: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """A sweep rewrites the tables only when it ends: a report made meanwhile notes the running
     sweep (its process) and still renders the run before it."""
@@ -1040,7 +1055,7 @@ def test_a_report_while_a_sweep_writes_the_run_says_so(run_dir: Path, tmp_path: 
     from scalelens.cli import main
 
     run = tmp_path / "run"
-    shutil.copytree(run_dir, run)
+    shutil.copytree(small_run_dir, run)
     take = ("from pathlib import Path\nfrom scalelens.sweeps.rundir import locked_run_dir\n"
             "held = locked_run_dir(Path(sys.argv[1]))\nheld.__enter__()")
     with held_elsewhere(take, str(run)) as sweeper:
