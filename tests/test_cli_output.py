@@ -137,11 +137,22 @@ def _sweep_argv(suite: Path) -> list[str]:
             "--out", "run"]
 
 
-def test_a_partly_failed_sweep_logs_each_task_and_exits_1(broken_suite, tmp_path):
+@pytest.fixture(scope="module")
+def partly_failed(broken_suite, tmp_path_factory) -> tuple[Path, int, str]:
+    """The broken suite's sweep run once into ``DIR/run`` as ``> log 2>&1``: DIR, exit code, log.
+
+    Read-only: a test that reruns it copies ``DIR/run`` first.
+    """
+    cwd = tmp_path_factory.mktemp("partly_failed")
+    rc, log = _in_one_log(_sweep_argv(broken_suite), cwd)
+    return cwd, rc, log
+
+
+def test_a_partly_failed_sweep_logs_each_task_and_exits_1(broken_suite, partly_failed):
     """In one log (``> log 2>&1``) the outcome line came after the failures it introduces, and
     the log held carriage returns."""
     m = read_manifest(broken_suite)
-    rc, log = _in_one_log(_sweep_argv(broken_suite), tmp_path)
+    _, rc, log = partly_failed
     assert rc == 1, log
     _no_control(log)
     lines = log.splitlines()
@@ -155,9 +166,9 @@ def test_a_partly_failed_sweep_logs_each_task_and_exits_1(broken_suite, tmp_path
         + "run/fits.json"
 
 
-def test_a_rerun_logs_no_line_per_skipped_task(broken_suite, tmp_path):
+def test_a_rerun_logs_no_line_per_skipped_task(broken_suite, partly_failed, tmp_path):
     """A rerun logged one line per finished task (28 for the demo), each 'skipped'."""
-    _in_one_log(_sweep_argv(broken_suite), tmp_path)
+    shutil.copytree(partly_failed[0] / "run", tmp_path / "run")  # the first run, in a copy
     r = _cli(_sweep_argv(broken_suite), tmp_path)
     assert r.returncode == 1
     bars = [ln for ln in r.stderr.splitlines() if ln.startswith("sweep: ")]
