@@ -272,10 +272,11 @@ def test_latent_attention_q_and_k_are_what_its_softmax_reads(name, tmp_path):
             np.testing.assert_allclose(scores.softmax(-1), o.attentions[layer][0], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["gpt_neo", "gpt_oss", "deepseek_v3", "xglm"])
+@pytest.mark.parametrize("name", ["gpt_neo", "gpt_oss", "deepseek_v3", "xglm", "bloom"])
 def test_cached_retrieval_decoding_top1_equals_recomputed_eager(name):
     """Retrieval's KV-cached greedy decoding taps GPT-Neo's own attention (its 4-token local
-    window), GPT-OSS's sinks and DeepSeek V3's cached latents as the eager weights of the whole
+    window), GPT-OSS's sinks, DeepSeek V3's cached latents, and XGLM's and BLOOM's projections
+    (the cached keys, BLOOM's bias over the whole prefix) as the eager weights of the whole
     prefix recomputed at every step say."""
     from scalelens.measure import retrieval
 

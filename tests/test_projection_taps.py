@@ -60,21 +60,6 @@ def test_attention_top1_and_q_k_equal_blooms_own_weights(tmp_path):
     assert np.abs(v["attn"][0, 0, 0] - v["attn"][0, 0, 3]).max() > 0.1  # heads differ (bias slopes)
 
 
-def test_cached_retrieval_decoding_top1_equals_recomputed_eager():
-    """Retrieval's KV-cached greedy decoding reads the cached keys and the whole prefix's bias."""
-    ids = torch.randint(0, 50, (1, 12), generator=torch.Generator().manual_seed(0))
-    top1, produced = retrieval._greedy_top1(load_model(bloom(), tokenizer=word_tokenizer()), ids, 6)
-    model, tops, want = bloom(), [], []
-    with torch.inference_mode():
-        for _ in range(6):
-            out = model(input_ids=ids, use_cache=False, output_attentions=True)
-            tops.append(np.stack([a[0, :, -1].argmax(-1).numpy() for a in out.attentions]))
-            want.append(int(out.logits[0, -1].argmax()))
-            ids = torch.cat([ids, ids.new_tensor([[want[-1]]])], dim=1)
-    assert produced == want
-    np.testing.assert_array_equal(top1, np.stack(tops, axis=-1))
-
-
 def xglm() -> torch.nn.Module:
     torch.manual_seed(0)
     config = T.XGLMConfig(vocab_size=VOCAB, max_position_embeddings=128, d_model=32, num_layers=2,
