@@ -34,7 +34,9 @@ class ArchSpec:
             computes attention in its own forward: ``"fused_alibi"``, from one fused
             ``query_key_value`` projection, plus the ALiBi bias the module is passed (BLOOM);
             ``"q_proj"``, from ``q_proj``'s output, the keys from ``k_proj`` on the same input
-            (XGLM, which scales its queries after the projection); ``""``: neither.
+            (XGLM, which scales its queries after the projection); ``"split_heads"``, from the
+            fused ``query_key_value`` projection split by the module's own ``_split_heads`` and
+            rotated by its modelling code (Falcon's three layouts, rotary or ALiBi); ``""``: none.
     """
 
     family: str
@@ -71,8 +73,9 @@ _GPT2_LIKE = ArchSpec(
     unembed="lm_head",
 )
 
-# Falcon computes attention in its own forward (SDPA or eager), never through transformers'
-# attention registry, so the tap would see nothing (BLOOM too, but its fused projection is tapped).
+# MPT and GPT-NeoX Japanese compute attention in their own forward, never through transformers'
+# attention registry, so the tap would see nothing (BLOOM and Falcon too, but their fused
+# projections are tapped).
 _OWN_ATTENTION = ("its attention is computed inside the model's own code, not through "
                   "transformers' attention registry that scalelens taps")
 _FALCON_LIKE = replace(_GPT2_LIKE, family="falcon-like", attn="self_attention")
@@ -209,7 +212,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "falcon": replace(
         _FALCON_LIKE,
         family="falcon",
-        no_tap=_OWN_ATTENTION,
+        proj_tap="split_heads",
         mlp_out_changed="with parallel attention Falcon adds the attention output into the MLP's "
                         "output tensor in place after the MLP returns",
         mlp_out_changed_by=("parallel_attn", "new_decoder_architecture"),

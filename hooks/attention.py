@@ -11,6 +11,7 @@ the capture records ``attention_capture`` in the file attributes.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -192,7 +193,8 @@ def _projection_tap(modules: dict[int, nn.Module], callback: TapCallback, kind: 
     adds the edited bias (BLOOM fixes its scale, ``beta``, at 1.0). ``"q_proj"`` (XGLM): a hook
     on ``q_proj`` hands over its output and the keys ``k_proj`` makes of the same input. Keys
     follow the cached ones while decoding. A callback may return a replacement query (head
-    ablation), written back into the projection's output.
+    ablation), written back into the projection's output. ``"split_heads"`` (Falcon): see
+    :func:`_falcon_split`.
     """
     handles = []
     for layer, module in modules.items():
@@ -200,6 +202,9 @@ def _projection_tap(modules: dict[int, nn.Module], callback: TapCallback, kind: 
         handles.append(module.register_forward_pre_hook(_keep_call(call), with_kwargs=True))
         if kind == "fused_alibi":
             hook, proj = _split_fused(layer, module, call, callback), "query_key_value"
+        elif kind == "split_heads":
+            hook, proj = _falcon_split(layer, module, call, callback), "query_key_value"
+            handles.append(module.register_forward_hook(_restore_mask(call), always_call=True))
         else:
             hook, proj = _q_and_k(layer, module, call, callback), "q_proj"
         handles.append(module.get_submodule(proj).register_forward_hook(hook))
@@ -215,7 +220,7 @@ def _projection_tap(modules: dict[int, nn.Module], callback: TapCallback, kind: 
 
 def _keep_call(call: dict[str, Any]) -> Callable[..., tuple[tuple[Any, ...], dict[str, Any]]]:
     def keep(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]):
-        if "alibi" in kwargs:
+        if kwargs.get("alibi") is not None:
             kwargs = {**kwargs, "alibi": kwargs["alibi"].clone()}  # shared by all layers: this layer's own
         call.clear()
         call.update(kwargs)
@@ -260,6 +265,115 @@ def _q_and_k(layer: int, module: Any, call: dict[str, Any],
         return None if replaced is None else replaced.transpose(1, 2).reshape(b, s, h * d)
 
     return split
+
+
+def _falcon_split(layer: int, module: Any, call: dict[str, Any],
+                  callback: TapCallback) -> Callable[..., torch.Tensor | None]:
+    """Tap Falcon at its fused ``query_key_value`` projection, in any of its three layouts.
+
+    Queries and keys come from the module's own ``_split_heads`` and, without ALiBi, its
+    modelling code's ``apply_rotary_pos_emb`` with the position embeddings the call is passed.
+    With ALiBi the model puts the scaled bias into the mask it passes every layer and, in its
+    eager branch, adds it once more: the callback gets the allowed keys as a boolean mask and
+    the bias the layer adds as ``kwargs["alibi"]`` (batch, head, 1, kv), and the heads whose
+    bias it edits are given that bias alone (their rows of the shared mask, restored after the
+    layer). A replacement query is written back into the projection's output; under rotary
+    only zeroed heads (a zero query stays zero when rotated), anything else is refused.
+    """
+    own = sys.modules[type(module).__module__]
+
+    def split(proj: nn.Module, args: Any, fused: torch.Tensor) -> torch.Tensor | None:
+        query, key = _falcon_q_k(module, fused, call, own)
+        key = _with_cached(key, call, module.layer_idx)
+        mask, kwargs = call.get("attention_mask"), {}
+        if call.get("alibi") is not None:
+            mask, kwargs["alibi"] = _falcon_bias(module, call, key.shape[2])
+            kept = kwargs["alibi"].clone()
+        replaced = callback(layer, query, key, mask, float(module.inv_norm_factor), kwargs)
+        if "alibi" in kwargs:
+            _write_bias(module, call, kwargs["alibi"], kept)
+        if replaced is None:
+            return None
+        return _write_query(module, fused, query, replaced, rotary="alibi" not in kwargs)
+
+    return split
+
+
+def _falcon_q_k(module: Any, fused: torch.Tensor, call: dict[str, Any],
+                own: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Falcon's queries and keys (batch, head, seq, d) as its forward makes them, post-rotary."""
+    b, s = fused.shape[:2]
+    h, d = module.num_heads, module.head_dim
+    query, key, _ = module._split_heads(fused)
+    kv_heads = h if module.new_decoder_architecture else module.num_kv_heads
+    query = query.transpose(1, 2).reshape(b, h, s, d)
+    key = key.transpose(1, 2).reshape(b, kv_heads, s, d)
+    if call.get("alibi") is None:
+        cos, sin = call["position_embeddings"]
+        query, key = own.apply_rotary_pos_emb(query, key, cos, sin)
+    return query, key
+
+
+def _falcon_bias(module: Any, call: dict[str, Any], kv: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The keys Falcon's ALiBi mask allows (b, 1, q, kv; None: causal) and the bias its layer adds."""
+    h = module.num_heads
+    alibi = call["alibi"].view(-1, h, 1, call["alibi"].shape[-1])[..., :kv]  # (b, h, 1, kv) or (b * h, 1, kv)
+    mask = call.get("attention_mask")
+    bias = torch.zeros(alibi.shape, dtype=torch.float32, device=alibi.device)
+    allowed = None
+    if mask is not None and mask.dim() == 4:  # the model's mask: min where blocked, else alibi / sqrt(d)
+        allowed = mask[:, :1] > torch.finfo(mask.dtype).min
+        bias += (alibi / math.sqrt(module.head_dim)).float()
+    if module.config._attn_implementation != "sdpa" or call.get("output_attentions"):
+        bias += alibi.float() * module.inv_norm_factor  # its eager branch: (q k^T + alibi) / sqrt(d) + mask
+    return allowed, bias
+
+
+def _write_bias(module: Any, call: dict[str, Any], bias: torch.Tensor, kept: torch.Tensor) -> None:
+    """Give the heads whose bias a callback edited that bias alone, in the mask the layer adds."""
+    heads = (bias != kept).flatten(2).any(-1).any(0).nonzero().flatten()
+    if not len(heads):
+        return
+    mask = call.get("attention_mask")
+    if mask is None or mask.dim() != 4:
+        raise ScalelensError("falcon's tap cannot write an edited ALiBi bias back without the model's "
+                             "4-D mask")
+    b, h = bias.shape[:2]
+    call["alibi"].view(b, h, 1, -1)[:, heads] = 0
+    call["restore"] = (mask, heads, mask[:, heads].clone())
+    blocked = mask[:, :1] == torch.finfo(mask.dtype).min
+    mask[:, heads] = bias[:, heads].to(mask.dtype).expand(-1, -1, mask.shape[2], -1).masked_fill(
+        blocked, torch.finfo(mask.dtype).min)
+
+
+def _restore_mask(call: dict[str, Any]) -> Callable[..., None]:
+    def restore(module: nn.Module, args: Any, output: Any) -> None:
+        kept = call.pop("restore", None)
+        if kept is not None:  # the mask is the model's, shared by all layers
+            mask, heads, rows = kept
+            mask[:, heads] = rows
+
+    return restore
+
+
+def _write_query(module: Any, fused: torch.Tensor, query: torch.Tensor, replaced: torch.Tensor,
+                 rotary: bool) -> torch.Tensor | None:
+    """``fused`` with the query heads ``replaced`` changes written back (columns from ``_split_heads``)."""
+    if replaced is query:  # edited in place: every head counts as replaced
+        heads = torch.ones(query.shape[1], dtype=torch.bool, device=query.device)
+    else:
+        heads = (replaced != query).flatten(2).any(-1).any(0)
+    if not heads.any():
+        return None
+    if rotary and replaced[:, heads].any():
+        raise ScalelensError("falcon's tap can only zero a rotary query head: its rotation is applied "
+                             "after the projection a replacement is written back to")
+    width = fused.shape[-1]
+    columns = module._split_heads(torch.arange(width, device=fused.device).view(1, 1, width))[0][0, 0]
+    b, s, picked = fused.shape[0], fused.shape[1], columns[heads].flatten()
+    fused = fused.clone()
+    fused[..., picked] = replaced[:, heads].transpose(1, 2).reshape(b, s, -1).to(fused.dtype)
+    return fused
 
 
 def _cached_keys(cache: Any, layer: int) -> torch.Tensor | None:

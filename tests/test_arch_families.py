@@ -168,9 +168,10 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
                                      num_attention_heads=4, new_decoder_architecture=True, num_kv_heads=2),
     "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
 }
-OWN_ATTENTION = ("falcon", "mpt", "gpt_neox_japanese",  # refuse per-head probes
+OWN_ATTENTION = ("mpt", "gpt_neox_japanese",  # refuse per-head probes
                  "jetmoe")  # JetMoE's heads are chosen per token: no head index names one head
-TAPPED = [k for k in CONFIGS if k not in (*OWN_ATTENTION, "bloom")]  # bloom: tests/test_projection_taps.py
+# bloom: tests/test_projection_taps.py; falcon here and in tests/test_falcon_tap.py (every layout)
+TAPPED = [k for k in CONFIGS if k not in (*OWN_ATTENTION, "bloom")]
 POST_SCALED = ("olmo2", "olmo3", "granite", "glm4", "exaone4", "flex_olmo", "granitemoeshared",
                "minicpm3", "hyperclovax", "afmoe", "beam", "kolibri1")  # post-norms, residual multiplier
 MOE = ["mixtral", "granitemoe", "olmoe", "qwen3_moe", "gpt_oss", "deepseek_v3", "glm4_moe", "ernie4_5_moe",
