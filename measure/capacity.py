@@ -17,7 +17,7 @@ from scalelens.analyses.capacity import CapacityResult, ModelShape, flops_per_to
 from scalelens.errors import ScalelensError
 from scalelens.hooks.rope import prompt_batches
 from scalelens.measure.massive import MassiveSettings, mean_loss
-from scalelens.measure.text import probe_sequences
+from scalelens.measure.text import probe_texts
 from scalelens.probes.prompts import TokenizedPrompts, as_prompts, tokenize
 
 # Whether a family's MLP is gated (three matrices: 6 d d_ff FLOPs) or plain (two: 4 d d_ff).
@@ -173,8 +173,7 @@ def mean_nll(loaded: Any, tok: TokenizedPrompts, batch_size: int) -> tuple[float
 
 def measure_capacity(loaded: Any, text: MassiveSettings, s: CapacitySettings) -> CapacityResult:
     """Information capacity of ``loaded`` on the probe text (see ``analyses/capacity.py``)."""
-    length = text.length or min(256, loaded.info.max_position or 256)
-    texts = probe_sequences(loaded, text.text, text.n_sequences, length)
+    texts = probe_texts(loaded, text)
     tok = tokenize(as_prompts(texts), loaded.tokenizer, loaded.info.max_position or None)
     nll, count = mean_nll(loaded, tok, text.batch_size)
     if count and not np.isfinite(nll):  # e.g. float16 logits past 65504

@@ -16,7 +16,7 @@ from scalelens.capture import capture
 from scalelens.errors import ScalelensError
 from scalelens.hooks.arch import decoder_layers
 from scalelens.hooks.rope import prompt_batches
-from scalelens.measure.text import probe_sequences
+from scalelens.measure.text import probe_texts
 from scalelens.probes.prompts import TokenizedPrompts, as_prompts, tokenize
 from scalelens.probes.spec import ProbeSpec
 
@@ -68,8 +68,7 @@ def delimiter_ids(tokenizer: Any) -> list[int]:
 def measure_massive(loaded: Any, s: MassiveSettings, out: Path, overwrite: bool = False,
                     progress: bool = True) -> tuple[MassiveResult, dict[str, Any] | None]:
     """Capture the summary probe over the probe text, analyse it, and intervene."""
-    length = s.length or min(256, loaded.info.max_position or 256)
-    texts = probe_sequences(loaded, s.text, s.n_sequences, length)
+    texts = probe_texts(loaded, s)
     probe = ProbeSpec(MASSIVE_PROBE, "resid_post", reduction="massive", topk=s.topk)
     capture(loaded, [probe], texts, out, batch_size=s.batch_size, overwrite=overwrite, reuse_complete=True,
             progress=progress)

@@ -22,7 +22,7 @@ from scalelens.hooks.backends import make_backend
 from scalelens.hooks.points import CapturePoint
 from scalelens.hooks.rope import prompt_batches
 from scalelens.measure.massive import MassiveSettings
-from scalelens.measure.text import probe_sequences
+from scalelens.measure.text import probe_texts
 from scalelens.probes.prompts import TokenizedPrompts, as_prompts, tokenize
 
 POINTS = (CapturePoint.RESID_POST, CapturePoint.MLP_OUT)
@@ -65,8 +65,7 @@ def _run(loaded: Any, tok: TokenizedPrompts, batch_size: int, sink: _NormSink) -
 
 def measure_sparsity(loaded: Any, text: MassiveSettings) -> dict[str, SparsityResult]:
     """Per-layer Hoyer sparsity of ``resid_post`` and ``mlp_out`` on the probe text."""
-    length = text.length or min(256, loaded.info.max_position or 256)
-    texts = probe_sequences(loaded, text.text, text.n_sequences, length)
+    texts = probe_texts(loaded, text)
     tok = tokenize(as_prompts(texts), loaded.tokenizer, loaded.info.max_position or None)
     sink = _NormSink()
     _run(loaded, tok, text.batch_size, sink)

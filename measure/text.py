@@ -79,6 +79,15 @@ def probe_sequences(loaded: Any, text_file: str | None, n: int, length: int) -> 
     return out
 
 
+def probe_texts(loaded: Any, s: Any) -> list[str]:
+    """The probe sequences of ``s`` (a ``MassiveSettings``: ``text``, ``n_sequences``, ``length``).
+
+    ``length`` None: min(256, the model's context), 256 for a model that declares none.
+    """
+    length = s.length or min(256, loaded.info.max_position or 256)
+    return probe_sequences(loaded, s.text, s.n_sequences, length)
+
+
 def _coprime_stride(n: int, start: int = 7) -> int:
     """The smallest stride from ``start`` on sharing no factor with ``n`` (7 for most texts)."""
     stride = start
