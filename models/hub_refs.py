@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import ScalelensError
 from .hub import http_errors, is_offline, recent_timeout, remember_answer
 from .hub_cache import cached_revisions
-from .revisions import revision_key
+from .revisions import revision_key, revisions_by_step
 
 LISTING_MEMORY_S = 300.0
 """How long a listing the hub gave is used before the hub is asked again (in this process)."""
@@ -50,22 +51,49 @@ class RevisionListing:
     cached: tuple[str, ...] = ()
 
 
-def hub_revision_listing(repo_id: str) -> RevisionListing:
+def hub_revision_listing(repo_id: str, cache_dir: str | Path | None = None) -> RevisionListing:
     """The revisions of hub repo ``repo_id``: the hub's, else those known here.
 
     Args:
         repo_id: Hub id (``allenai/OLMo-1B-hf``).
+        cache_dir: The local hub cache (default ``HF_HUB_CACHE``).
 
     Returns:
         The hub's branches and tags with the local hub cache's revisions when the hub
         answers; with ``HF_HUB_OFFLINE`` set or the hub unreachable, the local hub
         cache's revisions and the listing last remembered on disk, with the reason.
     """
-    cached = cached_revisions(repo_id, None) or []
+    cached = cached_revisions(repo_id, cache_dir) or []
     names, why = hub_names(repo_id)
     if names is None:
         return RevisionListing(_ordered([*cached, *_recalled(repo_id)]), False, why, _ordered(cached))
     return RevisionListing(_ordered([*names, *cached]), True, None, _ordered(cached))
+
+
+def step_revision(repo_id: str, step: int, cache_dir: str | Path | None = None) -> str:
+    """The revision of hub repo ``repo_id`` that holds training step ``step`` (``checkpoint=N``).
+
+    Repos name their checkpoints differently: ``step1000`` (Pythia), ``step1000-tokens4B``
+    (OLMo), ``global_step1000`` (BLOOM's intermediate checkpoints). The name is looked up
+    among the locally cached revisions first, then in :func:`hub_revision_listing` (the hub
+    asked once, or offline the listing remembered here).
+
+    Returns:
+        The one revision giving ``step``; ``step<N>`` when none known here gives it (loading
+        it then says what is missing).
+
+    Raises:
+        ScalelensError: Several revisions give ``step``.
+    """
+    names = revisions_by_step(cached_revisions(repo_id, cache_dir) or []).get(step)
+    if not names:
+        names = revisions_by_step(list(hub_revision_listing(repo_id, cache_dir).names)).get(step)
+    if not names:
+        return f"step{step}"
+    if len(names) > 1:
+        raise ScalelensError(f"checkpoint={step}: step {step} of {repo_id} is given by {len(names)} "
+                             f"revisions ({', '.join(names)}); pass revision= one of them")
+    return names[0]
 
 
 def _ordered(names: list[str]) -> tuple[str, ...]:

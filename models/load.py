@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ from ..errors import ScalelensError, ScalelensWarning, first_line
 from .describe import check_architecture, describe
 from .hub import explain_failure, is_offline, use_cache_only
 from .hub_cache import has_tokenizer_files
+from .hub_refs import step_revision
 from .info import ModelInfo
 from .quiet import quiet_hf_progress, quiet_load_report
+from .revisions import parse_step
 from .sources import ResolvedSource, checkpoint_revision, looks_like_hub_id, resolve_source
 from .wrapped import unwrap
 
@@ -103,7 +105,9 @@ def load_model(
     Args:
         source: See above.
         revision: Hub revision or suite checkpoint name (``step3000``).
-        checkpoint: Sugar for ``revision=f"step{checkpoint}"``.
+        checkpoint: A training step N: ``revision=f"step{N}"``, or for a hub repo the revision
+            it names step N by (``step1000-tokens4B`` for OLMo, ``global_step1000`` for
+            BLOOM's intermediate checkpoints), from the cached revisions or the hub's listing.
         device: Target device. Loaded models default to ``cpu``; in-memory models
             stay where they are unless a device is given.
         dtype: ``float32`` (default for loaded models), ``bfloat16``, ``float16``...;
@@ -135,9 +139,19 @@ def load_model(
         return _from_object(source, tokenizer, device, dt, attn_implementation, cache_dir)
     rev = checkpoint_revision(revision, checkpoint)
     resolved = resolve_source(os.fspath(source), rev, gguf_file)
+    if resolved.kind == "hub" and checkpoint is not None and revision is None:
+        resolved = _hub_step(resolved, cache_dir)
     if tokenizer is None and default_tokenizer is not None and not ships_tokenizer(resolved):
         tokenizer = default_tokenizer
     return _from_disk(resolved, os.fspath(source), cache_dir, tokenizer, device, dt, attn_implementation)
+
+
+def _hub_step(resolved: ResolvedSource, cache_dir: Any) -> ResolvedSource:
+    """``checkpoint=N`` of a hub id: the revision the repo names step N by (``global_stepN``)."""
+    assert resolved.step is not None  # the sugar's step<N>
+    cache = None if cache_dir is None else os.fspath(cache_dir)
+    named = step_revision(resolved.location, resolved.step, cache)
+    return replace(resolved, revision=named, step=parse_step(named))
 
 
 def _hub_options(cache_dir: Any) -> dict[str, Any]:

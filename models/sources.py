@@ -54,17 +54,18 @@ def _step_number(value: object) -> int | None:
 
 
 def checkpoint_revision(revision: str | None, checkpoint: int | None) -> str | None:
-    """Merge ``checkpoint=3000`` sugar into ``revision="step3000"``."""
+    """Merge ``checkpoint=3000`` sugar into ``revision="step3000"`` (a revision of that step is kept).
+
+    A hub repo's own name for the step (``global_step3000``) is found by ``load_model``.
+    """
     if checkpoint is None:
         return revision
     step = _step_number(checkpoint)
     if step is None or step < 0:
         raise ScalelensError(f"checkpoint must be a step number >= 0, got {checkpoint!r}")
-    checkpoint = step
-    sugar = f"step{checkpoint}"
-    if revision is not None and revision != sugar:
-        raise ScalelensError(f"revision={revision!r} and checkpoint={checkpoint} disagree; pass only one")
-    return sugar
+    if revision is not None and parse_step(revision) != step:
+        raise ScalelensError(f"revision={revision!r} and checkpoint={step} disagree; pass only one")
+    return revision or f"step{step}"
 
 
 def _complete(folder: Path) -> bool:

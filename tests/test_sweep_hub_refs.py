@@ -23,7 +23,7 @@ import pytest
 from cli_run import assert_one_line, run_cli
 from net import refused_endpoint, waiting_connections
 
-from scalelens.errors import ScalelensError
+from scalelens.errors import ScalelensError, ScalelensWarning
 from scalelens.models import hub, hub_refs
 from scalelens.models.suite import read_manifest
 from scalelens.models.testing import write_hub_cache
@@ -293,3 +293,46 @@ def test_branches_with_decimal_token_counts_are_checkpoints(fake_hub):
                     "m/stage1-step2000-tokens4.2B", "m/stage1-step10000-tokens21B"]
     assert [t.revision for t in expand(SweepSpec(models={"m": early}, checkpoints=(1000,)))] == [
         "stage1-step1000-tokens2.1B"]
+
+
+BLOOM_LIKE = "bloom-test/m-intermediate"
+
+
+def test_load_model_checkpoint_loads_the_repos_own_name_for_the_step(fake_hub, micro_suite, tmp_path,
+                                                                     monkeypatch):
+    """load_model(hub id, checkpoint=N) loaded step<N>, a branch OLMo (step1000-tokens4B) and
+    BLOOM's intermediate checkpoints (global_step1000) do not have: now the revision naming step
+    N, from the local hub cache (the hub not asked), else the hub's listing, else, offline, the
+    listing remembered here. Two revisions of one step are one line naming both."""
+    from scalelens.models import load_model
+
+    manifest, cache = read_manifest(micro_suite), tmp_path / "hub"
+    size, (first, second) = manifest.sizes[0], manifest.steps[-2:]
+    write_hub_cache(cache, OLMO, {"step1000-tokens4B": manifest.checkpoint_dir(size, first)})
+    with pytest.warns(ScalelensWarning, match=r"the hub cannot be reached \(HTTP 503\); loading "
+                      r"olmo-test/m@step1000-tokens4B from the local cache"):
+        lm = load_model(OLMO, checkpoint=1000, cache_dir=cache)
+    assert (lm.info.revision, lm.info.step) == ("step1000-tokens4B", 1000)
+    assert fake_hub.refs_asked() == 0
+    with pytest.raises(ScalelensError, match=r"^could not load olmo-test/m@step2000-tokens8B: "):
+        load_model(OLMO, checkpoint=2000, cache_dir=cache)
+    assert fake_hub.refs_asked() == 1
+
+    fake_hub.branches[BLOOM_LIKE] = ["main", f"global_step{first}", f"global_step{second}"]
+    write_hub_cache(cache, BLOOM_LIKE, {f"global_step{second}": manifest.checkpoint_dir(size, second)})
+    with pytest.raises(ScalelensError, match=rf"^could not load {BLOOM_LIKE}@global_step{first}: "):
+        load_model(BLOOM_LIKE, checkpoint=first, cache_dir=cache)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the listing remembered from the hub's answer
+    monkeypatch.setattr(hub_refs, "_listed", {})
+    with pytest.raises(ScalelensError, match=rf"^{BLOOM_LIKE}@global_step{first} is not in the local hub"):
+        load_model(BLOOM_LIKE, checkpoint=first, cache_dir=cache)
+    again = load_model(BLOOM_LIKE, checkpoint=second, cache_dir=cache)
+    assert (again.info.revision, again.info.step) == (f"global_step{second}", second)
+    named = load_model(BLOOM_LIKE, revision=f"global_step{second}", checkpoint=second, cache_dir=cache)
+    assert named.info == again.info
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(ScalelensError, match=re.escape(
+            f"checkpoint=1000: step 1000 of {OLMO2} is given by 2 revisions (stage1-step1000-tokens4B, "
+            "step1000-tokens4B); pass revision= one of them")):
+        load_model(OLMO2, checkpoint=1000, cache_dir=cache)
