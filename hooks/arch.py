@@ -36,7 +36,10 @@ class ArchSpec:
             ``"q_proj"``, from ``q_proj``'s output, the keys from ``k_proj`` on the same input
             (XGLM, which scales its queries after the projection); ``"split_heads"``, from the
             fused ``query_key_value`` projection split by the module's own ``_split_heads`` and
-            rotated by its modelling code (Falcon's three layouts, rotary or ALiBi); ``""``: none.
+            rotated by its modelling code (Falcon's three layouts, rotary or ALiBi);
+            ``"chunked_alibi"``, from the fused ``Wqkv`` projection cut in q, k, v thirds (clamped
+            by ``clip_qkv``), plus the ALiBi ``position_bias`` the module is passed (MPT); ``""``:
+            none.
     """
 
     family: str
@@ -73,8 +76,8 @@ _GPT2_LIKE = ArchSpec(
     unembed="lm_head",
 )
 
-# MPT and GPT-NeoX Japanese compute attention in their own forward, never through transformers'
-# attention registry, so the tap would see nothing (BLOOM and Falcon too, but their fused
+# GPT-NeoX Japanese computes attention in its own forward, never through transformers'
+# attention registry, so the tap would see nothing (BLOOM, Falcon, XGLM and MPT too, but their
 # projections are tapped).
 _OWN_ATTENTION = ("its attention is computed inside the model's own code, not through "
                   "transformers' attention registry that scalelens taps")
@@ -198,7 +201,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         attn="attn",
         mlp="ffn.down_proj",
         unembed="lm_head",
-        no_tap=_OWN_ATTENTION + " (ALiBi bias included)",
+        proj_tap="chunked_alibi",
     ),
     "gpt_neox_japanese": ArchSpec(
         family="gpt-neox-japanese",

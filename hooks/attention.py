@@ -194,7 +194,7 @@ def _projection_tap(modules: dict[int, nn.Module], callback: TapCallback, kind: 
     on ``q_proj`` hands over its output and the keys ``k_proj`` makes of the same input. Keys
     follow the cached ones while decoding. A callback may return a replacement query (head
     ablation), written back into the projection's output. ``"split_heads"`` (Falcon): see
-    :func:`_falcon_split`.
+    :func:`_falcon_split`. ``"chunked_alibi"`` (MPT): see :func:`_mpt_split`.
     """
     handles = []
     for layer, module in modules.items():
@@ -205,6 +205,8 @@ def _projection_tap(modules: dict[int, nn.Module], callback: TapCallback, kind: 
         elif kind == "split_heads":
             hook, proj = _falcon_split(layer, module, call, callback), "query_key_value"
             handles.append(module.register_forward_hook(_restore_mask(call), always_call=True))
+        elif kind == "chunked_alibi":
+            hook, proj = _mpt_split(layer, module, call, callback), "Wqkv"
         else:
             hook, proj = _q_and_k(layer, module, call, callback), "q_proj"
         handles.append(module.get_submodule(proj).register_forward_hook(hook))
@@ -218,10 +220,14 @@ def _projection_tap(modules: dict[int, nn.Module], callback: TapCallback, kind: 
             _FUSED.discard(id(module))
 
 
+_SHARED_BIAS = ("alibi", "position_bias")  # BLOOM's and Falcon's, MPT's: one tensor for all layers
+
+
 def _keep_call(call: dict[str, Any]) -> Callable[..., tuple[tuple[Any, ...], dict[str, Any]]]:
     def keep(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]):
-        if kwargs.get("alibi") is not None:
-            kwargs = {**kwargs, "alibi": kwargs["alibi"].clone()}  # shared by all layers: this layer's own
+        for name in _SHARED_BIAS:
+            if kwargs.get(name) is not None:  # shared by all layers: this layer's own
+                kwargs = {**kwargs, name: kwargs[name].clone()}
         call.clear()
         call.update(kwargs)
         return args, kwargs
@@ -263,6 +269,44 @@ def _q_and_k(layer: int, module: Any, call: dict[str, Any],
         key = _with_cached(module.k_proj(args[0]).view(b, s, h, d).transpose(1, 2), call, module.layer_idx)
         replaced = callback(layer, query, key, call.get("attention_mask"), float(module.scaling), {})
         return None if replaced is None else replaced.transpose(1, 2).reshape(b, s, h * d)
+
+    return split
+
+
+def _mpt_split(layer: int, module: Any, call: dict[str, Any],
+               callback: TapCallback) -> Callable[..., torch.Tensor | None]:
+    """Tap MPT at its fused ``Wqkv`` projection, whose output is chunked into q, k, v thirds.
+
+    Queries and keys are clamped to ``clip_qkv`` first, as the module does. The module adds
+    the ALiBi ``position_bias`` it is passed (head, 1, max_seq_len; its last kv columns) and
+    fills the keys its boolean mask marks True with the dtype's minimum: the callback gets the
+    bias as ``kwargs["alibi"]`` (1, head, 1, kv), a view of this layer's own copy (an edit in
+    place is what the layer adds), and the mask inverted (True: allowed). A replacement query
+    is written back into the projection's output; under ``clip_qkv`` one the clamp would change
+    is refused.
+    """
+
+    def split(proj: nn.Module, args: Any, fused: torch.Tensor) -> torch.Tensor | None:
+        b, s = fused.shape[:2]
+        h, d, clip = module.n_heads, module.head_dim, module.clip_qkv
+        qkv = fused.clamp(min=-clip, max=clip) if clip else fused
+        query = qkv[..., :h * d].reshape(b, s, h, d).transpose(1, 2)
+        key = qkv[..., h * d:2 * h * d].reshape(b, s, h, d).transpose(1, 2)
+        key = _with_cached(key, call, module.layer_idx)
+        kwargs, bias = {}, call.get("position_bias")
+        if bias is not None:
+            kwargs["alibi"] = bias[:, :, max(0, bias.shape[2] - key.shape[2]):][None]
+        mask = call.get("attention_mask")
+        replaced = callback(layer, query, key, None if mask is None else ~mask, float(module.softmax_scale),
+                            kwargs)
+        if replaced is None:
+            return None
+        if clip and replaced.abs().max() > clip:
+            raise ScalelensError(f"mpt's tap cannot write back a query beyond clip_qkv={clip}: the "
+                                 "module clamps the projection the replacement is written to")
+        fused = fused.clone()
+        fused[..., :h * d] = replaced.transpose(1, 2).reshape(b, s, h * d).to(fused.dtype)
+        return fused
 
     return split
 

@@ -156,7 +156,7 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
     "ctrl": lambda: T.CTRLConfig(vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=2, n_head=4, dff=64),
     "xglm": lambda: T.XGLMConfig(vocab_size=VOCAB, max_position_embeddings=128, d_model=32, num_layers=2,
                                  attention_heads=4, ffn_dim=64, pad_token_id=0),  # own attention (tapped)
-    "mpt": lambda: T.MptConfig(  # own attention with ALiBi, MLP adds the residual (and is 4 d wide,
+    "mpt": lambda: T.MptConfig(  # own attention with ALiBi (tapped), MLP adds the residual (and is 4 d wide,
         vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, expansion_ratio=2, pad_token_id=0),  # not 2 d
     "gpt_neox_japanese": lambda: T.GPTNeoXJapaneseConfig(  # own attention, last layer's bias outside it
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -168,9 +168,10 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
                                      num_attention_heads=4, new_decoder_architecture=True, num_kv_heads=2),
     "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
 }
-OWN_ATTENTION = ("mpt", "gpt_neox_japanese",  # refuse per-head probes
+OWN_ATTENTION = ("gpt_neox_japanese",  # refuses per-head probes
                  "jetmoe")  # JetMoE's heads are chosen per token: no head index names one head
-# bloom: tests/test_projection_taps.py; falcon here and in tests/test_falcon_tap.py (every layout)
+# bloom: tests/test_projection_taps.py; falcon here and in tests/test_falcon_tap.py (every layout);
+# mpt here and in tests/test_mpt_tap.py (clip_qkv, softmax_scale, bias edits, cached decoding)
 TAPPED = [k for k in CONFIGS if k not in (*OWN_ATTENTION, "bloom")]
 POST_SCALED = ("olmo2", "olmo3", "granite", "glm4", "exaone4", "flex_olmo", "granitemoeshared",
                "minicpm3", "hyperclovax", "afmoe", "beam", "kolibri1")  # post-norms, residual multiplier
@@ -273,12 +274,12 @@ def test_latent_attention_q_and_k_are_what_its_softmax_reads(name, tmp_path):
             np.testing.assert_allclose(scores.softmax(-1), o.attentions[layer][0], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["gpt_neo", "gpt_oss", "deepseek_v3", "xglm", "bloom"])
+@pytest.mark.parametrize("name", ["gpt_neo", "gpt_oss", "deepseek_v3", "xglm", "bloom", "mpt"])
 def test_cached_retrieval_decoding_top1_equals_recomputed_eager(name):
     """Retrieval's KV-cached greedy decoding taps GPT-Neo's own attention (its 4-token local
-    window), GPT-OSS's sinks, DeepSeek V3's cached latents, and XGLM's and BLOOM's projections
-    (the cached keys, BLOOM's bias over the whole prefix) as the eager weights of the whole
-    prefix recomputed at every step say."""
+    window), GPT-OSS's sinks, DeepSeek V3's cached latents, and XGLM's, BLOOM's and MPT's
+    projections (the cached keys, BLOOM's and MPT's bias over the whole prefix) as the eager
+    weights of the whole prefix recomputed at every step say."""
     from scalelens.measure import retrieval
 
     ids = torch.randint(0, 50, (1, 12), generator=torch.Generator().manual_seed(0))
