@@ -28,8 +28,9 @@ class ArchSpec:
             outputs by reference) would be wrong, or ``""``; forward hooks read it in time.
         mlp_out_changed_by: Config flags of which one must be true for that to happen; empty:
             always.
-        own_attn: True where the attention module's ``attention._attn(query, key, value, mask)``
-            computes attention outside the registry and the tap wraps it (GPT-Neo).
+        own_attn: True where the attention module's ``_attn(query, key, value, mask)`` (GPT-Neo's
+            in its ``attention`` sub-module) computes attention outside the registry and the tap
+            wraps it (GPT-Neo, GPT-NeoX Japanese).
         proj_tap: Where the tap reads queries and keys of a family whose attention module
             computes attention in its own forward: ``"fused_alibi"``, from one fused
             ``query_key_value`` projection, plus the ALiBi bias the module is passed (BLOOM);
@@ -76,11 +77,6 @@ _GPT2_LIKE = ArchSpec(
     unembed="lm_head",
 )
 
-# GPT-NeoX Japanese computes attention in its own forward, never through transformers'
-# attention registry, so the tap would see nothing (BLOOM, Falcon, XGLM and MPT too, but their
-# projections are tapped).
-_OWN_ATTENTION = ("its attention is computed inside the model's own code, not through "
-                  "transformers' attention registry that scalelens taps")
 _FALCON_LIKE = replace(_GPT2_LIKE, family="falcon-like", attn="self_attention")
 
 # No MLP module: fc2 is the feed-forward branch's last projection (OPT; BioGPT and XGLM too).
@@ -209,7 +205,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         attn="attention",
         mlp="mlp",
         unembed="embed_out",
-        no_tap=_OWN_ATTENTION,
+        own_attn=True,
         no_branches="its last layer adds an attention bias outside the attention module",
     ),
     "falcon": replace(

@@ -79,7 +79,7 @@ def attention_tap(model: Any, modules: dict[int, nn.Module], callback: TapCallba
     """
     check_points(model, [CapturePoint.ATTN_PATTERN])
     inner = model.config._attn_implementation or "eager"
-    if inner.startswith(TAP_PREFIX) or any(_UPCAST in vars(m) or _OWN in vars(getattr(m, "attention", m))
+    if inner.startswith(TAP_PREFIX) or any(_UPCAST in vars(m) or _OWN in vars(_own_module(m))
                                            or id(m) in _FUSED for m in modules.values()):
         raise RuntimeError("attention tap is already active on this model")
     if "flash" in inner or "flex" in inner:
@@ -145,34 +145,48 @@ def _tapped_upcast(layer: int, module: nn.Module, method: Callable[..., Any],
 _OWN = "_attn"
 
 
+def _own_module(module: nn.Module) -> nn.Module:
+    """The module whose ``_attn`` computes attention: GPT-Neo's inner ``attention``, else itself."""
+    inner = getattr(module, "attention", None)
+    return inner if isinstance(inner, nn.Module) else module
+
+
 @contextmanager
 def _own_attn_tap(modules: dict[int, nn.Module], callback: TapCallback) -> Iterator[None]:
-    """Tap GPT-Neo attention, computed in its own ``attention._attn`` rather than the registry.
+    """Tap attention computed in the module's own ``_attn(query, key, value, mask)``.
 
-    The method is wrapped on each instance. GPT-Neo does not scale its scores, and its local
-    layers keep their sliding window in a causal buffer (``bias``) instead of the mask they are
-    passed, so the tap gets that buffer folded into the mask.
+    GPT-Neo (in its ``attention`` sub-module) and GPT-NeoX Japanese compute attention there, from
+    post-rotary queries and keys (the cached ones included) and the model's mask, rather than
+    through the registry. The method is wrapped on each instance. GPT-Neo does not scale its
+    scores, and its local layers keep their sliding window in a causal buffer (``bias``) instead
+    of the mask they are passed, so the tap gets that buffer folded into the mask; GPT-NeoX
+    Japanese divides its scores by ``norm_factor``.
     """
     for layer, module in modules.items():
-        inner = module.get_submodule("attention")
+        inner = _own_module(module)
         setattr(inner, _OWN, _tapped_own(layer, inner, getattr(inner, _OWN), callback))
     try:
         yield
     finally:
         for module in modules.values():
-            vars(module.get_submodule("attention")).pop(_OWN, None)
+            vars(_own_module(module)).pop(_OWN, None)
 
 
 def _tapped_own(layer: int, module: nn.Module, method: Callable[..., Any],
                 callback: TapCallback) -> Callable[..., Any]:
+    window = dict(module.named_buffers(recurse=False)).get("bias")
+    scaling = 1.0 / float(getattr(module, "norm_factor", 1.0))
+
     def tapped(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any = None):
-        q, kv = query.shape[-2], key.shape[-2]
-        allowed = module.get_buffer("bias")[:, :, kv - q:kv, :kv]  # causal, and the local window
-        if attention_mask is None:
-            mask = allowed.expand(query.shape[0], -1, -1, -1)
-        else:
-            mask = attention_mask.masked_fill(~allowed, float("-inf"))
-        replaced = callback(layer, query, key, mask, 1.0, {})
+        mask = attention_mask
+        if window is not None:
+            q, kv = query.shape[-2], key.shape[-2]
+            allowed = window[:, :, kv - q:kv, :kv]  # causal, and the local window
+            if attention_mask is None:
+                mask = allowed.expand(query.shape[0], -1, -1, -1)
+            else:
+                mask = attention_mask.masked_fill(~allowed, float("-inf"))
+        replaced = callback(layer, query, key, mask, scaling, {})
         return method(query if replaced is None else replaced, key, value, attention_mask)
 
     return tapped

@@ -158,7 +158,7 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
                                  attention_heads=4, ffn_dim=64, pad_token_id=0),  # own attention (tapped)
     "mpt": lambda: T.MptConfig(  # own attention with ALiBi (tapped), MLP adds the residual (and is 4 d wide,
         vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, expansion_ratio=2, pad_token_id=0),  # not 2 d
-    "gpt_neox_japanese": lambda: T.GPTNeoXJapaneseConfig(  # own attention, last layer's bias outside it
+    "gpt_neox_japanese": lambda: T.GPTNeoXJapaneseConfig(  # own _attn (tapped), last layer's bias outside it
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_multiple_size=2, max_position_embeddings=128, pad_token_id=0),
     "gpt_neo": lambda: T.GPTNeoConfig(  # attention in its own code, unscaled; a local layer
@@ -168,8 +168,7 @@ CONFIGS = {  # each with the feature that could break the recomputed attention
                                      num_attention_heads=4, new_decoder_architecture=True, num_kv_heads=2),
     "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
 }
-OWN_ATTENTION = ("gpt_neox_japanese",  # refuses per-head probes
-                 "jetmoe")  # JetMoE's heads are chosen per token: no head index names one head
+OWN_ATTENTION = ("jetmoe",)  # refuses per-head probes: its heads are chosen per token
 # bloom: tests/test_projection_taps.py; falcon here and in tests/test_falcon_tap.py (every layout);
 # mpt here and in tests/test_mpt_tap.py (clip_qkv, softmax_scale, bias edits, cached decoding)
 TAPPED = [k for k in CONFIGS if k not in (*OWN_ATTENTION, "bloom")]
@@ -203,14 +202,16 @@ def read(out, names):
 @pytest.mark.parametrize("name", TAPPED)
 def test_captures_equal_the_models_own_outputs(name, tmp_path):
     """resid (hidden states), attention and top-1 rows (eager weights), logits (as returned),
-    and resid_post - resid_pre = attn_out + mlp_out where the branches add straight in."""
+    and resid_post - resid_pre = attn_out + mlp_out where the branches add straight in (a family
+    that refuses the branches, GPT-NeoX Japanese, without them)."""
     model = build(name, "sdpa")
+    branches = [] if arch.arch_for(model).no_branches else ["attn_out", "mlp_out"]
     probes = [preset("resid", dtype="float32"), preset("resid_pre", dtype="float32"), preset("attn"),
-              preset("top1"), preset("attn_out", dtype="float32"), preset("mlp_out", dtype="float32"),
+              preset("top1"), *(preset(b, dtype="float32") for b in branches),
               ProbeSpec("lg", "logits", dtype="float32")]
     out = capture(load_model(model, tokenizer=word_tokenizer()), probes, prompts(4), tmp_path / "c.h5",
                   batch_size=2, progress=False)
-    v, ids, lengths, top1 = read(out, ["resid", "resid_pre", "attn", "attn_out", "mlp_out", "lg"])
+    v, ids, lengths, top1 = read(out, ["resid", "resid_pre", "attn", *branches, "lg"])
     ref = build(name)
     for i, n in enumerate(lengths):
         with torch.no_grad():
@@ -223,7 +224,7 @@ def test_captures_equal_the_models_own_outputs(name, tmp_path):
             np.testing.assert_allclose(v["attn"][i, layer, :, :n, :n], probs, atol=1e-5)
             q = top1["query_pos"].data[i, 0]
             np.testing.assert_array_equal(top1["top1_key"].data[i, layer, :, 0], probs[:, q, :n].argmax(-1))
-        if name not in POST_SCALED:
+        if name not in POST_SCALED and branches:
             step = v["resid"][i, 0, :n] - v["resid_pre"][i, 0, :n]
             np.testing.assert_allclose(step, v["attn_out"][i, 0, :n] + v["mlp_out"][i, 0, :n], atol=1e-5)
 
@@ -274,12 +275,13 @@ def test_latent_attention_q_and_k_are_what_its_softmax_reads(name, tmp_path):
             np.testing.assert_allclose(scores.softmax(-1), o.attentions[layer][0], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["gpt_neo", "gpt_oss", "deepseek_v3", "xglm", "bloom", "mpt"])
+@pytest.mark.parametrize("name", ["gpt_neo", "gpt_neox_japanese", "gpt_oss", "deepseek_v3", "xglm", "bloom",
+                                  "mpt"])
 def test_cached_retrieval_decoding_top1_equals_recomputed_eager(name):
     """Retrieval's KV-cached greedy decoding taps GPT-Neo's own attention (its 4-token local
-    window), GPT-OSS's sinks, DeepSeek V3's cached latents, and XGLM's, BLOOM's and MPT's
-    projections (the cached keys, BLOOM's and MPT's bias over the whole prefix) as the eager
-    weights of the whole prefix recomputed at every step say."""
+    window) and GPT-NeoX Japanese's, GPT-OSS's sinks, DeepSeek V3's cached latents, and XGLM's,
+    BLOOM's and MPT's projections (the cached keys, BLOOM's and MPT's bias over the whole prefix)
+    as the eager weights of the whole prefix recomputed at every step say."""
     from scalelens.measure import retrieval
 
     ids = torch.randint(0, 50, (1, 12), generator=torch.Generator().manual_seed(0))

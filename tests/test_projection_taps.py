@@ -1,10 +1,11 @@
 """Attention computed in a family's own code, tapped at its projections: BLOOM's fused
-query_key_value plus its ALiBi bias, XGLM's q_proj and k_proj; the contexts BLOOM (none) and
-MPT (max_seq_len) declare."""
+query_key_value plus its ALiBi bias, XGLM's q_proj and k_proj (MPT's Wqkv: tests/test_mpt_tap.py),
+or at its own _attn (GPT-NeoX Japanese); the contexts BLOOM (none) and MPT (max_seq_len) declare."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -67,7 +68,51 @@ def xglm() -> torch.nn.Module:
     return T.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
 
 
-@pytest.mark.parametrize("build", [bloom, xglm])
+def neox_japanese(**extra) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = T.GPTNeoXJapaneseConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_multiple_size=2,
+                                     max_position_embeddings=128, pad_token_id=0, bos_token_id=62,
+                                     eos_token_id=63, initializer_range=0.2, **extra)
+    return T.AutoModelForCausalLM.from_config(config).eval()
+
+
+def answering_neox_japanese() -> torch.nn.Module:
+    """GPT-NeoX Japanese with its unembedding zeroed: it answers w0 (token 0) everywhere."""
+    model = neox_japanese(tie_word_embeddings=False)
+    with torch.no_grad():
+        model.embed_out.weight.zero_()
+    return model
+
+
+def test_gpt_neox_japanese_q_k_give_its_weights_and_nnsight_the_native_values(tmp_path):
+    """GPT-NeoX Japanese computes attention in its own _attn: softmax(q k^T / sqrt(d)) under the
+    causal mask from the stored (post-rotary) q and k gives its own attentions, and nnsight
+    writes the very values the native backend does."""
+    lm = load_model(neox_japanese(), tokenizer=word_tokenizer())
+    probes = [preset("attn"), preset("top1"), ProbeSpec("q", "q", dtype="float32"),
+              ProbeSpec("k", "k", dtype="float32")]
+    kw = {"batch_size": 2, "progress": False}
+    out = capture(lm, probes, prompts(4), tmp_path / "c.h5", **kw)
+    nn = capture(lm, probes, prompts(4), tmp_path / "nn.h5", backend="nnsight", **kw)
+    with CaptureFile(out) as f, CaptureFile(nn) as g:
+        for name in ("attn", "q", "k"):
+            np.testing.assert_array_equal(f.read("values", name).data, g.read("values", name).data)
+        np.testing.assert_array_equal(f.read("top1_key", "top1").data, g.read("top1_key", "top1").data)
+        q, k, ids, lengths = (f.read("values", "q").data, f.read("values", "k").data, f.read("tokens").data,
+                              f.read("lengths").data)
+    assert len(set(lengths[:2])) > 1  # padding inside a batch
+    for i, n in enumerate(lengths):
+        o = _eager(lm.model, ids[i, :n])
+        for layer in range(2):
+            scores = torch.tensor(q[i, layer, :, :n]) @ torch.tensor(k[i, layer, :, :n]).transpose(-1, -2)
+            scores = scores / 8**0.5 + torch.full((n, n), float("-inf")).triu(1)
+            np.testing.assert_allclose(scores.softmax(-1), o.attentions[layer][0], atol=1e-6)
+    assert np.abs(o.attentions[0][0] - o.attentions[0][0].tril().bool().float().div(
+        torch.arange(1, n + 1)[:, None])).max() > 0.05  # rows far from uniform
+
+
+@pytest.mark.parametrize("build", [bloom, xglm, neox_japanese])
 def test_masked_heads_attend_uniformly_without_their_alibi_bias(build):
     """The retrieval ablation zeroes a head's logits: its query (and BLOOM's ALiBi bias), so its rows
     are uniform over the keys it may see; the other heads, and other layers, keep their own rows."""
@@ -113,19 +158,26 @@ def test_an_edit_of_one_layers_bias_stays_in_that_layer():
     np.testing.assert_allclose(seen[1], np.arange(6) / 64)
 
 
-def test_measure_runs_every_analysis_bloom_can_give(tmp_path):
+@pytest.mark.parametrize("build", [bloom, answering_neox_japanese])
+def test_measure_runs_every_analysis_bloom_can_give(build, tmp_path):
     """Retrieval heads (with the ablation), massive activations, superposition, text dominance and
-    information capacity; activation sparsity needs branches BLOOM's modules do not return."""
+    information capacity; activation sparsity needs branches BLOOM's modules do not return (nor
+    GPT-NeoX Japanese's: its last layer's attention bias is added outside the module). BLOOM's
+    random answer passes the gate; GPT-NeoX Japanese's is w0, a needle's answer here."""
     from scalelens.measure.dominance import DominanceSettings
     from scalelens.measure.massive import MassiveSettings
     from scalelens.measure.retrieval import RetrievalSettings
     from scalelens.measure.run import CORE_ANALYSES, MeasureSettings, measure
 
-    s = MeasureSettings(RetrievalSettings(context_lengths=(48,), depths=(0.5,), n_needles=1, ablation_k=1),
+    needles = tmp_path / "n.jsonl"
+    needles.write_text(json.dumps({"needle": "w40 w41 w0", "question": "w20 w21", "answer": "w0"}) + "\n")
+    kind = "auto" if build is bloom else str(needles)
+    s = MeasureSettings(RetrievalSettings(needles=kind, context_lengths=(48,), depths=(0.5,), n_needles=1,
+                                          ablation_k=1),
                         MassiveSettings(n_sequences=2, length=12),
                         DominanceSettings(dilutions=(1, 2), n_prompts=2, base_tokens=12))
     wanted = (*CORE_ANALYSES, "information_capacity")
-    data = measure(load_model(bloom(), tokenizer=word_tokenizer()), wanted, tmp_path, s, progress=False)
+    data = measure(load_model(build(), tokenizer=word_tokenizer()), wanted, tmp_path, s, progress=False)
     got = data["analyses"]
     assert set(got) == set(wanted)
     assert np.asarray(got["retrieval_heads"]["scores"]).shape == (2, 4)
