@@ -174,11 +174,10 @@ def _own_attn_tap(modules: dict[int, nn.Module], callback: TapCallback) -> Itera
 
 def _tapped_own(layer: int, module: nn.Module, method: Callable[..., Any],
                 callback: TapCallback) -> Callable[..., Any]:
-    window = dict(module.named_buffers(recurse=False)).get("bias")
     scaling = 1.0 / float(getattr(module, "norm_factor", 1.0))
 
     def tapped(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any = None):
-        mask = attention_mask
+        mask, window = attention_mask, module._buffers.get("bias")  # read now: .to() replaces buffers
         if window is not None:
             q, kv = query.shape[-2], key.shape[-2]
             allowed = window[:, :, kv - q:kv, :kv]  # causal, and the local window
