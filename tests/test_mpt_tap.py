@@ -5,7 +5,6 @@ k at Wqkv and hands the bias over, so per-head probes equal MPT's own returned a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import h5py
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as T
-from test_projection_taps import _eager
+from test_projection_taps import _eager, check_alibi_probes
 from tiny_models import VOCAB, prompts, word_tokenizer
 
 from scalelens.cache.reader import CaptureFile
@@ -23,7 +22,7 @@ from scalelens.hooks import arch
 from scalelens.hooks.attention import attention_probs, attention_tap
 from scalelens.measure import retrieval
 from scalelens.models.load import load_model
-from scalelens.probes.spec import ProbeSpec, preset
+from scalelens.probes.spec import preset
 
 CLIP = 0.5
 VARIANTS = {
@@ -54,28 +53,8 @@ def test_attention_top1_and_q_k_equal_mpts_own_weights(variant, tmp_path):
     """Padded batches of 2: each head's rows, a head subset, the top-1 keys, and softmax of
     q k^T * softmax_scale plus the ALiBi bias from the (clamped) q and k probes."""
     model = mpt(variant)
-    probes = [preset("attn"), dataclasses.replace(preset("attn"), name="sub", heads=(3, 1)), preset("top1"),
-              ProbeSpec("q", "q", dtype="float32"), ProbeSpec("k", "k", dtype="float32")]
-    out = capture(load_model(model, tokenizer=word_tokenizer()), probes, prompts(5), tmp_path / "c.h5",
-                  batch_size=2, progress=False)
-    with CaptureFile(out) as f:
-        v = {n: f.read("values", n).data for n in ("attn", "sub", "q", "k")}
-        ids, lengths, top1 = f.read("tokens").data, f.read("lengths").data, f.probe("top1")
-    assert len(set(lengths[:2])) > 1  # padding inside a batch
     attn = arch.layer_part(model, 0, "attn")
-    h, scale = attn.n_heads, attn.softmax_scale
-    for i, n in enumerate(lengths):
-        o = _eager(model, ids[i, :n])
-        qpos = top1["query_pos"].data[i, 0]
-        for layer in range(2):
-            want = o.attentions[layer][0]
-            np.testing.assert_allclose(v["attn"][i, layer, :, :n, :n], want, atol=1e-6)
-            np.testing.assert_allclose(v["sub"][i, layer, :, :n, :n], want[[3, 1]], atol=1e-6)
-            np.testing.assert_array_equal(top1["top1_key"].data[i, layer, :, 0], want[:, qpos, :n].argmax(-1))
-            q, k = torch.tensor(v["q"][i, layer, :, :n]), torch.tensor(v["k"][i, layer, :, :n])
-            scores = q @ k.transpose(-1, -2) * scale + slopes(h)[:, None, None] * torch.arange(n)
-            scores = scores + torch.full((n, n), float("-inf")).triu(1)
-            np.testing.assert_allclose(scores.softmax(-1), want, atol=1e-6)
+    v = check_alibi_probes(model, tmp_path, attn.softmax_scale, slopes(attn.n_heads))
     assert np.abs(v["attn"][0, 0, 0] - v["attn"][0, 0, 3]).max() > 0.1  # heads differ
     if variant == "clip_qkv":
         assert np.abs(v["q"]).max() == np.abs(v["k"]).max() == CLIP  # the clamp binds
