@@ -391,7 +391,7 @@ class CaptureFile:
         """All datasets of probe ``name``."""
         return {k: self.read(k, probe=name) for k in self.datasets(name)}
 
-    def nonfinite(self, probes: Iterable[str] | None = None) -> list[NonFinite]:
+    def nonfinite(self, probes: str | Iterable[str] | None = None) -> list[NonFinite]:
         """Every float dataset holding NaN or inf among finished prompts.
 
         Padding never holds NaN except the massive summary's ``top_values`` tail, whose
@@ -399,10 +399,12 @@ class CaptureFile:
         (they sit where ``top_pos`` is -1).
 
         Args:
-            probes: Scan only these probes (those present); None: every probe.
+            probes: Scan only these probes (those present), or one probe name alone;
+                None: every probe.
         """
         found = []
-        keep = None if probes is None else set(probes)
+        # one name alone is that probe, not its letters (set("resid") scanned nothing)
+        keep = None if probes is None else {probes} if isinstance(probes, str) else set(probes)
         names = [p for p in self.probe_names if keep is None or p in keep]
         for probe in names:
             for name, (shape, dtype, axes) in self.datasets(probe).items():

@@ -153,3 +153,22 @@ def test_nonfinite_counts_a_nan_top_value_at_position_0_but_not_the_padding_tail
         found = f.nonfinite()
     assert [(h.probe, h.dataset, h.count, h.prompts, h.layers) for h in found] == [
         ("massive", "top_values", 1, (2,), (1,))]
+
+
+def test_nonfinite_takes_one_probe_name_alone(capture_path, tmp_path):
+    """``nonfinite("resid")`` scanned the probes named r, e, s, i, d: none, so [] despite a NaN."""
+    import shutil
+
+    import h5py
+
+    damaged = tmp_path / "nan.h5"
+    shutil.copy(capture_path, damaged)
+    with h5py.File(damaged, "r+") as h:
+        values = h["probes/resid/values"]
+        row = values[2]
+        row[1, 0, 0] = np.nan
+        values[2] = row
+    with CaptureFile(damaged) as f:
+        alone, listed = f.nonfinite("resid"), f.nonfinite(["resid"])
+    assert [(n.probe, n.count, n.prompts, n.layers) for n in alone] == [("resid", 1, (2,), (1,))]
+    assert alone == listed
