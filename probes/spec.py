@@ -70,12 +70,13 @@ class Positions:
         except ValueError:
             raise ScalelensError(f"unknown positions kind {self.kind!r}; use all, last, indices or "
                                  "segment") from None
-        object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
+        object.__setattr__(self, "indices", _position_indices(self.indices))
+        object.__setattr__(self, "offset", _integer("positions offset", self.offset))
         if self.kind is PositionKind.INDICES and not self.indices:
             raise ScalelensError("positions of kind 'indices' need at least one index")
         if self.kind is PositionKind.SEGMENT and not self.segment:
             raise ScalelensError("positions of kind 'segment' need a segment label")
-        far = [i for i in (*self.indices, int(self.offset)) if abs(i) >= _MAX_POSITION]
+        far = [i for i in (*self.indices, self.offset) if abs(i) >= _MAX_POSITION]
         if far:
             raise ScalelensError(f"position or offset {far[0]} is out of range (|x| < {_MAX_POSITION:,})")
         twice = _repeated(self.indices)
@@ -99,6 +100,26 @@ class Positions:
             raise ScalelensError(
                 f"bad positions {text!r}; use all, last, segment:LABEL or indices like 0,-1"
             ) from None
+
+
+def _integer(what: str, value: Any) -> int:
+    """``value`` as an int: an int or numpy integer; a float, bool or string is refused by name.
+
+    ``int()`` would truncate 0.7 to position 0 and read "1" as 1, silently.
+    """
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise ScalelensError(f"{what} must be an integer, got {value!r}")
+
+
+def _position_indices(values: Any) -> tuple[int, ...]:
+    """Position indices as ints: one index, or a list, tuple, range or array of them."""
+    if isinstance(values, str) or not hasattr(values, "__iter__"):
+        values = (values,)
+    return tuple(_integer("a position index", v) for v in values)
 
 
 def _indices(probe: str, what: str, values: Any) -> tuple[int, ...]:
@@ -159,6 +180,7 @@ class ProbeSpec:
         for what in ("layers", "heads"):
             if getattr(self, what) is not None:
                 object.__setattr__(self, what, _indices(self.name, what, getattr(self, what)))
+        object.__setattr__(self, "topk", _integer(f"probe {self.name!r}: topk", self.topk))
         self._validate()
 
     def _validate(self) -> None:

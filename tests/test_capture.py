@@ -203,6 +203,28 @@ def test_segment_positions_and_heads(tmp_path):
     assert not rows[1, :, :, 1].any()
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: Positions("indices", indices=(0.7, 2)), "a position index must be an integer, got 0.7"),
+    (lambda: Positions("indices", indices=("1",)), "a position index must be an integer, got '1'"),
+    (lambda: Positions("segment", segment="q", offset=0.5), "positions offset must be an integer, got 0.5"),
+    (lambda: Positions("segment", segment="q", offset="-1"), "positions offset must be an integer, got '-1'"),
+    (lambda: ProbeSpec("m", "resid_post", reduction="massive", topk=2.5), "topk must be an integer, got 2.5"),
+    (lambda: ProbeSpec("m", "resid_post", reduction="massive", topk=True), "topk must be an integer, got Tr"),
+])
+def test_non_integer_positions_and_topk_are_refused(make, message):
+    """int() made position 0.7 read position 0 and offset 0.5 shift nothing, silently; a float topk
+    failed inside torch.topk mid-capture, and True kept one entry."""
+    with pytest.raises(ScalelensError, match=message):
+        make()
+
+
+def test_one_position_index_alone_and_numpy_ints():
+    assert Positions("indices", indices=np.int64(-1)).indices == (-1,)
+    assert Positions("indices", indices=np.array([0, 2])) == Positions.parse("0,2")
+    spec = ProbeSpec("m", "resid_post", reduction="massive", topk=np.int32(4))
+    assert spec.topk == 4 and type(spec.topk) is int
+
+
 def test_top1_rows_past_a_prompts_positions_are_blank(tmp_path):
     """A prompt with fewer selected rows than the batch: its extra rows read key -1, prob 0."""
     from scalelens.probes.prompts import Prompt
