@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import operator
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -122,12 +123,25 @@ def tokenizer_source(tokenizer: Any) -> str | None:
 
 
 def as_loaded(model: Any, tokenizer: Any = None) -> Any:
-    """``model`` if it is a LoadedModel, else ``load_model(model, tokenizer=tokenizer)``."""
+    """``model`` if it is a LoadedModel, else ``load_model(model, tokenizer=tokenizer)``.
+
+    An in-memory model keeps each module's train/eval mode: ``load_model`` puts it in eval
+    mode, but the caller's model is only borrowed (captures and measures run under
+    :func:`eval_mode`, which gives the modes back after).
+    """
     if hasattr(model, "info") and hasattr(model, "tokenizer"):
         return model
     from scalelens.models.load import load_model
 
-    return load_model(model, tokenizer=tokenizer)
+    if isinstance(model, str | os.PathLike):
+        return load_model(model, tokenizer=tokenizer)
+    from scalelens.models.wrapped import unwrap
+
+    modes = [(m, m.training) for m in unwrap(model)[0].modules()]
+    loaded = load_model(model, tokenizer=tokenizer)
+    for m, training in modes:
+        m.training = training
+    return loaded
 
 
 def _check_vocab(tok: TokenizedPrompts, vocab_size: int) -> None:

@@ -883,3 +883,15 @@ def test_dominance_from_a_capture_honours_first_token_sink_false(tmp_path):
     assert not kept.first_token_sink and all(row["a_sink"] == 0.0 for row in kept.per_layer)
     assert all(row["a_sink"] > 0.0 for row in sunk.per_layer)
     assert (kept.n_text, kept.n_other) == (sunk.n_text, sunk.n_other + 1)
+
+
+def test_an_in_memory_model_in_training_mode_is_given_back_in_it(tmp_path):
+    """attach()/capture() of a bare HF model went through load_model, which calls model.eval():
+    a model being trained came back with dropout off for good."""
+    model = tiny_model("gpt2").train()
+    model.transformer.h[0].eval()  # a mixed state, given back as it was
+    outs = [capture(model, ["resid"], prompts(3), tmp_path / f"{n}.h5", tokenizer=word_tokenizer(),
+                    progress=False) for n in ("a", "b")]
+    with CaptureFile(outs[0]) as a, CaptureFile(outs[1]) as b:  # dropout off while capturing
+        np.testing.assert_array_equal(a.read("values", "resid").data, b.read("values", "resid").data)
+    assert model.training and model.transformer.h[1].training and not model.transformer.h[0].training
