@@ -81,7 +81,11 @@ def attention_tap(model: Any, modules: dict[int, nn.Module], callback: TapCallba
     inner = model.config._attn_implementation or "eager"
     if inner.startswith(TAP_PREFIX) or any(_UPCAST in vars(m) or _OWN in vars(_own_module(m))
                                            or id(m) in _FUSED for m in modules.values()):
-        raise RuntimeError("attention tap is already active on this model")
+        raise ScalelensError(
+            "per-head probes are already being read from this model's attention (another attach() "
+            "with attn/q/k/top1 probes, or a measure, is open on it); close that one first, or put "
+            "all per-head probes in one attach()"
+        )
     if "flash" in inner or "flex" in inner:
         # transformers picks the flash kernel by the implementation's name (a renamed one has
         # none), and flex hands over a BlockMask instead of a mask tensor

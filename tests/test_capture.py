@@ -895,3 +895,20 @@ def test_an_in_memory_model_in_training_mode_is_given_back_in_it(tmp_path):
     with CaptureFile(outs[0]) as a, CaptureFile(outs[1]) as b:  # dropout off while capturing
         np.testing.assert_array_equal(a.read("values", "resid").data, b.read("values", "resid").data)
     assert model.training and model.transformer.h[1].training and not model.transformer.h[0].training
+
+
+def test_a_second_attach_with_per_head_probes_is_one_clear_error(tmp_path):
+    """Nested attach() calls both reading attention: the inner one raised a bare RuntimeError
+    ("attention tap is already active"), not a ScalelensError naming the fix."""
+    lm = loaded()
+    ref = capture(lm, ["attn"], prompts(2), tmp_path / "ref.h5", progress=False)
+    hooks = hook_count(lm.model)
+    with attach(lm, ["attn"], tmp_path / "outer.h5", progress=False) as outer:
+        with pytest.raises(ScalelensError, match="already being read from this model's attention"):
+            with attach(lm, [preset("top1")], tmp_path / "inner.h5", progress=False):
+                pass
+        outer.feed(prompts(2))  # the outer capture is unharmed
+    assert hook_count(lm.model) == hooks and lm.model.config._attn_implementation == "sdpa"
+    assert not (tmp_path / "inner.h5").exists()
+    with CaptureFile(ref) as a, CaptureFile(tmp_path / "outer.h5") as b:
+        np.testing.assert_array_equal(a.read("values", "attn").data, b.read("values", "attn").data)

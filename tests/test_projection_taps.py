@@ -15,6 +15,7 @@ from tiny_models import VOCAB, prompts, word_tokenizer
 
 from scalelens.cache.reader import CaptureFile
 from scalelens.capture import capture
+from scalelens.errors import ScalelensError
 from scalelens.hooks import arch
 from scalelens.hooks.attention import attention_tap
 from scalelens.measure import retrieval
@@ -141,7 +142,7 @@ def test_the_tap_leaves_no_hooks_and_refuses_to_nest():
     modules = {i: arch.layer_part(model, i, "attn") for i in range(2)}
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
     with attention_tap(model, modules, lambda *a: None):
-        with pytest.raises(RuntimeError, match="already active"):
+        with pytest.raises(ScalelensError, match="already being read from this model's attention"):
             with attention_tap(model, modules, lambda *a: None):
                 pass
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks
