@@ -21,11 +21,29 @@ MASSIVE_PROBE = "massive"
 DOMINANCE_PROBE = "dominance_rows"
 
 
+# The datasets each analysis reads from its probe: a probe of that name holding others (a
+# full ``ProbeSpec("massive", "resid_post")``) is not the one the analysis needs.
+_READS = {
+    MASSIVE_PROBE: ("top_values", "top_pos", "top_dim", "top_token", "median_abs"),
+    RETRIEVAL_PROBES[0]: ("top1_key",),
+    RETRIEVAL_PROBES[1]: ("top1_token",),
+    DOMINANCE_PROBE: ("values", "query_pos"),
+}
+
+
 def _need(f: CaptureFile, probe: str, analysis: str) -> None:
+    """Refuse a capture without ``probe``, or whose ``probe`` lacks the datasets ``analysis`` reads."""
     if probe not in f.probe_names:
         raise ScalelensError(
             f"{f.path} lacks probe {probe!r} needed by {analysis}; capture it with "
             f"{measure_command(f, analysis)}"
+        )
+    held = f.datasets(probe)
+    missing = [name for name in _READS.get(probe, ()) if name not in held]
+    if missing:
+        raise ScalelensError(
+            f"{f.path}: probe {probe!r} is not the one {analysis} reads (it holds {', '.join(held)}, "
+            f"not {', '.join(missing)}); capture it with {measure_command(f, analysis)}"
         )
 
 
@@ -67,6 +85,10 @@ def needle_tests(f: CaptureFile, tokenizer: Any = None) -> list[NeedleTest]:
     pred = f.read("top1_token", RETRIEVAL_PROBES[1]).data[:, 0]
     tokens, segments = f.read("tokens").data, f.read("segments").data
     lengths = f.read("lengths").data
+    if "needle_answer" not in f.segment_labels:
+        raise ScalelensError(f"{f.path} holds no needle tests (no needle_answer segment; labels: "
+                             f"{', '.join(f.segment_labels)}); capture them with "
+                             f"{measure_command(f, 'retrieval_heads')}")
     code = f.segment_labels.index("needle_answer")
     tests = []
     for i in range(f.n_done):

@@ -912,3 +912,29 @@ def test_a_second_attach_with_per_head_probes_is_one_clear_error(tmp_path):
     assert not (tmp_path / "inner.h5").exists()
     with CaptureFile(ref) as a, CaptureFile(tmp_path / "outer.h5") as b:
         np.testing.assert_array_equal(a.read("values", "attn").data, b.read("values", "attn").data)
+
+
+def test_analyses_refuse_a_probe_of_their_name_that_is_not_theirs(tmp_path):
+    """A full probe named ``massive`` made massive_from_capture raise KeyError('top_values');
+    retrieval probes over prompts without needles raised ValueError from list.index."""
+    from scalelens.analyses.from_capture import (
+        dominance_from_capture,
+        massive_from_capture,
+        retrieval_from_capture,
+    )
+
+    probes = [ProbeSpec(n, "resid_post", layers=0) for n in ("massive", "dominance_rows", "retrieval_pred")]
+    probes.append(ProbeSpec("retrieval_top1", "attn_pattern", reduction="top1", positions="last"))
+    out = capture(loaded(), probes, prompts(2), tmp_path / "c.h5", progress=False)
+    with CaptureFile(out) as f:
+        with pytest.raises(ScalelensError, match=r"probe 'massive' is not the one massive_activations "
+                                                 r"reads \(it holds values, not top_values"):
+            massive_from_capture(f)
+        with pytest.raises(ScalelensError, match="probe 'dominance_rows' is not the one text_dominance"):
+            dominance_from_capture(f, ("q",), ("doc",))
+        with pytest.raises(ScalelensError, match="probe 'retrieval_pred' is not the one retrieval_heads"):
+            retrieval_from_capture(f, tokenizer=word_tokenizer())
+    probes[2] = ProbeSpec("retrieval_pred", "logits", reduction="top1", positions="last")
+    out = capture(loaded(), probes, prompts(2), tmp_path / "d.h5", progress=False)
+    with CaptureFile(out) as f, pytest.raises(ScalelensError, match="holds no needle tests"):
+        retrieval_from_capture(f, tokenizer=word_tokenizer())
