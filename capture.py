@@ -281,7 +281,8 @@ class Capture:
         Resumes an incomplete compatible file; returns the output path.
         """
         if self._stack is None:
-            raise RuntimeError("use feed() inside `with attach(...) as run:`")
+            raise ScalelensError("feed() runs only inside `with attach(...) as run:` (the hooks exist "
+                                 "only there); call run.feed(...) within the with block")
         info = self.loaded.info
         tok = tokenize(as_prompts(prompts), self.loaded.tokenizer,
                        self.settings.max_length or info.max_position or None, info.vocab_size)

@@ -938,3 +938,17 @@ def test_analyses_refuse_a_probe_of_their_name_that_is_not_theirs(tmp_path):
     out = capture(loaded(), probes, prompts(2), tmp_path / "d.h5", progress=False)
     with CaptureFile(out) as f, pytest.raises(ScalelensError, match="holds no needle tests"):
         retrieval_from_capture(f, tokenizer=word_tokenizer())
+
+
+def test_feed_outside_the_with_block_is_one_clear_error(tmp_path):
+    """feed() after the with block (or without one) raised a bare RuntimeError."""
+    lm = loaded()
+    with attach(lm, ["resid"], tmp_path / "a.h5", progress=False) as run:
+        run.feed(prompts(1))
+    with pytest.raises(ScalelensError, match="feed\\(\\) runs only inside `with attach"):
+        run.feed(prompts(2))
+    with pytest.raises(ScalelensError, match="feed\\(\\) runs only inside `with attach"):
+        attach(lm, ["resid"], tmp_path / "b.h5", progress=False).feed(prompts(2))
+    assert not (tmp_path / "b.h5").exists() and hook_count(lm.model) == 0
+    with CaptureFile(tmp_path / "a.h5") as f:
+        assert f.n_prompts == 1 and f.complete
