@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from scalelens import __version__
-from scalelens.errors import ScalelensNote
+from scalelens.errors import ScalelensError, ScalelensNote
 from scalelens.sweeps.executors import EXECUTORS
 from scalelens.sweeps.fits import write_fits
 from scalelens.sweeps.metrics import write_metrics
@@ -44,6 +44,10 @@ def sweep(spec: SweepSpec, run_dir: str | Path, *, overwrite: bool = False) -> S
     left out as half-written, and hub ids whose revisions the hub could not list, are
     each a :class:`~scalelens.errors.ScalelensNote` warning.
     """
+    if not isinstance(spec, SweepSpec):  # before the run directory is created
+        raise ScalelensError(
+            f"spec must be a SweepSpec (e.g. SweepSpec(suite=DIR), or "
+            f"scalelens.sweeps.spec.read_spec(PATH) for a spec file), got a {type(spec).__name__}")
     run_dir = Path(run_dir)
     with locked_run_dir(run_dir):
         check_run_dir(run_dir, spec, overwrite)

@@ -252,3 +252,15 @@ def test_a_capture_that_finds_the_disk_full_leaves_the_interpreter_exiting_clean
     assert p.stdout.splitlines() == [f"cannot create {out}: File too large"] * 2 + ["64 True"], p.stdout
     assert "Exception ignored" not in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert sorted(x.name for x in tmp_path.iterdir()) == ["c.h5"]
+
+
+@pytest.mark.parametrize("spec", [{"suite": "runs/suite"}, "sweep.toml"])
+def test_sweep_refuses_a_spec_that_is_no_sweepspec_before_creating_anything(spec, tmp_path: Path) -> None:
+    """sweep(dict or TOML path) raised AttributeError: 'dict' object has no attribute 'to_dict',
+    after creating the run directory."""
+    from scalelens.sweeps.run import sweep
+
+    with pytest.raises(ScalelensError, match=rf"spec must be a SweepSpec .*read_spec\(PATH\).*, got a "
+                                             rf"{type(spec).__name__}$"):
+        sweep(spec, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
