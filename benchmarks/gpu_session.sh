@@ -9,7 +9,7 @@
 # that the machine lacks: datasets, dill, multiprocess, greenlet, pydantic (+ core,
 # annotated-types, typing-inspection), fancy-einsum, beartype, typeguard, zstandard,
 # websocket-client, nltk, absl-py, regex, joblib, click, tqdm; cp312) are installed into
-# /tmp/site first; SCALELENS_COMMIT names the commit
+# /tmp/site first (`bash benchmarks/gpu_wheels.sh` downloads them); SCALELENS_COMMIT names the commit
 # when the tree has no .git. Each step has its own time limit, so one failing or slow step
 # leaves the others' results. Results land in $OUT: RESULTS.md (a copy of the ledger with
 # the new rows), one JSON file per step, and the log on stdout.
