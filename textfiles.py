@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import filecmp
 import os
 import re
@@ -46,16 +47,25 @@ def user_path(text: str) -> Path:
 
     The shell leaves ``'~/runs'`` (quoted) and ``--out=~/runs`` as they are; a researcher
     means their home directory, not a directory named ``~`` in the working directory.
+    An empty text is refused: ``Path("")`` is the working directory, so ``--out ""`` (an
+    unset shell variable, ``--out "$RUN"``) wrote a sweep's run into it.
     """
-    return Path(text).expanduser()
+    return Path(_not_empty(text)).expanduser()
 
 
 def user_source(text: str) -> str:
     """A path-or-name option (model, tokenizer, needles): ``~`` expanded where it starts it.
 
-    Anything else (a hub id, ``english``) is given back as it is.
+    Anything else (a hub id, ``english``) is given back as it is; an empty text is refused.
     """
-    return os.path.expanduser(text)  # changes only a text that starts with ~
+    return os.path.expanduser(_not_empty(text))  # changes only a text that starts with ~
+
+
+def _not_empty(text: str) -> str:
+    """``text``, or an argparse error for an empty one (argparse names the option)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path; give a path (. for the current directory)")
+    return text
 
 
 def input_file(path: str | Path, what: str) -> Path:

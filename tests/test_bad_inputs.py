@@ -952,3 +952,32 @@ def test_analyze_names_a_measure_command_that_runs(ctx, capsys, analysis):
     rc, out, err = _run(capsys, argv)
     assert rc == 0, err
     assert analysis in json.loads((ctx.tmp / "m" / "results.json").read_text())["analyses"]
+
+
+def _empty_path_argv(name: str, c: Ctx, suite: Path) -> list[str]:
+    run = c.tmp / "run"
+    (run / "metrics.csv").parent.mkdir()
+    (run / "metrics.csv").write_text("model,size,revision,step,n_params,n_params_non_embedding,analysis,"
+                                     "metric,layer,head,value\n")
+    return {
+        "report --out": ["report", str(run), "--out", ""],
+        "measure --out": ["measure", "--model", str(c.model), "--analyses", "superposition", "--out", ""],
+        "sweep --out": ["sweep", "--suite", str(suite), "--sizes", "16k", "--checkpoints", "final",
+                        "--analyses", "superposition", "--out", ""],
+        "inspect": ["inspect", ""],
+    }[name]
+
+
+@pytest.mark.parametrize("name", ["report --out", "measure --out", "sweep --out", "inspect"])
+def test_an_empty_path_is_refused_not_taken_for_the_working_directory(name, ctx, micro_suite, capsys,
+                                                                     monkeypatch):
+    """``Path("")`` is ``.``: ``--out ""`` (an unset ``$RUN`` in ``--out "$RUN"``) wrote a measure's or
+    a sweep's output into the working directory, and ``report --out ""`` was an internal error
+    (ValueError: PosixPath('.') has an empty name). Each is one argument error naming the option."""
+    argv = _empty_path_argv(name, ctx, micro_suite)
+    monkeypatch.chdir(ctx.tmp)
+    before = _tree(ctx.tmp)
+    rc, _, err = _run(capsys, argv)
+    option = "--out" if "--out" in name else "FILE_OR_RUN"
+    assert_one_line(rc, err, f"argument {option}: empty path")
+    assert _tree(ctx.tmp) == before, "something was written"
