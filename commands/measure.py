@@ -146,7 +146,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ROUGE-1 recall a test must exceed (default: the measure's, else 0.5)")
     a.add_argument("--ratio-threshold", type=float, default=None,
                    help="massive activations' ratio-only bar (default: the measure's, else 100)")
-    a.add_argument("--tokenizer", default=None,
+    a.add_argument("--tokenizer", default=None, type=user_source,
                    help="tokenizer directory or hub id for the retrieval gate's words (default: the one "
                         "the capture recorded)")
     a.set_defaults(func=run_analyze)

@@ -420,6 +420,26 @@ def test_path_options_expand_a_leading_tilde(model_dir, prompt_file, tmp_path, m
     assert list(cwd.iterdir()) == []
 
 
+def test_analyze_tokenizer_expands_a_leading_tilde(model_dir, prompt_file, tmp_path, monkeypatch, capsys):
+    """``analyze --tokenizer '~/tok'`` was the one path option left unexpanded (README: every path
+    option expands ``~``): it failed with "no usable tokenizer at ~/tok"."""
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(model_dir, home / "tok")
+    monkeypatch.setenv("HOME", str(home))
+    out = tmp_path / "c.h5"
+    assert main(["capture", "--model", str(model_dir), "--prompts", str(prompt_file), "--probes", "massive",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 0
+    own = json.loads(capsys.readouterr().out)  # with the tokenizer the capture recorded: the same one
+    assert main(["analyze", str(out), "--tokenizer=~/tok"]) == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["c.h5"]["massive_activations"]["n_prompts"] == 5
+    assert result == own
+
+
 def test_names_with_control_characters_are_shown_escaped(model_dir, prompt_file, tmp_path, capsys):
     """A model directory named with a newline and a terminal escape was printed raw by inspect
     (its model line split in two, the terminal recoloured) and in the missing-path error (the
