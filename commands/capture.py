@@ -73,6 +73,19 @@ def check_output_file(out: Path, overwrite: bool) -> None:
                              "choose another --out")
 
 
+def check_not_an_input(out: Path, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an ``--out`` that is one of the command's input files (``inputs``: option -> path).
+
+    ``capture --prompts p.txt --out p.txt`` was refused as "not a readable capture; ...
+    pass --overwrite", and with --overwrite the capture replaced the prompt file.
+    """
+    if not out.is_file():
+        return
+    for option, path in inputs.items():
+        if path is not None and Path(path).is_file() and out.samefile(path):
+            raise ScalelensError(f"--out {out} is the {option} file; give another --out")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``capture`` and ``inspect``."""
     p = sub.add_parser("capture", help="run prompts through a model and store probe data in HDF5")
@@ -200,6 +213,8 @@ def run_capture(args: argparse.Namespace) -> int:
     settings = CaptureSettings(batch_size=args.batch_size, max_length=args.max_length,
                                backend=args.backend, overwrite=args.overwrite,
                                progress=True)
+    check_not_an_input(args.out, {"--prompts": args.prompts, "--model": args.model,
+                                  "--tokenizer": args.tokenizer})
     check_output_file(args.out, args.overwrite)
     prompts = read_prompt_file(args.prompts)
     probes, notes = _probes_from_args(args)

@@ -521,6 +521,15 @@ CASES: dict[str, Case] = {
     "measure --out is a file": Case(
         lambda c: ["measure", "--model", str(c.model), "--analyses", "superposition", "--out",
                    str(c.file("f.txt", "x"))], ("not a directory",), keep=lambda c: c.tmp / "f.txt"),
+    # --out names an input: refused before it could be replaced (with --overwrite, the capture
+    # replaced the prompt file; without, the error told the user to pass --overwrite)
+    "capture --out is the prompt file, with --overwrite": Case(
+        lambda c: c.capture("--overwrite", prompts=c.file("p.txt", "\n".join(prompts(3))),
+                            out=c.tmp / "p.txt"),
+        ("--out", "p.txt is the --prompts file; give another --out"), keep=lambda c: c.tmp / "p.txt"),
+    "capture --out is the prompt file": Case(
+        lambda c: c.capture(prompts=c.file("p.txt", "\n".join(prompts(3))), out=c.tmp / "p.txt"),
+        ("is the --prompts file",), keep=lambda c: c.tmp / "p.txt"),
     # the command line itself
     "demo with an unknown preset": Case(lambda c: ["demo", "--preset", "gpu", "--out", str(c.tmp / "d")],
                                         ("argument --preset: invalid choice: 'gpu'",)),
