@@ -156,7 +156,7 @@ def run_measure(args: argparse.Namespace) -> int:
     """Handle ``scalelens measure``."""
     from scalelens.cache.reader import CaptureFile
     from scalelens.commands.capture import warn_nonfinite
-    from scalelens.measure.run import measure, parse_analyses
+    from scalelens.measure.run import capture_files, measure, parse_analyses
 
     analyses = parse_analyses(args.analyses)
     settings = settings_from_args(args)
@@ -169,7 +169,7 @@ def run_measure(args: argparse.Namespace) -> int:
         if created and args.out.is_dir() and not any(args.out.iterdir()):
             args.out.rmdir()  # failed before writing anything: leave no empty directory behind
         raise
-    captures = sorted(args.out.glob("*.h5"))
+    captures = sorted(p for p in capture_files(args.out, analyses, settings) if p.is_file())
     for path in captures:
         with CaptureFile(path) as f:
             warn_nonfinite(f)

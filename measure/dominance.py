@@ -172,6 +172,12 @@ def _check_base_fits(context: int | None, base: int, dilution: int, reserve: int
         )
 
 
+def capture_names(s: DominanceSettings) -> list[str]:
+    """The capture files :func:`measure_dominance` writes in its directory, one per dilution."""
+    embeds = "_embeds" if s.modality == "embeds" else ""
+    return [f"dominance{embeds}_x{factor}.h5" for factor in sorted(set(s.dilutions))]
+
+
 def measure_dominance(loaded: Any, s: DominanceSettings, out_dir: Path, overwrite: bool = False,
                       progress: bool = True) -> dict[str, Any]:
     """MDI/AEI per layer at x1 and the middle-layer MDI for each dilution level."""
@@ -179,12 +185,12 @@ def measure_dominance(loaded: Any, s: DominanceSettings, out_dir: Path, overwrit
     base = base_tokens(loaded, s)
     embeds = s.modality == "embeds"
     results: dict[int, TextDominanceResult] = {}
-    for factor in sorted(set(s.dilutions)):
+    for factor, name in zip(sorted(set(s.dilutions)), capture_names(s), strict=True):
         doc_tokens = base * factor * (s.pool if embeds else 1)
         rs = RetrievalSettings(context_lengths=(doc_tokens,), depths=depths, n_needles=1)
         tests = haystack_tests(loaded, rs, with_answer=True, within_context=not embeds)
         prompts = embeds_prompts(loaded, tests, s) if embeds else [t.prompt for t in tests]
-        path = out_dir / f"dominance{'_embeds' if embeds else ''}_x{factor}.h5"
+        path = out_dir / name
         capture(loaded, [dominance_probe()], prompts, path,
                 batch_size=s.batch_size, overwrite=overwrite, reuse_complete=True,
                 progress=progress)

@@ -13,7 +13,7 @@ from scalelens import __version__
 from scalelens.analyses._common import jsonable
 from scalelens.errors import ScalelensError, naming
 from scalelens.measure.capacity import CapacitySettings, measure_capacity
-from scalelens.measure.dominance import DominanceSettings, measure_dominance
+from scalelens.measure.dominance import DominanceSettings, capture_names, measure_dominance
 from scalelens.measure.massive import MassiveSettings, measure_massive
 from scalelens.measure.retrieval import RetrievalSettings, ablation, fast_scores, reference_scores
 from scalelens.measure.sparsity import measure_sparsity
@@ -88,12 +88,35 @@ def write_json(path: Path, data: dict[str, Any], keep_same: bool = False) -> Non
         raise
 
 
+RETRIEVAL_CAPTURE = "retrieval.h5"
+MASSIVE_CAPTURE = "massive.h5"
+
+
+def capture_files(out: str | Path, analyses: tuple[str, ...],
+                  settings: MeasureSettings | None = None) -> list[Path]:
+    """The capture files :func:`measure` of ``analyses`` writes (or reuses) in ``out``.
+
+    Other ``.h5`` files there (an earlier measure's with other dilutions, the user's own) are
+    not this measure's.
+    """
+    s = settings or MeasureSettings()
+    out = Path(out)
+    names = []
+    if "retrieval_heads" in analyses and s.retrieval.mode == "fast":
+        names.append(RETRIEVAL_CAPTURE)
+    if "massive_activations" in analyses:
+        names.append(MASSIVE_CAPTURE)
+    if "text_dominance" in analyses:
+        names.extend(capture_names(s.dominance))
+    return [out / name for name in names]
+
+
 def _retrieval(loaded: Any, s: RetrievalSettings, out: Path, progress: bool,
                overwrite: bool) -> dict[str, Any]:
     if s.mode == "reference":
         result, tests = reference_scores(loaded, s, progress), None
     else:
-        result, tests = fast_scores(loaded, s, out / "retrieval.h5", overwrite, progress=progress)
+        result, tests = fast_scores(loaded, s, out / RETRIEVAL_CAPTURE, overwrite, progress=progress)
     data = result.to_dict()
     data["mode"] = s.mode
     if s.ablation_k > 0 and result.n_tests_passed > 0:
@@ -105,7 +128,7 @@ def _retrieval(loaded: Any, s: RetrievalSettings, out: Path, progress: bool,
 
 
 def _massive(loaded: Any, s: MassiveSettings, out: Path, progress: bool, overwrite: bool) -> dict[str, Any]:
-    result, effect = measure_massive(loaded, s, out / "massive.h5", overwrite, progress=progress)
+    result, effect = measure_massive(loaded, s, out / MASSIVE_CAPTURE, overwrite, progress=progress)
     data = result.to_dict()
     data["intervention"] = jsonable(effect)  # a NaN loss (float16 overflow) becomes null
     return data

@@ -104,6 +104,25 @@ def test_measure_and_analyze(model_dir, prompt_file, tmp_path, capsys):
     assert "note: resid_only.h5 holds none of the probes the analyses read; skipped" in captured.err
 
 
+def test_measure_reads_and_lists_only_its_own_captures(model_dir, prompt_file, tmp_path, capsys):
+    """measure scanned every .h5 in --out after the work: a damaged or unrelated file there (the
+    user's own, an earlier measure's with other dilutions) failed the finished measure (exit 2,
+    its results.json written) or was listed among the captures it wrote."""
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "notes.h5").write_bytes(b"not an HDF5 file\n" * 10)
+    assert main(["capture", "--model", str(model_dir), "--prompts", str(prompt_file), "--probes", "resid",
+                 "--out", str(out / "mine.h5")]) == 0
+    capsys.readouterr()
+    code = main(["measure", "--model", str(model_dir), "--analyses", "massive_activations,text_dominance",
+                 "--n-sequences", "2", "--seq-length", "12", "--dilutions", "1,2", "--dominance-prompts", "2",
+                 "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.splitlines()[-1] == (f"wrote {out / 'results.json'} (captures in {out}: "
+                                             "dominance_x1.h5, dominance_x2.h5, massive.h5)")
+
+
 def test_measure_dominance_embeds_from_the_cli(model_dir, tmp_path, capsys):
     """--dominance-modality embeds: O is a soft-token block; analyze reruns it from the files."""
     out = tmp_path / "d"
