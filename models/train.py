@@ -14,6 +14,9 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from ..errors import ScalelensError
 
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""The seeds ``torch.manual_seed`` takes; another one failed mid-build (an internal error)."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -48,6 +51,9 @@ class TrainConfig:
             raise ScalelensError("total_steps, batch_size and seq_len must be >= 1")
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ScalelensError("lr must be > 0 and warmup_steps >= 0; fix the training settings")
+        if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:  # torch.manual_seed's range
+            raise ScalelensError(f"seed {self.seed} is out of range; use a seed (--seed) from 0 to "
+                                 f"{SEED_RANGE[1]}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""

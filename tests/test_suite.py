@@ -290,6 +290,21 @@ def test_unknown_size_and_preset(tmp_path):
         build_suite(tmp_path / "s", preset="big")
 
 
+@pytest.mark.parametrize("seed", [str(2**64), str(-(2**63) - 1)])
+def test_a_seed_torch_cannot_take_is_one_line_before_anything_is_written(seed, tmp_path, capsys):
+    """--seed past torch.manual_seed's range failed mid-build as an internal error (exit 1,
+    "Overflow when unpacking long long"), after the corpus and tokenizer were written."""
+    from scalelens.cli import main
+
+    out = tmp_path / "s"
+    rc, _, err = run_cli(capsys, ["suite", "build", "--out", str(out), "--preset", "micro", "--sizes", "16k",
+                                  f"--seed={seed}"])
+    assert_one_line(rc, err, f"seed {seed} is out of range", "--seed")
+    assert not out.exists()
+    assert main(["suite", "build", "--out", str(out), "--preset", "micro", "--sizes", "16k", "--quiet",
+                 f"--seed={2**64 - 1}"]) == 0
+
+
 def test_cli_build_and_info(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     models_cli.register(parser.add_subparsers(dest="command"))
