@@ -129,6 +129,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     check_out_dir(args.out, "run directory", "a run directory")  # before minutes of suite building
     suite = args.suite.expanduser() if args.suite else default_suite_dir(args.preset or "default")
+    if args.suite and suite.exists() and not suite.is_dir():  # suite build's line would name --out
+        raise ScalelensError(f"--suite {suite} is a file; give a suite directory (or leave --suite out "
+                             "for the cached one)")
     print(f"suite: {suite} (built on first use, then reused)")
     try:
         manifest, rebuilt = _suite(suite, args.preset, own_cache=args.suite is None)

@@ -145,6 +145,16 @@ def test_demo_refuses_a_file_as_out_before_building_a_suite(tmp_path, capsys, mo
     assert not (tmp_path / "cache").exists() and out.read_text() == "mine"
 
 
+def test_demo_refuses_a_file_as_suite_naming_suite_not_out(tmp_path, capsys):
+    """``demo --suite notes.txt`` failed with suite build's line "--out notes.txt is a file; give a
+    directory for the suite", naming an option the user did not give for that path."""
+    suite, out = tmp_path / "notes.txt", tmp_path / "demo"
+    suite.write_text("mine")
+    rc, _, err = _run(capsys, ["demo", "--preset", "micro", "--suite", str(suite), "--out", str(out)])
+    assert_one_line(rc, err, f"--suite {suite} is a file; give a suite directory")
+    assert not out.exists() and suite.read_text() == "mine"
+
+
 def test_demo_with_an_unwritable_cache_names_the_cache_not_out(tmp_path, capsys, monkeypatch):
     """The suite cache cannot be written: the line names SCALELENS_CACHE (the fix), not --out.
 
