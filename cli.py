@@ -18,6 +18,7 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -266,15 +267,34 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
     except OSError as e:
         return _fail(debug, os_line(e), EXIT_BAD_INPUT, errno_of(e) in DISK_FULL)
     except MemoryError:
-        return _fail(debug, "out of memory; lower --batch-size (or --max-length) and rerun", EXIT_BAD_INPUT)
+        return _fail(debug, f"out of memory; {_memory_fix(command)}", EXIT_BAD_INPUT)
     except Exception as e:  # noqa: BLE001 - anything else is a bug: one line, traceback with --debug
+        if _is_cpu_allocation_failure(e):
+            return _fail(debug, f"out of memory{_allocation_size(e)}; {_memory_fix(command)}", EXIT_BAD_INPUT)
         if errno_of(e) is not None:  # h5py raises RuntimeError for a failed flush or close
             return _fail(debug, os_line(e), EXIT_BAD_INPUT, errno_of(e) in DISK_FULL)
         if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
-            return _fail(debug, "the device ran out of memory; lower --batch-size (or --max-length) and "
-                         "rerun", EXIT_BAD_INPUT)
+            return _fail(debug, f"the device ran out of memory; {_memory_fix(command)}", EXIT_BAD_INPUT)
         line = f"internal error: {type(e).__name__}: {one_line(str(e))}"
         return _fail(debug, f"{line} (rerun with --debug for the traceback and report it)", EXIT_INTERNAL)
+
+
+def _is_cpu_allocation_failure(e: BaseException) -> bool:
+    """Torch's CPU allocator failing (a RuntimeError, not a MemoryError), e.g. for a huge suite size."""
+    return isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(e)
+
+
+def _allocation_size(e: BaseException) -> str:
+    """`` (an allocation of 111.8 GiB failed)`` from torch's message, or ""."""
+    found = re.search(r"tried to allocate (\d+) bytes", str(e))
+    return f" (an allocation of {int(found.group(1)) / 2**30:.1f} GiB failed)" if found else ""
+
+
+def _memory_fix(command: str) -> str:
+    """What to change when ``command`` ran out of memory."""
+    if command.startswith("suite"):
+        return "choose smaller --sizes (LAYERSxWIDTHxHEADS) and rerun"
+    return "lower --batch-size (or --max-length) and rerun"
 
 
 def _line_buffered_stdout() -> None:

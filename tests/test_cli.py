@@ -585,3 +585,29 @@ def test_no_usable_temporary_directory_names_tmpdir_as_the_fix(tmp_path):
     line = assert_one_line(done.returncode, done.stderr, "set TMPDIR to a directory with free space")
     assert f"no usable temporary directory (tried /tmp, /var/tmp, /usr/tmp, {tmp_path}: each full" in line
     assert not out.exists()
+
+
+_OUT_OF_ADDRESS_SPACE = """
+import resource, sys
+import torch, transformers
+from scalelens.cli import main
+vm = int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 2 * 2**30, resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_failed_cpu_allocation_is_out_of_memory_not_an_internal_error(tmp_path):
+    """torch's CPU allocator raises a RuntimeError, not a MemoryError: a suite size too large for
+    the machine (here 18 GiB of attention weights past a 2 GiB address-space limit) was an internal
+    error (exit 1, "DefaultCPUAllocator: can't allocate memory ... report it")."""
+    import subprocess
+    import sys
+
+    from cli_run import assert_one_line
+
+    p = subprocess.run([sys.executable, "-c", _OUT_OF_ADDRESS_SPACE, "suite", "build", "--out",
+                        str(tmp_path / "s"), "--preset", "micro", "--sizes", "1x40000x1", "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert_one_line(p.returncode, p.stderr, "out of memory (an allocation of 17.9 GiB failed)",
+                    "choose smaller --sizes")
