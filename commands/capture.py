@@ -174,7 +174,7 @@ def _probes_from_args(args: argparse.Namespace) -> tuple[list, list[str]]:
         raise ScalelensError("--probes is empty; give presets like resid,attn,massive")
     if len(set(names)) != len(names):
         raise ScalelensError(f"--probes lists a probe twice ({args.probes}); list each once")
-    positions = Positions.parse(args.positions) if args.positions else None
+    positions = Positions.parse(args.positions) if args.positions is not None else None  # "": refused
     bases = [preset(n) for n in names]
     if args.heads is not None and not any(p.point.from_attention_tap for p in bases):
         raise ScalelensError("--heads applies to per-head probes (attn, top1, q, k) and none is "

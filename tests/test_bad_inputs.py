@@ -521,6 +521,7 @@ CASES: dict[str, Case] = {
     "measure --out is a file": Case(
         lambda c: ["measure", "--model", str(c.model), "--analyses", "superposition", "--out",
                    str(c.file("f.txt", "x"))], ("not a directory",), keep=lambda c: c.tmp / "f.txt"),
+    "empty --positions": Case(lambda c: c.capture("--positions", ""), ("bad positions ''", "use all, last")),
     # --out names an input: refused before it could be replaced (with --overwrite, the capture
     # replaced the prompt file; without, the error told the user to pass --overwrite)
     "capture --out is the prompt file, with --overwrite": Case(
