@@ -306,7 +306,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     """Handle ``scalelens analyze``."""
     from scalelens.measure.run import parse_analyses
 
-    analyses = parse_analyses(args.analyses) if args.analyses else None
+    analyses = parse_analyses(args.analyses) if args.analyses is not None else None  # "": refused
     _check_finite(args, tuple(n for n in ANALYZE_SETTINGS if getattr(args, n) is not None))
     if not args.path.exists():
         raise ScalelensError(f"{args.path} does not exist; give a capture .h5 file or a measure directory")

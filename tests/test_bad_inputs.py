@@ -169,6 +169,12 @@ def _truncated(ctx: Ctx) -> Path:
     return p
 
 
+def _massive_capture(ctx: Ctx) -> Path:
+    """A complete capture of the massive summary (one analysis reads it)."""
+    assert main(ctx.capture("--probes", "massive", out=ctx.tmp / "massive.h5")) == 0
+    return ctx.tmp / "massive.h5"
+
+
 def _garbage(ctx: Ctx) -> Path:
     return ctx.file("garbage.h5", b"this is not an HDF5 file\n" * 100)
 
@@ -521,6 +527,8 @@ CASES: dict[str, Case] = {
     "measure --out is a file": Case(
         lambda c: ["measure", "--model", str(c.model), "--analyses", "superposition", "--out",
                    str(c.file("f.txt", "x"))], ("not a directory",), keep=lambda c: c.tmp / "f.txt"),
+    "analyze with an empty analysis list": Case(
+        lambda c: ["analyze", str(_massive_capture(c)), "--analyses", ""], ("unknown analysis (none)",)),
     "empty --positions": Case(lambda c: c.capture("--positions", ""), ("bad positions ''", "use all, last")),
     # --out names an input: refused before it could be replaced (with --overwrite, the capture
     # replaced the prompt file; without, the error told the user to pass --overwrite)
