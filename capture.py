@@ -46,6 +46,9 @@ BACKENDS = ("native", "nnsight", "transformer-lens")
 Probes: TypeAlias = ProbeSpec | str | Iterable[ProbeSpec | str]
 
 
+_INT32_MAX = 2**31 - 1
+
+
 @dataclass(frozen=True)
 class CaptureSettings:
     """How a capture runs.
@@ -73,8 +76,8 @@ class CaptureSettings:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, _whole_number(name, value))
-        if self.batch_size < 1:
-            raise ScalelensError(f"batch size must be >= 1, got {self.batch_size}")
+        if not 1 <= self.batch_size <= _INT32_MAX:  # each prompt's is stored as int32 in /batch_size
+            raise ScalelensError(f"batch size must be >= 1 and <= {_INT32_MAX}, got {self.batch_size}")
         if self.backend not in BACKENDS:
             raise ScalelensError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
         if self.max_length is not None and self.max_length < 1:

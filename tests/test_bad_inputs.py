@@ -327,6 +327,8 @@ CASES: dict[str, Case] = {
         lambda c: c.capture("--max-length", "4096"), ("exceeds the model's context of 128",)),
     # batch and capture settings
     "batch size 0": Case(lambda c: c.capture("--batch-size", "0"), ("batch size must be >= 1",)),
+    "batch size past int32": Case(lambda c: c.capture("--batch-size", "100000000000"),
+                                  ("batch size must be >= 1 and <= 2147483647, got 100000000000",)),
     "batch size not a number": Case(lambda c: c.capture("--batch-size", "many"), ("invalid int value",)),
     "max length 0": Case(lambda c: c.capture("--max-length", "0"), ("max length must be >= 1",)),
     "unknown backend": Case(lambda c: c.capture("--backend", "pyvene"), ("unknown backend 'pyvene'",)),
