@@ -159,6 +159,20 @@ def generate_documents(cfg: CorpusConfig) -> list[str]:
     return docs
 
 
+def check_corpus_file(path: str | Path) -> Path:
+    """``path`` checked to be an existing file (a directory is named as one, not as missing).
+
+    Raises:
+        ScalelensError: One line when ``path`` is a directory or does not exist.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise ScalelensError(f"corpus file {p} is a directory; pass a text file")
+    if not p.is_file():
+        raise ScalelensError(f"corpus file {p} does not exist; pass an existing text file")
+    return p
+
+
 def read_text_file(path: str | Path) -> list[str]:
     """Read a user corpus: documents separated by blank lines.
 
@@ -168,9 +182,7 @@ def read_text_file(path: str | Path) -> list[str]:
     Returns:
         The non-empty documents, each ending in a newline.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ScalelensError(f"corpus file {p} does not exist; pass an existing text file")
+    p = check_corpus_file(path)
     text = read_utf8(p, "corpus file")
     docs = [d.strip("\n") + "\n" for d in text.split("\n\n") if d.strip()]
     if not docs:

@@ -29,6 +29,7 @@ import torch
 import transformers
 
 from ..errors import ScalelensError
+from .corpus import check_corpus_file
 from .load import check_device_usable
 from .manifest import (
     FORMAT_VERSION,
@@ -151,9 +152,7 @@ def _resolve(
 def _settings(preset: SuitePreset, ckpt_steps: list[int], corpus_file: str | Path | None) -> dict[str, Any]:
     source: dict[str, Any] = {"kind": "builtin"}
     if corpus_file:
-        path = Path(corpus_file)
-        if not path.is_file():
-            raise ScalelensError(f"corpus file {path} does not exist; pass an existing text file")
+        path = check_corpus_file(corpus_file)
         source = {"kind": "file", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     return {
         "format_version": FORMAT_VERSION,

@@ -297,6 +297,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
 def read_spec(path: str | Path) -> SweepSpec:
     """Read a TOML sweep spec; unknown keys and wrong types are one-line errors."""
     p = Path(path)
+    if p.is_dir():
+        raise ScalelensError(f"sweep spec {p} is a directory; give a TOML file")
     if not p.is_file():
         raise ScalelensError(f"sweep spec {p} does not exist")
     try:

@@ -690,6 +690,9 @@ SWEEP_CASES: dict[str, tuple[Callable[[Ctx, Path], list[str]], tuple[str, ...]]]
     "sweep spec missing": (
         lambda c, s: ["sweep", "--spec", str(c.tmp / "none.toml"), "--out", str(c.tmp / "r")],
         ("does not exist",)),
+    "sweep spec that is a directory": (  # it said "does not exist"
+        lambda c, s: ["sweep", "--spec", str(c.tmp), "--out", str(c.tmp / "r")],
+        ("sweep spec", "is a directory; give a TOML file")),
     "sweep with an unknown size": (
         lambda c, s: ["sweep", "--suite", str(s), "--sizes", "16k,17k", "--out", str(c.tmp / "r")],
         ("unknown size(s) 17k", "available: 16k, 37k")),

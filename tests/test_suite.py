@@ -283,6 +283,24 @@ def test_a_folder_that_holds_no_suite_is_never_adopted(tmp_path):
     assert sorted(p.name for p in out.rglob("*")) == ["1x16x2", "notes.txt"]
 
 
+SUITE_BUILD_CASES = {  # argv after `suite build --preset micro --out OUT` (tmp_path: a directory), needles
+    "--corpus is a directory": (lambda t: ["--corpus", str(t)],
+                                ("corpus file", "is a directory; pass a text file")),
+}
+
+
+@pytest.mark.parametrize("name", list(SUITE_BUILD_CASES))
+def test_bad_suite_build_input(name, tmp_path, capsys):
+    """A bad input of ``suite build`` is one line naming what is wrong, and nothing is written."""
+    build, needles = SUITE_BUILD_CASES[name]
+    (tmp_path / "file").write_text("x")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    rc, _, err = run_cli(capsys, ["suite", "build", "--preset", "micro", "--quiet", "--out",
+                                  str(tmp_path / "s"), *build(tmp_path)])
+    assert_one_line(rc, err, *needles)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
 def test_unknown_size_and_preset(tmp_path):
     with pytest.raises(ScalelensError, match="unknown size 'huge'"):
         build_suite(tmp_path / "s", sizes=["huge"], preset="micro")
