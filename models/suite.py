@@ -122,12 +122,16 @@ def build_suite(
 
 
 def _check_out(out: Path) -> None:
-    """Refuse an --out that is a file, or a non-empty directory holding no suite.
+    """Refuse an --out that is (or lies under) a file, or a non-empty directory holding no suite.
 
     A build replaces the size directories it finds, so it must never adopt someone else's folder.
     """
     if out.exists() and not out.is_dir():
         raise ScalelensError(f"--out {out} is a file; give a directory for the suite")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():  # mkdir would fail with a bare "Not a directory"
+        raise ScalelensError(f"--out {out} lies under {above}, which is a file; "
+                             "give a directory for the suite")
     if out.is_dir() and not (out / BUILD_NAME).exists() and not (out / MANIFEST_NAME).exists():
         if any(p.name != ".lock" for p in out.iterdir()):
             raise ScalelensError(f"{out} is not empty and holds no suite; pass a new or empty --out")

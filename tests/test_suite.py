@@ -283,9 +283,11 @@ def test_a_folder_that_holds_no_suite_is_never_adopted(tmp_path):
     assert sorted(p.name for p in out.rglob("*")) == ["1x16x2", "notes.txt"]
 
 
-SUITE_BUILD_CASES = {  # argv after `suite build --preset micro --out OUT` (tmp_path: a directory), needles
-    "--corpus is a directory": (lambda t: ["--corpus", str(t)],
+SUITE_BUILD_CASES = {  # options after `suite build --preset micro` (t: an empty directory), needles
+    "--corpus is a directory": (lambda t: ["--out", str(t / "s"), "--corpus", str(t)],
                                 ("corpus file", "is a directory; pass a text file")),
+    "--out under a file": (lambda t: ["--out", str(t / "file" / "x")],  # was "Not a directory (.../x)"
+                           ("--out", "lies under", "which is a file; give a directory for the suite")),
 }
 
 
@@ -295,8 +297,7 @@ def test_bad_suite_build_input(name, tmp_path, capsys):
     build, needles = SUITE_BUILD_CASES[name]
     (tmp_path / "file").write_text("x")
     before = sorted(str(p) for p in tmp_path.rglob("*"))
-    rc, _, err = run_cli(capsys, ["suite", "build", "--preset", "micro", "--quiet", "--out",
-                                  str(tmp_path / "s"), *build(tmp_path)])
+    rc, _, err = run_cli(capsys, ["suite", "build", "--preset", "micro", "--quiet", *build(tmp_path)])
     assert_one_line(rc, err, *needles)
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
