@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
 def _build(args: argparse.Namespace) -> int:
     from .suite import build_suite  # imports torch/transformers only when building
 
-    sizes = [s for s in args.sizes.split(",") if s] if args.sizes else None
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()] if args.sizes is not None else None
     started = time.perf_counter()
     manifest = build_suite(
         args.out,

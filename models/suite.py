@@ -84,7 +84,8 @@ def build_suite(
 
     Args:
         out_dir: Suite directory (created if missing).
-        sizes: Size names of the preset or ``LAYERSxWIDTHxHEADS`` shapes; default all.
+        sizes: Size names of the preset or ``LAYERSxWIDTHxHEADS`` shapes; None: all
+            (an empty list is refused).
         corpus_file: Train on this UTF-8 text (documents separated by blank lines)
             instead of the built-in synthetic corpus.
         steps: An int sets the number of training steps (checkpoint schedule scaled
@@ -140,7 +141,10 @@ def _check_out(out: Path) -> None:
 def _resolve(
     preset: str, sizes: Sequence[str] | None, steps: int | Sequence[int] | None, seed: int
 ) -> tuple[SuitePreset, list[int]]:
-    base = select_sizes(get_preset(preset).with_seed(seed), list(sizes) if sizes else None)
+    if sizes is not None and not list(sizes):  # as sweep --sizes "" is: not taken for "all sizes"
+        raise ScalelensError("--sizes is empty; give size names or LAYERSxWIDTHxHEADS shapes, "
+                             "or leave it out for all")
+    base = select_sizes(get_preset(preset).with_seed(seed), list(sizes) if sizes is not None else None)
     if steps is None:
         return base, base.steps()
     if isinstance(steps, int):

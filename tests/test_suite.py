@@ -288,6 +288,10 @@ SUITE_BUILD_CASES = {  # options after `suite build --preset micro` (t: an empty
                                 ("corpus file", "is a directory; pass a text file")),
     "--out under a file": (lambda t: ["--out", str(t / "file" / "x")],  # was "Not a directory (.../x)"
                            ("--out", "lies under", "which is a file; give a directory for the suite")),
+    "empty --sizes": (lambda t: ["--out", str(t / "s"), "--sizes", ""],  # built every size, as sweep refuses
+                      ("--sizes is empty", "leave it out for all")),
+    "--sizes of commas only": (lambda t: ["--out", str(t / "s"), "--sizes", " , "],
+                               ("--sizes is empty",)),
 }
 
 
