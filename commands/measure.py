@@ -40,8 +40,10 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
                    help="auto, english, synthetic or a .jsonl file")
     g.add_argument("--haystack", type=user_source,
                    help="text file of haystack sentences")
-    g.add_argument("--context-lengths", type=int_list, help="haystack sizes in tokens, e.g. 300,700")
-    g.add_argument("--depths", type=float_list, help="needle depths, e.g. 0.1,0.5,0.9 (default 10)")
+    g.add_argument("--context-lengths", type=int_list,
+                   help="haystack sizes in tokens, e.g. 300,700 (a repeated size counts once)")
+    g.add_argument("--depths", type=float_list,
+                   help="needle depths, e.g. 0.1,0.5,0.9 (default 10; a repeated depth counts once)")
     g.add_argument("--n-needles", type=int, default=None,
                    help="needles to use: the first N of the set or file (default 2 of a built-in set, "
                         "every needle of a file)")

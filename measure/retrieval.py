@@ -58,8 +58,9 @@ class RetrievalSettings:
         mode: ``fast`` (one teacher-forced pass) or ``reference`` (greedy decoding).
         needles: ``auto``, ``english``, ``synthetic`` or a .jsonl file of needles.
         haystack: A text file of haystack sentences, or None for the built-in one.
-        context_lengths: Haystack sizes in tokens; None: 3 sizes up to the context.
-        depths: Needle depths in [0, 1].
+        context_lengths: Haystack sizes in tokens; None: 3 sizes up to the context. A size
+            given twice is kept once.
+        depths: Needle depths in [0, 1]; a depth given twice is kept once.
         n_needles: Needles to use: the first N of the set or file. None: 2 of a built-in
             set, every needle of a file.
         threshold: Retrieval-head bar (score > threshold).
@@ -90,6 +91,11 @@ class RetrievalSettings:
     answer_prefix: str = ANSWER_PREFIX
 
     def __post_init__(self) -> None:
+        # A repeated size or depth repeated every needle test at it (--context-lengths 8,8 built
+        # 40 tests, each twice, not 20): dropped, as repeated --dilutions are, keeping the order.
+        if self.context_lengths is not None:
+            object.__setattr__(self, "context_lengths", tuple(dict.fromkeys(self.context_lengths)))
+        object.__setattr__(self, "depths", tuple(dict.fromkeys(self.depths)))
         if self.mode not in ("fast", "reference"):
             raise ScalelensError(f"retrieval mode must be fast or reference, got {self.mode!r}")
         if self.prompt_format not in PROMPT_FORMATS:

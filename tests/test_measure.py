@@ -322,3 +322,25 @@ def test_a_sentence_longer_than_the_sequence_is_cut_to_it(final_ckpt, tmp_path):
     s = MeasureSettings(massive=MassiveSettings(n_sequences=80, intervene=False))
     data = measure(lm, "massive_activations", tmp_path / "out", s, progress=False)
     assert data["analyses"]["massive_activations"]["n_prompts"] == 80
+
+
+@pytest.mark.parametrize("given", [("--context-lengths", "24,24"), ("--depths", "0.5,0.5,0.9")])
+def test_a_repeated_context_length_or_depth_counts_once(tiny_model_dir, tmp_path, capsys, given):
+    """``--context-lengths 24,24`` built every needle test twice (40 prompts, not 20), and so did a
+    repeated depth: each counts once, as a repeated --dilutions factor does."""
+    from cli_run import run_cli
+
+    base = {"--context-lengths": "24", "--depths": "0.5,0.9"}
+    counts = []
+    for options in (base, {**base, given[0]: given[1]}):
+        out = tmp_path / f"m{len(counts)}"
+        argv = ["measure", "--model", str(tiny_model_dir), "--analyses", "retrieval_heads",
+                "--ablation-k", "0", "--n-needles", "1", *[x for kv in options.items() for x in kv],
+                "--out", str(out)]
+        rc, _, err = run_cli(capsys, argv)
+        assert rc == 0, err
+        with CaptureFile(out / "retrieval.h5") as f:
+            counts.append(f.n_prompts)
+        recorded = json.loads((out / "results.json").read_text())["settings"]["retrieval"]
+        assert recorded["context_lengths"] == [24] and recorded["depths"] == [0.5, 0.9]
+    assert counts[0] == counts[1] == 2
