@@ -91,11 +91,36 @@ def _check_finite(args: argparse.Namespace, names: tuple[str, ...]) -> None:
             raise ScalelensError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
 
 
+# The analysis bars' meaningful ranges: (lowest, highest, why), None for no bound.
+_BAR_RANGES: dict[str, tuple[float | None, float | None, str]] = {
+    "threshold": (0.0, 1.0, "a head's retrieval score is the share of the needle it copied, 0 to 1"),
+    "gate": (None, 1.0, "a test counts when its ROUGE-1 recall, 0 to 1, exceeds it; a negative gate "
+                        "counts every test"),
+    "ratio_threshold": (0.0, None, "a layer is flagged when its ratio max|h| / median|h|, at least 1, "
+                                   "reaches it"),
+}
+
+
+def _check_bars(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """Refuse a threshold, gate or ratio bar outside the range of the quantity it bars.
+
+    Outside it, nothing can pass (``--gate 2``) or every head or layer passes for no reason
+    (``--threshold -1``, ``--ratio-threshold -5``).
+    """
+    for name in names:
+        value, (low, high, why) = getattr(args, name), _BAR_RANGES[name]
+        if (low is not None and value < low) or (high is not None and value > high):
+            limits = (f"{low:g} to {high:g}" if low is not None and high is not None
+                      else f">= {low:g}" if low is not None else f"at most {high:g}")
+            raise ScalelensError(f"--{name.replace('_', '-')} must be {limits} ({why}), got {value:g}")
+
+
 def _check_numbers(args: argparse.Namespace) -> None:
     """Refuse out-of-range numeric options up front (not after the captures ran)."""
     if args.batch_size < 1:
         raise ScalelensError(f"batch size must be >= 1, got {args.batch_size}")
     _check_finite(args, ("threshold", "gate", "ratio_threshold", "capacity_bias"))
+    _check_bars(args, tuple(_BAR_RANGES))
     if args.seq_length is not None and args.seq_length < 1:
         raise ScalelensError(f"--seq-length must be >= 1 (omit it for the default), got {args.seq_length}")
     if args.ablation_k < 0:
@@ -309,7 +334,9 @@ def run_analyze(args: argparse.Namespace) -> int:
     from scalelens.measure.run import parse_analyses
 
     analyses = parse_analyses(args.analyses) if args.analyses is not None else None  # "": refused
-    _check_finite(args, tuple(n for n in ANALYZE_SETTINGS if getattr(args, n) is not None))
+    given_bars = tuple(n for n in ANALYZE_SETTINGS if getattr(args, n) is not None)
+    _check_finite(args, given_bars)
+    _check_bars(args, given_bars)
     if not args.path.exists():
         raise ScalelensError(f"{args.path} does not exist; give a capture .h5 file or a measure directory")
     files = sorted(args.path.glob("*.h5")) if args.path.is_dir() else [args.path]

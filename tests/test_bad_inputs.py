@@ -415,6 +415,22 @@ CASES: dict[str, Case] = {
     "measure threshold not a finite number": Case(
         lambda c: c.measure("--gate", "nan"),
         ("--gate must be a finite number, got nan",)),
+    # bars outside their quantity's range: nothing (or, for no reason, everything) passes them
+    "measure --gate above 1": Case(
+        lambda c: c.measure("--gate", "2"), ("--gate must be at most 1", "ROUGE-1 recall", "got 2")),
+    "measure negative --threshold": Case(
+        lambda c: c.measure("--threshold", "-0.5"), ("--threshold must be 0 to 1", "got -0.5")),
+    "measure negative --ratio-threshold": Case(
+        lambda c: c.measure("--ratio-threshold", "-5"), ("--ratio-threshold must be >= 0", "got -5")),
+    "analyze --gate above 1": Case(
+        lambda c: ["analyze", str(c.copy_complete()), "--gate", "2"], ("--gate must be at most 1",),
+        keep=lambda c: c.tmp / "existing.h5"),
+    "analyze --threshold above 1": Case(
+        lambda c: ["analyze", str(c.copy_complete()), "--threshold", "1.5"], ("--threshold must be 0 to 1",),
+        keep=lambda c: c.tmp / "existing.h5"),
+    "analyze negative --ratio-threshold": Case(
+        lambda c: ["analyze", str(c.copy_complete()), "--ratio-threshold", "-5"],
+        ("--ratio-threshold must be >= 0",), keep=lambda c: c.tmp / "existing.h5"),
     "measure capacity bias infinite": Case(
         lambda c: c.measure("--capacity-bias", "inf"),
         ("--capacity-bias must be a finite number",)),
@@ -684,6 +700,10 @@ SWEEP_CASES: dict[str, tuple[Callable[[Ctx, Path], list[str]], tuple[str, ...]]]
         lambda c, s: ["sweep", "--spec", str(_spec(c, s, "[settings]\nbatch_size = 0\n")),
                       "--out", str(c.tmp / "r")],
         ("batch size must be >= 1",)),
+    "sweep spec with a gate above 1": (
+        lambda c, s: ["sweep", "--spec", str(_spec(c, s, "[settings]\ngate = 2\n")),
+                      "--out", str(c.tmp / "r")],
+        ("--gate must be at most 1",)),
     "sweep spec that is not TOML": (
         lambda c, s: ["sweep", "--spec", str(_spec(c, s, "sizes = [16k\n")), "--out", str(c.tmp / "r")],
         ("not valid TOML",)),

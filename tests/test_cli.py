@@ -370,7 +370,7 @@ def test_analyze_reproduces_the_measures_results(model_dir, tmp_path, capsys):
     for file, name in (("massive.h5", "massive_activations"), ("retrieval.h5", "retrieval_heads")):
         got = again[file][name]
         assert got == {k: v for k, v in measured[name].items() if k in got}, name
-    assert main(["analyze", str(out / "retrieval.h5"), "--gate", "2"]) == 0  # given: the flag wins
+    assert main(["analyze", str(out / "retrieval.h5"), "--gate", "1"]) == 0  # given: the flag wins
     assert json.loads(capsys.readouterr().out)["retrieval.h5"]["retrieval_heads"]["n_tests_passed"] == 0
 
 
