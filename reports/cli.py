@@ -11,7 +11,14 @@ from scalelens.textfiles import user_path
 
 
 def _html_path(text: str) -> Path:
-    """``--out``: a file path (``out/`` names a directory, and Path would drop its slash)."""
+    """``--out``: a file path (``out/`` names a directory, and Path would drop its slash).
+
+    ``-`` is refused, not taken for stdout: the report is two files, the HTML and the
+    Markdown summary beside it, and ``-`` wrote files named ``-`` and ``-.md``.
+    """
+    if text == "-":
+        raise argparse.ArgumentTypeError("- is not stdout here: the report is an HTML file with its Markdown "
+                                         "summary beside it; pass a file path like report.html")
     if text.endswith(("/", os.sep)):
         raise argparse.ArgumentTypeError(f"{text} names a directory; pass a file path like {text}report.html")
     return user_path(text)

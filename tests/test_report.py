@@ -680,6 +680,22 @@ def test_an_out_with_a_trailing_slash_is_refused_not_written_as_a_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_an_out_of_a_dash_is_refused_not_written_as_a_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # 'report RUN --out -' wrote files named '-' and '-.md' into the working directory
+    from cli_run import assert_one_line, run_cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(",".join(COLUMNS) + "\nm,s,main,,1e6,1e5,loss,loss,,,3.1\n")
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_cli(capsys, ["report", str(run), "--out", "-"])
+    assert_one_line(rc, err, "argument --out: - is not stdout here", "pass a file path like report.html")
+    assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    rc, _, err = run_cli(capsys, ["report", str(run), "--out", "./-"])  # a file named '-' on purpose
+    assert rc == 0 and (tmp_path / "-").is_file() and (tmp_path / "-.md").is_file(), err
+
+
 def test_dynamics_params_accept_lam_or_lambda() -> None:
     t = np.array([0.0, 1e3, 1e5])
     with_lambda = dynamics_from_params(t, DYN | {"A": 2.0})
