@@ -34,6 +34,8 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--analyses", default="all",
                    help="comma-separated: retrieval_heads, massive_activations, superposition, "
                         "text_dominance, information_capacity, activation_sparsity (default all)")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="prompts per forward pass, in every analysis that runs the model (default 4)")
     g = p.add_argument_group("retrieval heads")
     g.add_argument("--retrieval-mode", choices=("fast", "reference"), default="fast")
     g.add_argument("--needles", default="auto", type=user_source,
@@ -77,7 +79,6 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
                         "at their norm (a content-free control)")
     g.add_argument("--pool", type=int, default=4,
                    help="document tokens per soft token (embeds); at most the haystack text's tokens")
-    g.add_argument("--batch-size", type=int, default=4)
     g = p.add_argument_group("information capacity")
     g.add_argument("--capacity-bias", type=float, default=-27.0,
                    help="numerator bias b of the information capacity (Yuan et al. 2025; -27 as their code)")

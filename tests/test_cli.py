@@ -316,6 +316,20 @@ def test_inspect_help_names_the_measure_directory_it_takes(capsys):
     assert "a measure output directory" in " ".join(capsys.readouterr().out.split())
 
 
+def test_measure_help_lists_batch_size_with_the_general_options(capsys):
+    """``--batch-size`` sets the prompts per forward pass of every analysis (retrieval, massive
+    activations, text dominance, capacity, sparsity), but ``measure --help`` listed it under
+    "text dominance"."""
+    with pytest.raises(SystemExit) as stop:
+        main(["measure", "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    general = text[text.index("\noptions:"):text.index("\nretrieval heads:")]
+    assert "--batch-size" in general and "every analysis" in " ".join(general.split())
+    dominance = text[text.index("\ntext dominance:"):text.index("\ninformation capacity:")]
+    assert "--batch-size" not in dominance
+
+
 def test_inspect_a_directory_inspects_each_capture_in_it(model_dir, prompt_file, tmp_path, capsys):
     """A measure output directory: every capture in it, one after the other; a directory with
     none (and no sweep) is one line naming what to give."""
