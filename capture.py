@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import operator
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -38,7 +37,7 @@ from scalelens.probes.prompts import (
     tokenize,
 )
 from scalelens.probes.reduce import BatchContext, ProbeRuntime
-from scalelens.probes.spec import PositionKind, ProbeSpec, preset, specs_to_json
+from scalelens.probes.spec import PositionKind, ProbeSpec, preset, specs_to_json, whole_number
 from scalelens.progress import progress_bar
 
 BACKENDS = ("native", "nnsight", "transformer-lens")
@@ -75,23 +74,13 @@ class CaptureSettings:
         for name in ("batch_size", "max_length"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, _whole_number(name, value))
+                object.__setattr__(self, name, whole_number(name, value))
         if not 1 <= self.batch_size <= _INT32_MAX:  # each prompt's is stored as int32 in /batch_size
             raise ScalelensError(f"batch size must be >= 1 and <= {_INT32_MAX}, got {self.batch_size}")
         if self.backend not in BACKENDS:
             raise ScalelensError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
         if self.max_length is not None and self.max_length < 1:
             raise ScalelensError(f"max length must be >= 1, got {self.max_length}")
-
-
-def _whole_number(name: str, value: Any) -> int:
-    """An int setting given as an int or numpy integer; anything else is refused by name."""
-    if isinstance(value, bool):
-        value = None
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ScalelensError(f"{name} must be an integer, got {value!r}") from None
 
 
 def as_probe_list(probes: Probes) -> list[ProbeSpec]:

@@ -71,7 +71,7 @@ class Positions:
             raise ScalelensError(f"unknown positions kind {self.kind!r}; use all, last, indices or "
                                  "segment") from None
         object.__setattr__(self, "indices", _position_indices(self.indices))
-        object.__setattr__(self, "offset", _integer("positions offset", self.offset))
+        object.__setattr__(self, "offset", whole_number("positions offset", self.offset))
         if self.kind is PositionKind.INDICES and not self.indices:
             raise ScalelensError("positions of kind 'indices' need at least one index")
         if self.kind is PositionKind.SEGMENT and not self.segment:
@@ -102,8 +102,8 @@ class Positions:
             ) from None
 
 
-def _integer(what: str, value: Any) -> int:
-    """``value`` as an int: an int or numpy integer; a float, bool or string is refused by name.
+def whole_number(what: str, value: Any) -> int:
+    """``value`` as an int: an int or numpy integer; a float, bool or string is refused by ``what``.
 
     ``int()`` would truncate 0.7 to position 0 and read "1" as 1, silently.
     """
@@ -119,7 +119,7 @@ def _position_indices(values: Any) -> tuple[int, ...]:
     """Position indices as ints: one index, or a list, tuple, range or array of them."""
     if isinstance(values, str) or not hasattr(values, "__iter__"):
         values = (values,)
-    return tuple(_integer("a position index", v) for v in values)
+    return tuple(whole_number("a position index", v) for v in values)
 
 
 def _indices(probe: str, what: str, values: Any) -> tuple[int, ...]:
@@ -180,7 +180,7 @@ class ProbeSpec:
         for what in ("layers", "heads"):
             if getattr(self, what) is not None:
                 object.__setattr__(self, what, _indices(self.name, what, getattr(self, what)))
-        object.__setattr__(self, "topk", _integer(f"probe {self.name!r}: topk", self.topk))
+        object.__setattr__(self, "topk", whole_number(f"probe {self.name!r}: topk", self.topk))
         self._validate()
 
     def _validate(self) -> None:
