@@ -100,7 +100,9 @@ def load_model(
     (``<suite>/<size>``, with ``revision``/``checkpoint`` or the last step by
     default) or one of its ``step<N>`` directories, a ``.gguf`` file, an in-memory
     ``PreTrainedModel`` (pass ``tokenizer``), an nnsight ``LanguageModel`` or a
-    TransformerLens ``TransformerBridge`` (their underlying HF model is returned).
+    TransformerLens ``TransformerBridge`` (their underlying HF model is returned), or one
+    of these wrapped by ``torch.compile`` (the model itself is returned; captures run it
+    uncompiled).
 
     Args:
         source: See above.

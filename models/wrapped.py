@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from transformers import PreTrainedModel
@@ -15,7 +16,9 @@ def unwrap(obj: Any) -> tuple[PreTrainedModel, Any, str]:
     Args:
         obj: A ``PreTrainedModel``, an nnsight ``LanguageModel`` /
             ``TransformersModel`` (its HF module is ``_module``; older nnsight used
-            ``_model``) or a TransformerLens ``TransformerBridge`` (``original_model``).
+            ``_model``), a TransformerLens ``TransformerBridge`` (``original_model``), or
+            any of these wrapped by ``torch.compile`` (its ``_orig_mod``, which captures
+            run uncompiled: hooks would make the compiled graph recompile or break).
 
     Returns:
         The underlying HF model, the wrapper's tokenizer (``None`` for a bare
@@ -23,6 +26,8 @@ def unwrap(obj: Any) -> tuple[PreTrainedModel, Any, str]:
     """
     if isinstance(obj, PreTrainedModel):
         return obj, None, "memory"
+    if _compiled(obj):  # torch.compile(model): probes hook the model itself, run eagerly
+        return unwrap(obj._orig_mod)
     package = type(obj).__module__.split(".")[0]
     if package == "nnsight":
         return _nnsight(obj), getattr(obj, "tokenizer", None), "nnsight"
@@ -32,6 +37,16 @@ def unwrap(obj: Any) -> tuple[PreTrainedModel, Any, str]:
         f"cannot load a {type(obj).__name__}; pass a path, hub id, HF model, nnsight "
         "LanguageModel or TransformerLens TransformerBridge"
     )
+
+
+def _compiled(obj: Any) -> bool:
+    """Whether ``obj`` is ``torch.compile``'s wrapper of a module (an ``OptimizedModule``).
+
+    Without ``torch.compile`` having run, its module (a second to import) is not loaded, and
+    no object can be one.
+    """
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")
+    return dynamo is not None and isinstance(obj, dynamo.OptimizedModule)
 
 
 def _nnsight(obj: Any) -> PreTrainedModel:

@@ -465,6 +465,31 @@ def test_nnsight_language_model_is_unwrapped(micro_suite, manifest):
     assert lm.info.n_params == base.info.n_params
 
 
+def test_a_torch_compiled_model_is_captured_as_the_model_itself(micro_suite, manifest, suite_tokenizer,
+                                                                 tmp_path):
+    """torch.compile(model) was refused ("cannot load a OptimizedModule"): its _orig_mod is now
+    what loads, and captures run it uncompiled (hooks would recompile or break the graph), with
+    values equal to the model's and no hook left."""
+    from scalelens import preset
+    from scalelens.cache.reader import CaptureFile
+    from scalelens.capture import capture
+
+    size, step = manifest.sizes[0], manifest.steps[-1]
+    model = AutoModelForCausalLM.from_pretrained(manifest.checkpoint_dir(size, step))
+    compiled = torch.compile(model)
+    lm = load_model(compiled, tokenizer=suite_tokenizer)
+    assert lm.model is model and lm.info.source_kind == "memory"
+    texts = ["the code of Bako is 4821 .", "a b"]
+    got = capture(compiled, [preset("resid")], texts, tmp_path / "c.h5", tokenizer=suite_tokenizer,
+                  progress=False)
+    want = capture(model, [preset("resid")], texts, tmp_path / "m.h5", tokenizer=suite_tokenizer,
+                   progress=False)
+    with CaptureFile(got) as a, CaptureFile(want) as b:
+        values = [f.read("values", probe="resid").data for f in (a, b)]
+    np.testing.assert_array_equal(*values)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 def test_transformer_bridge_is_unwrapped(micro_suite, manifest):
     from transformer_lens.model_bridge import TransformerBridge
 
