@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as T
-from test_projection_taps import _eager, check_alibi_probes
+from test_projection_taps import _eager, check_alibi_probes, check_written_back
 from tiny_models import VOCAB, prompts, word_tokenizer
 
 from scalelens.cache.reader import CaptureFile
@@ -165,13 +165,7 @@ def test_a_replaced_query_is_written_into_the_query_third():
         q[:, 1] *= 2
         return q
 
-    ids = np.arange(3, 12)
-    with attention_tap(model, {0: arch.layer_part(model, 0, "attn")}, double):
-        got = _eager(model, ids)
-    want = _eager(doubled, ids)
-    for layer in range(2):
-        np.testing.assert_allclose(got.attentions[layer], want.attentions[layer], atol=1e-6)
-    assert np.abs(want.attentions[0][0, 1] - _eager(model, ids).attentions[0][0, 1]).max() > 0.01
+    check_written_back(model, doubled, double)
 
 
 def test_nnsight_gives_the_native_values(tmp_path):

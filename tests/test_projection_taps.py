@@ -34,6 +34,18 @@ def _eager(model, ids: np.ndarray, **kw):
         return model(torch.tensor(ids, dtype=torch.long)[None], output_attentions=True, **kw)
 
 
+def check_written_back(model, doubled, double) -> None:
+    """With tap callback ``double`` (layer 0's head 1 query doubled) on ``model``, both layers attend
+    as ``doubled`` (that head's query projection weights doubled), which differs from ``model``."""
+    ids = np.arange(3, 12)
+    with attention_tap(model, {0: arch.layer_part(model, 0, "attn")}, double):
+        got = _eager(model, ids)
+    want = _eager(doubled, ids)
+    for layer in range(2):
+        np.testing.assert_allclose(got.attentions[layer], want.attentions[layer], atol=1e-6)
+    assert np.abs(want.attentions[0][0, 1] - _eager(model, ids).attentions[0][0, 1]).max() > 0.01
+
+
 def check_alibi_probes(model, tmp_path, scale: float, slopes: torch.Tensor) -> dict[str, np.ndarray]:
     """Capture attn, a head subset (3, 1), top1, q and k of an ALiBi ``model`` over prompts in
     padded batches of 2, and check each against the model's own attentions, the q and k probes
