@@ -23,6 +23,16 @@ def _checkpoints(text: str) -> str | tuple[int, ...]:
         ) from None
 
 
+def _sizes(text: str | None) -> tuple[str, ...] | None:
+    """The sizes of ``--sizes`` (None: all); an empty list is refused naming the option."""
+    if text is None:
+        return None
+    sizes = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not sizes:
+        raise ScalelensError("--sizes is empty; give comma-separated sizes, or leave it out for all")
+    return sizes
+
+
 def _size_source(text: str) -> tuple[str, str]:
     size, sep, source = text.partition("=")
     if not sep or not size.strip() or not source.strip():
@@ -86,8 +96,7 @@ def spec_from_args(args: argparse.Namespace):
         raise ScalelensError("say what to sweep: --suite DIR, --family pythia, --model SIZE=SOURCE "
                              "(once per size) or --spec FILE")
     return SweepSpec(suite=args.suite, family=args.family, models=_models(args.model),
-                     sizes=tuple(t.strip() for t in args.sizes.split(",") if t.strip())
-                     if args.sizes is not None else None,
+                     sizes=_sizes(args.sizes),
                      checkpoints=args.checkpoints or "log",
                      analyses=parse_analyses("all" if args.analyses is None else args.analyses),
                      executor=args.executor or "local", address=args.address,

@@ -725,6 +725,9 @@ SWEEP_CASES: dict[str, tuple[Callable[[Ctx, Path], list[str]], tuple[str, ...]]]
     "sweep with an empty analysis list": (
         lambda c, s: ["sweep", "--suite", str(s), "--analyses", "", "--out", str(c.tmp / "r")],
         ("unknown analysis (none)",)),
+    "sweep with an empty size list": (  # it said "sizes is an empty list", not naming --sizes
+        lambda c, s: ["sweep", "--suite", str(s), "--sizes", " , ", "--out", str(c.tmp / "r")],
+        ("--sizes is empty", "leave it out for all")),
     "sweep with nothing to sweep": (lambda c, s: ["sweep", "--out", str(c.tmp / "r")], ("--suite DIR",)),
     "sweep flags combined with --spec": (
         lambda c, s: ["sweep", "--spec", str(_spec(c, s, "")), "--sizes", "16k", "--out", str(c.tmp / "r")],
