@@ -108,6 +108,63 @@ def _medians(a: torch.Tensor, ctx: BatchContext, use_numpy: bool | None = None) 
     return _middles(flat, big_r, odd_t).view(*lead, b)
 
 
+_LOW32 = 2**32 - 1
+
+
+def _topk_lowest_index_first(a: torch.Tensor, k: int, everywhere: bool | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries of each row (last axis) of float32 ``a``, and their indices.
+
+    ``a`` holds |h| (>= 0; NaN and inf included) and -1 on padding. Equal values come lowest
+    index first, and of several equal to the k-th value the lowest indices are kept:
+    ``torch.topk`` leaves both unspecified, and they changed with the batch's width, so a
+    bfloat16 model's tied |h| (2.625 at two positions) stored other positions and dims for
+    a prompt captured in a batch of 1 than in a batch of 8.
+
+    On the CPU one ``topk`` of ``k + 1`` finds the rows where the k-th value is tied past
+    the k-th entry, and only those are redone by key; elsewhere (``everywhere``, the
+    default off the CPU: no host sync) every row is ranked by key.
+    """
+    n = a.shape[-1]
+    if everywhere is None:
+        everywhere = a.device.type != "cpu"
+    if everywhere or k >= n:
+        return _topk_by_key(a, k)
+    vals, idx = a.topk(k + 1, dim=-1)
+    bits = vals.view(torch.int32)
+    tied = bits[..., k] == bits[..., k - 1]  # bits: NaNs of one payload tie too
+    vals, idx = vals[..., :k].contiguous(), idx[..., :k].contiguous()
+    if bool(tied.any()):
+        vals[tied], idx[tied] = _topk_by_key(a[tied], k)
+    return _ties_by_index(vals, idx)
+
+
+def _keys(vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """One int64 per entry, ordered as (value, then lower index first).
+
+    A float32's bits order non-negative values as the values do (NaN above inf) and put the
+    -1 padding below zero; the complement of the index fills the low 32 bits.
+    """
+    keys = vals.view(torch.int32).to(torch.int64).bitwise_left_shift_(32)
+    return keys.add_(_LOW32 - idx)
+
+
+def _from_keys(top: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    vals = top.bitwise_right_shift(32).to(torch.int32).view(torch.float32)
+    return vals, _LOW32 - top.bitwise_and(_LOW32)
+
+
+def _topk_by_key(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_topk_lowest_index_first` of every row, by one int64 key per entry."""
+    index = torch.arange(a.shape[-1], device=a.device)
+    return _from_keys(_keys(a, index).topk(min(k, a.shape[-1]), dim=-1).values)
+
+
+def _ties_by_index(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``vals``/``idx`` (a row's top entries) reordered so that equal values go lowest index first."""
+    return _from_keys(_keys(vals, idx).sort(dim=-1, descending=True).values)
+
+
 def _pinned(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host tensor to ``device``; through pinned memory and non-blocking on CUDA."""
     if device.type == "cuda":
@@ -301,7 +358,7 @@ class ProbeRuntime:
         n, b, s, d = a.shape
         if min(ctx.lengths) < s:  # padded positions can never be picked
             a.masked_fill_(_padding(ctx, s), -1.0)
-        vals, idx = a.view(n, b, s * d).topk(min(self.topk, s * d), dim=2)
+        vals, idx = _topk_lowest_index_first(a.view(n, b, s * d), min(self.topk, s * d))
         pos = idx // d
         dim = idx - pos * d
         token = ctx.ids[None].expand(n, -1, -1).gather(2, pos)

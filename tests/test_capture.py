@@ -147,6 +147,39 @@ def test_massive_topk_beyond_a_batchs_entries_is_padded(tmp_path):
     assert (one["top_pos"][1, :, 32:] == -1).all() and (one["top_pos"][1, :, :32] == 0).all()
 
 
+def test_tied_massive_entries_are_kept_lowest_position_and_dim_first(tmp_path):
+    """A bfloat16 model's |h| tie often (8 mantissa bits): of equal values the summary lists,
+    and at the top-k's edge keeps, the lowest (position, dim) first, as a stable sort of the
+    stored residual says, so a prompt's summary is the same in batches of 1 and 8. topk's own
+    order of ties changed with the batch (Gemma 2: 9 of 324 entries, in 4 of 27 prompt-layer rows)."""
+    lm = load_model(tiny_model("gemma2").to(torch.bfloat16), tokenizer=word_tokenizer())  # eager: exact
+    probes = [preset("resid", dtype="float32"), ProbeSpec("m", "resid_post", reduction="massive", topk=12)]
+    texts = _spread_prompts()
+
+    def run(name, bs):
+        out = capture(lm, probes, texts, tmp_path / name, batch_size=bs, progress=False)
+        with CaptureFile(out) as f:
+            return ({k: v.data for k, v in f.probe("m").items()}, f.read("values", "resid").data,
+                    f.read("lengths").data)
+
+    one, resid, lengths = run("one.h5", 1)
+    eight, resid8, _ = run("eight.h5", 8)
+    np.testing.assert_array_equal(resid, resid8)  # the same |h|: any difference is the ties' order
+    n_tied = 0
+    for i, n in enumerate(lengths):
+        for layer in range(resid.shape[1]):
+            x = np.abs(resid[i, layer, :n]).ravel()
+            keep = np.lexsort((np.arange(x.size), -x))[:12]  # by value, then lowest flat index
+            n_tied += int((x == x[keep[-1]]).sum() > 1) + int(len(np.unique(x[keep])) < keep.size)
+            top = slice(0, keep.size)
+            got = one["top_pos"][i, layer, top] * resid.shape[-1] + one["top_dim"][i, layer, top]
+            np.testing.assert_array_equal(got, keep, err_msg=f"prompt {i} layer {layer}")
+            np.testing.assert_array_equal(one["top_values"][i, layer, top], x[keep])
+    assert n_tied >= 5  # ties really were there to break
+    for k in one:
+        np.testing.assert_array_equal(one[k], eight[k], err_msg=k)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_top1_rows_agree_with_full_attention_on_every_arch(arch, tmp_path):
     """Top-1 rows (per-batch memo of row index and causal block) vs the full probabilities."""

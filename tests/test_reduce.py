@@ -10,7 +10,7 @@ from scalelens.axes import Axis
 from scalelens.cache.reader import CaptureFile
 from scalelens.cache.writer import BackgroundWriter, CaptureWriter, FileIdentity
 from scalelens.probes.prompts import TokenizedPrompts
-from scalelens.probes.reduce import BatchContext, DatasetSpec, _median_1d, _medians
+from scalelens.probes.reduce import BatchContext, DatasetSpec, _median_1d, _medians, _topk_lowest_index_first
 
 
 def per_prompt(a: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -41,6 +41,28 @@ def test_batched_medians_equal_per_prompt(use_numpy):
         want = per_prompt(a, lengths)
         assert torch.equal(got, want), (lengths, s, d)
         np.testing.assert_allclose(got.numpy(), [np.median(a[i, :n].numpy()) for i, n in enumerate(lengths)])
+
+
+@pytest.mark.parametrize("everywhere", [False, True])
+def test_massive_top_entries_break_ties_by_lowest_index(everywhere):
+    """Both ways the massive summary picks its top entries (the CPU's topk of k + 1 with tied
+    rows redone by key, and the device's key for every row) give a stable descending sort's
+    first k: ties, NaN (above inf) and -1 padding included."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        n, b, width = (int(torch.randint(1, m, (1,), generator=g)) for m in (3, 5, 120))
+        k = int(torch.randint(1, min(width, 20) + 1, (1,), generator=g))
+        a = torch.randint(0, 4 if trial % 2 else 1000, (n, b, width), generator=g).float() / 4
+        a[a == 0.5] = -1.0  # padding
+        if trial % 5 == 0:
+            a[..., 0], a[..., -1] = float("nan"), float("inf")
+        vals, idx = _topk_lowest_index_first(a, k, everywhere=everywhere)
+        for row, v, i in zip(a.reshape(-1, width).numpy(), vals.reshape(-1, k).numpy(),
+                             idx.reshape(-1, k).numpy(), strict=True):
+            bits = row.view(np.int32)  # orders NaN above inf, as topk does
+            want = np.lexsort((np.arange(width), -bits.astype(np.int64)))[:k]
+            np.testing.assert_array_equal(i, want, err_msg=str(trial))
+            np.testing.assert_array_equal(v.view(np.int32), bits[want])
 
 
 def test_median_1d_is_exactly_the_partition_median():
