@@ -135,11 +135,19 @@ class MassiveResult:
 
 
 def _top_entries(abs_h: np.ndarray, topk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices and values of the ``topk`` largest entries, ties by index."""
+    """Flat indices and values of the ``topk`` largest entries, ties by index.
+
+    Of the entries equal to the k-th largest, those of the lowest indices are kept (an
+    ``argpartition`` keeps any of them), as the capture's summary keeps them.
+    """
     flat = abs_h.reshape(-1)
     k = min(topk, flat.size)
-    idx = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
-    order = np.lexsort((idx, -flat[idx]))
+    idx = np.arange(flat.size)
+    if k < flat.size:
+        kth = -np.partition(-flat, k - 1)[k - 1]
+        if not np.isnan(kth):  # NaN ranks last here: with fewer than k numbers, keep them all
+            idx = np.flatnonzero(flat >= kth)
+    order = np.lexsort((idx, -flat[idx]))[:k]
     return idx[order], flat[idx[order]]
 
 

@@ -143,6 +143,23 @@ def test_summary_path_equals_full_path():
     assert a == b
 
 
+def test_tied_entries_are_kept_lowest_flat_index_first():
+    """|h| on a coarse grid (as a bfloat16 model's, 8 mantissa bits): of the entries tied with
+    the k-th largest the summary keeps the lowest flat indices (pos * d_model + dim), as the
+    capture's summary does, not whichever an argpartition happened to leave in front."""
+    rng = np.random.default_rng(0)
+    h = rng.integers(-3, 4, size=(3, 2, 10, 8)).astype(np.float32)
+    lengths, tokens = np.array([10, 7, 4]), rng.integers(0, 50, size=(3, 10))
+    summary = summarise_activations(h, lengths, tokens, topk=9)
+    for p, n in enumerate(lengths):
+        for layer in range(2):
+            x = np.abs(h[p, layer, :n]).ravel()
+            want = np.lexsort((np.arange(x.size), -x))[:9]
+            got = summary.top_pos[p, layer] * 8 + summary.top_dim[p, layer]
+            np.testing.assert_array_equal(got, want, err_msg=f"prompt {p} layer {layer}")
+            np.testing.assert_array_equal(summary.top_values[p, layer], x[want])
+
+
 def test_truncation_flag_and_padding_entries():
     h, lengths, tokens, _ = _planted()
     res = massive_from_activations(h, lengths, tokens, topk=2)
