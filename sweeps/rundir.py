@@ -102,6 +102,45 @@ def _check_resume(out: Path, path: Path, want: dict) -> None:
         write_json(path, want)
 
 
+def _check_unrecorded(out: Path, want: int) -> None:
+    """Refuse ``out`` when it holds finished tasks but no ``sweep_spec.json`` to say how they were made.
+
+    A sweep records its spec before any task runs, but scalelens's demo (before commit
+    658d448) and ``sweep()`` from Python (before c59702f) did not: their finished tasks would
+    be skipped as done and their numbers, measured otherwise, mixed with this scalelens's.
+    """
+    tasks = out / "tasks"
+    finished = [f for f in tasks.rglob("results.json") if f.is_file()] if tasks.is_dir() else []
+    if not finished:  # captures left by a task are checked by the capture that resumes them
+        return
+    fix = "pass --overwrite (overwrite=True in Python) to start afresh, or use another --out"
+    formats = {_results_format(f) for f in finished}
+    if formats - {want}:
+        said = ", ".join(sorted("no results format" if v is None else f"results format {v!r}"
+                                for v in formats - {want}))
+        newer = any(type(v) is int and v > want for v in formats)
+        raise ScalelensError(
+            f"{out} was written by {'a newer' if newer else 'an older'} scalelens (no {RUN_SPEC}; "
+            f"its finished tasks record "
+            f"{said}; this one writes {want}), whose tasks may be measured otherwise than new "
+            f"ones would be; {fix}"
+        )
+    raise ScalelensError(
+        f"{out} holds finished tasks but no {RUN_SPEC}, so what they were measured with is "
+        f"unknown; {fix}"
+    )
+
+
+def _results_format(path: Path) -> object:
+    """The ``results_format`` a task's results.json records (None: none, or unreadable)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = data.get(_FORMAT) if isinstance(data, dict) else None
+    return value if value is None or isinstance(value, int | str) else repr(value)
+
+
 def _check_format(out: Path, have: object, want: int) -> None:
     """Refuse a run directory whose finished tasks were measured in another results format.
 
@@ -185,6 +224,8 @@ def check_run_dir(out: Path, spec, overwrite: bool) -> None:
     if path.is_file() and not overwrite:
         _check_resume(out, path, want)
         return
+    if not overwrite:
+        _check_unrecorded(out, want[_FORMAT])
     if overwrite:  # afresh: the old tasks and everything made from them
         from scalelens.reports.render import DEFAULT_NAME
 

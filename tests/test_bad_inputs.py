@@ -1027,3 +1027,44 @@ def test_an_empty_path_is_refused_not_taken_for_the_working_directory(name, ctx,
     option = "--out" if "--out" in name else "FILE_OR_RUN"
     assert_one_line(rc, err, f"argument {option}: empty path")
     assert _tree(ctx.tmp) == before, "something was written"
+
+
+def test_sweep_refuses_finished_tasks_without_a_recorded_spec(ctx, micro_suite, capsys):
+    """A run directory with finished tasks but no sweep_spec.json is not adopted.
+
+    scalelens's demo (before commit 658d448) and sweep() from Python (before c59702f) wrote
+    no sweep_spec.json, and their results.json no results_format: a sweep of the current
+    scalelens into such a directory recorded its own spec and skipped the 8 finished tasks of
+    a sweep() made at commit 1422d7c, whose information capacity (flops_per_token 19619.7 where
+    this one measures 19264.0) went into metrics.csv beside its own. It is one line that
+    leaves the directory untouched; --overwrite starts afresh. Tasks that left only an
+    error.log finished nothing: such a directory is swept into.
+    """
+    from scalelens.measure.run import RESULTS_FORMAT
+
+    run = ctx.tmp / "run"
+    (run / "tasks" / "16k" / "step24").mkdir(parents=True)
+    (run / "tasks" / "16k" / "step24" / "error.log").write_text("OSError: boom\n")
+    argv = ["sweep", "--suite", str(micro_suite), "--sizes", "16k,37k", "--checkpoints", "final",
+            "--analyses", "superposition", "--out", str(run)]
+    rc, out, err = _run(capsys, argv)
+    assert rc == 0 and "2 done, 0 skipped" in out, err
+    (run / "sweep_spec.json").unlink()
+    done = sorted(run.glob("tasks/*/*/results.json"))
+    current = [json.loads(p.read_text()) for p in done]
+    for said, fmt in (("holds finished tasks but no sweep_spec.json", RESULTS_FORMAT),
+                      ("written by an older scalelens (no sweep_spec.json; its finished tasks "
+                       "record no results format", None),
+                      ("written by a newer scalelens", RESULTS_FORMAT + 1)):
+        for path, data in zip(done, current, strict=True):
+            data = {k: v for k, v in data.items() if k != "results_format"}
+            path.write_text(json.dumps(data if fmt is None else {**data, "results_format": fmt}))
+        before = _tree(run)
+        rc, _, err = _run(capsys, argv)
+        assert_one_line(rc, err, said, "--overwrite")
+        assert _tree(run) == before
+    rc, out, err = _run(capsys, [*argv, "--overwrite"])
+    assert rc == 0 and "2 done, 0 skipped" in out, err
+    assert [json.loads(p.read_text())["results_format"] for p in done] == [RESULTS_FORMAT] * 2
+
+
