@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 from scalelens.cache.lock import WriteLock
@@ -100,6 +101,46 @@ def _check_resume(out: Path, path: Path, want: dict) -> None:
         )
     if want != recorded:
         write_json(path, want)
+
+
+def _check_task_settings(out: Path, spec) -> None:
+    """Refuse ``out`` when a finished task was measured with other settings than ``spec`` gives now.
+
+    ``sweep_spec.json`` records the settings as given; what they measure also depends on how
+    the scalelens reads them, and that changed within one results format: a run made before
+    commit 4d1efa1 with ``context_lengths = [16, 16, 32]`` measured every 16-token test twice
+    (30 tests, not 20). Each finished task's ``results.json`` records the settings it was
+    measured with; a value that differs (batch sizes aside) is refused. Keys it lacks (a
+    setting added later) and unreadable files (named when the tables are made) are passed over.
+    """
+    from scalelens.sweeps.tasks import measure_settings
+
+    want = _comparable(asdict(measure_settings(spec.settings)))
+    for path in sorted((out / "tasks").rglob("results.json")):
+        try:
+            have = _comparable(json.loads(path.read_text(encoding="utf-8")).get("settings"))
+        except (OSError, ValueError, AttributeError):
+            continue
+        for group, values in have.items():
+            for key, value in values.items():
+                now = want.get(group, {}).get(key, value)
+                if value != now:
+                    task = path.parent.relative_to(out / "tasks")
+                    raise ScalelensError(
+                        f"{out}: finished task {task} was measured with {group} {key} {value!r}, "
+                        f"where this scalelens measures the same spec with {now!r} (an older "
+                        "scalelens read it otherwise); pass --overwrite (overwrite=True in Python) "
+                        "to start afresh, or use another --out"
+                    )
+
+
+def _comparable(settings: object) -> dict[str, dict]:
+    """``results.json``'s settings as JSON gives them, by group, batch sizes left out."""
+    data = json.loads(json.dumps(settings, default=str))
+    if not isinstance(data, dict):
+        return {}
+    return {group: {k: v for k, v in values.items() if k not in _NOT_IDENTITY_SETTINGS}
+            for group, values in data.items() if isinstance(values, dict)}
 
 
 def _check_unrecorded(out: Path, want: int) -> None:
@@ -223,6 +264,7 @@ def check_run_dir(out: Path, spec, overwrite: bool) -> None:
     path = out / RUN_SPEC
     if path.is_file() and not overwrite:
         _check_resume(out, path, want)
+        _check_task_settings(out, spec)
         return
     if not overwrite:
         _check_unrecorded(out, want[_FORMAT])

@@ -1068,3 +1068,34 @@ def test_sweep_refuses_finished_tasks_without_a_recorded_spec(ctx, micro_suite, 
     assert [json.loads(p.read_text())["results_format"] for p in done] == [RESULTS_FORMAT] * 2
 
 
+
+def test_sweep_refuses_tasks_an_older_scalelens_measured_with_other_settings(ctx, micro_suite, capsys):
+    """A finished task measured with settings this scalelens reads otherwise is not resumed.
+
+    Up to commit 4d1efa1 (results format 2 throughout) ``context_lengths = [16, 16, 32]``
+    measured every 16-token needle test twice: a run made at f6a1df3 recorded [16, 16, 32]
+    and 30 tests in its tasks' results.json, and the current scalelens resumed it, adding
+    tasks of 20 tests ([16, 32]) to the same run. The spec recorded in sweep_spec.json is
+    the same either way; each task's results.json tells. One line, nothing changed;
+    --overwrite starts afresh.
+    """
+    run = ctx.tmp / "run"
+    spec = ctx.file("s.toml", f'suite = "{micro_suite}"\nsizes = ["16k"]\ncheckpoints = "final"\n'
+                              'analyses = ["superposition"]\n[settings]\ncontext_lengths = [16, 16, 32]\n')
+    argv = ["sweep", "--spec", str(spec), "--out", str(run)]
+    rc, out, err = _run(capsys, argv)
+    assert rc == 0 and "1 done" in out, err
+    (done,) = run.glob("tasks/*/*/results.json")
+    data = json.loads(done.read_text())
+    assert data["settings"]["retrieval"]["context_lengths"] == [16, 32]
+    rc, out, err = _run(capsys, argv)
+    assert rc == 0 and "0 done, 1 skipped" in out, err
+    data["settings"]["retrieval"]["context_lengths"] = [16, 16, 32]  # as f6a1df3 recorded it
+    done.write_text(json.dumps(data))
+    before = _tree(run)
+    rc, _, err = _run(capsys, argv)
+    assert_one_line(rc, err, "measured with retrieval context_lengths [16, 16, 32]", "[16, 32]",
+                    "--overwrite")
+    assert _tree(run) == before
+    rc, out, err = _run(capsys, [*argv, "--overwrite"])
+    assert rc == 0 and "1 done, 0 skipped" in out, err
