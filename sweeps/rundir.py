@@ -88,6 +88,7 @@ def _check_resume(out: Path, path: Path, want: dict) -> None:
     recorded = have
     if "tokenizer" in want and "tokenizer" not in have:  # only for models without one: earlier
         have = {**have, "tokenizer": want["tokenizer"]}  # tasks all loaded their own
+    have = _same_suite_moved(have, want)
     models = _earlier_and_new_models(out, have, want)
     if models is not None:  # sizes added or dropped: the same sweep, recorded with every size
         have, want = {**have, "models": models}, {**want, "models": models}
@@ -182,6 +183,20 @@ def _results_format(path: Path) -> object:
     return value if value is None or isinstance(value, int | str) else repr(value)
 
 
+def _same_suite_moved(have: dict, want: dict) -> dict:
+    """``have`` with ``want``'s suite path when only the path differs: the suite was moved.
+
+    A suite is the models its build settings train (``suite_build``); its path is where it
+    lies now. A run directory (or the suite) copied to another machine or renamed resumes
+    with the suite at its new path, which is then recorded.
+    """
+    old, new = have.get("suite"), want.get("suite")
+    build = want.get(_SUITE_BUILD)
+    if old is None or new is None or old == new or build is None or have.get(_SUITE_BUILD) != build:
+        return have
+    return {**have, "suite": new}
+
+
 def _check_format(out: Path, have: object, want: int) -> None:
     """Refuse a run directory whose finished tasks were measured in another results format.
 
@@ -218,6 +233,7 @@ def measured_by_older_scalelens(out: Path, spec) -> bool:
     want = run_identity(spec)
     if not isinstance(have, dict):
         return False
+    have = _same_suite_moved(have, want)
     old = have.get(_FORMAT)
     older = old is None or (type(old) is int and old < want[_FORMAT])
     same = {k: v for k, v in have.items() if k != _FORMAT} == {k: v for k, v in want.items() if k != _FORMAT}

@@ -48,6 +48,16 @@ def _copy(run: DemoRun, dst: Path) -> Path:
     return dst
 
 
+def _another_suite(suite: Path, dst: Path) -> Path:
+    """A copy of ``suite`` at ``dst`` recorded as built with other settings (a mere copy, the
+    same build moved, is the same suite)."""
+    shutil.copytree(suite, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["settings_hash"] = "0" * 16
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
 def _sizes_measured(out) -> set[str]:
     with (out / "metrics.csv").open() as fh:
         return {r["size"] for r in csv.DictReader(fh)}
@@ -84,16 +94,18 @@ def test_demo_starts_afresh_when_its_cached_suite_is_rebuilt(micro_suite, tmp_pa
 
 def test_demo_starts_afresh_on_results_of_an_older_scalelens(micro_suite, demo_run, tmp_path, capsys):
     """A demo run measured in an older results format is remade, not refused (a plain sweep
-    refuses it); another suite's older run in the same --out is still refused, untouched."""
+    refuses it), also with its suite moved since; another suite's older run in the same --out
+    is still refused, untouched."""
     from scalelens.measure.run import RESULTS_FORMAT
 
     assert demo_run.rc == 0, demo_run.err
     out = _copy(demo_run, tmp_path / "demo")
-    argv = _demo_argv(micro_suite, out)
+    moved = tmp_path / "moved suite"
+    shutil.copytree(micro_suite, moved)
+    argv = _demo_argv(moved, out)
     recorded = json.loads((out / "sweep_spec.json").read_text())
     (out / "sweep_spec.json").write_text(json.dumps({**recorded, "results_format": RESULTS_FORMAT - 1}))
-    other = tmp_path / "other"
-    shutil.copytree(micro_suite, other)
+    other = _another_suite(micro_suite, tmp_path / "other")
     rc, _, err = _run(capsys, ["demo", "--suite", str(other), "--checkpoints", "final", "--out", str(out)])
     assert_one_line(rc, err, "written by an older scalelens", "--overwrite")
     assert (out / "tasks").is_dir()
@@ -107,8 +119,7 @@ def test_demo_starts_afresh_on_results_of_an_older_scalelens(micro_suite, demo_r
 def test_demo_refuses_another_suite_in_the_same_out(micro_suite, demo_run, tmp_path, capsys):
     assert demo_run.rc == 0, demo_run.err  # the run of the micro suite in --out
     out = _copy(demo_run, tmp_path / "demo")
-    other = tmp_path / "other"
-    shutil.copytree(micro_suite, other)
+    other = _another_suite(micro_suite, tmp_path / "other")
     base = ["demo", "--checkpoints", "final", "--out", str(out)]
     rc, _, err = _run(capsys, [*base, "--suite", str(other)])
     assert_one_line(rc, err, "different suite", "--overwrite")

@@ -1379,3 +1379,24 @@ def test_a_table_write_that_fails_leaves_no_fits_of_the_earlier_metrics(suite_co
     assert sizes_in_csv() == {a, b}
     assert set(json.loads((run / "fits.json").read_text())["last_steps"]) == {a, b}
     assert set(pq.read_table(run / "metrics.parquet").column("size").to_pylist()) == {a, b}
+
+
+def test_a_run_resumes_after_it_and_its_suite_were_moved(micro_suite, tmp_path):
+    """A run directory and its suite copied elsewhere (scratch to home, another machine) resume
+    there: finished tasks are skipped, new ones run from the suite's new path, which is then
+    recorded. The suite's path was part of the run's identity, so the rerun was refused as
+    'a sweep with different suite'."""
+    from scalelens.sweeps.rundir import RUN_SPEC
+
+    manifest = read_manifest(micro_suite)
+    first, moved = tmp_path / "scratch" / "suite", tmp_path / "home" / "suite ü"
+    shutil.copytree(micro_suite, first)
+    kw = dict(analyses=("superposition",), sizes=(manifest.sizes[0],))
+    assert sweep(_spec(first, checkpoints=(manifest.steps[-1],), **kw), tmp_path / "scratch" / "run"
+                 ).count("done") == 1
+    shutil.move(first, moved)
+    shutil.move(tmp_path / "scratch" / "run", tmp_path / "home" / "run")
+    again = sweep(_spec(moved, checkpoints=tuple(manifest.steps[-2:]), **kw), tmp_path / "home" / "run")
+    assert (again.count("skipped"), again.count("done"), again.failed) == (1, 1, [])
+    assert json.loads((tmp_path / "home" / "run" / RUN_SPEC).read_text())["suite"] == str(moved.resolve())
+    assert not (tmp_path / "scratch" / "suite").exists() and not (tmp_path / "scratch" / "run").exists()
