@@ -54,7 +54,7 @@ class FileIdentity:
         """
         model = _json_object(attrs.get("model"))
         fields = sorted(k for k in {*model, *self.model} if model.get(k) != self.model.get(k))
-        if fields:
+        if fields and not self._moved(model, fields, attrs.get(WEIGHTS_ATTR)):
             return f"model ({', '.join(fields)})"
         for key, label in (("probes", "probes"), ("prompts_sha256", "prompts")):
             if attrs.get(key) != getattr(self, key):
@@ -68,6 +68,22 @@ class FileIdentity:
         if have_weights and self.weights and have_weights != self.weights:
             return "model weights (the model path now holds other weights)"
         return None
+
+
+    def _moved(self, model: dict[str, Any], fields: list[str], weights: Any) -> bool:
+        """Whether ``model`` is this one at another path: a model directory moved or copied.
+
+        Only where it lies differs (its path, and the name a directory's basename gives),
+        both are on disk, and the weights fingerprints are known and equal.
+        """
+        local = {model.get("source_kind"), self.model.get("source_kind")} <= MOVABLE_KINDS
+        return (local and set(fields) <= _LOCATION_FIELDS
+                and bool(self.weights) and weights == self.weights)
+
+
+MOVABLE_KINDS = frozenset({"local", "suite", "gguf"})
+"""Model sources on disk (``ModelInfo.source_kind``), whose path may change when copied."""
+_LOCATION_FIELDS = frozenset({"source", "name"})
 
 
 def _json_object(raw: Any) -> dict[str, Any]:

@@ -711,8 +711,8 @@ def test_a_model_path_spelled_another_way_is_the_same_model(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     for spelling in ("models/m", "./models/../models/m", str(tmp_path / "models" / "m")):
         capture(load_model(spelling), [preset("resid")], prompts(3), out, progress=False, reuse_complete=True)
-    tiny_model().save_pretrained(tmp_path / "other")
-    word_tokenizer().save_pretrained(tmp_path / "other")
+    tiny_model(seed=1).save_pretrained(tmp_path / "other")  # another model (a copy resumes:
+    word_tokenizer().save_pretrained(tmp_path / "other")    # test_a_moved_model_resumes_its_capture)
     with pytest.raises(IncompatibleResumeError, match=r"different model \(name, source\)"):
         capture(load_model("other"), [preset("resid")], prompts(3), out, progress=False, reuse_complete=True)
 
@@ -985,3 +985,28 @@ def test_feed_outside_the_with_block_is_one_clear_error(tmp_path):
     assert not (tmp_path / "b.h5").exists() and hook_count(lm.model) == 0
     with CaptureFile(tmp_path / "a.h5") as f:
         assert f.n_prompts == 1 and f.complete
+
+
+def test_a_moved_model_resumes_its_capture(tmp_path):
+    """A model directory moved or copied elsewhere (scratch to home, another machine) with the
+    capture resumes it there: the same weights at another path are the same model. It was
+    refused as 'different model (name, source)', so a measure or sweep task redid nothing
+    but could not go on either. Other weights at the new path are still refused."""
+    import shutil
+
+    first, moved = tmp_path / "scratch" / "m", tmp_path / "home ü" / "model copy"
+    tiny_model().save_pretrained(first)
+    word_tokenizer().save_pretrained(first)
+    probes = [preset("resid")]
+    ref = capture(load_model(first), probes, prompts(5), tmp_path / "ref.h5", batch_size=2, progress=False)
+    out = tmp_path / "c.h5"
+    _interrupted_capture(load_model(first), probes, prompts(5), out, at_batch=2)
+    shutil.copytree(first, moved)
+    shutil.rmtree(tmp_path / "scratch")
+    capture(load_model(moved), probes, prompts(5), out, batch_size=2, progress=False)
+    with CaptureFile(out) as f, CaptureFile(ref) as r:
+        assert f.complete and f.n_done == 5
+        np.testing.assert_array_equal(f.read("values", "resid").data, r.read("values", "resid").data)
+    tiny_model(seed=1).save_pretrained(moved)
+    with pytest.raises(IncompatibleResumeError, match=r"different model \(name, source\)"):
+        capture(load_model(moved), probes, prompts(5), out, progress=False, reuse_complete=True)
