@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -50,10 +51,52 @@ _NOT_IDENTITY_SETTINGS = ("batch_size",)
 
 
 def _identity_settings(settings: object) -> object:
-    """``settings`` without the ones that do not change results (anything else: as it is)."""
+    """``settings`` without the ones that do not change results (anything else: as it is).
+
+    An input file (``haystack``, ``text``, ``needles``) is recorded by its content
+    (:func:`_file_content`), not its path: the same file reached from another working
+    directory, or moved with the project, is the same setting; an edited one is not.
+    """
     if not isinstance(settings, dict):
         return settings
-    return {k: v for k, v in settings.items() if k not in _NOT_IDENTITY_SETTINGS}
+    return {k: _file_content(k, v) for k, v in settings.items() if k not in _NOT_IDENTITY_SETTINGS}
+
+
+_CONTENT = "sha256:"
+
+
+def _file_content(key: str, value: object) -> object:
+    """``sha256:<hex>`` of the file a file setting names.
+
+    Other settings, and a file that cannot be read (for the task to report), as they are.
+    """
+    from scalelens.probes.haystack import NEEDLE_SETS
+    from scalelens.sweeps.spec import SETTING_FILES
+
+    if key not in SETTING_FILES or not isinstance(value, str) or value in NEEDLE_SETS:
+        return value
+    digest = hashlib.sha256()
+    try:
+        with Path(value).expanduser().open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return value
+    return _CONTENT + digest.hexdigest()
+
+
+def _recorded_as_paths(have: dict, want: dict, given: object) -> dict:
+    """``have`` with ``want``'s file contents where it recorded the path given now.
+
+    Run directories before files were recorded by content hold their paths; the same
+    path given again is the same setting (as it was then), recorded by content from now on.
+    """
+    old, new = have.get("settings"), want.get("settings")
+    if not (isinstance(old, dict) and isinstance(new, dict) and isinstance(given, dict)):
+        return have
+    upgraded = {k: new[k] if k in new and isinstance(v, str) and not v.startswith(_CONTENT)
+                and v == given.get(k) else v for k, v in old.items()}
+    return {**have, "settings": upgraded}
 
 
 def run_identity(spec) -> dict:
@@ -71,8 +114,11 @@ def run_identity(spec) -> dict:
     return want
 
 
-def _check_resume(out: Path, path: Path, want: dict) -> None:
-    """Refuse ``out`` when its recorded identity differs from ``want``; record additions."""
+def _check_resume(out: Path, path: Path, want: dict, given: object = None) -> None:
+    """Refuse ``out`` when its recorded identity differs from ``want``; record additions.
+
+    ``given``: the spec's settings as given (file paths, which older run directories recorded).
+    """
     from scalelens.measure.run import write_json
 
     try:
@@ -89,6 +135,7 @@ def _check_resume(out: Path, path: Path, want: dict) -> None:
     if "tokenizer" in want and "tokenizer" not in have:  # only for models without one: earlier
         have = {**have, "tokenizer": want["tokenizer"]}  # tasks all loaded their own
     have = _same_suite_moved(have, want)
+    have = _recorded_as_paths(have, want, given)
     models = _earlier_and_new_models(out, have, want)
     if models is not None:  # sizes added or dropped: the same sweep, recorded with every size
         have, want = {**have, "models": models}, {**want, "models": models}
@@ -279,7 +326,7 @@ def check_run_dir(out: Path, spec, overwrite: bool) -> None:
     want = run_identity(spec)
     path = out / RUN_SPEC
     if path.is_file() and not overwrite:
-        _check_resume(out, path, want)
+        _check_resume(out, path, want, spec.settings)
         _check_task_settings(out, spec)
         return
     if not overwrite:

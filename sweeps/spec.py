@@ -356,12 +356,13 @@ def _beside_spec(data: dict[str, Any], folder: Path) -> None:
         data["models"] = {size: moved(source) for size, source in data["models"].items()}
     settings = data.get("settings")
     if isinstance(settings, dict):  # the analyses' input files (needles may also be a built-in set's name)
-        for key in _SETTING_FILES:
+        for key in SETTING_FILES:
             if key in settings and settings[key] not in NEEDLE_SETS:
                 settings[key] = moved(settings[key])
 
 
-_SETTING_FILES = ("text", "haystack", "needles")
+SETTING_FILES = ("text", "haystack", "needles")
+"""Settings that name an input file (``needles`` may instead name a built-in set)."""
 
 
 def _check_setting_files(settings: dict[str, Any]) -> None:
@@ -369,7 +370,7 @@ def _check_setting_files(settings: dict[str, Any]) -> None:
 
     Checked before any task runs: every task would fail on it.
     """
-    for key in _SETTING_FILES:
+    for key in SETTING_FILES:
         value = settings.get(key)
         builtin = key == "needles" and value in NEEDLE_SETS
         if value is None or builtin or Path(str(value)).expanduser().is_file():

@@ -1400,3 +1400,36 @@ def test_a_run_resumes_after_it_and_its_suite_were_moved(micro_suite, tmp_path):
     assert (again.count("skipped"), again.count("done"), again.failed) == (1, 1, [])
     assert json.loads((tmp_path / "home" / "run" / RUN_SPEC).read_text())["suite"] == str(moved.resolve())
     assert not (tmp_path / "scratch" / "suite").exists() and not (tmp_path / "scratch" / "run").exists()
+
+
+def test_a_spec_with_setting_files_resumes_from_any_directory_and_after_a_move(suite_copy, tmp_path,
+                                                                               monkeypatch):
+    """A run's setting files are recorded by content: ``text = "probe.txt"`` run from the spec's
+    folder, then from another one, then with the whole project moved, is one sweep (the second
+    run was refused as 'a sweep with different settings': the path was 'probe.txt', then the
+    absolute one beside the spec). An edited file is other settings."""
+    from scalelens.sweeps.rundir import RUN_SPEC
+    from scalelens.sweeps.spec import read_spec
+
+    first, moved = tmp_path / "scratch", tmp_path / "home" / "project ü"
+    first.mkdir()
+    (first / "probe.txt").write_text("alpha beta gamma delta. " * 200)
+    (first / "sweep.toml").write_text(
+        f'suite = "{suite_copy}"\nanalyses = ["massive_activations"]\ncheckpoints = "final"\n'
+        f'sizes = ["{read_manifest(suite_copy).sizes[0]}"]\n'
+        '[settings]\ntext = "probe.txt"\nn_sequences = 2\nseq_length = 16\n')
+    monkeypatch.chdir(first)
+    assert sweep(read_spec("sweep.toml"), "run").count("done") == 1
+    old = json.loads((first / "run" / RUN_SPEC).read_text())
+    old["settings"]["text"] = "probe.txt"  # as a run directory recorded it before: the path given
+    (first / "run" / RUN_SPEC).write_text(json.dumps(old))
+    assert sweep(read_spec("sweep.toml"), "run").count("skipped") == 1  # the same path: accepted
+    monkeypatch.chdir(tmp_path)
+    assert sweep(read_spec(first / "sweep.toml"), first / "run").count("skipped") == 1
+    shutil.move(first, moved)
+    assert sweep(read_spec(moved / "sweep.toml"), moved / "run").count("skipped") == 1
+    recorded = json.loads((moved / "run" / RUN_SPEC).read_text())["settings"]["text"]
+    assert recorded.startswith("sha256:") and "probe" not in recorded
+    (moved / "probe.txt").write_text("other text entirely. " * 200)
+    with pytest.raises(ScalelensError, match="holds a sweep with different settings"):
+        sweep(read_spec(moved / "sweep.toml"), moved / "run")
