@@ -183,11 +183,19 @@ def _check_task_settings(out: Path, spec) -> None:
 
 
 def _comparable(settings: object) -> dict[str, dict]:
-    """``results.json``'s settings as JSON gives them, by group, batch sizes left out."""
+    """``results.json``'s settings as JSON gives them, by group.
+
+    Batch sizes are left out, and so are setting files (``text``, ``haystack``, ``needles``):
+    a task records the path it was given, and ``sweep_spec.json`` compares them by content,
+    so a moved project, or one run from another directory, is the same settings.
+    """
+    from scalelens.sweeps.spec import SETTING_FILES
+
     data = json.loads(json.dumps(settings, default=str))
     if not isinstance(data, dict):
         return {}
-    return {group: {k: v for k, v in values.items() if k not in _NOT_IDENTITY_SETTINGS}
+    skip = (*_NOT_IDENTITY_SETTINGS, *SETTING_FILES)
+    return {group: {k: v for k, v in values.items() if k not in skip}
             for group, values in data.items() if isinstance(values, dict)}
 
 
