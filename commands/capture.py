@@ -55,6 +55,16 @@ def check_device(device: str, dtype: str | None) -> None:
     check_device_usable(device, resolve_dtype(dtype))
 
 
+def h5_path(text: str) -> Path:
+    """``--out`` of a capture: a file path (``out/`` names a directory, and Path drops its slash).
+
+    ``--out runs/a/`` for a directory not made yet wrote the capture as a file named ``a``.
+    """
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text} names a directory; pass a file path like {text}capture.h5")
+    return user_path(text)
+
+
 def check_output_file(out: Path, overwrite: bool) -> None:
     """Refuse an --out that cannot be written, before loading the model."""
     if out.is_dir():
@@ -103,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "when the first is negative); default all, for top1 and predictions last")
     p.add_argument("--store-dtype", choices=("float16", "float32"), default=None,
                    help="storage dtype of full tensors (default float16; attention float32)")
-    p.add_argument("--out", required=True, type=user_path, help="output .h5 file")
+    p.add_argument("--out", required=True, type=h5_path, help="output .h5 file")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=None, help="longest prompt in tokens")
     p.add_argument("--backend", default="native", help="native, nnsight or transformer-lens")

@@ -564,6 +564,10 @@ CASES: dict[str, Case] = {
     "unknown option": Case(lambda c: c.capture("--layer", "1"),
                            ("unrecognized arguments: --layer 1", "scalelens capture --help")),
     "abbreviated option": Case(lambda c: c.capture("--over"), ("unrecognized arguments: --over",)),
+    # a trailing slash names a directory: the capture was written as a file named "new"
+    "capture --out ending in a slash": Case(
+        lambda c: c.capture(out=f"{c.tmp / 'new'}/"),  # type: ignore[arg-type]
+        ("new/ names a directory", "new/capture.h5")),
 }
 
 
