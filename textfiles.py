@@ -82,6 +82,28 @@ def input_file(path: str | Path, what: str) -> Path:
     return p
 
 
+def make_dirs(path: Path) -> None:
+    """``path.mkdir(parents=True, exist_ok=True)`` that leaves no directory behind when it fails.
+
+    ``--out x/<a name too long for the file system>/y`` failed (ENAMETOOLONG) after making
+    ``x``, which stayed behind, empty. The directories this call made are removed again.
+    """
+    made = []
+    p = path
+    while not os.path.lexists(p) and p != p.parent:  # lexists: False for any error, a long name too
+        made.append(p)
+        p = p.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        for d in made:  # the deepest first; only empty ones (never what another process put there)
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise
+
+
 def temp_beside(path: Path) -> Path:
     """A temporary name beside ``path`` for writing it aside and renaming it into place.
 

@@ -18,7 +18,7 @@ from scalelens.measure.massive import MassiveSettings, measure_massive
 from scalelens.measure.retrieval import RetrievalSettings, ablation, fast_scores, reference_scores
 from scalelens.measure.sparsity import measure_sparsity
 from scalelens.measure.superposition import measure_superposition
-from scalelens.textfiles import replace_unless_same, temp_beside
+from scalelens.textfiles import make_dirs, replace_unless_same, temp_beside
 
 # The four published mechanisms of DESIGN.md section 4.
 CORE_ANALYSES = ("retrieval_heads", "massive_activations", "superposition", "text_dominance")
@@ -194,7 +194,7 @@ def measure(loaded: Any, analyses: tuple[str, ...] | str, out: str | Path,
     loaded = as_loaded(loaded)
     out = Path(out)
     _preflight(loaded, analyses, s)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     runners = {
         "retrieval_heads": lambda: _retrieval(loaded, s.retrieval, out, progress, overwrite),
         "massive_activations": lambda: _massive(loaded, s.massive, out, progress, overwrite),

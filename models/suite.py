@@ -29,6 +29,7 @@ import torch
 import transformers
 
 from ..errors import ScalelensError
+from ..textfiles import make_dirs
 from .corpus import check_corpus_file
 from .load import check_device_usable
 from .manifest import (
@@ -114,7 +115,7 @@ def build_suite(
     key = _hash(settings)
     if out.is_dir() and (done := _reusable(out, key)) is not None:
         return done  # finished: no lock to take, so a read-only copy of a suite serves too
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     with _locked(out):
         done = _reusable(out, key)
         if done is not None:

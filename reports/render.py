@@ -10,7 +10,7 @@ from pathlib import Path
 import jinja2
 
 from ..errors import ScalelensError, naming
-from ..textfiles import temp_beside
+from ..textfiles import make_dirs, temp_beside
 from . import analysis_sections as analyses
 from . import extra_sections, markdown, sections, tables
 from .rundir import Run, load_run
@@ -130,7 +130,7 @@ def render_report(
             trends_intro=tables.TRENDS_INTRO,
         )
     )
-    paths.html.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(paths.html.parent)
     _write_both({paths.html: html, paths.markdown: markdown.summary(title, paths.html.name, tabs)})
     return paths
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from scalelens.cache.lock import WriteLock
 from scalelens.errors import ScalelensError
+from scalelens.textfiles import make_dirs
 
 RUN_TABLES = ("metrics.csv", "metrics.parquet", "fits.json")
 """What a sweep derives from its finished tasks (remade by every run; one that comes out
@@ -25,7 +26,7 @@ def locked_run_dir(out: Path) -> Iterator[None]:
     from scalelens.commands.measure import check_out_dir
 
     check_out_dir(out, "run directory", "a run directory")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     lock = WriteLock(out, writer="sweep", lock_path=out / LOCK_NAME).acquire()
     try:
         yield

@@ -1103,3 +1103,25 @@ def test_sweep_refuses_tasks_an_older_scalelens_measured_with_other_settings(ctx
     assert _tree(run) == before
     rc, out, err = _run(capsys, [*argv, "--overwrite"])
     assert rc == 0 and "1 done, 0 skipped" in out, err
+
+
+@pytest.mark.parametrize("name", ["measure", "sweep", "suite build", "report"])
+def test_an_out_with_a_name_too_long_leaves_no_directory_behind(name, ctx, micro_suite, capsys):
+    """``--out x/<300 characters>/y``: one line (File name too long) and nothing made; the
+    directories before the long name (``x``) were made and left behind, empty."""
+    out = ctx.tmp / "x" / ("a" * 300) / "y"
+    run = ctx.tmp / "run"
+    sweep = ["sweep", "--suite", str(micro_suite), "--sizes", "16k", "--checkpoints", "final",
+             "--analyses", "superposition", "--out"]
+    if name == "report":
+        assert _run(capsys, [*sweep, str(run)])[0] == 0
+    argv = {
+        "measure": ["measure", "--model", str(ctx.model), "--analyses", "superposition", "--out", str(out)],
+        "sweep": [*sweep, str(out)],
+        "suite build": ["suite", "build", "--preset", "micro", "--out", str(out)],
+        "report": ["report", str(run), "--out", str(out / "r.html")],
+    }[name]
+    before = _tree(ctx.tmp)
+    rc, _, err = _run(capsys, argv)
+    assert_one_line(rc, err, "File name too long")
+    assert _tree(ctx.tmp) == before, "something was written"
