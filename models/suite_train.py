@@ -161,11 +161,19 @@ def run_jobs(jobs: list[SizeJob], workers: int, progress: bool) -> dict[str, dic
     }
     try:
         if workers <= 1:
-            return {job.name: train_size(job, _ticker(bars[job.name])) for job in jobs}
+            return {job.name: _train_one(job, bars[job.name]) for job in jobs}
         return _run_parallel(jobs, workers, bars)
     finally:
         for bar in bars.values():
             bar.close()
+
+
+def _train_one(job: SizeJob, bar: Any) -> dict[str, Any]:
+    """Train one size in this process, its bar timed from its own start and closed at its end."""
+    bar.reset()  # elapsed time and rate count from this size's start, not the build's
+    record = train_size(job, _ticker(bar))
+    bar.close()  # its last line when it ends, not when the whole build does
+    return record
 
 
 def _ticker(bar: Any) -> Callable[[float], None]:
@@ -189,10 +197,13 @@ def _run_parallel(jobs: list[SizeJob], workers: int, bars: dict[str, Any]) -> di
         while pending or running:
             while pending and len(running) < workers:
                 job = pending.pop(0)
+                bars[job.name].reset()  # timed from its own start, not the build's
                 running[job.name] = _Worker(job, events)
             _drain(events, bars, timeout=0.2)
             for name in [n for n, w in running.items() if w.poll() is not None]:
                 running.pop(name).finish()
+                _drain(events, bars, timeout=0.0)  # its last steps, read before it exited
+                bars[name].close()
         _drain(events, bars, timeout=0.0)
     finally:
         for worker in running.values():

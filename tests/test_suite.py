@@ -440,3 +440,37 @@ def test_a_resumed_parallel_build_gives_the_same_weights(tmp_path):
     for size in built.sizes:
         new = load_file(out / size / last / "model.safetensors")
         assert all(torch.equal(ref[size][k], new[k]) for k in ref[size]), size
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_sizes_log_line_is_timed_from_its_own_start(workers, tmp_path, monkeypatch, capsys):
+    """A size's progress bar counts from when its training starts, not the build's start.
+
+    Every bar was made when the build began, so in a log a size trained later showed the
+    whole build's elapsed time and a rate (and ETA) diluted by it (the demo's log:
+    ``suite 231k: 1/160 steps [05:56<15:45:51, 356.93s/step]``). Here the clock moves
+    1,000 s as each size starts and stands still otherwise, so each size's own line must
+    read 16:40, where the last size to start read 50:00.
+    """
+    from scalelens.models import suite_train
+
+    clock = [0.0]
+    monkeypatch.setattr("tqdm.std.time", lambda: clock[0])
+    starts = suite_train.train_size if workers == 1 else suite_train._Worker.__init__
+    name = "train_size" if workers == 1 else "__init__"
+    owner = suite_train if workers == 1 else suite_train._Worker
+
+    def started(*args, **kwargs):
+        clock[0] += 1000.0
+        return starts(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, started)
+    sizes = ["16k", "37k", "50k"]
+    build_suite(tmp_path / "s", sizes=sizes, preset="micro", progress=True, workers=workers)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("suite ")]
+    finals = {ln.split(":")[0].removeprefix("suite "): ln for ln in lines}
+    assert sorted(finals) == sorted(sizes), lines
+    last = sizes[0]  # trained last: sequentially in order; in parallel largest first
+    assert "[16:40<" in finals[last], finals[last]
+    if workers == 1:
+        assert all("[16:40<" in ln for ln in finals.values()), lines
