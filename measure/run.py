@@ -88,6 +88,10 @@ def write_json(path: Path, data: dict[str, Any], keep_same: bool = False) -> Non
         raise
 
 
+WEIGHTS_KEY = "weights_fingerprint"
+"""results.json's fingerprint of the weights measured (``models.describe.weights_fingerprint``,
+as a capture records it): a sweep tells a model directory moved from another model by it."""
+
 RETRIEVAL_CAPTURE = "retrieval.h5"
 MASSIVE_CAPTURE = "massive.h5"
 
@@ -190,10 +194,13 @@ def measure(loaded: Any, analyses: tuple[str, ...] | str, out: str | Path,
     if settings is not None and not isinstance(settings, MeasureSettings):
         raise ScalelensError(f"settings must be a MeasureSettings (e.g. MeasureSettings(retrieval="
                              f"RetrievalSettings(context_lengths=(64,)))), got a {type(settings).__name__}")
+    from scalelens.models.describe import weights_fingerprint
+
     s = settings or MeasureSettings()
     loaded = as_loaded(loaded)
     out = Path(out)
     _preflight(loaded, analyses, s)
+    weights = weights_fingerprint(loaded.model)
     make_dirs(out)
     runners = {
         "retrieval_heads": lambda: _retrieval(loaded, s.retrieval, out, progress, overwrite),
@@ -210,6 +217,7 @@ def measure(loaded: Any, analyses: tuple[str, ...] | str, out: str | Path,
         "results_format": RESULTS_FORMAT,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": loaded.info.to_dict(),
+        WEIGHTS_KEY: weights,
         "settings": asdict(s),
         "analyses": results,
     }

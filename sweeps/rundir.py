@@ -115,10 +115,11 @@ def run_identity(spec) -> dict:
     return want
 
 
-def _check_resume(out: Path, path: Path, want: dict, given: object = None) -> None:
+def _check_resume(out: Path, path: Path, want: dict, spec) -> None:
     """Refuse ``out`` when its recorded identity differs from ``want``; record additions.
 
-    ``given``: the spec's settings as given (file paths, which older run directories recorded).
+    ``spec``: the sweep (its settings as given: file paths, which older run directories
+    recorded; its own models, loaded to tell one moved from another).
     """
     from scalelens.measure.run import write_json
 
@@ -136,8 +137,8 @@ def _check_resume(out: Path, path: Path, want: dict, given: object = None) -> No
     if "tokenizer" in want and "tokenizer" not in have:  # only for models without one: earlier
         have = {**have, "tokenizer": want["tokenizer"]}  # tasks all loaded their own
     have = _same_suite_moved(have, want)
-    have = _recorded_as_paths(have, want, given)
-    models = _earlier_and_new_models(out, have, want)
+    have = _recorded_as_paths(have, want, spec.settings)
+    models = _earlier_and_new_models(out, have, want, spec)
     if models is not None:  # sizes added or dropped: the same sweep, recorded with every size
         have, want = {**have, "models": models}, {**want, "models": models}
     if have != want:
@@ -296,22 +297,99 @@ def measured_by_older_scalelens(out: Path, spec) -> bool:
     return older and same
 
 
-def _earlier_and_new_models(out: Path, have: dict, want: dict) -> dict | None:
+def _earlier_and_new_models(out: Path, have: dict, want: dict, spec) -> dict | None:
     """The sizes of an earlier run of own models and of this one (sizes may be added or dropped).
 
     None when either run is not of own models. A size label that now names another model
-    with measurements would mix two models' results: refused.
+    with measurements would mix two models' results: refused. A model directory moved or
+    copied (its finished tasks' weights found at the new path) is the same model, recorded
+    at its new path from now on.
     """
     old, new = have.get("models"), want.get("models")
     if not (isinstance(old, dict) and isinstance(new, dict)):
         return None
-    moved = [s for s in new if s in old and old[s] != new[s] and _has_measurements(out, s)]
-    if moved:
-        raise ScalelensError(
-            f"{out} holds a sweep whose size {moved[0]} was {old[moved[0]]}, not {new[moved[0]]}; "
-            "use another --out or size label, or pass --overwrite to discard its finished tasks"
-        )
+    for size in new:
+        if size in old and old[size] != new[size] and _has_measurements(out, size):
+            why = _not_moved(out, size, old[size], new[size], spec)
+            if why is not None:
+                raise ScalelensError(
+                    f"{out} holds a sweep whose size {size} was {old[size]}, not {new[size]}{why}; "
+                    "use another --out or size label, or pass --overwrite to discard its finished tasks"
+                )
     return {**old, **new}
+
+
+def _not_moved(out: Path, size: str, old: object, new: str, spec) -> str | None:
+    """None when ``new`` holds the weights ``size``'s finished tasks measured (a moved model).
+
+    Else why not, as text to append (``""``: a hub id, or a path before or now, was not
+    moved). Each finished task records its weights' fingerprint (in its results.json, or
+    in a capture made before results.json did); the model at ``new`` is loaded on the CPU,
+    checkpoint by checkpoint, and compared with it. Tasks that only began (captures) are
+    checked by the capture they resume.
+    """
+    if not (isinstance(old, str) and Path(old).is_absolute() and Path(new).exists()):
+        return ""
+    for results in sorted((out / "tasks" / size).glob("*/results.json")):
+        revision = results.parent.name
+        recorded = _recorded_weights(results)
+        if not recorded:
+            return (f" (its finished task {size}/{revision} records no weights fingerprint, so "
+                    "whether it is the same model moved is unknown)")
+        try:
+            found = _weights_at(new, None if revision == "main" else revision, spec)
+        except ScalelensError as e:
+            return f" ({size}/{revision} does not load from it: {str(e).splitlines()[0]})"
+        if found != recorded:
+            return " (other weights)"
+    return None
+
+
+def _recorded_weights(results: Path) -> str:
+    """The weights fingerprint a finished task records; ``""`` when none.
+
+    results.json's (``measure.run.WEIGHTS_KEY``), else a capture's beside it (tasks
+    measured before results.json recorded it).
+    """
+    import h5py
+
+    from scalelens.cache.writer import WEIGHTS_ATTR
+    from scalelens.measure.run import WEIGHTS_KEY
+
+    try:
+        value = json.loads(results.read_text(encoding="utf-8")).get(WEIGHTS_KEY)
+    except (OSError, ValueError, AttributeError):
+        value = None
+    if isinstance(value, str) and value:
+        return value
+    for capture in sorted(results.parent.glob("*.h5")):
+        try:
+            with h5py.File(capture, "r", locking=False) as f:
+                value = f.attrs.get(WEIGHTS_ATTR)
+        except OSError:
+            continue
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _weights_at(source: str, revision: str | None, spec) -> str:
+    """The fingerprint of the weights at ``source`` (a checkpoint), loaded as a task loads them.
+
+    On the CPU: values and dtypes are the same on any device.
+    """
+    import gc
+
+    from scalelens.models.describe import weights_fingerprint
+    from scalelens.models.load import load_model
+
+    loaded = load_model(source, revision=revision, default_tokenizer=spec.tokenizer,
+                        device="cpu", dtype=spec.dtype)
+    try:
+        return weights_fingerprint(loaded.model)
+    finally:
+        del loaded
+        gc.collect()
 
 
 def _has_measurements(out: Path, size: str) -> bool:
@@ -335,7 +413,7 @@ def check_run_dir(out: Path, spec, overwrite: bool) -> None:
     want = run_identity(spec)
     path = out / RUN_SPEC
     if path.is_file() and not overwrite:
-        _check_resume(out, path, want, spec.settings)
+        _check_resume(out, path, want, spec)
         _check_task_settings(out, spec)
         return
     if not overwrite:

@@ -1433,3 +1433,47 @@ def test_a_spec_with_setting_files_resumes_from_any_directory_and_after_a_move(s
     (moved / "probe.txt").write_text("other text entirely. " * 200)
     with pytest.raises(ScalelensError, match="holds a sweep with different settings"):
         sweep(read_spec(moved / "sweep.toml"), moved / "run")
+
+
+def test_own_models_moved_elsewhere_resume_and_other_weights_there_are_refused(tmp_path):
+    """``--model x=DIR``: the directory moved (scratch to home) and the sweep rerun with its new
+    path was refused ('size x was OLD, not NEW'), though the weights were the same. Each finished
+    task's recorded weights fingerprint (its results.json's, else its captures') is compared with
+    the checkpoint at the new path: the same weights resume there, other weights are refused,
+    and a task that records none cannot be told apart, so it is refused too."""
+    from tiny_models import tiny_model, word_tokenizer
+
+    from scalelens.sweeps.rundir import RUN_SPEC
+
+    first = tmp_path / "scratch" / "run_x"
+    for step, seed in ((1, 0), (2, 1)):
+        tiny_model(seed=seed).save_pretrained(first / f"step{step}")
+        word_tokenizer().save_pretrained(first / f"step{step}")
+    kw = dict(checkpoints="all", analyses=("massive_activations", "superposition"), settings=dict(FAST))
+    out = tmp_path / "out"
+    assert sweep(SweepSpec(models={"x": str(first)}, **kw), out).count("done") == 2
+    moved = tmp_path / "home" / "run x"
+    shutil.move(first, moved)
+    again = sweep(SweepSpec(models={"x": str(moved)}, **kw), out)
+    assert (again.count("skipped"), again.failed) == (2, [])
+    assert json.loads((out / RUN_SPEC).read_text())["models"] == {"x": str(moved)}
+
+    other = tmp_path / "other"
+    shutil.copytree(moved, other)
+    tiny_model(seed=5).save_pretrained(other / "step2")  # retrained: step1 alone is the same
+    with pytest.raises(ScalelensError, match=r"size x was .*run x, not .*other \(other weights\)"):
+        sweep(SweepSpec(models={"x": str(other)}, **kw), out)
+
+    for results in (out / "tasks").rglob("results.json"):  # as measured before results.json had it
+        data = json.loads(results.read_text())
+        assert len(data.pop("weights_fingerprint")) == 16
+        results.write_text(json.dumps(data))
+    third = tmp_path / "third"
+    shutil.move(moved, third)
+    assert sweep(SweepSpec(models={"x": str(third)}, **kw), out).count("skipped") == 2  # captures tell
+    for capture in (out / "tasks").rglob("*.h5"):
+        capture.unlink()
+    shutil.move(third, moved)
+    with pytest.raises(ScalelensError, match=r"size x was .*third, not .*run x \(its finished task "
+                       r"x/step1 records no weights fingerprint"):
+        sweep(SweepSpec(models={"x": str(moved)}, **kw), out)
