@@ -112,7 +112,35 @@ def run_identity(spec) -> dict:
         want["settings"] = _identity_settings(want["settings"])
     if spec.suite is not None:
         want[_SUITE_BUILD] = read_manifest(spec.suite).settings_hash
+    if "tokenizer" in want:
+        want["tokenizer"] = _tokenizer_content(want["tokenizer"])
     return want
+
+
+# What a tokenizer directory's tokenizer is read from (a model directory's weights are not).
+_TOKENIZER_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens", "vocab", "merges",
+                       "spiece", "sentencepiece", "chat_template")
+
+
+def _tokenizer_content(source: str) -> str:
+    """``sha256:<hex>`` of a tokenizer directory's tokenizer files (names and bytes).
+
+    The same tokenizer moved with the project, or reached another way, is the same
+    setting; an edited one is not. A hub id, or a directory with no such files (for its
+    task to report), as it is.
+    """
+    folder = Path(source)
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.name.startswith(_TOKENIZER_PREFIXES)) \
+        if folder.is_dir() else []
+    if not files:
+        return source
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return _CONTENT + digest.hexdigest()
 
 
 def _check_resume(out: Path, path: Path, want: dict, spec) -> None:
@@ -136,6 +164,9 @@ def _check_resume(out: Path, path: Path, want: dict, spec) -> None:
     recorded = have
     if "tokenizer" in want and "tokenizer" not in have:  # only for models without one: earlier
         have = {**have, "tokenizer": want["tokenizer"]}  # tasks all loaded their own
+    if spec.tokenizer is not None and have.get("tokenizer") == spec.tokenizer:
+        # recorded as a path (before contents were): the same path is the same tokenizer
+        have = {**have, "tokenizer": want.get("tokenizer")}
     have = _same_suite_moved(have, want)
     have = _recorded_as_paths(have, want, spec.settings)
     models = _earlier_and_new_models(out, have, want, spec)

@@ -1477,3 +1477,32 @@ def test_own_models_moved_elsewhere_resume_and_other_weights_there_are_refused(t
     with pytest.raises(ScalelensError, match=r"size x was .*third, not .*run x \(its finished task "
                        r"x/step1 records no weights fingerprint"):
         sweep(SweepSpec(models={"x": str(moved)}, **kw), out)
+
+
+def test_a_sweep_tokenizer_moved_elsewhere_is_the_same_tokenizer(tmp_path):
+    """``--tokenizer DIR`` counts by its tokenizer files' content, not its path: the directory
+    moved with the project resumes (it was refused as 'a sweep with different tokenizer'), an
+    edited one is refused, and a run that recorded the path resumes with that path."""
+    from tiny_models import tiny_model, word_tokenizer
+
+    from scalelens.sweeps.rundir import RUN_SPEC
+
+    bare, words = tmp_path / "bare", tmp_path / "scratch" / "words"
+    tiny_model().save_pretrained(bare)
+    word_tokenizer().save_pretrained(words)
+    kw = dict(models={"x": str(bare)}, analyses=("superposition",), settings=dict(FAST))
+    out = tmp_path / "out"
+    assert sweep(SweepSpec(**kw, tokenizer=str(words)), out).count("done") == 1
+    recorded = json.loads((out / RUN_SPEC).read_text())["tokenizer"]
+    assert recorded.startswith("sha256:")
+    moved = tmp_path / "home" / "words"
+    shutil.move(words, moved)
+    assert sweep(SweepSpec(**kw, tokenizer=str(moved)), out).count("skipped") == 1
+    spec = json.loads((out / RUN_SPEC).read_text())
+    (out / RUN_SPEC).write_text(json.dumps({**spec, "tokenizer": str(moved)}))  # as recorded before
+    assert sweep(SweepSpec(**kw, tokenizer=str(moved)), out).count("skipped") == 1
+    assert json.loads((out / RUN_SPEC).read_text())["tokenizer"] == recorded
+    config = moved / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("[UNK]", "[BOS]", 1))
+    with pytest.raises(ScalelensError, match="holds a sweep with different tokenizer"):
+        sweep(SweepSpec(**kw, tokenizer=str(moved)), out)
