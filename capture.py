@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from scalelens.cache.staging import PinnedPool
-from scalelens.cache.writer import BackgroundWriter, Batch, CaptureWriter, FileIdentity
+from scalelens.cache.writer import TOKENIZER_KEY, BackgroundWriter, Batch, CaptureWriter, FileIdentity
 from scalelens.errors import ScalelensError
 from scalelens.hooks.arch import arch_for, check_points, layer_part
 from scalelens.hooks.attention import attention_tap
 from scalelens.hooks.backends import Backend, make_backend
 from scalelens.hooks.points import CapturePoint
 from scalelens.hooks.rope import prompt_batches
-from scalelens.models.describe import weights_fingerprint
+from scalelens.models.describe import tokenizer_fingerprint, weights_fingerprint
 from scalelens.probes.embeds import batch_inputs_embeds, check_blocks, embedding_width
 from scalelens.probes.prompts import (
     Prompt,
@@ -263,6 +263,7 @@ class Capture:
             "n_prompts": int(tok.ids.shape[0]),
             "seq": tok.seq_len,
             "tokenizer": tokenizer_source(self.loaded.tokenizer),
+            TOKENIZER_KEY: tokenizer_fingerprint(self.loaded.tokenizer),
         }
         return FileIdentity(self.loaded.info.to_dict(), specs_to_json(self.probes),
                             tok.fingerprint(), capture, weights_fingerprint(self.loaded.model))

@@ -153,17 +153,54 @@ def _tokenizer_at(location: str, kwargs: dict[str, Any], vocab_size: int) -> Any
     return tok if len(tok) >= vocab_size // 2 else None
 
 
+def capture_tokenizer(f: CaptureFile) -> tuple[Any | None, str]:
+    """The tokenizer ``f`` was made with (:func:`recorded_tokenizer`), or None and why not.
+
+    The model is where the ``results.json`` beside ``f`` says, when that records the same
+    weights: ``measure`` rerun with the model moved reuses the capture and records the new
+    path there. A tokenizer found whose vocabulary is not the one the capture recorded
+    (another model at the recorded path now) is not used.
+    """
+    from scalelens.cache.writer import TOKENIZER_KEY
+    from scalelens.models.describe import tokenizer_fingerprint
+
+    model = _model_beside(f)
+    tok = recorded_tokenizer(model, f.capture.get("tokenizer"))
+    if tok is None:
+        return None, f"the model's tokenizer was not found (not at {model.get('source') or 'its source'})"
+    want = f.capture.get(TOKENIZER_KEY)
+    if want and tokenizer_fingerprint(tok) != want:
+        where = getattr(tok, "name_or_path", "") or model.get("source")
+        return None, (f"the tokenizer at {where} is not the one it was captured with (another model "
+                      "there now?)")
+    return tok, ""
+
+
+def _model_beside(f: CaptureFile) -> dict[str, Any]:
+    """``f``'s model record, or that of the results.json beside it when that has the same weights."""
+    import json
+
+    from scalelens.measure.run import WEIGHTS_KEY
+
+    try:
+        data = json.loads((Path(f.path).parent / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f.model
+    same = isinstance(data, dict) and bool(f.weights) and data.get(WEIGHTS_KEY) == f.weights
+    return data["model"] if same and isinstance(data.get("model"), dict) else f.model
+
+
 def retrieval_from_capture(f: CaptureFile, threshold: float = 0.1, gate: float = 0.5,
                            tokenizer: Any = None) -> RetrievalResult:
     """Retrieval-head scores from a teacher-forced (fast mode) capture.
 
     The ROUGE-1 gate is taken on stemmed words of the decoded answers, with
-    ``tokenizer`` or else the one the capture was made with (:func:`recorded_tokenizer`);
+    ``tokenizer`` or else the one the capture was made with (:func:`capture_tokenizer`);
     when neither is available, on token ids (with a warning; ``recall_unit`` says which).
     """
-    tok = tokenizer if tokenizer is not None else recorded_tokenizer(f.model, f.capture.get("tokenizer"))
+    tok, why = (tokenizer, "") if tokenizer is not None else capture_tokenizer(f)
     if tok is None:
-        warnings.warn(f"{f.path}: the model's tokenizer was not found; the ROUGE-1 gate uses token ids "
+        warnings.warn(f"{f.path}: {why}; the ROUGE-1 gate uses token ids "
                       "(give the tokenizer: tokenizer=..., on the command line --tokenizer)",
                       ScalelensWarning, stacklevel=2)
     return retrieval_scores(needle_tests(f, tok), threshold=threshold, gate=gate)

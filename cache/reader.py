@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 
 from scalelens.cache import schema
+from scalelens.cache.writer import WEIGHTS_ATTR
 from scalelens.errors import ScalelensError
 
 T = TypeVar("T")
@@ -235,6 +236,12 @@ class CaptureFile:
     def model(self) -> dict[str, Any]:
         """The ModelInfo dict of the captured model."""
         return self.attr_json("model")
+
+    @property
+    def weights(self) -> str:
+        """The captured weights' fingerprint (``models.describe.weights_fingerprint``); "" if unrecorded."""
+        value = self._guard("the weights fingerprint", lambda: self._f.attrs.get(WEIGHTS_ATTR))
+        return value if isinstance(value, str) else ""
 
     @property
     def capture(self) -> dict[str, Any]:

@@ -26,13 +26,15 @@ CHUNK_BYTES = 64 * 2**20
 
 
 WEIGHTS_ATTR = "weights_fingerprint"
-NOT_IDENTITY = frozenset({"batch_size", "tokenizer"})
+TOKENIZER_KEY = "tokenizer_fingerprint"
+"""The capture setting recording the tokenizer's vocabulary (``models.describe.tokenizer_fingerprint``)."""
+NOT_IDENTITY = frozenset({"batch_size", "tokenizer", TOKENIZER_KEY})
 """``capture`` settings never compared on resume: they do not change what is captured.
 
 A batch size given in ``capture`` (as the lower-level API allows) is ignored there: a file
 resumes with any batch size, recorded per prompt in ``/batch_size``. Where the tokenizer
-came from is a note for later analyses; the token ids it made are in the identity
-(``prompts_sha256``).
+came from, and its fingerprint, are notes for later analyses (``scalelens analyze``
+decodes answers with it); the token ids it made are in the identity (``prompts_sha256``).
 """
 
 

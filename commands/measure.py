@@ -323,10 +323,10 @@ def analyze_file(path: Path, threshold: float | None = None, gate: float | None 
 
 def _delimiters_of(f: Any, tokenizer: Any) -> list[int]:
     """Delimiter token ids as ``measure`` counts them: of ``tokenizer``, else the capture's own."""
-    from scalelens.analyses.from_capture import recorded_tokenizer
+    from scalelens.analyses.from_capture import capture_tokenizer
     from scalelens.measure.massive import delimiter_ids
 
-    tok = tokenizer if tokenizer is not None else recorded_tokenizer(f.model, f.capture.get("tokenizer"))
+    tok = tokenizer if tokenizer is not None else capture_tokenizer(f)[0]
     return [] if tok is None else delimiter_ids(tok)
 
 

@@ -135,6 +135,23 @@ def weights_fingerprint(model: torch.nn.Module, per_tensor: int = 256) -> str:
     return digest.hexdigest()[:16]
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of a tokenizer's vocabulary: every token with its id (added tokens too).
+
+    What decoding a captured token id depends on; ``""`` for a tokenizer without a
+    readable vocabulary.
+    """
+    import hashlib
+    import json
+
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:  # noqa: BLE001 - any tokenizer-like object: no vocabulary, no fingerprint
+        return ""
+    items = sorted(((int(i), str(t)) for t, i in vocab.items()))
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
 def _context(config: PretrainedConfig) -> int:
     """The context length a config declares: ``max_position_embeddings`` (MPT: ``max_seq_len``); 0: none."""
     return int(getattr(config, "max_position_embeddings", None) or getattr(config, "max_seq_len", 0) or 0)

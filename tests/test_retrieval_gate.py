@@ -127,3 +127,50 @@ def test_analyze_finds_the_tokenizer_a_model_without_one_was_captured_with(saved
     units = [json.loads(run.stdout)["retrieval.h5"]["retrieval_heads"]["recall_unit"] for run in runs]
     assert units == ["token_ids", "words"]
     assert "ROUGE-1 gate uses token ids" in runs[0].stderr and "--tokenizer" in runs[0].stderr
+
+
+def _shifted_word_tokenizer() -> PreTrainedTokenizerFast:
+    """The word tokenizer's words under other ids (w0 is id 1, ..., w59 id 0): another model's."""
+    vocab = {f"w{i}": (i + 1) % 60 for i in range(60)}
+    vocab.update({"[UNK]": 60, "[PAD]": 61, "[BOS]": 62, "[EOS]": 63})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   bos_token="[BOS]", eos_token="[EOS]")
+
+
+def test_analyze_after_the_model_moved_uses_its_new_path_and_never_another_models_tokenizer(
+        saved, tmp_path):
+    """analyze looked for the tokenizer at the model path the capture recorded. With the model
+    moved and measured again there (the capture reused, results.json rewritten with the new path)
+    it fell back to token ids; it now reads the path from that results.json (same weights). And
+    with another model at the recorded path, that model's tokenizer decoded the answers without a
+    word; a tokenizer whose vocabulary is not the captured one is now passed over, with a warning."""
+    import shutil
+
+    from scalelens.measure.run import MeasureSettings, measure
+
+    _, path, s = saved
+    first, moved, out = tmp_path / "scratch" / "model", tmp_path / "home" / "model", tmp_path / "m"
+    shutil.copytree(path, first)
+    settings = MeasureSettings(retrieval=s)
+    measured = measure(load_model(first), "retrieval_heads", out, settings, progress=False)
+    shutil.move(first, moved)
+    measure(load_model(moved), "retrieval_heads", out, settings, progress=False)  # reuses the capture
+    with CaptureFile(out / "retrieval.h5") as f:
+        assert f.model["source"] == str(first)
+        again = retrieval_from_capture(f, gate=s.gate)
+        assert again.recall_unit == measured["analyses"]["retrieval_heads"]["recall_unit"] == "words"
+        from scalelens.analyses.from_capture import capture_tokenizer
+
+        tok, why = capture_tokenizer(f)
+        assert (tok.name_or_path, why) == (str(moved), "")
+
+    save_tiny_model("gpt_neox", first, tokenizer=_shifted_word_tokenizer(), seed=3)
+    (out / "results.json").unlink()
+    with CaptureFile(out / "retrieval.h5") as f:
+        with pytest.warns(ScalelensWarning, match="not the one it was captured with.*token ids"):
+            assert retrieval_from_capture(f, gate=s.gate).recall_unit == "token_ids"
+        tok, why = capture_tokenizer(f)
+        assert tok is None and why == (f"the tokenizer at {first} is not the one it was captured with "
+                                       "(another model there now?)")
