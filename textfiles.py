@@ -53,6 +53,23 @@ def user_path(text: str) -> Path:
     return Path(_not_empty(text)).expanduser()
 
 
+def output_path(text: str) -> Path:
+    """An ``--out`` path: :func:`user_path`, with ``-`` refused (no output goes to stdout).
+
+    ``capture --out -`` wrote a file named ``-``, ``measure --out -`` a directory so named,
+    while ``report --out -`` was refused; ``./-`` still names such a path.
+    """
+    if text == "-":
+        raise argparse.ArgumentTypeError("- is not stdout here: the output is written to files; "
+                                         "pass a path (./- for one named -)")
+    return user_path(text)
+
+
+def output_source(text: str) -> str:
+    """:func:`output_path` as a string, for options that take one (``suite build --out``)."""
+    return os.fspath(output_path(text))
+
+
 def user_source(text: str) -> str:
     """A path-or-name option (model, tokenizer, needles): ``~`` expanded where it starts it.
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from scalelens.errors import ScalelensError
 from scalelens.output import note, shown
-from scalelens.textfiles import user_path, user_source
+from scalelens.textfiles import output_path, user_path, user_source
 
 if TYPE_CHECKING:
     from scalelens.cache.reader import CaptureFile
@@ -62,7 +62,7 @@ def h5_path(text: str) -> Path:
     """
     if text.endswith(("/", os.sep)):
         raise argparse.ArgumentTypeError(f"{text} names a directory; pass a file path like {text}capture.h5")
-    return user_path(text)
+    return output_path(text)
 
 
 def check_output_file(out: Path, overwrite: bool) -> None:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scalelens.textfiles import user_path
+from scalelens.textfiles import output_path, user_path
 
 # Small settings so the demo fits in minutes on 2 CPU cores (see README).
 DEMO_SETTINGS: dict[str, Any] = {
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from scalelens.sweeps.cli import _checkpoints
 
     p = sub.add_parser("demo", help="offline end to end: mini suite -> sweep -> fits -> report")
-    p.add_argument("--out", type=user_path, default=Path("scalelens_out/demo"), help="run directory")
+    p.add_argument("--out", type=output_path, default=Path("scalelens_out/demo"), help="run directory")
     p.add_argument("--suite", type=user_path, help="mini suite directory (default: the cached one)")
     p.add_argument("--preset", default=None, choices=("default", "micro"),
                    help="suite preset when building: default (if not given) or micro; a finished "

@@ -13,7 +13,7 @@ from typing import Any
 from scalelens.commands.capture import add_model_args, int_list, load_from_args
 from scalelens.errors import ScalelensError
 from scalelens.output import note
-from scalelens.textfiles import user_path, user_source
+from scalelens.textfiles import output_path, user_path, user_source
 
 
 def float_list(text: str) -> tuple[float, ...]:
@@ -158,7 +158,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("measure", help="capture and run the analyses on one model; write results.json")
     add_model_args(p)
     add_analysis_args(p)
-    p.add_argument("--out", required=True, type=user_path, help="output directory")
+    p.add_argument("--out", required=True, type=output_path, help="output directory")
     p.add_argument("--overwrite", action="store_true",
                    help="redo the captures already in --out (default: reuse complete ones, resume the rest)")
     p.set_defaults(func=run_measure)

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from ..textfiles import user_source
+from ..textfiles import output_source, user_source
 from .manifest import Manifest, read_manifest
 
 PRESET_NAMES = ("default", "micro", "gpu")
@@ -21,7 +21,7 @@ def register(subparsers: Any) -> None:
     suite = subparsers.add_parser("suite", help="build or describe a mini Pythia-style suite")
     commands = suite.add_subparsers(dest="suite_command", required=True)
     build = commands.add_parser("build", help="train the suite (reuses a finished build)")
-    build.add_argument("--out", required=True, type=user_source,
+    build.add_argument("--out", required=True, type=output_source,
                        help="suite directory")
     build.add_argument("--sizes", help="comma-separated size names or LAYERSxWIDTHxHEADS shapes")
     build.add_argument("--corpus", type=user_source,

@@ -9,7 +9,7 @@ from pathlib import Path
 from scalelens.errors import ScalelensError
 from scalelens.output import note
 from scalelens.sweeps.spec import DTYPES
-from scalelens.textfiles import user_path, user_source
+from scalelens.textfiles import output_path, user_path, user_source
 
 
 def _checkpoints(text: str) -> str | tuple[int, ...]:
@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoints", type=_checkpoints, default=None,
                    help="log, all, final or steps (default log)")
     p.add_argument("--analyses", default=None, help="comma-separated analyses (default all)")
-    p.add_argument("--out", required=True, type=user_path, help="run directory")
+    p.add_argument("--out", required=True, type=output_path, help="run directory")
     p.add_argument("--executor", choices=("local", "ray"), default=None, help="local (default) or ray")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")

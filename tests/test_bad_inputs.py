@@ -1125,3 +1125,28 @@ def test_an_out_with_a_name_too_long_leaves_no_directory_behind(name, ctx, micro
     rc, _, err = _run(capsys, argv)
     assert_one_line(rc, err, "File name too long")
     assert _tree(ctx.tmp) == before, "something was written"
+
+
+@pytest.mark.parametrize("name", ["capture", "measure", "sweep", "suite build", "demo"])
+def test_an_out_of_dash_is_refused_as_report_refuses_it(name, ctx, micro_suite, capsys, monkeypatch):
+    """``--out -`` is no stdout: ``capture`` wrote a file named ``-`` and ``measure`` a directory so
+    named, while ``report --out -`` was refused. Each is now one argument error, nothing written;
+    ``./-`` names such a path."""
+    argv = {
+        "capture": ctx.capture(out=Path("-")),
+        "measure": ["measure", "--model", str(ctx.model), "--analyses", "superposition", "--out", "-"],
+        "sweep": ["sweep", "--suite", str(micro_suite), "--sizes", "16k", "--checkpoints", "final",
+                  "--analyses", "superposition", "--out", "-"],
+        "suite build": ["suite", "build", "--preset", "micro", "--out", "-"],
+        "demo": ["demo", "--suite", str(micro_suite), "--out", "-"],
+    }[name]
+    monkeypatch.chdir(ctx.tmp)
+    before = _tree(ctx.tmp)
+    rc, _, err = _run(capsys, argv)
+    assert_one_line(rc, err, "argument --out: - is not stdout here", "./- for one named -")
+    assert _tree(ctx.tmp) == before, "something was written"
+    if name == "capture":
+        dash = ctx.capture("--probes", "resid")
+        dash[dash.index("--out") + 1] = "./-"  # Path("./-") would be "-" again
+        rc, _, err = _run(capsys, dash)
+        assert rc == 0 and (ctx.tmp / "-").is_file(), err
