@@ -336,9 +336,18 @@ def _earlier_and_new_models(out: Path, have: dict, want: dict, spec) -> dict | N
     copied (its finished tasks' weights found at the new path) is the same model, recorded
     at its new path from now on.
     """
+    from scalelens.sweeps.spec import case_twins
+
     old, new = have.get("models"), want.get("models")
     if not (isinstance(old, dict) and isinstance(new, dict)):
         return None
+    pair = case_twins([*old, *(s for s in new if s not in old)])
+    if pair is not None:
+        raise ScalelensError(
+            f"{out} holds a sweep with size {pair[0]}, and size {pair[1]} differs from it only in "
+            "case: on a case-insensitive file system (macOS, Windows) their task directories are "
+            "one; use that size's label as it was, or another --out"
+        )
     for size in new:
         if size in old and old[size] != new[size] and _has_measurements(out, size):
             why = _not_moved(out, size, old[size], new[size], spec)

@@ -9,7 +9,7 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,7 +247,26 @@ def _checked_models(models: Any) -> dict[str, str]:
         except ScalelensError as e:
             raise ScalelensError(f"size {size}: {e}") from None
         out[size] = _local_or_hub(source)
+    pair = case_twins(out)
+    if pair is not None:
+        raise ScalelensError(f"size labels {pair[0]} and {pair[1]} differ only in case; their task "
+                             "directories would be one on a case-insensitive file system (macOS, "
+                             "Windows); name them apart")
     return out
+
+
+def case_twins(labels: Iterable[str]) -> tuple[str, str] | None:
+    """The first two of ``labels`` that differ only in case (``Small``, ``small``), or None.
+
+    Each size label names a task directory: on a case-insensitive file system two such
+    labels are one directory, and the second size's tasks would be skipped as done.
+    """
+    seen: dict[str, str] = {}
+    for label in labels:
+        first = seen.setdefault(label.casefold(), label)
+        if first != label:
+            return first, label
+    return None
 
 
 def _did_you_mean(unknown: list[str], valid: list[str] | set[str]) -> str:

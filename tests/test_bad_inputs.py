@@ -1150,3 +1150,23 @@ def test_an_out_of_dash_is_refused_as_report_refuses_it(name, ctx, micro_suite, 
         dash[dash.index("--out") + 1] = "./-"  # Path("./-") would be "-" again
         rc, _, err = _run(capsys, dash)
         assert rc == 0 and (ctx.tmp / "-").is_file(), err
+
+
+def test_size_labels_that_differ_only_in_case_are_refused(ctx, capsys):
+    """``--model Small=A --model small=B`` made tasks/Small and tasks/small: one directory on a
+    case-insensitive file system (a macOS laptop), where the second size's task was 'skipped' as
+    done with the first one's results. So was a rerun naming a recorded size in another case.
+    Each is one line, nothing written."""
+    run = ctx.tmp / "run"
+    sweep = ["sweep", "--checkpoints", "final", "--analyses", "superposition", "--out", str(run)]
+    before = _tree(ctx.tmp)
+    rc, _, err = _run(capsys, [*sweep, "--model", f"Small={ctx.model}", "--model", f"small={ctx.other}"])
+    assert_one_line(rc, err, "size labels Small and small differ only in case", "case-insensitive")
+    assert _tree(ctx.tmp) == before, "something was written"
+    rc, out, err = _run(capsys, [*sweep, "--model", f"Small={ctx.model}"])
+    assert rc == 0 and "1 done" in out, err
+    before = _tree(ctx.tmp)
+    rc, _, err = _run(capsys, [*sweep, "--model", f"small={ctx.other}"])
+    assert_one_line(rc, err, f"{run} holds a sweep with size Small, and size small differs from it "
+                    "only in case")
+    assert _tree(ctx.tmp) == before, "something was written"
