@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -191,7 +192,20 @@ def _middles(flat: torch.Tensor, big_r: int, odd_t: torch.Tensor) -> torch.Tenso
 
 _SAMPLE = 2048  # entries sampled to bracket the median
 _MARGIN = 100  # sample ranks either side of the median's (~4.4 sigma of the sample rank)
-_sample_index: dict[int, np.ndarray] = {}
+_SAMPLE_INDEXES_KEPT = 256  # 16 KiB each: a bounded cache, whatever the number of prompt lengths
+
+
+@lru_cache(maxsize=_SAMPLE_INDEXES_KEPT)
+def _sample_index(n: int) -> np.ndarray:
+    """The fixed sorted sample of positions of a length-``n`` row (read-only; seeded by ``n``).
+
+    Kept for the most recently used lengths only: each distinct prompt length (times the
+    width) is another ``n``, and an unbounded dict grew by 16 KiB per one for the whole
+    process (a long capture of prompts of every length, a sweep over many widths).
+    """
+    idx = np.sort(np.random.default_rng(n).integers(0, n, _SAMPLE))
+    idx.flags.writeable = False
+    return idx
 
 
 def _median_1d(x: np.ndarray) -> np.float32:
@@ -205,10 +219,7 @@ def _median_1d(x: np.ndarray) -> np.float32:
     n = x.size
     k_lo, k_hi = (n - 1) // 2, n // 2
     if n > 16 * _SAMPLE:
-        idx = _sample_index.get(n)
-        if idx is None:
-            idx = _sample_index[n] = np.sort(np.random.default_rng(n).integers(0, n, _SAMPLE))
-        sample = np.sort(x[idx])
+        sample = np.sort(x[_sample_index(n)])
         j = k_lo * _SAMPLE // n
         lo_b, hi_b = sample[max(0, j - _MARGIN)], sample[min(_SAMPLE - 1, j + _MARGIN)]
         below = int(np.count_nonzero(x < lo_b))

@@ -87,6 +87,26 @@ def test_median_1d_is_exactly_the_partition_median():
     assert _median_1d(x) == (p[24999] + p[25000]) / np.float32(2)
 
 
+def test_median_1d_keeps_bounded_memory_over_many_prompt_lengths():
+    """Each row length (prompt length x width) over 32768 entries used to keep its 16 KiB
+    sample of positions for the whole process: 1000 lengths held 16 MB (a long capture of
+    prompts of every length, a sweep over many widths). Now at most 256 are kept (4 MiB),
+    and a length whose sample was dropped still gets the exact median."""
+    import tracemalloc
+
+    base = np.abs(np.random.default_rng(1).standard_normal(32769 + 1000)).astype(np.float32)
+    first = base[:32769]
+    want = _median_1d(first)
+    tracemalloc.start()
+    try:
+        for n in range(32770, 32770 + 1000):
+            _median_1d(base[:n])
+        retained, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert retained < 6_000_000, retained  # 16 MB before
+    assert _median_1d(first) == want == np.float32(np.median(first))
+
 def _writer(path, n=6, batch=2):
     tokens = TokenizedPrompts(np.zeros((n, 3), np.int32), np.zeros((n, 3), np.int16), np.full(n, 3, np.int32),
                               ("text",))
