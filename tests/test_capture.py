@@ -1010,3 +1010,35 @@ def test_a_moved_model_resumes_its_capture(tmp_path):
     tiny_model(seed=1).save_pretrained(moved)
     with pytest.raises(IncompatibleResumeError, match=r"different model \(name, source\)"):
         capture(load_model(moved), probes, prompts(5), out, progress=False, reuse_complete=True)
+
+
+def _resume_mismatch(tmp_path, old: dict, new: dict, weights: tuple[str, str]) -> str | None:
+    """What ``FileIdentity(new, weights[1])`` names as differing from a file of ``old``, ``weights[0]``."""
+    import json
+
+    from scalelens.cache.writer import WEIGHTS_ATTR, FileIdentity
+
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f.attrs["model"] = json.dumps(old)
+        f.attrs["probes"], f.attrs["prompts_sha256"] = "p", "s"
+        f.attrs[WEIGHTS_ATTR] = weights[0]
+        return FileIdentity(new, "p", "s", {}, weights[1]).mismatch(f.attrs)
+
+
+_LOCAL = {"source_kind": "local", "source": "/scratch/m", "name": "m", "dtype": "float32"}
+
+
+@pytest.mark.parametrize("old, new, weights, said", [
+    ({}, {"source": "/home/m2", "name": "m2"}, ("w1", "w1"), None),
+    ({}, {"source": "/home/m2", "name": "m2", "dtype": "bfloat16"}, ("w1", "w1"),
+     "model (dtype, name, source)"),
+    ({}, {"source": "/home/m2", "name": "m2"}, ("w1", "w2"), "model (name, source)"),
+    ({}, {"source": "/home/m2", "name": "m2"}, ("", ""), "model (name, source)"),
+    ({"source_kind": "hub", "source": "org/m"}, {"source_kind": "hub", "source": "org/m2", "name": "m2"},
+     ("w1", "w1"), "model (name, source)"),
+], ids=["moved", "other-dtype", "other-weights", "no-fingerprint", "hub"])
+def test_only_a_local_model_with_the_same_known_weights_at_another_path_is_moved(old, new, weights, said,
+                                                                                  tmp_path):
+    """A capture resumes with its model at another path only where nothing but the path (and the
+    name it gives) differs, the model is on disk, and both weights fingerprints are known and equal."""
+    assert _resume_mismatch(tmp_path, {**_LOCAL, **old}, {**_LOCAL, **new}, weights) == said
