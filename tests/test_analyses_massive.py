@@ -257,3 +257,13 @@ def test_pooled_median_leaves_out_padding():
     row = massive_from_activations(h, [1, 2], np.zeros((2, 2), dtype=int)).per_layer[0]
     assert row["median_abs_pooled"] == 1.0
     assert row["median_abs"] == 1.5  # mean of the per-prompt medians 2 and 1
+
+
+def test_top_entries_with_fewer_numbers_than_k_keep_the_nans_last():
+    """With fewer numbers than k, the k-th largest is NaN: every entry is a candidate, NaN ranked
+    last (a ``>= NaN`` filter kept none)."""
+    from scalelens.analyses.massive import _top_entries
+
+    idx, vals = _top_entries(np.array([np.nan, 2.0, np.nan, 1.0]), 3)
+    assert idx.tolist() == [1, 3, 0]
+    np.testing.assert_array_equal(vals, [2.0, 1.0, np.nan])
