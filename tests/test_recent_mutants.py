@@ -441,3 +441,13 @@ def test_a_metrics_table_that_does_not_fit_names_metrics_csv(tmp_path):
         write_metrics(tmp_path, [])
     assert (failed.value.errno, failed.value.filename) == (errno.EFBIG, str(tmp_path / "metrics.csv"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_make_dirs_that_fails_two_levels_down_removes_both_levels(tmp_path):
+    """``x/y/<too long>/z``: x and y were made before the long name failed; both are removed,
+    the deepest first (x is not empty until y is gone)."""
+    from scalelens.textfiles import make_dirs
+
+    with pytest.raises(OSError, match="too long"):
+        make_dirs(tmp_path / "x" / "y" / ("a" * 300) / "z")
+    assert list(tmp_path.iterdir()) == []
