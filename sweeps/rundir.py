@@ -78,12 +78,17 @@ def _file_content(key: str, value: object) -> object:
         return value
     digest = hashlib.sha256()
     try:
-        with Path(value).expanduser().open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        _hash_file(digest, Path(value).expanduser())
     except OSError:
         return value
     return _CONTENT + digest.hexdigest()
+
+
+def _hash_file(digest: hashlib._Hash, path: Path) -> None:
+    """Feed the bytes of ``path`` to ``digest``, a block at a time."""
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
 
 
 def _recorded_as_paths(have: dict, want: dict, given: object) -> dict:
@@ -137,9 +142,7 @@ def _tokenizer_content(source: str) -> str:
     digest = hashlib.sha256()
     for f in files:
         digest.update(f"{f.name}\0{f.stat().st_size}\0".encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        _hash_file(digest, f)
     return _CONTENT + digest.hexdigest()
 
 
