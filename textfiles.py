@@ -8,7 +8,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from scalelens.errors import ScalelensError
@@ -59,10 +59,31 @@ def output_path(text: str) -> Path:
     ``capture --out -`` wrote a file named ``-``, ``measure --out -`` a directory so named,
     while ``report --out -`` was refused; ``./-`` still names such a path.
     """
-    if text == "-":
-        raise argparse.ArgumentTypeError("- is not stdout here: the output is written to files; "
-                                         "pass a path (./- for one named -)")
+    _refuse_dash(text, "the output is written to files", "a path")
     return user_path(text)
+
+
+def output_file(example: str, why: str = "the output is written to files") -> Callable[[str], Path]:
+    """An argparse type for a file ``--out`` (``example``: a file name to suggest, ``capture.h5``).
+
+    As :func:`output_path` (``why``: why ``-`` is not stdout), and a path ending in ``/`` is
+    refused: it names a directory, and ``Path`` drops the slash (``--out runs/a/`` was
+    written as a file named ``a``).
+    """
+    def parse(text: str) -> Path:
+        _refuse_dash(text, why, f"a file path like {example}")
+        if text.endswith(("/", os.sep)):
+            raise argparse.ArgumentTypeError(
+                f"{text} names a directory; pass a file path like {text}{example}")
+        return user_path(text)
+
+    return parse
+
+
+def _refuse_dash(text: str, why: str, what: str) -> None:
+    """An argparse error for ``-`` as an output: nothing is written to stdout here."""
+    if text == "-":
+        raise argparse.ArgumentTypeError(f"- is not stdout here: {why}; pass {what} (./- for one named -)")
 
 
 def output_source(text: str) -> str:

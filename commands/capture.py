@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from scalelens.errors import ScalelensError
 from scalelens.output import note, shown
-from scalelens.textfiles import output_path, user_path, user_source
+from scalelens.textfiles import output_file, user_path, user_source
 
 if TYPE_CHECKING:
     from scalelens.cache.reader import CaptureFile
@@ -53,16 +53,6 @@ def check_device(device: str, dtype: str | None) -> None:
     from scalelens.models.load import check_device_usable, resolve_dtype
 
     check_device_usable(device, resolve_dtype(dtype))
-
-
-def h5_path(text: str) -> Path:
-    """``--out`` of a capture: a file path (``out/`` names a directory, and Path drops its slash).
-
-    ``--out runs/a/`` for a directory not made yet wrote the capture as a file named ``a``.
-    """
-    if text.endswith(("/", os.sep)):
-        raise argparse.ArgumentTypeError(f"{text} names a directory; pass a file path like {text}capture.h5")
-    return output_path(text)
 
 
 def check_output_file(out: Path, overwrite: bool) -> None:
@@ -113,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "when the first is negative); default all, for top1 and predictions last")
     p.add_argument("--store-dtype", choices=("float16", "float32"), default=None,
                    help="storage dtype of full tensors (default float16; attention float32)")
-    p.add_argument("--out", required=True, type=h5_path, help="output .h5 file")
+    p.add_argument("--out", required=True, type=output_file("capture.h5"), help="output .h5 file")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=None, help="longest prompt in tokens")
     p.add_argument("--backend", default="native", help="native, nnsight or transformer-lens")

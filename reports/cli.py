@@ -3,25 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from scalelens.output import note
-from scalelens.textfiles import user_path
-
-
-def _html_path(text: str) -> Path:
-    """``--out``: a file path (``out/`` names a directory, and Path would drop its slash).
-
-    ``-`` is refused, not taken for stdout: the report is two files, the HTML and the
-    Markdown summary beside it, and ``-`` wrote files named ``-`` and ``-.md``.
-    """
-    if text == "-":
-        raise argparse.ArgumentTypeError("- is not stdout here: the report is an HTML file with its Markdown "
-                                         "summary beside it; pass a file path like report.html")
-    if text.endswith(("/", os.sep)):
-        raise argparse.ArgumentTypeError(f"{text} names a directory; pass a file path like {text}report.html")
-    return user_path(text)
+from scalelens.textfiles import output_file, user_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("run_dir", type=user_path, metavar="RUN_DIR", help="directory written by a sweep")
     parser.add_argument(
         "--out",
-        type=_html_path,
+        type=output_file("report.html", why="the report is an HTML file with its Markdown summary "
+                                                  "beside it"),
         metavar="FILE.html",
         default=None,
         help="HTML file to write (default: RUN_DIR/report.html)",
